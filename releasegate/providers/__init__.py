@@ -1,0 +1,1 @@
+"""Narrow interfaces to the outside world; one module per provider, chosen by the spec's ``kind``."""

@@ -1,0 +1,147 @@
+"""The provider contracts: small on purpose, like Flagger's SetRoutes/GetRoutes and RunQuery -> float.
+
+The engine never talks to a process, a proxy or a metrics store; the controller does, through these. A provider
+that cannot answer raises ``ProviderError`` (or returns ``None`` for a metric): it never invents a value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One running copy of one version, reachable at ``host:port``."""
+
+    service: str
+    version: str
+    id: str
+    host: str
+    port: int
+    pid: int | None = None
+    log: str | None = None
+    started_at: float = 0.0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class VersionRoute:
+    """A version's share of traffic and the backends that serve it."""
+
+    version: str
+    weight: int
+    backends: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Routes:
+    """What the data plane applies for one service.
+
+    Order matters: a sticky user's bucket (0-99) falls into the versions' weight ranges in this order, so the new
+    version goes first and a user who landed on the canary at 5 % stays on it at 25 % and 50 %.
+    """
+
+    versions: tuple[VersionRoute, ...] = ()
+
+    def weight_of(self, version: str) -> int:
+        return next((v.weight for v in self.versions if v.version == version), 0)
+
+    def weights(self) -> dict[str, int]:
+        return {v.version: v.weight for v in self.versions}
+
+    def to_json(self) -> dict[str, object]:
+        return {"versions": [{"version": v.version, "weight": v.weight, "backends": list(v.backends)}
+                             for v in self.versions]}
+
+    @classmethod
+    def from_json(cls, data: object) -> Routes:
+        """Parse the router's JSON form; raises ValueError naming the bad field."""
+        if not isinstance(data, dict) or not isinstance(data.get("versions"), list):
+            raise ValueError("routes must be an object with a 'versions' list")
+        out = []
+        for i, item in enumerate(data["versions"]):
+            if not isinstance(item, dict):
+                raise ValueError(f"versions[{i}] must be an object")
+            version, weight, backends = item.get("version"), item.get("weight"), item.get("backends", [])
+            if not isinstance(version, str) or not version:
+                raise ValueError(f"versions[{i}].version must be a non-empty string")
+            if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight <= 100:
+                raise ValueError(f"versions[{i}].weight must be an integer 0-100")
+            if not isinstance(backends, list) or not all(isinstance(b, str) and ":" in b for b in backends):
+                raise ValueError(f"versions[{i}].backends must be a list of 'host:port' strings")
+            out.append(VersionRoute(version, weight, tuple(backends)))
+        if sum(v.weight for v in out) > 100:
+            raise ValueError("the weights add up to more than 100")
+        return cls(tuple(out))
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """One number about one version over the last ``window`` seconds."""
+
+    service: str
+    version: str
+    metric: str
+    window: float
+    baseline_version: str | None = None
+    query: str | None = None  # provider-specific text, e.g. PromQL (issue 4)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a person may want to hear about: started, step, paused, promoted, rolled back, refused."""
+
+    service: str
+    kind: str
+    message: str
+    data: dict[str, object] = field(default_factory=dict)
+
+
+class Platform(Protocol):
+    """Runs versions: local processes today; SSH hosts and Kubernetes later."""
+
+    async def start(self, service: str, version: str, count: int) -> list[Instance]:
+        """Ensure ``count`` live instances of ``version``; idempotent (returns existing live ones first)."""
+        ...
+
+    async def stop(self, instance: Instance, grace: float) -> None:
+        """SIGTERM (or the platform's equivalent), then force after ``grace`` seconds; idempotent."""
+        ...
+
+    async def instances(self, service: str) -> list[Instance]:
+        """Live instances of every version, read back from the platform itself (after a restart too)."""
+        ...
+
+    async def alive(self, instance: Instance) -> bool:
+        ...
+
+
+class Router(Protocol):
+    """Moves traffic: the built-in router today; nginx, HAProxy and Kubernetes later."""
+
+    async def set_routes(self, service: str, routes: Routes) -> None:
+        ...
+
+    async def get_routes(self, service: str) -> Routes:
+        """What the data plane really applies now, not what was last asked for."""
+        ...
+
+    async def inflight(self, service: str, backend: str) -> int:
+        """Requests still in progress on ``backend``; the controller drains to 0 before stopping it."""
+        ...
+
+
+@runtime_checkable
+class MetricSource(Protocol):
+    async def query(self, q: MetricQuery) -> float | None:
+        """The value, or None when there is no data (never 0 for 'no data')."""
+        ...
+
+
+class Notifier(Protocol):
+    async def post(self, event: Event) -> None:
+        ...
