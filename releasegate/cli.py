@@ -1,0 +1,274 @@
+"""The ``releasegate`` command: a thin shell over releasegate.service.
+
+Exit codes: 0 success or promoted, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.
+User errors are one line on stderr, never a traceback (set RELEASEGATE_DEBUG=1 to see one for internal errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+
+from releasegate import __version__, service
+from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
+from releasegate.progress import ProgressPrinter, render_history, render_plan, render_status
+
+app = typer.Typer(
+    name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Declarative progressive delivery: canary, blue-green and rolling releases with automatic rollback.\n\n"
+         "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.")
+router_app = typer.Typer(help="Run, stop or inspect the built-in router (the data plane).",
+                         invoke_without_command=True, no_args_is_help=False)
+app.add_typer(router_app, name="router")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
+                                               help="Where state, logs and the database live "
+                                                    "[default: ./.releasegate].")]
+SpecFile = Annotated[Path, typer.Argument(help="Release spec (YAML).", show_default=False)]
+Version = Annotated[str, typer.Option("--version", "-v", help="Version to deploy, e.g. 1.4.2.", show_default=False)]
+Service = Annotated[str, typer.Argument(help="Service name from the spec.", show_default=False)]
+AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output (documented, stable).")]
+
+
+class _State:
+    state_dir: Path = Path(".releasegate")
+
+
+def _use(state_dir: Path | None) -> Path:
+    """--state-dir may come before or after the command; the one given last wins."""
+    if state_dir is not None:
+        _State.state_dir = state_dir
+    return _State.state_dir
+
+
+def _ctx() -> service.Context:
+    return service.new_context(_State.state_dir)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        out.print(f"releasegate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(state_dir: StateDir = None,
+          version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                                help="Print releasegate's own version and exit.")] = False) -> None:
+    _use(state_dir)
+
+
+def _exit_for(status: str) -> NoReturn:
+    raise typer.Exit(EXIT_OK if status == "promoted" else EXIT_ROLLED_BACK if status in (
+        "rolled_back", "aborted") else EXIT_INTERNAL)
+
+
+@app.command()
+def validate(spec: SpecFile) -> None:
+    """Check a spec; print every problem as FILE:LINE:COL: message (exit 2), or a summary (exit 0)."""
+    from releasegate.spec import load_spec
+
+    s = load_spec(spec)
+    steps = " -> ".join(f"{st.weight}%" for st in s.strategy.steps) or "direct"
+    out.print(f"{spec}: ok: service {s.service} ({s.tier}), {s.strategy.kind} {steps}, "
+              f"{len(s.analysis.rules)} rule(s), rollback {s.rollback_mode}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the spec's JSON Schema (for editor validation and completion)."""
+    from releasegate.spec import json_schema
+
+    out.print_json(json.dumps(json_schema()))
+
+
+@app.command()
+def plan(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
+    """Dry run: the steps and timings deploy would follow. Starts nothing, changes nothing."""
+    from releasegate.planning import make_plan
+
+    _use(state_dir)
+    render_plan(out, make_plan(spec, version, _State.state_dir))
+
+
+@app.command()
+def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
+    """Roll VERSION out as the spec says, in the foreground, with live progress."""
+    _use(state_dir)
+    printer = ProgressPrinter(out)
+    st = asyncio.run(service.deploy(_ctx(), spec, version, on_progress=printer))
+    printer.summary(st)
+    _exit_for(st.status)
+
+
+@app.command()
+def resume(name: Service, state_dir: StateDir = None) -> None:
+    """Continue an interrupted rollout from its persisted state."""
+    _use(state_dir)
+    printer = ProgressPrinter(out)
+    st = asyncio.run(service.resume(_ctx(), name, on_progress=printer))
+    printer.summary(st)
+    _exit_for(st.status)
+
+
+def _command(name: str, kind: str) -> None:
+    ctx = _ctx()
+    res = asyncio.run(service.send_command(ctx, name, kind))
+    out.print(res.message)
+    if res.needs_resume:
+        if kind in ("abort", "rollback"):
+            out.print(f"applying it now (as `releasegate resume {name}` would)")
+            printer = ProgressPrinter(out)
+            st = asyncio.run(service.resume(ctx, name, on_progress=printer))
+            printer.summary(st)
+            _exit_for(st.status)
+        out.print(f"run `releasegate resume {name}` to apply it")
+
+
+@app.command()
+def promote(name: Service, state_dir: StateDir = None) -> None:
+    """Skip the remaining steps: send the new version to 100 % (after health and smoke pass)."""
+    _use(state_dir)
+    _command(name, "promote")
+
+
+@app.command()
+def abort(name: Service, state_dir: StateDir = None) -> None:
+    """Stop the rollout: traffic back to the previous version at once, new instances stopped."""
+    _use(state_dir)
+    _command(name, "abort")
+
+
+@app.command()
+def rollback(name: Service, state_dir: StateDir = None) -> None:
+    """Roll back now: during a rollout like abort; after one, switch back to the kept previous version."""
+    _use(state_dir)
+    _command(name, "rollback")
+
+
+@app.command()
+def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.")] = None,
+           as_json: AsJson = False, state_dir: StateDir = None) -> None:
+    """What runs, what is rolling out, and when the kept previous version is retired."""
+    _use(state_dir)
+    data = service.status(_ctx(), name)
+    if as_json:
+        out.print_json(service.dumps(data))
+    else:
+        render_status(out, data)
+
+
+@app.command()
+def history(name: Service, as_json: AsJson = False, limit: int = 20,
+            state_dir: StateDir = None) -> None:
+    """Past rollouts of a service with every decision and the metric values behind it."""
+    _use(state_dir)
+    data = service.history(_ctx(), name, limit)
+    if as_json:
+        out.print_json(service.dumps(data))
+    else:
+        render_history(out, data)
+
+
+@app.command()
+def gc(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.")] = None,
+       state_dir: StateDir = None) -> None:
+    """Retire previous versions whose keep_previous time has passed."""
+    _use(state_dir)
+    stopped = asyncio.run(service.gc(_ctx(), name))
+    if not any(stopped.values()):
+        out.print("nothing to retire")
+    for svc, items in stopped.items():
+        for item in items:
+            out.print(f"{svc}: stopped {item}")
+
+
+@app.command()
+def demo(state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Default: a temporary directory.")]
+         = None, port: int = 18080, fast: bool = typer.Option(False, help="Shorter pauses (for tests).")) -> None:
+    """A self-contained tour: v1, a canary of v2 to 100 %, then a failing v3 rolled back automatically."""
+    from releasegate.demo import run_demo
+
+    raise typer.Exit(run_demo(out, state_dir, port, fast))
+
+
+@router_app.callback()
+def router_main(ctx: typer.Context,
+                spec: Annotated[Path | None, typer.Option("--spec", "-f", help="Take settings from this spec.")]
+                = None,
+                name: Annotated[str | None, typer.Option("--service", help="Service (without --spec).")] = None,
+                listen: Annotated[str | None, typer.Option(help="HOST:PORT for users (without --spec).")] = None,
+                admin: Annotated[str | None, typer.Option(help="Loopback HOST:PORT for the admin API.")] = None,
+                state_dir: StateDir = None) -> None:
+    """Run the router in the foreground (`router stop`, `router status` manage a running one)."""
+    _use(state_dir)
+    if ctx.invoked_subcommand is not None:
+        return
+    from releasegate.providers.routers.builtin import router_paths
+    from releasegate.router.config import RouterConfig
+    from releasegate.router.server import run_router
+    from releasegate.spec import load_spec
+    from releasegate.spec.models import BuiltinRouter
+
+    if spec is not None:
+        s = load_spec(spec)
+        svc, rspec = s.service, s.router
+    elif name and listen:
+        svc, rspec = name, BuiltinRouter(listen=listen)
+    else:
+        raise UserError("router: give --spec FILE, or --service NAME and --listen HOST:PORT")
+    state_file, routes_file, _log = router_paths(_State.state_dir, svc)
+    try:
+        config = RouterConfig(service=svc, listen=rspec.listen, routes_file=routes_file, state_file=state_file,
+                              admin=admin or rspec.admin or "127.0.0.1:0", sticky=rspec.sticky,
+                              sticky_cookie=rspec.sticky_cookie, sticky_header=rspec.sticky_header)
+    except ValueError as exc:
+        raise UserError(f"router: {exc}") from None
+    run_router(config)
+
+
+@router_app.command("stop")
+def router_stop(name: Service, state_dir: StateDir = None) -> None:
+    """Stop the service's router (traffic stops: only for maintenance)."""
+    from releasegate.providers.routers.builtin import stop_router
+
+    stopped = stop_router(_use(state_dir), name, 10.0)
+    out.print(f"router for {name} stopped" if stopped else f"no router is running for {name}")
+
+
+@router_app.command("status")
+def router_status(name: Annotated[str | None, typer.Argument()] = None,
+                  state_dir: StateDir = None) -> None:
+    """Is the router up, where does it listen, and which routes does it apply."""
+    from releasegate.progress import render_router_status
+
+    render_router_status(out, _use(state_dir), name)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="releasegate")
+    except ReleasegateError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            err.print(f"releasegate: {line}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`")
+        sys.exit(130)
+    except Exception as exc:  # an internal error: one line, the traceback only on request
+        if os.environ.get("RELEASEGATE_DEBUG"):
+            raise
+        err.print(f"releasegate: internal error: {type(exc).__name__}: {exc} (RELEASEGATE_DEBUG=1 shows the "
+                  "traceback)", markup=False)
+        sys.exit(EXIT_INTERNAL)
+

@@ -1,0 +1,219 @@
+"""The loop that turns the engine's decisions into provider calls and store writes.
+
+Order of every iteration: apply pending operator commands, compute the next action from the persisted state,
+record the intent, perform the action (idempotently), fold the result in, persist state and decisions in one
+transaction. Killing the process anywhere in that cycle loses at most the action in flight, which the next
+controller recomputes from the same state and performs again.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from releasegate.engine import decide
+from releasegate.engine.analysis import rule_key
+from releasegate.engine.clock import Clock
+from releasegate.engine.state import (
+    Action,
+    Analyze,
+    Decision,
+    Finish,
+    Health,
+    Observation,
+    Outcome,
+    Result,
+    RolloutState,
+    Route,
+    Smoke,
+    Start,
+    Stop,
+)
+from releasegate.errors import ProviderError
+from releasegate.providers.base import Instance, MetricQuery, MetricSource, Platform, Router, Routes, VersionRoute
+from releasegate.spec.models import Health as HealthSpec
+from releasegate.spec.models import SmokeTest, Spec
+from releasegate.store.sqlite import Store, this_owner
+
+ProgressHook = Callable[[RolloutState, list[Decision]], None]
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    ok: bool
+    reason: str
+    details: dict[str, Any]
+
+
+@dataclass
+class Providers:
+    """Everything the controller touches outside itself; tests and other platforms swap parts of it."""
+
+    platform: Platform
+    router: Router
+    metrics: MetricSource
+    health: Callable[[list[Instance], HealthSpec], Awaitable[CheckOutcome]]
+    smoke: Callable[[list[Instance], list[SmokeTest]], Awaitable[CheckOutcome]]
+
+
+class Controller:
+    def __init__(self, store: Store, spec: Spec, providers: Providers, clock: Clock,
+                 on_progress: ProgressHook | None = None, command_poll: float = 0.25) -> None:
+        self.store = store
+        self.spec = spec
+        self.p = providers
+        self.clock = clock
+        self.on_progress = on_progress
+        self.command_poll = command_poll
+        self.owner = this_owner()
+        self._failures = 0
+
+    async def run(self, st: RolloutState) -> RolloutState:
+        while True:
+            st = self._apply_commands(st)
+            now = self.clock.now()
+            action = decide.next_action(st, self.spec, now)
+            intent = _intent(action)
+            if intent:
+                self.store.add_event(st.service, st.id, now, "intent", intent)
+            result = await self._perform(st, action)
+            failed = isinstance(result, Outcome) and not result.ok
+            st, decisions = decide.apply(st, self.spec, action, result, self.clock.now())
+            self.owner["lease_until"] = time.time() + 60
+            self.store.save(st, [(d.kind, d.message, d.data) for d in decisions], owner=self.owner)
+            if self.on_progress is not None:
+                self.on_progress(st, decisions)
+            if not st.active:
+                self.store.release(st.id)
+                return st
+            if failed and st.waiting and st.waiting.startswith("retrying"):
+                self._failures += 1
+                await self._sleep_or_command(st, self.clock.now() + min(30.0, 2.0 ** min(self._failures, 5)))
+            else:
+                self._failures = 0
+
+    def _apply_commands(self, st: RolloutState) -> RolloutState:
+        for cmd in self.store.pending_commands(st.id):
+            new, error = decide.command(st, self.spec, cmd.kind, self.clock.now())
+            self.store.apply_command(new, cmd, error)
+            if self.on_progress is not None:
+                self.on_progress(new, [Decision("command", f"{cmd.kind} by {cmd.actor}"
+                                                + (f" refused: {error}" if error else ""))])
+            st = new
+        return st
+
+    async def _sleep_or_command(self, st: RolloutState, until: float) -> bool:
+        """Sleep until ``until``; True when an operator command cut the wait short."""
+        while True:
+            left = until - self.clock.now()
+            if left <= 0:
+                return False
+            if self.store.has_pending_commands(st.id):
+                return True
+            await self.clock.sleep(min(left, self.command_poll))
+
+    # --- performing actions ----------------------------------------------------------------------------------------
+
+    async def _perform(self, st: RolloutState, action: Action) -> Result:
+        try:
+            if isinstance(action, Analyze):
+                return await self._analyze(st, action)
+            if isinstance(action, Start):
+                started = await self.p.platform.start(st.service, action.version, action.count)
+                return Outcome(True, details={"instances": [i.address for i in started]})
+            if isinstance(action, Health):
+                check = await self.p.health(await self._live(st.service, action.version), self.spec.health)
+                return Outcome(check.ok, check.reason, check.details)
+            if isinstance(action, Smoke):
+                check = await self.p.smoke(await self._live(st.service, action.version), self.spec.smoke_tests)
+                return Outcome(check.ok, check.reason, check.details)
+            if isinstance(action, Route):
+                return await self._route(st, action)
+            if isinstance(action, Stop):
+                return await self._stop(st, action)
+            if isinstance(action, Finish):
+                self._record_outcome(st, action)
+                return Outcome(True)
+        except ProviderError as exc:
+            return Outcome(False, str(exc))
+        raise TypeError(f"unknown action {action!r}")
+
+    async def _live(self, service: str, version: str) -> list[Instance]:
+        found = [i for i in await self.p.platform.instances(service) if i.version == version]
+        return sorted(found, key=lambda i: (i.started_at, i.id))
+
+    async def _route(self, st: RolloutState, action: Route) -> Outcome:
+        versions = []
+        for share in action.shares:
+            live = await self._live(st.service, share.version)
+            chosen = live if share.instances is None else live[: share.instances]
+            if not chosen:
+                return Outcome(False, f"no live instance of {share.version} to send {share.weight}% to")
+            versions.append(VersionRoute(share.version, share.weight, tuple(i.address for i in chosen)))
+        routes = Routes(tuple(versions))
+        await self.p.router.set_routes(st.service, routes)
+        applied = await self.p.router.get_routes(st.service)
+        if applied.weights() != routes.weights():
+            return Outcome(False, f"the router applies {applied.weights()} instead of {routes.weights()}")
+        return Outcome(True, details={"routes": routes.to_json()})
+
+    async def _stop(self, st: RolloutState, action: Stop) -> Outcome:
+        live = await self._live(st.service, action.version)
+        routed = {b for v in (await self.p.router.get_routes(st.service)).versions for b in v.backends}
+        victims = live[action.keep:]
+        for inst in victims:
+            if inst.address in routed:
+                return Outcome(False, f"{inst.address} still receives traffic; refusing to stop it")
+            deadline = self.clock.now() + self.spec.router.drain_timeout
+            while await self.p.router.inflight(st.service, inst.address) > 0 and self.clock.now() < deadline:
+                await self.clock.sleep(0.05)
+            await self.p.platform.stop(inst, self.spec.platform.stop_grace)
+        return Outcome(True, details={"stopped": [i.address for i in victims]})
+
+    async def _analyze(self, st: RolloutState, action: Analyze) -> Observation:
+        if await self._sleep_or_command(st, action.at):
+            return Observation(at=self.clock.now(), interrupted=True)
+        values: dict[str, float | None] = {}
+        for i, rule in enumerate(self.spec.analysis.rules):
+            q = MetricQuery(st.service, action.version, rule.metric, action.window, action.baseline)
+            try:
+                values[rule_key(i, rule)] = await self.p.metrics.query(q)
+            except ProviderError:
+                values[rule_key(i, rule)] = None
+        return Observation(at=self.clock.now(), values=values, dead=await self._dead(st, action.version))
+
+    async def _dead(self, st: RolloutState, version: str) -> tuple[str, ...]:
+        """Backends the router sends ``version`` traffic to whose process is gone."""
+        try:
+            routes = await self.p.router.get_routes(st.service)
+        except ProviderError:
+            return ()
+        live = {i.address for i in await self._live(st.service, version)}
+        return tuple(sorted(b for v in routes.versions if v.version == version and v.weight > 0
+                            for b in v.backends if b not in live))
+
+    def _record_outcome(self, st: RolloutState, action: Finish) -> None:
+        now = self.clock.now()
+        spec_json = self.spec.model_dump_json(by_alias=True)
+        rec = self.store.service(st.service)
+        if action.status == "promoted":
+            keep = self.spec.strategy.keep_previous if st.strategy in ("canary", "bluegreen") else 0.0
+            previous = st.previous if keep > 0 else None
+            self.store.set_service(st.service, st.version, previous, now + keep if previous else None,
+                                   None, spec_json, now)
+        elif rec is None and st.strategy == "initial":
+            self.store.set_service(st.service, None, None, None, None, spec_json, now)
+
+
+def _intent(action: Action) -> str | None:
+    """A human line for actions that change the world; recorded before they are performed."""
+    if isinstance(action, Start):
+        return f"start {action.count} instance(s) of {action.version}"
+    if isinstance(action, Route):
+        return "route " + ", ".join(f"{s.version} {s.weight}%" for s in action.shares) if action.shares else \
+            "route nothing"
+    if isinstance(action, Stop):
+        return f"stop instances of {action.version}" + (f" beyond {action.keep}" if action.keep else "")
+    return None

@@ -1,0 +1,281 @@
+"""The rollout state machine: ``next_action(state)`` and ``apply(state, action, result)``, both pure.
+
+The controller loop is: compute the next action from the persisted state, record the intent, perform it (every
+action is idempotent), fold the result back in with ``apply`` and persist. A controller killed at any point
+recomputes the same action from the same state on restart, so resuming behaves like never having stopped.
+
+Phases (canary and blue-green; a first deploy skips prepare and steps):
+  prepare -> prepare_health -> start -> health -> smoke -> step[i]... -> promote -> watch -> finish
+  any failure before traffic -> abort -> stop_new -> finish(aborted)
+  a breach, a dead instance or `rollback` -> rollback (staircase) -> stop_new -> finish(rolled_back)
+Rolling replaces instances in batches (engine/rolling.py) and rolls back by rolling the other way.
+"""
+
+from __future__ import annotations
+
+from releasegate.engine import rolling
+from releasegate.engine.analysis import evaluate, rule_key, trim
+from releasegate.engine.state import (
+    Action,
+    Analyze,
+    Decision,
+    Finish,
+    Health,
+    Observation,
+    Outcome,
+    Result,
+    RolloutState,
+    Route,
+    Sample,
+    Share,
+    Smoke,
+    Start,
+    Status,
+    Stop,
+)
+from releasegate.spec.models import Spec
+
+Applied = tuple[RolloutState, list[Decision]]
+
+
+def new_rollout(rollout_id: str, spec: Spec, version: str, previous: str | None, now: float) -> RolloutState:
+    strategy = spec.strategy.kind if previous is not None else "initial"
+    return RolloutState(id=rollout_id, service=spec.service, version=version, previous=previous,
+                        strategy=strategy, phase="prepare" if previous is not None else "start",
+                        phase_started=now, created_at=now, updated_at=now)
+
+
+def _to(st: RolloutState, phase: str, now: float, **changes: object) -> RolloutState:
+    return st.model_copy(update={"phase": phase, "phase_started": now, "routed": False, "waiting": None,
+                                 "updated_at": now, **changes})
+
+
+def _split(st: RolloutState, weight: int) -> Route:
+    shares = [Share(st.version, weight)]
+    if st.previous is not None and weight < 100:
+        shares.append(Share(st.previous, 100 - weight))
+    return Route(tuple(s for s in shares if s.weight > 0))
+
+
+def _tick(st: RolloutState, spec: Spec, now: float, deadline: float | None) -> Analyze:
+    interval = spec.analysis.interval
+    base = st.last_tick if st.last_tick is not None and st.last_tick >= st.phase_started else st.phase_started
+    at = base + interval
+    if deadline is not None and deadline > base:
+        at = min(at, deadline)
+    return Analyze(at=max(at, now), window=interval, version=st.version, baseline=st.previous)
+
+
+def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
+    """What to do next; deterministic in (state, spec, now)."""
+    p = st.phase
+    if p == "finish":
+        return Finish(st.outcome or "failed", st.reason or "")
+    if p == "prepare":
+        assert st.previous is not None
+        return Start(st.previous, spec.platform.instances)
+    if p == "prepare_health":
+        assert st.previous is not None
+        return Health(st.previous)
+    if p in ("roll", "roll_back"):
+        return rolling.next_action(st, spec, now)
+    if p == "start":
+        return Start(st.version, spec.platform.instances)
+    if p == "health":
+        return Health(st.version)
+    if p == "smoke":
+        return Smoke(st.version)
+    if p == "step":
+        step = spec.strategy.steps[st.step]
+        if not st.routed:
+            return _split(st, step.weight)
+        return _tick(st, spec, now, None if step.pause is None else st.phase_started + step.pause)
+    if p == "promote":
+        return _split(st, 100)
+    if p == "watch":
+        return _tick(st, spec, now, st.phase_started + spec.analysis.post_promotion)
+    if p == "rollback":
+        if not st.routed:
+            return _split(st, st.staircase[0])
+        return _tick(st, spec, now, st.phase_started + spec.rollback.step_wait)
+    if p == "abort":
+        return _split(st, 0) if st.weight > 0 else Stop(st.version, 0)
+    if p == "stop_new":
+        return Stop(st.version, 0)
+    raise ValueError(f"rollout {st.id} is in an unknown phase {p!r}")
+
+
+def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: float) -> Applied:
+    """Fold the result of ``action`` into the state; returns the new state and the decisions taken."""
+    st = st.model_copy(update={"updated_at": now})
+    if isinstance(action, Finish):
+        done = st.model_copy(update={"status": action.status, "finished_at": now, "waiting": None})
+        return done, [Decision(action.status, action.reason)]
+    if st.phase in ("roll", "roll_back"):
+        return rolling.apply(st, spec, action, result, now)
+    if isinstance(result, Observation):
+        return _observe(st, spec, result, now)
+    assert isinstance(result, Outcome)
+    return _outcome(st, spec, action, result, now)
+
+
+def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: float) -> Applied:
+    p = st.phase
+    if not r.ok:
+        if p in ("prepare", "prepare_health"):
+            why = f"the running version {st.previous} is not healthy, nothing was changed: {r.reason}"
+            return _ending(st, "aborted", why, now), [Decision("aborted", why, r.details)]
+        if p in ("start", "health", "smoke"):
+            why = f"{p} failed for {st.version}, no user traffic reached it: {r.reason}"
+            return _to(st, "abort", now, reason=why, outcome="aborted"), [Decision("abort", why, r.details)]
+        # A provider failed while moving traffic or stopping: the action is retried; the state is unchanged.
+        return st.model_copy(update={"waiting": f"retrying: {r.reason}"}), [Decision("retry", r.reason)]
+    if p == "prepare":
+        return _to(st, "prepare_health", now), []
+    if p == "prepare_health":
+        if st.strategy == "rolling":
+            return rolling.begin(st, spec, now), [Decision("started", f"rolling {st.previous} -> {st.version}")]
+        return _to(st, "start", now), []
+    if p == "start":
+        return _to(st, "health", now), [Decision("started", f"{st.version} started", r.details)]
+    if p == "health":
+        return _to(st, "smoke", now), [Decision("healthy", f"{st.version} passed its health check", r.details)]
+    if p == "smoke":
+        d = Decision("smoke_passed", f"{st.version} passed its smoke tests", r.details)
+        if st.strategy == "initial" or st.promote_requested or not spec.strategy.steps:
+            return _to(st, "promote", now), [d]
+        return _to(st, "step", now, step=0), [d]
+    if p == "step":
+        w = spec.strategy.steps[st.step].weight
+        return st.model_copy(update={"routed": True, "weight": w, "phase_started": now}), [
+            Decision("step", f"step {st.step + 1}/{len(spec.strategy.steps)}: {st.version} at {w}%", {"weight": w})]
+    if p == "promote":
+        d = Decision("switched", f"{st.version} at 100%", {"weight": 100})
+        st = st.model_copy(update={"weight": 100})
+        if st.previous is not None and spec.analysis.post_promotion > 0:
+            return _to(st, "watch", now), [d]
+        return _ending(st, "promoted", f"promoted: {st.version} serves 100%", now), [d]
+    if p == "rollback":
+        w = st.staircase[0]
+        d = Decision("rollback_step", f"rolling back: {st.version} at {w}%", {"weight": w})
+        st = st.model_copy(update={"routed": True, "weight": w, "phase_started": now})
+        if w == 0:
+            return _to(st, "stop_new", now), [d]
+        return st, [d]
+    if p == "abort":
+        if isinstance(action, Route):
+            return st.model_copy(update={"weight": 0}), [Decision("rollback_step", f"{st.version} at 0%")]
+        return _ending(st, "aborted", st.reason or "aborted", now), [Decision("stopped", f"{st.version} stopped")]
+    if p == "stop_new":
+        return (_ending(st, st.outcome or "rolled_back", st.reason or "rolled back", now),
+                [Decision("stopped", f"{st.version} stopped")])
+    raise ValueError(f"unexpected result in phase {p!r}")
+
+
+def _ending(st: RolloutState, outcome: Status, reason: str, now: float) -> RolloutState:
+    """Enter the finish phase; performing Finish records the outcome for the service and stops the loop."""
+    return _to(st, "finish", now, reason=reason, outcome=outcome)
+
+
+def record_samples(st: RolloutState, spec: Spec, obs: Observation) -> RolloutState:
+    keep = max((r.for_ for r in spec.analysis.rules), default=0.0) + 3 * spec.analysis.interval
+    samples = dict(st.samples)
+    for i, rule in enumerate(spec.analysis.rules):
+        key = rule_key(i, rule)
+        sample = Sample(at=obs.at, start=obs.at - spec.analysis.interval, value=obs.values.get(key))
+        samples[key] = trim([*samples.get(key, []), sample], obs.at, keep)
+    return st.model_copy(update={"samples": samples, "last_tick": obs.at})
+
+
+def start_rollback(st: RolloutState, spec: Spec, reason: str, now: float, *, immediate: bool = False,
+                   rule: str | None = None, value: float | None = None,
+                   outcome: Status = "rolled_back") -> RolloutState:
+    if st.phase in ("roll", "roll_back"):
+        return rolling.reverse(st, spec, reason, now, outcome)
+    if immediate or spec.rollback_mode == "immediate":
+        stairs = [0]
+    else:
+        stairs = [w for w in spec.rollback.staircase if w < st.weight] or [0]
+    return _to(st, "rollback", now, staircase=stairs, reason=reason, breach_rule=rule, breach_value=value,
+               outcome=outcome)
+
+
+def _observe(st: RolloutState, spec: Spec, obs: Observation, now: float) -> Applied:
+    if obs.interrupted:
+        return st, []
+    st = record_samples(st, spec, obs)
+    verdict = evaluate(spec.analysis.rules, st.samples, obs.at, spec.analysis.interval)
+    values = {k: v for k, v in verdict.latest.items()}
+    p = st.phase
+    if p in ("step", "watch"):
+        if obs.dead:
+            why = f"instance(s) of {st.version} died: {', '.join(obs.dead)}"
+            return start_rollback(st, spec, why, now, immediate=True), [Decision("rollback", why, {"values": values})]
+        if verdict.breached:
+            key, value = verdict.breached[0]
+            rule = spec.analysis.rules[int(key.split(":")[0])]
+            why = f"{rule.describe()} held (now {value:.4g}) at {st.weight}%"
+            return (start_rollback(st, spec, why, now, rule=key, value=value),
+                    [Decision("rollback", why, {"values": values, "rule": key, "weight": st.weight})])
+    if p == "step":
+        step = spec.strategy.steps[st.step]
+        if step.pause is None and not st.promote_requested:
+            return st.model_copy(update={"waiting": f"waiting for `releasegate promote {st.service}`"}), [
+                Decision("analysis", "analysis passed" if verdict.healthy else "analysis inconclusive",
+                         {"values": values})]
+        if st.promote_requested or (step.pause is not None and obs.at >= st.phase_started + step.pause):
+            if not verdict.conclusive:
+                why = _no_data(spec, verdict.inconclusive, st)
+                return st.model_copy(update={"waiting": why}), [Decision("waiting", why, {"values": values})]
+            nxt = st.step + 1
+            d = Decision("analysis_passed", f"step {st.step + 1} passed at {st.weight}%", {"values": values})
+            if st.promote_requested or nxt >= len(spec.strategy.steps):
+                return _to(st, "promote", now), [d]
+            return _to(st, "step", now, step=nxt), [d]
+        return st.model_copy(update={"waiting": None}), [Decision("analysis", "analysis", {"values": values})]
+    if p == "watch":
+        if obs.at >= st.phase_started + spec.analysis.post_promotion:
+            note = "" if verdict.conclusive else f" (no data at the end for {', '.join(verdict.inconclusive)})"
+            why = f"promoted: {st.version} serves 100%, watched for the post-promotion window{note}"
+            return _ending(st, "promoted", why, now), [Decision("watch_passed", why, {"values": values})]
+        return st, [Decision("analysis", "post-promotion analysis", {"values": values})]
+    if p == "rollback":
+        if st.breach_rule is not None and st.staircase[0] != 0:
+            value = verdict.latest.get(st.breach_rule)
+            if value is not None and st.breach_value is not None and value > st.breach_value:
+                why = f"{st.breach_rule} kept rising ({st.breach_value:.4g} -> {value:.4g}): straight to 0%"
+                return _to(st, "rollback", now, staircase=[0]), [Decision("rollback", why, {"values": values})]
+        if obs.at >= st.phase_started + spec.rollback.step_wait:
+            value = verdict.latest.get(st.breach_rule) if st.breach_rule else None
+            return _to(st, "rollback", now, staircase=st.staircase[1:] or [0],
+                       breach_value=value if value is not None else st.breach_value), []
+        return st, [Decision("analysis", "analysis during rollback", {"values": values})]
+    return st, []
+
+
+def _no_data(spec: Spec, keys: list[str], st: RolloutState) -> str:
+    names = ", ".join(k.split(":", 1)[1] for k in keys)
+    return f"waiting: no data for {names} on {st.version} (no traffic?); a step never advances without evidence"
+
+
+def command(st: RolloutState, spec: Spec, kind: str, now: float) -> tuple[RolloutState, str | None]:
+    """Apply an operator command; returns the new state and an error message when the command is refused."""
+    if not st.active or st.phase == "finish":
+        return st, f"rollout {st.id} has already finished ({st.status})"
+    if kind == "promote":
+        if st.phase in ("abort", "rollback", "stop_new", "roll_back"):
+            return st, f"cannot promote: {st.service} is rolling back ({st.reason})"
+        if st.phase == "step":
+            return _to(st, "promote", now), None
+        if st.phase == "watch":
+            return _ending(st, "promoted", f"promoted: {st.version} serves 100% (watch ended by operator)", now), None
+        return st.model_copy(update={"promote_requested": True}), None
+    if kind in ("abort", "rollback"):
+        if st.phase in ("abort", "stop_new", "roll_back") or (st.phase == "rollback" and st.staircase == [0]):
+            return st, None  # already going back
+        outcome: Status = "aborted" if kind == "abort" else "rolled_back"
+        label = "aborted by operator" if kind == "abort" else "rolled back by operator"
+        if st.phase in ("prepare", "prepare_health", "start", "health", "smoke"):
+            return _to(st, "abort", now, reason=label, outcome="aborted"), None
+        return start_rollback(st, spec, label, now, immediate=True, outcome=outcome), None
+    return st, f"unknown command {kind!r}"

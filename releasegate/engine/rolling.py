@@ -1,0 +1,203 @@
+"""Rolling replacement: swap instances of ``src`` for ``dst`` in batches, never above target + max_surge
+instances and never below target - max_unavailable in service.
+
+Each batch: make room if the surge budget is spent (take ``max_unavailable`` old instances out of the routes,
+drain, stop), start new ones, health-gate them (smoke-test the first batch), add them to the routes, then take the
+surplus old ones out. Traffic follows instance counts. A rollback runs the same loop the other way round, so the
+same limits hold while going back.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from releasegate.engine.analysis import evaluate
+from releasegate.engine.state import (
+    Action,
+    Analyze,
+    Decision,
+    Health,
+    Observation,
+    Outcome,
+    Result,
+    RollingProgress,
+    RolloutState,
+    Route,
+    Share,
+    Smoke,
+    Start,
+    Status,
+    Stop,
+)
+from releasegate.spec.models import Rolling, Spec
+
+if TYPE_CHECKING:
+    Applied = tuple[RolloutState, list[Decision]]
+
+
+def _cfg(spec: Spec) -> Rolling:
+    return spec.strategy.rolling or Rolling()
+
+
+def _plan(rp: RollingProgress, spec: Spec) -> RollingProgress:
+    cfg = _cfg(spec)
+    if rp.dst_in >= rp.target:
+        return rp.model_copy(update={"stage": "trim" if rp.src_in > 0 else "done", "batch": 0})
+    room = rp.target + cfg.max_surge - (rp.src_in + rp.dst_in)
+    if room <= 0:
+        return rp.model_copy(update={"stage": "shrink", "batch": 0})
+    return rp.model_copy(update={"stage": "start", "batch": min(room, rp.target - rp.dst_in)})
+
+
+def _cut(rp: RollingProgress, spec: Spec) -> int:
+    """How many ``src`` instances the current shrink/trim stage takes out of service."""
+    if rp.stage == "shrink":
+        return min(_cfg(spec).max_unavailable, rp.src_in)
+    if rp.dst_in >= rp.target:
+        return rp.src_in
+    return max(0, rp.src_in + rp.dst_in - rp.target)
+
+
+def _route(rp: RollingProgress, src_in: int, dst_in: int) -> Route:
+    total = src_in + dst_in
+    w_dst = round(100 * dst_in / total) if total else 0
+    shares = [Share(rp.dst, w_dst, dst_in), Share(rp.src, 100 - w_dst if total else 0, src_in)]
+    return Route(tuple(s for s in shares if s.weight > 0))
+
+
+def _weight_of_new(st: RolloutState, rp: RollingProgress) -> int:
+    total = rp.src_in + rp.dst_in
+    if not total:
+        return 0
+    share = round(100 * rp.dst_in / total)
+    return share if rp.dst == st.version else 100 - share
+
+
+def begin(st: RolloutState, spec: Spec, now: float) -> RolloutState:
+    assert st.previous is not None
+    n = spec.platform.instances
+    rp = _plan(RollingProgress(src=st.previous, dst=st.version, target=n, src_in=n), spec)
+    return st.model_copy(update={"phase": "roll", "rolling": rp, "phase_started": now, "routed": False})
+
+
+def reverse(st: RolloutState, spec: Spec, reason: str, now: float, outcome: Status) -> RolloutState:
+    """Roll back by rolling the other way; first stop new instances that never made it into the routes."""
+    rp = st.rolling
+    assert rp is not None
+    back = RollingProgress(src=rp.dst, dst=rp.src, target=rp.target, src_in=rp.dst_in, dst_in=rp.src_in,
+                           stage="clean", smoked=True)
+    return st.model_copy(update={"phase": "roll_back", "rolling": back, "reason": reason, "outcome": outcome,
+                                 "phase_started": now, "waiting": None})
+
+
+def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
+    rp = st.rolling
+    assert rp is not None
+    stage = rp.stage
+    if stage in ("shrink", "trim"):
+        return _route(rp, rp.src_in - _cut(rp, spec), rp.dst_in)
+    if stage in ("stop", "clean"):
+        return Stop(rp.src, rp.src_in)
+    if stage == "start":
+        return Start(rp.dst, rp.dst_in + rp.batch)
+    if stage == "health":
+        return Health(rp.dst)
+    if stage == "smoke":
+        return Smoke(rp.dst)
+    if stage == "route":
+        return _route(rp, rp.src_in, rp.dst_in + rp.batch)
+    if stage == "pause":
+        interval = spec.analysis.interval
+        base = st.last_tick if st.last_tick is not None and st.last_tick >= st.phase_started else st.phase_started
+        deadline = st.phase_started + _cfg(spec).pause
+        at = min(base + interval, deadline) if deadline > base else base + interval
+        return Analyze(at=max(at, now), window=interval, version=rp.dst, baseline=rp.src)
+    raise ValueError(f"rolling stage {stage!r} has no action")
+
+
+def _after_batch(st: RolloutState, rp: RollingProgress, spec: Spec, now: float) -> RolloutState:
+    pause = _cfg(spec).pause
+    if st.phase == "roll" and pause > 0 and not st.promote_requested:
+        rp = rp.model_copy(update={"stage": "pause"})
+        return st.model_copy(update={"rolling": rp, "phase_started": now, "waiting": None})
+    return _advance(st, rp, spec, now)
+
+
+def _advance(st: RolloutState, rp: RollingProgress, spec: Spec, now: float) -> RolloutState:
+    rp = _plan(rp, spec)
+    st = st.model_copy(update={"rolling": rp, "weight": _weight_of_new(st, rp)})
+    if rp.stage == "done":
+        if st.phase == "roll":
+            return st.model_copy(update={"phase": "finish", "outcome": "promoted", "phase_started": now,
+                                         "reason": f"promoted: all {rp.target} instances run {st.version}"})
+        return st.model_copy(update={"phase": "finish", "outcome": st.outcome or "rolled_back",
+                                     "phase_started": now})
+    return st
+
+
+def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: float) -> Applied:
+    from releasegate.engine.decide import record_samples
+
+    rp = st.rolling
+    assert rp is not None
+    if isinstance(result, Observation):
+        if result.interrupted:
+            return st, []
+        st = record_samples(st, spec, result)
+        verdict = evaluate(spec.analysis.rules, st.samples, result.at, spec.analysis.interval)
+        values: dict[str, object] = {"values": dict(verdict.latest)}
+        if result.dead or verdict.breached:
+            if result.dead:
+                why = f"instance(s) of {st.version} died: {', '.join(result.dead)}"
+            else:
+                key, value = verdict.breached[0]
+                why = f"{spec.analysis.rules[int(key.split(':')[0])].describe()} held (now {value:.4g})"
+            return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
+        if st.promote_requested or result.at >= st.phase_started + _cfg(spec).pause:
+            if not verdict.conclusive:
+                why = (f"waiting: no data for {', '.join(k.split(':', 1)[1] for k in verdict.inconclusive)} "
+                       f"on {st.version}; a batch never advances without evidence")
+                return st.model_copy(update={"waiting": why}), [Decision("waiting", why, values)]
+            return _advance(st, rp, spec, now), [Decision("analysis_passed", "batch analysis passed", values)]
+        return st, [Decision("analysis", "analysis", values)]
+    assert isinstance(result, Outcome)
+    stage = rp.stage
+    if not result.ok:
+        if stage in ("start", "health", "smoke"):
+            why = f"{stage} failed for {rp.dst} in batch {rp.dst_in + 1}-{rp.dst_in + rp.batch}: {result.reason}"
+            if st.phase == "roll_back":
+                return (st.model_copy(update={"phase": "finish", "outcome": "failed", "reason": why}),
+                        [Decision("failed", why, result.details)])
+            if rp.dst_in == 0 and rp.src_in == rp.target:
+                return (st.model_copy(update={"phase": "stop_new", "outcome": "aborted", "reason": why,
+                                              "phase_started": now, "rolling": None}),
+                        [Decision("abort", why, result.details)])
+            return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, result.details)]
+        return st.model_copy(update={"waiting": f"retrying: {result.reason}"}), [Decision("retry", result.reason)]
+    if stage in ("shrink", "trim"):
+        rp = rp.model_copy(update={"src_in": rp.src_in - _cut(rp, spec), "stage": "stop",
+                                   "smoked": rp.smoked, "batch": rp.batch if stage == "trim" else -1})
+        return st.model_copy(update={"rolling": rp, "weight": _weight_of_new(st, rp)}), []
+    if stage == "stop":
+        # batch == -1 marks a stop that made room before a batch; otherwise a batch just finished.
+        if rp.batch == -1:
+            return _advance(st, rp, spec, now), []
+        return _after_batch(st, rp, spec, now), [Decision("batch", f"{rp.dst_in}/{rp.target} instances run {rp.dst}")]
+    if stage == "clean":
+        return _advance(st, rp, spec, now), []
+    if stage == "start":
+        return st.model_copy(update={"rolling": rp.model_copy(update={"stage": "health"})}), []
+    if stage == "health":
+        nxt = "smoke" if not rp.smoked and rp.dst == st.version else "route"
+        return st.model_copy(update={"rolling": rp.model_copy(update={"stage": nxt})}), []
+    if stage == "smoke":
+        return st.model_copy(update={"rolling": rp.model_copy(update={"stage": "route", "smoked": True})}), []
+    if stage == "route":
+        rp = rp.model_copy(update={"dst_in": rp.dst_in + rp.batch})
+        st = st.model_copy(update={"rolling": rp, "weight": _weight_of_new(st, rp)})
+        d = Decision("step", f"{rp.dst_in}/{rp.target} instances of {rp.dst} in service",
+                     {"weight": st.weight})
+        if rp.src_in + rp.dst_in > rp.target or (rp.dst_in >= rp.target and rp.src_in > 0):
+            return st.model_copy(update={"rolling": rp.model_copy(update={"stage": "trim"})}), [d]
+        return _after_batch(st, rp.model_copy(update={"batch": 0}), spec, now), [d]
+    raise ValueError(f"unexpected result in rolling stage {stage!r}")

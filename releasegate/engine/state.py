@@ -1,0 +1,166 @@
+"""A rollout's persisted state, the actions the engine asks for, and what performing them returned.
+
+The state holds everything needed to compute the next action, and nothing the providers can tell us better
+(which instances run, which routes apply): that is read back from them, so a resumed controller never trusts a
+stale copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Status = Literal["running", "promoted", "rolled_back", "aborted", "failed"]
+StrategyKind = Literal["initial", "canary", "bluegreen", "rolling"]
+ACTIVE_STATUSES = ("running",)
+
+
+class Sample(BaseModel):
+    """One evaluation of one rule: the metric over [start, at]; None means no data."""
+
+    at: float
+    start: float
+    value: float | None
+
+
+class RollingProgress(BaseModel):
+    """Instance counts in service during a rolling replacement; ``src`` is being replaced by ``dst``."""
+
+    src: str
+    dst: str
+    target: int
+    src_in: int
+    dst_in: int = 0
+    stage: Literal["shrink", "trim", "stop", "clean", "start", "health", "smoke", "route", "pause", "done"] = "start"
+    batch: int = 0
+    smoked: bool = False
+
+
+class RolloutState(BaseModel):
+    id: str
+    service: str
+    version: str
+    previous: str | None
+    strategy: StrategyKind
+    status: Status = "running"
+    phase: str = "prepare"
+    step: int = 0
+    weight: int = 0
+    routed: bool = False
+    phase_started: float
+    created_at: float
+    updated_at: float = 0.0
+    last_tick: float | None = None
+    samples: dict[str, list[Sample]] = Field(default_factory=dict)
+    promote_requested: bool = False
+    waiting: str | None = None
+    reason: str | None = None
+    staircase: list[int] = Field(default_factory=list)
+    breach_rule: str | None = None
+    breach_value: float | None = None
+    rolling: RollingProgress | None = None
+    outcome: Status | None = None  # decided when a rollback/abort starts or the rollout succeeds
+    finished_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+# --- actions: what the engine asks the controller to do -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    version: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Health:
+    version: str
+
+
+@dataclass(frozen=True)
+class Smoke:
+    version: str
+
+
+@dataclass(frozen=True)
+class Share:
+    """A version's weight and how many of its instances (oldest first) serve it; None = all live ones."""
+
+    version: str
+    weight: int
+    instances: int | None = None
+
+
+@dataclass(frozen=True)
+class Route:
+    shares: tuple[Share, ...]
+
+    def weight_of(self, version: str) -> int:
+        return next((s.weight for s in self.shares if s.version == version), 0)
+
+
+@dataclass(frozen=True)
+class Analyze:
+    """Wait until ``at`` (or an operator command), then measure every rule over the last ``window`` seconds."""
+
+    at: float
+    window: float
+    version: str
+    baseline: str | None
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Drain and stop the instances of ``version`` beyond the oldest ``keep``."""
+
+    version: str
+    keep: int = 0
+
+
+@dataclass(frozen=True)
+class Finish:
+    status: Status
+    reason: str
+
+
+Action = Start | Health | Smoke | Route | Analyze | Stop | Finish
+
+
+# --- results: what performing an action returned -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of Start, Health, Smoke, Route or Stop."""
+
+    ok: bool
+    reason: str = ""
+    details: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """The result of Analyze: each rule's value (by rule key), instances found dead, or an early wake-up."""
+
+    at: float
+    values: dict[str, float | None] = field(default_factory=dict)
+    dead: tuple[str, ...] = ()
+    interrupted: bool = False
+
+
+Result = Outcome | Observation
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A recorded reason for a state change, with the numbers that caused it (stored as an event)."""
+
+    kind: str
+    message: str
+    data: dict[str, object] = field(default_factory=dict)

@@ -1,0 +1,105 @@
+"""``releasegate plan``: what deploy would do, step by step with timings, computed by the engine itself.
+
+The plan runs the real state machine against a simulated world where every check passes and every metric is
+healthy, so it cannot drift from what ``deploy`` does. It reads the store (to know the running version) but
+creates and changes nothing.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from releasegate.durations import format_duration
+from releasegate.engine.simulate import simulate
+from releasegate.engine.state import Analyze, Finish, Health, Route, Smoke, Start, Stop
+from releasegate.spec import load_spec
+from releasegate.spec.models import Spec, check_version
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    version: str
+    previous: str | None
+    rows: list[tuple[str, str]] = field(default_factory=list)  # (time since first traffic, what happens)
+    notes: list[str] = field(default_factory=list)
+
+
+def _running_version(state_dir: Path, service: str) -> str | None:
+    db = state_dir / "releasegate.db"
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        row = conn.execute("SELECT current FROM services WHERE service=?", (service,)).fetchone()
+        return row[0] if row else None
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | None = None) -> Plan:
+    spec = load_spec(spec_path)
+    check_version(version)
+    previous = previous if previous is not None else _running_version(state_dir, spec.service)
+    if previous == version:
+        previous = None
+    plan = Plan(spec, version, previous)
+    trace = simulate(spec, version, previous, auto_promote=True)
+    h = spec.health
+    manual = {i for i, s in enumerate(spec.strategy.steps) if s.pause is None}
+    i = 0
+    steps = trace.steps
+    while i < len(steps):
+        t, action = steps[i]
+        at = format_duration(t) if t else "0s"
+        if isinstance(action, Start):
+            plan.rows.append((at, f"start {action.count} instance(s) of {action.version} (platform "
+                                  f"{spec.platform.kind})"))
+        elif isinstance(action, Health):
+            plan.rows.append((at, f"health-check {action.version}: GET {h.path} every "
+                                  f"{format_duration(h.interval)}, up to {h.attempts} attempts "
+                                  f"(at most {format_duration(h.attempts * h.interval)})"))
+        elif isinstance(action, Smoke):
+            plan.rows.append((at, f"smoke-test {action.version} directly: {len(spec.smoke_tests)} request(s) per "
+                                  "instance; a failure aborts before any user traffic"))
+        elif isinstance(action, Route):
+            split = ", ".join(f"{s.version} {s.weight}%" for s in action.shares)
+            plan.rows.append((at, f"route {split}"))
+        elif isinstance(action, Analyze):
+            j = i
+            while j + 1 < len(steps) and isinstance(steps[j + 1][1], Analyze):
+                j += 1
+            end = steps[j + 1][0] if j + 1 < len(steps) else steps[j][0]
+            what = (f"analyse every {format_duration(spec.analysis.interval)} for {format_duration(end - t)}"
+                    if spec.analysis.rules else f"wait {format_duration(end - t)}")
+            plan.rows.append((at, what))
+            i = j
+        elif isinstance(action, Stop):
+            plan.rows.append((at, f"drain and stop {action.version}" +
+                              (f" instances beyond {action.keep}" if action.keep else "")))
+        elif isinstance(action, Finish):
+            end = f"done: {action.status}"
+            keep = spec.strategy.keep_previous
+            if previous and keep and trace.state.strategy in ("canary", "bluegreen"):
+                end += f"; {previous} kept {format_duration(keep)} for instant rollback, then retired"
+            plan.rows.append((at, end))
+        i += 1
+    if manual:
+        plan.notes.append("step(s) " + ", ".join(str(n + 1) for n in sorted(manual)) +
+                          " have no pause: the rollout waits there for `releasegate promote "
+                          f"{spec.service}` (timed here as if promoted at once)")
+    plan.notes.append("times count from the start; health checks can take up to "
+                      f"{format_duration(h.attempts * h.interval)} more")
+    if spec.analysis.rules:
+        plan.notes.append("rollback when: " + "; ".join(r.describe() for r in spec.analysis.rules))
+    stairs = " -> ".join(f"{w}%" for w in spec.rollback.staircase)
+    plan.notes.append(f"rollback mode: {spec.rollback_mode}" + (
+        f" ({stairs}, {format_duration(spec.rollback.step_wait)} apart; straight to 0% if errors keep rising)"
+        if spec.rollback_mode == "staircase" else " (new version to 0% at once)"))
+    if previous is None:
+        plan.notes.append(f"first deploy of {spec.service}: no previous version, so no canary steps or analysis")
+    return plan

@@ -1,0 +1,149 @@
+"""What people see in the terminal: live rollout progress, status, history, plans and router state."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from releasegate.durations import format_duration
+from releasegate.engine.state import Decision, RolloutState
+
+if TYPE_CHECKING:
+    from releasegate.planning import Plan
+
+_QUIET = {"analysis"}
+
+
+def _clock(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%H:%M:%S")
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def format_values(values: Any) -> str:
+    if not isinstance(values, dict):
+        return ""
+    parts = []
+    for key, value in values.items():
+        name = str(key).split(":", 1)[-1]
+        if value is None:
+            parts.append(f"{name}=no data")
+        elif name.startswith("latency"):
+            parts.append(f"{name}={format_duration(float(value))}")
+        elif name == "error_rate":
+            parts.append(f"{name}={float(value) * 100:.1f}%")
+        else:
+            parts.append(f"{name}={float(value):.4g}")
+    return " ".join(parts)
+
+
+class ProgressPrinter:
+    """Live progress for deploy/resume: one line per decision; routine analysis ticks at most every 5 s."""
+
+    def __init__(self, console: Console, tick_every: float = 5.0) -> None:
+        self.console = console
+        self.tick_every = tick_every
+        self._last_tick = 0.0
+
+    def __call__(self, st: RolloutState, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if d.kind in _QUIET:
+                if st.updated_at - self._last_tick < self.tick_every:
+                    continue
+                self._last_tick = st.updated_at
+            values = format_values(d.data.get("values"))
+            style = {"rollback": "bold red", "abort": "bold red", "promoted": "bold green",
+                     "rolled_back": "bold red", "aborted": "bold red", "waiting": "yellow"}.get(d.kind, "")
+            line = f"{_clock(st.updated_at)}  {st.service} {st.version}  {st.weight:>3}%  {d.message}"
+            if values:
+                line += f"  [dim]{values}[/dim]"
+            self.console.print(f"[{style}]{line}[/{style}]" if style else line)
+
+    def summary(self, st: RolloutState) -> None:
+        took = format_duration((st.finished_at or st.updated_at) - st.created_at)
+        colour = "green" if st.status == "promoted" else "red"
+        self.console.print(f"[bold {colour}]{st.service} {st.version}: {st.status.replace('_', ' ')}[/] "
+                           f"after {took}: {st.reason or ''}")
+
+
+def render_plan(console: Console, plan: Plan) -> None:
+    kind = plan.spec.strategy.kind if plan.previous else "first deploy"
+    head = f"{plan.spec.service} {plan.version} ({kind}" + (f", replacing {plan.previous})" if plan.previous else ")")
+    table = Table(title=head, title_justify="left", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("at", justify="right")
+    table.add_column("step")
+    for n, (at, what) in enumerate(plan.rows, 1):
+        table.add_row(str(n), at, what)
+    console.print(table)
+    for note in plan.notes:
+        console.print(f"- {note}")
+    console.print("[dim]dry run: nothing was started or changed[/dim]")
+
+
+def render_status(console: Console, data: list[dict[str, Any]]) -> None:
+    if not data:
+        console.print("no services deployed yet (`releasegate deploy SPEC --version V`)")
+        return
+    table = Table()
+    for col in ("service", "current", "rollout", "phase", "weight", "waiting / reason", "previous kept until"):
+        table.add_column(col)
+    for item in data:
+        r = item.get("rollout")
+        prev = f"{item['previous']} until {_when(item['previous_retire_at'])}" if item.get("previous") else "-"
+        if r:
+            ctl = "" if r["controller_alive"] else " (no controller: `releasegate resume`)"
+            table.add_row(item["service"], item["current"] or "-", f"{r['version']} {r['strategy']}{ctl}",
+                          r["phase"], f"{r['weight']}%", r["waiting"] or format_values(r.get("latest")) or "-", prev)
+        else:
+            table.add_row(item["service"], item["current"] or "-", "-", "-", "-", "-", prev)
+    console.print(table)
+
+
+def render_history(console: Console, data: list[dict[str, Any]]) -> None:
+    for r in data:
+        took = format_duration((r["finished_at"] or r["started_at"]) - r["started_at"]) if r["finished_at"] else "-"
+        console.print(f"[bold]{r['id']}[/bold] {r['version']} ({r['strategy']}"
+                      + (f" from {r['previous']}" if r["previous"] else "") + f"): {r['status']} "
+                      f"started {_when(r['started_at'])}, took {took}" + (f": {r['reason']}" if r["reason"] else ""))
+        for e in r["events"]:
+            if e["kind"] in _QUIET:
+                continue
+            values = format_values(e["data"].get("values"))
+            console.print(f"  {_clock(e['at'])}  {e['kind']:<15} {e['message']}" + (f"  [dim]{values}[/dim]"
+                                                                                    if values else ""))
+
+
+def render_router_status(console: Console, state_dir: Path, name: str | None) -> None:
+    import asyncio
+
+    from releasegate.errors import ProviderError
+    from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
+
+    root = state_dir / "routers"
+    names = [name] if name else sorted(p.stem for p in root.glob("*.json") if not p.stem.endswith(".routes"))
+    if not names:
+        console.print("no router has been started in this state dir")
+        return
+    for svc in names:
+        info = read_router_state(state_dir, svc)
+        if info is None:
+            console.print(f"{svc}: router not running")
+            continue
+        try:
+            routes = asyncio.run(BuiltinRouterClient(str(info["admin"])).get_routes(svc))
+            split = ", ".join(f"{v.version} {v.weight}% ({len(v.backends)} backend(s))" for v in routes.versions)
+        except ProviderError as exc:
+            split = f"admin API not answering: {exc}"
+        console.print(f"{svc}: router pid {info['pid']} on {info['listen']} (admin {info['admin']}): "
+                      f"{split or 'no routes'}")

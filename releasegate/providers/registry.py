@@ -1,0 +1,78 @@
+"""Choose providers by the spec's ``kind`` and bundle them for the controller.
+
+Adding a platform or router (SSH, Kubernetes, nginx, HAProxy) means adding one module and one branch here; the
+engine and the controller do not change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from releasegate.controller import CheckOutcome, Providers
+from releasegate.engine.clock import Clock
+from releasegate.errors import ProviderError
+from releasegate.providers import checks
+from releasegate.providers.base import Instance, MetricQuery, MetricSource, Routes
+from releasegate.providers.metrics.builtin import RouterMetrics
+from releasegate.providers.metrics.process import ProcessMetrics
+from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
+from releasegate.spec.models import PROCESS_METRICS, SmokeTest, Spec
+from releasegate.spec.models import Health as HealthSpec
+
+
+class MetricsByName:
+    """Routes each metric to the source that measures it: the router for traffic, the platform for processes."""
+
+    def __init__(self, traffic: MetricSource, process: MetricSource) -> None:
+        self.traffic = traffic
+        self.process = process
+
+    async def query(self, q: MetricQuery) -> float | None:
+        source = self.process if q.metric in PROCESS_METRICS else self.traffic
+        return await source.query(q)
+
+
+class ManagedBuiltinRouter:
+    """The built-in router client, restarting the router process (with its persisted routes) if it died."""
+
+    def __init__(self, state_dir: Path, spec: Spec, client: BuiltinRouterClient) -> None:
+        self.state_dir = state_dir
+        self.spec = spec
+        self.client = client
+
+    async def _retry(self) -> BuiltinRouterClient:
+        self.client = await ensure_router(self.state_dir, self.spec.service, self.spec.router)
+        return self.client
+
+    async def set_routes(self, service: str, routes: Routes) -> None:
+        try:
+            await self.client.set_routes(service, routes)
+        except ProviderError:
+            await (await self._retry()).set_routes(service, routes)
+
+    async def get_routes(self, service: str) -> Routes:
+        try:
+            return await self.client.get_routes(service)
+        except ProviderError:
+            return await (await self._retry()).get_routes(service)
+
+    async def inflight(self, service: str, backend: str) -> int:
+        return await self.client.inflight(service, backend)
+
+
+async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Clock) -> Providers:
+    platform = LocalPlatform(spec.platform, state_dir, spec_dir)
+    client = await ensure_router(state_dir, spec.service, spec.router)
+    router = ManagedBuiltinRouter(state_dir, spec, client)
+
+    async def health(instances: list[Instance], h: HealthSpec) -> CheckOutcome:
+        r = await checks.wait_healthy(instances, h, clock, platform=platform)
+        return CheckOutcome(r.ok, r.reason, dict(r.details))
+
+    async def smoke(instances: list[Instance], tests: list[SmokeTest]) -> CheckOutcome:
+        r = await checks.run_smoke(instances, tests, timeout=max(spec.health.timeout, 5.0))
+        return CheckOutcome(r.ok, r.reason, dict(r.details))
+
+    metrics = MetricsByName(RouterMetrics(router.client), ProcessMetrics(platform))
+    return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke)

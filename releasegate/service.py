@@ -1,0 +1,257 @@
+"""Use cases shared by the CLI and (later) the server: deploy, resume, promote, abort, rollback, status, gc.
+
+Each function validates its input completely before it changes anything, so a refused request leaves no trace
+but its audit line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from releasegate.controller import Controller, ProgressHook, Providers
+from releasegate.engine import decide
+from releasegate.engine.clock import Clock, SystemClock
+from releasegate.engine.state import RolloutState
+from releasegate.errors import UserError
+from releasegate.providers.base import Routes, VersionRoute
+from releasegate.spec import load_spec
+from releasegate.spec.models import Spec, check_version
+from releasegate.store.sqlite import RolloutRecord, Store, owner_alive, this_owner
+
+ProviderFactory = Any  # async (spec, spec_dir, state_dir, clock) -> Providers
+
+
+async def _default_factory(spec: Spec, spec_dir: Path, state_dir: Path, clock: Clock) -> Providers:
+    from releasegate.providers.registry import build_providers
+
+    return await build_providers(spec, spec_dir, state_dir, clock)
+
+
+@dataclass
+class Context:
+    """What every use case needs: where state lives, the clock, and how to reach the providers."""
+
+    state_dir: Path
+    clock: Clock
+    providers: ProviderFactory = _default_factory
+    actor: str = "cli"
+
+    def store(self) -> Store:
+        return Store(self.state_dir)
+
+
+def new_context(state_dir: Path, clock: Clock | None = None) -> Context:
+    return Context(state_dir=state_dir, clock=clock or SystemClock())
+
+
+def _rollout_id(service: str, version: str) -> str:
+    return f"{service}-{version}-{uuid.uuid4().hex[:6]}"
+
+
+def _spec_of(rec: RolloutRecord) -> Spec:
+    return Spec.model_validate_json(rec.spec_json)
+
+
+async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: ProgressHook | None = None
+                 ) -> RolloutState:
+    spec = load_spec(spec_path)
+    check_version(version)
+    store = ctx.store()
+    try:
+        store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
+        record = store.service(spec.service)
+        providers = await ctx.providers(spec, spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
+        await _retire(ctx, store, spec, providers, force=True)
+        previous = record.current if record else None
+        if previous == version:
+            raise UserError(f"{spec.service} {version} is already the running version; nothing to deploy "
+                            f"(see `releasegate status {spec.service}`)")
+        now = ctx.clock.now()
+        st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
+        owner = this_owner()
+        store.create_rollout(st, str(spec_path.resolve()), spec.model_dump_json(by_alias=True), owner)
+        store.set_service(spec.service, previous, None, None, str(spec_path.resolve()), None, now)
+        store.add_event(spec.service, st.id, now, "created",
+                        f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
+                        {"actor": ctx.actor, "spec": str(spec_path)})
+        controller = Controller(store, spec, providers, ctx.clock, on_progress)
+        return await controller.run(st)
+    finally:
+        store.close()
+
+
+async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = None) -> RolloutState:
+    store = ctx.store()
+    try:
+        rec = store.active_rollout(service)
+        if rec is None:
+            raise UserError(f"{service}: no rollout in progress to resume (see `releasegate history {service}`)")
+        owner = this_owner()
+        store.claim(rec.state.id, owner)
+        spec = _spec_of(rec)
+        providers = await ctx.providers(spec, Path(rec.spec_path).parent, ctx.state_dir, ctx.clock)
+        store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
+        return await Controller(store, spec, providers, ctx.clock, on_progress).run(rec.state)
+    finally:
+        store.close()
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    message: str
+    applied: bool
+    needs_resume: bool = False
+
+
+async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0) -> CommandResult:
+    """Queue promote/abort/rollback for the controller driving ``service`` and wait until it answers."""
+    store = ctx.store()
+    try:
+        rec = store.active_rollout(service)
+        if rec is None:
+            if kind == "rollback":
+                return await _rollback_finished(ctx, store, service)
+            raise UserError(f"{service}: no rollout in progress (see `releasegate status {service}`)")
+        cid = store.add_command(service, rec.state.id, kind, ctx.actor, ctx.clock.now())
+        if not owner_alive(rec.owner):
+            return CommandResult(f"{kind} queued for rollout {rec.state.id}; no controller is running it",
+                                 applied=False, needs_resume=True)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while loop.time() < deadline:
+            state, note = store.command_state(cid)
+            if state == "applied":
+                return CommandResult(f"{kind} applied to rollout {rec.state.id}", applied=True)
+            if state == "rejected":
+                raise UserError(f"{service}: {kind} refused: {note}")
+            await asyncio.sleep(0.1)
+        return CommandResult(f"{kind} queued for rollout {rec.state.id}; the controller has not picked it up yet",
+                             applied=False)
+    finally:
+        store.close()
+
+
+async def _rollback_finished(ctx: Context, store: Store, service: str) -> CommandResult:
+    """After a promotion, while the previous version is kept: switch all traffic back to it at once."""
+    rec = store.service(service)
+    if rec is None or not rec.previous or not rec.current:
+        raise UserError(f"{service}: nothing to roll back to: no previous version is kept "
+                        f"(see `releasegate status {service}`)")
+    latest = store.latest_rollout(service)
+    if latest is None:
+        raise UserError(f"{service}: no rollout recorded; nothing to roll back")
+    spec = _spec_of(latest)
+    providers = await ctx.providers(spec, Path(latest.spec_path).parent, ctx.state_dir, ctx.clock)
+    live = sorted((i for i in await providers.platform.instances(service) if i.version == rec.previous),
+                  key=lambda i: (i.started_at, i.id))
+    if not live:
+        raise UserError(f"{service}: the previous version {rec.previous} has no live instance any more; "
+                        f"deploy it again with `releasegate deploy SPEC --version {rec.previous}`")
+    now = ctx.clock.now()
+    store.add_event(service, latest.state.id, now, "intent", f"route {rec.previous} 100% (rollback)")
+    await providers.router.set_routes(service, Routes((VersionRoute(rec.previous, 100,
+                                                                    tuple(i.address for i in live)),)))
+    applied = await providers.router.get_routes(service)
+    if applied.weights() != {rec.previous: 100}:
+        raise UserError(f"{service}: the router did not apply the rollback (it reports {applied.weights()})")
+    store.set_service(service, rec.previous, None, None, None, None, now)
+    store.add_event(service, latest.state.id, now, "rolled_back",
+                    f"rolled back by {ctx.actor}: {rec.previous} serves 100%, {rec.current} stopping")
+    for inst in await providers.platform.instances(service):
+        if inst.version == rec.current:
+            await providers.platform.stop(inst, spec.platform.stop_grace)
+    return CommandResult(f"{service} rolled back to {rec.previous}; {rec.current} stopped", applied=True)
+
+
+async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, force: bool) -> list[str]:
+    """Stop versions that are neither current nor still kept (or, with force, anything but current)."""
+    rec = store.service(spec.service)
+    if rec is None:
+        return []
+    now = ctx.clock.now()
+    keep = {rec.current}
+    if rec.previous and not force and (rec.previous_until or 0) > now:
+        keep.add(rec.previous)
+    routed = {v.version for v in (await providers.router.get_routes(spec.service)).versions if v.weight > 0}
+    stopped = []
+    for inst in await providers.platform.instances(spec.service):
+        if inst.version not in keep and inst.version not in routed:
+            await providers.platform.stop(inst, spec.platform.stop_grace)
+            stopped.append(f"{inst.version}@{inst.address}")
+    if rec.previous and rec.previous not in keep:
+        store.set_service(spec.service, rec.current, None, None, None, None, now)
+        store.add_event(spec.service, None, now, "retired", f"{rec.previous} retired", {"stopped": stopped})
+    return stopped
+
+
+async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
+    """Retire previous versions whose keep_previous has passed; skip services with a rollout in progress."""
+    store = ctx.store()
+    out: dict[str, list[str]] = {}
+    try:
+        for rec in store.services():
+            if service and rec.service != service:
+                continue
+            if store.active_rollout(rec.service) is not None or not rec.spec_json:
+                continue
+            spec = Spec.model_validate_json(rec.spec_json)
+            spec_dir = Path(rec.spec_path).parent if rec.spec_path else Path.cwd()
+            providers = await ctx.providers(spec, spec_dir, ctx.state_dir, ctx.clock)
+            out[rec.service] = await _retire(ctx, store, spec, providers, force=False)
+        return out
+    finally:
+        store.close()
+
+
+def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
+    """The documented ``status --json`` shape (docs/cli.md)."""
+    store = ctx.store()
+    try:
+        records = [r for r in store.services() if service is None or r.service == service]
+        if service and not records and store.latest_rollout(service) is None:
+            raise UserError(f"{service}: unknown service; deploy it first (`releasegate deploy SPEC --version V`)")
+        out = []
+        for rec in records:
+            active = store.active_rollout(rec.service)
+            item: dict[str, Any] = {
+                "service": rec.service, "current": rec.current, "previous": rec.previous,
+                "previous_retire_at": rec.previous_until, "rollout": None}
+            if active is not None:
+                st = active.state
+                item["rollout"] = {
+                    "id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
+                    "phase": st.phase, "step": st.step, "weight": st.weight, "waiting": st.waiting,
+                    "reason": st.reason, "started_at": st.created_at, "updated_at": st.updated_at,
+                    "controller_alive": owner_alive(active.owner),
+                    "latest": {k.split(":", 1)[1]: (v[-1].value if v else None) for k, v in st.samples.items()}}
+            out.append(item)
+        return out
+    finally:
+        store.close()
+
+
+def history(ctx: Context, service: str, limit: int = 20) -> list[dict[str, Any]]:
+    store = ctx.store()
+    try:
+        rollouts = store.rollouts(service, limit)
+        if not rollouts:
+            raise UserError(f"{service}: no rollouts recorded in {ctx.state_dir}")
+        out = []
+        for rec in rollouts:
+            st = rec.state
+            out.append({"id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
+                        "status": st.status, "reason": st.reason, "started_at": st.created_at,
+                        "finished_at": st.finished_at,
+                        "events": store.events(service, rollout_id=st.id)})
+        return out
+    finally:
+        store.close()
+
+
+def dumps(data: Any) -> str:
+    return json.dumps(data, indent=2, default=str)

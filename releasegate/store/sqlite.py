@@ -1,0 +1,299 @@
+"""Rollout state, events, operator commands and what each service runs, in one SQLite file (WAL).
+
+Why SQLite: a single file in the state dir, crash-safe transactions, and many readers (``status`` from another
+shell) alongside one writer. The partial unique index ``one_active_rollout`` makes "one active rollout per
+service" a database fact rather than a check that two racing ``deploy`` commands could both pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from releasegate.engine.state import RolloutState
+from releasegate.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rollouts (
+    id TEXT PRIMARY KEY,
+    service TEXT NOT NULL,
+    version TEXT NOT NULL,
+    previous TEXT,
+    strategy TEXT NOT NULL,
+    status TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    spec_path TEXT NOT NULL,
+    spec_json TEXT NOT NULL,
+    state_json TEXT NOT NULL,
+    owner TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_rollout ON rollouts(service) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS rollouts_by_service ON rollouts(service, created_at);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    rollout_id TEXT,
+    service TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_by_service ON events(service, seq);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    service TEXT NOT NULL,
+    rollout_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS services (
+    service TEXT PRIMARY KEY,
+    current TEXT,
+    previous TEXT,
+    previous_until REAL,
+    spec_path TEXT,
+    spec_json TEXT,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    service: str
+    current: str | None
+    previous: str | None
+    previous_until: float | None
+    spec_path: str | None
+    spec_json: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    state: RolloutState
+    spec_path: str
+    spec_json: str
+    owner: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Command:
+    id: int
+    kind: str
+    actor: str
+    at: float
+
+
+def this_owner() -> dict[str, Any]:
+    """Who drives a rollout: enough to tell, on this host, whether that process still lives."""
+    import psutil
+
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "started": psutil.Process().create_time(), "lease_until": time.time() + 60}
+
+
+def owner_alive(owner: dict[str, Any] | None) -> bool:
+    if not owner:
+        return False
+    if owner.get("host") != socket.gethostname():
+        return float(owner.get("lease_until", 0)) > time.time()
+    import psutil
+
+    try:
+        proc = psutil.Process(int(owner["pid"]))
+        return abs(proc.create_time() - float(owner["started"])) < 1 and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+class Store:
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
+                            "directory or set RELEASEGATE_HOME") from None
+        self.path = state_dir / "releasegate.db"
+        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        with self.tx() as db:
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """An IMMEDIATE transaction: takes the write lock up front, so check-then-write cannot interleave."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    # --- rollouts ------------------------------------------------------------------------------------------------
+
+    def _refuse_if_active(self, db: sqlite3.Connection, service: str) -> None:
+        row = db.execute("SELECT id, version, phase, owner FROM rollouts WHERE service=? AND active=1",
+                         (service,)).fetchone()
+        if row is None:
+            return
+        who = json.loads(row["owner"]) if row["owner"] else None
+        driver = (f"driven by pid {who['pid']}" if who and owner_alive(who) else
+                  f"no controller is running it: `releasegate resume {service}` continues it")
+        raise UserError(f"{service}: rollout {row['id']} of {row['version']} is in progress (phase {row['phase']}, "
+                        f"{driver}); wait for it, or `releasegate abort {service}`")
+
+    def ensure_no_active(self, service: str) -> None:
+        """Refuse early, before any provider is touched, when ``service`` already has a rollout in progress."""
+        self._refuse_if_active(self._db, service)
+
+    def create_rollout(self, st: RolloutState, spec_path: str, spec_json: str, owner: dict[str, Any]) -> None:
+        with self.tx() as db:
+            self._refuse_if_active(db, st.service)
+            db.execute("INSERT INTO rollouts (id, service, version, previous, strategy, status, phase, active, "
+                       "spec_path, spec_json, state_json, owner, created_at, updated_at) "
+                       "VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?,?)",
+                       (st.id, st.service, st.version, st.previous, st.strategy, st.status, st.phase, spec_path,
+                        spec_json, st.model_dump_json(), json.dumps(owner), st.created_at, st.updated_at))
+
+    def save(self, st: RolloutState, events: Sequence[tuple[str, str, dict[str, Any]]] = (),
+             owner: dict[str, Any] | None = None) -> None:
+        """Persist the state and its events in one transaction: a decision is never half-recorded."""
+        with self.tx() as db:
+            db.execute("UPDATE rollouts SET status=?, phase=?, active=?, state_json=?, updated_at=?, "
+                       "finished_at=?, owner=COALESCE(?, owner) WHERE id=?",
+                       (st.status, st.phase, 1 if st.active else 0, st.model_dump_json(), st.updated_at,
+                        st.finished_at, json.dumps(owner) if owner else None, st.id))
+            for kind, message, data in events:
+                db.execute("INSERT INTO events (rollout_id, service, at, kind, message, data) VALUES (?,?,?,?,?,?)",
+                           (st.id, st.service, st.updated_at, kind, message, json.dumps(data, default=str)))
+
+    def claim(self, rollout_id: str, owner: dict[str, Any]) -> None:
+        """Take over driving a rollout whose controller is gone; refuse while it is alive."""
+        with self.tx() as db:
+            row = db.execute("SELECT owner, service FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
+            current = json.loads(row["owner"]) if row and row["owner"] else None
+            if current and current.get("pid") != owner["pid"] and owner_alive(current):
+                raise UserError(f"{row['service']}: rollout {rollout_id} is being driven by pid {current['pid']} "
+                                f"on {current['host']}; use `releasegate status {row['service']}` to follow it")
+            db.execute("UPDATE rollouts SET owner=? WHERE id=?", (json.dumps(owner), rollout_id))
+
+    def release(self, rollout_id: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE rollouts SET owner=NULL WHERE id=?", (rollout_id,))
+
+    def _record(self, row: sqlite3.Row | None) -> RolloutRecord | None:
+        if row is None:
+            return None
+        return RolloutRecord(RolloutState.model_validate_json(row["state_json"]), row["spec_path"],
+                             row["spec_json"], json.loads(row["owner"]) if row["owner"] else None)
+
+    def active_rollout(self, service: str) -> RolloutRecord | None:
+        return self._record(self._db.execute("SELECT * FROM rollouts WHERE service=? AND active=1",
+                                             (service,)).fetchone())
+
+    def rollout(self, rollout_id: str) -> RolloutRecord | None:
+        return self._record(self._db.execute("SELECT * FROM rollouts WHERE id=?", (rollout_id,)).fetchone())
+
+    def latest_rollout(self, service: str) -> RolloutRecord | None:
+        return self._record(self._db.execute(
+            "SELECT * FROM rollouts WHERE service=? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            (service,)).fetchone())
+
+    def rollouts(self, service: str, limit: int = 50) -> list[RolloutRecord]:
+        rows = self._db.execute("SELECT * FROM rollouts WHERE service=? ORDER BY created_at DESC, rowid DESC "
+                                "LIMIT ?", (service, limit)).fetchall()
+        return [r for r in (self._record(row) for row in rows) if r is not None]
+
+    def events(self, service: str, rollout_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        if rollout_id:
+            rows = self._db.execute("SELECT * FROM events WHERE rollout_id=? ORDER BY seq LIMIT ?",
+                                    (rollout_id, limit)).fetchall()
+        else:
+            rows = self._db.execute("SELECT * FROM (SELECT * FROM events WHERE service=? ORDER BY seq DESC "
+                                    "LIMIT ?) ORDER BY seq", (service, limit)).fetchall()
+        return [{"seq": r["seq"], "rollout": r["rollout_id"], "at": r["at"], "kind": r["kind"],
+                 "message": r["message"], "data": json.loads(r["data"])} for r in rows]
+
+    def add_event(self, service: str, rollout_id: str | None, at: float, kind: str, message: str,
+                  data: dict[str, Any] | None = None) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO events (rollout_id, service, at, kind, message, data) VALUES (?,?,?,?,?,?)",
+                       (rollout_id, service, at, kind, message, json.dumps(data or {}, default=str)))
+
+    # --- commands ------------------------------------------------------------------------------------------------
+
+    def add_command(self, service: str, rollout_id: str, kind: str, actor: str, at: float) -> int:
+        with self.tx() as db:
+            cur = db.execute("INSERT INTO commands (service, rollout_id, kind, actor, at) VALUES (?,?,?,?,?)",
+                             (service, rollout_id, kind, actor, at))
+            return int(cur.lastrowid or 0)
+
+    def pending_commands(self, rollout_id: str) -> list[Command]:
+        rows = self._db.execute("SELECT id, kind, actor, at FROM commands WHERE rollout_id=? AND state='pending' "
+                                "ORDER BY id", (rollout_id,)).fetchall()
+        return [Command(r["id"], r["kind"], r["actor"], r["at"]) for r in rows]
+
+    def has_pending_commands(self, rollout_id: str) -> bool:
+        return self._db.execute("SELECT 1 FROM commands WHERE rollout_id=? AND state='pending' LIMIT 1",
+                                (rollout_id,)).fetchone() is not None
+
+    def command_state(self, command_id: int) -> tuple[str, str | None]:
+        row = self._db.execute("SELECT state, note FROM commands WHERE id=?", (command_id,)).fetchone()
+        return (row["state"], row["note"]) if row else ("missing", None)
+
+    def apply_command(self, st: RolloutState, command: Command, error: str | None) -> None:
+        """Mark the command and save the state it produced, atomically."""
+        with self.tx() as db:
+            db.execute("UPDATE commands SET state=?, note=? WHERE id=?",
+                       ("rejected" if error else "applied", error, command.id))
+            db.execute("UPDATE rollouts SET status=?, phase=?, state_json=?, updated_at=? WHERE id=?",
+                       (st.status, st.phase, st.model_dump_json(), st.updated_at, st.id))
+            db.execute("INSERT INTO events (rollout_id, service, at, kind, message, data) VALUES (?,?,?,?,?,?)",
+                       (st.id, st.service, st.updated_at, "command",
+                        f"{command.kind} by {command.actor}" + (f" refused: {error}" if error else ""),
+                        json.dumps({"command": command.kind, "actor": command.actor})))
+
+    # --- services ------------------------------------------------------------------------------------------------
+
+    def service(self, service: str) -> ServiceRecord | None:
+        row = self._db.execute("SELECT * FROM services WHERE service=?", (service,)).fetchone()
+        return ServiceRecord(**dict(row)) if row else None
+
+    def services(self) -> list[ServiceRecord]:
+        return [ServiceRecord(**dict(r)) for r in self._db.execute("SELECT * FROM services ORDER BY service")]
+
+    def set_service(self, service: str, current: str | None, previous: str | None, previous_until: float | None,
+                    spec_path: str | None, spec_json: str | None, at: float) -> None:
+        with self.tx() as db:
+            db.execute("INSERT INTO services (service, current, previous, previous_until, spec_path, spec_json, "
+                       "updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(service) DO UPDATE SET current=excluded."
+                       "current, previous=excluded.previous, previous_until=excluded.previous_until, "
+                       "spec_path=COALESCE(excluded.spec_path, spec_path), spec_json=COALESCE(excluded.spec_json,"
+                       " spec_json), updated_at=excluded.updated_at",
+                       (service, current, previous, previous_until, spec_path, spec_json, at))
