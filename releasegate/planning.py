@@ -82,11 +82,11 @@ def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | No
             plan.rows.append((at, f"drain and stop {action.version}" +
                               (f" instances beyond {action.keep}" if action.keep else "")))
         elif isinstance(action, Finish):
-            end = f"done: {action.status}"
+            done = f"done: {action.status}"
             keep = spec.strategy.keep_previous
             if previous and keep and trace.state.strategy in ("canary", "bluegreen"):
-                end += f"; {previous} kept {format_duration(keep)} for instant rollback, then retired"
-            plan.rows.append((at, end))
+                done += f"; {previous} kept {format_duration(keep)} for instant rollback, then retired"
+            plan.rows.append((at, done))
         i += 1
     if manual:
         plan.notes.append("step(s) " + ", ".join(str(n + 1) for n in sorted(manual)) +

@@ -241,14 +241,14 @@ def _observe(st: RolloutState, spec: Spec, obs: Observation, now: float) -> Appl
         return st, [Decision("analysis", "post-promotion analysis", {"values": values})]
     if p == "rollback":
         if st.breach_rule is not None and st.staircase[0] != 0:
-            value = verdict.latest.get(st.breach_rule)
-            if value is not None and st.breach_value is not None and value > st.breach_value:
-                why = f"{st.breach_rule} kept rising ({st.breach_value:.4g} -> {value:.4g}): straight to 0%"
+            now_value = verdict.latest.get(st.breach_rule)
+            if now_value is not None and st.breach_value is not None and now_value > st.breach_value:
+                why = f"{st.breach_rule} kept rising ({st.breach_value:.4g} -> {now_value:.4g}): straight to 0%"
                 return _to(st, "rollback", now, staircase=[0]), [Decision("rollback", why, {"values": values})]
         if obs.at >= st.phase_started + spec.rollback.step_wait:
-            value = verdict.latest.get(st.breach_rule) if st.breach_rule else None
+            latest = verdict.latest.get(st.breach_rule) if st.breach_rule else None
             return _to(st, "rollback", now, staircase=st.staircase[1:] or [0],
-                       breach_value=value if value is not None else st.breach_value), []
+                       breach_value=latest if latest is not None else st.breach_value), []
         return st, [Decision("analysis", "analysis during rollback", {"values": values})]
     return st, []
 

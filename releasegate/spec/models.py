@@ -17,14 +17,42 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from releasegate.durations import parse_duration
+from releasegate.spec.errors import LocatedValueError
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(json_schema_extra={"format": "duration"})]
+_NUMBER_WITH_UNIT = r"(?:\d+(?:\.\d+)?(?:[mM][sS]|[sSmMhHdD]))+"
+DURATION_PATTERN = rf"^\s*(?:0|{_NUMBER_WITH_UNIT})\s*$"
+"""What ``parse_duration`` reads, for the JSON schema (JSON Schema's own ``format: duration`` is ISO 8601)."""
+DURATION_JSON_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "string", "pattern": DURATION_PATTERN, "examples": ["250ms", "5s", "10m", "24h", "1h30m"],
+     "description": "A duration with a unit: ms, s, m, h or d, e.g. 250ms, 5s, 10m, 24h, 1h30m."},
+    {"const": 0, "description": "Zero needs no unit."},
+]}
+THRESHOLD_PATTERN = rf"^\s*(?:{_NUMBER_WITH_UNIT}|\d+(?:\.\d+)?\s*%)\s*$"
+THRESHOLD_JSON_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "number"},
+    {"type": "string", "pattern": THRESHOLD_PATTERN,
+     "description": "A duration for latency metrics (2.5s) or a percentage for error_rate (5%)."},
+]}
+
+
+def _duration(value: object) -> float:
+    """parse_duration, with a plain message for values that are not even scalars (``pause: {}``)."""
+    if value is None or isinstance(value, dict | list):
+        got = "an empty value" if value is None else ("a mapping" if isinstance(value, dict) else "a list")
+        raise ValueError(f"expected a duration such as 250ms, 5s, 10m or 24h, got {got}")
+    return parse_duration(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(DURATION_JSON_SCHEMA)]
 """Seconds, written in YAML as 250ms, 5s, 10m, 24h."""
+Threshold = Annotated[float, WithJsonSchema(THRESHOLD_JSON_SCHEMA)]
+"""A rule's bound: a plain number, a duration for latency metrics, or a percentage for error_rate."""
 
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -54,7 +82,7 @@ class _Model(BaseModel):
 class LocalPlatform(_Model):
     """Each version runs as local processes on free loopback ports; they outlive the controller."""
 
-    kind: Literal["local"] = "local"
+    kind: Literal["local"] = Field("local", description="Which platform runs the versions.")
     command: str = Field(description="Shell command; {port} and {version} are substituted. Must contain {port}.")
     instances: int = Field(1, ge=1, le=64, description="Processes per version.")
     cwd: str = Field(".", description="Working directory, relative to the spec file; {version} is substituted.")
@@ -85,7 +113,7 @@ Platform = LocalPlatform
 class BuiltinRouter(_Model):
     """releasegate's own reverse proxy, a separate process so traffic survives controller restarts."""
 
-    kind: Literal["builtin"] = "builtin"
+    kind: Literal["builtin"] = Field("builtin", description="Which router splits the traffic.")
     listen: str = Field("127.0.0.1:8080", description="Where users connect, HOST:PORT.")
     admin: str | None = Field(None, description="Admin API address, loopback only; default: a free port.")
     sticky: Literal["cookie", "header", "none"] = Field(
@@ -133,10 +161,11 @@ class Health(_Model):
 class SmokeTest(_Model):
     """One request sent straight to every new instance before any user traffic reaches it."""
 
-    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
-    path: str = "/"
-    headers: dict[str, str] = Field(default_factory=dict)
-    body: str | None = None
+    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = Field(
+        "GET", description="HTTP method; lower case is accepted.")
+    path: str = Field("/", description="HTTP path requested on each new instance.")
+    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
+    body: str | None = Field(None, description="Request body, sent as is.")
     expect_status: list[int] = Field(default_factory=lambda: [200], description="Accepted statuses; empty means any 2xx.")
     max_latency: Duration = Field(0.5, description="Slower answers fail the test.")
     expect_body: str | None = Field(None, description="Text the body must contain.")
@@ -159,6 +188,8 @@ class SmokeTest(_Model):
 
 
 class Step(_Model):
+    """One traffic split: the new version gets `weight` percent, then analysis runs for `pause`."""
+
     weight: int = Field(ge=1, le=100, description="Percent of traffic on the new version during this step.")
     pause: Duration | None = Field(None, description="Analysis time at this weight; omitted: wait for "
                                    "`releasegate promote`.")
@@ -167,8 +198,8 @@ class Step(_Model):
 def _increasing(steps: list[Step]) -> list[Step]:
     for i in range(1, len(steps)):
         if steps[i].weight <= steps[i - 1].weight:
-            raise ValueError(f"step weights must increase: step {i + 1} ({steps[i].weight}%) is not above "
-                             f"step {i} ({steps[i - 1].weight}%)")
+            raise LocatedValueError(f"step weights must increase: step {i + 1} ({steps[i].weight}%) is not "
+                                    f"above step {i} ({steps[i - 1].weight}%)", at=(i, "weight"))
     return steps
 
 
@@ -177,6 +208,8 @@ def _seed_canary_steps() -> list[Step]:
 
 
 class Canary(_Model):
+    """Shift a growing share of traffic to the new version, analysing each step before the next."""
+
     steps: list[Step] = Field(default_factory=_seed_canary_steps, description="Weights and pauses before 100 %.")
     keep_previous: Duration = Field(86400.0, description="Keep the previous version up this long after promotion.")
 
@@ -184,6 +217,8 @@ class Canary(_Model):
 
 
 class BlueGreen(_Model):
+    """Bring up the full new version beside the old, then switch traffic (optionally through a short ramp)."""
+
     ramp: list[Step] = Field(default_factory=list, description="Optional steps before the switch to 100 %.")
     keep_previous: Duration = Field(86400.0, description="Keep blue up this long; `rollback` switches back.")
 
@@ -191,6 +226,8 @@ class BlueGreen(_Model):
 
 
 class Rolling(_Model):
+    """Replace instances in batches; traffic follows the instance counts."""
+
     max_unavailable: int = Field(1, ge=0, description="Instances that may be out of service at once.")
     max_surge: int = Field(1, ge=0, description="Extra instances that may run above the target count.")
     pause: Duration = Field(0.0, description="Analysis time after each batch.")
@@ -198,24 +235,37 @@ class Rolling(_Model):
     @model_validator(mode="after")
     def _progress(self) -> Rolling:
         if self.max_unavailable == 0 and self.max_surge == 0:
-            raise ValueError("max_unavailable and max_surge cannot both be 0: the rollout could never replace an "
-                             "instance; set max_surge: 1")
+            raise LocatedValueError("max_unavailable and max_surge cannot both be 0: the rollout could never "
+                                    "replace an instance; set max_surge: 1", at=("max_surge",))
         return self
 
 
 class Strategy(_Model):
     """Exactly one of canary, bluegreen or rolling."""
 
-    canary: Canary | None = None
-    bluegreen: BlueGreen | None = None
-    rolling: Rolling | None = None
+    canary: Canary | None = Field(None, description="Progressive traffic shift in steps.")
+    bluegreen: BlueGreen | None = Field(None, description="Full new version beside the old, then a switch.")
+    rolling: Rolling | None = Field(None, description="Instance-by-instance replacement.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_choice(cls, data: object) -> object:
+        """`canary:` with nothing after it reads as null, which would otherwise look like no strategy."""
+        names = ("canary", "bluegreen", "rolling")
+        if isinstance(data, dict) and all(data.get(n) is None for n in names):
+            for name in names:
+                if name in data:
+                    raise LocatedValueError(
+                        f"{name} has no settings; write '{name}: {{}}' to use its defaults", at=(name,))
+        return data
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Strategy:
         chosen = [n for n in ("canary", "bluegreen", "rolling") if getattr(self, n) is not None]
         if len(chosen) != 1:
-            raise ValueError("choose exactly one strategy: canary, bluegreen or rolling"
-                             + (f" (found {', '.join(chosen)})" if chosen else ""))
+            raise LocatedValueError("choose exactly one strategy: canary, bluegreen or rolling"
+                                    + (f" (found {', '.join(chosen)})" if chosen else ""),
+                                    at=(chosen[1],) if len(chosen) > 1 else ())
         return self
 
     @property
@@ -246,7 +296,7 @@ class Strategy(_Model):
 def _threshold(metric: str, value: object) -> float:
     """Latency thresholds are durations (2.5s); error_rate takes 0.05 or '5%'; the rest plain numbers."""
     if metric in LATENCY_METRICS:
-        return parse_duration(value)
+        return _duration(value)
     if isinstance(value, str) and value.strip().endswith("%") and metric == "error_rate":
         return float(value.strip()[:-1]) / 100.0
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -259,15 +309,25 @@ class Rule(_Model):
 
     metric: Literal["error_rate", "rps", "latency_p50", "latency_p95", "latency_p99", "cpu", "memory_mb"] = Field(
         description="What to watch, per version.")
-    max: float | None = Field(None, description="Upper bound (latency as a duration, error_rate as 0.05 or 5%).")
-    min: float | None = Field(None, description="Lower bound.")
+    max: Threshold | None = Field(
+        None, description="Upper bound (latency as a duration, error_rate as 0.05 or 5%).")
+    min: Threshold | None = Field(None, description="Lower bound, written like max.")
     for_: Duration = Field(300.0, alias="for", description="How long the bound must be broken to breach.")
 
     @field_validator("max", "min", mode="before")
     @classmethod
     def _threshold(cls, value: object, info: ValidationInfo) -> object:
         metric = info.data.get("metric")
-        return value if value is None or metric is None else _threshold(str(metric), value)
+        if value is None:
+            return value
+        if metric is None:  # the metric is invalid and already reported: do not pile a second error on it
+            for kind in ("error_rate", "latency_p95"):
+                try:
+                    return _threshold(kind, value)
+                except ValueError:
+                    pass
+            return value
+        return _threshold(str(metric), value)
 
     @model_validator(mode="after")
     def _bounded(self) -> Rule:
@@ -298,16 +358,21 @@ def _seed_rules() -> list[Rule]:
 
 
 class Analysis(_Model):
+    """Rules evaluated against the new version's metrics while it takes traffic; a breach rolls back."""
+
     interval: Duration = Field(10.0, gt=0, description="How often rules are evaluated.")
     post_promotion: Duration = Field(1800.0, description="Keep evaluating at 100 % this long while the previous "
                                      "version is kept (the seeds' 30-minute watch).")
-    rules: list[Rule] = Field(default_factory=_seed_rules)
+    rules: list[Rule] = Field(default_factory=_seed_rules, description="Any rule breached rolls the release "
+                              "back; the defaults are the seeds' error-rate and p95 latency limits.")
 
 
 # --- rollback -----------------------------------------------------------------------------------------------------
 
 
 class Rollback(_Model):
+    """How traffic leaves a failed version: at once, or down a staircase that lets caches and pools adjust."""
+
     mode: Literal["staircase", "immediate"] | None = Field(
         None, description="staircase or immediate; default: immediate for tier critical, else staircase.")
     staircase: list[int] = Field(default_factory=lambda: [50, 10, 0],
@@ -318,12 +383,13 @@ class Rollback(_Model):
     @classmethod
     def _staircase(cls, v: list[int]) -> list[int]:
         if not v or v[-1] != 0:
-            raise ValueError("the staircase must end at 0, e.g. [50, 10, 0]")
+            raise LocatedValueError("the staircase must end at 0, e.g. [50, 10, 0]",
+                                    at=(len(v) - 1,) if v else ())
         for i, w in enumerate(v):
             if not 0 <= w <= 100:
-                raise ValueError(f"staircase weight {w} is outside 0-100")
+                raise LocatedValueError(f"staircase weight {w} is outside 0-100", at=(i,))
             if i and w >= v[i - 1]:
-                raise ValueError(f"staircase weights must decrease: {w} follows {v[i - 1]}")
+                raise LocatedValueError(f"staircase weights must decrease: {w} follows {v[i - 1]}", at=(i,))
         return v
 
 
@@ -336,14 +402,16 @@ class Spec(_Model):
     service: str = Field(description="Service name: lower-case letters, digits, - and _.")
     tier: Literal["critical", "important", "supporting"] = Field(
         "important", description="critical implies immediate rollback unless rollback.mode says otherwise.")
-    platform: Platform
-    router: Router = Field(default_factory=lambda: BuiltinRouter())
-    health: Health = Field(default_factory=lambda: Health())
+    platform: Platform = Field(description="Where and how the versions run.")
+    router: Router = Field(default_factory=lambda: BuiltinRouter(), description="What splits traffic between "
+                           "the versions.")
+    health: Health = Field(default_factory=lambda: Health(), description="When a new instance counts as up.")
     smoke: list[SmokeTest] | None = Field(None, description="Requests sent to each new instance; default: GET "
                                           "on the health path.")
-    strategy: Strategy = Field(default_factory=lambda: Strategy(canary=Canary()))
-    analysis: Analysis = Field(default_factory=lambda: Analysis())
-    rollback: Rollback = Field(default_factory=lambda: Rollback())
+    strategy: Strategy = Field(default_factory=lambda: Strategy(canary=Canary()), description="How traffic "
+                               "moves to the new version; default: the seeds' canary.")
+    analysis: Analysis = Field(default_factory=lambda: Analysis(), description="When to roll back.")
+    rollback: Rollback = Field(default_factory=lambda: Rollback(), description="How to roll back.")
 
     @field_validator("service")
     @classmethod
