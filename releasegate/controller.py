@@ -170,7 +170,18 @@ class Controller:
             while await self.p.router.inflight(st.service, inst.address) > 0 and self.clock.now() < deadline:
                 await self.clock.sleep(0.05)
             await self.p.platform.stop(inst, self.spec.platform.stop_grace)
+        if action.keep == 0:
+            await self._forget_dead(st.service, action.version)
         return Outcome(True, details={"stopped": [i.address for i in victims]})
+
+    async def _forget_dead(self, service: str, version: str) -> None:
+        """Platforms that remember crashed instances (for post-mortems) are told we are done with them."""
+        dead_instances = getattr(self.p.platform, "dead_instances", None)
+        if dead_instances is None:
+            return
+        for dead in await dead_instances(service):
+            if dead.instance.version == version:
+                await self.p.platform.stop(dead.instance, 0.0)
 
     async def _analyze(self, st: RolloutState, action: Analyze) -> Observation:
         if await self._sleep_or_command(st, action.at):

@@ -50,3 +50,17 @@ def format_duration(seconds: float) -> str:
             n, whole = divmod(whole, size)
             parts.append(f"{n}{unit}")
     return "".join(parts)
+
+
+def duration_text(seconds: float) -> str:
+    """Like ``format_duration`` but exact: ``parse_duration(duration_text(x)) == x`` for every x >= 0.
+
+    Used when a spec is stored as JSON, so the stored copy reads like the file and validates again on resume.
+    """
+    text = format_duration(seconds)
+    try:
+        if abs(parse_duration(text) - seconds) <= 1e-9:
+            return text
+    except ValueError:
+        pass
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"

@@ -36,13 +36,16 @@ class MetricsByName:
 class ManagedBuiltinRouter:
     """The built-in router client, restarting the router process (with its persisted routes) if it died."""
 
-    def __init__(self, state_dir: Path, spec: Spec, client: BuiltinRouterClient) -> None:
+    def __init__(self, state_dir: Path, spec: Spec, client: BuiltinRouterClient, metrics: RouterMetrics) -> None:
         self.state_dir = state_dir
         self.spec = spec
         self.client = client
+        self.metrics = metrics
 
     async def _retry(self) -> BuiltinRouterClient:
+        """A restarted router may listen for admin calls on a new port: every user of the client follows."""
         self.client = await ensure_router(self.state_dir, self.spec.service, self.spec.router)
+        self.metrics.client = self.client
         return self.client
 
     async def set_routes(self, service: str, routes: Routes) -> None:
@@ -64,7 +67,8 @@ class ManagedBuiltinRouter:
 async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Clock) -> Providers:
     platform = LocalPlatform(spec.platform, state_dir, spec_dir)
     client = await ensure_router(state_dir, spec.service, spec.router)
-    router = ManagedBuiltinRouter(state_dir, spec, client)
+    traffic = RouterMetrics(client)
+    router = ManagedBuiltinRouter(state_dir, spec, client, traffic)
 
     async def health(instances: list[Instance], h: HealthSpec) -> CheckOutcome:
         r = await checks.wait_healthy(instances, h, clock, platform=platform)
@@ -74,5 +78,5 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
         r = await checks.run_smoke(instances, tests, timeout=max(spec.health.timeout, 5.0))
         return CheckOutcome(r.ok, r.reason, dict(r.details))
 
-    metrics = MetricsByName(RouterMetrics(router.client), ProcessMetrics(platform))
+    metrics = MetricsByName(traffic, ProcessMetrics(platform))
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke)

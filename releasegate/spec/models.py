@@ -14,15 +14,17 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
+    PlainSerializer,
     ConfigDict,
     Field,
     ValidationInfo,
     WithJsonSchema,
+    field_serializer,
     field_validator,
     model_validator,
 )
 
-from releasegate.durations import parse_duration
+from releasegate.durations import duration_text, parse_duration
 from releasegate.spec.errors import LocatedValueError
 
 _NUMBER_WITH_UNIT = r"(?:\d+(?:\.\d+)?(?:[mM][sS]|[sSmMhHdD]))+"
@@ -49,7 +51,8 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
-Duration = Annotated[float, BeforeValidator(_duration), WithJsonSchema(DURATION_JSON_SCHEMA)]
+Duration = Annotated[float, BeforeValidator(_duration), PlainSerializer(duration_text, return_type=str, when_used="json"),
+                     WithJsonSchema(DURATION_JSON_SCHEMA)]
 """Seconds, written in YAML as 250ms, 5s, 10m, 24h."""
 Threshold = Annotated[float, WithJsonSchema(THRESHOLD_JSON_SCHEMA)]
 """A rule's bound: a plain number, a duration for latency metrics, or a percentage for error_rate."""
@@ -334,6 +337,11 @@ class Rule(_Model):
         if self.max is None and self.min is None:
             raise ValueError(f"the rule on {self.metric} needs a bound: max or min")
         return self
+
+    @field_serializer("max", "min", when_used="json")
+    def _threshold_text(self, value: float | None) -> float | str | None:
+        """Latency bounds are stored as durations, as written, so a stored spec validates again."""
+        return duration_text(value) if value is not None and self.metric in LATENCY_METRICS else value
 
     def broken_by(self, value: float) -> bool:
         return (self.max is not None and value > self.max) or (self.min is not None and value < self.min)

@@ -1,0 +1,58 @@
+"""The router's settings, kept free of pydantic so the data-plane process starts fast and imports little."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Sticky = Literal["cookie", "header", "none"]
+STICKY_MODES: tuple[Sticky, ...] = ("cookie", "header", "none")
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[::1]:80`` too); raises ValueError with the expected form."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8080, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    """Everything one router process needs; one router serves one service.
+
+    The timeouts are the data plane's, not the rollout's: ``connect_timeout`` bounds how long a user waits for a
+    dead backend before getting a 502, ``response_timeout`` how long for the response head before a 504.
+    """
+
+    service: str
+    listen: str
+    routes_file: Path
+    state_file: Path
+    admin: str = "127.0.0.1:0"
+    sticky: Sticky = "cookie"
+    sticky_cookie: str = "rg_bucket"
+    sticky_header: str = "X-User-Id"
+    connect_timeout: float = 2.0
+    response_timeout: float = 60.0
+    client_idle_timeout: float = 75.0
+    shutdown_grace: float = 5.0
+    max_header_bytes: int = 65536
+    max_idle_per_backend: int = 256
+
+    def __post_init__(self) -> None:
+        split_host_port(self.listen)
+        host, _ = split_host_port(self.admin)
+        if host not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError(f"the admin API must listen on loopback (127.0.0.1:PORT), got {self.admin!r}")
+        if self.sticky not in STICKY_MODES:
+            raise ValueError(f"sticky must be one of {', '.join(STICKY_MODES)}, got {self.sticky!r}")
+        if not self.sticky_cookie or not self.sticky_header:
+            raise ValueError("the sticky cookie and header names must not be empty")

@@ -1,0 +1,160 @@
+"""Per-version request statistics in 1-second slots, cheap enough to record on every proxied request.
+
+Why a histogram and not a list of samples: the controller asks for p95 over "the last 5 minutes" at any time,
+and a busy router would have to keep millions of samples for that. Log-spaced buckets (x1.25 from 0.1 ms to 60
+s) keep every percentile within one bucket (25 %) of the truth at a fixed cost per slot, and recording costs
+one C-level ``bisect`` plus three list increments.
+
+What "latency" means here (the router's one definition, documented in docs/benchmarks-router.md): from the
+moment the router has the complete request head of a request to the moment the last byte of its response has
+been handed to the client socket. Upload time of a request body is therefore included, as is the time to
+stream the response.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from bisect import bisect_right
+from typing import TypedDict
+
+SLOTS = 3600 + 2
+"""At least an hour of history, plus the current partial second, plus one spare."""
+
+_LOW = 0.0001
+_FACTOR = 1.25
+_HIGH = 60.0
+BOUNDS: list[float] = []
+"""Upper bounds of the latency buckets in seconds; bucket i holds [BOUNDS[i-1], BOUNDS[i]), the last is open."""
+_b = _LOW
+while _b < _HIGH * _FACTOR:
+    BOUNDS.append(_b)
+    _b *= _FACTOR
+NBUCKETS = len(BOUNDS) + 1
+
+
+class WindowStats(TypedDict):
+    requests: int
+    errors: int
+    rps: float
+    error_rate: float | None
+    latency_p50: float | None
+    latency_p95: float | None
+    latency_p99: float | None
+
+
+class VersionStats:
+    """One version's ring of 1-second slots; slot ``s % SLOTS`` is valid only while ``stamp`` equals ``s``."""
+
+    __slots__ = ("errors", "hist", "last", "requests", "stamp")
+
+    def __init__(self) -> None:
+        self.last = int(time.perf_counter())  # the latest second with a request (or creation)
+        self.stamp = [-1] * SLOTS
+        self.requests = [0] * SLOTS
+        self.errors = [0] * SLOTS
+        self.hist = [0] * (SLOTS * NBUCKETS)
+
+    def record(self, now: float, latency: float, error: bool) -> None:
+        """Count one finished request; ``now`` is ``time.perf_counter()`` at the end of the response."""
+        sec = int(now)
+        i = sec % SLOTS
+        if self.stamp[i] != sec:
+            self._reset(i, sec)
+        self.requests[i] += 1
+        if error:
+            self.errors[i] += 1
+        self.hist[i * NBUCKETS + bisect_right(BOUNDS, latency)] += 1
+
+    def _reset(self, i: int, sec: int) -> None:
+        self.last = sec
+        self.stamp[i] = sec
+        self.requests[i] = 0
+        self.errors[i] = 0
+        base = i * NBUCKETS
+        self.hist[base:base + NBUCKETS] = [0] * NBUCKETS
+
+    def window(self, seconds: float, now: float, started: float) -> WindowStats:
+        """Aggregate the last ``seconds`` (the current partial second included) as of ``now``."""
+        span = max(1, min(SLOTS - 1, math.ceil(seconds)))
+        cur = int(now)
+        requests = errors = 0
+        rows = []
+        hist = self.hist
+        for sec in range(cur - span + 1, cur + 1):
+            i = sec % SLOTS
+            if self.stamp[i] != sec or not self.requests[i]:
+                continue
+            requests += self.requests[i]
+            errors += self.errors[i]
+            base = i * NBUCKETS
+            rows.append(hist[base:base + NBUCKETS])
+        # Column sums in C: an hour-long window is 3600 rows, and this runs on the data plane's event loop.
+        merged = [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * NBUCKETS
+        # The time the window really covers: whole past seconds plus the elapsed part of the current one, but
+        # never more than the router has been up (a router started 2 s ago has not seen 10 s of traffic).
+        covered = min(span - 1 + (now - cur), now - started)
+        covered = max(covered, 1e-3)
+        return {
+            "requests": requests,
+            "errors": errors,
+            "rps": requests / covered,
+            "error_rate": errors / requests if requests else None,
+            "latency_p50": percentile(merged, requests, 0.50),
+            "latency_p95": percentile(merged, requests, 0.95),
+            "latency_p99": percentile(merged, requests, 0.99),
+        }
+
+
+def percentile(hist: list[int], total: int, q: float) -> float | None:
+    """Linear interpolation inside the bucket holding the rank, as Prometheus' histogram_quantile does."""
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for b, n in enumerate(hist):
+        if not n:
+            continue
+        if seen + n >= rank:
+            lower = BOUNDS[b - 1] if b > 0 else 0.0
+            upper = BOUNDS[b] if b < len(BOUNDS) else BOUNDS[-1] * _FACTOR
+            return lower + (upper - lower) * max(0.0, rank - seen) / n
+        seen += n
+    return BOUNDS[-1] * _FACTOR
+
+
+class Stats:
+    """All versions' statistics for one router; versions appear on their first request."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.versions: dict[str, VersionStats] = {}
+
+    def for_version(self, version: str) -> VersionStats:
+        vs = self.versions.get(version)
+        if vs is None:
+            vs = self.versions[version] = VersionStats()
+        return vs
+
+    def prune(self, keep: tuple[str, ...], now: float | None = None) -> None:
+        """Forget versions out of the routes whose last request is older than the history kept (about 2 MB
+        each): a router that lives through hundreds of releases must not keep every version's ring."""
+        horizon = int(time.perf_counter() if now is None else now) - SLOTS
+        for name in [n for n, vs in self.versions.items() if n not in keep and vs.last < horizon]:
+            del self.versions[name]
+
+    def snapshot(self, seconds: float, version: str | None = None,
+                 known: tuple[str, ...] = ()) -> dict[str, WindowStats]:
+        """Window statistics per version; ``known`` versions (those in the routes) appear even without traffic."""
+        now = time.perf_counter()
+        names = [version] if version is not None else sorted(set(self.versions) | set(known))
+        out: dict[str, WindowStats] = {}
+        for name in names:
+            vs = self.versions.get(name)
+            out[name] = vs.window(seconds, now, self.started) if vs is not None else empty_window()
+        return out
+
+
+def empty_window() -> WindowStats:
+    return {"requests": 0, "errors": 0, "rps": 0.0, "error_rate": None,
+            "latency_p50": None, "latency_p95": None, "latency_p99": None}

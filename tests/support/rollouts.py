@@ -1,0 +1,119 @@
+"""Helpers for end-to-end rollout tests: specs on free ports, a load generator that counts every failed request,
+and cleanup that stops every process a test started."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.routers.builtin import stop_router
+from releasegate.spec import load_spec
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_spec(directory: Path, port: int, strategy: str, *, faults: str = "", rules: str | None = None,
+               extra: str = "", instances: int = 2, smoke_path: str = "/api/items", tier: str = "important",
+               rollback: str = "{staircase: [10, 0], step_wait: 1s}", post_promotion: str = "1s") -> Path:
+    rules = rules if rules is not None else "[{metric: error_rate, max: 0.05, for: 2s}]"
+    text = f"""\
+service: shop
+tier: {tier}
+platform:
+  command: "{PY} -m releasegate.demoapp --port {{port}}"
+  instances: {instances}
+  env: {{FAULTS: "{faults}"}}
+  stop_grace: 3s
+router: {{listen: "127.0.0.1:{port}", drain_timeout: 5s}}
+health: {{path: /health, interval: 100ms, timeout: 1s, attempts: 50}}
+smoke:
+  - {{method: GET, path: {smoke_path}, expect_status: [200], max_latency: 1s}}
+strategy: {strategy}
+analysis:
+  interval: 500ms
+  post_promotion: {post_promotion}
+  rules: {rules}
+rollback: {rollback}
+{extra}"""
+    path = directory / "shop.yaml"
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class Load:
+    """Continuous client traffic through the router; every failure (status >= 500 or connection error) is kept."""
+
+    url: str
+    concurrency: int = 4
+    by_version: dict[str, int] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+    requests: int = 0
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def __aenter__(self) -> Load:
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _worker(self) -> None:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            while not self._stop.is_set():
+                try:
+                    r = await client.get(self.url)
+                    version = r.headers.get("x-version", "?")
+                    self.by_version[version] = self.by_version.get(version, 0) + 1
+                    if r.status_code >= 500:
+                        self.failures.append(f"{r.status_code} from {version}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                self.requests += 1
+                await asyncio.sleep(0.005)
+
+    async def wait_for(self, n: int, timeout: float = 10.0) -> None:
+        """Until ``n`` more requests completed (so a test knows traffic really flows)."""
+        target = self.requests + n
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.requests < target:
+            if loop.time() > deadline:
+                raise AssertionError(f"traffic stalled at {self.requests} requests")
+            await asyncio.sleep(0.02)
+
+
+async def cleanup(state_dir: Path, spec_path: Path) -> None:
+    spec = load_spec(spec_path)
+    platform = LocalPlatform(spec.platform, state_dir, spec_path.parent)
+    for inst in await platform.instances(spec.service):
+        await platform.stop(inst, 1.0)
+    stop_router(state_dir, spec.service, 5.0)
+
+
+async def poll(predicate, timeout: float = 20.0, every: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(every)

@@ -1,0 +1,241 @@
+"""End to end on this machine: real app processes, the real router process, real HTTP on 127.0.0.1, SQLite.
+
+Each test deploys 1.0.0 first, then rolls out another version under continuous client traffic and checks what a
+user would notice: which version answered, whether any request failed, where traffic ends up, what was recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from releasegate import service
+from releasegate.errors import UserError
+from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
+from tests.support.rollouts import Load, cleanup, free_port, poll, write_spec
+
+pytestmark = pytest.mark.slow
+
+CANARY = "{canary: {steps: [{weight: 20, pause: 1500ms}, {weight: 50, pause: 1500ms}]}}"
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A state dir, a free router port, and cleanup of every process the test started."""
+    state = tmp_path / "state"
+    port = free_port()
+    made: list[Path] = []
+
+    class Env:
+        def __init__(self) -> None:
+            self.ctx = service.new_context(state)
+            self.state = state
+            self.port = port
+            self.url = f"http://127.0.0.1:{port}/api/items"
+
+        def spec(self, strategy: str = CANARY, **kw: object) -> Path:
+            path = write_spec(tmp_path, port, strategy, **kw)  # type: ignore[arg-type]
+            made.append(path)
+            return path
+
+        def router(self) -> BuiltinRouterClient:
+            info = read_router_state(state, "shop")
+            assert info is not None, "the router is not running"
+            return BuiltinRouterClient(str(info["admin"]))
+
+    yield Env()
+    if made:
+        asyncio.run(cleanup(state, made[-1]))
+
+
+async def routes_now(env) -> dict[str, int]:
+    return (await env.router().get_routes("shop")).weights()
+
+
+async def test_canary_promotes_under_load_with_zero_failed_requests(env):
+    spec = env.spec()
+    assert (await service.deploy(env.ctx, spec, "1.0.0")).status == "promoted"
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        st = await service.deploy(env.ctx, spec, "2.0.0")
+        await load.wait_for(20)
+    assert st.status == "promoted", st.reason
+    assert load.failures == []
+    assert load.by_version.get("1.0.0", 0) > 0 and load.by_version.get("2.0.0", 0) > 0
+    assert await routes_now(env) == {"2.0.0": 100}
+    [status] = service.status(env.ctx, "shop")
+    assert status["current"] == "2.0.0" and status["previous"] == "1.0.0"
+    assert status["previous_retire_at"] > st.finished_at + 23 * 3600  # kept 24 h for instant rollback
+
+
+async def test_error_rate_breach_rolls_back_and_records_the_evidence(env):
+    spec = env.spec(faults="3.0.0:error_rate=0.5", smoke_path="/health")
+    await service.deploy(env.ctx, spec, "1.0.0")
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        st = await service.deploy(env.ctx, spec, "3.0.0")
+        await load.wait_for(20)
+    assert st.status == "rolled_back"
+    assert "error_rate > 0.05 for 2s" in (st.reason or "")
+    assert await routes_now(env) == {"1.0.0": 100}
+    assert all(f.endswith("from 3.0.0") for f in load.failures), load.failures  # the stable version never failed
+    [run] = [h for h in service.history(env.ctx, "shop") if h["version"] == "3.0.0"]
+    decision = next(e for e in run["events"] if e["kind"] == "rollback")
+    assert decision["data"]["values"]["0:error_rate"] > 0.05
+    kinds = [e["kind"] for e in run["events"]]
+    assert kinds.index("intent") < kinds.index("step")  # the step was written before it was acted on
+    assert service.status(env.ctx, "shop")[0]["current"] == "1.0.0"
+
+
+async def test_latency_breach_rolls_back(env):
+    spec = env.spec(faults="3.0.0:latency=0.4", rules="[{metric: latency_p95, max: 150ms, for: 1s}]",
+                    smoke_path="/health")
+    await service.deploy(env.ctx, spec, "1.0.0")
+    async with Load(env.url, concurrency=8) as load:
+        await load.wait_for(20)
+        st = await service.deploy(env.ctx, spec, "3.0.0")
+    assert st.status == "rolled_back" and "latency_p95 > 150ms" in (st.reason or "")
+    assert load.failures == []
+    assert await routes_now(env) == {"1.0.0": 100}
+
+
+@pytest.mark.parametrize(("faults", "check"), [("2.0.0:health=fail", "health"),
+                                               ("2.0.0:error_rate=1", "smoke")])
+async def test_failed_health_or_smoke_aborts_before_any_user_request_reaches_it(env, faults, check):
+    spec = env.spec(faults=faults)
+    spec.write_text(spec.read_text().replace("attempts: 50", "attempts: 5"))
+    await service.deploy(env.ctx, spec, "1.0.0")
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        st = await service.deploy(env.ctx, spec, "2.0.0")
+        await load.wait_for(20)
+    assert st.status == "aborted" and f"{check} failed" in (st.reason or "")
+    assert "2.0.0" not in load.by_version and load.failures == []
+    stats = await env.router().stats(600)
+    assert stats.get("2.0.0", {}).get("requests", 0) == 0
+    assert {i.version for i in await _instances(env, spec)} == {"1.0.0"}
+
+
+async def _instances(env, spec):
+    from releasegate.providers.platforms.local import LocalPlatform
+    from releasegate.spec import load_spec
+
+    s = load_spec(spec)
+    return await LocalPlatform(s.platform, env.state, spec.parent).instances("shop")
+
+
+async def test_bluegreen_switch_and_rollback_command_lose_no_request(env):
+    spec = env.spec("{bluegreen: {keep_previous: 1h}}")
+    await service.deploy(env.ctx, spec, "1.0.0")
+    async with Load(env.url, concurrency=6) as load:
+        await load.wait_for(20)
+        st = await service.deploy(env.ctx, spec, "2.0.0")
+        assert st.status == "promoted"
+        await load.wait_for(30)
+        assert await routes_now(env) == {"2.0.0": 100}
+        result = await service.send_command(env.ctx, "shop", "rollback")
+        assert result.applied
+        await load.wait_for(30)
+    assert load.failures == []
+    assert await routes_now(env) == {"1.0.0": 100}
+    assert {i.version for i in await _instances(env, spec)} == {"1.0.0"}
+    assert service.status(env.ctx, "shop")[0]["current"] == "1.0.0"
+
+
+async def test_rolling_replaces_every_instance_under_load_with_zero_failures(env):
+    spec = env.spec("{rolling: {max_surge: 1, max_unavailable: 1}}", instances=3)
+    await service.deploy(env.ctx, spec, "1.0.0")
+    async with Load(env.url, concurrency=6) as load:
+        await load.wait_for(20)
+        st = await service.deploy(env.ctx, spec, "2.0.0")
+        await load.wait_for(20)
+    assert st.status == "promoted", st.reason
+    assert load.failures == []
+    assert [i.version for i in await _instances(env, spec)] == ["2.0.0"] * 3
+    assert await routes_now(env) == {"2.0.0": 100}
+
+
+async def test_second_deploy_is_refused_naming_the_rollout_in_progress(env):
+    spec = env.spec("{canary: {steps: [{weight: 10}]}}")  # no pause: waits for promote
+    await service.deploy(env.ctx, spec, "1.0.0")
+    first = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
+    await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("waiting"), what="manual step")
+    with pytest.raises(UserError, match=r"rollout shop-2\.0\.0-\w+ of 2\.0\.0 is in progress"):
+        await service.deploy(env.ctx, spec, "3.0.0")
+    assert (await service.send_command(env.ctx, "shop", "promote")).applied
+    st = await first
+    assert st.status == "promoted" and await routes_now(env) == {"2.0.0": 100}
+
+
+async def test_sigkill_of_the_controller_keeps_traffic_flowing_and_resume_finishes(env):
+    spec = env.spec("{canary: {steps: [{weight: 20, pause: 2s}, {weight: 50, pause: 2s}]}}")
+    await service.deploy(env.ctx, spec, "1.0.0")
+    cmd = [sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "deploy", str(spec),
+           "--version", "2.0.0"]
+    async with Load(env.url) as load:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
+                       what="the canary at 20%")
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        await load.wait_for(40)  # the data plane does not need the controller
+        rollout = service.status(env.ctx, "shop")[0]["rollout"]
+        assert rollout["controller_alive"] is False and rollout["weight"] == 20
+        assert await routes_now(env) == {"2.0.0": 20, "1.0.0": 80}
+        st = await service.resume(env.ctx, "shop")
+        await load.wait_for(20)
+    assert st.status == "promoted", st.reason
+    assert load.failures == []
+    events = [e["kind"] for e in service.history(env.ctx, "shop")[0]["events"]]
+    assert "resumed" in events
+
+
+async def test_a_router_killed_mid_canary_comes_back_with_its_routes_and_the_rollout_finishes(env):
+    spec = env.spec("{canary: {steps: [{weight: 20, pause: 3s}, {weight: 50, pause: 1s}]}}")
+    await service.deploy(env.ctx, spec, "1.0.0")
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        rollout = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
+        await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
+                   what="the canary at 20%")
+        old = read_router_state(env.state, "shop")
+        os.kill(int(old["pid"]), signal.SIGKILL)
+        # The controller notices at its next tick and restarts the router from its persisted routes file.
+        new = await poll(lambda: (s := read_router_state(env.state, "shop")) and s["pid"] != old["pid"] and s,
+                         what="a restarted router")
+        assert (await BuiltinRouterClient(str(new["admin"])).get_routes("shop")).weight_of("2.0.0") >= 20
+        st = await rollout
+        await load.wait_for(20)
+    assert st.status == "promoted", st.reason
+    assert await routes_now(env) == {"2.0.0": 100}
+
+
+def test_cli_errors_are_one_line_with_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("service: shop\nplatform:\n  command: python3 app.py\nstratgy: {}\n")
+    r = subprocess.run([sys.executable, "-m", "releasegate", "validate", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{bad}:3:12:" in r.stderr and "{port}" in r.stderr
+    assert f"{bad}:4:1: unknown key 'stratgy' (did you mean 'strategy'?)" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "releasegate", "--state-dir", str(tmp_path / "s"), "status", "nope"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("releasegate: nope: unknown service")
+
+
+def test_plan_prints_steps_and_changes_nothing(tmp_path):
+    spec = write_spec(tmp_path, 18999, CANARY)
+    state = tmp_path / "state"
+    r = subprocess.run([sys.executable, "-m", "releasegate", "--state-dir", str(state), "plan", str(spec),
+                        "--version", "2.0.0"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "first deploy" in r.stdout and "route 2.0.0 100%" in r.stdout
+    assert not state.exists()
