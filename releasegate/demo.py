@@ -77,6 +77,7 @@ class Traffic:
         except httpx.HTTPError:
             self.failed_unrouted += 1
             return
+        client.cookies.clear()  # each request a new user, so the canary gets its share of traffic
         version = r.headers.get("x-version") or "?"
         counts = self.by_version.setdefault(version, [0, 0])
         counts[0] += 1

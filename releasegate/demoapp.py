@@ -80,6 +80,21 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile.read(length)
         self._serve(body=True)
 
+    def do_PUT(self) -> None:
+        """``PUT /_faults`` with a body like ``error_rate=1`` changes faults at run time (DEMO_CONTROL=1 only):
+        benchmarks use it to know the exact moment a running canary starts failing."""
+        length = int(self.headers.get("Content-Length") or 0)
+        text = self.rfile.read(length).decode(errors="replace")
+        if self.path != "/_faults" or not self.server.control:
+            self._send(404, {"error": "not found", "path": self.path}, True)
+            return
+        try:
+            self.server.faults = Faults(parse_faults(f"*:{text}", self.server.version) if text.strip() else {})
+        except ValueError as exc:
+            self._send(400, {"error": str(exc)}, True)
+            return
+        self._send(200, {"faults": text}, True)
+
     def _serve(self, body: bool) -> None:
         srv = self.server
         with srv.lock:
@@ -133,6 +148,7 @@ class DemoServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.active = 0
         self.stopping = False
+        self.control = os.environ.get("DEMO_CONTROL") == "1"
 
 
 def main(argv: list[str] | None = None) -> int:

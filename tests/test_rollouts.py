@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from releasegate import service
@@ -55,16 +54,21 @@ def env(tmp_path):
         asyncio.run(cleanup(state, made[-1]))
 
 
+async def deploy(env, spec: Path, version: str):
+    """Every rollout here finishes in seconds; one that does not is a failure, not a hang."""
+    return await asyncio.wait_for(service.deploy(env.ctx, spec, version), 60)
+
+
 async def routes_now(env) -> dict[str, int]:
     return (await env.router().get_routes("shop")).weights()
 
 
 async def test_canary_promotes_under_load_with_zero_failed_requests(env):
     spec = env.spec()
-    assert (await service.deploy(env.ctx, spec, "1.0.0")).status == "promoted"
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
     async with Load(env.url) as load:
         await load.wait_for(20)
-        st = await service.deploy(env.ctx, spec, "2.0.0")
+        st = await deploy(env, spec, "2.0.0")
         await load.wait_for(20)
     assert st.status == "promoted", st.reason
     assert load.failures == []
@@ -77,10 +81,10 @@ async def test_canary_promotes_under_load_with_zero_failed_requests(env):
 
 async def test_error_rate_breach_rolls_back_and_records_the_evidence(env):
     spec = env.spec(faults="3.0.0:error_rate=0.5", smoke_path="/health")
-    await service.deploy(env.ctx, spec, "1.0.0")
+    await deploy(env, spec, "1.0.0")
     async with Load(env.url) as load:
         await load.wait_for(20)
-        st = await service.deploy(env.ctx, spec, "3.0.0")
+        st = await deploy(env, spec, "3.0.0")
         await load.wait_for(20)
     assert st.status == "rolled_back"
     assert "error_rate > 0.05 for 2s" in (st.reason or "")
@@ -97,10 +101,10 @@ async def test_error_rate_breach_rolls_back_and_records_the_evidence(env):
 async def test_latency_breach_rolls_back(env):
     spec = env.spec(faults="3.0.0:latency=0.4", rules="[{metric: latency_p95, max: 150ms, for: 1s}]",
                     smoke_path="/health")
-    await service.deploy(env.ctx, spec, "1.0.0")
+    await deploy(env, spec, "1.0.0")
     async with Load(env.url, concurrency=8) as load:
         await load.wait_for(20)
-        st = await service.deploy(env.ctx, spec, "3.0.0")
+        st = await deploy(env, spec, "3.0.0")
     assert st.status == "rolled_back" and "latency_p95 > 150ms" in (st.reason or "")
     assert load.failures == []
     assert await routes_now(env) == {"1.0.0": 100}
@@ -111,10 +115,10 @@ async def test_latency_breach_rolls_back(env):
 async def test_failed_health_or_smoke_aborts_before_any_user_request_reaches_it(env, faults, check):
     spec = env.spec(faults=faults)
     spec.write_text(spec.read_text().replace("attempts: 50", "attempts: 5"))
-    await service.deploy(env.ctx, spec, "1.0.0")
+    await deploy(env, spec, "1.0.0")
     async with Load(env.url) as load:
         await load.wait_for(20)
-        st = await service.deploy(env.ctx, spec, "2.0.0")
+        st = await deploy(env, spec, "2.0.0")
         await load.wait_for(20)
     assert st.status == "aborted" and f"{check} failed" in (st.reason or "")
     assert "2.0.0" not in load.by_version and load.failures == []
@@ -133,10 +137,10 @@ async def _instances(env, spec):
 
 async def test_bluegreen_switch_and_rollback_command_lose_no_request(env):
     spec = env.spec("{bluegreen: {keep_previous: 1h}}")
-    await service.deploy(env.ctx, spec, "1.0.0")
+    await deploy(env, spec, "1.0.0")
     async with Load(env.url, concurrency=6) as load:
         await load.wait_for(20)
-        st = await service.deploy(env.ctx, spec, "2.0.0")
+        st = await deploy(env, spec, "2.0.0")
         assert st.status == "promoted"
         await load.wait_for(30)
         assert await routes_now(env) == {"2.0.0": 100}
@@ -151,10 +155,10 @@ async def test_bluegreen_switch_and_rollback_command_lose_no_request(env):
 
 async def test_rolling_replaces_every_instance_under_load_with_zero_failures(env):
     spec = env.spec("{rolling: {max_surge: 1, max_unavailable: 1}}", instances=3)
-    await service.deploy(env.ctx, spec, "1.0.0")
+    await deploy(env, spec, "1.0.0")
     async with Load(env.url, concurrency=6) as load:
         await load.wait_for(20)
-        st = await service.deploy(env.ctx, spec, "2.0.0")
+        st = await deploy(env, spec, "2.0.0")
         await load.wait_for(20)
     assert st.status == "promoted", st.reason
     assert load.failures == []
@@ -164,11 +168,11 @@ async def test_rolling_replaces_every_instance_under_load_with_zero_failures(env
 
 async def test_second_deploy_is_refused_naming_the_rollout_in_progress(env):
     spec = env.spec("{canary: {steps: [{weight: 10}]}}")  # no pause: waits for promote
-    await service.deploy(env.ctx, spec, "1.0.0")
-    first = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
+    await deploy(env, spec, "1.0.0")
+    first = asyncio.create_task(deploy(env, spec, "2.0.0"))
     await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("waiting"), what="manual step")
     with pytest.raises(UserError, match=r"rollout shop-2\.0\.0-\w+ of 2\.0\.0 is in progress"):
-        await service.deploy(env.ctx, spec, "3.0.0")
+        await deploy(env, spec, "3.0.0")
     assert (await service.send_command(env.ctx, "shop", "promote")).applied
     st = await first
     assert st.status == "promoted" and await routes_now(env) == {"2.0.0": 100}
@@ -176,7 +180,7 @@ async def test_second_deploy_is_refused_naming_the_rollout_in_progress(env):
 
 async def test_sigkill_of_the_controller_keeps_traffic_flowing_and_resume_finishes(env):
     spec = env.spec("{canary: {steps: [{weight: 20, pause: 2s}, {weight: 50, pause: 2s}]}}")
-    await service.deploy(env.ctx, spec, "1.0.0")
+    await deploy(env, spec, "1.0.0")
     cmd = [sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "deploy", str(spec),
            "--version", "2.0.0"]
     async with Load(env.url) as load:
@@ -191,7 +195,7 @@ async def test_sigkill_of_the_controller_keeps_traffic_flowing_and_resume_finish
         rollout = service.status(env.ctx, "shop")[0]["rollout"]
         assert rollout["controller_alive"] is False and rollout["weight"] == 20
         assert await routes_now(env) == {"2.0.0": 20, "1.0.0": 80}
-        st = await service.resume(env.ctx, "shop")
+        st = await asyncio.wait_for(service.resume(env.ctx, "shop"), 60)
         await load.wait_for(20)
     assert st.status == "promoted", st.reason
     assert load.failures == []
@@ -201,10 +205,10 @@ async def test_sigkill_of_the_controller_keeps_traffic_flowing_and_resume_finish
 
 async def test_a_router_killed_mid_canary_comes_back_with_its_routes_and_the_rollout_finishes(env):
     spec = env.spec("{canary: {steps: [{weight: 20, pause: 3s}, {weight: 50, pause: 1s}]}}")
-    await service.deploy(env.ctx, spec, "1.0.0")
+    await deploy(env, spec, "1.0.0")
     async with Load(env.url) as load:
         await load.wait_for(20)
-        rollout = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
+        rollout = asyncio.create_task(deploy(env, spec, "2.0.0"))
         await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
                    what="the canary at 20%")
         old = read_router_state(env.state, "shop")

@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    PlainSerializer,
     ConfigDict,
     Field,
+    PlainSerializer,
     ValidationInfo,
     WithJsonSchema,
     field_serializer,
@@ -51,7 +51,8 @@ def _duration(value: object) -> float:
     return parse_duration(value)
 
 
-Duration = Annotated[float, BeforeValidator(_duration), PlainSerializer(duration_text, return_type=str, when_used="json"),
+Duration = Annotated[float, BeforeValidator(_duration),
+                     PlainSerializer(duration_text, return_type=str, when_used="json"),
                      WithJsonSchema(DURATION_JSON_SCHEMA)]
 """Seconds, written in YAML as 250ms, 5s, 10m, 24h."""
 Threshold = Annotated[float, WithJsonSchema(THRESHOLD_JSON_SCHEMA)]
@@ -169,7 +170,8 @@ class SmokeTest(_Model):
     path: str = Field("/", description="HTTP path requested on each new instance.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
     body: str | None = Field(None, description="Request body, sent as is.")
-    expect_status: list[int] = Field(default_factory=lambda: [200], description="Accepted statuses; empty means any 2xx.")
+    expect_status: list[int] = Field(default_factory=lambda: [200],
+                                     description="Accepted statuses; empty means any 2xx.")
     max_latency: Duration = Field(0.5, description="Slower answers fail the test.")
     expect_body: str | None = Field(None, description="Text the body must contain.")
     expect_json: dict[str, Any] = Field(default_factory=dict, description="JSON subset the body must contain.")

@@ -54,7 +54,10 @@ rollback: {rollback}
 
 @dataclass
 class Load:
-    """Continuous client traffic through the router; every failure (status >= 500 or connection error) is kept."""
+    """Continuous client traffic through the router; every failure (status >= 500 or connection error) is kept.
+
+    Each request drops the sticky cookie, so the load looks like many users: with a few cookie-keeping clients,
+    a 20 % canary can get no traffic at all (and, rightly, never advances)."""
 
     url: str
     concurrency: int = 4
@@ -77,6 +80,7 @@ class Load:
             while not self._stop.is_set():
                 try:
                     r = await client.get(self.url)
+                    client.cookies.clear()  # every request a new user: sticky buckets spread over all versions
                     version = r.headers.get("x-version", "?")
                     self.by_version[version] = self.by_version.get(version, 0) + 1
                     if r.status_code >= 500:
