@@ -186,14 +186,21 @@ class Controller:
     async def _analyze(self, st: RolloutState, action: Analyze) -> Observation:
         if await self._sleep_or_command(st, action.at):
             return Observation(at=self.clock.now(), interrupted=True)
+        at = self.clock.now()
+        values = await self._measure(st, action, action.window)
+        whole = await self._measure(st, action, action.whole) if action.whole is not None else None
+        return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole)
+
+    async def _measure(self, st: RolloutState, action: Analyze, window: float) -> dict[str, float | None]:
+        """Every rule's metric over the last ``window`` seconds; an unreachable source is no data, never 0."""
         values: dict[str, float | None] = {}
         for i, rule in enumerate(self.spec.analysis.rules):
-            q = MetricQuery(st.service, action.version, rule.metric, action.window, action.baseline)
+            q = MetricQuery(st.service, action.version, rule.metric, window, action.baseline)
             try:
                 values[rule_key(i, rule)] = await self.p.metrics.query(q)
             except ProviderError:
                 values[rule_key(i, rule)] = None
-        return Observation(at=self.clock.now(), values=values, dead=await self._dead(st, action.version))
+        return values
 
     async def _dead(self, st: RolloutState, version: str) -> tuple[str, ...]:
         """Backends the router sends ``version`` traffic to whose process is gone."""

@@ -30,6 +30,10 @@ def _when(ts: float | None) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _took(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else format_duration(round(seconds))
+
+
 def format_values(values: Any) -> str:
     if not isinstance(values, dict):
         return ""
@@ -70,7 +74,7 @@ class ProgressPrinter:
             self.console.print(f"[{style}]{line}[/{style}]" if style else line)
 
     def summary(self, st: RolloutState) -> None:
-        took = format_duration((st.finished_at or st.updated_at) - st.created_at)
+        took = _took((st.finished_at or st.updated_at) - st.created_at)
         colour = "green" if st.status == "promoted" else "red"
         self.console.print(f"[bold {colour}]{st.service} {st.version}: {st.status.replace('_', ' ')}[/] "
                            f"after {took}: {st.reason or ''}")
@@ -112,7 +116,7 @@ def render_status(console: Console, data: list[dict[str, Any]]) -> None:
 
 def render_history(console: Console, data: list[dict[str, Any]]) -> None:
     for r in data:
-        took = format_duration((r["finished_at"] or r["started_at"]) - r["started_at"]) if r["finished_at"] else "-"
+        took = _took(r["finished_at"] - r["started_at"]) if r["finished_at"] else "-"
         console.print(f"[bold]{r['id']}[/bold] {r['version']} ({r['strategy']}"
                       + (f" from {r['previous']}" if r["previous"] else "") + f"): {r['status']} "
                       f"started {_when(r['started_at'])}, took {took}" + (f": {r['reason']}" if r["reason"] else ""))

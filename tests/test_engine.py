@@ -47,9 +47,18 @@ def test_error_rate_held_for_5_minutes_at_25_percent_rolls_back_down_the_stairca
     assert "error_rate > 0.05 for 5m" in (trace.state.reason or "")
 
 
-def test_breach_shorter_than_the_for_window_does_not_roll_back():
-    trace = simulate(make_spec(), "2.0.0", "1.0.0", metric=errors_when(lambda t, w: 600 <= t < 840))
+def test_a_short_spike_neither_breaches_nor_fails_the_step():
+    # 30 s of 30 % errors in a 10-minute step: not held for 5m, and 1.5 % over the whole step.
+    trace = simulate(make_spec(), "2.0.0", "1.0.0", metric=errors_when(lambda t, w: 700 <= t < 730))
     assert trace.state.status == "promoted"
+
+
+def test_errors_that_come_and_go_fail_the_step_on_its_whole_evidence():
+    # Every other evaluation fails: the 5-minute rule never holds, but the step saw 15 % errors overall.
+    trace = simulate(make_spec(), "2.0.0", "1.0.0", metric=errors_when(lambda t, w: w >= 5 and int(t / 10) % 2))
+    assert trace.state.status == "rolled_back"
+    assert new_weights(trace) == [5, 0]  # failed at the end of step 1, never reached 25 %
+    assert "error_rate over the step (10m) was 0.15" in (trace.state.reason or "")
 
 
 def test_latency_rule_breach_rolls_back():
@@ -198,20 +207,23 @@ def test_a_resumed_controller_makes_exactly_the_same_decisions():
         now = 0.0
         st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", now)
         seen = []
-        while st.active:
+        for _ in range(100_000):
+            if not st.active:
+                break
             if roundtrip:
                 st = RolloutState.model_validate_json(st.model_dump_json())
             action = decide.next_action(st, spec, now)
             seen.append((now, repr(action)))
             if isinstance(action, Analyze):
                 now = action.at
-                w = st.weight
+                values = {f"{i}:{r.metric}": metric(now, r.metric, st.weight)
+                          for i, r in enumerate(spec.analysis.rules)}
                 result: Outcome | Observation = Observation(
-                    at=now, values={f"{i}:{r.metric}": metric(now, r.metric, w)
-                                    for i, r in enumerate(spec.analysis.rules)})
+                    at=now, values=values, whole=values if action.whole is not None else None)
             else:
                 result = Outcome(True)
             st, _ = decide.apply(st, spec, action, result, now)
+        assert not st.active, "the rollout did not finish"
         return seen
 
     assert drive(roundtrip=True) == drive(roundtrip=False)

@@ -8,9 +8,11 @@ the run and makes the rule inconclusive: inconclusive never breaches and never l
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
-from releasegate.engine.state import Sample
-from releasegate.spec.models import Rule
+from releasegate.durations import format_duration
+from releasegate.engine.state import Analyze, Observation, RolloutState, Sample
+from releasegate.spec.models import LATENCY_METRICS, Rule, Spec
 
 
 def rule_key(index: int, rule: Rule) -> str:
@@ -68,3 +70,50 @@ def evaluate(rules: list[Rule], samples: dict[str, list[Sample]], now: float, in
 def trim(samples: list[Sample], now: float, keep: float) -> list[Sample]:
     """Drop samples no rule can look back to, so the persisted state stays small."""
     return [s for s in samples if s.at >= now - keep]
+
+
+def tick(st: RolloutState, spec: Spec, now: float, deadline: float | None, version: str,
+         baseline: str | None) -> Analyze:
+    """The next evaluation: one interval after the last, or at the deadline that closes the step. From the
+    deadline on, every evaluation also measures the whole step, which decides whether the step passes."""
+    interval = spec.analysis.interval
+    base = st.last_tick if st.last_tick is not None and st.last_tick >= st.phase_started else st.phase_started
+    at = min(base + interval, deadline) if deadline is not None and deadline > base else base + interval
+    at = max(at, now)
+    whole = max(at - st.phase_started, interval) if deadline is not None and at >= deadline else None
+    return Analyze(at=at, window=interval, version=version, baseline=baseline, whole=whole)
+
+
+def record_samples(st: RolloutState, spec: Spec, obs: Observation) -> RolloutState:
+    keep = max((r.for_ for r in spec.analysis.rules), default=0.0) + 3 * spec.analysis.interval
+    samples = dict(st.samples)
+    for i, rule in enumerate(spec.analysis.rules):
+        key = rule_key(i, rule)
+        sample = Sample(at=obs.at, start=obs.at - spec.analysis.interval, value=obs.values.get(key))
+        samples[key] = trim([*samples.get(key, []), sample], obs.at, keep)
+    return st.model_copy(update={"samples": samples, "last_tick": obs.at})
+
+
+Gate = Literal["pass", "wait", "fail"]
+
+
+def gate(rules: list[Rule], obs: Observation, whole: float | None) -> tuple[Gate, str]:
+    """Does the step's own evidence let it pass? Every rule measured over the whole step must have data and be
+    within its bound. A step whose errors came and went (never long enough to breach) still fails here."""
+    if not rules:
+        return "pass", ""
+    if obs.whole is None:
+        return "wait", "waiting: the step's metrics could not be read"
+    span = format_duration(round(whole or 0.0, 3))
+    missing = []
+    for i, rule in enumerate(rules):
+        value = obs.whole.get(rule_key(i, rule))
+        if value is None:
+            missing.append(rule.metric)
+        elif rule.broken_by(value):
+            shown = format_duration(value) if rule.metric in LATENCY_METRICS else f"{value:.4g}"
+            return "fail", f"{rule.metric} over the step ({span}) was {shown} (rule: {rule.describe()})"
+    if missing:
+        return "wait", (f"waiting: no data for {', '.join(missing)} over the step (no traffic?); "
+                        "a step never advances without evidence")
+    return "pass", ""

@@ -14,7 +14,7 @@ Rolling replaces instances in batches (engine/rolling.py) and rolls back by roll
 from __future__ import annotations
 
 from releasegate.engine import rolling
-from releasegate.engine.analysis import evaluate, rule_key, trim
+from releasegate.engine.analysis import evaluate, gate, record_samples, tick
 from releasegate.engine.state import (
     Action,
     Analyze,
@@ -26,7 +26,6 @@ from releasegate.engine.state import (
     Result,
     RolloutState,
     Route,
-    Sample,
     Share,
     Smoke,
     Start,
@@ -57,15 +56,6 @@ def _split(st: RolloutState, weight: int) -> Route:
     return Route(tuple(s for s in shares if s.weight > 0))
 
 
-def _tick(st: RolloutState, spec: Spec, now: float, deadline: float | None) -> Analyze:
-    interval = spec.analysis.interval
-    base = st.last_tick if st.last_tick is not None and st.last_tick >= st.phase_started else st.phase_started
-    at = base + interval
-    if deadline is not None and deadline > base:
-        at = min(at, deadline)
-    return Analyze(at=max(at, now), window=interval, version=st.version, baseline=st.previous)
-
-
 def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
     """What to do next; deterministic in (state, spec, now)."""
     p = st.phase
@@ -89,15 +79,16 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
         step = spec.strategy.steps[st.step]
         if not st.routed:
             return _split(st, step.weight)
-        return _tick(st, spec, now, None if step.pause is None else st.phase_started + step.pause)
+        return tick(st, spec, now, None if step.pause is None else st.phase_started + step.pause, st.version,
+                    st.previous)
     if p == "promote":
         return _split(st, 100)
     if p == "watch":
-        return _tick(st, spec, now, st.phase_started + spec.analysis.post_promotion)
+        return tick(st, spec, now, st.phase_started + spec.analysis.post_promotion, st.version, st.previous)
     if p == "rollback":
         if not st.routed:
             return _split(st, st.staircase[0])
-        return _tick(st, spec, now, st.phase_started + spec.rollback.step_wait)
+        return tick(st, spec, now, st.phase_started + spec.rollback.step_wait, st.version, st.previous)
     if p == "abort":
         return _split(st, 0) if st.weight > 0 else Stop(st.version, 0)
     if p == "stop_new":
@@ -114,7 +105,8 @@ def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: flo
     if st.phase in ("roll", "roll_back"):
         return rolling.apply(st, spec, action, result, now)
     if isinstance(result, Observation):
-        return _observe(st, spec, result, now)
+        assert isinstance(action, Analyze)
+        return _observe(st, spec, action, result, now)
     assert isinstance(result, Outcome)
     return _outcome(st, spec, action, result, now)
 
@@ -177,16 +169,6 @@ def _ending(st: RolloutState, outcome: Status, reason: str, now: float) -> Rollo
     return _to(st, "finish", now, reason=reason, outcome=outcome)
 
 
-def record_samples(st: RolloutState, spec: Spec, obs: Observation) -> RolloutState:
-    keep = max((r.for_ for r in spec.analysis.rules), default=0.0) + 3 * spec.analysis.interval
-    samples = dict(st.samples)
-    for i, rule in enumerate(spec.analysis.rules):
-        key = rule_key(i, rule)
-        sample = Sample(at=obs.at, start=obs.at - spec.analysis.interval, value=obs.values.get(key))
-        samples[key] = trim([*samples.get(key, []), sample], obs.at, keep)
-    return st.model_copy(update={"samples": samples, "last_tick": obs.at})
-
-
 def start_rollback(st: RolloutState, spec: Spec, reason: str, now: float, *, immediate: bool = False,
                    rule: str | None = None, value: float | None = None,
                    outcome: Status = "rolled_back") -> RolloutState:
@@ -200,7 +182,7 @@ def start_rollback(st: RolloutState, spec: Spec, reason: str, now: float, *, imm
                outcome=outcome)
 
 
-def _observe(st: RolloutState, spec: Spec, obs: Observation, now: float) -> Applied:
+def _observe(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, now: float) -> Applied:
     if obs.interrupted:
         return st, []
     st = record_samples(st, spec, obs)
@@ -224,20 +206,33 @@ def _observe(st: RolloutState, spec: Spec, obs: Observation, now: float) -> Appl
                 Decision("analysis", "analysis passed" if verdict.healthy else "analysis inconclusive",
                          {"values": values})]
         if st.promote_requested or (step.pause is not None and obs.at >= st.phase_started + step.pause):
-            if not verdict.conclusive:
-                why = _no_data(spec, verdict.inconclusive, st)
+            verdict_of_step, why = gate(spec.analysis.rules, obs, action.whole)
+            if st.promote_requested:
+                verdict_of_step = "pass"
+            if verdict_of_step == "fail":
+                why = f"step {st.step + 1} at {st.weight}% failed: {why}"
+                return start_rollback(st, spec, why, now), [Decision("rollback", why, {"values": values,
+                                                                                        "step": obs.whole})]
+            if verdict_of_step == "wait":
                 return st.model_copy(update={"waiting": why}), [Decision("waiting", why, {"values": values})]
             nxt = st.step + 1
-            d = Decision("analysis_passed", f"step {st.step + 1} passed at {st.weight}%", {"values": values})
+            d = Decision("analysis_passed", f"step {st.step + 1} passed at {st.weight}%",
+                         {"values": values, "step": obs.whole})
             if st.promote_requested or nxt >= len(spec.strategy.steps):
                 return _to(st, "promote", now), [d]
             return _to(st, "step", now, step=nxt), [d]
         return st.model_copy(update={"waiting": None}), [Decision("analysis", "analysis", {"values": values})]
     if p == "watch":
         if obs.at >= st.phase_started + spec.analysis.post_promotion:
-            note = "" if verdict.conclusive else f" (no data at the end for {', '.join(verdict.inconclusive)})"
+            verdict_of_watch, why = gate(spec.analysis.rules, obs, action.whole)
+            if verdict_of_watch == "fail":
+                why = f"post-promotion watch failed: {why}"
+                return start_rollback(st, spec, why, now), [Decision("rollback", why, {"values": values,
+                                                                                        "step": obs.whole})]
+            note = f" ({why.removeprefix('waiting: ')})" if verdict_of_watch == "wait" else ""
             why = f"promoted: {st.version} serves 100%, watched for the post-promotion window{note}"
-            return _ending(st, "promoted", why, now), [Decision("watch_passed", why, {"values": values})]
+            return _ending(st, "promoted", why, now), [Decision("watch_passed", why, {"values": values,
+                                                                                     "step": obs.whole})]
         return st, [Decision("analysis", "post-promotion analysis", {"values": values})]
     if p == "rollback":
         if st.breach_rule is not None and st.staircase[0] != 0:

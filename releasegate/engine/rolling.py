@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from releasegate.engine.analysis import evaluate
+from releasegate.engine.analysis import evaluate, gate, record_samples, tick
 from releasegate.engine.state import (
     Action,
     Analyze,
@@ -107,11 +107,7 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
     if stage == "route":
         return _route(rp, rp.src_in, rp.dst_in + rp.batch)
     if stage == "pause":
-        interval = spec.analysis.interval
-        base = st.last_tick if st.last_tick is not None and st.last_tick >= st.phase_started else st.phase_started
-        deadline = st.phase_started + _cfg(spec).pause
-        at = min(base + interval, deadline) if deadline > base else base + interval
-        return Analyze(at=max(at, now), window=interval, version=rp.dst, baseline=rp.src)
+        return tick(st, spec, now, st.phase_started + _cfg(spec).pause, rp.dst, rp.src)
     raise ValueError(f"rolling stage {stage!r} has no action")
 
 
@@ -136,8 +132,6 @@ def _advance(st: RolloutState, rp: RollingProgress, spec: Spec, now: float) -> R
 
 
 def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: float) -> Applied:
-    from releasegate.engine.decide import record_samples
-
     rp = st.rolling
     assert rp is not None
     if isinstance(result, Observation):
@@ -154,9 +148,12 @@ def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: flo
                 why = f"{spec.analysis.rules[int(key.split(':')[0])].describe()} held (now {value:.4g})"
             return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
         if st.promote_requested or result.at >= st.phase_started + _cfg(spec).pause:
-            if not verdict.conclusive:
-                why = (f"waiting: no data for {', '.join(k.split(':', 1)[1] for k in verdict.inconclusive)} "
-                       f"on {st.version}; a batch never advances without evidence")
+            assert isinstance(action, Analyze)
+            outcome, why = ("pass", "") if st.promote_requested else gate(spec.analysis.rules, result, action.whole)
+            if outcome == "fail":
+                why = f"batch {rp.dst_in}/{rp.target} failed: {why}"
+                return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
+            if outcome == "wait":
                 return st.model_copy(update={"waiting": why}), [Decision("waiting", why, values)]
             return _advance(st, rp, spec, now), [Decision("analysis_passed", "batch analysis passed", values)]
         return st, [Decision("analysis", "analysis", values)]

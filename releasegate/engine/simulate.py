@@ -44,6 +44,19 @@ def passing(rules: list[Rule]) -> Metric:
     return value
 
 
+def _whole(spec: Spec, metric: Metric, action: Analyze, t: float, weight: int) -> dict[str, float | None] | None:
+    """Each rule's metric over the whole step: the mean of its values sampled every interval (None: no data)."""
+    if action.whole is None:
+        return None
+    interval = spec.analysis.interval
+    n = max(1, round(action.whole / interval))
+    out: dict[str, float | None] = {}
+    for i, r in enumerate(spec.analysis.rules):
+        seen = [v for k in range(n) if (v := metric(t - k * interval, r.metric, weight)) is not None]
+        out[rule_key(i, r)] = sum(seen) / len(seen) if seen else None
+    return out
+
+
 @dataclass
 class Trace:
     state: RolloutState
@@ -90,7 +103,8 @@ def simulate(spec: Spec, version: str, previous: str | None, *, metric: Metric |
                 now = action.at
                 w = trace.weights[-1][1].get(action.version, 0) if trace.weights else 0
                 result = Observation(at=now, values={rule_key(i, r): metric(now - t0, r.metric, w)
-                                                     for i, r in enumerate(spec.analysis.rules)})
+                                                     for i, r in enumerate(spec.analysis.rules)},
+                                     whole=_whole(spec, metric, action, now - t0, w))
         st, decisions = decide.apply(st, spec, action, result, now)
         trace.decisions += [(now - t0, d) for d in decisions]
         if isinstance(action, Finish):

@@ -107,12 +107,17 @@ class Route:
 
 @dataclass(frozen=True)
 class Analyze:
-    """Wait until ``at`` (or an operator command), then measure every rule over the last ``window`` seconds."""
+    """Wait until ``at`` (or an operator command), then measure every rule over the last ``window`` seconds.
+
+    ``whole`` is set on the evaluation that closes a step: each rule is then also measured over the last
+    ``whole`` seconds (the step so far), and that is what decides whether the step passes.
+    """
 
     at: float
     window: float
     version: str
     baseline: str | None
+    whole: float | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,7 @@ class Observation:
     values: dict[str, float | None] = field(default_factory=dict)
     dead: tuple[str, ...] = ()
     interrupted: bool = False
+    whole: dict[str, float | None] | None = None  # each rule over the whole step, when Analyze.whole was set
 
 
 Result = Outcome | Observation
