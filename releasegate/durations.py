@@ -45,7 +45,7 @@ def format_duration(seconds: float) -> str:
     if abs(seconds - whole) > 1e-9:
         return f"{seconds:g}s"
     parts = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):  # hours, not days: runbooks say "24h"
         if whole >= size:
             n, whole = divmod(whole, size)
             parts.append(f"{n}{unit}")

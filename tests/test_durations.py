@@ -50,7 +50,7 @@ def test_refuses_non_durations(value: object) -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.25, "250ms"), (5, "5s"), (600, "10m"), (5400, "1h30m"), (86400, "1d"), (0, "0s"), (2.5, "2.5s")],
+    [(0.25, "250ms"), (5, "5s"), (600, "10m"), (5400, "1h30m"), (86400, "24h"), (0, "0s"), (2.5, "2.5s")],
 )
 def test_formats_the_shortest_spelling_that_parses_back(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text

@@ -45,7 +45,7 @@ def test_reference_lists_every_key_with_its_default() -> None:
     for model, _ in iter_models():
         for name, field in model.model_fields.items():
             assert f"| `{field.alias or name}` |" in text
-    assert "| `keep_previous` | duration | `1d` |" in text  # durations as written, not seconds
+    assert "| `keep_previous` | duration | `24h` |" in text  # durations as written, not seconds
     assert ("| `steps` | list of mappings ([steps](#steps)) | `[{weight: 5, pause: 10m}, {weight: 25, "
             "pause: 10m}, {weight: 50, pause: 30m}]` |") in text
     assert "`[{metric: error_rate, max: 0.05, for: 5m}, {metric: latency_p95, max: 2.5s, for: 5m}]`" in text
@@ -84,7 +84,7 @@ def test_schema_describes_durations_as_strings_with_defaults_as_written() -> Non
     assert interval["$ref"] == "#/$defs/Duration" and interval["default"] == "10s"
     assert schema["$defs"]["Step"]["properties"]["pause"]["anyOf"] == [{"$ref": "#/$defs/Duration"},
                                                                        {"type": "null"}]
-    assert schema["$defs"]["Canary"]["properties"]["keep_previous"]["default"] == "1d"
+    assert schema["$defs"]["Canary"]["properties"]["keep_previous"]["default"] == "24h"
     assert schema["$defs"]["Rollback"]["properties"]["staircase"]["default"] == [50, 10, 0]
 
 

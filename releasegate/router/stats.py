@@ -5,7 +5,7 @@ and a busy router would have to keep millions of samples for that. Log-spaced bu
 s) keep every percentile within one bucket (25 %) of the truth at a fixed cost per slot, and recording costs
 one C-level ``bisect`` plus three list increments.
 
-What "latency" means here (the router's one definition, documented in docs/benchmarks-router.md): from the
+What "latency" means here (the router's one definition, documented in docs/benchmarks.md): from the
 moment the router has the complete request head of a request to the moment the last byte of its response has
 been handed to the client socket. Upload time of a request body is therefore included, as is the time to
 stream the response.
