@@ -135,9 +135,12 @@ def render_router_status(console: Console, state_dir: Path, name: str | None) ->
     from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
 
     root = state_dir / "routers"
-    names = [name] if name else sorted(p.stem for p in root.glob("*.json") if not p.stem.endswith(".routes"))
+    # A running router has a state file; one that ever served has a routes file: list both kinds.
+    known = {p.name.removesuffix(".routes.json") for p in root.glob("*.routes.json")}
+    known |= {p.name.removesuffix(".state.json") for p in root.glob("*.state.json")}
+    names = [name] if name else sorted(known)
     if not names:
-        console.print("no router has been started in this state dir")
+        console.print(f"no router is running in {state_dir} (and none has served routes there)")
         return
     for svc in names:
         info = read_router_state(state_dir, svc)

@@ -243,3 +243,42 @@ def test_plan_prints_steps_and_changes_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "first deploy" in r.stdout and "route 2.0.0 100%" in r.stdout
     assert not state.exists()
+
+
+async def test_gc_retires_the_previous_version_once_keep_previous_has_passed(env):
+    spec = env.spec("{bluegreen: {keep_previous: 1s}}", post_promotion="0s")
+    await deploy(env, spec, "1.0.0")
+    await deploy(env, spec, "2.0.0")
+    assert {i.version for i in await _instances(env, spec)} == {"1.0.0", "2.0.0"}  # kept for instant rollback
+    assert await service.gc(env.ctx) in ({}, {"shop": []})  # not due yet... or just due: nothing stopped early
+    due = service.status(env.ctx, "shop")[0]["previous_retire_at"]
+    await poll(lambda: env.ctx.clock.now() > due, what="keep_previous to pass")
+    stopped = await service.gc(env.ctx)
+    assert [s.split("@")[0] for s in stopped["shop"]] == ["1.0.0", "1.0.0"]
+    assert {i.version for i in await _instances(env, spec)} == {"2.0.0"}
+    assert service.status(env.ctx, "shop")[0]["previous"] is None
+    with pytest.raises(UserError, match="nothing to roll back to"):
+        await service.send_command(env.ctx, "shop", "rollback")
+
+
+def test_router_cli_runs_in_the_foreground_reports_status_and_stops(tmp_path):
+    port = free_port()
+    state = str(tmp_path / "state")
+    rg = [sys.executable, "-m", "releasegate", "--state-dir", state, "router"]
+    proc = subprocess.Popen([*rg, "--service", "shop", "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        asyncio.run(poll(lambda: read_router_state(Path(state), "shop") is not None, what="the router"))
+        status = subprocess.run([*rg, "status"], capture_output=True, text=True)
+        assert f"shop: router pid {proc.pid} on 127.0.0.1:{port}" in status.stdout
+        clash = subprocess.run([*rg, "--service", "other", "--listen", f"127.0.0.1:{port}"],
+                               capture_output=True, text=True)
+        assert clash.returncode == 2 and "address already in use" in clash.stderr and "Traceback" not in clash.stderr
+        stop = subprocess.run([*rg, "stop", "shop"], capture_output=True, text=True)
+        assert stop.returncode == 0 and "stopped" in stop.stdout
+        assert proc.wait(timeout=10) == 0
+        after = subprocess.run([*rg, "status"], capture_output=True, text=True)
+        assert "router pid" not in after.stdout and ("not running" in after.stdout or "no router" in after.stdout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
