@@ -33,10 +33,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
                                                help="Where state, logs and the database live "
-                                                    "[default: ./.releasegate].")]
-SpecFile = Annotated[Path, typer.Argument(help="Release spec (YAML).", show_default=False)]
+                                                    "(default ./.releasegate).")]
+SpecFile = Annotated[Path, typer.Argument(help="Release spec (YAML).", show_default=False, metavar="SPEC")]
 Version = Annotated[str, typer.Option("--version", "-v", help="Version to deploy, e.g. 1.4.2.", show_default=False)]
-Service = Annotated[str, typer.Argument(help="Service name from the spec.", show_default=False)]
+Service = Annotated[str, typer.Argument(help="Service name from the spec.", show_default=False, metavar="SERVICE")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output (documented, stable).")]
 
 
@@ -157,7 +157,7 @@ def rollback(name: Service, state_dir: StateDir = None) -> None:
 
 
 @app.command()
-def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.")] = None,
+def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
            as_json: AsJson = False, state_dir: StateDir = None) -> None:
     """What runs, what is rolling out, and when the kept previous version is retired."""
     _use(state_dir)
@@ -181,7 +181,7 @@ def history(name: Service, as_json: AsJson = False, limit: int = 20,
 
 
 @app.command()
-def gc(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.")] = None,
+def gc(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
        state_dir: StateDir = None) -> None:
     """Retire previous versions whose keep_previous time has passed."""
     _use(state_dir)
@@ -247,7 +247,7 @@ def router_stop(name: Service, state_dir: StateDir = None) -> None:
 
 
 @router_app.command("status")
-def router_status(name: Annotated[str | None, typer.Argument()] = None,
+def router_status(name: Annotated[str | None, typer.Argument(metavar="SERVICE")] = None,
                   state_dir: StateDir = None) -> None:
     """Is the router up, where does it listen, and which routes does it apply."""
     from releasegate.progress import render_router_status

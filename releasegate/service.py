@@ -17,7 +17,7 @@ from releasegate.controller import Controller, ProgressHook, Providers
 from releasegate.engine import decide
 from releasegate.engine.clock import Clock, SystemClock
 from releasegate.engine.state import RolloutState
-from releasegate.errors import UserError
+from releasegate.errors import ProviderError, UserError
 from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec
 from releasegate.spec.models import Spec, check_version
@@ -65,7 +65,10 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
     try:
         store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
         record = store.service(spec.service)
-        providers = await ctx.providers(spec, spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
+        try:
+            providers = await ctx.providers(spec, spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
+        except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
+            raise UserError(f"{spec_path}: cannot start the rollout: {exc}") from None
         await _retire(ctx, store, spec, providers, force=True)
         previous = record.current if record else None
         if previous == version:

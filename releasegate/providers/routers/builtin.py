@@ -167,9 +167,12 @@ def read_router_state(state_dir: Path, service: str) -> dict[str, Any] | None:
     return data
 
 
-def _log_tail(path: Path, lines: int = 10) -> str:
+def _log_tail(path: Path, lines: int = 10, since: int = 0) -> str:
+    """The last lines the router wrote after byte ``since`` (the log is appended to across restarts)."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return "(no log)"
     tail = [line for line in text.strip().splitlines() if line.strip()][-lines:]
@@ -207,6 +210,7 @@ async def ensure_router(state_dir: Path, service: str, router_spec: BuiltinRoute
                                 f"says {router_spec.listen}; stop it ('releasegate router stop') to move it")
         return BuiltinRouterClient(state["admin"])
     state_file, _, log_file = router_paths(state_dir, service)
+    start_of_log = log_file.stat().st_size if log_file.exists() else 0
     proc = spawn_router(state_dir, service, router_spec)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -214,7 +218,7 @@ async def ensure_router(state_dir: Path, service: str, router_spec: BuiltinRoute
         if code is not None:
             _SPAWNED.pop(proc.pid, None)
             raise ProviderError(f"the router for {service} exited at start (code {code}): "
-                                f"{_log_tail(log_file)} (log: {log_file})")
+                                f"{_log_tail(log_file, since=start_of_log)} (log: {log_file})")
         data = _read_state_file(state_file)
         if data is not None and data.get("pid") == proc.pid:
             client = BuiltinRouterClient(data["admin"])
@@ -228,7 +232,7 @@ async def ensure_router(state_dir: Path, service: str, router_spec: BuiltinRoute
             with contextlib.suppress(OSError):
                 proc.kill()
             raise ProviderError(f"the router for {service} did not come up within {START_TIMEOUT:g}s: "
-                                f"{_log_tail(log_file)} (log: {log_file})")
+                                f"{_log_tail(log_file, since=start_of_log)} (log: {log_file})")
         await asyncio.sleep(POLL)
 
 
