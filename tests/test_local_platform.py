@@ -22,6 +22,7 @@ from releasegate.providers.base import Instance
 from releasegate.providers.platforms import local
 from releasegate.providers.platforms.local import LocalPlatform
 from releasegate.spec.models import LocalPlatform as LocalSpec
+from tests.support.wait import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 APPS = ROOT / "tests" / "support" / "apps.py"
@@ -52,19 +53,6 @@ async def make_platform(tmp_path: Path) -> AsyncIterator[MakePlatform]:
 
     yield make
     await stop_everything(tmp_path / "state")
-
-
-async def eventually(predicate: Callable[[], object], within: float = 10.0) -> None:
-    """Poll ``predicate`` (sync or async) until true, failing after ``within`` s: never a blind sleep."""
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < deadline, f"condition not met within {within} s"
-        await asyncio.sleep(0.02)
 
 
 def log_text(inst: Instance) -> str:

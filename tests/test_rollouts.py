@@ -18,7 +18,8 @@ import pytest
 from releasegate import service
 from releasegate.errors import UserError
 from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
-from tests.support.rollouts import Load, cleanup, free_port, poll, write_spec
+from tests.support.rollouts import Load, cleanup, free_port, write_spec
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -170,7 +171,7 @@ async def test_second_deploy_is_refused_naming_the_rollout_in_progress(env):
     spec = env.spec("{canary: {steps: [{weight: 10}]}}")  # no pause: waits for promote
     await deploy(env, spec, "1.0.0")
     first = asyncio.create_task(deploy(env, spec, "2.0.0"))
-    await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("waiting"), what="manual step")
+    await eventually(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("waiting"), what="manual step")
     with pytest.raises(UserError, match=r"rollout shop-2\.0\.0-\w+ of 2\.0\.0 is in progress"):
         await deploy(env, spec, "3.0.0")
     assert (await service.send_command(env.ctx, "shop", "promote")).applied
@@ -186,7 +187,7 @@ async def test_sigkill_of_the_controller_keeps_traffic_flowing_and_resume_finish
     async with Load(env.url) as load:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
+            await eventually(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
                        what="the canary at 20%")
         finally:
             os.kill(proc.pid, signal.SIGKILL)
@@ -209,12 +210,12 @@ async def test_a_router_killed_mid_canary_comes_back_with_its_routes_and_the_rol
     async with Load(env.url) as load:
         await load.wait_for(20)
         rollout = asyncio.create_task(deploy(env, spec, "2.0.0"))
-        await poll(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
+        await eventually(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
                    what="the canary at 20%")
         old = read_router_state(env.state, "shop")
         os.kill(int(old["pid"]), signal.SIGKILL)
         # The controller notices at its next tick and restarts the router from its persisted routes file.
-        new = await poll(lambda: (s := read_router_state(env.state, "shop")) and s["pid"] != old["pid"] and s,
+        new = await eventually(lambda: (s := read_router_state(env.state, "shop")) and s["pid"] != old["pid"] and s,
                          what="a restarted router")
         assert (await BuiltinRouterClient(str(new["admin"])).get_routes("shop")).weight_of("2.0.0") >= 20
         st = await rollout
@@ -252,7 +253,7 @@ async def test_gc_retires_the_previous_version_once_keep_previous_has_passed(env
     assert {i.version for i in await _instances(env, spec)} == {"1.0.0", "2.0.0"}  # kept for instant rollback
     assert await service.gc(env.ctx) in ({}, {"shop": []})  # not due yet... or just due: nothing stopped early
     due = service.status(env.ctx, "shop")[0]["previous_retire_at"]
-    await poll(lambda: env.ctx.clock.now() > due, what="keep_previous to pass")
+    await eventually(lambda: env.ctx.clock.now() > due, what="keep_previous to pass")
     stopped = await service.gc(env.ctx)
     assert [s.split("@")[0] for s in stopped["shop"]] == ["1.0.0", "1.0.0"]
     assert {i.version for i in await _instances(env, spec)} == {"2.0.0"}
@@ -268,7 +269,7 @@ def test_router_cli_runs_in_the_foreground_reports_status_and_stops(tmp_path):
     proc = subprocess.Popen([*rg, "--service", "shop", "--listen", f"127.0.0.1:{port}"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        asyncio.run(poll(lambda: read_router_state(Path(state), "shop") is not None, what="the router"))
+        asyncio.run(eventually(lambda: read_router_state(Path(state), "shop") is not None, what="the router"))
         status = subprocess.run([*rg, "status"], capture_output=True, text=True)
         assert f"shop: router pid {proc.pid} on 127.0.0.1:{port}" in status.stdout
         clash = subprocess.run([*rg, "--service", "other", "--listen", f"127.0.0.1:{port}"],

@@ -19,11 +19,12 @@ from collections.abc import Callable
 from typing import Any
 
 from releasegate.errors import UserError
+from releasegate.fileio import write_json_atomic
 from releasegate.router.admin import Admin
 from releasegate.router.config import RouterConfig, join_host_port, split_host_port
 from releasegate.router.core import Core
 from releasegate.router.proxy import ClientProtocol
-from releasegate.router.routes_file import RoutesFileError, load_routes, write_json_atomic
+from releasegate.router.routes_file import RoutesFileError, load_routes
 from releasegate.router.stats import Stats
 
 LISTEN_BACKLOG = 2048

@@ -107,17 +107,3 @@ async def cleanup(state_dir: Path, spec_path: Path) -> None:
     for inst in await platform.instances(spec.service):
         await platform.stop(inst, 1.0)
     stop_router(state_dir, spec.service, 5.0)
-
-
-async def poll(predicate, timeout: float = 20.0, every: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(every)

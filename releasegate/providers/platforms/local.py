@@ -21,7 +21,6 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import psutil
 
 from releasegate.errors import ProviderError
+from releasegate.fileio import write_json_atomic
 from releasegate.providers.base import Instance
 from releasegate.spec import models
 
@@ -434,17 +434,7 @@ def _read(path: Path) -> _Record | None:
 
 
 def _write(path: Path, rec: _Record) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(dataclasses.asdict(rec), f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(path, dataclasses.asdict(rec))
 
 
 def _log_tail(rec: _Record, lines: int = 3, limit: int = 400) -> str:

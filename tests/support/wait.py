@@ -1,0 +1,23 @@
+"""Polling with a deadline: the only way tests wait for something (never a blind sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+
+async def eventually(predicate: Callable[[], Any], within: float = 10.0, what: str = "condition",
+                     every: float = 0.05) -> Any:
+    """Poll ``predicate`` (sync or async) until it returns something truthy, and return that; fail after
+    ``within`` seconds naming ``what``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert loop.time() < deadline, f"timed out after {within} s waiting for {what}"
+        await asyncio.sleep(every)
