@@ -1,0 +1,1 @@
+"""Typer sub-apps, one per area, mounted by releasegate.cli."""

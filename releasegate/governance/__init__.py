@@ -1,0 +1,1 @@
+"""Release governance: versions, release notes, approvals, change freezes, audit."""
