@@ -28,6 +28,25 @@ router_app = typer.Typer(help="Run, stop or inspect the built-in router (the dat
                          invoke_without_command=True, no_args_is_help=False)
 app.add_typer(router_app, name="router")
 
+
+def _mount_governance() -> None:
+    """Governance commands live in releasegate/commands/, one module per area."""
+    from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
+    from releasegate.commands.audit import audit_app
+    from releasegate.commands.calendar import calendar_app
+    from releasegate.commands.release import notes_command, release_app, version_app
+
+    release_app.command("new")(release_new)
+    app.add_typer(release_app, name="release", help="Cut releases and register them for approval.")
+    app.add_typer(version_app, name="version", help="Compute the next version from git history.")
+    app.command("notes")(notes_command)
+    app.add_typer(calendar_app, name="calendar", help="Change freezes and deploy windows.")
+    for command in (approve, reject, withdraw, approvals):
+        app.command()(command)
+    app.add_typer(token_app, name="token", help="Issue a user's token (printed once, stored as a hash).")
+    app.add_typer(audit_app, name="audit", help="Verify or export the hash-chained audit log.")
+
+
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -102,11 +121,30 @@ def plan(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
 
 
 @app.command()
-def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
-    """Roll VERSION out as the spec says, in the foreground, with live progress."""
+def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
+           env: Annotated[str, typer.Option(help="Environment the policy and calendar judge this deploy for.")]
+           = "prod",
+           policy: Annotated[Path | None, typer.Option(help="Policy file (default: the spec's governance.policy).")]
+           = None,
+           calendar: Annotated[Path | None, typer.Option(help="Calendar file (default: governance.calendar).")]
+           = None,
+           actor: Annotated[str | None, typer.Option("--as", help="Who deploys; needs RELEASEGATE_TOKEN.")] = None,
+           hotfix: Annotated[bool, typer.Option(help="Judge this as a hotfix (allowed in hotfix-only freezes and "
+                                                     "outside deploy windows).")] = False,
+           break_glass: Annotated[bool, typer.Option(help="Emergency change past a freeze or missing stages: "
+                                                          "needs --reason, --as and an sre approval.")] = False,
+           reason: Annotated[str | None, typer.Option(help="Why, with --break-glass.")] = None) -> None:
+    """Roll VERSION out as the spec says, in the foreground, with live progress.
+
+    Before anything starts, the change calendar and the approval policy (when configured) must allow it;
+    every refusal lists everything missing."""
+    from releasegate.governance.gate import DeployRequest
+
     _use(state_dir)
     printer = ProgressPrinter(out)
-    st = asyncio.run(service.deploy(_ctx(), spec, version, on_progress=printer))
+    request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
+                            break_glass=break_glass, reason=reason, policy=policy, calendar=calendar)
+    st = asyncio.run(service.deploy(_ctx(), spec, version, on_progress=printer, request=request))
     printer.summary(st)
     _exit_for(st.status)
 
@@ -253,6 +291,9 @@ def router_status(name: Annotated[str | None, typer.Argument(metavar="SERVICE")]
     from releasegate.progress import render_router_status
 
     render_router_status(out, _use(state_dir), name)
+
+
+_mount_governance()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,6 +38,11 @@ from releasegate.spec.models import SmokeTest, Spec
 from releasegate.store.sqlite import Store, this_owner
 
 ProgressHook = Callable[[RolloutState, list[Decision]], None]
+IncreaseGate = Callable[[float], str | None]
+"""Asked before every traffic increase; a reason (e.g. a change freeze) holds the rollout where it is."""
+AuditHook = Callable[[RolloutState, Decision], None]
+
+_NOT_AUDITED = {"analysis", "waiting", "retry", "held"}
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,19 @@ class Providers:
 
 class Controller:
     def __init__(self, store: Store, spec: Spec, providers: Providers, clock: Clock,
-                 on_progress: ProgressHook | None = None, command_poll: float = 0.25) -> None:
+                 on_progress: ProgressHook | None = None, command_poll: float = 0.25,
+                 before_increase: IncreaseGate | None = None, audit: AuditHook | None = None) -> None:
         self.store = store
         self.spec = spec
         self.p = providers
         self.clock = clock
         self.on_progress = on_progress
         self.command_poll = command_poll
+        self.before_increase = before_increase
+        self.audit = audit
         self.owner = this_owner()
         self._failures = 0
+        self._last_retry: str | None = None
 
     async def run(self, st: RolloutState) -> RolloutState:
         while True:
@@ -81,8 +90,13 @@ class Controller:
             result = await self._perform(st, action)
             failed = isinstance(result, Outcome) and not result.ok
             st, decisions = decide.apply(st, self.spec, action, result, self.clock.now())
+            decisions = self._quiet_repeats(decisions)
             self.owner["lease_until"] = time.time() + 60
             self.store.save(st, [(d.kind, d.message, d.data) for d in decisions], owner=self.owner)
+            if self.audit is not None:
+                for d in decisions:
+                    if d.kind not in _NOT_AUDITED:
+                        self.audit(st, d)
             if self.on_progress is not None:
                 self.on_progress(st, decisions)
             if not st.active:
@@ -94,13 +108,29 @@ class Controller:
             else:
                 self._failures = 0
 
+    def _quiet_repeats(self, decisions: list[Decision]) -> list[Decision]:
+        """A retry for the same reason as the last one (a freeze that lasts days) is recorded once."""
+        out = []
+        for d in decisions:
+            if d.kind == "retry":
+                if d.message == self._last_retry:
+                    continue
+                self._last_retry = d.message
+            else:
+                self._last_retry = None
+            out.append(d)
+        return out
+
     def _apply_commands(self, st: RolloutState) -> RolloutState:
         for cmd in self.store.pending_commands(st.id):
             new, error = decide.command(st, self.spec, cmd.kind, self.clock.now())
             self.store.apply_command(new, cmd, error)
+            said = Decision("command", f"{cmd.kind} by {cmd.actor}" + (f" refused: {error}" if error else ""),
+                            {"command": cmd.kind, "actor": cmd.actor})
             if self.on_progress is not None:
-                self.on_progress(new, [Decision("command", f"{cmd.kind} by {cmd.actor}"
-                                                + (f" refused: {error}" if error else ""))])
+                self.on_progress(new, [said])
+            if self.audit is not None:
+                self.audit(new, said)
             st = new
         return st
 
@@ -145,6 +175,10 @@ class Controller:
         return sorted(found, key=lambda i: (i.started_at, i.id))
 
     async def _route(self, st: RolloutState, action: Route) -> Outcome:
+        if self.before_increase is not None and action.weight_of(st.version) > st.weight:
+            held = self.before_increase(self.clock.now())
+            if held:
+                return Outcome(False, held)
         versions = []
         for share in action.shares:
             live = await self._live(st.service, share.version)
@@ -189,7 +223,8 @@ class Controller:
         at = self.clock.now()
         values = await self._measure(st, action, action.window)
         whole = await self._measure(st, action, action.whole) if action.whole is not None else None
-        return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole)
+        held = self.before_increase(at) if self.before_increase is not None else None
+        return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held)
 
     async def _measure(self, st: RolloutState, action: Analyze, window: float) -> dict[str, float | None]:
         """Every rule's metric over the last ``window`` seconds; an unreachable source is no data, never 0."""

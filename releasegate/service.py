@@ -18,9 +18,12 @@ from releasegate.engine import decide
 from releasegate.engine.clock import Clock, SystemClock
 from releasegate.engine.state import RolloutState
 from releasegate.errors import ProviderError, UserError
+from releasegate.governance.approvals import record_env_success
+from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase
 from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec
 from releasegate.spec.models import Spec, check_version
+from releasegate.store.audit import AuditLog
 from releasegate.store.sqlite import RolloutRecord, Store, owner_alive, this_owner
 
 ProviderFactory = Any  # async (spec, spec_dir, state_dir, clock) -> Providers
@@ -57,33 +60,67 @@ def _spec_of(rec: RolloutRecord) -> Spec:
     return Spec.model_validate_json(rec.spec_json)
 
 
-async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: ProgressHook | None = None
-                 ) -> RolloutState:
+def _hooks(ctx: Context, st: RolloutState, admission: Admission | None) -> dict[str, Any]:
+    """The controller's governance hooks: the freeze check before traffic increases, and the audit trail."""
+    audit = AuditLog(ctx.state_dir)
+    release = f"{st.service}@{st.version}"
+
+    def record(state: RolloutState, d: Any) -> None:
+        audit.append(state.actor, f"rollout.{d.kind}", release=release, decision=d.message,
+                     evidence=dict(d.data), at=state.updated_at)
+
+    hooks: dict[str, Any] = {"audit": record}
+    if admission is not None and admission.calendar is not None:
+        hooks["before_increase"] = lambda now: before_increase(admission, now)
+    return hooks
+
+
+def _readmit(st: RolloutState) -> Admission | None:
+    """Rebuild what admission decided for a rollout being resumed (the calendar is read again)."""
+    if st.calendar_path is None:
+        return None
+    from releasegate.governance.calendar import load_calendar
+
+    return Admission(change=st.change or "major", env=st.env, actor=st.actor, emergency=st.emergency,
+                     calendar=load_calendar(Path(st.calendar_path)))
+
+
+async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: ProgressHook | None = None,
+                 request: DeployRequest | None = None) -> RolloutState:
     spec = load_spec(spec_path)
     check_version(version)
+    request = request or DeployRequest()
     store = ctx.store()
     try:
         store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
         record = store.service(spec.service)
+        previous = record.current if record else None
+        if previous == version:
+            raise UserError(f"{spec.service} {version} is already the running version; nothing to deploy "
+                            f"(see `releasegate status {spec.service}`)")
+        admission = admit(ctx.state_dir, spec, spec_path, version, previous, request, ctx.clock.now())
         try:
             providers = await ctx.providers(spec, spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
         except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
             raise UserError(f"{spec_path}: cannot start the rollout: {exc}") from None
         await _retire(ctx, store, spec, providers, force=True)
-        previous = record.current if record else None
-        if previous == version:
-            raise UserError(f"{spec.service} {version} is already the running version; nothing to deploy "
-                            f"(see `releasegate status {spec.service}`)")
         now = ctx.clock.now()
         st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
+        calendar = admission.calendar_path
+        st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
+                                   "emergency": admission.emergency,
+                                   "calendar_path": str(calendar.resolve()) if calendar else None})
         owner = this_owner()
         store.create_rollout(st, str(spec_path.resolve()), spec.model_dump_json(by_alias=True), owner)
         store.set_service(spec.service, previous, None, None, str(spec_path.resolve()), None, now)
         store.add_event(spec.service, st.id, now, "created",
                         f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
                         {"actor": ctx.actor, "spec": str(spec_path)})
-        controller = Controller(store, spec, providers, ctx.clock, on_progress)
-        return await controller.run(st)
+        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, st, admission))
+        final = await controller.run(st)
+        if final.status == "promoted":
+            record_env_success(ctx.state_dir, spec.service, version, admission.env, ctx.clock.now())
+        return final
     finally:
         store.close()
 
@@ -99,7 +136,12 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
         spec = _spec_of(rec)
         providers = await ctx.providers(spec, Path(rec.spec_path).parent, ctx.state_dir, ctx.clock)
         store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
-        return await Controller(store, spec, providers, ctx.clock, on_progress).run(rec.state)
+        st = rec.state
+        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, st, _readmit(st)))
+        final = await controller.run(st)
+        if final.status == "promoted":
+            record_env_success(ctx.state_dir, service, st.version, st.env, ctx.clock.now())
+        return final
     finally:
         store.close()
 
@@ -163,8 +205,10 @@ async def _rollback_finished(ctx: Context, store: Store, service: str) -> Comman
     if applied.weights() != {rec.previous: 100}:
         raise UserError(f"{service}: the router did not apply the rollback (it reports {applied.weights()})")
     store.set_service(service, rec.previous, None, None, None, None, now)
-    store.add_event(service, latest.state.id, now, "rolled_back",
-                    f"rolled back by {ctx.actor}: {rec.previous} serves 100%, {rec.current} stopping")
+    said = f"rolled back by {ctx.actor}: {rec.previous} serves 100%, {rec.current} stopping"
+    store.add_event(service, latest.state.id, now, "rolled_back", said)
+    AuditLog(ctx.state_dir).append(ctx.actor, "rollback", release=f"{service}@{rec.current}", decision=said,
+                                   evidence={"to": rec.previous}, at=now)
     for inst in await providers.platform.instances(service):
         if inst.version == rec.current:
             await providers.platform.stop(inst, spec.platform.stop_grace)

@@ -237,3 +237,14 @@ def test_dead_instance_of_the_new_version_rolls_back_at_once():
                                  Observation(at=10.0, values={}, dead=("127.0.0.1:4000",)), 10.0)
     assert st.phase == "rollback" and st.staircase == [0]
     assert "died" in decisions[0].message
+
+
+def test_a_freeze_holds_the_canary_at_its_weight_and_analysis_still_rolls_back():
+    freeze = lambda t: "paused by change freeze 'weekend'" if 300 <= t < 4 * 3600 else None  # noqa: E731
+    held = simulate(make_spec(), "2.0.0", "1.0.0", held=freeze)
+    assert held.weights[1][0] == 4 * 3600  # step 1 ended at 10m, but 25 % came only when the freeze ended
+    assert held.state.status == "promoted"
+    assert any(d.kind == "held" for _, d in held.decisions)
+    broken = simulate(make_spec(), "2.0.0", "1.0.0", held=freeze,
+                      metric=errors_when(lambda t, w: t > 3600))  # breaks during the freeze
+    assert broken.state.status == "rolled_back" and new_weights(broken) == [5, 0]

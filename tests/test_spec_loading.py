@@ -255,7 +255,7 @@ def test_unknown_key_without_a_close_match_lists_the_valid_ones() -> None:
 def test_yaml_boolean_words_as_keys_stay_text() -> None:
     assert only_error(lines("service: shop", PLATFORM, "on: true")) == (
         "spec.yaml:3:1: unknown key 'on'; expected one of: service, tier, platform, router, health, smoke, "
-        "strategy, analysis, rollback")
+        "strategy, analysis, rollback, governance")
 
 
 def test_wrong_literal_lists_the_allowed_values_at_the_value() -> None:
@@ -416,3 +416,11 @@ def test_messages_are_clean_one_liners() -> None:
         assert re.match(r"^spec\.yaml:\d+:\d+: \S", line), line
         for noise in ("Value error", "https://", "[type=", "Input should", "\n"):
             assert noise not in line, line
+
+
+def test_an_impossible_date_is_a_located_error_not_a_crash(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text('service: shop\nplatform: {command: "x {port}"}\nnote: 2025-13-01\n')
+    with pytest.raises(SpecError) as err:
+        load_spec(path)
+    assert str(err.value).startswith(f"{path}:3:1: unknown key 'note'")

@@ -215,6 +215,8 @@ def _observe(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, no
                                                                                         "step": obs.whole})]
             if verdict_of_step == "wait":
                 return st.model_copy(update={"waiting": why}), [Decision("waiting", why, {"values": values})]
+            if obs.held:
+                return st.model_copy(update={"waiting": obs.held}), [Decision("held", obs.held, {"values": values})]
             nxt = st.step + 1
             d = Decision("analysis_passed", f"step {st.step + 1} passed at {st.weight}%",
                          {"values": values, "step": obs.whole})

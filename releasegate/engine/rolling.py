@@ -155,6 +155,8 @@ def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: flo
                 return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
             if outcome == "wait":
                 return st.model_copy(update={"waiting": why}), [Decision("waiting", why, values)]
+            if result.held:
+                return st.model_copy(update={"waiting": result.held}), [Decision("held", result.held, values)]
             return _advance(st, rp, spec, now), [Decision("analysis_passed", "batch analysis passed", values)]
         return st, [Decision("analysis", "analysis", values)]
     assert isinstance(result, Outcome)

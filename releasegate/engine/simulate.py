@@ -68,9 +68,11 @@ class Trace:
 
 def simulate(spec: Spec, version: str, previous: str | None, *, metric: Metric | None = None,
              failing: frozenset[str] = frozenset(), commands: dict[float, str] | None = None,
-             auto_promote: bool = False, t0: float = 1_000_000.0, max_actions: int = 200_000) -> Trace:
+             auto_promote: bool = False, held: Callable[[float], str | None] | None = None,
+             t0: float = 1_000_000.0, max_actions: int = 200_000) -> Trace:
     """Drive one rollout to its end. ``failing`` holds e.g. "health:2.0.0" or "smoke:2.0.0"; ``commands`` maps
-    seconds-since-start to promote/abort/rollback; ``auto_promote`` answers manual steps with a promote."""
+    seconds-since-start to promote/abort/rollback; ``auto_promote`` answers manual steps with a promote;
+    ``held`` says, by seconds since start, why traffic may not increase (a change freeze)."""
     metric = metric or passing(spec.analysis.rules)
     pending = dict(commands or {})
     now = t0
@@ -104,7 +106,8 @@ def simulate(spec: Spec, version: str, previous: str | None, *, metric: Metric |
                 w = trace.weights[-1][1].get(action.version, 0) if trace.weights else 0
                 result = Observation(at=now, values={rule_key(i, r): metric(now - t0, r.metric, w)
                                                      for i, r in enumerate(spec.analysis.rules)},
-                                     whole=_whole(spec, metric, action, now - t0, w))
+                                     whole=_whole(spec, metric, action, now - t0, w),
+                                     held=held(now - t0) if held else None)
         st, decisions = decide.apply(st, spec, action, result, now)
         trace.decisions += [(now - t0, d) for d in decisions]
         if isinstance(action, Finish):

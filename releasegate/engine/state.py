@@ -63,6 +63,12 @@ class RolloutState(BaseModel):
     rolling: RollingProgress | None = None
     outcome: Status | None = None  # decided when a rollback/abort starts or the rollout succeeds
     finished_at: float | None = None
+    # What admission decided (governance), kept so a resumed controller enforces the same freezes.
+    env: str = "prod"
+    change: str | None = None
+    actor: str = "cli"
+    emergency: bool = False
+    calendar_path: str | None = None
 
     @property
     def active(self) -> bool:
@@ -158,6 +164,7 @@ class Observation:
     dead: tuple[str, ...] = ()
     interrupted: bool = False
     whole: dict[str, float | None] | None = None  # each rule over the whole step, when Analyze.whole was set
+    held: str | None = None  # why traffic may not increase now (a change freeze); analysis goes on meanwhile
 
 
 Result = Outcome | Observation

@@ -41,9 +41,10 @@ class _Loader(yaml.SafeLoader):
     """SafeLoader whose mapping keys are always the text as written (``on:`` stays ``'on'``, not True)."""
 
     # YAML 1.1 reads 10:00 as the base-60 number 600; in a spec it is a time or a typo, so it stays a string.
+    # No spec field is a date either: 2025-13-01 would otherwise escape construction as a bare ValueError.
     yaml_implicit_resolvers = {
         first: [(tag, re.compile("(?!.*:)" + rx.pattern, rx.flags) if tag in (_INT, _FLOAT) else rx)
-                for tag, rx in resolvers]
+                for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 

@@ -406,6 +406,13 @@ class Rollback(_Model):
 # --- the whole spec -----------------------------------------------------------------------------------------------
 
 
+class Governance(_Model):
+    """Where the release policy and the change calendar live; paths are relative to the spec file."""
+
+    policy: str | None = Field(None, description="Policy file: users, roles, approval stages per environment.")
+    calendar: str | None = Field(None, description="Calendar file: deploy windows and change freezes.")
+
+
 class Spec(_Model):
     """One service's release spec."""
 
@@ -422,6 +429,8 @@ class Spec(_Model):
                                "moves to the new version; default: the seeds' canary.")
     analysis: Analysis = Field(default_factory=lambda: Analysis(), description="When to roll back.")
     rollback: Rollback = Field(default_factory=lambda: Rollback(), description="How to roll back.")
+    governance: Governance = Field(default_factory=lambda: Governance(), description="Approvals and change "
+                                   "freezes `deploy` enforces.")
 
     @field_validator("service")
     @classmethod

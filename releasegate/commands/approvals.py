@@ -1,0 +1,224 @@
+"""``release new``, ``approve``, ``reject``, ``withdraw``, ``approvals`` and ``token new``: sign-off from the shell.
+
+Plain functions (and the ``token_app`` group) that ``releasegate.cli`` mounts. Each authenticates ``--as USER``
+with ``RELEASEGATE_TOKEN`` before doing anything, raises ``UserError`` for anything refused (the CLI prints one
+line and exits 2, also when these commands run outside ``releasegate.cli``, as in the tests) and leaves the rules
+to ``releasegate.governance.approvals``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from releasegate.errors import UserError
+from releasegate.governance import approvals as gov
+from releasegate.governance.identity import TOKEN_ENV, authenticate, new_token
+from releasegate.governance.policy import Policy, load_policy
+from releasegate.store.governance import Signoff
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
+                                               help="Where state, logs and the database live "
+                                                    "(default ./.releasegate).")]
+PolicyFile = Annotated[Path, typer.Option("--policy", metavar="FILE", show_default=False,
+                                          help="Governance policy (YAML): users, roles, stages per environment.")]
+AsUser = Annotated[str, typer.Option("--as", metavar="USER", show_default=False,
+                                     help=f"Who you are; your token must be in {TOKEN_ENV}.")]
+ReleaseRef = Annotated[str, typer.Argument(metavar="SERVICE@VERSION", show_default=False,
+                                           help="The release, e.g. shop@1.4.2.")]
+StageRole = Annotated[str, typer.Option("--stage", metavar="ROLE", show_default=False,
+                                        help="The stage, named by its role, e.g. reviewer.")]
+Env = Annotated[str, typer.Option("--env", metavar="ENV", help="The environment whose stages are meant.")]
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """A ``UserError`` as ``releasegate: ...`` lines on stderr and its exit code (2), as ``releasegate.cli`` does."""
+    try:
+        yield
+    except UserError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            typer.echo(f"releasegate: {line}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def state_dir_of(state_dir: Path | None) -> Path:
+    """The command's ``--state-dir``, else the one given before the command (``releasegate --state-dir X ...``)."""
+    if state_dir is not None:
+        return state_dir
+    ctx = click.get_current_context(silent=True)
+    value = ctx.find_root().params.get("state_dir") if ctx is not None else None
+    return Path(value) if value else Path(".releasegate")
+
+
+def _token() -> str | None:
+    return os.environ.get(TOKEN_ENV) or None
+
+
+def _signer(state_dir: Path | None, policy: Path, release: str, user: str,
+            action: str) -> tuple[Path, Policy, str, str]:
+    """State dir, policy, service and version, once ``user`` is authenticated for ``action`` on ``release``."""
+    where = state_dir_of(state_dir)
+    pol = load_policy(policy)
+    service, version = gov.parse_release(release)
+    authenticate(where, pol, user, _token(), action=action, release=release)
+    return where, pol, service, version
+
+
+def _when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
+
+
+def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_default=False)],
+                version: Annotated[str, typer.Argument(metavar="VERSION", show_default=False)],
+                as_user: AsUser,
+                digest: Annotated[str | None, typer.Option("--digest", metavar="sha256:HEX",
+                                                           help="The artifact's digest; approvals are tied to it.")]
+                = None,
+                commit: Annotated[str | None, typer.Option("--commit", metavar="SHA",
+                                                           help="The commit the artifact was built from.")] = None,
+                state_dir: StateDir = None) -> None:
+    """Register SERVICE@VERSION with you as its author; again with a new digest voids its approvals."""
+    with reported():
+        where = state_dir_of(state_dir)
+        authenticate(where, None, as_user, _token(), action="release new", release=f"{service}@{version}")
+        change = gov.new_release(where, service, version, as_user, digest, commit)
+        rel = change.release
+        artifact = f"digest {rel.digest or 'none'}, commit {rel.commit or 'none'}"
+        if change.created:
+            out.print(f"registered {rel.name} by {rel.author} ({artifact})", markup=False)
+        elif change.voided:
+            out.print(f"{rel.name}: artifact changed ({artifact}); {len(change.voided)} approval(s) are void and "
+                      "must be given again: " + ", ".join(f"{s.stage} by {s.user}" for s in change.voided),
+                      markup=False)
+        else:
+            out.print(f"{rel.name}: already registered by {rel.author} ({artifact}); nothing changed", markup=False)
+
+
+def approve(release: ReleaseRef, stage: StageRole, as_user: AsUser, policy: PolicyFile,
+            check: Annotated[list[str] | None, typer.Option("--check", metavar="ITEM",
+                                                            help="A checklist item you confirm (exact text); "
+                                                                 "repeat for each.")] = None,
+            env: Env = "prod", state_dir: StateDir = None) -> None:
+    """Approve a stage of a release (for its registered artifact)."""
+    with reported():
+        where, pol, service, version = _signer(state_dir, policy, release, as_user, "approve")
+        signoff = gov.approve(where, pol, service, version, stage, as_user, check or [], env)
+        status = gov.release_status(where, pol, service, version, env)
+        st = next(s for s in status.stages if s.role == signoff.stage)
+        done = sum(1 for s in status.stages if s.complete)
+        out.print(f"{release}: {as_user} approved stage {signoff.stage} for {env} ({len(st.counted)} of "
+                  f"{st.needed}); {done} of {len(status.stages)} stages complete", markup=False)
+
+
+def reject(release: ReleaseRef, stage: StageRole, as_user: AsUser, policy: PolicyFile,
+           reason: Annotated[str, typer.Option("--reason", metavar="TEXT", show_default=False,
+                                               help="What has to change.")],
+           env: Env = "prod", state_dir: StateDir = None) -> None:
+    """Reject a release at a stage: it is blocked everywhere until you withdraw the rejection."""
+    with reported():
+        where, pol, service, version = _signer(state_dir, policy, release, as_user, "reject")
+        signoff = gov.reject(where, pol, service, version, stage, as_user, reason, env)
+        out.print(f"{release}: rejected by {as_user} at stage {signoff.stage}; blocked until "
+                  f"`releasegate withdraw {release} --as {as_user}`", markup=False)
+
+
+def withdraw(release: ReleaseRef, as_user: AsUser, state_dir: StateDir = None) -> None:
+    """Withdraw your rejection of a release."""
+    with reported():
+        where = state_dir_of(state_dir)
+        service, version = gov.parse_release(release)
+        authenticate(where, None, as_user, _token(), action="withdraw", release=release)
+        gone = gov.withdraw(where, service, version, as_user)
+        out.print(f"{release}: {as_user} withdrew the rejection at stage {', '.join(s.stage for s in gone)}",
+                  markup=False)
+
+
+def approvals(release: ReleaseRef, policy: PolicyFile, env: Env = "prod",
+              as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+              state_dir: StateDir = None) -> None:
+    """Show a release's stages: needed, given by whom and when, missing checklist items, rejections."""
+    with reported():
+        where = state_dir_of(state_dir)
+        pol = load_policy(policy)
+        service, version = gov.parse_release(release)
+        status = gov.release_status(where, pol, service, version, env)
+        if as_json:
+            typer.echo(json.dumps(_as_json(status), indent=2))
+        else:
+            _render(status)
+
+
+def _render(status: gov.ReleaseStatus) -> None:
+    rel, env = status.release, status.env
+    out.print(f"{status.service}@{status.version} for {env}: " + (
+        f"by {rel.author}, digest {rel.digest or 'none'}, commit {rel.commit or 'none'}" if rel
+        else "not registered"), markup=False)
+    table = Table(show_edge=False, pad_edge=False)
+    for column in ("stage", "needed", "given", "missing checklist", "not counted"):
+        table.add_column(column, overflow="fold")
+    for st in status.stages:
+        table.add_row(st.role, str(st.needed), ", ".join(f"{s.user} {_when(s.at)}" for s in st.counted) or "-",
+                      ", ".join(st.missing_checklist) or "-",
+                      ", ".join(f"{s.user} ({why})" for s, why in st.ignored) or "-")
+    if status.stages:
+        out.print(table)
+    for s in status.rejections:
+        out.print(f"rejected by {s.user} at stage {s.stage} ({_when(s.at)}): {s.reason}", markup=False)
+    for s in status.voided:
+        out.print(f"void: {s.stage} by {s.user} ({_when(s.at)}): {s.void_reason}", markup=False)
+    if status.gate.allowed:
+        out.print(f"deploy to {env}: allowed", markup=False)
+    else:
+        out.print(f"deploy to {env}: refused\n  - " + "\n  - ".join(status.gate.missing), markup=False)
+
+
+def _signoff_json(s: Signoff) -> dict[str, Any]:
+    return {"user": s.user, "stage": s.stage, "env": s.env, "at": s.at, "checks": list(s.checks),
+            "digest": s.digest, "reason": s.reason, "void_at": s.void_at, "void_reason": s.void_reason}
+
+
+def _as_json(status: gov.ReleaseStatus) -> dict[str, Any]:
+    rel = status.release
+    return {
+        "release": f"{status.service}@{status.version}", "env": status.env, "registered": rel is not None,
+        "author": rel.author if rel else None, "digest": rel.digest if rel else None,
+        "commit": rel.commit if rel else None,
+        "stages": [{"stage": st.role, "needed": st.needed, "complete": st.complete, "checklist": st.checklist,
+                    "given": [_signoff_json(s) for s in st.counted], "missing_checklist": st.missing_checklist,
+                    "not_counted": [dict(_signoff_json(s), why=why) for s, why in st.ignored]}
+                   for st in status.stages],
+        "rejections": [_signoff_json(s) for s in status.rejections],
+        "voided": [_signoff_json(s) for s in status.voided],
+        "gate": {"allowed": status.gate.allowed, "missing": status.gate.missing},
+    }
+
+
+token_app = typer.Typer(help=f"Identity tokens for --as USER (given in {TOKEN_ENV}).", no_args_is_help=True)
+
+
+@token_app.command("new")
+def token_new(user: Annotated[str, typer.Argument(metavar="USER", show_default=False)], policy: PolicyFile,
+              state_dir: StateDir = None) -> None:
+    """Print a new token for USER once (only its hash is kept); it replaces USER's previous token."""
+    with reported():
+        token = new_token(state_dir_of(state_dir), load_policy(policy), user)
+        typer.echo(token)
+        err.print(f"token for {user} shown once; use it as {TOKEN_ENV}. Any previous token of {user} no longer works.",
+                  markup=False)
+
+
+__all__ = ["approvals", "approve", "reject", "release_new", "reported", "state_dir_of", "token_app", "withdraw"]

@@ -1,0 +1,165 @@
+"""What ``deploy`` must check before it starts anything, and before every traffic increase.
+
+Admission gathers every reason to refuse (calendar, approvals, environment pipeline, identity) and reports them
+all at once, so a release manager fixes everything in one round. Break-glass (``--break-glass --reason``) is
+the one way past a freeze or a missing stage: it needs an sre approval on the release and is recorded as an
+emergency change. Rolling back is never gated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from releasegate.errors import UserError
+from releasegate.spec.models import Spec
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What the person asked for, beyond the spec and the version."""
+
+    env: str = "prod"
+    actor: str | None = None
+    token: str | None = None
+    hotfix: bool = False
+    break_glass: bool = False
+    reason: str | None = None
+    policy: Path | None = None
+    calendar: Path | None = None
+
+
+@dataclass
+class Admission:
+    """The decision to start, with what later checks need: the change kind and the loaded calendar."""
+
+    change: str
+    env: str
+    actor: str
+    emergency: bool
+    calendar: Any | None = None
+    calendar_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _resolve(option: Path | None, from_spec: str | None, spec_path: Path) -> Path | None:
+    if option is not None:
+        return option
+    if from_spec:
+        path = Path(from_spec)
+        return path if path.is_absolute() else spec_path.parent / path
+    return None
+
+
+def change_kind(previous: str | None, version: str, hotfix: bool) -> tuple[str, str | None]:
+    """The change kind the calendar judges: from the semver difference to the running version, or hotfix."""
+    if hotfix:
+        return "hotfix", None
+    if previous is None:
+        return "major", "first deploy of the service: judged as a major change"
+    from releasegate.governance.versioning import semver_kind
+
+    try:
+        kind = semver_kind(previous, version)
+    except ValueError:
+        return "major", f"{previous} -> {version} is not a semver change: judged as a major change"
+    return (kind or "patch"), None
+
+
+def _now(at: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(at, tz=dt.UTC)
+
+
+def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: str | None,
+          request: DeployRequest, now: float) -> Admission:
+    """Refuse (UserError listing every reason) or return the admission; every decision goes to the audit log."""
+    from releasegate.store.audit import AuditLog
+
+    calendar_path = _resolve(request.calendar, spec.governance.calendar, spec_path)
+    policy_path = _resolve(request.policy, spec.governance.policy, spec_path)
+    change, note = change_kind(previous, version, request.hotfix)
+    admission = Admission(change=change, env=request.env, actor=request.actor or "anonymous",
+                          emergency=request.break_glass, notes=[note] if note else [])
+    release = f"{spec.service}@{version}"
+    audit = AuditLog(state_dir)
+    problems: list[str] = []
+    bypassable: list[str] = []
+
+    policy = None
+    if policy_path is not None:
+        from releasegate.governance.policy import load_policy
+
+        policy = load_policy(policy_path)
+    if request.actor is not None or request.break_glass:
+        problems += _identity(state_dir, policy, request)
+
+    if calendar_path is not None:
+        from releasegate.governance.calendar import decide, load_calendar
+
+        admission.calendar = load_calendar(calendar_path)
+        admission.calendar_path = calendar_path
+        decision = decide(admission.calendar, _now(now), change, request.env)  # type: ignore[arg-type]
+        if not decision.allowed:
+            bypassable.append(f"calendar: {decision.reason}")
+        else:
+            admission.notes.append(f"calendar: {decision.reason}")
+
+    if policy is not None:
+        from releasegate.governance.approvals import check_deploy
+
+        gate = check_deploy(state_dir, policy, spec.service, version, request.env, now)
+        bypassable += [f"policy ({request.env}): {m}" for m in gate.missing]
+
+    if request.break_glass:
+        if not request.reason:
+            problems.append("--break-glass needs --reason TEXT saying why this emergency change cannot wait")
+        from releasegate.governance.approvals import has_approval
+
+        if not has_approval(state_dir, spec.service, version, "sre"):
+            problems.append(f"--break-glass needs an sre approval on {release} "
+                            f"(`releasegate approve {release} --stage sre --as USER`)")
+    problems += [] if request.break_glass else bypassable
+
+    evidence = {"change": change, "env": request.env, "previous": previous, "calendar": str(calendar_path or ""),
+                "policy": str(policy_path or ""), "bypassed": bypassable if request.break_glass else []}
+    if problems:
+        audit.append(admission.actor, "deploy.refused", release=release, decision="; ".join(problems),
+                     evidence=evidence, at=now)
+        raise UserError(f"{release} refused for {request.env}:\n  - " + "\n  - ".join(problems))
+    action = "deploy.emergency" if request.break_glass else "deploy.admitted"
+    audit.append(admission.actor, action, release=release,
+                 decision=(f"break-glass: {request.reason}; bypassed: " + "; ".join(bypassable))
+                 if request.break_glass else "; ".join(admission.notes) or "allowed", evidence=evidence, at=now)
+    return admission
+
+
+def _identity(state_dir: Path, policy: Any, request: DeployRequest) -> list[str]:
+    if request.actor is None:
+        return ["--break-glass needs --as USER (with RELEASEGATE_TOKEN) so the emergency change has an owner"]
+    if policy is None:
+        return [f"--as {request.actor}: no policy file names users (set governance.policy or --policy)"]
+    from releasegate.governance.identity import authenticate
+
+    try:
+        authenticate(state_dir, policy, request.actor, request.token)
+    except UserError as exc:
+        return [str(exc)]
+    return []
+
+
+def before_increase(admission: Admission, now: float) -> str | None:
+    """Checked before every traffic increase: a rollout that runs into a freeze pauses, never promotes."""
+    if admission.calendar is None or admission.emergency:
+        return None
+    from releasegate.governance.calendar import frozen_at
+
+    freeze = frozen_at(admission.calendar, _now(now), admission.env)
+    if freeze is None:
+        return None
+    allowed = {"full": {"config"}, "hotfix-only": {"config", "patch", "hotfix"}}.get(freeze.mode, set())
+    if admission.change in allowed:
+        return None
+    return (f"paused by change freeze '{freeze.name}' ({freeze.mode}): a {admission.change} change may not take "
+            "more traffic until it ends; rollback stays allowed")

@@ -1,0 +1,266 @@
+"""The audit log: every approval, refusal, override and rollout step, hash-chained so tampering shows.
+
+Each entry's ``hash`` is the SHA-256 of a canonical JSON of its fields and the previous entry's hash, so editing,
+deleting or reordering any entry breaks the chain at that entry, and ``verify`` names it. A one-row head table
+records the last entry written, so deleting entries from the end is detected too (a bare chain cannot tell a
+truncated log from a short one). An attacker who can write the database can of course rebuild the whole chain;
+the log makes tampering evident, it does not prevent it: export it regularly (``releasegate audit export``).
+
+The log lives in the same SQLite file as the rest of the state (``state_dir/releasegate.db``). An append reads the
+head and writes the entry inside one ``BEGIN IMMEDIATE`` transaction, so processes appending at the same time
+queue on SQLite's write lock instead of forking the chain. ``append_entry`` takes an open transaction so that a
+state change and its audit entry commit together (``releasegate.store.governance`` uses it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NamedTuple
+
+from releasegate.errors import UserError
+
+GENESIS = "0" * 64
+"""The ``prev_hash`` of the first entry."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_log (
+    seq INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    release TEXT,
+    commit_sha TEXT,
+    decision TEXT,
+    evidence TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+"""
+
+_REORDER_SEARCH = 10_000
+"""How far from its position ``verify`` looks for the place an entry was written at, to say "reordered"."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One audit entry; ``to_json`` is what ``audit export`` writes, one per line."""
+
+    seq: int
+    at: float
+    actor: str
+    action: str
+    release: str | None
+    commit: str | None
+    decision: str | None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = GENESIS
+    hash: str = ""
+
+    def to_json(self) -> str:
+        import datetime as dt
+
+        record = asdict(self)
+        record["time"] = dt.datetime.fromtimestamp(self.at, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+        return json.dumps(record, ensure_ascii=False, sort_keys=True)
+
+
+class Verification(NamedTuple):
+    """``ok``; the first entry that is bad (None when ok); the reason, or ``N entries`` when ok."""
+
+    ok: bool
+    first_bad_seq: int | None
+    reason: str
+
+
+# --- the connection, shared with releasegate.store.governance ------------------------------------------------
+
+
+def open_db(state_dir: Path) -> sqlite3.Connection:
+    """A connection to ``state_dir/releasegate.db`` configured like the main store (WAL, autocommit, busy wait)."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
+                        "directory or set RELEASEGATE_HOME") from None
+    db = sqlite3.connect(state_dir / "releasegate.db", timeout=30, isolation_level=None, check_same_thread=False)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA busy_timeout=30000")
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+@contextmanager
+def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """An IMMEDIATE transaction: the write lock is taken before anything is read, so check-then-write is atomic."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def create_schema(db: sqlite3.Connection, schema: str) -> None:
+    with immediate(db):
+        for statement in schema.split(";"):
+            if statement.strip():
+                db.execute(statement)
+
+
+# --- hashing -------------------------------------------------------------------------------------------------
+
+
+def _canonical_evidence(evidence: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The evidence as it reads back from JSON (tuples become lists, paths text), so hashing is stable."""
+    loaded: dict[str, Any] = json.loads(json.dumps(dict(evidence or {}), default=str, sort_keys=True))
+    return loaded
+
+
+def entry_hash(seq: int, at: float, actor: str, action: str, release: str | None, commit: str | None,
+               decision: str | None, evidence: Mapping[str, Any], prev_hash: str) -> str:
+    """SHA-256 over a canonical JSON (sorted keys, no spaces, UTF-8) of the fields and the previous hash."""
+    body = {"seq": seq, "at": at, "actor": actor, "action": action, "release": release, "commit": commit,
+            "decision": decision, "evidence": evidence, "prev_hash": prev_hash}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def append_entry(db: sqlite3.Connection, actor: str, action: str, release: str | None = None,
+                 commit: str | None = None, decision: str | None = None,
+                 evidence: Mapping[str, Any] | None = None, *, at: float | None = None) -> Entry:
+    """Append inside the caller's open transaction (which must hold the write lock: BEGIN IMMEDIATE)."""
+    head = db.execute("SELECT seq, hash FROM audit_head WHERE id=1").fetchone()
+    if head is None:  # no head yet (a new log), or it was deleted: continue from the last entry there is
+        head = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    seq, prev = (int(head["seq"]) + 1, str(head["hash"])) if head else (1, GENESIS)
+    when = time.time() if at is None else float(at)
+    data = _canonical_evidence(evidence)
+    digest = entry_hash(seq, when, actor, action, release, commit, decision, data, prev)
+    db.execute("INSERT INTO audit_log (seq, at, actor, action, release, commit_sha, decision, evidence, prev_hash, "
+               "hash) VALUES (?,?,?,?,?,?,?,?,?,?)",
+               (seq, when, actor, action, release, commit, decision, json.dumps(data, sort_keys=True,
+                                                                                ensure_ascii=False), prev, digest))
+    db.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+               "seq=excluded.seq, hash=excluded.hash", (seq, digest))
+    return Entry(seq, when, actor, action, release, commit, decision, data, prev, digest)
+
+
+# --- the log -------------------------------------------------------------------------------------------------
+
+
+class AuditLog:
+    """The audit log of one state dir. Cheap to open; safe to use from several processes at once."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir)
+        self._db = open_db(self.state_dir)
+        create_schema(self._db, SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> AuditLog:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def append(self, actor: str, action: str, release: str | None = None, commit: str | None = None,
+               decision: str | None = None, evidence: Mapping[str, Any] | None = None, *,
+               at: float | None = None) -> Entry:
+        """Append one entry in its own transaction; ``at`` defaults to now (pass it when you hold a clock)."""
+        with immediate(self._db) as db:
+            return append_entry(db, actor, action, release, commit, decision, evidence, at=at)
+
+    def entries(self, since: float | None = None) -> Iterator[Entry]:
+        """Entries in chain order; with ``since``, only those at or after that time."""
+        sql = "SELECT * FROM audit_log" + (" WHERE at >= ?" if since is not None else "") + " ORDER BY seq"
+        for row in self._db.execute(sql, (since,) if since is not None else ()):
+            yield _entry(row, json.loads(row["evidence"]))
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0])
+
+    def verify(self) -> Verification:
+        """Walk the chain in ``seq`` order and name the first entry that was edited, deleted or moved."""
+        self._db.execute("BEGIN")  # one read snapshot: no append lands between reading the rows and the head
+        try:
+            rows = self._db.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
+            head = self._db.execute("SELECT seq, hash FROM audit_head WHERE id=1").fetchone()
+        finally:
+            self._db.execute("COMMIT")
+        expected, prev = 1, GENESIS
+        for row in rows:
+            seq = int(row["seq"])
+            if seq != expected:
+                gone = f"entry {expected}" if seq == expected + 1 else f"entries {expected} to {seq - 1}"
+                verb = "was" if seq == expected + 1 else "were"
+                after = f"entry {seq} follows entry {expected - 1}" if expected > 1 else f"the log starts at {seq}"
+                return Verification(False, expected, f"{gone} {verb} deleted ({after})")
+            problem = _check_row(self._db, row, len(rows))
+            if problem:
+                return Verification(False, seq, problem)
+            if row["prev_hash"] != prev:
+                return Verification(False, seq, f"entry {seq} does not follow entry {seq - 1} (prev_hash mismatch: "
+                                                "an entry before it was deleted, replaced or reordered)")
+            prev, expected = str(row["hash"]), seq + 1
+        last = expected - 1
+        if head is None:
+            if rows:
+                return Verification(False, last, f"the log's head record is missing (last entry {last})")
+        elif int(head["seq"]) > last:
+            return Verification(False, last + 1, f"entry {last + 1} was deleted (the log was written up to entry "
+                                                 f"{head['seq']}, it ends at entry {last})")
+        elif int(head["seq"]) < last:
+            first = int(head["seq"]) + 1
+            return Verification(False, first, f"entry {first} was not written by releasegate (the log's head "
+                                              f"says it ends at entry {head['seq']})")
+        elif head["hash"] != prev:
+            return Verification(False, last, f"entry {last} was replaced (its hash is not the one recorded "
+                                             "when it was written)")
+        return Verification(True, None, f"{len(rows)} entries")
+
+
+def _entry(row: sqlite3.Row, evidence: dict[str, Any]) -> Entry:
+    return Entry(int(row["seq"]), float(row["at"]), row["actor"], row["action"], row["release"], row["commit_sha"],
+                 row["decision"], evidence, row["prev_hash"], row["hash"])
+
+
+def _check_row(db: sqlite3.Connection, row: sqlite3.Row, total: int) -> str | None:
+    """None when the row's hash is right; else whether it was altered or moved from another position."""
+    seq = int(row["seq"])
+    try:
+        evidence = json.loads(row["evidence"])
+        fields = (float(row["at"]), str(row["actor"]), str(row["action"]), row["release"], row["commit_sha"],
+                  row["decision"], evidence)
+    except (TypeError, ValueError):
+        return f"entry {seq} was altered (its fields no longer read back)"
+    if not isinstance(evidence, dict):
+        return f"entry {seq} was altered (its evidence is not a JSON object)"
+    if entry_hash(seq, *fields, row["prev_hash"]) == row["hash"]:
+        return None
+    for distance in range(1, min(total, _REORDER_SEARCH) + 1):
+        for other in (seq - distance, seq + distance):
+            if other >= 1 and entry_hash(other, *fields, row["prev_hash"]) == row["hash"]:
+                return f"entry {seq} is out of order: it was written as entry {other} (entries were reordered)"
+    return f"entry {seq} was altered (hash mismatch)"
+
+
+__all__ = ["GENESIS", "SCHEMA", "AuditLog", "Entry", "Verification", "append_entry", "create_schema", "entry_hash",
+           "immediate", "open_db"]
