@@ -60,10 +60,10 @@ def _spec_of(rec: RolloutRecord) -> Spec:
     return Spec.model_validate_json(rec.spec_json)
 
 
-def _hooks(ctx: Context, st: RolloutState, admission: Admission | None) -> dict[str, Any]:
+def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission | None) -> dict[str, Any]:
     """The controller's governance hooks: the freeze check before traffic increases, and the audit trail."""
     audit = AuditLog(ctx.state_dir)
-    release = f"{st.service}@{st.version}"
+    release = f"{spec.release_name}@{st.version}"
 
     def record(state: RolloutState, d: Any) -> None:
         audit.append(state.actor, f"rollout.{d.kind}", release=release, decision=d.message,
@@ -116,10 +116,10 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         store.add_event(spec.service, st.id, now, "created",
                         f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
                         {"actor": ctx.actor, "spec": str(spec_path)})
-        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, st, admission))
+        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, spec, st, admission))
         final = await controller.run(st)
         if final.status == "promoted":
-            record_env_success(ctx.state_dir, spec.service, version, admission.env, ctx.clock.now())
+            record_env_success(ctx.state_dir, spec.release_name, version, admission.env, ctx.clock.now())
         return final
     finally:
         store.close()
@@ -137,10 +137,10 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
         providers = await ctx.providers(spec, Path(rec.spec_path).parent, ctx.state_dir, ctx.clock)
         store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
         st = rec.state
-        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, st, _readmit(st)))
+        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, spec, st, _readmit(st)))
         final = await controller.run(st)
         if final.status == "promoted":
-            record_env_success(ctx.state_dir, service, st.version, st.env, ctx.clock.now())
+            record_env_success(ctx.state_dir, spec.release_name, st.version, st.env, ctx.clock.now())
         return final
     finally:
         store.close()

@@ -82,7 +82,7 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
     change, note = change_kind(previous, version, request.hotfix)
     admission = Admission(change=change, env=request.env, actor=request.actor or "anonymous",
                           emergency=request.break_glass, notes=[note] if note else [])
-    release = f"{spec.service}@{version}"
+    release = f"{spec.release_name}@{version}"
     audit = AuditLog(state_dir)
     problems: list[str] = []
     bypassable: list[str] = []
@@ -109,7 +109,7 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
     if policy is not None:
         from releasegate.governance.approvals import check_deploy
 
-        gate = check_deploy(state_dir, policy, spec.service, version, request.env, now)
+        gate = check_deploy(state_dir, policy, spec.release_name, version, request.env, now)
         bypassable += [f"policy ({request.env}): {m}" for m in gate.missing]
 
     if request.break_glass:
@@ -117,7 +117,7 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
             problems.append("--break-glass needs --reason TEXT saying why this emergency change cannot wait")
         from releasegate.governance.approvals import has_approval
 
-        if not has_approval(state_dir, spec.service, version, "sre"):
+        if not has_approval(state_dir, spec.release_name, version, "sre"):
             problems.append(f"--break-glass needs an sre approval on {release} "
                             f"(`releasegate approve {release} --stage sre --as USER`)")
     problems += [] if request.break_glass else bypassable

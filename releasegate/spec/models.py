@@ -411,6 +411,16 @@ class Governance(_Model):
 
     policy: str | None = Field(None, description="Policy file: users, roles, approval stages per environment.")
     calendar: str | None = Field(None, description="Calendar file: deploy windows and change freezes.")
+    release: str | None = Field(None, description="Name releases are approved under (NAME@VERSION); default: "
+                                "the service. Lets the specs of several environments (shop-stage, shop) share "
+                                "approvals and the dev -> stage -> prod pipeline.")
+
+    @field_validator("release")
+    @classmethod
+    def _release(cls, v: str | None) -> str | None:
+        if v is not None and not SERVICE_NAME.match(v):
+            raise ValueError(f"release {v!r} must be lower-case letters, digits, '-' or '_' (at most 63)")
+        return v
 
 
 class Spec(_Model):
@@ -444,6 +454,11 @@ class Spec(_Model):
         if self.smoke is None:
             object.__setattr__(self, "smoke", [SmokeTest(path=self.health.path, expect_status=[])])
         return self
+
+    @property
+    def release_name(self) -> str:
+        """What approvals and environment successes are recorded under."""
+        return self.governance.release or self.service
 
     @property
     def smoke_tests(self) -> list[SmokeTest]:

@@ -1,0 +1,146 @@
+"""The seed's governance end to end, with real deploys: five approval stages, dev -> stage -> prod with soak,
+a change freeze that refuses a deploy, and break-glass. Each environment is its own deployment (shop-dev,
+shop-stage, shop) sharing the release name `shop` for approvals."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from releasegate import service
+from releasegate.errors import UserError
+from releasegate.governance.approvals import approve, new_release, record_env_success
+from releasegate.governance.gate import DeployRequest
+from releasegate.governance.identity import new_token
+from releasegate.governance.policy import load_policy
+from releasegate.providers.routers.builtin import read_router_state
+from releasegate.store.audit import AuditLog
+from tests.support.rollouts import cleanup, free_port
+
+pytestmark = pytest.mark.slow
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "governance"
+
+
+def write(directory: Path, name: str, extra: str = "") -> Path:
+    path = directory / f"{name}.yaml"
+    path.write_text(f"""\
+service: {name}
+platform: {{command: "{sys.executable} -m releasegate.demoapp --port {{port}}", instances: 1, stop_grace: 2s}}
+router: {{listen: "127.0.0.1:{free_port()}"}}
+health: {{path: /health, interval: 100ms, attempts: 50}}
+strategy: {{bluegreen: {{}}}}
+analysis: {{interval: 500ms, post_promotion: 0s}}
+governance: {{release: shop, policy: policy.yaml{extra}}}
+""")
+    return path
+
+
+@pytest.fixture
+def world(tmp_path):
+    shutil.copy(EXAMPLES / "policy.yaml", tmp_path / "policy.yaml")
+    state = tmp_path / "state"
+    specs = {env: write(tmp_path, name) for env, name in (("dev", "shop-dev"), ("stage", "shop-stage"),
+                                                          ("prod", "shop"))}
+    yield tmp_path, state, specs
+    for spec in specs.values():
+        asyncio.run(cleanup(state, spec))
+
+
+async def deploy(state: Path, spec: Path, version: str, **request: object):
+    return await asyncio.wait_for(service.deploy(service.new_context(state), spec, version,
+                                                 request=DeployRequest(**request)), 60)  # type: ignore[arg-type]
+
+
+async def test_the_seed_five_stage_flow_from_dev_to_prod(world):
+    root, state, specs = world
+    policy = load_policy(root / "policy.yaml")
+    new_release(state, "shop", "1.0.0", "alice")
+
+    assert (await deploy(state, specs["dev"], "1.0.0", env="dev")).status == "promoted"
+
+    with pytest.raises(UserError) as refused:
+        await deploy(state, specs["stage"], "1.0.0", env="stage")
+    text = str(refused.value)
+    assert "stage qa: 0 of 1" in text and "soak" in text and "10m" in text
+    assert read_router_state(state, "shop-stage") is None  # refused before anything started
+
+    approve(state, policy, "shop", "1.0.0", "qa", "dave", env="stage")
+    now = dt.datetime.now(dt.UTC).timestamp()
+    record_env_success(state, "shop", "1.0.0", "dev", now - 1200)  # dev went out 20 minutes ago
+    assert (await deploy(state, specs["stage"], "1.0.0", env="stage")).status == "promoted"
+
+    with pytest.raises(UserError) as refused:
+        await deploy(state, specs["prod"], "1.0.0", env="prod")
+    missing = str(refused.value)
+    for stage in ("developer", "reviewer", "qa", "sre", "pm"):
+        assert f"stage {stage}" in missing
+    assert "soak" in missing
+
+    approve(state, policy, "shop", "1.0.0", "developer", "alice",
+            checks=["unit tests pass", "rollback plan written"])
+    approve(state, policy, "shop", "1.0.0", "reviewer", "bob")
+    approve(state, policy, "shop", "1.0.0", "reviewer", "carol")
+    approve(state, policy, "shop", "1.0.0", "qa", "dave")
+    approve(state, policy, "shop", "1.0.0", "sre", "erin",
+            checks=["deployment window checked", "rollback plan verified"])
+    approve(state, policy, "shop", "1.0.0", "pm", "frank", checks=["release notes approved"])
+    record_env_success(state, "shop", "1.0.0", "stage", now - 2 * 3600)  # soaked two hours in stage
+    assert (await deploy(state, specs["prod"], "1.0.0", env="prod")).status == "promoted"
+
+    log = AuditLog(state)
+    assert log.verify().ok
+    actions = [e.action for e in log.entries()]
+    assert actions.count("deploy.refused") == 2 and actions.count("deploy.admitted") == 3
+    assert "rollout.switched" in actions and "rollout.promoted" in actions
+
+
+async def test_a_freeze_refuses_the_deploy_and_break_glass_needs_an_sre_approval(world):
+    root, state, specs = world
+    today = dt.datetime.now(dt.UTC).date()
+    (root / "freeze.yaml").write_text(f"""\
+timezone: UTC
+freezes:
+  - {{name: incident review, from: {today - dt.timedelta(days=1)}, to: {today + dt.timedelta(days=1)}, mode: full}}
+""")
+    policy = load_policy(root / "policy.yaml")
+    new_release(state, "shop", "1.0.0", "alice")
+    new_release(state, "shop", "1.1.0", "alice")
+    record_env_success(state, "shop", "1.0.0", "stage", 0)
+    await deploy(state, specs["dev"], "1.0.0", env="dev")
+
+    with pytest.raises(UserError, match="full freeze 'incident review'"):
+        await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml")
+    token = new_token(state, policy, "erin")
+    with pytest.raises(UserError, match="needs an sre approval on shop@1.1.0"):
+        await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml", break_glass=True,
+                     reason="payments down", actor="erin", token=token)
+    with pytest.raises(UserError, match="token"):
+        await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml", break_glass=True,
+                     reason="payments down", actor="erin", token="rg_wrong")
+
+    approve(state, policy, "shop", "1.1.0", "sre", "erin",
+            checks=["deployment window checked", "rollback plan verified"])
+    st = await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml", break_glass=True,
+                      reason="payments down", actor="erin", token=token)
+    assert st.status == "promoted" and st.emergency
+    [emergency] = [e for e in AuditLog(state).entries() if e.action == "deploy.emergency"]
+    assert emergency.actor == "erin" and "payments down" in (emergency.decision or "")
+    assert "incident review" in (emergency.decision or "")
+
+
+def test_the_example_calendar_refuses_exam_season_and_allows_config(tmp_path):
+    from typer.testing import CliRunner
+
+    from releasegate.cli import app
+
+    runner = CliRunner()
+    base = ["calendar", "check", "--calendar", str(EXAMPLES / "calendar.yaml")]
+    refused = runner.invoke(app, [*base, "--at", "2025-11-11T03:00", "--change", "minor"])
+    assert refused.exit_code == 2 and "exam season" in refused.output
+    config = runner.invoke(app, [*base, "--at", "2025-11-11T03:00", "--change", "config"])
+    assert config.exit_code == 0
