@@ -116,7 +116,7 @@ freezes:
     with pytest.raises(UserError, match="full freeze 'incident review'"):
         await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml")
     token = new_token(state, policy, "erin")
-    with pytest.raises(UserError, match="needs an sre approval on shop@1.1.0"):
+    with pytest.raises(UserError, match=r"needs an sre approval on shop@1\.1\.0"):
         await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml", break_glass=True,
                      reason="payments down", actor="erin", token=token)
     with pytest.raises(UserError, match="token"):

@@ -19,13 +19,12 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from releasegate.errors import UserError
+from releasegate.store.db import create_schema, immediate, open_db
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first entry."""
@@ -83,43 +82,6 @@ class Verification(NamedTuple):
     ok: bool
     first_bad_seq: int | None
     reason: str
-
-
-# --- the connection, shared with releasegate.store.governance ------------------------------------------------
-
-
-def open_db(state_dir: Path) -> sqlite3.Connection:
-    """A connection to ``state_dir/releasegate.db`` configured like the main store (WAL, autocommit, busy wait)."""
-    try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
-                        "directory or set RELEASEGATE_HOME") from None
-    db = sqlite3.connect(state_dir / "releasegate.db", timeout=30, isolation_level=None, check_same_thread=False)
-    db.row_factory = sqlite3.Row
-    db.execute("PRAGMA busy_timeout=30000")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
-
-
-@contextmanager
-def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """An IMMEDIATE transaction: the write lock is taken before anything is read, so check-then-write is atomic."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
-
-
-def create_schema(db: sqlite3.Connection, schema: str) -> None:
-    with immediate(db):
-        for statement in schema.split(";"):
-            if statement.strip():
-                db.execute(statement)
 
 
 # --- hashing -------------------------------------------------------------------------------------------------
@@ -263,4 +225,4 @@ def _check_row(db: sqlite3.Connection, row: sqlite3.Row, total: int) -> str | No
 
 
 __all__ = ["GENESIS", "SCHEMA", "AuditLog", "Entry", "Verification", "append_entry", "create_schema", "entry_hash",
-           "immediate", "open_db"]
+           "immediate", "open_db"]  # the last three re-exported from releasegate.store.db

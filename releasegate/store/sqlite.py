@@ -12,14 +12,15 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from releasegate.engine.state import RolloutState
 from releasegate.errors import UserError
+from releasegate.store.db import create_schema, immediate, open_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -125,35 +126,16 @@ def owner_alive(owner: dict[str, Any] | None) -> bool:
 class Store:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
-                            "directory or set RELEASEGATE_HOME") from None
         self.path = state_dir / "releasegate.db"
-        self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        with self.tx() as db:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        self._db = open_db(state_dir)
+        create_schema(self._db, SCHEMA)
 
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> AbstractContextManager[sqlite3.Connection]:
         """An IMMEDIATE transaction: takes the write lock up front, so check-then-write cannot interleave."""
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        return immediate(self._db)
 
     # --- rollouts ------------------------------------------------------------------------------------------------
 
