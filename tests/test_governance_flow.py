@@ -144,3 +144,17 @@ def test_the_example_calendar_refuses_exam_season_and_allows_config(tmp_path):
     assert refused.exit_code == 2 and "exam season" in refused.output
     config = runner.invoke(app, [*base, "--at", "2025-11-11T03:00", "--change", "config"])
     assert config.exit_code == 0
+
+
+def test_the_documented_walkthrough_runs(tmp_path):
+    """examples/governance/walkthrough.sh is what the docs show; it must keep working as written."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "RELEASEGATE_HOME": str(tmp_path / "state")}
+    r = subprocess.run(["bash", str(EXAMPLES / "walkthrough.sh")], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "5 of 5 stages complete" in r.stdout
+    assert "refused: full freeze 'exam season'" in r.stdout
+    assert "audit log ok" in r.stdout

@@ -203,3 +203,24 @@ def test_a_failing_commit_leaves_no_files_behind(repo: Path) -> None:
     assert_refused(result, "git commit failed")
     assert state(repo) == before
     assert not (repo / "CHANGELOG.md").exists()
+
+
+def test_cut_with_as_registers_the_release_for_approval_and_a_bad_token_cuts_nothing(
+        repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from releasegate.governance.identity import new_token
+    from releasegate.governance.policy import load_policy
+    from releasegate.store.governance import GovernanceStore
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "examples" / "governance" / "policy.yaml")
+    state = tmp_path / "state"
+    monkeypatch.setenv("RELEASEGATE_TOKEN", "rg_wrong")
+    refused = cut(repo, "--as", "alice", "--state-dir", str(state), "--service", "shop")
+    assert refused.exit_code == 2 and "token" in refused.stderr
+    assert git(repo, "tag", "--list").split() == ["app-v1.2.0"]  # nothing was cut
+    monkeypatch.setenv("RELEASEGATE_TOKEN", new_token(state, policy, "alice"))
+    done = cut(repo, "--as", "alice", "--state-dir", str(state), "--service", "shop")
+    assert done.exit_code == 0, done.stderr
+    tagged = git(repo, "rev-parse", "app-v1.2.1^{commit}").strip()
+    with GovernanceStore(state) as store:
+        release = store.release("shop", "1.2.1")
+    assert release is not None and release.author == "alice" and release.commit == tagged

@@ -8,6 +8,7 @@ exist afterwards or none does, so a failed cut can simply be run again. The vers
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -226,20 +227,44 @@ def release_cut(component: Component, repo: RepoDir = Path("."), path: SubPath =
                 notes_dir: Annotated[Path, typer.Option("--notes-dir", help="Where the notes file goes, relative "
                                                         "to --repo.")] = Path("release-notes"),
                 spec: SpecOpt = None, template: TemplateOpt = None, pre_1_0: Pre10 = False,
-                start: Start = "0.1.0") -> None:
+                start: Start = "0.1.0",
+                as_user: Annotated[str | None, typer.Option("--as", metavar="USER", help="Register the release "
+                                                            "for approval with you as its author (needs "
+                                                            "RELEASEGATE_TOKEN).")] = None,
+                service: Annotated[str | None, typer.Option("--service", help="Release name for approvals "
+                                                            "(default: the component).")] = None,
+                state_dir: Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME",
+                                                               help="Where approvals live (with --as).")]
+                = None) -> None:
     """Commit CHANGELOG.md and release-notes/COMPONENT-vX.Y.Z.md, tag COMPONENT-vX.Y.Z; print the image tags.
 
     Refuses a dirty tree, an existing tag, nothing to release, a feature branch, and a release/hotfix branch
-    whose version differs from the computed one.
+    whose version differs from the computed one. With --as, also registers SERVICE@VERSION for approval (the
+    same as `release new`, with the tagged commit); if that fails, the cut is undone.
     """
+    from releasegate.commands.approvals import state_dir_of
+    from releasegate.governance.approvals import new_release
+    from releasegate.governance.identity import TOKEN_ENV, authenticate
+
+    name = service or component
+    register = None
     with _reported():
+        if as_user is not None:
+            where = state_dir_of(state_dir)
+            authenticate(where, None, as_user, os.environ.get(TOKEN_ENV), action="release cut")
+
+            def register(cut: CutResult) -> None:
+                new_release(where, name, cut.version, as_user, commit=cut.commit)
+
         result = cut_release(repo, component, path=path, notes_dir=notes_dir, spec=spec, template=template,
-                             pre_1_0=pre_1_0, start=start)
+                             pre_1_0=pre_1_0, start=start, on_cut=register)
     for line in result.explanation:
         typer.echo(line)
     typer.echo(f"committed {result.commit[:7]} chore(release): {component} v{result.version}")
     typer.echo(f"tagged {result.tag} (annotated); push with: git push --follow-tags")
     typer.echo(f"notes: {result.notes_path}")
+    typer.echo(f"registered {name}@{result.version} for approval by {as_user}" if as_user else
+               f"register it for approval: releasegate release new {name} {result.version} --as USER")
     typer.echo("image tags:")
     for image_tag in result.image_tags:
         typer.echo(image_tag)
