@@ -19,7 +19,7 @@ from releasegate.engine.clock import Clock, SystemClock
 from releasegate.engine.state import RolloutState
 from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
-from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase
+from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
 from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec
 from releasegate.spec.models import Spec, check_version
@@ -64,9 +64,10 @@ def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission | No
     """The controller's governance hooks: the freeze check before traffic increases, and the audit trail."""
     audit = AuditLog(ctx.state_dir)
     release = f"{spec.release_name}@{st.version}"
+    commit = release_commit(ctx.state_dir, spec.release_name, st.version)
 
     def record(state: RolloutState, d: Any) -> None:
-        audit.append(state.actor, f"rollout.{d.kind}", release=release, decision=d.message,
+        audit.append(state.actor, f"rollout.{d.kind}", release=release, commit=commit, decision=d.message,
                      evidence=dict(d.data), at=state.updated_at)
 
     hooks: dict[str, Any] = {"audit": record}

@@ -63,7 +63,7 @@ def change_kind(previous: str | None, version: str, hotfix: bool) -> tuple[str, 
 
     try:
         kind = semver_kind(previous, version)
-    except ValueError:
+    except (ValueError, UserError):  # e.g. build-7 -> build-8: judged conservatively, not refused
         return "major", f"{previous} -> {version} is not a semver change: judged as a major change"
     return (kind or "patch"), None
 
@@ -84,6 +84,7 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
                           emergency=request.break_glass, notes=[note] if note else [])
     release = f"{spec.release_name}@{version}"
     audit = AuditLog(state_dir)
+    commit = release_commit(state_dir, spec.release_name, version)
     problems: list[str] = []
     bypassable: list[str] = []
 
@@ -125,14 +126,23 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
     evidence = {"change": change, "env": request.env, "previous": previous, "calendar": str(calendar_path or ""),
                 "policy": str(policy_path or ""), "bypassed": bypassable if request.break_glass else []}
     if problems:
-        audit.append(admission.actor, "deploy.refused", release=release, decision="; ".join(problems),
-                     evidence=evidence, at=now)
+        audit.append(admission.actor, "deploy.refused", release=release, commit=commit,
+                     decision="; ".join(problems), evidence=evidence, at=now)
         raise UserError(f"{release} refused for {request.env}:\n  - " + "\n  - ".join(problems))
     action = "deploy.emergency" if request.break_glass else "deploy.admitted"
-    audit.append(admission.actor, action, release=release,
+    audit.append(admission.actor, action, release=release, commit=commit,
                  decision=(f"break-glass: {request.reason}; bypassed: " + "; ".join(bypassable))
                  if request.break_glass else "; ".join(admission.notes) or "allowed", evidence=evidence, at=now)
     return admission
+
+
+def release_commit(state_dir: Path, name: str, version: str) -> str | None:
+    """The commit a registered release was built from, for the audit trail (None when not registered)."""
+    from releasegate.store.governance import GovernanceStore
+
+    with GovernanceStore(state_dir) as store:
+        rel = store.release(name, version)
+    return rel.commit if rel is not None else None
 
 
 def _identity(state_dir: Path, policy: Any, request: DeployRequest) -> list[str]:
