@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from typer.testing import CliRunner
 from releasegate.commands.release import notes_command
 from releasegate.errors import UserError
 from releasegate.governance.notes import render_notes
+from tests.support.git import clean_git_identity, commit, git  # noqa: F401 (autouse fixture)
 
 TODAY = dt.date(2025, 11, 22)
 SPEC = """\
@@ -30,35 +29,6 @@ analysis:
     - {metric: latency_p95, max: 2.5s, for: 5m}
 rollback: {mode: staircase, staircase: [50, 10, 0], step_wait: 5m}
 """
-
-
-@pytest.fixture(autouse=True)
-def _clean_git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on a fresh CI machine: no global git config; identity only through the environment."""
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for who in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{who}_NAME", "Ada Lovelace")
-        monkeypatch.setenv(f"GIT_{who}_EMAIL", "ada@example.com")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def commit(repo: Path, message: str, file: str = "app.txt", content: str | None = None,
-           author: str | None = None) -> str:
-    target = repo / file
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if content is None:
-        with target.open("a") as fh:
-            fh.write(message.splitlines()[0] + "\n")
-    else:
-        target.write_text(content)
-    git(repo, "add", file)
-    git(repo, "commit", "-q", "-m", message, *([f"--author={author} <{author.lower()}@example.com>"]
-                                               if author else []))
-    return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,32 +11,9 @@ from typer.testing import CliRunner, Result
 from releasegate.commands.release import CutResult, cut_release, prepend_changelog, release_app
 from releasegate.errors import UserError
 from releasegate.governance.notes import render_notes
+from tests.support.git import clean_git_identity, commit, git  # noqa: F401 (autouse fixture)
 
 TODAY = dt.date(2025, 11, 22)
-
-
-@pytest.fixture(autouse=True)
-def _clean_git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on a fresh CI machine: no global git config; identity only through the environment."""
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for who in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{who}_NAME", "Ada Lovelace")
-        monkeypatch.setenv(f"GIT_{who}_EMAIL", "ada@example.com")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def commit(repo: Path, message: str, file: str = "app.txt") -> str:
-    target = repo / file
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a") as fh:
-        fh.write(message.splitlines()[0] + "\n")
-    git(repo, "add", file)
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
 
 
 @pytest.fixture

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,31 +12,7 @@ from typer.testing import CliRunner
 from releasegate.commands.release import version_app
 from releasegate.errors import UserError
 from releasegate.governance.versioning import next_version, parse_commit_message, parse_semver, semver_kind
-
-
-@pytest.fixture(autouse=True)
-def _clean_git_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """As on a fresh CI machine: no global git config; identity only through the environment."""
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", os.devnull)
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    for who in ("AUTHOR", "COMMITTER"):
-        monkeypatch.setenv(f"GIT_{who}_NAME", "Ada Lovelace")
-        monkeypatch.setenv(f"GIT_{who}_EMAIL", "ada@example.com")
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def commit(repo: Path, message: str, file: str = "app.txt") -> str:
-    """A commit changing ``file`` (so --path filtering has something to see); returns its sha."""
-    target = repo / file
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("a") as fh:
-        fh.write(message.splitlines()[0] + "\n")
-    git(repo, "add", file)
-    git(repo, "commit", "-q", "-m", message)
-    return git(repo, "rev-parse", "HEAD")
+from tests.support.git import clean_git_identity, commit, git  # noqa: F401 (autouse fixture)
 
 
 def tag(repo: Path, name: str, rev: str = "HEAD") -> None:

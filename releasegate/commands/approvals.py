@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from releasegate.errors import UserError
+from releasegate.commands import reported
 from releasegate.governance import approvals as gov
 from releasegate.governance.identity import TOKEN_ENV, authenticate, new_token
 from releasegate.governance.policy import Policy, load_policy
@@ -42,17 +40,6 @@ ReleaseRef = Annotated[str, typer.Argument(metavar="SERVICE@VERSION", show_defau
 StageRole = Annotated[str, typer.Option("--stage", metavar="ROLE", show_default=False,
                                         help="The stage, named by its role, e.g. reviewer.")]
 Env = Annotated[str, typer.Option("--env", metavar="ENV", help="The environment whose stages are meant.")]
-
-
-@contextmanager
-def reported() -> Iterator[None]:
-    """A ``UserError`` as ``releasegate: ...`` lines on stderr and its exit code (2), as ``releasegate.cli`` does."""
-    try:
-        yield
-    except UserError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            typer.echo(f"releasegate: {line}", err=True)
-        raise typer.Exit(exc.exit_code) from None
 
 
 def state_dir_of(state_dir: Path | None) -> Path:

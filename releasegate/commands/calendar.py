@@ -8,8 +8,6 @@ is the seed's release calendar for a month, or an iCalendar feed for people's ca
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from releasegate.commands import reported as _reported
 from releasegate.errors import UserError
 from releasegate.governance.calendar import (
     Calendar,
@@ -40,17 +39,6 @@ class ChangeKind(StrEnum):
     patch = "patch"
     hotfix = "hotfix"
     config = "config"
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """User errors as ``releasegate: ...`` lines on stderr and exit 2, also when this app runs on its own."""
-    try:
-        yield
-    except UserError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            typer.echo(f"releasegate: {line}", err=True)
-        raise typer.Exit(exc.exit_code) from None
 
 
 def parse_at(text: str | None, calendar: Calendar) -> datetime:

@@ -10,14 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from releasegate.commands import reported as _reported
 from releasegate.errors import UserError
 from releasegate.governance.gitrepo import GitRepo
 from releasegate.governance.notes import prepare_notes, render_notes
@@ -166,17 +166,6 @@ def _undo(git: GitRepo, before: str, files: list[str], committed: bool, tagged: 
 
 
 # --- the command line ---------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """User errors as one ``releasegate: ...`` line on stderr and exit 2, also when the app runs on its own."""
-    try:
-        yield
-    except UserError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            typer.echo(f"releasegate: {line}", err=True)
-        raise typer.Exit(exc.exit_code) from None
 
 
 Component = Annotated[str, typer.Option("--component", "-c", help="Component: tags are COMPONENT-vX.Y.Z.",
