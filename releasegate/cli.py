@@ -260,6 +260,9 @@ def router_main(ctx: typer.Context,
 
     if spec is not None:
         s = load_spec(spec)
+        if not isinstance(s.router, BuiltinRouter):
+            raise UserError(f"router: {spec} uses router kind {s.router.kind}; `releasegate router` runs the "
+                            "built-in one (kind: builtin)")
         svc, rspec = s.service, s.router
     elif name and listen:
         svc, rspec = name, BuiltinRouter(listen=listen)

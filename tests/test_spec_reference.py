@@ -66,7 +66,7 @@ def test_schema_is_plain_json_with_the_spec_structure() -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object" and schema["required"] == ["service", "platform"]
     assert set(schema["properties"]) == {"service", "tier", "platform", "router", "health", "smoke",
-                                         "strategy", "analysis", "rollback", "governance"}
+                                         "strategy", "analysis", "rollback", "governance", "metrics", "notify"}
     for name, definition in schema["$defs"].items():
         if definition.get("type") == "object":
             assert definition["additionalProperties"] is False, name

@@ -12,12 +12,12 @@ from releasegate.controller import CheckOutcome, Providers
 from releasegate.engine.clock import Clock
 from releasegate.errors import ProviderError
 from releasegate.providers import checks
-from releasegate.providers.base import Instance, MetricQuery, MetricSource, Routes
+from releasegate.providers.base import Instance, MetricQuery, MetricSource, Router, Routes
 from releasegate.providers.metrics.builtin import RouterMetrics
 from releasegate.providers.metrics.process import ProcessMetrics
 from releasegate.providers.platforms.local import LocalPlatform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
-from releasegate.spec.models import PROCESS_METRICS, SmokeTest, Spec
+from releasegate.spec.models import PROCESS_METRICS, BuiltinRouter, SmokeTest, Spec
 from releasegate.spec.models import Health as HealthSpec
 
 
@@ -36,15 +36,17 @@ class MetricsByName:
 class ManagedBuiltinRouter:
     """The built-in router client, restarting the router process (with its persisted routes) if it died."""
 
-    def __init__(self, state_dir: Path, spec: Spec, client: BuiltinRouterClient, metrics: RouterMetrics) -> None:
+    def __init__(self, state_dir: Path, spec: Spec, router: BuiltinRouter, client: BuiltinRouterClient,
+                 metrics: RouterMetrics) -> None:
         self.state_dir = state_dir
         self.spec = spec
+        self.router_spec = router
         self.client = client
         self.metrics = metrics
 
     async def _retry(self) -> BuiltinRouterClient:
         """A restarted router may listen for admin calls on a new port: every user of the client follows."""
-        self.client = await ensure_router(self.state_dir, self.spec.service, self.spec.router)
+        self.client = await ensure_router(self.state_dir, self.spec.service, self.router_spec)
         self.metrics.client = self.client
         return self.client
 
@@ -64,11 +66,18 @@ class ManagedBuiltinRouter:
         return await self.client.inflight(service, backend)
 
 
+async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
+    """The router for the spec's kind, and the metric source for its traffic statistics."""
+    if isinstance(spec.router, BuiltinRouter):
+        client = await ensure_router(state_dir, spec.service, spec.router)
+        traffic = RouterMetrics(client)
+        return ManagedBuiltinRouter(state_dir, spec, spec.router, client, traffic), traffic
+    raise ProviderError(f"router kind {spec.router.kind} is not available yet in this build")
+
+
 async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Clock) -> Providers:
     platform = LocalPlatform(spec.platform, state_dir, spec_dir)
-    client = await ensure_router(state_dir, spec.service, spec.router)
-    traffic = RouterMetrics(client)
-    router = ManagedBuiltinRouter(state_dir, spec, client, traffic)
+    router, traffic = await _router(spec, state_dir)
 
     async def health(instances: list[Instance], h: HealthSpec) -> CheckOutcome:
         r = await checks.wait_healthy(instances, h, clock, platform=platform)

@@ -215,7 +215,8 @@ def _issue(err: ErrorDetails, positions: _Positions) -> SpecIssue:
         if (*found, part) in positions.at:
             found = (*found, part)
     where = positions.at[found]
-    exact = where if found == loc else None
+    # Exact when the offending key itself is in the file (a union tag like 'builtin' in between is not).
+    exact = where if found == loc or (found and loc and found[-1] == loc[-1]) else None
     message = _message(err, loc, exact)
     mark = where.mark(prefer_key=err["type"] in ("missing", "extra_forbidden"))
     return SpecIssue(positions.file, mark.line + 1, mark.column + 1, message, format_loc(loc))

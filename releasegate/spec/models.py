@@ -8,76 +8,47 @@ previous version 24 hours. docs/spec-reference.md is generated from these models
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
+    Discriminator,
     Field,
-    PlainSerializer,
+    Tag,
     ValidationInfo,
-    WithJsonSchema,
     field_serializer,
     field_validator,
     model_validator,
 )
 
-from releasegate.durations import duration_text, parse_duration
+from releasegate.durations import duration_text
+from releasegate.spec.common import (
+    DURATION_JSON_SCHEMA,
+    DURATION_PATTERN,
+    LATENCY_METRICS,
+    METRICS,
+    PROCESS_METRICS,
+    ROUTER_METRICS,
+    SERVICE_NAME,
+    THRESHOLD_JSON_SCHEMA,
+    THRESHOLD_PATTERN,
+    VERSION_NAME,
+    Duration,
+    Threshold,
+    _duration,
+    host_port,
+)
+from releasegate.spec.common import SpecModel as _Model
 from releasegate.spec.errors import LocatedValueError
+from releasegate.spec.notify import NotifyTarget
+from releasegate.spec.routers_haproxy import HaproxyRouter
+from releasegate.spec.routers_nginx import NginxRouter
+from releasegate.spec.sources import MetricSources
 
-_NUMBER_WITH_UNIT = r"(?:\d+(?:\.\d+)?(?:[mM][sS]|[sSmMhHdD]))+"
-DURATION_PATTERN = rf"^\s*(?:0|{_NUMBER_WITH_UNIT})\s*$"
-"""What ``parse_duration`` reads, for the JSON schema (JSON Schema's own ``format: duration`` is ISO 8601)."""
-DURATION_JSON_SCHEMA: dict[str, Any] = {"anyOf": [
-    {"type": "string", "pattern": DURATION_PATTERN, "examples": ["250ms", "5s", "10m", "24h", "1h30m"],
-     "description": "A duration with a unit: ms, s, m, h or d, e.g. 250ms, 5s, 10m, 24h, 1h30m."},
-    {"const": 0, "description": "Zero needs no unit."},
-]}
-THRESHOLD_PATTERN = rf"^\s*(?:{_NUMBER_WITH_UNIT}|\d+(?:\.\d+)?\s*%)\s*$"
-THRESHOLD_JSON_SCHEMA: dict[str, Any] = {"anyOf": [
-    {"type": "number"},
-    {"type": "string", "pattern": THRESHOLD_PATTERN,
-     "description": "A duration for latency metrics (2.5s) or a percentage for error_rate (5%)."},
-]}
+__all__ = ["DURATION_JSON_SCHEMA", "DURATION_PATTERN", "LATENCY_METRICS", "METRICS", "PROCESS_METRICS",
+           "ROUTER_METRICS", "SERVICE_NAME", "THRESHOLD_JSON_SCHEMA", "THRESHOLD_PATTERN", "VERSION_NAME",
+           "Duration", "Threshold"]
 
-
-def _duration(value: object) -> float:
-    """parse_duration, with a plain message for values that are not even scalars (``pause: {}``)."""
-    if value is None or isinstance(value, dict | list):
-        got = "an empty value" if value is None else ("a mapping" if isinstance(value, dict) else "a list")
-        raise ValueError(f"expected a duration such as 250ms, 5s, 10m or 24h, got {got}")
-    return parse_duration(value)
-
-
-Duration = Annotated[float, BeforeValidator(_duration),
-                     PlainSerializer(duration_text, return_type=str, when_used="json"),
-                     WithJsonSchema(DURATION_JSON_SCHEMA)]
-"""Seconds, written in YAML as 250ms, 5s, 10m, 24h."""
-Threshold = Annotated[float, WithJsonSchema(THRESHOLD_JSON_SCHEMA)]
-"""A rule's bound: a plain number, a duration for latency metrics, or a percentage for error_rate."""
-
-SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-
-ROUTER_METRICS = ("error_rate", "rps", "latency_p50", "latency_p95", "latency_p99")
-PROCESS_METRICS = ("cpu", "memory_mb")
-METRICS = ROUTER_METRICS + PROCESS_METRICS
-LATENCY_METRICS = ("latency_p50", "latency_p95", "latency_p99")
-
-
-def _host_port(value: str, *, loopback_only: bool = False) -> str:
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:8080, got {value!r}")
-    if loopback_only and host not in {"127.0.0.1", "localhost", "::1", "[::1]"}:
-        raise ValueError(f"the admin API must listen on loopback (127.0.0.1:PORT), got {value!r}")
-    return value
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+_host_port = host_port
 
 
 # --- platform -----------------------------------------------------------------------------------------------------
@@ -137,7 +108,17 @@ class BuiltinRouter(_Model):
         return None if v is None else _host_port(v, loopback_only=True)
 
 
-Router = BuiltinRouter
+def _router_kind(value: Any) -> str:
+    """``kind`` may be left out: the built-in router is the default."""
+    kind = value.get("kind", "builtin") if isinstance(value, dict) else getattr(value, "kind", "builtin")
+    return kind if isinstance(kind, str) else "?"
+
+
+Router = Annotated[
+    Annotated[BuiltinRouter, Tag("builtin")] | Annotated[NginxRouter, Tag("nginx")]
+    | Annotated[HaproxyRouter, Tag("haproxy")],
+    Discriminator(_router_kind, custom_error_type="router_kind",
+                  custom_error_message="router kind must be builtin, nginx or haproxy")]
 
 
 # --- checks -------------------------------------------------------------------------------------------------------
@@ -312,8 +293,10 @@ def _threshold(metric: str, value: object) -> float:
 class Rule(_Model):
     """Breaches when the metric stays beyond its bound for the whole `for` window."""
 
-    metric: Literal["error_rate", "rps", "latency_p50", "latency_p95", "latency_p99", "cpu", "memory_mb"] = Field(
-        description="What to watch, per version.")
+    metric: Literal["error_rate", "rps", "latency_p50", "latency_p95", "latency_p99", "cpu", "memory_mb",
+                    "prometheus"] = Field(description="What to watch, per version; prometheus runs `query`.")
+    query: str | None = Field(None, description="PromQL for metric: prometheus; {{service}}, {{version}} and "
+                              "{{baseline_version}} are substituted. An empty result is no data.")
     max: Threshold | None = Field(
         None, description="Upper bound (latency as a duration, error_rate as 0.05 or 5%).")
     min: Threshold | None = Field(None, description="Lower bound, written like max.")
@@ -338,6 +321,10 @@ class Rule(_Model):
     def _bounded(self) -> Rule:
         if self.max is None and self.min is None:
             raise ValueError(f"the rule on {self.metric} needs a bound: max or min")
+        if (self.metric == "prometheus") != (self.query is not None):
+            raise ValueError("metric: prometheus needs a query (PromQL), and only it takes one"
+                             if self.metric == "prometheus" else f"query is only for metric: prometheus, "
+                             f"not {self.metric}")
         return self
 
     @field_serializer("max", "min", when_used="json")
@@ -441,6 +428,9 @@ class Spec(_Model):
     rollback: Rollback = Field(default_factory=lambda: Rollback(), description="How to roll back.")
     governance: Governance = Field(default_factory=lambda: Governance(), description="Approvals and change "
                                    "freezes `deploy` enforces.")
+    metrics: MetricSources = Field(default_factory=lambda: MetricSources(), description="External metric "
+                                   "sources for analysis rules.")
+    notify: list[NotifyTarget] = Field(default_factory=list, description="Where rollout events are posted.")
 
     @field_validator("service")
     @classmethod
