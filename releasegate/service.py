@@ -20,6 +20,7 @@ from releasegate.engine.state import RolloutState
 from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
 from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
+from releasegate.notifications import Notifications, build_notifications
 from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec
 from releasegate.spec.models import Spec, check_version
@@ -76,6 +77,18 @@ def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission | No
     return hooks
 
 
+def _chain(on_progress: ProgressHook | None, notes: Notifications | None) -> ProgressHook | None:
+    """Progress goes to the terminal and to the notification targets (which never block the rollout)."""
+    hooks = [h for h in (on_progress, notes.on_progress if notes else None) if h is not None]
+    if not hooks:
+        return None
+
+    def both(st: RolloutState, decisions: list[Any]) -> None:
+        for hook in hooks:
+            hook(st, decisions)
+    return both
+
+
 def _readmit(st: RolloutState) -> Admission | None:
     """Rebuild what admission decided for a rollout being resumed (the calendar is read again)."""
     if st.calendar_path is None:
@@ -99,7 +112,14 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         if previous == version:
             raise UserError(f"{spec.service} {version} is already the running version; nothing to deploy "
                             f"(see `releasegate status {spec.service}`)")
-        admission = admit(ctx.state_dir, spec, spec_path, version, previous, request, ctx.clock.now())
+        notes = build_notifications(spec, ctx.state_dir)
+        try:
+            admission = admit(ctx.state_dir, spec, spec_path, version, previous, request, ctx.clock.now(),
+                              on_refused=notes.on_refused if notes else None)
+        except UserError:
+            if notes is not None:
+                await notes.drain(5.0)  # the refusal is worth telling before the process exits
+            raise
         try:
             providers = await ctx.providers(spec, spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
         except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
@@ -117,8 +137,13 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         store.add_event(spec.service, st.id, now, "created",
                         f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
                         {"actor": ctx.actor, "spec": str(spec_path)})
-        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, spec, st, admission))
-        final = await controller.run(st)
+        controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
+                                **_hooks(ctx, spec, st, admission))
+        try:
+            final = await controller.run(st)
+        finally:
+            if notes is not None:
+                await notes.drain(10.0)
         if final.status == "promoted":
             record_env_success(ctx.state_dir, spec.release_name, version, admission.env, ctx.clock.now())
         return final
@@ -138,8 +163,14 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
         providers = await ctx.providers(spec, Path(rec.spec_path).parent, ctx.state_dir, ctx.clock)
         store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
         st = rec.state
-        controller = Controller(store, spec, providers, ctx.clock, on_progress, **_hooks(ctx, spec, st, _readmit(st)))
-        final = await controller.run(st)
+        notes = build_notifications(spec, ctx.state_dir)
+        controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
+                                **_hooks(ctx, spec, st, _readmit(st)))
+        try:
+            final = await controller.run(st)
+        finally:
+            if notes is not None:
+                await notes.drain(10.0)
         if final.status == "promoted":
             record_env_success(ctx.state_dir, spec.release_name, st.version, st.env, ctx.clock.now())
         return final

@@ -283,3 +283,22 @@ def test_router_cli_runs_in_the_foreground_reports_status_and_stops(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+async def test_a_deploy_posts_its_events_to_the_notify_targets(env):
+    from tests.support.receiver import Receiver
+
+    with Receiver() as everything, Receiver() as outcomes:
+        extra = (f'notify:\n  - {{url: "{everything.url()}"}}\n'
+                 f'  - {{url: "{outcomes.url()}", events: [promoted, rolled_back]}}\n')
+        spec = env.spec(extra=extra)
+        await deploy(env, spec, "1.0.0")
+        async with Load(env.url) as load:
+            await load.wait_for(20)
+            st = await deploy(env, spec, "2.0.0")
+        assert st.status == "promoted"
+        kinds = [e.get("event") for e in everything.events()]
+        assert kinds.count("started") == 2 and "step" in kinds and kinds.count("promoted") == 2
+        assert [e.get("event") for e in outcomes.events()] == ["promoted", "promoted"]
+        step = next(e for e in everything.events() if e.get("event") == "step" and e.get("service_version") == "2.0.0")
+        assert step.get("weight") == "20"

@@ -9,6 +9,7 @@ emergency change. Rolling back is never gated.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,8 @@ def _now(at: float) -> dt.datetime:
 
 
 def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: str | None,
-          request: DeployRequest, now: float) -> Admission:
+          request: DeployRequest, now: float,
+          on_refused: Callable[[str, list[str]], None] | None = None) -> Admission:
     """Refuse (UserError listing every reason) or return the admission; every decision goes to the audit log."""
     from releasegate.store.audit import AuditLog
 
@@ -126,6 +128,8 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
     evidence = {"change": change, "env": request.env, "previous": previous, "calendar": str(calendar_path or ""),
                 "policy": str(policy_path or ""), "bypassed": bypassable if request.break_glass else []}
     if problems:
+        if on_refused is not None:
+            on_refused(release, problems)
         audit.append(admission.actor, "deploy.refused", release=release, commit=commit,
                      decision="; ".join(problems), evidence=evidence, at=now)
         raise UserError(f"{release} refused for {request.env}:\n  - " + "\n  - ".join(problems))

@@ -19,6 +19,7 @@ from releasegate.providers.platforms.local import LocalPlatform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
 from releasegate.spec.models import PROCESS_METRICS, BuiltinRouter, SmokeTest, Spec
 from releasegate.spec.models import Health as HealthSpec
+from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
 
 
 class MetricsByName:
@@ -72,6 +73,13 @@ async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
         client = await ensure_router(state_dir, spec.service, spec.router)
         traffic = RouterMetrics(client)
         return ManagedBuiltinRouter(state_dir, spec, spec.router, client, traffic), traffic
+    if isinstance(spec.router, HaproxyRouterSpec):
+        from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
+        from releasegate.providers.routers.haproxy import HaproxyRouter
+
+        haproxy = HaproxyRouter(spec.router, spec.service)
+        haproxy.ensure_config()  # renders only a missing file; haproxy must be (re)loaded by its supervisor
+        return haproxy, HaproxyStatsMetrics(haproxy)
     raise ProviderError(f"router kind {spec.router.kind} is not available yet in this build")
 
 
