@@ -19,6 +19,7 @@ from rich.console import Console
 from releasegate import __version__, service
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
 from releasegate.progress import ProgressPrinter, render_history, render_plan, render_status
+from releasegate.spec.models import check_version
 
 app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -118,6 +119,33 @@ def plan(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
 
     _use(state_dir)
     render_plan(out, make_plan(spec, version, _State.state_dir))
+
+
+@app.command()
+def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
+              env: Annotated[str, typer.Option(help="Environment (for the next freeze).")] = "prod") -> None:
+    """The T-60 checks deploy runs first: disk, state dir, port, command, running version, next freeze."""
+    from releasegate.preflight import preflight as run_preflight
+    from releasegate.spec import load_spec
+
+    _use(state_dir)
+    s = load_spec(spec)
+    check_version(version)
+    checks = asyncio.run(run_preflight(s, spec, version, _State.state_dir, env))
+    for c in checks:
+        out.print(f"{'[green]pass[/]' if c.ok else '[bold red]FAIL[/]'}  {c.name:<16} {c.detail}")
+    if not all(c.ok for c in checks):
+        raise typer.Exit(2)
+
+
+@app.command()
+def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
+        "--version", "-v", help="Only this version (default: one alert per version).")] = None) -> None:
+    """Print a Prometheus rule group (valid for promtool) from the spec's analysis rules."""
+    from releasegate.alerts import render_alert_rules
+    from releasegate.spec import load_spec
+
+    typer.echo(render_alert_rules(load_spec(spec), version=version), nl=False)
 
 
 @app.command()

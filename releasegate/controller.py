@@ -230,7 +230,7 @@ class Controller:
         """Every rule's metric over the last ``window`` seconds; an unreachable source is no data, never 0."""
         values: dict[str, float | None] = {}
         for i, rule in enumerate(self.spec.analysis.rules):
-            q = MetricQuery(st.service, action.version, rule.metric, window, action.baseline)
+            q = MetricQuery(st.service, action.version, rule.metric, window, action.baseline, rule.query)
             try:
                 values[rule_key(i, rule)] = await self.p.metrics.query(q)
             except ProviderError:

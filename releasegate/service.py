@@ -21,6 +21,7 @@ from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
 from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
 from releasegate.notifications import Notifications, build_notifications
+from releasegate.preflight import preflight
 from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec
 from releasegate.spec.models import Spec, check_version
@@ -107,6 +108,10 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
     store = ctx.store()
     try:
         store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
+        failed = [c for c in await preflight(spec, spec_path, version, ctx.state_dir, request.env) if not c.ok]
+        if failed:
+            raise UserError(f"{spec_path}: preflight failed, nothing was started:\n  - "
+                            + "\n  - ".join(f"{c.name}: {c.detail}" for c in failed))
         record = store.service(spec.service)
         previous = record.current if record else None
         if previous == version:

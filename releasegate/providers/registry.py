@@ -20,16 +20,29 @@ from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_ro
 from releasegate.spec.models import PROCESS_METRICS, BuiltinRouter, SmokeTest, Spec
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
+from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
+
+
+class NoData:
+    """For routers that measure nothing themselves (nginx OSS): every traffic rule is inconclusive unless it
+    uses metric: prometheus, so a rollout waits rather than promote on missing evidence."""
+
+    async def query(self, q: MetricQuery) -> float | None:
+        return None
 
 
 class MetricsByName:
-    """Routes each metric to the source that measures it: the router for traffic, the platform for processes."""
+    """Routes each metric to the source that measures it: the router for traffic, the platform for processes,
+    Prometheus for PromQL rules."""
 
-    def __init__(self, traffic: MetricSource, process: MetricSource) -> None:
+    def __init__(self, traffic: MetricSource, process: MetricSource, prometheus: MetricSource | None = None) -> None:
         self.traffic = traffic
         self.process = process
+        self.prometheus = prometheus
 
     async def query(self, q: MetricQuery) -> float | None:
+        if q.metric == "prometheus":
+            return await self.prometheus.query(q) if self.prometheus is not None else None
         source = self.process if q.metric in PROCESS_METRICS else self.traffic
         return await source.query(q)
 
@@ -73,6 +86,10 @@ async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
         client = await ensure_router(state_dir, spec.service, spec.router)
         traffic = RouterMetrics(client)
         return ManagedBuiltinRouter(state_dir, spec, spec.router, client, traffic), traffic
+    if isinstance(spec.router, NginxRouterSpec):
+        from releasegate.providers.routers.nginx import NginxRouter
+
+        return NginxRouter(spec.router, state_dir, spec.service), NoData()
     if isinstance(spec.router, HaproxyRouterSpec):
         from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
         from releasegate.providers.routers.haproxy import HaproxyRouter
@@ -95,5 +112,10 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
         r = await checks.run_smoke(instances, tests, timeout=max(spec.health.timeout, 5.0))
         return CheckOutcome(r.ok, r.reason, dict(r.details))
 
-    metrics = MetricsByName(traffic, ProcessMetrics(platform))
+    prometheus = None
+    if spec.metrics.prometheus is not None:
+        from releasegate.providers.metrics.prometheus import PrometheusMetrics
+
+        prometheus = PrometheusMetrics(spec.metrics.prometheus)
+    metrics = MetricsByName(traffic, ProcessMetrics(platform), prometheus)
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke)

@@ -17,10 +17,17 @@ from urllib.parse import parse_qs, urlsplit
 
 from releasegate.providers.base import Routes
 from releasegate.router.core import Core
+from releasegate.router.exposition import CONTENT_TYPE, render_metrics
 from releasegate.router.routes_file import save_routes
 
 MAX_BODY = 1 << 20
 MAX_WINDOW = 3600.0
+
+
+class PlainText(str):
+    """A payload sent as it is (the Prometheus exposition), not as JSON."""
+
+    __slots__ = ()
 
 
 class Admin:
@@ -65,10 +72,13 @@ class Admin:
             writer.close()
 
     async def _write(self, writer: asyncio.StreamWriter, status: int, payload: object, keep: bool) -> None:
-        body = json.dumps(payload).encode()
+        if isinstance(payload, PlainText):
+            body, ctype = payload.encode(), CONTENT_TYPE
+        else:
+            body, ctype = json.dumps(payload).encode(), "application/json"
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   409: "Conflict", 500: "Internal Server Error"}.get(status, "OK")
-        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+        writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
                      f"Content-Length: {len(body)}\r\nConnection: {'keep-alive' if keep else 'close'}\r\n\r\n"
                      .encode() + body)
         await writer.drain()
@@ -77,15 +87,17 @@ class Admin:
         url = urlsplit(target)
         path = url.path.rstrip("/") or "/"
         query = parse_qs(url.query)
-        allowed = {"/health": ("GET",), "/routes": ("GET", "PUT"), "/stats": ("GET",)}
+        allowed = {"/health": ("GET",), "/routes": ("GET", "PUT"), "/stats": ("GET",), "/metrics": ("GET",)}
         if path not in allowed:
-            return 404, {"error": f"no such endpoint {path}; try /health, /routes or /stats"}
+            return 404, {"error": f"no such endpoint {path}; try /health, /routes, /stats or /metrics"}
         if method not in allowed[path]:
             return 405, {"error": f"{method} is not allowed on {path}"}
         if path == "/health":
             return 200, self.health()
         if path == "/stats":
             return self.stats(query)
+        if path == "/metrics":
+            return 200, PlainText(render_metrics(self.core.service, self.core.stats, self.core.inflight()))
         if method == "GET":
             return 200, self.routes()
         return await self.put_routes(body)

@@ -9,6 +9,10 @@ What "latency" means here (the router's one definition, documented in docs/bench
 moment the router has the complete request head of a request to the moment the last byte of its response has
 been handed to the client socket. Upload time of a request body is therefore included, as is the time to
 stream the response.
+
+Cumulative totals (for ``GET /metrics``, where Prometheus wants counters that only go up) cost nothing on the
+hot path: a slot's counts are folded into the totals once its second is over, either when a scrape asks for
+them or, if nobody scraped for an hour, when the ring reuses the slot.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ class WindowStats(TypedDict):
 class VersionStats:
     """One version's ring of 1-second slots; slot ``s % SLOTS`` is valid only while ``stamp`` equals ``s``."""
 
-    __slots__ = ("errors", "hist", "last", "requests", "stamp")
+    __slots__ = ("cum_errors", "cum_hist", "cum_requests", "errors", "folded", "hist", "last", "requests", "stamp")
 
     def __init__(self) -> None:
         self.last = int(time.perf_counter())  # the latest second with a request (or creation)
@@ -54,6 +58,10 @@ class VersionStats:
         self.requests = [0] * SLOTS
         self.errors = [0] * SLOTS
         self.hist = [0] * (SLOTS * NBUCKETS)
+        self.folded = -1  # every second <= folded is already in the cum_* totals
+        self.cum_requests = 0
+        self.cum_errors = 0
+        self.cum_hist = [0] * NBUCKETS
 
     def record(self, now: float, latency: float, error: bool) -> None:
         """Count one finished request; ``now`` is ``time.perf_counter()`` at the end of the response."""
@@ -67,12 +75,45 @@ class VersionStats:
         self.hist[i * NBUCKETS + bisect_right(BOUNDS, latency)] += 1
 
     def _reset(self, i: int, sec: int) -> None:
+        if self.stamp[i] > self.folded:  # not scraped for an hour: fold before the ring forgets the slot
+            self._fold(i)
         self.last = sec
         self.stamp[i] = sec
         self.requests[i] = 0
         self.errors[i] = 0
         base = i * NBUCKETS
         self.hist[base:base + NBUCKETS] = [0] * NBUCKETS
+
+    def _fold(self, i: int) -> None:
+        self.cum_requests += self.requests[i]
+        self.cum_errors += self.errors[i]
+        base = i * NBUCKETS
+        self.cum_hist = [a + b for a, b in zip(self.cum_hist, self.hist[base:base + NBUCKETS], strict=True)]
+
+    def totals(self, now: float) -> tuple[int, int, list[int]]:
+        """Requests, 5xx errors and latency bucket counts since this version's first request, as of ``now``.
+
+        Folds the seconds completed since the last call (a scrape every 15 s folds about 15 slots), then adds
+        the current partial second without folding it, since it may still grow."""
+        cur = int(now)
+        if cur - self.folded < SLOTS:
+            for sec in range(self.folded + 1, cur):
+                i = sec % SLOTS
+                if self.stamp[i] == sec:
+                    self._fold(i)
+        else:  # the first scrape, or none for an hour: any slot may hold an unfolded second
+            for i in range(SLOTS):
+                if self.folded < self.stamp[i] < cur:
+                    self._fold(i)
+        self.folded = max(self.folded, cur - 1)
+        requests, errors, hist = self.cum_requests, self.cum_errors, list(self.cum_hist)
+        i = cur % SLOTS
+        if self.stamp[i] == cur:
+            requests += self.requests[i]
+            errors += self.errors[i]
+            base = i * NBUCKETS
+            hist = [a + b for a, b in zip(hist, self.hist[base:base + NBUCKETS], strict=True)]
+        return requests, errors, hist
 
     def window(self, seconds: float, now: float, started: float) -> WindowStats:
         """Aggregate the last ``seconds`` (the current partial second included) as of ``now``."""

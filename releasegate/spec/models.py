@@ -440,6 +440,15 @@ class Spec(_Model):
         return v
 
     @model_validator(mode="after")
+    def _sources(self) -> Spec:
+        for i, rule in enumerate(self.analysis.rules):
+            if rule.metric == "prometheus" and self.metrics.prometheus is None:
+                raise LocatedValueError("a rule with metric: prometheus needs a source: add "
+                                        "metrics: {prometheus: {url: http://127.0.0.1:9090}}",
+                                        ("analysis", "rules", i, "metric"))
+        return self
+
+    @model_validator(mode="after")
     def _defaults(self) -> Spec:
         if self.smoke is None:
             object.__setattr__(self, "smoke", [SmokeTest(path=self.health.path, expect_status=[])])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -19,10 +20,25 @@ class NginxRouter(SpecModel):
     nginx: str = Field("nginx", description="The nginx binary.")
     main_config: str | None = Field(None, description="nginx.conf to validate with `nginx -t -c`; default: "
                                     "nginx's own.")
+    prefix: str | None = Field(None, description="nginx's prefix directory (`nginx -p`) for validation and "
+                               "reload; default: nginx's own.")
+    pid_file: str = Field("/run/nginx.pid", description="nginx's pid file (its `pid` directive): releasegate "
+                          "waits until the master's workers of the previous configuration stop accepting.")
     sticky_cookie: str = Field("rg_bucket", description="Cookie that keeps a user on one version.")
     drain_timeout: Duration = Field(30.0, description="How long a removed backend may finish in-flight requests.")
+    drain_grace: Duration = Field(5.0, description="nginx cannot count in-flight requests: a backend removed from "
+                                  "the routes counts as busy for this long, then as drained.")
+    reload_timeout: Duration = Field(10.0, description="How long to wait for nginx to serve a reloaded file.")
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, v: str) -> str:
         return host_port(v)
+
+    @field_validator("sticky_cookie")
+    @classmethod
+    def _cookie(cls, v: str) -> str:
+        # nginx reads the cookie as $cookie_<name>: a variable name allows letters, digits and '_' only.
+        if not re.fullmatch(r"[A-Za-z0-9_]+", v):
+            raise ValueError("sticky_cookie must be letters, digits and '_' (nginx reads it as $cookie_<name>)")
+        return v

@@ -1,0 +1,138 @@
+"""The seeds' T-60 checks: is this machine ready for the deploy, before anything is started?
+
+Each check says pass or fail with a reason a person can act on. ``releasegate preflight`` prints them; every
+``deploy`` runs them first and stops on the first report with a failure, before admission and before any
+process starts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shlex
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from releasegate.durations import format_duration
+from releasegate.spec.models import BuiltinRouter, Spec
+
+MIN_FREE_BYTES = 1 << 30  # 1 GiB: logs, the database, backups; the seeds check disk before every release
+_SHELL = set("|&;<>()$`\\\"'*?[]#~=%")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def _disk(state_dir: Path) -> Check:
+    where = state_dir if state_dir.exists() else state_dir.resolve().parent
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    ok = free >= MIN_FREE_BYTES
+    return Check("disk", ok, f"{free / (1 << 30):.1f} GiB free at {where}" + ("" if ok else
+                 f"; needs at least {MIN_FREE_BYTES >> 30} GiB: free space or choose another --state-dir"))
+
+
+def _writable(state_dir: Path) -> Check:
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=state_dir):
+            pass
+    except OSError as exc:
+        return Check("state dir", False, f"{state_dir} is not writable ({exc.strerror}); fix its permissions "
+                     "or set --state-dir")
+    return Check("state dir", True, f"{state_dir} is writable")
+
+
+def _port(spec: Spec, state_dir: Path) -> Check:
+    listen = spec.router.listen
+    if isinstance(spec.router, BuiltinRouter):
+        from releasegate.providers.routers.builtin import read_router_state
+
+        running = read_router_state(state_dir, spec.service)
+        if running is not None and running.get("listen") == listen:
+            return Check("port", True, f"{listen} is served by this service's router (pid {running['pid']})")
+    else:
+        return Check("port", True, f"{listen} belongs to the {spec.router.kind} router (not checked here)")
+    host, _, port = listen.rpartition(":")
+    with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+        try:
+            s.bind((host.strip("[]"), int(port)))
+        except OSError as exc:
+            return Check("port", False, f"{listen} is taken by another program ({exc.strerror}); stop it or "
+                         "change router.listen")
+    return Check("port", True, f"{listen} is free for the router")
+
+
+def _command(spec: Spec, spec_dir: Path, version: str) -> Check:
+    cwd = (spec_dir / spec.platform.cwd.replace("{version}", version)).resolve()
+    if not cwd.is_dir():
+        return Check("command", False, f"platform.cwd {cwd} does not exist (for version {version})")
+    command = spec.platform.command.format(port=0, version=version)
+    if any(c in _SHELL for c in command):
+        return Check("command", True, f"shell command, not resolved ahead: {command}")
+    try:
+        program = shlex.split(command)[0]
+    except (ValueError, IndexError):
+        return Check("command", False, f"cannot read platform.command {command!r}: fix its quoting")
+    found = shutil.which(program) or (
+        str(cwd / program) if (cwd / program).is_file() and (cwd / program).stat().st_mode & 0o111 else None)
+    if found is None:
+        return Check("command", False, f"{program!r} is neither on PATH nor an executable in {cwd}")
+    return Check("command", True, f"{program} -> {found}")
+
+
+async def _running(spec: Spec, spec_dir: Path, state_dir: Path) -> Check:
+    from releasegate.providers.checks import check_health_once
+    from releasegate.providers.platforms.local import LocalPlatform
+    from releasegate.store.sqlite import Store
+
+    store = Store(state_dir)
+    try:
+        rec = store.service(spec.service)
+    finally:
+        store.close()
+    if rec is None or rec.current is None:
+        return Check("running version", True, "none yet: this is the first deploy")
+    live = [i for i in await LocalPlatform(spec.platform, state_dir, spec_dir).instances(spec.service)
+            if i.version == rec.current]
+    if not live:  # e.g. after a reboot: the prepare phase restarts it and health-checks it before anything else
+        return Check("running version", True, f"{rec.current} has no live instance; deploy restarts it first")
+    for inst in live:
+        result = await check_health_once(inst.address, spec.health)
+        if not result.ok:
+            return Check("running version", False, f"{rec.current} at {inst.address}: {result.reason}")
+    return Check("running version", True, f"{rec.current}: {len(live)} instance(s) healthy")
+
+
+def _freeze(spec: Spec, spec_path: Path, env: str, now: float) -> Check | None:
+    if not spec.governance.calendar:
+        return None
+    from releasegate.governance.calendar import load_calendar, next_freeze
+
+    path = Path(spec.governance.calendar)
+    calendar = load_calendar(path if path.is_absolute() else spec_path.parent / path)
+    at = dt.datetime.fromtimestamp(now, tz=dt.UTC)
+    upcoming = next_freeze(calendar, at, env)
+    if upcoming is None:
+        return Check("next freeze", True, "none ahead")
+    freeze, start = upcoming
+    left = max(0.0, (start - at).total_seconds())
+    return Check("next freeze", True, f"'{freeze.name}' ({freeze.mode}) starts in {format_duration(round(left))}")
+
+
+async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, env: str = "prod",
+                    now: float | None = None) -> list[Check]:
+    import time
+
+    spec_dir = spec_path.parent.resolve()
+    checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir), _command(spec, spec_dir, version),
+              await _running(spec, spec_dir, state_dir)]
+    freeze = _freeze(spec, spec_path, env, time.time() if now is None else now)
+    return checks + ([freeze] if freeze else [])

@@ -1,0 +1,355 @@
+"""``router: {kind: nginx}``: releasegate renders one file per service into an nginx it does not run, then reloads it.
+
+Design (nginx 1.22 OSS: no sticky module, no API to change or read upstream weights):
+
+- One ``upstream rg_<service>_<i>`` per version that has backends (round-robin inside a version, ``keepalive``
+  to the backends), never one upstream with per-server weights: integer server weights cannot express a version
+  share exactly when versions have different backend counts, and they cannot keep a user on one version.
+- Every request gets a bucket 0-99: the sticky cookie's value when it holds one, else
+  ``split_clients "${request_id}"`` (a random 1 % slice per request). A 100-entry ``map`` sends each bucket to a
+  version's upstream with exactly the bucket table of the built-in router (``releasegate.router.routing``): the
+  versions own consecutive bucket ranges in the order of ``Routes``, so the split is the exact weights and a user
+  who landed on the canary at 5 % stays on it at 25 % and 50 %. A user without the cookie gets it
+  (``Set-Cookie``) when more than one version serves.
+- ``proxy_pass http://$rg_<service>_upstream``: a variable naming an upstream group needs no resolver.
+
+Applying: the new file is written beside the owned one (a name no ``*.conf`` include matches), then, under a lock,
+renamed over it, the whole configuration is checked with ``nginx -t`` (with the spec's ``-p``/``-c``) and, when the
+check fails, the previous file is renamed back and ``ProviderError`` carries nginx's own ``[emerg]`` line. nginx
+offers no way to test one included file in isolation, so the new file sits in place for the duration of
+``nginx -t`` (milliseconds); a reload by someone else in that window would fail on it and keep the old
+configuration. When valid, ``nginx -s reload`` (graceful: old workers finish their requests) follows, and
+``set_routes`` returns only once nginx serves the new generation.
+
+Reading back: nginx cannot report the weights it applies. ``get_routes`` parses the owned file (the routes comment
+for versions and weights, cross-checked against the upstream blocks and the bucket map) and asks the server block's
+loopback-only ``/.releasegate/generation`` location which generation the running workers serve: a file that nginx
+has not loaded (master down, failed reload) is an error, never reported as applied.
+
+In-flight requests: nginx OSS does not count them per backend. ``inflight`` reports 1 for a routed backend and for
+``drain_grace`` seconds after a backend left the routes (removal times kept in a small state file next to the owned
+config), then 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import http.client
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from releasegate.errors import ProviderError
+from releasegate.providers.base import Routes, VersionRoute
+from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
+
+BUCKETS = 100
+GENERATION_PATH = "/.releasegate/generation"
+_ROUTE = re.compile(r"^# rg-route: (.*)$", re.M)
+_GENERATION = re.compile(r"^# rg-generation: ([0-9a-f]+)$", re.M)
+_UPSTREAM = re.compile(r"^upstream (\S+) \{\n((?:    .*\n)*?)\}", re.M)
+_SERVER = re.compile(r"^    server (\S+)[ ;]", re.M)
+_BUCKET = re.compile(r"^    (\d+) (\S+);$", re.M)
+
+
+def bucket_table(routes: Routes) -> list[int] | None:
+    """Bucket -> index in ``routes.versions``: the built-in router's table (weight without backends cannot
+    serve, so its share goes to the others, normalised); None when nothing can serve."""
+    live = [(i, v.weight) for i, v in enumerate(routes.versions) if v.weight > 0 and v.backends]
+    total = sum(w for _, w in live)
+    if total == 0:
+        return None
+    table = []
+    for b in range(BUCKETS):
+        pos, acc = b * total // BUCKETS, 0
+        for i, w in live:
+            acc += w
+            if pos < acc:
+                table.append(i)
+                break
+    return table
+
+
+def _ident(service: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", service)
+
+
+def render(service: str, routes: Routes, spec: NginxRouterSpec) -> str:
+    """The owned file for ``routes``; its first lines carry the routes and a generation (a hash of the rest)."""
+    sid, cookie = _ident(service), spec.sticky_cookie
+    table = bucket_table(routes)
+    host = spec.listen.rsplit(":", 1)[0].strip("[]")
+    allow = "".join(f" allow {a};" for a in dict.fromkeys(["127.0.0.1", "::1", host]) if a not in ("0.0.0.0", "::")
+                    and re.fullmatch(r"[0-9.]+|[0-9a-fA-F:]+", a))
+    body = [f"# rg-route: {json.dumps({'version': v.version, 'weight': v.weight, 'backends': list(v.backends)})}"
+            for v in routes.versions]
+    body.append("")
+    for i, v in enumerate(routes.versions):
+        if v.backends:
+            servers = "".join(f"    server {b};\n" for b in dict.fromkeys(v.backends))
+            body.append(f"upstream rg_{sid}_{i} {{\n{servers}    keepalive 16;\n}}")
+    if table is not None:
+        body.append(f'split_clients "${{request_id}}" $rg_{sid}_random {{\n'
+                    + "".join(f"    1% {b};\n" for b in range(BUCKETS - 1)) + f"    * {BUCKETS - 1};\n}}")
+        body.append(f"map $cookie_{cookie} $rg_{sid}_bucket {{\n"
+                    f'    "~^([0-9]|[1-9][0-9])$" $1;\n    default $rg_{sid}_random;\n}}')
+        body.append(f"map $rg_{sid}_bucket $rg_{sid}_upstream {{\n"
+                    + "".join(f"    {b} rg_{sid}_{i};\n" for b, i in enumerate(table)) + "}")
+        multi = len(set(table)) > 1
+        set_cookie = f'"{cookie}=$rg_{sid}_bucket; Path=/; Max-Age=31536000"' if multi else '""'
+        body.append(f"map $cookie_{cookie} $rg_{sid}_set_cookie {{\n"
+                    f'    "~^([0-9]|[1-9][0-9])$" "";\n    default {set_cookie};\n}}')
+        proxy = (f"        proxy_pass http://$rg_{sid}_upstream;\n"
+                 "        proxy_http_version 1.1;\n"
+                 '        proxy_set_header Connection "";\n'
+                 "        proxy_set_header Host $http_host;\n"
+                 "        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+                 "        proxy_set_header X-Forwarded-Proto $scheme;\n"
+                 f"        add_header Set-Cookie $rg_{sid}_set_cookie always;\n")
+    else:
+        proxy = ("        default_type text/plain;\n"
+                 f'        return 503 "no routes with weight and backends for {sid}\\n";\n')
+    text = "\n".join(body)
+    generation = hashlib.sha256(text.encode()).hexdigest()[:16]
+    server = (f"server {{\n    listen {spec.listen};\n"
+              f"    location = {GENERATION_PATH} {{{allow} deny all; default_type text/plain; "
+              f'return 200 "{generation}"; }}\n'
+              f"    location / {{\n{proxy}    }}\n}}\n")
+    return (f"# Owned by releasegate for service {service!r}: rewritten on every route change, do not edit.\n"
+            f"# rg-generation: {generation}\n{text}\n{server}")
+
+
+def parse(text: str, service: str) -> tuple[Routes, str]:
+    """(routes, generation) from an owned file; ProviderError when it is not one or was edited inconsistently."""
+    gen = _GENERATION.search(text)
+    if gen is None:
+        raise ProviderError(f"the nginx file for {service} has no releasegate generation line: not ours or edited")
+    try:
+        routes = Routes.from_json({"versions": [json.loads(m) for m in _ROUTE.findall(text)]})
+    except ValueError as exc:
+        raise ProviderError(f"the nginx file for {service} has unreadable routes: {exc}") from None
+    sid = _ident(service)
+    upstreams = {name: tuple(_SERVER.findall(block)) for name, block in _UPSTREAM.findall(text)}
+    versions = []
+    for i, v in enumerate(routes.versions):
+        applied = upstreams.get(f"rg_{sid}_{i}", ())
+        if tuple(dict.fromkeys(v.backends)) != applied:
+            raise ProviderError(f"the nginx file for {service}: upstream rg_{sid}_{i} serves {list(applied)}, "
+                                f"its routes comment says {list(v.backends)}; edited by hand?")
+        versions.append(VersionRoute(v.version, v.weight, applied))
+    buckets = [f"rg_{sid}_{i}" for i in bucket_table(routes) or []]
+    found = _BUCKET.findall(text.partition(f"$rg_{sid}_upstream {{")[2].partition("}")[0])
+    if found != [(str(b), name) for b, name in enumerate(buckets)]:
+        raise ProviderError(f"the nginx file for {service}: the bucket map does not match the routes' weights")
+    return Routes(tuple(versions)), gen.group(1)
+
+
+class NginxRouter:
+    """The ``Router`` protocol over an nginx releasegate does not run: one owned file per service, then a reload."""
+
+    def __init__(self, spec: NginxRouterSpec, state_dir: Path, service: str,
+                 now: Callable[[], float] = time.time) -> None:
+        self.spec = spec
+        self.state_dir = Path(state_dir)  # kept for symmetry with the other providers; nginx state sits by its file
+        self.service = service
+        self.path = Path(spec.config_file.replace("{service}", service)).absolute()
+        self.now = now
+
+    # --- files ----------------------------------------------------------------------------------------------
+
+    def _sibling(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def _command(self, *args: str) -> list[str]:
+        cmd = [self.spec.nginx]
+        if self.spec.prefix:
+            cmd += ["-p", self.spec.prefix]
+        if self.spec.main_config:
+            cmd += ["-c", self.spec.main_config]
+        return [*cmd, *args]
+
+    async def _run(self, *args: str) -> tuple[int, str]:
+        try:
+            proc = await asyncio.create_subprocess_exec(*self._command(*args), stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.STDOUT)
+        except OSError as exc:
+            raise ProviderError(f"cannot run nginx ({self.spec.nginx}): {exc}") from None
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.spec.reload_timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise ProviderError(f"nginx {' '.join(args)} did not finish within {self.spec.reload_timeout:g}s") from None
+        return proc.returncode or 0, out.decode(errors="replace")
+
+    def _read_state(self) -> dict[str, float]:
+        try:
+            data = json.loads(self._sibling(".rg-state.json").read_text(encoding="utf-8"))
+            removed = data["removed"]
+            return {str(k): float(v) for k, v in removed.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    def _write_atomic(self, path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".rg-tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def _read_owned(self) -> str | None:
+        try:
+            return self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProviderError(f"cannot read the nginx file {self.path}: {exc}") from None
+
+    # --- the served generation ------------------------------------------------------------------------------
+
+    def _served_generation_sync(self) -> str | None:
+        host, port = self.spec.listen.rsplit(":", 1)
+        host = host.strip("[]")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "*": "127.0.0.1"}.get(host, host)
+        conn = http.client.HTTPConnection(host, int(port), timeout=2.0)
+        try:
+            conn.request("GET", GENERATION_PATH, headers={"Connection": "close"})
+            resp = conn.getresponse()
+            body = resp.read().decode(errors="replace").strip()
+            return body if resp.status == 200 else None
+        except (OSError, http.client.HTTPException):
+            return None
+        finally:
+            conn.close()
+
+    async def _served_generation(self) -> str | None:
+        return await asyncio.to_thread(self._served_generation_sync)
+
+    # --- Router protocol ------------------------------------------------------------------------------------
+
+    async def set_routes(self, service: str, routes: Routes) -> None:
+        self._check_service(service)
+        text = render(service, routes, self.spec)
+        _, generation = parse(text, service)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self._sibling(".rg-lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)  # one writer per file, across processes
+            old = self._read_owned()
+            if old == text and await self._served_generation() == generation:
+                return
+            new = self._sibling(".rg-new")
+            self._write_atomic(new, text)
+            os.replace(new, self.path)
+            code, out = await self._run("-t")
+            if code != 0:
+                if old is None:
+                    self.path.unlink(missing_ok=True)
+                else:
+                    self._write_atomic(self.path, old)
+                raise ProviderError(f"nginx rejected the routes for {service}, previous file kept: "
+                                    f"{_nginx_error(out)}")
+            self._record_removals(old, routes)
+            master = self._master()
+            old_workers = _accepting_workers(master) if master is not None else set()
+            code, out = await self._run("-s", "reload")
+            if code != 0:
+                raise ProviderError(f"nginx reload failed for {service}: {_nginx_error(out)}")
+            await self._wait_for(generation, master, old_workers)
+        finally:
+            os.close(lock)  # releases the lock
+
+    async def _wait_for(self, generation: str, master: int | None, old_workers: set[int]) -> None:
+        """Until the new generation answers and no worker of the old configuration still accepts connections:
+        the master keeps both for ~100 ms after starting the new workers, so the generation alone is not enough."""
+        deadline = time.monotonic() + self.spec.reload_timeout
+        while (served := await self._served_generation()) != generation \
+                or (master is not None and old_workers & _accepting_workers(master)):
+            if time.monotonic() > deadline:
+                raise ProviderError(f"nginx did not serve the new routes for {self.service} within "
+                                    f"{self.spec.reload_timeout:g}s (serving generation {served}); "
+                                    "see nginx's error log")
+            await asyncio.sleep(0.02)
+
+    def _master(self) -> int | None:
+        """The master's pid from the pid file when it names a live nginx master; None when unknown."""
+        try:
+            pid = int(Path(self.spec.pid_file).read_text(encoding="ascii").strip())
+            name = " ".join(psutil.Process(pid).cmdline())
+        except (OSError, ValueError, psutil.Error):
+            return None
+        return pid if "nginx" in name and "master" in name else None
+
+    def _record_removals(self, old: str | None, routes: Routes) -> None:
+        before: set[str] = set()
+        if old is not None:
+            with contextlib.suppress(ProviderError):
+                before = {b for v in parse(old, self.service)[0].versions for b in v.backends}
+        after = {b for v in routes.versions for b in v.backends}
+        removed = {b: t for b, t in self._read_state().items()
+                   if b not in after and self.now() - t < self.spec.drain_grace}
+        removed.update({b: self.now() for b in before - after})
+        self._write_atomic(self._sibling(".rg-state.json"), json.dumps({"removed": removed}))
+
+    async def get_routes(self, service: str) -> Routes:
+        self._check_service(service)
+        text = self._read_owned()
+        if text is None:
+            return Routes()
+        routes, generation = parse(text, service)
+        if Path(self.spec.pid_file).exists() and self._master() is None:
+            raise ProviderError(f"nginx's master (pid file {self.spec.pid_file}) is not running")
+        served = await self._served_generation()
+        if served != generation:
+            raise ProviderError(f"nginx does not serve the routes file {self.path} for {service} (file generation "
+                                f"{generation}, served {served or 'nothing: is nginx running with it included?'})")
+        return routes
+
+    async def inflight(self, service: str, backend: str) -> int:
+        self._check_service(service)
+        text = self._read_owned()
+        if text is not None:
+            with contextlib.suppress(ProviderError):
+                if any(backend in v.backends for v in parse(text, service)[0].versions):
+                    return 1
+        removed_at = self._read_state().get(backend)
+        return 1 if removed_at is not None and self.now() - removed_at < self.spec.drain_grace else 0
+
+    def _check_service(self, service: str) -> None:
+        if service != self.service:
+            raise ProviderError(f"this nginx router serves {self.service!r}, not {service!r}")
+
+
+def _accepting_workers(master: int) -> set[int]:
+    """The master's workers that still accept connections (a worker told to quit retitles itself, then closes
+    its listening sockets)."""
+    try:
+        children = psutil.Process(master).children()
+    except psutil.Error:
+        return set()
+    found = set()
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            title = " ".join(child.cmdline())
+            if "worker process" in title and "shutting down" not in title:
+                found.add(child.pid)
+    return found
+
+
+def _nginx_error(output: str) -> str:
+    """nginx's own error lines ([emerg]/[alert]/[crit]), else its whole output, on one line."""
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if re.search(r"\[(emerg|alert|crit|error)\]", ln)]
+    return " | ".join(errors or lines) or "(no output)"
+

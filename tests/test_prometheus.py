@@ -1,0 +1,277 @@
+"""Prometheus end to end: the router's GET /metrics, a private Prometheus scraping it, PrometheusMetrics running
+the seed's queries through /api/v1/query, and the generated alert rules checked by promtool."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from releasegate.alerts import prometheus_duration, render_alert_rules
+from releasegate.providers.base import MetricQuery
+from releasegate.providers.metrics.prometheus import PrometheusMetrics, render_query, value_of
+from releasegate.router.exposition import LE_LABELS, render_metrics
+from releasegate.router.stats import SLOTS, Stats
+from releasegate.spec.models import Spec
+from releasegate.spec.sources import Prometheus
+
+try:
+    from support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
+    from support.router_helpers import RouterProc, start_router, wait_until
+    from support.wait import eventually
+except ImportError:  # pragma: no cover - when tests/ is a package
+    from tests.support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
+    from tests.support.router_helpers import RouterProc, start_router, wait_until
+    from tests.support.wait import eventually
+
+needs_prometheus = pytest.mark.skipif(not available(), reason="prometheus/promtool not installed")
+
+ERRORS = 'rate(http_requests_total{status=~"5..",version="{{version}}"}[1m])'  # the seed's query, templated
+P95 = 'histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{version="{{version}}"}[1m])))'
+SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_][a-zA-Z0-9_]*="(\\.|[^"\\])*",?)*\})? '
+                    r'(-?[0-9.e+-]+|\+Inf|NaN)$')
+
+
+def _q(version: str, query: str, baseline: str | None = None) -> MetricQuery:
+    return MetricQuery("shop", version, "prometheus", 60.0, baseline_version=baseline, query=query)
+
+
+# --- pure pieces --------------------------------------------------------------------------------------------
+
+
+def test_totals_fold_completed_seconds_once_and_survive_the_ring_wrapping() -> None:
+    stats = Stats()
+    vs = stats.for_version("1.0.0")
+    vs.record(100.2, 0.01, False)
+    vs.record(100.7, 0.02, True)
+    assert vs.totals(100.9)[:2] == (2, 1)  # the current second counts without being folded
+    vs.record(100.95, 0.01, False)
+    vs.record(101.1, 3.0, True)
+    requests, errors, hist = vs.totals(101.5)
+    assert (requests, errors, sum(hist)) == (4, 2, 4)
+    assert vs.totals(101.6)[:2] == (4, 2)  # asking twice does not count twice
+    # Nobody scrapes for longer than the ring: the slots are folded as they are reused, nothing is lost.
+    for k in range(1, 3):
+        vs.record(101.1 + k * SLOTS, 0.01, False)
+    assert vs.totals(101.5 + 2 * SLOTS)[:2] == (6, 2)
+    assert vs.window(10, 101.5 + 2 * SLOTS, 0.0)["requests"] == 1  # the windows are unchanged
+    # Traffic, then silence and no scrape for longer than the ring: the old slots still count.
+    quiet = stats.for_version("2.0.0")
+    quiet.record(200.5, 0.01, True)
+    assert quiet.totals(200.6)[:2] == (1, 1)
+    quiet.record(201.5, 0.01, False)
+    assert quiet.totals(205.0 + SLOTS)[:2] == (2, 1)
+
+
+def test_render_metrics_is_cumulative_and_escapes_labels() -> None:
+    stats = Stats()
+    vs = stats.for_version('we"ird')
+    for latency in (0.001, 0.002, 0.5, 100.0):
+        vs.record(50.5, latency, latency > 1)
+    text = render_metrics("shop", stats, {"127.0.0.1:1": 2}, now=50.6)
+    lines = text.splitlines()
+    assert all(line.startswith("# ") or SAMPLE.match(line) for line in lines), text
+    assert 'http_requests_total{service="shop",version="we\\"ird",status="5xx"} 1' in lines
+    assert 'http_requests_total{service="shop",version="we\\"ird",status="other"} 3' in lines
+    buckets = [int(line.rsplit(" ", 1)[1]) for line in lines if "_bucket{" in line]
+    assert len(buckets) == len(LE_LABELS) and buckets == sorted(buckets) and buckets[-1] == 4
+    assert 'releasegate_router_inflight{service="shop",backend="127.0.0.1:1"} 2' in lines
+
+
+def test_query_rendering_and_result_parsing() -> None:
+    assert render_query('x{service="{{service}}",v="{{version}}"}', "shop", "2.0.0", None) == \
+        'x{service="shop",v="2.0.0"}'
+    assert render_query('x{v="{{baseline_version}}"}', "shop", "2.0.0", None) is None
+    vector = {"status": "success", "data": {"resultType": "vector", "result": []}}
+    assert value_of(vector) == (None, "the query returned no series (no data yet)")
+    one = {"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}, "value": [1, "0.25"]}]}}
+    assert value_of(one) == (0.25, None)
+    series = {"metric": {}, "value": [1, "0.25"]}
+    two = {"status": "success", "data": {"resultType": "vector", "result": [series, series]}}
+    assert value_of(two)[0] is None and "2 series" in str(value_of(two)[1])
+    assert value_of({"status": "success", "data": {"resultType": "scalar", "result": [1, "NaN"]}})[0] is None
+    assert value_of({"status": "success", "data": {"resultType": "scalar", "result": [1, "3"]}}) == (3.0, None)
+    assert value_of({"status": "error", "error": "parse error"})[0] is None
+    assert value_of({"status": "success", "data": {"resultType": "matrix", "result": []}})[0] is None
+
+
+async def test_unreachable_prometheus_is_no_data_not_zero() -> None:
+    source = PrometheusMetrics(Prometheus.model_validate({"url": f"http://127.0.0.1:{free_port()}", "timeout": "2s"}))
+    assert await source.query(_q("2.0.0", ERRORS)) is None
+    assert source.last_error is not None and "unreachable" in source.last_error
+    assert await source.query(MetricQuery("shop", "2.0.0", "error_rate", 60.0)) is None  # not a prometheus rule
+    await source.aclose()
+
+
+def test_prometheus_durations() -> None:
+    assert [prometheus_duration(s) for s in (300, 90, 0.25, 5400.5, 0)] == ["5m", "1m30s", "250ms", "1h30m500ms",
+                                                                             "0s"]
+
+
+@needs_prometheus
+def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
+    spec = Spec.model_validate({
+        "service": "shop", "platform": {"kind": "local", "command": "x {port}"},
+        "metrics": {"prometheus": {"url": "http://127.0.0.1:9090"}},
+        "analysis": {"rules": [
+            {"metric": "error_rate", "max": 0.05, "for": "5m"},
+            {"metric": "latency_p95", "max": "2.5s", "for": "5m"},
+            {"metric": "latency_p99", "max": "4s", "for": "90s"},
+            {"metric": "rps", "min": 1, "max": 1000, "for": "1m"},
+            {"metric": "cpu", "max": 90, "for": "1m"},
+            {"metric": "prometheus", "query": 'sum(rate(x_total{service="{{service}}"}[1m]))', "max": 3, "for": "1m"},
+            {"metric": "prometheus", "query": 'sum(up{version="{{version}}"})', "min": 1, "for": "2m"},
+        ]}})
+    per_version = render_alert_rules(spec)
+    assert "# Left out: cpu > 90 for 1m" in per_version and "needs {{version}}" in per_version
+    assert "alert: HighErrorRate" in per_version and "alert: LowRps" in per_version
+    one = render_alert_rules(spec, version="2.0.0")
+    assert 'version="2.0.0"' in one and "LowPrometheusQuery" in one
+    (tmp_path / "a.yml").write_text(per_version)
+    (tmp_path / "b.yml").write_text(one)
+    done = subprocess.run([PROMTOOL, "check", "rules", str(tmp_path / "a.yml"), str(tmp_path / "b.yml")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 6 rules found" in done.stdout and "SUCCESS: 7 rules found" in done.stdout
+
+
+# --- real processes: demo apps behind a router, scraped by a private Prometheus -------------------------------
+
+
+@dataclass
+class Stack:
+    router: RouterProc
+    prometheus: PrometheusProc
+    sent: list[int]
+
+
+def _demo(port: int, version: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RELEASEGATE_VERSION": version, "RELEASEGATE_SERVICE": "shop",
+           "FAULTS": "2.0.0:error_rate=0.5"}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "releasegate.demoapp", "--port", str(port)], env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    if not available():
+        pytest.skip("prometheus/promtool not installed")
+    tmp = tmp_path_factory.mktemp("prom")
+    ports = {"1.0.0": free_port(), "2.0.0": free_port()}
+    apps = [_demo(port, version, tmp / f"demo-{version}.log") for version, port in ports.items()]
+    router = start_router(tmp, "--sticky", "none")
+    prometheus: PrometheusProc | None = None
+    stop = threading.Event()
+    sent = [0]
+
+    def traffic() -> None:
+        with httpx.Client(base_url=router.url, timeout=5, trust_env=False) as client:
+            while not stop.is_set():
+                try:
+                    client.get("/")
+                    sent[0] += 1
+                except httpx.HTTPError:
+                    pass
+                stop.wait(0.005)  # pacing, about 100 requests a second, not synchronisation
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    try:
+        for version, port in ports.items():
+            wait_until(lambda p=port: _answers(p), what=f"demo app {version}")
+        assert router.put_routes([{"version": v, "weight": 50, "backends": [f"127.0.0.1:{p}"]}
+                                  for v, p in ports.items()]).status_code == 200
+        thread.start()
+        prometheus = start_prometheus(tmp / "prometheus", [router.admin])
+        yield Stack(router, prometheus, sent)
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(10)
+        if prometheus is not None:
+            prometheus.stop()
+        router.stop()
+        for app in apps:
+            app.terminate()
+        for app in apps:
+            try:
+                app.wait(15)
+            except subprocess.TimeoutExpired:
+                app.kill()
+                app.wait(5)
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _requests_total(text: str, version: str) -> int:
+    return sum(int(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("http_requests_total{") and f'version="{version}"' in line)
+
+
+@pytest.mark.slow
+def test_router_metrics_endpoint_is_valid_exposition_and_counts_up(stack: Stack) -> None:
+    def get() -> httpx.Response:
+        return httpx.get(f"http://{stack.router.admin}/metrics", timeout=5, trust_env=False)
+
+    first = get()
+    assert first.status_code == 200 and first.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = first.text.splitlines()
+    assert all(line.startswith(("# HELP ", "# TYPE ")) or SAMPLE.match(line) for line in lines), first.text
+    assert any(line.startswith("releasegate_router_inflight{") for line in lines)
+    lint = subprocess.run([PROMTOOL, "check", "metrics"], input=first.text, capture_output=True, text=True,
+                          timeout=30)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    before = {v: _requests_total(first.text, v) for v in ("1.0.0", "2.0.0")}
+    wait_until(lambda: all(_requests_total(get().text, v) > before[v] for v in before), timeout=15,
+               what="both versions' request counters to increase")
+
+
+@pytest.mark.slow
+async def test_seed_queries_through_prometheus_tell_the_faulty_version_apart(stack: Stack) -> None:
+    source = PrometheusMetrics(Prometheus.model_validate({"url": stack.prometheus.url, "timeout": "3s"}))
+    try:
+        async def bad_rate() -> float | None:
+            value = await source.query(_q("2.0.0", ERRORS))
+            return value if value is not None and value > 0.05 else None
+
+        assert await eventually(bad_rate, within=30, what="a 5xx rate > 0.05 for 2.0.0", every=0.5) > 0.05
+
+        async def good_rate() -> float | None:
+            value = await source.query(_q("1.0.0", ERRORS))
+            return None if value is None else value + 1  # +1: a true 0.0 is the answer we wait for
+
+        assert await eventually(good_rate, within=15, what="a 5xx rate for 1.0.0", every=0.5) - 1 < 0.01
+        p95 = await source.query(_q("2.0.0", P95))
+        assert p95 is not None and math.isfinite(p95) and 0 < p95 < 5
+        # No data is None, never 0: an unknown version, an ambiguous result, a bad query, a missing baseline.
+        assert await source.query(_q("9.9.9", ERRORS)) is None
+        assert "no series" in str(source.last_error)
+        assert await source.query(_q("2.0.0", 'http_requests_total{version="{{version}}"}')) is None
+        assert "series" in str(source.last_error)
+        assert await source.query(_q("2.0.0", "rate(http_requests_total[")) is None
+        assert await source.query(_q("2.0.0", 'up{version="{{baseline_version}}"}')) is None
+        assert stack.sent[0] > 0
+    finally:
+        await source.aclose()
+
+
+def test_module_imports_are_cheap_for_the_router() -> None:
+    """The router process imports exposition; it must not drag in httpx, pydantic or yaml."""
+    code = ("import sys, releasegate.router.admin; "
+            "print(','.join(m for m in ('httpx', 'pydantic', 'yaml') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout.strip() == "", done.stdout + done.stderr
