@@ -35,6 +35,7 @@ def _mount_governance() -> None:
     from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
     from releasegate.commands.audit import audit_app
     from releasegate.commands.calendar import calendar_app
+    from releasegate.commands.migrations import migrations_app
     from releasegate.commands.release import notes_command, release_app, version_app
 
     release_app.command("new")(release_new)
@@ -46,6 +47,7 @@ def _mount_governance() -> None:
         app.command()(command)
     app.add_typer(token_app, name="token", help="Issue a user's token (printed once, stored as a hash).")
     app.add_typer(audit_app, name="audit", help="Verify or export the hash-chained audit log.")
+    app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
 
 
 out = Console(highlight=False, soft_wrap=True)
@@ -161,7 +163,10 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
                                                      "outside deploy windows).")] = False,
            break_glass: Annotated[bool, typer.Option(help="Emergency change past a freeze or missing stages: "
                                                           "needs --reason, --as and an sre approval.")] = False,
-           reason: Annotated[str | None, typer.Option(help="Why, with --break-glass.")] = None) -> None:
+           reason: Annotated[str | None, typer.Option(help="Why, with --break-glass.")] = None,
+           allow_breaking_migration: Annotated[bool, typer.Option(
+               help="Apply migrations the backward-compatibility lint refuses (recorded in the audit log).")]
+           = False) -> None:
     """Roll VERSION out as the spec says, in the foreground, with live progress.
 
     Before anything starts, the change calendar and the approval policy (when configured) must allow it;
@@ -171,7 +176,8 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
     _use(state_dir)
     printer = ProgressPrinter(out)
     request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
-                            break_glass=break_glass, reason=reason, policy=policy, calendar=calendar)
+                            break_glass=break_glass, reason=reason, policy=policy, calendar=calendar,
+                            allow_breaking_migration=allow_breaking_migration)
     st = asyncio.run(service.deploy(_ctx(), spec, version, on_progress=printer, request=request))
     printer.summary(st)
     _exit_for(st.status)

@@ -22,6 +22,7 @@ from releasegate.engine.state import (
     Decision,
     Finish,
     Health,
+    Migrate,
     Observation,
     Outcome,
     Result,
@@ -61,6 +62,7 @@ class Providers:
     metrics: MetricSource
     health: Callable[[list[Instance], HealthSpec], Awaitable[CheckOutcome]]
     smoke: Callable[[list[Instance], list[SmokeTest]], Awaitable[CheckOutcome]]
+    migrate: Callable[[bool], Awaitable[CheckOutcome]] | None = None
 
 
 class Controller:
@@ -161,6 +163,11 @@ class Controller:
                 return Outcome(check.ok, check.reason, check.details)
             if isinstance(action, Route):
                 return await self._route(st, action)
+            if isinstance(action, Migrate):
+                if self.p.migrate is None:
+                    return Outcome(False, "this platform cannot run database migrations")
+                check = await self.p.migrate(action.allow_breaking)
+                return Outcome(check.ok, check.reason, check.details)
             if isinstance(action, Stop):
                 return await self._stop(st, action)
             if isinstance(action, Finish):

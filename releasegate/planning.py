@@ -13,7 +13,7 @@ from pathlib import Path
 
 from releasegate.durations import format_duration
 from releasegate.engine.simulate import simulate
-from releasegate.engine.state import Analyze, Finish, Health, Route, Smoke, Start, Stop
+from releasegate.engine.state import Analyze, Finish, Health, Migrate, Route, Smoke, Start, Stop
 from releasegate.spec import load_spec
 from releasegate.spec.models import Spec, check_version
 
@@ -78,6 +78,9 @@ def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | No
                     if spec.analysis.rules else f"wait {format_duration(end - t)}")
             plan.rows.append((at, what))
             i = j
+        elif isinstance(action, Migrate):
+            plan.rows.append((at, "apply pending database migrations: lint, backup and verify first; a failure "
+                                  "restores the backup and aborts before any traffic"))
         elif isinstance(action, Stop):
             plan.rows.append((at, f"drain and stop {action.version}" +
                               (f" instances beyond {action.keep}" if action.keep else "")))

@@ -135,6 +135,7 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         calendar = admission.calendar_path
         st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
                                    "emergency": admission.emergency,
+                                   "allow_breaking_migration": request.allow_breaking_migration,
                                    "calendar_path": str(calendar.resolve()) if calendar else None})
         owner = this_owner()
         store.create_rollout(st, str(spec_path.resolve()), spec.model_dump_json(by_alias=True), owner)

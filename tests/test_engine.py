@@ -248,3 +248,14 @@ def test_a_freeze_holds_the_canary_at_its_weight_and_analysis_still_rolls_back()
     broken = simulate(make_spec(), "2.0.0", "1.0.0", held=freeze,
                       metric=errors_when(lambda t, w: t > 3600))  # breaks during the freeze
     assert broken.state.status == "rolled_back" and new_weights(broken) == [5, 0]
+
+
+def test_migrations_run_after_smoke_and_before_any_traffic_and_a_rollback_keeps_the_schema():
+    spec = make_spec(migrations={"database": "sqlite:///app.db"})
+    trace = simulate(spec, "2.0.0", "1.0.0", metric=errors_when(lambda t, w: w >= 25))
+    kinds = [type(a).__name__ for _, a in trace.steps]
+    assert kinds.index("Smoke") < kinds.index("Migrate") < kinds.index("Route")
+    assert trace.state.status == "rolled_back"
+    assert "migrations that remain applied: 001.sql" in (trace.state.reason or "")
+    failed = simulate(spec, "2.0.0", "1.0.0", failing=frozenset({"migrate"}))
+    assert failed.state.status == "aborted" and all(w.get("2.0.0", 0) == 0 for _, w in failed.weights)

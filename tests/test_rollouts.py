@@ -302,3 +302,32 @@ async def test_a_deploy_posts_its_events_to_the_notify_targets(env):
         assert [e.get("event") for e in outcomes.events()] == ["promoted", "promoted"]
         step = next(e for e in everything.events() if e.get("event") == "step" and e.get("service_version") == "2.0.0")
         assert step.get("weight") == "20"
+
+
+async def test_migrations_run_before_traffic_and_a_failing_one_restores_the_database_and_aborts(env, tmp_path):
+    import sqlite3
+
+    db = tmp_path / "app.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT)")
+        conn.execute("INSERT INTO users (email) VALUES ('a@example.com'), ('b@example.com')")
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001_add_phone.sql").write_text("ALTER TABLE users ADD COLUMN phone TEXT;\n")
+    spec = env.spec("{bluegreen: {}}", extra="migrations: {database: 'sqlite:///app.db'}\n", post_promotion="0s")
+    await deploy(env, spec, "1.0.0")
+    st = await deploy(env, spec, "2.0.0")
+    assert st.status == "promoted" and st.migrations_applied == ["001_add_phone.sql"]
+    with sqlite3.connect(db) as conn:
+        assert "phone" in [r[1] for r in conn.execute("PRAGMA table_info(users)")]
+
+    (tmp_path / "migrations" / "002_ok.sql").write_text("CREATE TABLE audit (id INTEGER PRIMARY KEY);\n")
+    (tmp_path / "migrations" / "003_broken.sql").write_text("INSERT INTO no_such_table VALUES (1);\n")
+    async with Load(env.url) as load:
+        await load.wait_for(10)
+        st = await deploy(env, spec, "3.0.0")
+        await load.wait_for(10)
+    assert st.status == "aborted" and "003_broken.sql" in (st.reason or "")
+    assert "3.0.0" not in load.by_version and load.failures == []
+    with sqlite3.connect(db) as conn:  # restored: 002's table is gone too, the data is as before
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "audit" not in tables and conn.execute("SELECT count(*) FROM users").fetchone()[0] == 2

@@ -255,7 +255,7 @@ def test_unknown_key_without_a_close_match_lists_the_valid_ones() -> None:
 def test_yaml_boolean_words_as_keys_stay_text() -> None:
     assert only_error(lines("service: shop", PLATFORM, "on: true")) == (
         "spec.yaml:3:1: unknown key 'on'; expected one of: service, tier, platform, router, health, smoke, "
-        "strategy, analysis, rollback, governance, metrics, notify")
+        "strategy, analysis, rollback, governance, metrics, notify, migrations")
 
 
 def test_wrong_literal_lists_the_allowed_values_at_the_value() -> None:

@@ -65,8 +65,8 @@ def test_schema_is_plain_json_with_the_spec_structure() -> None:
     assert json.loads(json.dumps(schema)) == schema
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["type"] == "object" and schema["required"] == ["service", "platform"]
-    assert set(schema["properties"]) == {"service", "tier", "platform", "router", "health", "smoke",
-                                         "strategy", "analysis", "rollback", "governance", "metrics", "notify"}
+    assert set(schema["properties"]) == {"service", "tier", "platform", "router", "health", "smoke", "strategy",
+                                         "analysis", "rollback", "governance", "metrics", "notify", "migrations"}
     for name, definition in schema["$defs"].items():
         if definition.get("type") == "object":
             assert definition["additionalProperties"] is False, name

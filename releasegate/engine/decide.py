@@ -21,6 +21,7 @@ from releasegate.engine.state import (
     Decision,
     Finish,
     Health,
+    Migrate,
     Observation,
     Outcome,
     Result,
@@ -75,6 +76,8 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
         return Health(st.version)
     if p == "smoke":
         return Smoke(st.version)
+    if p == "migrate":
+        return Migrate(st.allow_breaking_migration)
     if p == "step":
         step = spec.strategy.steps[st.step]
         if not st.routed:
@@ -117,7 +120,7 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         if p in ("prepare", "prepare_health"):
             why = f"the running version {st.previous} is not healthy, nothing was changed: {r.reason}"
             return _ending(st, "aborted", why, now), [Decision("aborted", why, r.details)]
-        if p in ("start", "health", "smoke"):
+        if p in ("start", "health", "smoke", "migrate"):
             why = f"{p} failed for {st.version}, no user traffic reached it: {r.reason}"
             return _to(st, "abort", now, reason=why, outcome="aborted"), [Decision("abort", why, r.details)]
         # A provider failed while moving traffic or stopping: the action is retried; the state is unchanged.
@@ -126,6 +129,8 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         return _to(st, "prepare_health", now), []
     if p == "prepare_health":
         if st.strategy == "rolling":
+            if spec.migrations is not None:
+                return _to(st, "migrate", now), []
             return rolling.begin(st, spec, now), [Decision("started", f"rolling {st.previous} -> {st.version}")]
         return _to(st, "start", now), []
     if p == "start":
@@ -134,9 +139,17 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         return _to(st, "smoke", now), [Decision("healthy", f"{st.version} passed its health check", r.details)]
     if p == "smoke":
         d = Decision("smoke_passed", f"{st.version} passed its smoke tests", r.details)
-        if st.strategy == "initial" or st.promote_requested or not spec.strategy.steps:
-            return _to(st, "promote", now), [d]
-        return _to(st, "step", now, step=0), [d]
+        if spec.migrations is not None:
+            return _to(st, "migrate", now), [d]
+        return _first_traffic(st, spec, now), [d]
+    if p == "migrate":
+        d = Decision("migrated", "database migrations applied before any traffic", r.details)
+        recorded = r.details.get("recorded")
+        applied = [str(m) for m in recorded] if isinstance(recorded, list) else []
+        st = st.model_copy(update={"migrations_applied": applied})
+        if st.strategy == "rolling":
+            return rolling.begin(st, spec, now), [d, Decision("started", f"rolling {st.previous} -> {st.version}")]
+        return _first_traffic(st, spec, now), [d]
     if p == "step":
         w = spec.strategy.steps[st.step].weight
         return st.model_copy(update={"routed": True, "weight": w, "phase_started": now}), [
@@ -164,8 +177,16 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
     raise ValueError(f"unexpected result in phase {p!r}")
 
 
+def _first_traffic(st: RolloutState, spec: Spec, now: float) -> RolloutState:
+    if st.strategy == "initial" or st.promote_requested or not spec.strategy.steps:
+        return _to(st, "promote", now)
+    return _to(st, "step", now, step=0)
+
+
 def _ending(st: RolloutState, outcome: Status, reason: str, now: float) -> RolloutState:
     """Enter the finish phase; performing Finish records the outcome for the service and stops the loop."""
+    if outcome != "promoted":
+        reason += st.schema_note()
     return _to(st, "finish", now, reason=reason, outcome=outcome)
 
 
@@ -272,7 +293,7 @@ def command(st: RolloutState, spec: Spec, kind: str, now: float) -> tuple[Rollou
             return st, None  # already going back
         outcome: Status = "aborted" if kind == "abort" else "rolled_back"
         label = "aborted by operator" if kind == "abort" else "rolled back by operator"
-        if st.phase in ("prepare", "prepare_health", "start", "health", "smoke"):
+        if st.phase in ("prepare", "prepare_health", "start", "health", "smoke", "migrate"):
             return _to(st, "abort", now, reason=label, outcome="aborted"), None
         return start_rollback(st, spec, label, now, immediate=True, outcome=outcome), None
     return st, f"unknown command {kind!r}"

@@ -127,7 +127,7 @@ def _advance(st: RolloutState, rp: RollingProgress, spec: Spec, now: float) -> R
             return st.model_copy(update={"phase": "finish", "outcome": "promoted", "phase_started": now,
                                          "reason": f"promoted: all {rp.target} instances run {st.version}"})
         return st.model_copy(update={"phase": "finish", "outcome": st.outcome or "rolled_back",
-                                     "phase_started": now})
+                                     "phase_started": now, "reason": (st.reason or "rolled back") + st.schema_note()})
     return st
 
 

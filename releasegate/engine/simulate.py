@@ -17,6 +17,7 @@ from releasegate.engine.state import (
     Decision,
     Finish,
     Health,
+    Migrate,
     Observation,
     Outcome,
     RolloutState,
@@ -70,9 +71,9 @@ def simulate(spec: Spec, version: str, previous: str | None, *, metric: Metric |
              failing: frozenset[str] = frozenset(), commands: dict[float, str] | None = None,
              auto_promote: bool = False, held: Callable[[float], str | None] | None = None,
              t0: float = 1_000_000.0, max_actions: int = 200_000) -> Trace:
-    """Drive one rollout to its end. ``failing`` holds e.g. "health:2.0.0" or "smoke:2.0.0"; ``commands`` maps
-    seconds-since-start to promote/abort/rollback; ``auto_promote`` answers manual steps with a promote;
-    ``held`` says, by seconds since start, why traffic may not increase (a change freeze)."""
+    """Drive one rollout to its end. ``failing`` holds e.g. "health:2.0.0", "smoke:2.0.0" or "migrate";
+    ``commands`` maps seconds-since-start to promote/abort/rollback; ``auto_promote`` answers manual steps
+    with a promote; ``held`` says, by seconds since start, why traffic may not increase (a change freeze)."""
     metric = metric or passing(spec.analysis.rules)
     pending = dict(commands or {})
     now = t0
@@ -92,6 +93,9 @@ def simulate(spec: Spec, version: str, previous: str | None, *, metric: Metric |
         elif isinstance(action, Health | Smoke):
             kind = "health" if isinstance(action, Health) else "smoke"
             result = Outcome(f"{kind}:{action.version}" not in failing, reason=f"{kind} failed (simulated)")
+        elif isinstance(action, Migrate):
+            result = Outcome("migrate" not in failing, reason="migration failed (simulated)",
+                             details={"recorded": ["001.sql"]})
         elif isinstance(action, Route):
             trace.weights.append((now - t0, {s.version: s.weight for s in action.shares}))
         elif isinstance(action, Stop):

@@ -69,10 +69,18 @@ class RolloutState(BaseModel):
     actor: str = "cli"
     emergency: bool = False
     calendar_path: str | None = None
+    allow_breaking_migration: bool = False
+    migrations_applied: list[str] = Field(default_factory=list)  # in the database; never rolled back
 
     @property
     def active(self) -> bool:
         return self.status in ACTIVE_STATUSES
+
+    def schema_note(self) -> str:
+        """Said on every rollback or abort after migrations: expand/contract means the schema stays."""
+        if not self.migrations_applied:
+            return ""
+        return f" (the schema is not rolled back; migrations that remain applied: {', '.join(self.migrations_applied)})"
 
 
 # --- actions: what the engine asks the controller to do -------------------------------------------------------
@@ -127,6 +135,14 @@ class Analyze:
 
 
 @dataclass(frozen=True)
+class Migrate:
+    """Apply pending database migrations (backup, verify, apply; restore on failure). Idempotent: applied
+    migrations are recorded in the database itself."""
+
+    allow_breaking: bool = False
+
+
+@dataclass(frozen=True)
 class Stop:
     """Drain and stop the instances of ``version`` beyond the oldest ``keep``."""
 
@@ -140,7 +156,7 @@ class Finish:
     reason: str
 
 
-Action = Start | Health | Smoke | Route | Analyze | Stop | Finish
+Action = Start | Health | Smoke | Route | Analyze | Migrate | Stop | Finish
 
 
 # --- results: what performing an action returned -------------------------------------------------------------

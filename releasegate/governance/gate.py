@@ -30,6 +30,7 @@ class DeployRequest:
     reason: str | None = None
     policy: Path | None = None
     calendar: Path | None = None
+    allow_breaking_migration: bool = False
 
 
 @dataclass

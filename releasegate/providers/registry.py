@@ -118,4 +118,23 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
 
         prometheus = PrometheusMetrics(spec.metrics.prometheus)
     metrics = MetricsByName(traffic, ProcessMetrics(platform), prometheus)
-    return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke)
+    migrate = None
+    if spec.migrations is not None:
+        migrations = spec.migrations
+
+        async def migrate(allow_breaking: bool) -> CheckOutcome:
+            """Blocking SQLite work in a thread; a failure has already restored the backup when it returns."""
+            import asyncio
+
+            from releasegate.errors import ReleasegateError
+            from releasegate.migrations import apply_pending
+
+            try:
+                result = await asyncio.to_thread(apply_pending, migrations, spec_dir, allow_breaking)
+            except ReleasegateError as exc:
+                return CheckOutcome(False, str(exc), {})
+            return CheckOutcome(True, "", {"applied": result.applied, "backup": str(result.backup or ""),
+                                           "recorded": result.recorded})
+
+    return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
+                     migrate=migrate)

@@ -39,6 +39,7 @@ from releasegate.spec.common import (
 )
 from releasegate.spec.common import SpecModel as _Model
 from releasegate.spec.errors import LocatedValueError
+from releasegate.spec.migrations import Migrations
 from releasegate.spec.notify import NotifyTarget
 from releasegate.spec.routers_haproxy import HaproxyRouter
 from releasegate.spec.routers_nginx import NginxRouter
@@ -375,6 +376,8 @@ class Rollback(_Model):
     staircase: list[int] = Field(default_factory=lambda: [50, 10, 0],
                                  description="Weights the new version steps down through, ending at 0.")
     step_wait: Duration = Field(300.0, description="Time between staircase steps.")
+    on_alerts: list[str] = Field(default_factory=list, description="Alertmanager alert names that roll the rollout "
+                                 "back (releasegate receive-alerts).")
 
     @field_validator("staircase")
     @classmethod
@@ -431,6 +434,8 @@ class Spec(_Model):
     metrics: MetricSources = Field(default_factory=lambda: MetricSources(), description="External metric "
                                    "sources for analysis rules.")
     notify: list[NotifyTarget] = Field(default_factory=list, description="Where rollout events are posted.")
+    migrations: Migrations | None = Field(None, description="Database migrations applied before the new "
+                                          "version gets traffic.")
 
     @field_validator("service")
     @classmethod
