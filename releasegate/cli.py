@@ -32,6 +32,7 @@ app.add_typer(router_app, name="router")
 
 def _mount_governance() -> None:
     """Governance commands live in releasegate/commands/, one module per area."""
+    from releasegate.commands.alerts_receiver import receive_alerts
     from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
     from releasegate.commands.audit import audit_app
     from releasegate.commands.calendar import calendar_app
@@ -48,6 +49,7 @@ def _mount_governance() -> None:
     app.add_typer(token_app, name="token", help="Issue a user's token (printed once, stored as a hash).")
     app.add_typer(audit_app, name="audit", help="Verify or export the hash-chained audit log.")
     app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
+    app.command("receive-alerts")(receive_alerts)
 
 
 out = Console(highlight=False, soft_wrap=True)

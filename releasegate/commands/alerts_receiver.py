@@ -1,0 +1,88 @@
+"""``releasegate receive-alerts``: the Alertmanager webhook receiver in the foreground.
+
+It queues rollbacks for the controllers running rollouts (see releasegate.alert_receiver); it never moves
+traffic itself, so it can run anywhere the state dir is reachable and be restarted at will.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from releasegate.commands import reported
+from releasegate.commands.approvals import StateDir, state_dir_of
+from releasegate.errors import UserError
+from releasegate.router.config import join_host_port, split_host_port
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def read_secret(secret_env: str | None, secret_file: Path | None) -> str | None:
+    """The shared secret Alertmanager sends as ``Authorization: Bearer``; None when neither option is given.
+
+    From an environment variable or a file, never the command line, so it does not show in ``ps``."""
+    if secret_env and secret_file:
+        raise UserError("receive-alerts: give --secret-env or --secret-file, not both")
+    if secret_env:
+        value = os.environ.get(secret_env, "").strip()
+        if not value:
+            raise UserError(f"--secret-env {secret_env}: the environment variable is unset or empty; export the "
+                            "secret Alertmanager sends (http_config.authorization.credentials)")
+        return value
+    if secret_file:
+        try:
+            value = secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise UserError(f"--secret-file {secret_file}: cannot read it ({exc.strerror or exc})") from None
+        if not value:
+            raise UserError(f"--secret-file {secret_file}: the file is empty; write the secret Alertmanager sends")
+        return value
+    return None
+
+
+def receive_alerts(
+        listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
+                                            help="Where Alertmanager's webhook_configs url points.")]
+        = "127.0.0.1:9095",
+        secret_env: Annotated[str | None, typer.Option("--secret-env", metavar="NAME", show_default=False,
+                                                       help="Require Authorization: Bearer <the value of this "
+                                                            "environment variable>.")] = None,
+        secret_file: Annotated[Path | None, typer.Option("--secret-file", metavar="FILE", show_default=False,
+                                                         help="Require Authorization: Bearer <this file's "
+                                                              "content>.")] = None,
+        state_dir: StateDir = None) -> None:
+    """Receive Alertmanager webhooks: a firing alert listed in a rollout's rollback.on_alerts rolls it back.
+
+    Runs in the foreground until interrupted. The alert's `service` label names the service; the rollback is
+    queued for the controller running its rollout (as `releasegate rollback` does). Every alert is audited."""
+    from releasegate.alert_receiver import serve
+
+    with reported():
+        where = state_dir_of(state_dir)
+        try:
+            host, port = split_host_port(listen)
+        except ValueError as exc:
+            raise UserError(f"--listen: {exc}") from None
+        secret = read_secret(secret_env, secret_file)
+        if secret is None and host not in _LOOPBACK:
+            err.print(f"releasegate: warning: --listen {listen} is not loopback and no secret is set: anyone who "
+                      "can reach it can roll back rollouts (use --secret-env or --secret-file)", markup=False)
+
+        def ready(bound_host: str, bound_port: int) -> None:
+            auth = "bearer secret required" if secret else "no secret"
+            out.print(f"receiving Alertmanager webhooks on http://{join_host_port(bound_host, bound_port)}/ "
+                      f"({auth}; state {where}); Ctrl-C stops", markup=False)
+
+        try:
+            asyncio.run(serve(where, host, port, secret, log=lambda line: out.print(line, markup=False),
+                              ready=ready))
+        except KeyboardInterrupt:
+            out.print("receive-alerts stopped", markup=False)
