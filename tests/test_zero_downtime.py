@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from releasegate import service
@@ -103,27 +102,6 @@ def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxy]:
     yield from (_haproxy if request.param == "haproxy" else _nginx)(tmp_path)
 
 
-@dataclass
-class OneShotLoad(Load):
-    """``Load`` whose every request is on a new connection (``Connection: close``): clients that never reuse a
-    connection, so an nginx reload cannot close one under them (see ``KEEPALIVE_RACE``)."""
-
-    async def _worker(self) -> None:
-        async with httpx.AsyncClient(timeout=10.0, headers={"Connection": "close"}) as client:
-            while not self._stop.is_set():
-                try:
-                    r = await client.get(self.url)
-                    client.cookies.clear()
-                    version = r.headers.get("x-version", "?")
-                    self.by_version[version] = self.by_version.get(version, 0) + 1
-                    if r.status_code >= 500:
-                        self.failures.append(f"{r.status_code} from {version}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(f"{type(exc).__name__}: {exc}")
-                self.requests += 1
-                await asyncio.sleep(0.005)
-
-
 def spec_for(proxy: Proxy, directory: Path, strategy: str) -> Path:
     """The end-to-end spec of tests/support/rollouts.py with its built-in router swapped for ``proxy``."""
     path = write_spec(directory, proxy.port, strategy, rules=proxy.rules)
@@ -168,7 +146,10 @@ async def test_bluegreen_canary_and_abort_lose_no_request(request: pytest.Fixtur
         assert st.status == "promoted", st.reason
         assert (await routes("shop")).weights() == {"1.0.0": 100}
 
-        async with (Load if keepalive else OneShotLoad)(proxy.url, concurrency=6) as load:
+        # Without keep-alive every request is on a new connection, so an nginx reload cannot close one under it
+        # (see KEEPALIVE_RACE).
+        headers = {} if keepalive else {"Connection": "close"}
+        async with Load(proxy.url, concurrency=6, headers=headers) as load:
             await load.wait_for(30)
             counts: list[dict[str, int]] = []
 

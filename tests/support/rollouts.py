@@ -61,6 +61,7 @@ class Load:
 
     url: str
     concurrency: int = 4
+    headers: dict[str, str] = field(default_factory=dict)  # e.g. {"Connection": "close"}: a new connection each
     by_version: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     requests: int = 0
@@ -76,7 +77,7 @@ class Load:
         await asyncio.gather(*self._tasks)
 
     async def _worker(self) -> None:
-        async with httpx.AsyncClient(timeout=10.0) as client:
+        async with httpx.AsyncClient(timeout=10.0, headers=self.headers) as client:
             while not self._stop.is_set():
                 try:
                     r = await client.get(self.url)
