@@ -127,7 +127,8 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
     problems += [] if request.break_glass else bypassable
 
     evidence = {"change": change, "env": request.env, "previous": previous, "calendar": str(calendar_path or ""),
-                "policy": str(policy_path or ""), "bypassed": bypassable if request.break_glass else []}
+                "policy": str(policy_path or ""), "bypassed": bypassable if request.break_glass else [],
+                "allow_breaking_migration": request.allow_breaking_migration}
     if problems:
         if on_refused is not None:
             on_refused(release, problems)
