@@ -100,6 +100,23 @@ def _readmit(st: RolloutState) -> Admission | None:
                      calendar=load_calendar(Path(st.calendar_path)))
 
 
+async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, st: RolloutState,
+                 admission: Admission | None, notes: Notifications | None,
+                 on_progress: ProgressHook | None) -> RolloutState:
+    """Run the controller to the end (deploy and resume alike): notifications get a bounded chance to flush, and a
+    promotion is recorded as the version's success in its environment (what the next one `requires`)."""
+    controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
+                            **_hooks(ctx, spec, st, admission))
+    try:
+        final = await controller.run(st)
+    finally:
+        if notes is not None:
+            await notes.drain(10.0)
+    if final.status == "promoted":
+        record_env_success(ctx.state_dir, spec.release_name, final.version, final.env, ctx.clock.now())
+    return final
+
+
 async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: ProgressHook | None = None,
                  request: DeployRequest | None = None) -> RolloutState:
     spec = load_spec(spec_path)
@@ -143,16 +160,7 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         store.add_event(spec.service, st.id, now, "created",
                         f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
                         {"actor": ctx.actor, "spec": str(spec_path)})
-        controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
-                                **_hooks(ctx, spec, st, admission))
-        try:
-            final = await controller.run(st)
-        finally:
-            if notes is not None:
-                await notes.drain(10.0)
-        if final.status == "promoted":
-            record_env_success(ctx.state_dir, spec.release_name, version, admission.env, ctx.clock.now())
-        return final
+        return await _drive(ctx, store, spec, providers, st, admission, notes, on_progress)
     finally:
         store.close()
 
@@ -170,16 +178,7 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
         store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
         st = rec.state
         notes = build_notifications(spec, ctx.state_dir)
-        controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
-                                **_hooks(ctx, spec, st, _readmit(st)))
-        try:
-            final = await controller.run(st)
-        finally:
-            if notes is not None:
-                await notes.drain(10.0)
-        if final.status == "promoted":
-            record_env_success(ctx.state_dir, spec.release_name, st.version, st.env, ctx.clock.now())
-        return final
+        return await _drive(ctx, store, spec, providers, st, _readmit(st), notes, on_progress)
     finally:
         store.close()
 
