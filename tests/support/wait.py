@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,3 +22,16 @@ async def eventually(predicate: Callable[[], Any], within: float = 10.0, what: s
             return value
         assert loop.time() < deadline, f"timed out after {within} s waiting for {what}"
         await asyncio.sleep(every)
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+               every: float = 0.01) -> Any:
+    """The synchronous twin of ``eventually``, for helpers that manage processes outside an event loop."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
