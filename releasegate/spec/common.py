@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema
 
 from releasegate.durations import duration_text, parse_duration
 
@@ -66,3 +66,7 @@ class SpecModel(BaseModel):
     """Strict (unknown keys are errors), immutable, and YAML keys may use the field's alias."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+HostPort = Annotated[str, AfterValidator(host_port)]
+"""HOST:PORT where users connect, e.g. 127.0.0.1:8080."""

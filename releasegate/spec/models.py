@@ -33,6 +33,7 @@ from releasegate.spec.common import (
     THRESHOLD_PATTERN,
     VERSION_NAME,
     Duration,
+    HostPort,
     Threshold,
     _duration,
     host_port,
@@ -90,18 +91,13 @@ class BuiltinRouter(_Model):
     """releasegate's own reverse proxy, a separate process so traffic survives controller restarts."""
 
     kind: Literal["builtin"] = Field("builtin", description="Which router splits the traffic.")
-    listen: str = Field("127.0.0.1:8080", description="Where users connect, HOST:PORT.")
+    listen: HostPort = Field("127.0.0.1:8080", description="Where users connect, HOST:PORT.")
     admin: str | None = Field(None, description="Admin API address, loopback only; default: a free port.")
     sticky: Literal["cookie", "header", "none"] = Field(
         "cookie", description="Keep a user on one version during a split: by cookie, by a header's value, or not.")
     sticky_cookie: str = Field("rg_bucket", description="Cookie that holds the user's traffic bucket.")
     sticky_header: str = Field("X-User-Id", description="Header whose value picks the bucket when sticky: header.")
     drain_timeout: Duration = Field(30.0, description="How long a removed backend may finish in-flight requests.")
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        return _host_port(v)
 
     @field_validator("admin")
     @classmethod

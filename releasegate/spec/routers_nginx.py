@@ -7,14 +7,15 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from releasegate.spec.common import Duration, SpecModel, host_port
+from releasegate.spec.common import Duration, HostPort, SpecModel
 
 
 class NginxRouter(SpecModel):
     """A system nginx (or one started by releasegate for tests) whose upstreams releasegate renders."""
 
     kind: Literal["nginx"] = Field(description="Which router splits the traffic.")
-    listen: str = Field("127.0.0.1:8080", description="Where users connect, HOST:PORT (the server block's listen).")
+    listen: HostPort = Field("127.0.0.1:8080",
+                             description="Where users connect, HOST:PORT (the server block's listen).")
     config_file: str = Field("/etc/nginx/conf.d/releasegate-{service}.conf",
                              description="The file releasegate owns and rewrites; {service} is substituted.")
     nginx: str = Field("nginx", description="The nginx binary.")
@@ -29,11 +30,6 @@ class NginxRouter(SpecModel):
     drain_grace: Duration = Field(5.0, description="nginx cannot count in-flight requests: a backend removed from "
                                   "the routes counts as busy for this long, then as drained.")
     reload_timeout: Duration = Field(10.0, description="How long to wait for nginx to serve a reloaded file.")
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, v: str) -> str:
-        return host_port(v)
 
     @field_validator("sticky_cookie")
     @classmethod
