@@ -167,7 +167,8 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
                                                           "needs --reason, --as and an sre approval.")] = False,
            reason: Annotated[str | None, typer.Option(help="Why, with --break-glass.")] = None,
            allow_breaking_migration: Annotated[bool, typer.Option(
-               help="Apply migrations the backward-compatibility lint refuses (recorded in the audit log).")]
+               help="Apply migrations the backward-compatibility lint refuses: the release must be registered with "
+                    "--allow-breaking-migration and carry an sre approval given since.")]
            = False) -> None:
     """Roll VERSION out as the spec says, in the foreground, with live progress.
 

@@ -21,6 +21,7 @@ from releasegate.governance.identity import authenticate, new_token
 from releasegate.governance.policy import Policy, load_policy
 from releasegate.spec import SpecError
 from releasegate.store.audit import AuditLog
+from releasegate.store.governance import GovernanceStore
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "governance" / "policy.yaml"
 T0 = 1_767_225_600.0
@@ -385,6 +386,35 @@ def test_cli_sign_off_with_tokens(sd: Path) -> None:
                    "alice has no rejection of shop@1.4.2 to withdraw; only the user who rejected can withdraw: bob")
     withdrawn = run(sd, "withdraw", "shop@1.4.2", "--as", "bob", token=bob)
     assert withdrawn.stdout.strip() == "shop@1.4.2: bob withdrew the rejection at stage reviewer"
+
+
+def test_cli_allows_a_breaking_migration_on_a_release_and_voids_its_approvals(policy: Policy, sd: Path) -> None:
+    alice = run(sd, "token", "new", "alice", "--policy", str(EXAMPLE)).stdout.strip()
+    assert run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", token=alice).exit_code == 0
+    sign(sd, policy, "sre", "erin")
+    flagged = run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", "--allow-breaking-migration", token=alice)
+    assert flagged.exit_code == 0, flagged.output
+    assert flagged.stdout.strip() == ("shop@1.4.2: changed (digest none, commit none, breaking migration allowed); "
+                                      "1 approval(s) are void and must be given again: sre by erin")
+    again = run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", token=alice)  # left out: unchanged
+    assert "nothing changed" in again.stdout and "breaking migration allowed" in again.stdout
+    data = json.loads(run(sd, "approvals", "shop@1.4.2", "--policy", str(EXAMPLE), "--json").stdout)
+    assert data["breaking_migration"] is True
+    off = run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", "--no-breaking-migration", token=alice)
+    assert off.stdout.strip() == "shop@1.4.2: changed (digest none, commit none)"
+
+
+def test_a_state_dir_from_before_breaking_migrations_is_upgraded_in_place(sd: Path) -> None:
+    sd.mkdir()
+    with sqlite3.connect(sd / "releasegate.db") as db:
+        db.execute("CREATE TABLE gov_releases (service TEXT NOT NULL, version TEXT NOT NULL, author TEXT NOT NULL, "
+                   "digest TEXT, commit_sha TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
+                   "PRIMARY KEY (service, version))")
+        db.execute("INSERT INTO gov_releases VALUES ('shop', '1.0.0', 'alice', NULL, NULL, 1, 1)")
+    with GovernanceStore(sd) as store:
+        old = store.release("shop", "1.0.0")
+    assert old is not None and old.author == "alice" and old.breaking_migration is False
+    assert gov.new_release(sd, "shop", "1.0.0", "alice", breaking_migration=True).release.breaking_migration
 
 
 def test_cli_reports_a_broken_policy_file_at_its_line(tmp_path: Path, sd: Path) -> None:

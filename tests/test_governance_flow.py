@@ -133,6 +133,49 @@ freezes:
     assert "incident review" in (emergency.decision or "")
 
 
+async def test_a_breaking_migration_needs_a_release_approved_for_it(world):
+    """``--allow-breaking-migration`` is the approvers' decision: registered on the release (voiding approvals
+    given before), then an sre approval; each missing piece is refused before anything starts."""
+    import sqlite3
+
+    root, state, specs = world
+    policy = load_policy(root / "policy.yaml")
+    (root / "migrations").mkdir()
+    (root / "migrations" / "001_drop_phone.sql").write_text("ALTER TABLE users DROP COLUMN phone;\n")
+    with sqlite3.connect(root / "app.db") as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, phone TEXT)")
+    spec = specs["dev"]
+    spec.write_text(spec.read_text() + "migrations: {database: sqlite:///app.db}\n")
+    sre_checks = ["deployment window checked", "rollback plan verified"]
+
+    with pytest.raises(UserError, match=r"shop@2\.0\.0 is not registered"):
+        await deploy(state, spec, "2.0.0", env="dev", allow_breaking_migration=True)
+    new_release(state, "shop", "2.0.0", "alice")
+    approve(state, policy, "shop", "2.0.0", "sre", "erin", checks=sre_checks)
+    with pytest.raises(UserError, match="not registered as carrying a breaking migration"):
+        await deploy(state, spec, "2.0.0", env="dev", allow_breaking_migration=True)
+
+    change = new_release(state, "shop", "2.0.0", "alice", breaking_migration=True)
+    assert [s.user for s in change.voided] == ["erin"]  # approved before the breaking change was on the table
+    with pytest.raises(UserError, match=r"needs an sre approval on shop@2\.0\.0 given after"):
+        await deploy(state, spec, "2.0.0", env="dev", allow_breaking_migration=True)
+    assert read_router_state(state, "shop-dev") is None  # every refusal came before anything started
+
+    approve(state, policy, "shop", "2.0.0", "sre", "erin", checks=sre_checks)
+    assert (await deploy(state, spec, "2.0.0", env="dev", allow_breaking_migration=True)).status == "promoted"
+    with sqlite3.connect(root / "app.db") as db:
+        assert [c[1] for c in db.execute("PRAGMA table_info(users)")] == ["id"]
+    refusals = [e.decision or "" for e in AuditLog(state).entries() if e.action == "deploy.refused"]
+    assert len(refusals) == 3 and all("--allow-breaking-migration" in r for r in refusals)
+
+
+def test_allowing_a_breaking_migration_needs_a_policy(tmp_path):
+    from releasegate.governance.gate import _breaking_migration
+
+    [problem] = _breaking_migration(tmp_path / "state", None, "shop", "2.0.0")
+    assert "no policy names approvers" in problem and "release new shop 2.0.0" in problem
+
+
 def test_the_example_calendar_refuses_exam_season_and_allows_config(tmp_path):
     from typer.testing import CliRunner
 

@@ -77,20 +77,26 @@ def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_d
                 = None,
                 commit: Annotated[str | None, typer.Option("--commit", metavar="SHA",
                                                            help="The commit the artifact was built from.")] = None,
+                breaking: Annotated[bool | None, typer.Option(
+                    "--allow-breaking-migration/--no-breaking-migration",
+                    help="The release carries a backward-incompatible migration; its approvals then cover it "
+                         "(allowing it voids earlier approvals). Left out: unchanged.", show_default=False)] = None,
                 state_dir: StateDir = None) -> None:
     """Register SERVICE@VERSION with you as its author; again with a new digest voids its approvals."""
     with reported():
         where = state_dir_of(state_dir)
         authenticate(where, None, as_user, _token(), action="release new", release=f"{service}@{version}")
-        change = gov.new_release(where, service, version, as_user, digest, commit)
+        change = gov.new_release(where, service, version, as_user, digest, commit, breaking_migration=breaking)
         rel = change.release
-        artifact = f"digest {rel.digest or 'none'}, commit {rel.commit or 'none'}"
+        artifact = f"digest {rel.digest or 'none'}, commit {rel.commit or 'none'}" + (
+            ", breaking migration allowed" if rel.breaking_migration else "")
         if change.created:
             out.print(f"registered {rel.name} by {rel.author} ({artifact})", markup=False)
         elif change.voided:
-            out.print(f"{rel.name}: artifact changed ({artifact}); {len(change.voided)} approval(s) are void and "
-                      "must be given again: " + ", ".join(f"{s.stage} by {s.user}" for s in change.voided),
-                      markup=False)
+            out.print(f"{rel.name}: changed ({artifact}); {len(change.voided)} approval(s) are void and must be "
+                      "given again: " + ", ".join(f"{s.stage} by {s.user}" for s in change.voided), markup=False)
+        elif change.changed:
+            out.print(f"{rel.name}: changed ({artifact})", markup=False)
         else:
             out.print(f"{rel.name}: already registered by {rel.author} ({artifact}); nothing changed", markup=False)
 
@@ -152,7 +158,8 @@ def approvals(release: ReleaseRef, policy: PolicyFile, env: Env = "prod",
 def _render(status: gov.ReleaseStatus) -> None:
     rel, env = status.release, status.env
     out.print(f"{status.service}@{status.version} for {env}: " + (
-        f"by {rel.author}, digest {rel.digest or 'none'}, commit {rel.commit or 'none'}" if rel
+        f"by {rel.author}, digest {rel.digest or 'none'}, commit {rel.commit or 'none'}"
+        + (", breaking migration allowed" if rel.breaking_migration else "") if rel
         else "not registered"), markup=False)
     table = Table(show_edge=False, pad_edge=False)
     for column in ("stage", "needed", "given", "missing checklist", "not counted"):
@@ -183,7 +190,7 @@ def _as_json(status: gov.ReleaseStatus) -> dict[str, Any]:
     return {
         "release": f"{status.service}@{status.version}", "env": status.env, "registered": rel is not None,
         "author": rel.author if rel else None, "digest": rel.digest if rel else None,
-        "commit": rel.commit if rel else None,
+        "commit": rel.commit if rel else None, "breaking_migration": rel.breaking_migration if rel else False,
         "stages": [{"stage": st.role, "needed": st.needed, "complete": st.complete, "checklist": st.checklist,
                     "given": [_signoff_json(s) for s in st.counted], "missing_checklist": st.missing_checklist,
                     "not_counted": [dict(_signoff_json(s), why=why) for s, why in st.ignored]}

@@ -85,6 +85,7 @@ class ReleaseChange:
     release: Release
     created: bool
     voided: list[Signoff]
+    changed: bool = False
 
 
 def parse_release(text: str) -> tuple[str, str]:
@@ -157,11 +158,13 @@ def _check_checklist(stage: Stage, env: str, checks: Sequence[str]) -> tuple[str
 
 
 def new_release(state_dir: Path, service: str, version: str, author: str, digest: str | None = None,
-                commit: str | None = None, *, now: float | None = None) -> ReleaseChange:
+                commit: str | None = None, *, breaking_migration: bool | None = None,
+                now: float | None = None) -> ReleaseChange:
     """Register ``SERVICE@VERSION``; again with another digest or commit, change its artifact and void approvals.
 
-    A digest or commit left out on a later call keeps the registered one. Only the author re-registers: the
-    author rule depends on who that is.
+    A digest, commit or ``breaking_migration`` left out (None) on a later call keeps the registered one. Allowing a
+    breaking migration voids the approvals too: they were given for a release that could be rolled back safely.
+    Only the author re-registers: the author rule depends on who that is.
     """
     at = _now(now)
     name = f"{service}@{version}"
@@ -175,26 +178,36 @@ def new_release(state_dir: Path, service: str, version: str, author: str, digest
     with _audited(state_dir, author, "release", service, version, at) as store, store.tx() as db:
         old = store.release(service, version)
         if old is None:
-            release = Release(service, version, author, digest, commit, at, at)
+            release = Release(service, version, author, digest, commit, at, at, bool(breaking_migration))
             store.put_release(release)
             append_entry(db, author, "release.new", release=name, commit=commit, decision="registered",
-                         evidence={"digest": digest, "commit": commit}, at=at)
+                         evidence={"digest": digest, "commit": commit,
+                                   "breaking_migration": release.breaking_migration}, at=at)
             return ReleaseChange(release, True, [])
         if old.author != author:
             raise UserError(f"{name} was registered by {old.author}; only {old.author} can register it again")
-        release = Release(service, version, author, digest or old.digest, commit or old.commit, old.created_at, at)
-        if (release.digest, release.commit) == (old.digest, old.commit):
+        breaking = old.breaking_migration if breaking_migration is None else breaking_migration
+        release = Release(service, version, author, digest or old.digest, commit or old.commit, old.created_at, at,
+                          breaking)
+        if (release.digest, release.commit, release.breaking_migration) == (old.digest, old.commit,
+                                                                            old.breaking_migration):
             return ReleaseChange(old, False, [])
-        voided = store.signoffs(service, version, "approval")
-        reason = (f"artifact changed: digest {old.digest or 'none'} -> {release.digest or 'none'}, commit "
-                  f"{old.commit or 'none'} -> {release.commit or 'none'}")
+        reasons = []
+        if (release.digest, release.commit) != (old.digest, old.commit):
+            reasons.append(f"artifact changed: digest {old.digest or 'none'} -> {release.digest or 'none'}, commit "
+                           f"{old.commit or 'none'} -> {release.commit or 'none'}")
+        if breaking and not old.breaking_migration:
+            reasons.append("breaking migration allowed: earlier approvals did not cover it")
+        voided = store.signoffs(service, version, "approval") if reasons else []
+        reason = "; ".join(reasons) or "breaking migration no longer allowed"
         store.void([s.id for s in voided], at, reason)
         store.put_release(release)
         append_entry(db, author, "release.changed", release=name, commit=release.commit,
                      decision=f"{reason}; {len(voided)} approval(s) void",
                      evidence={"old_digest": old.digest, "digest": release.digest, "old_commit": old.commit,
-                               "commit": release.commit, "voided": [[s.stage, s.env, s.user] for s in voided]}, at=at)
-        return ReleaseChange(release, False, voided)
+                               "commit": release.commit, "breaking_migration": release.breaking_migration,
+                               "voided": [[s.stage, s.env, s.user] for s in voided]}, at=at)
+        return ReleaseChange(release, False, voided, changed=True)
 
 
 def approve(state_dir: Path, policy: Policy, service: str, version: str, stage: str, user: str,

@@ -124,6 +124,8 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
         if not has_approval(state_dir, spec.release_name, version, "sre"):
             problems.append(f"--break-glass needs an sre approval on {release} "
                             f"(`releasegate approve {release} --stage sre --as USER`)")
+    if request.allow_breaking_migration:
+        problems += _breaking_migration(state_dir, policy, spec.release_name, version)
     problems += [] if request.break_glass else bypassable
 
     evidence = {"change": change, "env": request.env, "previous": previous, "calendar": str(calendar_path or ""),
@@ -162,6 +164,32 @@ def _identity(state_dir: Path, policy: Any, request: DeployRequest) -> list[str]
         authenticate(state_dir, policy, request.actor, request.token)
     except UserError as exc:
         return [str(exc)]
+    return []
+
+
+def _breaking_migration(state_dir: Path, policy: Any, name: str, version: str) -> list[str]:
+    """``--allow-breaking-migration`` is a decision the release's approvers took, not a flag anyone may pass: the
+    release must be registered with it (which voids earlier approvals) and carry an sre approval given since.
+    Break-glass does not bypass this: an emergency does not make a schema change reversible."""
+    release = f"{name}@{version}"
+    register = f"`releasegate release new {name} {version} --as AUTHOR --allow-breaking-migration`"
+    if policy is None:
+        return [f"--allow-breaking-migration needs an approved release, and no policy names approvers (set "
+                f"governance.policy or --policy, then register it: {register})"]
+    from releasegate.governance.approvals import has_approval
+    from releasegate.store.governance import GovernanceStore
+
+    with GovernanceStore(state_dir) as store:
+        registered = store.release(name, version)
+    if registered is None:
+        return [f"--allow-breaking-migration: {release} is not registered; register it with {register} and get "
+                "it approved"]
+    if not registered.breaking_migration:
+        return [f"--allow-breaking-migration: {release} was not registered as carrying a breaking migration; "
+                f"register it again with {register} (its approvals are voided) and get it approved again"]
+    if not has_approval(state_dir, name, version, "sre"):
+        return [f"--allow-breaking-migration needs an sre approval on {release} given after the breaking migration "
+                f"was allowed (`releasegate approve {release} --stage sre --as USER`)"]
     return []
 
 

@@ -31,6 +31,7 @@ CREATE TABLE IF NOT EXISTS gov_releases (
     commit_sha TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
+    breaking_migration INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (service, version)
 );
 CREATE TABLE IF NOT EXISTS gov_signoffs (
@@ -76,6 +77,8 @@ class Release:
     commit: str | None
     created_at: float
     updated_at: float
+    breaking_migration: bool = False
+    """Registered with ``--allow-breaking-migration``: its approvals cover a backward-incompatible migration."""
 
     @property
     def name(self) -> str:
@@ -112,6 +115,16 @@ class GovernanceStore:
     def __init__(self, state_dir: Path) -> None:
         self._db = audit.open_db(Path(state_dir))
         audit.create_schema(self._db, audit.SCHEMA + SCHEMA)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """State dirs written before a column existed get it (with its default) on first open."""
+        columns = {row["name"] for row in self._db.execute("PRAGMA table_info(gov_releases)")}
+        if "breaking_migration" in columns:
+            return
+        with audit.immediate(self._db) as db:
+            if "breaking_migration" not in {row["name"] for row in db.execute("PRAGMA table_info(gov_releases)")}:
+                db.execute("ALTER TABLE gov_releases ADD COLUMN breaking_migration INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
@@ -137,15 +150,16 @@ class GovernanceStore:
         if row is None:
             return None
         return Release(row["service"], row["version"], row["author"], row["digest"], row["commit_sha"],
-                       row["created_at"], row["updated_at"])
+                       row["created_at"], row["updated_at"], bool(row["breaking_migration"]))
 
     def put_release(self, release: Release) -> None:
         self._db.execute(
-            "INSERT INTO gov_releases (service, version, author, digest, commit_sha, created_at, updated_at) "
-            "VALUES (?,?,?,?,?,?,?) ON CONFLICT(service, version) DO UPDATE SET digest=excluded.digest, "
-            "commit_sha=excluded.commit_sha, updated_at=excluded.updated_at",
+            "INSERT INTO gov_releases (service, version, author, digest, commit_sha, created_at, updated_at, "
+            "breaking_migration) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(service, version) DO UPDATE SET "
+            "digest=excluded.digest, commit_sha=excluded.commit_sha, updated_at=excluded.updated_at, "
+            "breaking_migration=excluded.breaking_migration",
             (release.service, release.version, release.author, release.digest, release.commit, release.created_at,
-             release.updated_at))
+             release.updated_at, int(release.breaking_migration)))
 
     # --- sign-offs -----------------------------------------------------------------------------------------------
 
