@@ -196,8 +196,22 @@ def resume(name: Service, state_dir: StateDir = None) -> None:
     _exit_for(st.status)
 
 
-def _command(name: str, kind: str) -> None:
+CommandActor = Annotated[str | None, typer.Option(
+    "--as", metavar="USER", help="Who asks, for the audit log; needs USER's RELEASEGATE_TOKEN. Default: the OS login, "
+                                 "recorded as unauthenticated.", show_default=False)]
+
+
+def _command(name: str, kind: str, actor: str | None) -> None:
     ctx = _ctx()
+    if actor is not None:
+        from releasegate.governance.identity import authenticate
+
+        authenticate(ctx.state_dir, None, actor, os.environ.get("RELEASEGATE_TOKEN"), action=kind, release=name)
+        ctx.actor = actor
+    else:
+        from releasegate.governance.identity import os_user
+
+        ctx.actor = f"{os_user()} (os login)"
     res = asyncio.run(service.send_command(ctx, name, kind))
     out.print(res.message)
     if res.needs_resume:
@@ -211,24 +225,24 @@ def _command(name: str, kind: str) -> None:
 
 
 @app.command()
-def promote(name: Service, state_dir: StateDir = None) -> None:
+def promote(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Skip the remaining steps: send the new version to 100 % (after health and smoke pass)."""
     _use(state_dir)
-    _command(name, "promote")
+    _command(name, "promote", actor)
 
 
 @app.command()
-def abort(name: Service, state_dir: StateDir = None) -> None:
+def abort(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Stop the rollout: traffic back to the previous version at once, new instances stopped."""
     _use(state_dir)
-    _command(name, "abort")
+    _command(name, "abort", actor)
 
 
 @app.command()
-def rollback(name: Service, state_dir: StateDir = None) -> None:
+def rollback(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Roll back now: during a rollout like abort; after one, switch back to the kept previous version."""
     _use(state_dir)
-    _command(name, "rollback")
+    _command(name, "rollback", actor)
 
 
 @app.command()

@@ -154,6 +154,31 @@ async def test_bluegreen_switch_and_rollback_command_lose_no_request(env):
     assert service.status(env.ctx, "shop")[0]["current"] == "1.0.0"
 
 
+async def test_rollback_as_a_user_needs_their_token_and_is_audited_under_their_name(env):
+    from releasegate.governance.identity import new_token
+    from releasegate.governance.policy import load_policy
+    from releasegate.store.audit import AuditLog
+
+    policy = load_policy(Path(__file__).resolve().parent.parent / "examples" / "governance" / "policy.yaml")
+    token = new_token(env.state, policy, "erin")
+    spec = env.spec("{bluegreen: {keep_previous: 1h}}", post_promotion="0s")
+    await deploy(env, spec, "1.0.0")
+    await deploy(env, spec, "2.0.0")
+    rollback = [sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "rollback", "shop", "--as", "erin"]
+
+    def run(token: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(rollback, capture_output=True, text=True, env={**os.environ, "RELEASEGATE_TOKEN": token})
+
+    wrong = await asyncio.to_thread(run, "rg_not-erins")
+    assert wrong.returncode == 2 and len(wrong.stderr.splitlines()) == 1 and "not erin's current token" in wrong.stderr
+    assert await routes_now(env) == {"2.0.0": 100}  # refused: nothing happened
+    done = await asyncio.to_thread(run, token)
+    assert done.returncode == 0, done.stderr
+    assert await routes_now(env) == {"1.0.0": 100}
+    [entry] = [e for e in AuditLog(env.state).entries() if e.action == "rollback"]
+    assert entry.actor == "erin" and "rolled back by erin" in (entry.decision or "")
+
+
 async def test_rolling_replaces_every_instance_under_load_with_zero_failures(env):
     spec = env.spec("{rolling: {max_surge: 1, max_unavailable: 1}}", instances=3)
     await deploy(env, spec, "1.0.0")
