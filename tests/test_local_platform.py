@@ -238,8 +238,8 @@ async def test_a_port_taken_after_the_probe_is_retried(make_platform: MakePlatfo
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     ports = iter([busy.getsockname()[1]])
-    real = local._free_port
-    monkeypatch.setattr(local, "_free_port", lambda: next(ports, None) or real())
+    real = local.free_port
+    monkeypatch.setattr(local, "free_port", lambda: next(ports, None) or real())
     try:
         platform = make_platform(f"{PY} {APPS} serve --port {{port}}", startup_grace=30)
         [inst] = await platform.start("shop", "1.0.0", 1)

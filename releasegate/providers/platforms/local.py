@@ -13,62 +13,39 @@ removes it, so a controller that was busy elsewhere still learns which instance 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import fcntl
-import json
 import os
-import signal
-import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 from releasegate.errors import ProviderError
-from releasegate.fileio import write_json_atomic
 from releasegate.providers.base import Instance
+from releasegate.providers.platforms.local_processes import (
+    CHILDREN,
+    HOST,
+    POLL,
+    ProcessRecord,
+    exit_status,
+    foreign,
+    free_port,
+    listening,
+    log_tail,
+    read_record,
+    settle,
+    signal_name,
+    terminate,
+    write_record,
+)
 from releasegate.spec import models
 
-HOST = "127.0.0.1"
 _PORT_ATTEMPTS = 3
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98")
-_KILL_WAIT = 5.0
-_POLL = 0.02
 
-_CHILDREN: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
-"""Every process this Python process spawned, with its create_time, shared by all LocalPlatform objects so
-that any of them can reap a child (and learn its exit code) whichever object started it."""
-
-
-@dataclass
-class _Record:
-    service: str
-    version: str
-    id: str
-    port: int
-    pid: int
-    pgid: int
-    log: str
-    log_offset: int
-    started_at: float
-    create_time: float
-    command: str
-    cwd: str
-    host: str = HOST
-    state: str = "running"  # or "exited"
-    exit_code: int | None = None
-    exited_at: float | None = None
-
-    def instance(self) -> Instance:
-        return Instance(self.service, self.version, self.id, self.host, self.port, self.pid, self.log,
-                        self.started_at)
-
-
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class DeadInstance:
     """An instance whose process ended without ``stop()``; ``exit_code`` is None unless we were its parent."""
 
@@ -82,7 +59,7 @@ class DeadInstance:
         if self.exit_code is None:
             how = "exited"
         elif self.exit_code < 0:
-            how = f"was killed by {_signal_name(-self.exit_code)}"
+            how = f"was killed by {signal_name(-self.exit_code)}"
         else:
             how = f"exited with code {self.exit_code}"
         tail = f": {self.log_tail}" if self.log_tail else ""
@@ -136,12 +113,12 @@ class LocalPlatform:
         belongs to another process (create_time differs) is dropped without signalling anything.
         """
         path = self._record_path(instance.service, instance.version, instance.id)
-        rec = _read(path)
-        if rec is not None and rec.state == "running" and not _foreign(rec):
-            await _terminate(rec, grace)
+        rec = read_record(path)
+        if rec is not None and rec.state == "running" and not foreign(rec):
+            await terminate(rec, grace)
         path.unlink(missing_ok=True)
         if rec is not None:
-            _CHILDREN.pop(rec.pid, None)
+            CHILDREN.pop(rec.pid, None)
 
     async def instances(self, service: str) -> list[Instance]:
         """Live instances of every version, oldest first; records of ended processes are marked exited."""
@@ -181,19 +158,19 @@ class LocalPlatform:
                                 f"(platform.cwd {self.spec.cwd!r}, relative to {self.spec_dir})")
         return cwd
 
-    def _refresh(self, service: str) -> list[_Record]:
+    def _refresh(self, service: str) -> list[ProcessRecord]:
         directory = self.service_dir(service)
         paths = sorted(directory.glob("*.json")) if directory.is_dir() else []
-        records = [_settle(rec, path) for path in paths if (rec := _read(path)) is not None]
+        records = [settle(rec, path) for path in paths if (rec := read_record(path)) is not None]
         return sorted(records, key=lambda r: (r.started_at, r.id))
 
-    def _refreshed(self, instance: Instance) -> _Record | None:
+    def _refreshed(self, instance: Instance) -> ProcessRecord | None:
         path = self._record_path(instance.service, instance.version, instance.id)
-        rec = _read(path)
-        return None if rec is None else _settle(rec, path)
+        rec = read_record(path)
+        return None if rec is None else settle(rec, path)
 
-    def _dead(self, rec: _Record) -> DeadInstance:
-        return DeadInstance(rec.instance(), rec.exit_code, _log_tail(rec), rec.exited_at or 0.0)
+    def _dead(self, rec: ProcessRecord) -> DeadInstance:
+        return DeadInstance(rec.instance(), rec.exit_code, log_tail(rec), rec.exited_at or 0.0)
 
     def _next_id(self, service: str) -> str:
         """A per-service counter under a file lock: ids stay unique across restarts and processes."""
@@ -212,14 +189,14 @@ class LocalPlatform:
         id = self._next_id(service)
         path = self._record_path(service, version, id)
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            rec = self._spawn(service, version, id, cwd, _free_port())
-            _write(path, rec)
+            rec = self._spawn(service, version, id, cwd, free_port())
+            write_record(path, rec)
             code = await self._watch_start(rec)
             if code is None:
                 return rec.instance()
             path.unlink(missing_ok=True)
-            _CHILDREN.pop(rec.pid, None)
-            tail = _log_tail(rec)
+            CHILDREN.pop(rec.pid, None)
+            tail = log_tail(rec)
             if attempt < _PORT_ATTEMPTS and any(s in tail.lower() for s in _ADDRESS_IN_USE):
                 continue  # someone took the port between our probe and the app's bind: try another one
             hint = " (the command must keep running in the foreground)" if code == 0 else ""
@@ -227,7 +204,7 @@ class LocalPlatform:
                                 f"{hint}: {tail or '(no output)'} (log: {rec.log})")
         raise AssertionError("unreachable")
 
-    def _spawn(self, service: str, version: str, id: str, cwd: Path, port: int) -> _Record:
+    def _spawn(self, service: str, version: str, id: str, cwd: Path, port: int) -> ProcessRecord:
         command = self.spec.command.format(port=port, version=version)
         env = {**os.environ, **self.spec.env, "PORT": str(port), "RELEASEGATE_VERSION": version,
                "RELEASEGATE_SERVICE": service}
@@ -249,203 +226,26 @@ class LocalPlatform:
             create_time = psutil.Process(popen.pid).create_time()
         except psutil.Error:  # cannot happen while unreaped; keep a record anyway so the exit is reported
             create_time = 0.0
-        _CHILDREN[popen.pid] = (popen, create_time)
-        return _Record(service, version, id, port, popen.pid, popen.pid, str(log_path), offset, time.time(),
+        CHILDREN[popen.pid] = (popen, create_time)
+        return ProcessRecord(service, version, id, port, popen.pid, popen.pid, str(log_path), offset, time.time(),
                        create_time, command, str(cwd))
 
-    async def _watch_start(self, rec: _Record) -> int | None:
+    async def _watch_start(self, rec: ProcessRecord) -> int | None:
         """The exit code if the process ends within the grace; None once it listens or the grace is over."""
         deadline = time.monotonic() + self.startup_grace
         while True:
-            exited, code = _exit_status(rec)
+            exited, code = exit_status(rec)
             if exited:
                 return code if code is not None else -1
-            if _listening(rec) or time.monotonic() >= deadline:
+            if listening(rec) or time.monotonic() >= deadline:
                 return None
-            await asyncio.sleep(_POLL)
+            await asyncio.sleep(POLL)
 
 
-# --- processes ----------------------------------------------------------------------------------------------
+# --- names ------------------------------------------------------------------------------------------------------
 
 
 def _check_names(service: str, version: str) -> None:
     """Both end up in file names and commands, so they are held to the spec's safe alphabets here too."""
     if not models.SERVICE_NAME.match(service) or not models.VERSION_NAME.match(version):
         raise ProviderError(f"unsafe service or version name: {service!r} {version!r}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _listening(rec: _Record) -> bool:
-    """Whether the instance's own process tree listens on its port.
-
-    Asking the processes, not connecting to the port: a port someone else took between our probe and the app's
-    bind would answer a connect too, while our app is about to die with "address already in use".
-    """
-    try:
-        root = psutil.Process(rec.pid)
-        for proc in (root, *root.children(recursive=True)):
-            connections = getattr(proc, "net_connections", None) or proc.connections  # psutil < 6
-            for conn in connections(kind="tcp"):
-                if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == rec.port:
-                    return True
-    except psutil.Error:
-        return False
-    return False
-
-
-def _signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
-
-
-def _child(rec: _Record) -> subprocess.Popen[bytes] | None:
-    popen, create_time = _CHILDREN.get(rec.pid, (None, 0.0))
-    return popen if popen is not None and create_time == rec.create_time else None
-
-
-def _reap(rec: _Record) -> tuple[bool, int | None]:
-    """(exited, exit code) for a child of ours; (False, None) when it is not our child or still runs.
-
-    Reaping matters: our own dead child stays a zombie, alive to kill(pid, 0), until someone waits for it.
-    """
-    popen = _child(rec)
-    if popen is not None:
-        code = popen.poll()
-        return code is not None, code
-    if _identify(rec) is None:  # never wait for a pid that is no longer the recorded process
-        return False, None
-    try:
-        got, status = os.waitpid(rec.pid, os.WNOHANG)
-    except ChildProcessError:
-        return False, None
-    return (True, os.waitstatus_to_exitcode(status)) if got == rec.pid else (False, None)
-
-
-def _identify(rec: _Record) -> psutil.Process | None:
-    """The recorded process if it still exists (zombie or not) and really is ours; None otherwise."""
-    try:
-        proc = psutil.Process(rec.pid)
-        same = abs(proc.create_time() - rec.create_time) < 1.0
-    except psutil.Error:
-        return None
-    return proc if same else None
-
-
-def _foreign(rec: _Record) -> bool:
-    """The pid exists but belongs to another process now: never signal it, nor its group."""
-    if rec.pgid <= 1 or rec.pgid == os.getpgrp():  # a corrupt record must not take us (or init) down
-        return True
-    popen = _child(rec)
-    if popen is not None and popen.returncode is None:  # unreaped: the pid cannot have been reused
-        return False
-    return psutil.pid_exists(rec.pid) and _identify(rec) is None
-
-
-def _exit_status(rec: _Record) -> tuple[bool, int | None]:
-    """(exited, exit code when known); a zombie counts as exited, and is reaped when it is our child."""
-    if _child(rec) is not None:  # Popen knows for sure
-        return _reap(rec)
-    proc = _identify(rec)
-    if proc is None:
-        return True, None
-    try:
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            return False, None
-    except psutil.Error:
-        return True, None
-    return True, _reap(rec)[1]
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether a non-zombie process is left in the group (zombies wait for a parent that may not be us)."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    for pid in psutil.pids():
-        try:
-            if os.getpgid(pid) == pgid and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return True
-        except (OSError, psutil.Error):
-            continue
-    return False
-
-
-async def _terminate(rec: _Record, grace: float) -> None:
-    """Signal the whole group, not just the leader: ``sh -c`` and any workers the app forked must go too.
-
-    Only called when the leader is verifiably ours or gone; while a group exists the kernel does not hand its
-    id out as a new pid, so a group whose leader is gone still holds only our leftovers.
-    """
-
-    def running() -> bool:
-        _reap(rec)
-        return _group_alive(rec.pgid)
-
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, _KILL_WAIT)):
-        if not running():
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(rec.pgid, sig)
-        deadline = time.monotonic() + wait
-        while running():
-            if time.monotonic() >= deadline:
-                break
-            await asyncio.sleep(_POLL)
-        else:
-            return
-    raise ProviderError(f"instance {rec.service} {rec.version} {rec.id} (pid {rec.pid}) still runs "
-                        f"{_KILL_WAIT:g} s after SIGKILL")
-
-
-# --- records and logs ---------------------------------------------------------------------------------------
-
-
-def _settle(rec: _Record, path: Path) -> _Record:
-    """Turn a running record whose process ended into an exited one, on disk too; return the current one."""
-    if rec.state != "running":
-        return rec
-    exited, code = _exit_status(rec)
-    if not exited:
-        return rec
-    rec = dataclasses.replace(rec, state="exited", exit_code=code, exited_at=time.time())
-    if path.exists():  # a concurrent stop() may have removed it: do not bring it back
-        _write(path, rec)
-    _CHILDREN.pop(rec.pid, None)
-    return rec
-
-
-def _read(path: Path) -> _Record | None:
-    try:
-        data: dict[str, Any] = json.loads(path.read_text())
-        return _Record(**data)
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _write(path: Path, rec: _Record) -> None:
-    write_json_atomic(path, dataclasses.asdict(rec))
-
-
-def _log_tail(rec: _Record, lines: int = 3, limit: int = 400) -> str:
-    """The last lines the process wrote (after our header), on one line: enough to say why it died."""
-    try:
-        with open(rec.log, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(rec.log_offset, size - 8192))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    out = " | ".join(kept)
-    return out if len(out) <= limit else "…" + out[-limit:]
