@@ -148,8 +148,8 @@ def test_empty_file(text: str) -> None:
 
 @pytest.mark.parametrize(("text", "what"), [("- service: shop\n", "a list"), ("shop\n", "'shop'")])
 def test_top_level_must_be_a_mapping(text: str, what: str) -> None:
-    assert only_error(text) == (f"spec.yaml:1:1: the spec must be a mapping of keys (service: ..., "
-                                f"platform: ...), not {what}")
+    assert only_error(text) == (f"spec.yaml:1:1: the spec must be a mapping of keys, not {what}; it needs at "
+                                "least 'service' and 'platform'")
 
 
 def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:

@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from releasegate.governance.calendar_yaml import load_yaml_model, load_yaml_model_text
 from releasegate.spec.errors import LocatedValueError, did_you_mean
 from releasegate.spec.models import Duration
+from releasegate.spec.yamlfile import FileKind, load_yaml_model, load_yaml_model_text
 
 Change = Literal["major", "minor", "patch", "hotfix", "config"]
 CHANGES: tuple[Change, ...] = get_args(Change)
@@ -28,7 +28,8 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = get_args(Weekday)
 DASH = "\u2013"
 """The en dash (U+2013) between the ends of a window or span, as the seed's calendars print them."""
-_EMPTY_HINT = "a calendar needs at least 'timezone', e.g. timezone: Asia/Seoul"
+_CALENDAR_FILE = FileKind("calendar", "a calendar needs at least 'timezone', e.g. timezone: Asia/Seoul",
+                          located_at_key=True)
 
 
 class _Model(BaseModel):
@@ -240,12 +241,12 @@ class Calendar(_Model):
 
 def load_calendar(path: str | Path) -> Calendar:
     """The validated calendar in ``path``; raises ``SpecError`` (a UserError) with FILE:LINE:COL lines."""
-    return load_yaml_model(path, Calendar, empty=_EMPTY_HINT)
+    return load_yaml_model(path, Calendar, _CALENDAR_FILE)
 
 
 def load_calendar_text(text: str, filename: str = "calendar.yaml") -> Calendar:
     """Like ``load_calendar`` for text already read; ``filename`` only labels the issues."""
-    return load_yaml_model_text(text, filename, Calendar, empty=_EMPTY_HINT)
+    return load_yaml_model_text(text, filename, Calendar, _CALENDAR_FILE)
 
 
 __all__ = ["CHANGES", "DASH", "WEEKDAYS", "Calendar", "Change", "Freeze", "FreezeMode", "Weekday", "Window",

@@ -6,8 +6,7 @@ every problem is reported at once as ``FILE:LINE:COL: message``, including the o
 a ``requires`` naming no environment, a stage whose role nobody holds (it could never be signed), a stage that
 needs more approvals than there are people to give them.
 
-Loading reuses ``releasegate.governance.calendar_yaml`` (the model-agnostic twin of the spec loader; the spec
-loader's own position machinery is private and bound to ``Spec``).
+Loading goes through ``releasegate.spec.yamlfile``, like the spec and the calendar.
 """
 
 from __future__ import annotations
@@ -19,9 +18,9 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from releasegate.errors import UserError
-from releasegate.governance.calendar_yaml import load_yaml_model
 from releasegate.spec.errors import Loc, SpecError, SpecIssue, did_you_mean, format_loc
 from releasegate.spec.models import Duration
+from releasegate.spec.yamlfile import FileKind, load_yaml_model
 
 _EMPTY = "a policy needs 'users' (name: [roles]) and 'environments' (name: {stages: [...]})"
 
@@ -120,7 +119,7 @@ class Policy(BaseModel):
 
 def load_policy(path: str | Path) -> Policy:
     """The validated policy in ``path``; raises ``SpecError`` (a ``UserError``) listing every problem."""
-    policy = load_yaml_model(path, Policy, empty=_EMPTY)
+    policy = load_yaml_model(path, Policy, FileKind("policy", _EMPTY, located_at_key=True))
     problems = cross_check(policy)
     if problems:
         raise SpecError(_locate(str(path), Path(path).read_text(encoding="utf-8-sig"), problems))

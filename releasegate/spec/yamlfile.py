@@ -1,0 +1,358 @@
+"""YAML files read into a pydantic model, with every problem reported as ``FILE:LINE:COL: message`` at the key or
+value that caused it. The spec, the release calendar and the approval policy all load through here.
+
+PyYAML forgets where values came from and pydantic only knows paths such as ``('analysis', 'rules', 0, 'for')``,
+so this module composes the YAML node tree itself, records where each key and value sits by path, and maps
+pydantic's error locations back onto it. Three YAML 1.1 habits are switched off because they silently change a
+file's meaning: duplicate keys (PyYAML keeps the last one), sexagesimal numbers (``10:00`` = 600) and implicit
+dates (``2025-13-01`` would escape construction as a bare ValueError; models parse dates themselves).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
+
+from releasegate.spec.errors import (
+    Loc,
+    LocatedValueError,
+    SpecError,
+    SpecIssue,
+    did_you_mean,
+    format_loc,
+    reader_issue,
+    yaml_issue,
+)
+
+M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class FileKind:
+    """How messages name a kind of file: ``noun`` ("spec", "calendar"), and what a minimal one ``needs``.
+    ``located_at_key``: a model's LocatedValueError points at the key it names rather than at its value."""
+
+    noun: str
+    needs: str
+    located_at_key: bool = False
+
+
+_INT = "tag:yaml.org,2002:int"
+_FLOAT = "tag:yaml.org,2002:float"
+_MERGE = "tag:yaml.org,2002:merge"
+_YAML_BOOLEAN_WORDS = {"yes", "no", "on", "off"}
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose mapping keys are always the text as written (``on:`` stays ``'on'``, not True)."""
+
+    # YAML 1.1 reads 10:00 as the base-60 number 600; in a spec it is a time or a typo, so it stays a string.
+    # No spec field is a date either: 2025-13-01 would otherwise escape construction as a bare ValueError.
+    yaml_implicit_resolvers = {
+        first: [(tag, re.compile("(?!.*:)" + rx.pattern, rx.flags) if tag in (_INT, _FLOAT) else rx)
+                for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        self.flatten_mapping(node)
+        mapping: dict[Hashable, Any] = {}
+        for key_node, value_node in node.value:
+            key = _key_text(key_node)
+            if key is not None:
+                mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+
+def _key_text(node: yaml.Node) -> str | None:
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where a value sits: its key (None for list items and the document) and its node."""
+
+    key: yaml.Node | None
+    value: yaml.Node
+
+    def mark(self, *, prefer_key: bool) -> yaml.Mark:
+        """The key for errors about a whole section or an empty value; otherwise the value itself."""
+        scalar = isinstance(self.value, yaml.ScalarNode)
+        if self.key is not None and (prefer_key or not scalar or self.raw() == ""):
+            return self.key.start_mark
+        return self.value.start_mark
+
+    def raw(self) -> str | None:
+        return self.value.value if isinstance(self.value, yaml.ScalarNode) else None
+
+
+class _Positions:
+    """Walks the node tree once: records every path's key and value, and every duplicate key on the way."""
+
+    def __init__(self, file: str, root: yaml.Node) -> None:
+        self.file = file
+        self.at: dict[Loc, _Where] = {}
+        self.issues: list[SpecIssue] = []
+        self._active: set[int] = set()
+        self._walk((), None, root)
+
+    def _walk(self, path: Loc, key: yaml.Node | None, node: yaml.Node) -> None:
+        self.at[path] = _Where(key, node)
+        if id(node) in self._active:  # a recursive alias: its contents are already recorded above
+            return
+        self._active.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            self._check_keys(path, node)
+            for key_node, value_node in self._pairs(node):
+                text = _key_text(key_node)
+                if text is not None:
+                    self._walk((*path, text), key_node, value_node)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._walk((*path, i), None, item)
+        self._active.discard(id(node))
+
+    def _pairs(self, node: yaml.MappingNode) -> Iterator[tuple[yaml.Node, yaml.Node]]:
+        """The pairs with ``<<`` merges expanded first, so the mapping's own keys win, as in construction."""
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                for source in reversed(sources):
+                    if isinstance(source, yaml.MappingNode) and id(source) not in self._active:
+                        yield from self._pairs(source)
+        yield from ((k, v) for k, v in node.value if k.tag != _MERGE)
+
+    def _check_keys(self, path: Loc, node: yaml.MappingNode) -> None:
+        first: dict[str, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE:
+                continue
+            text = _key_text(key_node)
+            mark = key_node.start_mark
+            if text is None:
+                self.issues.append(SpecIssue(self.file, mark.line + 1, mark.column + 1,
+                                             "keys must be plain text, not lists or mappings",
+                                             format_loc(path)))
+            elif text in first:
+                self.issues.append(SpecIssue(
+                    self.file, mark.line + 1, mark.column + 1,
+                    f"duplicate key {text!r} (first at line {first[text].start_mark.line + 1})",
+                    format_loc((*path, text))))
+            else:
+                first[text] = key_node
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+
+
+def load_yaml_model(path: str | Path, model: type[M], kind: FileKind) -> M:
+    """The validated ``model`` in ``path``; raises ``SpecError`` (exit 2) listing every problem found."""
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise SpecError([SpecIssue(file, None, None, "no such file")]) from None
+    except IsADirectoryError:
+        raise SpecError([SpecIssue(file, None, None, f"is a directory, not a {kind.noun} file")]) from None
+    except OSError as exc:
+        raise SpecError([SpecIssue(file, None, None, f"cannot read: {exc.strerror or exc}")]) from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError([SpecIssue(file, line, column, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
+                                                       f"save the {kind.noun} as UTF-8")]) from None
+    return load_yaml_model_text(text, file, model, kind)
+
+
+def load_yaml_model_text(text: str, filename: str, model: type[M], kind: FileKind) -> M:
+    """The validated ``model`` in ``text``; ``filename`` only labels the issues."""
+    data, positions = _parse(text, filename, kind)
+    issues = list(positions.issues)
+    try:
+        result = model.model_validate(data)
+    except ValidationError as exc:
+        issues.extend(_issue(err, positions, model, kind) for err in exc.errors())
+        raise SpecError(issues) from None
+    if issues:
+        raise SpecError(issues)
+    return result
+
+
+def _parse(text: str, file: str, kind: FileKind) -> tuple[dict[str, Any], _Positions]:
+    empty = SpecError([SpecIssue(file, 1, 1, f"the {kind.noun} is empty; {kind.needs}")])
+    loader: _Loader | None = None
+    try:
+        loader = _Loader(text)
+        root = loader.get_single_node()
+        if root is None:
+            raise empty
+        positions = _Positions(file, root)
+        data = loader.construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        raise SpecError([yaml_issue(exc, file, text)]) from None
+    except yaml.reader.ReaderError as exc:
+        raise SpecError([reader_issue(exc, file, text)]) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    if data is None:  # a document with only '---' or 'null'
+        raise empty
+    if not isinstance(data, dict):
+        mark = root.start_mark
+        raise SpecError([SpecIssue(file, mark.line + 1, mark.column + 1,
+                                   f"the {kind.noun} must be a mapping of keys, not {_a(data)}; {kind.needs}")])
+    return data, positions
+
+
+# --- pydantic errors ----------------------------------------------------------------------------------------
+
+
+def _issue(err: ErrorDetails, positions: _Positions, root: type[BaseModel], kind: FileKind) -> SpecIssue:
+    loc: Loc = tuple(err["loc"])
+    ctx = err.get("ctx") or {}
+    cause = ctx.get("error")
+    located = isinstance(cause, LocatedValueError)
+    if isinstance(cause, LocatedValueError):
+        loc = (*loc, *cause.at)
+    found: Loc = ()
+    for part in loc:  # skip parts that are not in the file, e.g. union tags or keys left to their default
+        if (*found, part) in positions.at:
+            found = (*found, part)
+    where = positions.at[found]
+    # Exact when the offending key itself is in the file (a union tag like 'builtin' in between is not).
+    exact = where if found == loc or (found and loc and found[-1] == loc[-1]) else None
+    message = _message(err, loc, exact, root)
+    mark = where.mark(prefer_key=err["type"] in ("missing", "extra_forbidden") or (located and kind.located_at_key))
+    return SpecIssue(positions.file, mark.line + 1, mark.column + 1, message, format_loc(loc))
+
+
+def _message(err: ErrorDetails, loc: Loc, where: _Where | None, root: type[BaseModel]) -> str:
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    value = err.get("input")
+    name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+    got = _got(value, where.raw() if where else None)
+    parent = format_loc(loc[:-1])
+
+    if kind == "missing":
+        return f"missing required key {name!r}" + (f" in {parent}" if parent else "")
+    if kind == "extra_forbidden":
+        options = _keys_at(loc[:-1], root)
+        hint = did_you_mean(name, options) if options else None
+        if hint:
+            return f"unknown key {name!r} (did you mean {hint!r}?)"
+        return f"unknown key {name!r}" + (f" in {parent}" if parent else "") + (
+            f"; expected one of: {', '.join(options)}" if options else "")
+    if kind in ("literal_error", "enum"):
+        options = _quoted(str(ctx.get("expected", "")))
+        hint = did_you_mean(value, options) if isinstance(value, str) else None
+        return (f"unknown {name} {got}" + (f" (did you mean {hint!r}?)" if hint else "")
+                + f"; expected one of: {', '.join(options)}")
+    if kind in ("value_error", "assertion_error") and ctx.get("error") is not None:
+        return str(ctx["error"])
+    simple = {
+        "int_type": "expected an integer", "int_parsing": "expected an integer",
+        "int_from_float": "expected a whole number", "float_type": "expected a number",
+        "float_parsing": "expected a number", "string_type": "expected a string",
+        "bool_type": "expected true or false", "bool_parsing": "expected true or false",
+        "list_type": "expected a list", "dict_type": "expected a mapping", "model_type": "expected a mapping",
+        "model_attributes_type": "expected a mapping",
+    }
+    if kind in simple:
+        hint = ""
+        if kind == "string_type" and isinstance(value, int | float) and "YAML reads" not in got:
+            hint = f" (write it in quotes: '{where.raw() if where and where.raw() else value}')"
+        return f"{simple[kind]}, got {got}{hint}"
+    bounds = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "greater than"),
+              "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
+    if kind in bounds:
+        key, words = bounds[kind]
+        return f"{name} must be {words} {_num(ctx.get(key))}, got {got}"
+    if kind in ("too_short", "too_long"):
+        limit = ctx.get("min_length" if kind == "too_short" else "max_length")
+        return f"{name} needs {'at least' if kind == 'too_short' else 'at most'} {limit} item(s)"
+    return str(err["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+
+
+def _num(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _got(value: object, raw: str | None) -> str:
+    """The offending value as the user wrote it, with the YAML 1.1 boolean surprise explained."""
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        if raw is not None and raw.lower() in _YAML_BOOLEAN_WORDS:
+            return f"{raw} (YAML reads {raw} as {str(value).lower()}; put it in quotes if you meant the text)"
+        return str(value).lower()
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, int | float):
+        return raw if raw is not None else _num(value)
+    return _a(value)
+
+
+def _a(value: object) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return "nothing" if value is None else repr(value)
+
+
+def _quoted(expected: str) -> list[str]:
+    """Pydantic lists a Literal's values as ``'a', 'b' or 'c'``."""
+    return re.findall(r"'((?:[^'\\]|\\.)*)'", expected)
+
+
+def _keys_at(loc: Loc, root: type[BaseModel]) -> list[str]:
+    """The keys a mapping at ``loc`` accepts, for did-you-mean; empty when that is not a model."""
+    model = model_at(loc, root)
+    return [f.alias or n for n, f in model.model_fields.items()] if model else []
+
+
+def model_at(loc: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model that validates the value at ``loc``, following fields, list items and mapping values."""
+    tp: Any = root
+    for part in loc:
+        tp = unwrap(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel):
+            field = next((f for n, f in tp.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return None
+            tp = field.annotation
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1]
+        else:
+            return None
+    tp = unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def unwrap(tp: Any) -> Any:
+    """``Annotated[X, ...]`` and ``X | None`` -> ``X``; other unions and types unchanged."""
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, UnionType):
+            rest = [a for a in get_args(tp) if a is not NoneType]
+            if len(rest) != 1:
+                return tp
+            tp = rest[0]
+        else:
+            return tp
+
+
+__all__ = ["FileKind", "load_yaml_model", "load_yaml_model_text", "model_at", "unwrap"]
