@@ -127,12 +127,60 @@ def _freeze(spec: Spec, spec_path: Path, env: str, now: float) -> Check | None:
     return Check("next freeze", True, f"'{freeze.name}' ({freeze.mode}) starts in {format_duration(round(left))}")
 
 
+def _migrations(spec: Spec, spec_dir: Path, allow_breaking: bool) -> list[Check]:
+    """With ``migrations:``: the database is usable (PostgreSQL: reachable, CREATEDB for the backup's verification,
+    a pg_dump that can dump it), the backup directory writable and the pending files lint clean, so a deploy never
+    fails there after the new version was started."""
+    if spec.migrations is None:
+        return []
+    from releasegate.errors import ReleasegateError
+    from releasegate.migrations import pending, readiness
+    from releasegate.migrations.lint import lint_files
+
+    checks = [_backup_dir(spec_dir / spec.migrations.backup_dir)]
+    try:
+        checks.insert(0, Check("database", True, readiness(spec.migrations, spec_dir)))
+        todo = pending(spec.migrations, spec_dir)
+    except ReleasegateError as exc:
+        return [Check("database", False, str(exc)), *checks]
+    issues = lint_files(todo)
+    names = ", ".join(f.name for f in todo)
+    if not todo:
+        checks.append(Check("migrations", True, "none pending"))
+    elif not issues:
+        checks.append(Check("migrations", True, f"{len(todo)} pending ({names}), backward compatible"))
+    elif allow_breaking:
+        checks.append(Check("migrations", True, f"{len(issues)} backward-incompatible statement(s) in {names}; "
+                                                "allowed if the release is approved for it (checked at admission)"))
+    else:
+        checks.append(Check("migrations", False, f"{len(issues)} backward-incompatible statement(s), first "
+                                                 f"{issues[0].format()}; see `releasegate migrations lint "
+                                                 f"{spec_dir / spec.migrations.dir}`"))
+    return checks
+
+
+def _backup_dir(directory: Path) -> Check:
+    """Writable, or creatable: the nearest existing parent must be a writable directory."""
+    import os
+
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK):
+        state = "is writable" if existing == directory else f"can be created (in {existing})"
+        return Check("backup dir", True, f"{directory} {state}")
+    return Check("backup dir", False, f"{directory}: {existing} is not a writable directory; fix "
+                                      "migrations.backup_dir or its permissions")
+
+
 async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, env: str = "prod",
-                    now: float | None = None) -> list[Check]:
+                    now: float | None = None, allow_breaking: bool = False) -> list[Check]:
+    import asyncio
     import time
 
     spec_dir = spec_path.parent.resolve()
     checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir), _command(spec, spec_dir, version),
               await _running(spec, spec_dir, state_dir)]
+    checks += await asyncio.to_thread(_migrations, spec, spec_dir, allow_breaking)
     freeze = _freeze(spec, spec_path, env, time.time() if now is None else now)
     return checks + ([freeze] if freeze else [])

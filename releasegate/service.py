@@ -125,7 +125,9 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
     store = ctx.store()
     try:
         store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
-        failed = [c for c in await preflight(spec, spec_path, version, ctx.state_dir, request.env) if not c.ok]
+        checks = await preflight(spec, spec_path, version, ctx.state_dir, request.env,
+                                 allow_breaking=request.allow_breaking_migration)
+        failed = [c for c in checks if not c.ok]
         if failed:
             raise UserError(f"{spec_path}: preflight failed, nothing was started:\n  - "
                             + "\n  - ".join(f"{c.name}: {c.detail}" for c in failed))

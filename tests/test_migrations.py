@@ -189,9 +189,34 @@ def test_a_failing_migration_restores_the_backup_exactly(tmp_path: Path) -> None
     assert applied_names(SPEC, tmp_path) == ["000_base.sql"]
 
 
+def test_a_postgresql_begin_atomic_body_stays_one_statement() -> None:
+    sql = ("CREATE FUNCTION f(a int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT CASE WHEN a > 0 THEN 1 END;\n"
+           "  SELECT 2;\nEND;\ncreate procedure p() language sql begin atomic insert into t values (1); end ;\n"
+           "ALTER TABLE t DROP COLUMN x;")
+    stmts = split_statements(sql)
+    assert [s.line for s in stmts] == [1, 6, 7]
+    assert stmts[0].text.endswith("SELECT 2;\nEND;") and stmts[1].text.endswith("end ;")
+    assert [i.line for i in lint_sql(sql, Path("m.sql"))] == [7]
+
+
 def test_spec_section_validates_the_database_url() -> None:
     assert Migrations(database="sqlite:///db/app.db").dir == "migrations"
-    with pytest.raises(ValueError, match=r"expected sqlite:///PATH"):
+    with pytest.raises(ValueError, match=r"expected sqlite:///PATH .* or postgresql://"):
         Migrations(database="mysql://x")
-    with pytest.raises(ValueError, match="PostgreSQL migrations are not supported yet"):
-        Migrations(database="postgresql://rg@localhost/app")
+    for url in ["postgresql://rg@localhost/app", "postgres://rg:secret@db.example.com:6543/app?sslmode=require",
+                "postgresql:///app?host=/run/postgresql", "postgresql://rg@/app?host=/tmp/sock&port=5433"]:
+        assert Migrations(database=url).database == url
+
+
+@pytest.mark.parametrize(("url", "problem"), [
+    ("postgresql://rg:hunter22@localhost/", "postgresql://rg:***@localhost/: no database name"),
+    ("postgres://rg:hunter22@localhost", "postgres://rg:***@localhost: no database name"),
+    ("postgresql://rg@localhost/app?sslmod=require", 'invalid URI query parameter: "sslmod"'),
+    ("postgresql://rg:hunter22@localhost/app?password=hunter22&foo=1", "password=***"),
+])
+def test_a_malformed_postgresql_url_is_refused_in_one_line_with_the_password_masked(url: str, problem: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        Migrations(database=url)
+    message = str(caught.value)
+    assert problem in message and "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME" in message
+    assert "hunter22" not in message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -35,3 +36,40 @@ async def test_a_taken_port_and_a_missing_program_fail_and_deploy_starts_nothing
         with pytest.raises(UserError, match="preflight failed, nothing was started"):
             await service.deploy(service.new_context(tmp_path / "s"), spec_path, "1.0.0")
         assert read_router_state(tmp_path / "s", "shop") is None
+
+
+async def test_migrations_are_checked_before_anything_starts(tmp_path):
+    """Database usable, backup dir writable, pending files lint clean: a breaking one fails preflight (and so the
+    deploy, before any process starts) unless the deploy allows it; already applied files are not judged again."""
+    import sqlite3
+
+    spec_path = write_spec(tmp_path, free_port(), "{bluegreen: {}}")
+    spec_path.write_text(spec_path.read_text() + "migrations: {database: sqlite:///app.db, backup_dir: bk}\n")
+    (tmp_path / "migrations").mkdir()
+    (tmp_path / "migrations" / "001_add.sql").write_text("ALTER TABLE users ADD COLUMN email TEXT;\n")
+    with sqlite3.connect(tmp_path / "app.db") as db:
+        db.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, phone TEXT)")
+    spec = load_spec(spec_path)
+
+    checks = {c.name: c for c in await preflight(spec, spec_path, "1.0.0", tmp_path / "state")}
+    assert checks["database"].ok and checks["backup dir"].ok
+    assert checks["migrations"].ok and "1 pending (001_add.sql), backward compatible" in checks["migrations"].detail
+
+    (tmp_path / "migrations" / "002_drop.sql").write_text("ALTER TABLE users DROP COLUMN phone;\n")
+    checks = {c.name: c for c in await preflight(spec, spec_path, "1.0.0", tmp_path / "state")}
+    assert not checks["migrations"].ok and "002_drop.sql:1: drops column users.phone" in checks["migrations"].detail
+    allowed = {c.name: c for c in await preflight(spec, spec_path, "1.0.0", tmp_path / "state", allow_breaking=True)}
+    assert allowed["migrations"].ok and "checked at admission" in allowed["migrations"].detail
+    with pytest.raises(UserError, match="preflight failed, nothing was started"):
+        await service.deploy(service.new_context(tmp_path / "state"), spec_path, "1.0.0")
+    assert read_router_state(tmp_path / "state", "shop") is None
+
+    (tmp_path / "locked").mkdir(mode=0o500)
+    spec_path.write_text(spec_path.read_text().replace("backup_dir: bk", "backup_dir: locked/bk"))
+    checks = {c.name: c for c in await preflight(load_spec(spec_path), spec_path, "1.0.0", tmp_path / "state")}
+    if os.geteuid() != 0:  # root writes anywhere: the permission case is only observable as another user
+        assert not checks["backup dir"].ok and "not a writable directory" in checks["backup dir"].detail
+    (tmp_path / "file").write_text("")
+    spec_path.write_text(spec_path.read_text().replace("backup_dir: locked/bk", "backup_dir: file/bk"))
+    checks = {c.name: c for c in await preflight(load_spec(spec_path), spec_path, "1.0.0", tmp_path / "state")}
+    assert not checks["backup dir"].ok and "file is not a writable directory" in checks["backup dir"].detail

@@ -23,6 +23,7 @@ _DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _NAME = r'(?:"(?:[^"]|"")+"|`[^`]+`|\[[^\]]+\]|[\w.$]+)'
 _ALTER_TABLE = re.compile(rf"^ALTER\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?:ONLY\s+)?(?P<table>{_NAME})\s*(?P<body>.*)$",
                           re.IGNORECASE | re.DOTALL)
+_ATOMIC = re.compile(r"\bBEGIN\s+ATOMIC\b", re.IGNORECASE)
 _DROP_TABLE = re.compile(rf"^DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?P<table>{_NAME})", re.IGNORECASE)
 _NOT_A_COLUMN = {"CONSTRAINT", "DEFAULT", "NOT", "IDENTITY", "EXPRESSION", "INDEX", "PRIMARY", "FOREIGN", "KEY",
                  "CHECK", "UNIQUE"}
@@ -52,9 +53,23 @@ class LintIssue:
         return f"{self.file}:{self.line}: {self.problem} — {self.fix}"
 
 
+def _complete(clean: str) -> bool:
+    """Does the cleaned text up to a ``;`` end a statement? SQLite's own rule (``sqlite3.complete_statement``)
+    keeps ``CREATE TRIGGER ... BEGIN ...; END;`` whole; a PostgreSQL SQL-standard function body
+    (``BEGIN ATOMIC ...; END;``) is whole once its ``END`` closes it, i.e. there is one more END than CASEs
+    (``CASE ... END`` may appear inside)."""
+    if not sqlite3.complete_statement(clean):
+        return False
+    atomic = _ATOMIC.search(clean)
+    if atomic is None:
+        return True
+    words = [w.upper() for w in re.findall(r"\w+", clean[atomic.end():])]
+    return words[-1:] == ["END"] and words.count("END") > words.count("CASE")
+
+
 def split_statements(sql: str) -> list[Statement]:
-    """Split on top-level ``;`` only; a ``CREATE TRIGGER ... BEGIN ...; END;`` stays one statement (decided by
-    ``sqlite3.complete_statement`` on the cleaned text, where no string or comment can confuse it)."""
+    """Split on top-level ``;`` only; a ``CREATE TRIGGER ... BEGIN ...; END;`` and a ``BEGIN ATOMIC ...; END;``
+    function body stay one statement (decided on the cleaned text, where no string or comment can confuse it)."""
     out: list[Statement] = []
     clean: list[str] = []
     start = -1
@@ -111,7 +126,7 @@ def split_statements(sql: str) -> list[Statement]:
             line += 1
         clean.append(ch)
         i += 1
-        if ch == ";" and sqlite3.complete_statement("".join(clean)):
+        if ch == ";" and _complete("".join(clean)):
             emit(i)
     emit(n)
     return out

@@ -1,6 +1,9 @@
 """Apply pending migrations safely: lint, back up (verified), apply each file in its own transaction, and on any
 failure put the backup back so the database is exactly as it was before the deploy.
 
+The flow is the same for every database; what differs (how to record, back up, restore, apply) lives in one
+backend module per kind (``sqlite.py``, ``postgres.py``), chosen by the URL scheme (``backend.backend_for``).
+
 The schema only ever moves forward with the application: an application rollback keeps every applied migration
 (that is why the linter insists on backward-compatible ones), and ``applied_names`` tells the rollback record which
 migrations remain applied.
@@ -9,14 +12,17 @@ migrations remain applied.
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from releasegate.errors import ProviderError, UserError
-from releasegate.migrations import sqlite as sq
+from releasegate.migrations.backend import Backend, StatementFailed, backend_for
 from releasegate.migrations.lint import lint_files, migration_files, read_sql, split_statements
+from releasegate.migrations.sqlite import sqlite_path
 from releasegate.spec.migrations import Migrations
+
+__all__ = ["MigrationFailed", "MigrationResult", "applied_names", "apply_pending", "checksum", "pending",
+           "readiness", "sqlite_path"]
 
 _TRANSACTION_WORDS = {"BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"}
 
@@ -42,14 +48,6 @@ class MigrationResult:
     recorded: list[str] = field(default_factory=list)
 
 
-def sqlite_path(database: str, spec_dir: Path) -> Path:
-    """``sqlite:///relative/to/spec.db`` or ``sqlite:////absolute/path.db``."""
-    if not database.startswith("sqlite:///"):
-        raise UserError(f"migrations.database {database!r}: only sqlite:///PATH is supported here so far")
-    path = Path(database.removeprefix("sqlite:///"))
-    return path if path.is_absolute() else spec_dir / path
-
-
 def checksum(file: Path) -> str:
     return hashlib.sha256(file.read_bytes()).hexdigest()
 
@@ -67,22 +65,12 @@ def _statements(file: Path) -> list[str]:
 
 
 def applied_names(migrations: Migrations, spec_dir: Path) -> list[str]:
-    """The migrations recorded as applied (sorted by name); empty when the database does not exist yet."""
-    db_path = sqlite_path(migrations.database, spec_dir)
-    if not db_path.exists():
-        return []
-    with sq.opened(db_path) as db:
-        return sorted(sq.recorded(db))
+    """The migrations recorded as applied (sorted by name); empty when the database has none recorded yet."""
+    return sorted(backend_for(migrations, spec_dir).recorded())
 
 
-def pending(migrations: Migrations, spec_dir: Path) -> list[Path]:
-    """The files not recorded yet, in order; refuses when a recorded file was changed after it was applied."""
-    files = migration_files(spec_dir / migrations.dir)
-    db_path = sqlite_path(migrations.database, spec_dir)
-    if not db_path.exists():
-        return files
-    with sq.opened(db_path) as db:
-        done = sq.recorded(db)
+def _pending(backend: Backend, files: list[Path]) -> list[Path]:
+    done = backend.recorded()
     changed = [f.name for f in files if f.name in done and done[f.name] != checksum(f)]
     if changed:
         raise UserError(f"migration {', '.join(changed)} changed after it was applied (checksum differs); restore "
@@ -90,39 +78,56 @@ def pending(migrations: Migrations, spec_dir: Path) -> list[Path]:
     return [f for f in files if f.name not in done]
 
 
-def apply_pending(migrations: Migrations, spec_dir: Path, allow_breaking: bool = False) -> MigrationResult:
-    """Apply every pending migration, or none: a failure restores the verified backup taken just before."""
-    todo = pending(migrations, spec_dir)
-    db_path = sqlite_path(migrations.database, spec_dir)
-    if not todo:
-        return MigrationResult([], None, applied_names(migrations, spec_dir))
+def pending(migrations: Migrations, spec_dir: Path) -> list[Path]:
+    """The files not recorded yet, in order; refuses when a recorded file was changed after it was applied."""
+    files = migration_files(spec_dir / migrations.dir)
+    return _pending(backend_for(migrations, spec_dir), files)
+
+
+def readiness(migrations: Migrations, spec_dir: Path) -> str:
+    """Preflight: the migrations directory exists and the database is usable (for PostgreSQL: reachable, with
+    the privileges and the pg_dump a backup needs). One line, or a ``ReleasegateError`` naming the fix."""
+    files = migration_files(spec_dir / migrations.dir)
+    return f"{len(files)} migration file(s); {backend_for(migrations, spec_dir).check()}"
+
+
+def _refuse_breaking(todo: list[Path]) -> None:
     issues = lint_files(todo)
-    if issues and not allow_breaking:
+    if issues:
         lines = "\n".join(issue.format() for issue in issues)
         raise UserError(f"{lines}\nrefused: {len(issues)} backward-incompatible statement(s); an application "
-                        "rollback would break. Split them into expand/contract steps, or pass "
+                        "rollback would break. Split them into expand/contract steps, or register the release "
+                        "with --allow-breaking-migration, get an sre approval and deploy with "
                         "--allow-breaking-migration")
+
+
+def apply_pending(migrations: Migrations, spec_dir: Path, allow_breaking: bool = False) -> MigrationResult:
+    """Apply every pending migration, or none: a failure restores the verified backup taken just before."""
+    backend = backend_for(migrations, spec_dir)
+    todo = _pending(backend, migration_files(spec_dir / migrations.dir))
+    if not todo:
+        return MigrationResult([], None, sorted(backend.recorded()))
+    if not allow_breaking:
+        _refuse_breaking(todo)
     plans = [(f.name, checksum(f), _statements(f)) for f in todo]
-    backup_path = sq.backup(db_path, spec_dir / migrations.backup_dir)
+    backup = backend.backup(spec_dir / migrations.backup_dir)
     done: list[str] = []
-    with sq.opened(db_path) as db:
-        for name, digest, statements in plans:
-            try:
-                sq.apply_file(db, name, digest, statements)
-            except sqlite3.Error as exc:
-                statement = (getattr(exc, "__notes__", None) or ["?"])[-1]
-                failure = exc
-                break
-            done.append(name)
-        else:
-            return MigrationResult(done, backup_path, sorted(sq.recorded(db)))
+    for name, digest, statements in plans:
+        try:
+            backend.apply_file(name, digest, statements)
+        except StatementFailed as exc:
+            failure = exc
+            break
+        done.append(name)
+    else:
+        return MigrationResult(done, backup.path, sorted(backend.recorded()))
     try:
-        sq.restore(backup_path, db_path)
+        backend.restore(backup)
     except ProviderError as restore_error:
-        raise ProviderError(f"migration {name} failed ({failure}) and {restore_error}") from None
-    short = " ".join(statement.split())
+        raise ProviderError(f"migration {name} failed ({failure.reason}) and {restore_error}") from None
+    short = " ".join(failure.statement.split())
     short = short if len(short) <= 200 else short[:197] + "..."
     undone = f"; {', '.join(done)} undone too" if done else ""
-    raise MigrationFailed(f"migration {name} failed: {failure} in: {short}\nthe database was restored from "
-                          f"{backup_path} (as before the deploy{undone})",
-                          file=name, statement=statement, backup=backup_path)
+    raise MigrationFailed(f"migration {name} failed: {failure.reason} in: {short}\nthe database "
+                          f"({backend.describe()}) was restored from {backup.path} (as before the deploy{undone})",
+                          file=name, statement=failure.statement, backup=backup.path)

@@ -14,10 +14,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from releasegate.errors import ProviderError, UserError
+from releasegate.migrations.backend import TABLE, Backup, StatementFailed
 
-TABLE = "releasegate_migrations"
 _SCHEMA = (f"CREATE TABLE IF NOT EXISTS {TABLE} (name TEXT PRIMARY KEY, checksum TEXT NOT NULL, "
            "applied_at TEXT NOT NULL)")
+
+
+def sqlite_path(database: str, spec_dir: Path) -> Path:
+    """``sqlite:///relative/to/spec.db`` or ``sqlite:////absolute/path.db``."""
+    if not database.startswith("sqlite:///"):
+        raise UserError(f"migrations.database {database!r}: expected sqlite:///PATH")
+    path = Path(database.removeprefix("sqlite:///"))
+    return path if path.is_absolute() else spec_dir / path
 
 
 def connect(db_path: Path) -> sqlite3.Connection:
@@ -57,14 +65,16 @@ def row_counts(db: sqlite3.Connection) -> dict[str, int]:
             for t in tables}
 
 
-def _verify(source: sqlite3.Connection, copy: sqlite3.Connection, what: str) -> None:
+def _verify(source: sqlite3.Connection, copy: sqlite3.Connection, what: str) -> dict[str, int]:
+    """The source's row counts, once the copy was found to have the same."""
     want, got = row_counts(source), row_counts(copy)
     if want != got:
         diff = sorted(t for t in want.keys() | got.keys() if want.get(t) != got.get(t))
         raise ProviderError(f"{what}: row counts differ from the source in {', '.join(diff)}")
+    return want
 
 
-def backup(db_path: Path, backup_dir: Path, now: datetime | None = None) -> Path:
+def backup(db_path: Path, backup_dir: Path, now: datetime | None = None) -> Backup:
     """Copy the live database to ``backup_dir/<db>-<timestamp>.db`` and verify every table's row count."""
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%S%fZ")
     try:
@@ -77,8 +87,8 @@ def backup(db_path: Path, backup_dir: Path, now: datetime | None = None) -> Path
             src.backup(dst)
         except sqlite3.Error as exc:
             raise ProviderError(f"backup of {db_path} to {target} failed: {exc}") from None
-        _verify(src, dst, f"backup {target}")
-    return target
+        counts = _verify(src, dst, f"backup {target}")
+    return Backup(target, counts)
 
 
 def restore(backup_path: Path, db_path: Path) -> None:
@@ -94,8 +104,8 @@ def restore(backup_path: Path, db_path: Path) -> None:
 
 def apply_file(db: sqlite3.Connection, name: str, checksum: str, statements: list[str]) -> None:
     """Run one migration's statements and record it, in one transaction (which also creates the bookkeeping
-    table, so a restored first deploy leaves no trace of releasegate either). Raises ``sqlite3.Error`` with
-    ``statement`` set to the failing statement (the transaction is rolled back)."""
+    table, so a restored first deploy leaves no trace of releasegate either). Raises ``StatementFailed`` naming
+    the failing statement (the transaction is rolled back)."""
     db.execute("BEGIN IMMEDIATE")
     try:
         ensure_table(db)
@@ -103,8 +113,7 @@ def apply_file(db: sqlite3.Connection, name: str, checksum: str, statements: lis
             try:
                 db.execute(statement)
             except sqlite3.Error as exc:
-                exc.add_note(statement)
-                raise
+                raise StatementFailed(statement, str(exc)) from None
         db.execute(f"INSERT INTO {TABLE} (name, checksum, applied_at) VALUES (?, ?, ?)",
                    (name, checksum, datetime.now(UTC).isoformat(timespec="seconds")))
     except BaseException:
@@ -112,3 +121,35 @@ def apply_file(db: sqlite3.Connection, name: str, checksum: str, statements: lis
             db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+class SqliteBackend:
+    """The ``Backend`` for one SQLite file; a database that does not exist yet has nothing recorded, and is
+    created by the backup (an empty copy) and the first migration."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = db_path
+
+    def describe(self) -> str:
+        return str(self.db_path)
+
+    def check(self) -> str:
+        if not self.db_path.parent.is_dir():
+            raise UserError(f"{self.db_path}: its directory does not exist; fix migrations.database")
+        return f"{self.db_path}" + ("" if self.db_path.exists() else " (created by the first migration)")
+
+    def recorded(self) -> dict[str, str]:
+        if not self.db_path.exists():
+            return {}
+        with opened(self.db_path) as db:
+            return recorded(db)
+
+    def backup(self, backup_dir: Path) -> Backup:
+        return backup(self.db_path, backup_dir)
+
+    def restore(self, backup: Backup) -> None:
+        restore(backup.path, self.db_path)
+
+    def apply_file(self, name: str, checksum: str, statements: list[str]) -> None:
+        with opened(self.db_path) as db:
+            apply_file(db, name, checksum, statements)

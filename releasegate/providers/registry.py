@@ -123,7 +123,7 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
         migrations = spec.migrations
 
         async def migrate(allow_breaking: bool) -> CheckOutcome:
-            """Blocking SQLite work in a thread; a failure has already restored the backup when it returns."""
+            """Blocking database work in a thread; a failure has already restored the backup when it returns."""
             import asyncio
 
             from releasegate.errors import ReleasegateError
