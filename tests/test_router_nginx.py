@@ -6,6 +6,7 @@ Synchronisation is by polling with deadlines; the only bounds on counts are loos
 from __future__ import annotations
 
 import asyncio
+import http.client
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -151,6 +152,35 @@ async def test_reloads_under_load_lose_no_request(world, router: NginxRouter) ->
             await asyncio.to_thread(t.join)
     assert sum(results.values()) > 0
     assert set(results) == {200}, results
+
+
+def connection_header(port: int) -> str | None:
+    """nginx's Connection header for an HTTP/1.1 request that asks for nothing (keep-alive is HTTP/1.1's default)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("Connection")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(("client_keepalive", "directive", "answer"), [
+    (None, "keepalive_timeout 0;", "close"),  # the default: a reload can never close a connection under a request
+    ("60s", "keepalive_timeout 60s;", "keep-alive"),
+    ("1500ms", "keepalive_timeout 1500ms;", "keep-alive"),  # nginx reads no fractions of a second
+])
+async def test_client_keepalive_is_off_by_default(world, tmp_path: Path, client_keepalive: str | None,
+                                                  directive: str, answer: str) -> None:
+    nginx, v1, v2 = world
+    extra = {} if client_keepalive is None else {"client_keepalive": client_keepalive}
+    router = NginxRouter(make_spec(nginx, **extra), tmp_path, SERVICE)
+    assert directive in render(SERVICE, routes(v1, v2, 0, 100), router.spec)
+    await router.set_routes(SERVICE, routes(v1, v2, 0, 100))  # nginx -t accepts it, and the reload serves it
+    assert router.path.read_text().count("keepalive_timeout") == 1 and directive in router.path.read_text()
+    assert await asyncio.to_thread(connection_header, nginx.listen_port) == answer
+    assert await router.get_routes(SERVICE) == routes(v1, v2, 0, 100)
 
 
 async def test_a_removed_backend_counts_as_busy_for_the_drain_grace(world, tmp_path: Path) -> None:

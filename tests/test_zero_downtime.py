@@ -12,10 +12,19 @@ Then, under ``Load`` (many users: no cookies kept), the service goes through
 and every answer must be a success; traffic must end on 3.0.0, both in the answers' ``X-Version`` and in the
 provider's ``get_routes`` (what the proxy really applies).
 
-nginx runs twice: ``nginx`` with clients that open a connection per request, which must lose nothing, and
-``nginx-keepalive`` with the keep-alive clients of ``Load``, which xfails (only) on the known reload race described
-in ``KEEPALIVE_RACE`` and passes when no request happened to hit it. HAProxy is steered through its runtime API
-without reloads, so it gets the keep-alive clients and no allowance.
+Every route change through nginx is an ``nginx -s reload``, and on a reload nginx's old workers close their idle
+keep-alive client connections: a client that sends a request on one at that moment gets a reset. So releasegate
+renders ``keepalive_timeout 0;`` by default (``client_keepalive: 0``) and nginx runs twice:
+
+- ``nginx``: the default configuration with the keep-alive-capable clients of ``Load`` (httpx, which does not
+  retry). nginx closes every connection after its response, so no request is ever sent on a connection a reload
+  could close: nothing may fail, and no request may have gone out on a reused connection.
+- ``nginx-keepalive``: ``client_keepalive: 60s`` with clients that retry the way browsers, curl and Go's net/http
+  do (``Load(retry_reused=True)``: a GET whose reused connection was closed or reset before the response head
+  arrived is sent once more on a new connection). Nothing may fail either; connections must really be reused, and
+  the retries the race caused are printed.
+
+HAProxy is steered through its runtime API without reloads, so it gets the plain keep-alive clients.
 
 Order of operations for HAProxy, as an operator's supervisor would do it: releasegate renders the configuration
 (``HaproxyRouter.ensure_config``, which only writes a missing file; ``deploy`` calls it too), then haproxy is
@@ -68,7 +77,8 @@ class Proxy:
         return f"http://127.0.0.1:{self.port}/api/items"
 
 
-def _nginx(tmp_path: Path) -> Iterator[Proxy]:
+def nginx_proxy(tmp_path: Path, extra: str = "") -> Iterator[Proxy]:
+    """A private nginx (bench/bench_zero_downtime.py starts it the same way); ``extra`` ends the router line."""
     if shutil.which(NGINX) is None:
         pytest.skip(f"nginx is not installed ({NGINX})")
     nginx = PrivateNginx(tmp_path / "nginx")
@@ -77,13 +87,14 @@ def _nginx(tmp_path: Path) -> Iterator[Proxy]:
         conf = nginx.conf_dir / "releasegate-{service}.conf"
         router_yaml = (f'router: {{kind: nginx, nginx: "{NGINX}", listen: "127.0.0.1:{nginx.listen_port}", '
                        f'config_file: "{conf}", prefix: "{nginx.root}", main_config: "{nginx.main_config}", '
-                       f'pid_file: "{nginx.root / "nginx.pid"}", drain_timeout: 5s, drain_grace: 1s}}')
+                       f'pid_file: "{nginx.root / "nginx.pid"}", drain_timeout: 5s, drain_grace: 1s{extra}}}')
         yield Proxy("nginx", nginx.listen_port, router_yaml, "[]")
     finally:
         nginx.stop()
 
 
-def _haproxy(tmp_path: Path) -> Iterator[Proxy]:
+def haproxy_proxy(tmp_path: Path) -> Iterator[Proxy]:
+    """Where HAProxy will listen; it starts once releasegate rendered its configuration (``provider_for``)."""
     if shutil.which(HAPROXY) is None:
         pytest.skip(f"haproxy is not installed ({HAPROXY})")
     short = Path(tempfile.mkdtemp(prefix="rg-zd-"))  # a unix socket path must stay under 108 bytes
@@ -99,7 +110,10 @@ def _haproxy(tmp_path: Path) -> Iterator[Proxy]:
 
 @pytest.fixture(params=["nginx", "nginx-keepalive", "haproxy"])
 def proxy(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Proxy]:
-    yield from (_haproxy if request.param == "haproxy" else _nginx)(tmp_path)
+    if request.param == "haproxy":
+        yield from haproxy_proxy(tmp_path)
+    else:
+        yield from nginx_proxy(tmp_path, ", client_keepalive: 60s" if request.param == "nginx-keepalive" else "")
 
 
 def spec_for(proxy: Proxy, directory: Path, strategy: str) -> Path:
@@ -112,90 +126,101 @@ def spec_for(proxy: Proxy, directory: Path, strategy: str) -> Path:
     return path
 
 
+def provider_for(spec: Path, directory: Path) -> tuple[Router, Haproxy | None]:
+    """The spec's router provider; for HAProxy, its configuration rendered and a private haproxy started on it."""
+    router_spec = load_spec(spec).router
+    if isinstance(router_spec, HaproxyRouterSpec):
+        provider = HaproxyRouter(router_spec, "shop")
+        assert provider.ensure_config() is True  # 1. releasegate renders the configuration...
+        haproxy = Haproxy(provider.config_file, Path(provider.socket), directory / "haproxy.pid")
+        haproxy.start()  # 2. ...the supervisor starts haproxy on it; 3. the first deploy enables its servers
+        return provider, haproxy
+    assert isinstance(router_spec, NginxRouterSpec)
+    return NginxRouter(router_spec, directory / "state", "shop"), None
+
+
 async def deploy(ctx: service.Context, spec: Path, version: str) -> Any:
     """Every rollout here finishes in seconds; one that does not is a failure, not a hang."""
     return await asyncio.wait_for(service.deploy(ctx, spec, version), 60)
 
 
-KEEPALIVE_RACE = ("known: every route change reloads nginx, and the old workers close their idle keep-alive "
-                  "client connections at once; a request a client sends on one at that moment gets no answer "
-                  "(RemoteProtocolError / ReadError). Clients that retry idempotent requests on a reused "
-                  "connection (browsers) do not notice; httpx does not retry.")
-DISCONNECTS = ("RemoteProtocolError: Server disconnected without sending a response", "ReadError")
+@dataclass
+class Seen:
+    """Answers per version during each rollout, and after the abort settled."""
+
+    bluegreen: dict[str, int]
+    canary: dict[str, int]
+    abort: dict[str, int]
+    tail: dict[str, int]
+
+
+async def bluegreen_canary_abort(ctx: service.Context, proxy: Proxy, directory: Path, router: Router,
+                                 load: Load) -> Seen:
+    """The three rollouts under ``load``, 1.0.0 already deployed (bench/bench_zero_downtime.py runs the same)."""
+    routes = router.get_routes  # what the proxy really applies, read back by the provider
+    await load.wait_for(30)
+
+    # 1. blue-green switch
+    spec = spec_for(proxy, directory, BLUEGREEN)
+    before = dict(load.by_version)
+    st = await deploy(ctx, spec, "2.0.0")
+    assert st.status == "promoted", st.reason
+    assert (await routes("shop")).weights() == {"2.0.0": 100}
+    await load.wait_for(30)
+    bluegreen = _since(before, load.by_version)
+
+    # 2. canary promotion
+    spec = spec_for(proxy, directory, CANARY)
+    before = dict(load.by_version)
+    st = await deploy(ctx, spec, "3.0.0")
+    assert st.status == "promoted", st.reason
+    assert (await routes("shop")).weights() == {"3.0.0": 100}
+    await load.wait_for(30)
+    canary = _since(before, load.by_version)
+
+    # 3. rollback: abort a canary waiting on its manual step
+    spec = spec_for(proxy, directory, MANUAL)
+    before = dict(load.by_version)
+    rollout = asyncio.create_task(deploy(ctx, spec, "4.0.0"))
+    await eventually(lambda: (service.status(ctx, "shop")[0]["rollout"] or {}).get("waiting"),
+                     within=30, what="the 4.0.0 canary waiting on its manual step")
+    await eventually(lambda: load.by_version.get("4.0.0", 0) - before.get("4.0.0", 0) >= 5,
+                     within=20, what="users reaching the 4.0.0 canary")
+    assert (await service.send_command(ctx, "shop", "abort")).applied
+    st = await rollout
+    assert st.status in ("aborted", "rolled_back"), st.reason
+    await load.wait_for(20)  # requests sent before the abort finish (a canary request may end late)
+    after_abort = dict(load.by_version)
+    await load.wait_for(40)
+    return Seen(bluegreen, canary, _since(before, load.by_version), _since(after_abort, load.by_version))
 
 
 async def test_bluegreen_canary_and_abort_lose_no_request(request: pytest.FixtureRequest, proxy: Proxy,
                                                           tmp_path: Path) -> None:
-    keepalive = request.node.callspec.params["proxy"] != "nginx"  # plain nginx: clients without keep-alive
+    case = request.node.callspec.params["proxy"]
     ctx = service.new_context(tmp_path / "state")
-    spec = spec_for(proxy, tmp_path, BLUEGREEN)
-    router_spec = load_spec(spec).router
-    haproxy = None
-    if isinstance(router_spec, HaproxyRouterSpec):
-        provider = HaproxyRouter(router_spec, "shop")
-        assert provider.ensure_config() is True  # 1. releasegate renders the configuration...
-        haproxy = Haproxy(provider.config_file, Path(provider.socket), tmp_path / "haproxy.pid")
-        haproxy.start()  # 2. ...the supervisor starts haproxy on it; 3. the first deploy enables its servers
-        router: Router = provider
-    else:
-        assert isinstance(router_spec, NginxRouterSpec)
-        router = NginxRouter(router_spec, tmp_path / "state", "shop")
-    routes = router.get_routes  # what the proxy really applies, read back by the provider
+    spec = spec_for(proxy, tmp_path, BLUEGREEN)  # every rollout rewrites this one file
+    router, haproxy = provider_for(spec, tmp_path)
     try:
         st = await deploy(ctx, spec, "1.0.0")
         assert st.status == "promoted", st.reason
-        assert (await routes("shop")).weights() == {"1.0.0": 100}
+        assert (await router.get_routes("shop")).weights() == {"1.0.0": 100}
 
-        # Without keep-alive every request is on a new connection, so an nginx reload cannot close one under it
-        # (see KEEPALIVE_RACE).
-        headers = {} if keepalive else {"Connection": "close"}
-        async with Load(proxy.url, concurrency=6, headers=headers) as load:
-            await load.wait_for(30)
-            counts: list[dict[str, int]] = []
+        async with Load(proxy.url, concurrency=6, retry_reused=case == "nginx-keepalive") as load:
+            seen = await bluegreen_canary_abort(ctx, proxy, tmp_path, router, load)
 
-            # 1. blue-green switch
-            before = dict(load.by_version)
-            st = await deploy(ctx, spec, "2.0.0")
-            assert st.status == "promoted", st.reason
-            assert (await routes("shop")).weights() == {"2.0.0": 100}
-            await load.wait_for(30)
-            counts.append(_since(before, load.by_version))
-
-            # 2. canary promotion
-            spec = spec_for(proxy, tmp_path, CANARY)
-            before = dict(load.by_version)
-            st = await deploy(ctx, spec, "3.0.0")
-            assert st.status == "promoted", st.reason
-            assert (await routes("shop")).weights() == {"3.0.0": 100}
-            await load.wait_for(30)
-            counts.append(_since(before, load.by_version))
-
-            # 3. rollback: abort a canary waiting on its manual step
-            spec = spec_for(proxy, tmp_path, MANUAL)
-            before = dict(load.by_version)
-            rollout = asyncio.create_task(deploy(ctx, spec, "4.0.0"))
-            await eventually(lambda: (service.status(ctx, "shop")[0]["rollout"] or {}).get("waiting"),
-                             within=30, what="the 4.0.0 canary waiting on its manual step")
-            await eventually(lambda: load.by_version.get("4.0.0", 0) - before.get("4.0.0", 0) >= 5,
-                             within=20, what="users reaching the 4.0.0 canary")
-            assert (await service.send_command(ctx, "shop", "abort")).applied
-            st = await rollout
-            assert st.status in ("aborted", "rolled_back"), st.reason
-            await load.wait_for(20)  # requests sent before the abort finish (a canary request may end late)
-            after_abort = dict(load.by_version)
-            await load.wait_for(40)
-            counts.append(_since(before, load.by_version))
-            tail = _since(after_abort, load.by_version)
-
-        print(f"\n{proxy.kind}: {load.requests} requests; bluegreen {counts[0]}; canary {counts[1]}; "
-              f"abort {counts[2]} (after the abort: {tail})")
-        if load.failures and proxy.kind == "nginx" and keepalive \
-                and all(f.startswith(DISCONNECTS) for f in load.failures):
-            pytest.xfail(f"{len(load.failures)} of {load.requests} requests failed: {KEEPALIVE_RACE}")
+        print(f"\n{case}: {load.requests} requests ({load.reused} on a reused connection, {load.retries} retried "
+              f"after a closed one); bluegreen {seen.bluegreen}; canary {seen.canary}; abort {seen.abort} "
+              f"(after the abort: {seen.tail})")
         assert load.failures == [], f"{len(load.failures)} of {load.requests} failed: {load.failures[:10]}"
-        assert counts[0].get("2.0.0", 0) > 0 and counts[1].get("3.0.0", 0) > 0 and counts[2].get("4.0.0", 0) > 0
-        assert set(tail) == {"3.0.0"}, tail  # after the abort, only the stable version answers
-        assert (await routes("shop")).weights() == {"3.0.0": 100}
+        if case == "nginx":
+            assert load.reused == 0, "keepalive_timeout 0: nginx closes every connection after its response"
+        elif case == "nginx-keepalive":
+            assert load.reused > load.requests // 2, "client_keepalive: 60s, yet connections were not reused"
+        assert seen.bluegreen.get("2.0.0", 0) > 0 and seen.canary.get("3.0.0", 0) > 0
+        assert seen.abort.get("4.0.0", 0) > 0
+        assert set(seen.tail) == {"3.0.0"}, seen.tail  # after the abort, only the stable version answers
+        assert (await router.get_routes("shop")).weights() == {"3.0.0": 100}
         assert service.status(ctx, "shop")[0]["current"] == "3.0.0"
     finally:
         await cleanup(tmp_path / "state", spec)

@@ -30,6 +30,14 @@ class NginxRouter(SpecModel):
     drain_grace: Duration = Field(5.0, description="nginx cannot count in-flight requests: a backend removed from "
                                   "the routes counts as busy for this long, then as drained.")
     reload_timeout: Duration = Field(10.0, description="How long to wait for nginx to serve a reloaded file.")
+    client_keepalive: Duration = Field(
+        0.0, description="keepalive_timeout of the server block users connect to. releasegate changes routes by "
+        "reloading nginx, and on every reload nginx's old workers close their idle keep-alive client connections: a "
+        "client that sends a request on such a connection at that moment gets a reset. 0 (the default) renders "
+        "`keepalive_timeout 0;`, so every response closes its connection and route changes lose no request with any "
+        "client. A positive value renders `keepalive_timeout <seconds>s;` for setups whose clients retry an "
+        "idempotent request on a closed persistent connection (browsers, curl and Go's net/http do; Python httpx "
+        "does not), and accepts the race for the others. Keep-alive from nginx to the backends is not affected.")
 
     @field_validator("sticky_cookie")
     @classmethod

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.router_helpers import free_port, wait_until
+from tests.support.router_helpers import free_port
+from tests.support.wait import wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 

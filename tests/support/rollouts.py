@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,7 +59,12 @@ class Load:
     """Continuous client traffic through the router; every failure (status >= 500 or connection error) is kept.
 
     Each request drops the sticky cookie, so the load looks like many users: with a few cookie-keeping clients,
-    a 20 % canary can get no traffic at all (and, rightly, never advances)."""
+    a 20 % canary can get no traffic at all (and, rightly, never advances).
+
+    Every request is traced (httpx's ``trace`` extension) to know whether it went out on a connection an earlier
+    request opened (``reused``). With ``retry_reused``, the clients behave like browsers, curl and Go's net/http:
+    a GET sent on a reused connection that the server closed or reset before the response head arrived is sent
+    once more on a new connection (``retries`` counts them); anything else is a failure as before."""
 
     url: str
     concurrency: int = 4
@@ -65,6 +72,10 @@ class Load:
     by_version: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     requests: int = 0
+    retry_reused: bool = False
+    reused: int = 0  # requests (and retries) sent on a connection that was already open
+    retries: int = 0
+    latencies: list[tuple[float, float]] = field(default_factory=list)  # (monotonic start, seconds) per request
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -79,8 +90,9 @@ class Load:
     async def _worker(self) -> None:
         async with httpx.AsyncClient(timeout=10.0, headers=self.headers) as client:
             while not self._stop.is_set():
+                started = time.monotonic()
                 try:
-                    r = await client.get(self.url)
+                    r = await self._get(client)
                     client.cookies.clear()  # every request a new user: sticky buckets spread over all versions
                     version = r.headers.get("x-version", "?")
                     self.by_version[version] = self.by_version.get(version, 0) + 1
@@ -88,8 +100,27 @@ class Load:
                         self.failures.append(f"{r.status_code} from {version}")
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
+                self.latencies.append((started, time.monotonic() - started))
                 self.requests += 1
                 await asyncio.sleep(0.005)
+
+    async def _get(self, client: httpx.AsyncClient) -> httpx.Response:
+        for attempt in (1, 2):
+            events: list[str] = []
+
+            async def trace(name: str, info: dict[str, Any], events: list[str] = events) -> None:
+                events.append(name)
+
+            try:
+                return await client.get(self.url, extensions={"trace": trace})
+            except httpx.TransportError as exc:
+                if attempt == 2 or not self.retry_reused or not _closed_before_response(exc, events):
+                    raise
+                self.retries += 1
+            finally:
+                if "http11.send_request_headers.started" in events and "connection.connect_tcp.started" not in events:
+                    self.reused += 1
+        raise AssertionError("unreachable")
 
     async def wait_for(self, n: int, timeout: float = 10.0) -> None:
         """Until ``n`` more requests completed (so a test knows traffic really flows)."""
@@ -100,6 +131,18 @@ class Load:
             if loop.time() > deadline:
                 raise AssertionError(f"traffic stalled at {self.requests} requests")
             await asyncio.sleep(0.02)
+
+
+def _closed_before_response(exc: httpx.TransportError, events: list[str]) -> bool:
+    """The request went out on a reused connection, and that connection was closed or reset while the request was
+    sent or before the response head arrived: the case where HTTP clients retry an idempotent request."""
+    reused = "connection.connect_tcp.started" not in events
+    failed = {"http11.send_request_headers.failed", "http11.send_request_body.failed",
+              "http11.receive_response_headers.failed"}  # httpcore then traces response_closed
+    before_head = "http11.receive_response_headers.complete" not in events and not failed.isdisjoint(events)
+    closed = isinstance(exc, httpx.ReadError | httpx.WriteError) or (
+        isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc))
+    return reused and before_head and closed
 
 
 async def cleanup(state_dir: Path, spec_path: Path) -> None:

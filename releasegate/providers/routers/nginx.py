@@ -12,6 +12,10 @@ Design (nginx 1.22 OSS: no sticky module, no API to change or read upstream weig
   who landed on the canary at 5 % stays on it at 25 % and 50 %. A user without the cookie gets it
   (``Set-Cookie``) when more than one version serves.
 - ``proxy_pass http://$rg_<service>_upstream``: a variable naming an upstream group needs no resolver.
+- ``keepalive_timeout`` of the server block is the spec's ``client_keepalive``, ``0`` by default: every route change
+  is a reload, and on a reload nginx's old workers close their idle keep-alive client connections, so a client that
+  sends on one at that moment gets a reset. Without client keep-alive every request has its own connection and a
+  reload loses none. A positive value accepts that race for clients that retry (browsers do).
 
 Applying: the new file is written beside the owned one (a name no ``*.conf`` include matches), then, under a lock,
 renamed over it, the whole configuration is checked with ``nginx -t`` (with the spec's ``-p``/``-c``) and, when the
@@ -118,13 +122,23 @@ def render(service: str, routes: Routes, spec: NginxRouterSpec) -> str:
         proxy = ("        default_type text/plain;\n"
                  f'        return 503 "no routes with weight and backends for {sid}\\n";\n')
     text = "\n".join(body)
-    generation = hashlib.sha256(text.encode()).hexdigest()[:16]
-    server = (f"server {{\n    listen {spec.listen};\n"
+    keepalive = f"    keepalive_timeout {_nginx_time(spec.client_keepalive)};\n"
+    generation = hashlib.sha256((text + keepalive).encode()).hexdigest()[:16]
+    server = (f"server {{\n    listen {spec.listen};\n{keepalive}"
               f"    location = {GENERATION_PATH} {{{allow} deny all; default_type text/plain; "
               f'return 200 "{generation}"; }}\n'
               f"    location / {{\n{proxy}    }}\n}}\n")
     return (f"# Owned by releasegate for service {service!r}: rewritten on every route change, do not edit.\n"
             f"# rg-generation: {generation}\n{text}\n{server}")
+
+
+def _nginx_time(seconds: float) -> str:
+    """``0``, whole seconds as ``60s``, else milliseconds (nginx reads no fractions): ``1500ms``."""
+    if seconds <= 0:
+        return "0"
+    if seconds == int(seconds):
+        return f"{int(seconds)}s"
+    return f"{max(1, round(seconds * 1000))}ms"
 
 
 def parse(text: str, service: str) -> tuple[Routes, str]:
