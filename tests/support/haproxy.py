@@ -7,6 +7,7 @@ processes this helper started are ever signalled. Everything waits by polling wi
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -99,7 +100,11 @@ class Haproxy:
                 os.kill(pid, signal.SIGTERM)
         for pid in self.pids:
             with contextlib.suppress(AssertionError):
-                wait_until(lambda p=pid: not _alive(p), timeout=5.0, what=f"haproxy {pid} to exit")
+                wait_until(functools.partial(_gone, pid), timeout=5.0, what=f"haproxy {pid} to exit")
+
+
+def _gone(pid: int) -> bool:
+    return not _alive(pid)
 
 
 @dataclass
