@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from releasegate.engine import decide
-from releasegate.engine.simulate import simulate
-from releasegate.engine.state import Analyze, Observation, Outcome, RolloutState, Route
+from releasegate.engine.simulate import Metric, Trace, simulate
+from releasegate.engine.state import Analyze, Observation, Outcome, RolloutState, Route, Start, Stop
 from releasegate.spec.models import Spec
 
 
@@ -18,11 +19,12 @@ def make_spec(**over: Any) -> Spec:
     return Spec.model_validate(data)
 
 
-def errors_when(pred):  # error_rate from a predicate on (t, weight); latency always fine
+def errors_when(pred: Callable[[float, int], object]) -> Metric:
+    """error_rate from a predicate on (t, weight); latency always fine."""
     return lambda t, m, w: (0.30 if pred(t, w) else 0.0) if m == "error_rate" else 0.05
 
 
-def new_weights(trace, version="2.0.0"):
+def new_weights(trace: Trace, version: str = "2.0.0") -> list[int]:
     return [w.get(version, 0) for _, w in trace.weights]
 
 
@@ -43,7 +45,9 @@ def test_error_rate_held_for_5_minutes_at_25_percent_rolls_back_down_the_stairca
     assert [t for t, _ in trace.weights] == [0.0, 600.0, 900.0, 1200.0]  # breach after 5m, 10% for step_wait 5m
     assert trace.running["2.0.0"] == 0
     rollback = next(d for _, d in trace.decisions if d.kind == "rollback")
-    assert "error_rate" in rollback.message and rollback.data["values"]["0:error_rate"] == 0.30
+    values = rollback.data["values"]
+    assert isinstance(values, dict)  # Decision.data holds objects; "values" is each rule's value by rule key
+    assert "error_rate" in rollback.message and values["0:error_rate"] == 0.30
     assert "error_rate > 0.05 for 5m" in (trace.state.reason or "")
 
 
@@ -172,10 +176,9 @@ def test_rolling_respects_surge_and_unavailability_at_every_moment(n, surge, una
     for _, action in trace.steps:
         if isinstance(action, Route):
             assert sum(s.instances or 0 for s in action.shares) >= n - unavailable
-        name = type(action).__name__
-        if name == "Start":
+        if isinstance(action, Start):
             running[action.version] = action.count
-        elif name == "Stop":
+        elif isinstance(action, Stop):
             running[action.version] = min(running.get(action.version, 0), action.keep)
         assert sum(running.values()) <= n + surge
     assert trace.running == {"1.0.0": 0, "2.0.0": n}

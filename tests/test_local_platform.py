@@ -21,6 +21,7 @@ from releasegate.errors import ProviderError
 from releasegate.providers.base import Instance
 from releasegate.providers.platforms import local
 from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms.local_processes import free_port
 from releasegate.spec.models import LocalPlatform as LocalSpec
 from tests.support.wait import eventually
 
@@ -238,7 +239,7 @@ async def test_a_port_taken_after_the_probe_is_retried(make_platform: MakePlatfo
     busy.bind(("127.0.0.1", 0))
     busy.listen()
     ports = iter([busy.getsockname()[1]])
-    real = local.free_port
+    real = free_port  # what local.free_port is until the patch below (local imports it from local_processes)
     monkeypatch.setattr(local, "free_port", lambda: next(ports, None) or real())
     try:
         platform = make_platform(f"{PY} {APPS} serve --port {{port}}", startup_grace=30)

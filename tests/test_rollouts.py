@@ -17,6 +17,7 @@ import pytest
 
 from releasegate import service
 from releasegate.errors import UserError
+from releasegate.providers.base import Instance
 from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
 from tests.support.rollouts import Load, cleanup, free_port, write_spec
 from tests.support.wait import eventually
@@ -61,7 +62,8 @@ async def deploy(env, spec: Path, version: str):
 
 
 async def routes_now(env) -> dict[str, int]:
-    return (await env.router().get_routes("shop")).weights()
+    router: BuiltinRouterClient = env.router()
+    return (await router.get_routes("shop")).weights()
 
 
 async def test_canary_promotes_under_load_with_zero_failed_requests(env):
@@ -128,7 +130,7 @@ async def test_failed_health_or_smoke_aborts_before_any_user_request_reaches_it(
     assert {i.version for i in await _instances(env, spec)} == {"1.0.0"}
 
 
-async def _instances(env, spec):
+async def _instances(env, spec: Path) -> list[Instance]:
     from releasegate.providers.platforms.local import LocalPlatform
     from releasegate.spec import load_spec
 
@@ -238,6 +240,7 @@ async def test_a_router_killed_mid_canary_comes_back_with_its_routes_and_the_rol
         await eventually(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("weight") == 20,
                    what="the canary at 20%")
         old = read_router_state(env.state, "shop")
+        assert old is not None, "the router is not running"
         os.kill(int(old["pid"]), signal.SIGKILL)
         # The controller notices at its next tick and restarts the router from its persisted routes file.
         new = await eventually(lambda: (s := read_router_state(env.state, "shop")) and s["pid"] != old["pid"] and s,

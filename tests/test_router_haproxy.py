@@ -7,6 +7,7 @@ import shutil
 from collections import Counter
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -17,12 +18,16 @@ from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
 from releasegate.providers.routers.haproxy import HaproxyRouter, Server, server_state_path
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
 
-try:
-    from support.haproxy import HAPROXY, DemoApp, Haproxy, free_port
-    from support.wait import eventually
-except ImportError:  # pragma: no cover - when tests/ is a package
+if TYPE_CHECKING:  # mypy sees the helpers as the tests.support package; at run time either layout works
     from tests.support.haproxy import HAPROXY, DemoApp, Haproxy, free_port
     from tests.support.wait import eventually
+else:
+    try:
+        from support.haproxy import HAPROXY, DemoApp, Haproxy, free_port
+        from support.wait import eventually
+    except ImportError:  # pragma: no cover - when tests/ is a package
+        from tests.support.haproxy import HAPROXY, DemoApp, Haproxy, free_port
+        from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which(HAPROXY) is None, reason="haproxy is not installed")]
@@ -159,7 +164,11 @@ async def test_no_request_fails_while_routes_change(haproxy, apps) -> None:
     for w1, w2 in ((95, 5), (50, 50), (0, 100), (10, 90), (100, 0), (0, 100)):
         floor = results["ok"] + 100
         await router.set_routes(SERVICE, split(v1, w1, v2, w2))
-        await eventually(lambda f=floor: results["ok"] >= f, what="traffic after a routing change")
+
+        def served(f: int = floor) -> bool:
+            return results["ok"] >= f
+
+        await eventually(served, what="traffic after a routing change")
     # Only 2.0.0 left: 1.0.0 leaves the routes (drain, then maint) under load.
     await router.set_routes(SERVICE, Routes((VersionRoute("2.0.0", 100, (v2.backend,)),)))
     floor = results["ok"] + 100
