@@ -156,7 +156,9 @@ class AlertReceiver:
     """``await r.start("127.0.0.1", 0)`` returns the bound address; ``await r.close()`` stops it.
 
     Any path takes the POST (the URL is whatever Alertmanager's ``webhook_configs`` says); ``GET /healthz`` answers
-    ``ok`` for probes. ``clock`` is injectable so tests can pin the audit times.
+    ``ok`` for probes; ``GET /metrics`` serves the controller metrics of the same state dir (what ``releasegate
+    metrics`` serves; with a secret, the scrape must carry it too). ``clock`` is injectable so tests can pin the
+    audit times.
     """
 
     def __init__(self, state_dir: Path, secret: str | None = None, clock: Callable[[], float] = time.time,
@@ -166,6 +168,9 @@ class AlertReceiver:
         self.clock = clock
         self.log = log or (lambda _line: None)
         self._server: asyncio.Server | None = None
+        from releasegate.metrics_exporter import registry_for  # here: metrics_exporter imports this module
+
+        self._metrics = registry_for(state_dir)  # one collector, so each scrape reads only the new events
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._connection, host, port)
@@ -198,7 +203,7 @@ class AlertReceiver:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
 
-    async def _request(self, reader: asyncio.StreamReader, peer: Any) -> tuple[int, dict[str, Any]]:
+    async def _request(self, reader: asyncio.StreamReader, peer: Any) -> tuple[int, dict[str, Any] | bytes]:
         head = await reader.readuntil(b"\r\n\r\n")
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
@@ -212,6 +217,10 @@ class AlertReceiver:
                 headers[key.strip().lower()] = value.strip()
         if method == "GET" and path.split("?")[0] == "/healthz":
             return 200, {"status": "ok"}
+        if method == "GET" and path.split("?")[0] == "/metrics":
+            if not authorized(headers.get("authorization"), self.secret):
+                return 401, {"error": "unauthorized: scrape with Authorization: Bearer <secret>"}
+            return 200, await asyncio.to_thread(self._exposition)
         if method != "POST":
             return 405, {"error": "POST an Alertmanager webhook notification"}
         if "chunked" in headers.get("transfer-encoding", "").lower():
@@ -254,14 +263,21 @@ class AlertReceiver:
             self.log(line)
         return 200, {"results": results}
 
+    def _exposition(self) -> bytes:
+        from prometheus_client import generate_latest
+
+        return bytes(generate_latest(self._metrics))
+
     def _record(self, action: str, decision: str, evidence: dict[str, Any], now: float) -> None:
         with AuditLog(self.state_dir) as audit:
             audit.append(ACTOR, action, decision=decision, evidence=evidence, at=now)
 
 
-def _response(status: int, body: dict[str, Any]) -> bytes:
-    data = (json.dumps(body) + "\n").encode()
-    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+def _response(status: int, body: dict[str, Any] | bytes) -> bytes:
+    """JSON for a dict; bytes are a Prometheus text exposition (``GET /metrics``)."""
+    data = body if isinstance(body, bytes) else (json.dumps(body) + "\n").encode()
+    kind = "text/plain; version=0.0.4; charset=utf-8" if isinstance(body, bytes) else "application/json"
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: {kind}\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + data
 

@@ -36,6 +36,7 @@ def _mount_governance() -> None:
     from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
     from releasegate.commands.audit import audit_app
     from releasegate.commands.calendar import calendar_app
+    from releasegate.commands.metrics import metrics
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.release import notes_command, release_app, version_app
 
@@ -50,6 +51,7 @@ def _mount_governance() -> None:
     app.add_typer(audit_app, name="audit", help="Verify or export the hash-chained audit log.")
     app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
     app.command("receive-alerts")(receive_alerts)
+    app.command("metrics")(metrics)
 
 
 out = Console(highlight=False, soft_wrap=True)
@@ -127,15 +129,20 @@ def plan(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
 
 @app.command()
 def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
-              env: Annotated[str, typer.Option(help="Environment (for the next freeze).")] = "prod") -> None:
-    """The T-60 checks deploy runs first: disk, state dir, port, command, running version, next freeze."""
+              env: Annotated[str, typer.Option(help="Environment (for the next freeze).")] = "prod",
+              allow_breaking_migration: Annotated[bool, typer.Option(
+                  help="As deploy would be run: breaking migrations pass here, admission checks the approval.")]
+              = False) -> None:
+    """The T-60 checks deploy runs first: disk, state dir, port, command, running version, database,
+    migrations lint, next freeze."""
     from releasegate.preflight import preflight as run_preflight
     from releasegate.spec import load_spec
 
     _use(state_dir)
     s = load_spec(spec)
     check_version(version)
-    checks = asyncio.run(run_preflight(s, spec, version, _State.state_dir, env))
+    checks = asyncio.run(run_preflight(s, spec, version, _State.state_dir, env,
+                                      allow_breaking=allow_breaking_migration))
     for c in checks:
         out.print(f"{'[green]pass[/]' if c.ok else '[bold red]FAIL[/]'}  {c.name:<16} {c.detail}")
     if not all(c.ok for c in checks):

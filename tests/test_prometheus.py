@@ -26,11 +26,11 @@ from releasegate.spec.sources import Prometheus
 
 try:
     from support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
-    from support.router_helpers import RouterProc, start_router, wait_until
+    from support.router_helpers import KeepAliveBackend, RouterProc, start_router, wait_until
     from support.wait import eventually
 except ImportError:  # pragma: no cover - when tests/ is a package
     from tests.support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
-    from tests.support.router_helpers import RouterProc, start_router, wait_until
+    from tests.support.router_helpers import KeepAliveBackend, RouterProc, start_router, wait_until
     from tests.support.wait import eventually
 
 needs_prometheus = pytest.mark.skipif(not available(), reason="prometheus/promtool not installed")
@@ -51,38 +51,59 @@ def _q(version: str, query: str, baseline: str | None = None) -> MetricQuery:
 def test_totals_fold_completed_seconds_once_and_survive_the_ring_wrapping() -> None:
     stats = Stats()
     vs = stats.for_version("1.0.0")
-    vs.record(100.2, 0.01, False)
-    vs.record(100.7, 0.02, True)
+    vs.record(100.2, 0.01, 200)
+    vs.record(100.7, 0.02, 502)
     assert vs.totals(100.9)[:2] == (2, 1)  # the current second counts without being folded
-    vs.record(100.95, 0.01, False)
-    vs.record(101.1, 3.0, True)
+    vs.record(100.95, 0.01, 200)
+    vs.record(101.1, 3.0, 500)
     requests, errors, hist = vs.totals(101.5)
     assert (requests, errors, sum(hist)) == (4, 2, 4)
     assert vs.totals(101.6)[:2] == (4, 2)  # asking twice does not count twice
     # Nobody scrapes for longer than the ring: the slots are folded as they are reused, nothing is lost.
     for k in range(1, 3):
-        vs.record(101.1 + k * SLOTS, 0.01, False)
+        vs.record(101.1 + k * SLOTS, 0.01, 200)
     assert vs.totals(101.5 + 2 * SLOTS)[:2] == (6, 2)
+    assert vs.status_counts() == {"200": 4, "500": 1, "502": 1}  # per code: cumulative, never windowed
     assert vs.window(10, 101.5 + 2 * SLOTS, 0.0)["requests"] == 1  # the windows are unchanged
     # Traffic, then silence and no scrape for longer than the ring: the old slots still count.
     quiet = stats.for_version("2.0.0")
-    quiet.record(200.5, 0.01, True)
+    quiet.record(200.5, 0.01, 503)
     assert quiet.totals(200.6)[:2] == (1, 1)
-    quiet.record(201.5, 0.01, False)
+    quiet.record(201.5, 0.01, 404)
     assert quiet.totals(205.0 + SLOTS)[:2] == (2, 1)
+
+
+def test_status_codes_are_exact_and_bounded() -> None:
+    vs = Stats().for_version("1.0.0")
+    for status in (200, 200, 204, 301, 404, 499, 500, 502, 504, 599, 0, 99, 600, 999):
+        vs.record(10.5, 0.001, status)
+    assert vs.status_counts() == {"200": 2, "204": 1, "301": 1, "404": 1, "499": 1, "500": 1, "502": 1, "504": 1,
+                                  "599": 1, "other": 4}
+    requests, errors, _ = vs.totals(10.6)
+    assert requests == sum(vs.status_counts().values()) == 14
+    assert errors == 6  # 500, 502, 504, 599 and the odd 600 and 999, as the error rate always counted them
+    assert vs.window(10, 10.6, 0.0)["errors"] == 6
 
 
 def test_render_metrics_is_cumulative_and_escapes_labels() -> None:
     stats = Stats()
     vs = stats.for_version('we"ird')
     for latency in (0.001, 0.002, 0.5, 100.0):
-        vs.record(50.5, latency, latency > 1)
+        vs.record(50.5, latency, 503 if latency > 1 else 200)
+    stats.for_version("2.0.0").record(50.5, 0.001, 404)
     text = render_metrics("shop", stats, {"127.0.0.1:1": 2}, now=50.6)
     lines = text.splitlines()
     assert all(line.startswith("# ") or SAMPLE.match(line) for line in lines), text
-    assert 'http_requests_total{service="shop",version="we\\"ird",status="5xx"} 1' in lines
-    assert 'http_requests_total{service="shop",version="we\\"ird",status="other"} 3' in lines
-    buckets = [int(line.rsplit(" ", 1)[1]) for line in lines if "_bucket{" in line]
+    requests = [line for line in lines if line.startswith("http_requests_total{")]
+    assert requests == [
+        'http_requests_total{service="shop",version="2.0.0",status="200"} 0',  # 200 and 500 are always there
+        'http_requests_total{service="shop",version="2.0.0",status="404"} 1',
+        'http_requests_total{service="shop",version="2.0.0",status="500"} 0',
+        'http_requests_total{service="shop",version="we\\"ird",status="200"} 3',
+        'http_requests_total{service="shop",version="we\\"ird",status="500"} 0',
+        'http_requests_total{service="shop",version="we\\"ird",status="503"} 1',
+    ], text
+    buckets = [int(line.rsplit(" ", 1)[1]) for line in lines if "_bucket{" in line and "we" in line]
     assert len(buckets) == len(LE_LABELS) and buckets == sorted(buckets) and buckets[-1] == 4
     assert 'releasegate_router_inflight{service="shop",backend="127.0.0.1:1"} 2' in lines
 
@@ -152,6 +173,7 @@ class Stack:
     router: RouterProc
     prometheus: PrometheusProc
     sent: list[int]
+    ledger: RouterProc  # a second router (service "ledger", version 0.1.0): only the requests a test sends
 
 
 def _demo(port: int, version: str, log: Path) -> subprocess.Popen[bytes]:
@@ -170,6 +192,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     ports = {"1.0.0": free_port(), "2.0.0": free_port()}
     apps = [_demo(port, version, tmp / f"demo-{version}.log") for version, port in ports.items()]
     router = start_router(tmp, "--sticky", "none")
+    backend = KeepAliveBackend("ledger").start()
+    (tmp / "ledger").mkdir()
+    ledger = start_router(tmp / "ledger", "--sticky", "none", service="ledger")
     prometheus: PrometheusProc | None = None
     stop = threading.Event()
     sent = [0]
@@ -190,9 +215,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             wait_until(lambda p=port: _answers(p), what=f"demo app {version}")
         assert router.put_routes([{"version": v, "weight": 50, "backends": [f"127.0.0.1:{p}"]}
                                   for v, p in ports.items()]).status_code == 200
+        assert ledger.put_routes([{"version": "0.1.0", "weight": 100,
+                                   "backends": [backend.address]}]).status_code == 200
         thread.start()
-        prometheus = start_prometheus(tmp / "prometheus", [router.admin])
-        yield Stack(router, prometheus, sent)
+        prometheus = start_prometheus(tmp / "prometheus", [router.admin, ledger.admin])
+        yield Stack(router, prometheus, sent, ledger)
     finally:
         stop.set()
         if thread.is_alive():
@@ -200,6 +227,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if prometheus is not None:
             prometheus.stop()
         router.stop()
+        ledger.stop()
+        backend.stop()
         for app in apps:
             app.terminate()
         for app in apps:
@@ -267,6 +296,39 @@ async def test_seed_queries_through_prometheus_tell_the_faulty_version_apart(sta
         assert stack.sent[0] > 0
     finally:
         await source.aclose()
+
+
+@pytest.mark.slow
+def test_exact_status_codes_through_prometheus(stack: Stack) -> None:
+    """Known requests through the ledger router: PromQL on status=~"5..", status="200" and status=~"2.." gives
+    exactly what was sent, and the router's own exposition agrees."""
+    sent = {"/": 6, "/status/503": 3, "/status/502": 1, "/status/404": 2, "/status/204": 1}
+    with httpx.Client(base_url=stack.ledger.url, timeout=5, trust_env=False) as client:
+        for path, n in sent.items():
+            for _ in range(n):
+                client.get(path)
+    text = httpx.get(f"http://{stack.ledger.admin}/metrics", timeout=5, trust_env=False).text
+    prefix = 'http_requests_total{service="ledger",version="0.1.0",status='
+    assert sorted(line.removeprefix(prefix) for line in text.splitlines() if line.startswith(prefix)) == [
+        '"200"} 6', '"204"} 1', '"404"} 2', '"500"} 0', '"502"} 1', '"503"} 3']
+    ledger = 'service="ledger",version="0.1.0"'
+    expected = {
+        f'sum(http_requests_total{{{ledger},status=~"5.."}})': 4.0,
+        f'http_requests_total{{{ledger},status="200"}}': 6.0,
+        f'sum(http_requests_total{{{ledger},status=~"2.."}})': 7.0,
+        f'http_requests_total{{{ledger},status="404"}}': 2.0,
+        f'sum(http_requests_total{{{ledger}}})': 13.0,
+    }
+
+    def answers() -> dict[str, float | None]:
+        got: dict[str, float | None] = {}
+        for query in expected:
+            result = stack.prometheus.query(query)["data"]["result"]
+            got[query] = float(result[0]["value"][1]) if len(result) == 1 else None
+        return got
+
+    wait_until(lambda: answers() == expected, timeout=20, what="Prometheus to scrape the ledger's counters")
+    assert answers() == expected
 
 
 def test_module_imports_are_cheap_for_the_router() -> None:

@@ -209,6 +209,8 @@ def test_unreachable_backend_is_a_502_counted_for_its_version(router: RouterProc
     stats = router.admin_get("/stats?window=60&version=broken")["broken"]
     assert stats["requests"] >= 3 and stats["errors"] == stats["requests"]
     assert stats["error_rate"] == 1.0
+    metrics = httpx.get(f"http://{router.admin}/metrics", trust_env=False).text.splitlines()
+    assert f'http_requests_total{{service="shop",version="broken",status="502"}} {stats["requests"]}' in metrics
 
 
 def test_stats_per_version(router: RouterProc, backends: tuple[KeepAliveBackend, ...]) -> None:

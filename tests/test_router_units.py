@@ -19,7 +19,7 @@ def test_histogram_percentiles_are_within_a_bucket() -> None:
     vs = VersionStats()
     now = 1000.3
     for i in range(1, 1001):  # 1 ms .. 1000 ms, uniform
-        vs.record(now, i / 1000, error=i % 10 == 0)
+        vs.record(now, i / 1000, 500 if i % 10 == 0 else 200)
     w = vs.window(10, now, started=0.0)
     assert w["requests"] == 1000 and w["errors"] == 100 and w["error_rate"] == pytest.approx(0.1)
     for key, true in (("latency_p50", 0.5), ("latency_p95", 0.95), ("latency_p99", 0.99)):
@@ -31,13 +31,13 @@ def test_window_covers_partial_second_and_expires_old_slots() -> None:
     vs = VersionStats()
     for sec in range(100, 110):
         for _ in range(10):
-            vs.record(sec + 0.5, 0.001, error=False)
+            vs.record(sec + 0.5, 0.001, 200)
     w = vs.window(5, 109.5, started=0.0)  # seconds 105..109, the last one half over
     assert w["requests"] == 50 and w["rps"] == pytest.approx(50 / 4.5)
     assert vs.window(5, 200.0, started=0.0)["requests"] == 0
     assert vs.window(5, 200.0, started=0.0)["latency_p95"] is None
     # A slot is reused an hour later and must not carry the old counts.
-    vs.record(100.5 + 3602, 0.002, error=True)
+    vs.record(100.5 + 3602, 0.002, 503)
     w = vs.window(1, 100.6 + 3602, started=0.0)
     assert (w["requests"], w["errors"]) == (1, 1)
     # A router up for 2 s has not seen 10 s of traffic: the rate uses what it saw.
@@ -151,9 +151,9 @@ def test_routes_file_roundtrip_and_corruption(tmp_path: Path) -> None:
 def test_old_versions_are_pruned() -> None:
     stats = Stats()
     now = stats.started
-    stats.for_version("old").record(now - 4000, 0.001, error=False)  # its last request, over an hour ago
-    stats.for_version("current").record(now - 4000, 0.001, error=False)
-    stats.for_version("recent").record(now - 60, 0.001, error=False)
+    stats.for_version("old").record(now - 4000, 0.001, 200)  # its last request, over an hour ago
+    stats.for_version("current").record(now - 4000, 0.001, 200)
+    stats.for_version("recent").record(now - 60, 0.001, 200)
     stats.for_version("fresh")  # created now, e.g. by a route change
     stats.prune(keep=("current",), now=now)
     assert set(stats.versions) == {"current", "recent", "fresh"}

@@ -79,7 +79,7 @@ def receive_alerts(
         def ready(bound_host: str, bound_port: int) -> None:
             auth = "bearer secret required" if secret else "no secret"
             out.print(f"receiving Alertmanager webhooks on http://{join_host_port(bound_host, bound_port)}/ "
-                      f"({auth}; state {where}); Ctrl-C stops", markup=False)
+                      f"({auth}; state {where}; controller metrics at /metrics); Ctrl-C stops", markup=False)
 
         try:
             asyncio.run(serve(where, host, port, secret, log=lambda line: out.print(line, markup=False),

@@ -6,10 +6,12 @@ data plane unchanged, e.g. ``rate(http_requests_total{status=~"5..",version="2.0
 
 What is exposed, honestly:
 
-- ``http_requests_total{service,version,status}``: the router counts 5xx answers and all answers, not each
-  status code (its hot path records one boolean), so ``status`` is a class: ``"5xx"`` for 500-599 (matched by
-  the seed's ``status=~"5.."``) and ``"other"`` for everything else. A query on ``status=~"2.."`` finds no series
-  (no data), rather than a wrong number.
+- ``http_requests_total{service,version,status}``: ``status`` is the exact code answered (``"200"``, ``"404"``,
+  ``"502"``...), so the seed's ``status=~"5.."`` and ``status=~"2.."`` select what they say. Codes the router
+  answers for a backend are its own: 502 (no response), 504 (timeout); 499 is a client that hung up first. A
+  code outside 100-599 would be ``"other"`` (backends' status lines are parsed to 100-599, so in practice
+  never). ``"200"`` and ``"500"`` are always present (0 until seen), so that a ratio like
+  ``rate(...{status=~"5.."}) / rate(...)`` is 0 for a version without errors, not "no series" (no data).
 - ``http_request_duration_seconds`` histogram: the router's log-spaced buckets (x1.25 from 0.1 ms to ~75 s) as
   cumulative ``le`` buckets; ``le`` is the bucket's upper bound printed to 6 significant digits. ``_sum`` is an
   estimate (each request counted at its bucket's geometric middle, within ~12 %): the router keeps no exact
@@ -40,6 +42,9 @@ MIDPOINTS: tuple[float, ...] = (
 
 assert len(LE_LABELS) == NBUCKETS == len(MIDPOINTS)
 
+ALWAYS: dict[str, int] = {"200": 0, "500": 0}
+"""Status series every version has from its first request on, so a 5xx ratio is 0 rather than no data."""
+
 
 def escape(value: str) -> str:
     """A label value as the text format wants it: backslash, double quote and newline escaped."""
@@ -53,10 +58,11 @@ def render_metrics(service: str, stats: Stats, inflight: dict[str, int], now: fl
     requests_lines: list[str] = []
     hist_lines: list[str] = []
     for version in sorted(stats.versions):
-        total, errors, hist = stats.versions[version].totals(now)
+        total, _errors, hist = stats.versions[version].totals(now)
         labels = f'service="{svc}",version="{escape(version)}"'
-        requests_lines.append(f'http_requests_total{{{labels},status="5xx"}} {errors}')
-        requests_lines.append(f'http_requests_total{{{labels},status="other"}} {total - errors}')
+        codes = {**ALWAYS, **stats.versions[version].status_counts()}
+        requests_lines.extend(f'http_requests_total{{{labels},status="{code}"}} {n}'
+                              for code, n in sorted(codes.items()))
         running = 0
         for le, n in zip(LE_LABELS, hist, strict=True):
             running += n
@@ -65,7 +71,7 @@ def render_metrics(service: str, stats: Stats, inflight: dict[str, int], now: fl
         hist_lines.append(f"http_request_duration_seconds_sum{{{labels}}} {estimate!r}")
         hist_lines.append(f"http_request_duration_seconds_count{{{labels}}} {total}")
     out = [
-        "# HELP http_requests_total Requests proxied by the router; status is 5xx or other (not the exact code).",
+        "# HELP http_requests_total Requests proxied by the router, by version and status code.",
         "# TYPE http_requests_total counter",
         *requests_lines,
         "# HELP http_request_duration_seconds Request latency at the router, head received to last byte sent.",

@@ -329,7 +329,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
     def _account(self, status: int) -> float:
         now = perf_counter()
         self.active = False
-        self.version.stats.record(now, now - self.t0, status >= 500)
+        self.version.stats.record(now, now - self.t0, status)
         backend = self.backend
         backend.inflight -= 1
         if backend.removed and not backend.inflight:

@@ -3,7 +3,7 @@
 Why a histogram and not a list of samples: the controller asks for p95 over "the last 5 minutes" at any time,
 and a busy router would have to keep millions of samples for that. Log-spaced buckets (x1.25 from 0.1 ms to 60
 s) keep every percentile within one bucket (25 %) of the truth at a fixed cost per slot, and recording costs
-one C-level ``bisect`` plus three list increments.
+one C-level ``bisect`` plus four list increments.
 
 What "latency" means here (the router's one definition, documented in docs/benchmarks.md): from the
 moment the router has the complete request head of a request to the moment the last byte of its response has
@@ -12,7 +12,9 @@ stream the response.
 
 Cumulative totals (for ``GET /metrics``, where Prometheus wants counters that only go up) cost nothing on the
 hot path: a slot's counts are folded into the totals once its second is over, either when a scrape asks for
-them or, if nobody scraped for an hour, when the ring reuses the slot.
+them or, if nobody scraped for an hour, when the ring reuses the slot. Counts per exact status code are only
+cumulative (no ring: the windows the controller asks for need 5xx and all, nothing finer): one list indexed by
+the code, so the cardinality is bounded by the 500 valid codes, plus index 0 for anything outside 100-599.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ while _b < _HIGH * _FACTOR:
     _b *= _FACTOR
 NBUCKETS = len(BOUNDS) + 1
 
+NCODES = 600
+"""Length of the per-code counts: index = status code (100-599); index 0 counts anything else ("other")."""
+
 
 class WindowStats(TypedDict):
     requests: int
@@ -50,7 +55,8 @@ class WindowStats(TypedDict):
 class VersionStats:
     """One version's ring of 1-second slots; slot ``s % SLOTS`` is valid only while ``stamp`` equals ``s``."""
 
-    __slots__ = ("cum_errors", "cum_hist", "cum_requests", "errors", "folded", "hist", "last", "requests", "stamp")
+    __slots__ = ("codes", "cum_errors", "cum_hist", "cum_requests", "errors", "folded", "hist", "last", "requests",
+                 "stamp")
 
     def __init__(self) -> None:
         self.last = int(time.perf_counter())  # the latest second with a request (or creation)
@@ -62,17 +68,20 @@ class VersionStats:
         self.cum_requests = 0
         self.cum_errors = 0
         self.cum_hist = [0] * NBUCKETS
+        self.codes = [0] * NCODES  # cumulative, by status code; never reset (Prometheus counters)
 
-    def record(self, now: float, latency: float, error: bool) -> None:
-        """Count one finished request; ``now`` is ``time.perf_counter()`` at the end of the response."""
+    def record(self, now: float, latency: float, status: int) -> None:
+        """Count one finished request answered with ``status`` (5xx is an error); ``now`` is
+        ``time.perf_counter()`` at the end of the response."""
         sec = int(now)
         i = sec % SLOTS
         if self.stamp[i] != sec:
             self._reset(i, sec)
         self.requests[i] += 1
-        if error:
+        if status >= 500:
             self.errors[i] += 1
         self.hist[i * NBUCKETS + bisect_right(BOUNDS, latency)] += 1
+        self.codes[status if 99 < status < NCODES else 0] += 1
 
     def _reset(self, i: int, sec: int) -> None:
         if self.stamp[i] > self.folded:  # not scraped for an hour: fold before the ring forgets the slot
@@ -114,6 +123,15 @@ class VersionStats:
             base = i * NBUCKETS
             hist = [a + b for a, b in zip(hist, self.hist[base:base + NBUCKETS], strict=True)]
         return requests, errors, hist
+
+    def status_counts(self) -> dict[str, int]:
+        """Requests per exact status code (``"200"``, ``"502"``...) since this version's first request; codes
+        outside 100-599 are counted as ``"other"``. Only codes seen appear. Always up to date: it sums to
+        ``totals(now)[0]`` at any ``now`` not earlier than the last request's."""
+        out = {str(code): n for code, n in enumerate(self.codes) if n and code}
+        if self.codes[0]:
+            out["other"] = self.codes[0]
+        return out
 
     def window(self, seconds: float, now: float, started: float) -> WindowStats:
         """Aggregate the last ``seconds`` (the current partial second included) as of ``now``."""

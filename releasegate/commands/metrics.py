@@ -1,0 +1,104 @@
+"""``releasegate metrics``: the controller metrics exporter in the foreground.
+
+It serves ``GET /metrics`` (the Prometheus text format) from releasegate.metrics_exporter, which reads the state
+dir's store on every scrape; it never writes anything, so it can run beside any number of controllers, or none,
+and be restarted at will. The router's own ``/metrics`` (traffic per version) is separate: it lives on the
+router's admin address.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Annotated, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import typer
+from rich.console import Console
+
+from releasegate.commands import reported
+from releasegate.commands.approvals import StateDir, state_dir_of
+from releasegate.errors import UserError
+from releasegate.router.config import join_host_port, split_host_port
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StartResponse = Callable[..., Any]
+WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    """One thread per scrape (a slow scrape does not hold up a probe); threads die with the process."""
+
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # a line per scrape would drown the terminal
+        pass
+
+
+def exporter_app(state_dir: Path) -> WSGIApp:
+    """``/metrics`` from the store collector, ``/healthz`` for probes, 404 elsewhere."""
+    from prometheus_client import make_wsgi_app
+
+    from releasegate.metrics_exporter import registry_for
+
+    metrics = make_wsgi_app(registry_for(state_dir))
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/metrics":
+            return metrics(environ, start_response)  # type: ignore[no-any-return]
+        ok = path == "/healthz"
+        start_response("200 OK" if ok else "404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"ok\n" if ok else b"not found; try /metrics\n"]
+    return app
+
+
+def bind(state_dir: Path, host: str, port: int) -> WSGIServer:
+    """The exporter's server, bound and listening; a ``UserError`` when it cannot listen there."""
+    server_class = _Server6 if ":" in host else _Server
+    try:
+        return make_server(host, port, exporter_app(state_dir), server_class=server_class,
+                           handler_class=_QuietHandler)
+    except (OSError, OverflowError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise UserError(f"--listen {join_host_port(host, port)}: cannot listen there ({why}); "
+                        "choose a free port") from None
+
+
+def metrics(
+        listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
+                                            help="Where Prometheus scrapes /metrics.")] = "127.0.0.1:9108",
+        state_dir: StateDir = None) -> None:
+    """Serve the controllers' metrics for Prometheus: rollout phases, weights, decisions, rollbacks, outcomes.
+
+    Runs in the foreground until interrupted. Reads the state dir's store (read-only) on every scrape of
+    /metrics, so it shows every rollout in that state dir, whichever process drives it."""
+    with reported():
+        where = state_dir_of(state_dir)
+        try:
+            host, port = split_host_port(listen)
+        except ValueError as exc:
+            raise UserError(f"--listen: {exc}") from None
+        server = bind(where, host, port)
+        bound = join_host_port(host, int(server.server_address[1]))
+        if not (where / "releasegate.db").exists():
+            err.print(f"releasegate: warning: no store in {where} yet (releasegate_store_up is 0 until a deploy "
+                      "creates it); is --state-dir right?", markup=False)
+        out.print(f"serving controller metrics on http://{bound}/metrics (state {where}); Ctrl-C stops",
+                  markup=False)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            out.print("metrics stopped", markup=False)
+        finally:
+            server.server_close()
