@@ -3,6 +3,7 @@ the seed's queries through /api/v1/query, and the generated alert rules checked 
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -23,15 +24,9 @@ from releasegate.router.exposition import LE_LABELS, render_metrics
 from releasegate.router.stats import SLOTS, Stats
 from releasegate.spec.models import Spec
 from releasegate.spec.sources import Prometheus
-
-try:
-    from support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
-    from support.router_helpers import KeepAliveBackend, RouterProc, start_router, wait_until
-    from support.wait import eventually
-except ImportError:  # pragma: no cover - when tests/ is a package
-    from tests.support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
-    from tests.support.router_helpers import KeepAliveBackend, RouterProc, start_router, wait_until
-    from tests.support.wait import eventually
+from tests.support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
+from tests.support.router_helpers import KeepAliveBackend, RouterProc, start_router
+from tests.support.wait import eventually, wait_until
 
 needs_prometheus = pytest.mark.skipif(not available(), reason="prometheus/promtool not installed")
 
@@ -212,7 +207,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     thread = threading.Thread(target=traffic, daemon=True)
     try:
         for version, port in ports.items():
-            wait_until(lambda p=port: _answers(p), what=f"demo app {version}")
+            wait_until(functools.partial(_answers, port), what=f"demo app {version}")
         assert router.put_routes([{"version": v, "weight": 50, "backends": [f"127.0.0.1:{p}"]}
                                   for v, p in ports.items()]).status_code == 200
         assert ledger.put_routes([{"version": "0.1.0", "weight": 100,

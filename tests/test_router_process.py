@@ -25,11 +25,8 @@ from releasegate.providers.routers.builtin import (
     stop_router,
 )
 from releasegate.spec.models import BuiltinRouter
-
-try:
-    from support.router_helpers import KeepAliveBackend, router_args, start_router, wait_until
-except ImportError:  # pragma: no cover - when tests/ is a package
-    from tests.support.router_helpers import KeepAliveBackend, router_args, start_router, wait_until
+from tests.support.router_helpers import KeepAliveBackend, router_args, start_router
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -14,26 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-try:
-    from support.router_helpers import (
-        KeepAliveBackend,
-        Proc,
-        RouterProc,
-        raw_request,
-        start_http_server,
-        start_router,
-        wait_until,
-    )
-except ImportError:  # pragma: no cover - when tests/ is a package
-    from tests.support.router_helpers import (
-        KeepAliveBackend,
-        Proc,
-        RouterProc,
-        raw_request,
-        start_http_server,
-        start_router,
-        wait_until,
-    )
+from tests.support.router_helpers import (
+    KeepAliveBackend,
+    Proc,
+    RouterProc,
+    raw_request,
+    start_http_server,
+    start_router,
+)
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
