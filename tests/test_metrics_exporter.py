@@ -32,7 +32,7 @@ from releasegate.spec.models import Spec
 from releasegate.store.sqlite import Command, Store
 from tests.support.prometheus import available, start_prometheus
 from tests.support.rollouts import Load, cleanup, free_port, write_spec
-from tests.support.wait import eventually, wait_until
+from tests.support.wait import eventually, terminate, wait_until
 
 CANARY = "{canary: {steps: [{weight: 20, pause: 1500ms}, {weight: 50, pause: 1500ms}]}}"
 Labels = tuple[tuple[str, str], ...]
@@ -92,13 +92,7 @@ class Exporter:
             return parse((await client.get(self.url)).text)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
 
 
 def rg(*args: str) -> list[str]:

@@ -15,6 +15,7 @@ from releasegate.migrations import MigrationFailed, applied_names, apply_pending
 from releasegate.migrations.lint import lint_sql, split_statements
 from releasegate.migrations.sqlite import row_counts
 from releasegate.spec.migrations import Migrations
+from tests.support.migrations import write_migrations
 
 SPEC = Migrations(database="sqlite:///app.db", dir="migrations", backup_dir="backups")
 
@@ -72,14 +73,6 @@ def test_statements_keep_their_line_and_triggers_stay_whole() -> None:
     assert [i.line for i in lint_sql(sql, Path("m.sql"))] == [7]
 
 
-def _write(tmp_path: Path, files: dict[str, str]) -> Path:
-    d = tmp_path / "migrations"
-    d.mkdir(exist_ok=True)
-    for name, sql in files.items():
-        (d / name).write_text(sql)
-    return d
-
-
 def _seed_db(tmp_path: Path) -> Path:
     db_path = tmp_path / "app.db"
     with sqlite3.connect(db_path) as db:
@@ -99,7 +92,7 @@ def _dump(db_path: Path) -> list[str]:
 
 
 def test_lint_of_a_directory_and_the_cli_exit_codes(tmp_path: Path) -> None:
-    d = _write(tmp_path, {"001_expand.sql": "ALTER TABLE users ADD COLUMN email_address TEXT;\n"
+    d = write_migrations(tmp_path, {"001_expand.sql": "ALTER TABLE users ADD COLUMN email_address TEXT;\n"
                                             "UPDATE users SET email_address = email;\n"})
     assert lint(d) == []
     runner = CliRunner()
@@ -118,7 +111,7 @@ def test_lint_of_a_directory_and_the_cli_exit_codes(tmp_path: Path) -> None:
 
 def test_pending_migrations_apply_in_order_once_with_a_verified_backup(tmp_path: Path) -> None:
     db_path = _seed_db(tmp_path)
-    _write(tmp_path, {
+    write_migrations(tmp_path, {
         "002_copy.sql": "UPDATE users SET email_address = email;",
         "001_add.sql": "ALTER TABLE users ADD COLUMN email_address TEXT; -- expand\n"
                        "CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT);",
@@ -147,7 +140,7 @@ def test_pending_migrations_apply_in_order_once_with_a_verified_backup(tmp_path:
 
 def test_a_breaking_migration_is_refused_unless_allowed(tmp_path: Path) -> None:
     db_path = _seed_db(tmp_path)
-    _write(tmp_path, {"001_drop.sql": "ALTER TABLE users DROP COLUMN phone;"})
+    write_migrations(tmp_path, {"001_drop.sql": "ALTER TABLE users DROP COLUMN phone;"})
     before = _dump(db_path)
     with pytest.raises(UserError, match=r"(?s)001_drop\.sql:1: drops column users\.phone.*--allow-breaking-migration"):
         apply_pending(SPEC, tmp_path)
@@ -163,7 +156,7 @@ def test_a_breaking_migration_is_refused_unless_allowed(tmp_path: Path) -> None:
 def test_a_failing_first_deploy_leaves_no_trace(tmp_path: Path) -> None:
     db_path = _seed_db(tmp_path)
     before = _dump(db_path)
-    _write(tmp_path, {"001_bad.sql": "ALTER TABLE users ADD COLUMN x TEXT;\nSELECT * FROM nope;"})
+    write_migrations(tmp_path, {"001_bad.sql": "ALTER TABLE users ADD COLUMN x TEXT;\nSELECT * FROM nope;"})
     with pytest.raises(MigrationFailed, match=r"migration 001_bad\.sql failed: no such table: nope"):
         apply_pending(SPEC, tmp_path)
     assert _dump(db_path) == before
@@ -172,10 +165,10 @@ def test_a_failing_first_deploy_leaves_no_trace(tmp_path: Path) -> None:
 
 def test_a_failing_migration_restores_the_backup_exactly(tmp_path: Path) -> None:
     db_path = _seed_db(tmp_path)
-    _write(tmp_path, {"000_base.sql": "CREATE TABLE settings (k TEXT PRIMARY KEY, v TEXT);"})
+    write_migrations(tmp_path, {"000_base.sql": "CREATE TABLE settings (k TEXT PRIMARY KEY, v TEXT);"})
     apply_pending(SPEC, tmp_path)
     before = _dump(db_path)
-    _write(tmp_path, {
+    write_migrations(tmp_path, {
         "001_add.sql": "ALTER TABLE users ADD COLUMN tier TEXT DEFAULT 'free';\nUPDATE users SET tier = 'gold';",
         "002_bad.sql": "INSERT INTO settings VALUES ('a', '1');\n\nINSERT INTO no_such_table VALUES (1);",
     })

@@ -21,6 +21,7 @@ from releasegate.migrations.postgres import PostgresBackend
 from releasegate.preflight import preflight
 from releasegate.spec import load_spec
 from releasegate.spec.migrations import Migrations
+from tests.support.migrations import write_migrations
 from tests.support.postgres import PASSWORD, PASSWORD_USER, PostgresServer, missing_reason, running_postgres
 from tests.support.rollouts import Load, cleanup, free_port, write_spec
 
@@ -49,14 +50,6 @@ def _spec(url: str) -> Migrations:
     return Migrations(database=url, dir="migrations", backup_dir="backups")
 
 
-def _write(tmp_path: Path, files: dict[str, str]) -> Path:
-    d = tmp_path / "migrations"
-    d.mkdir(exist_ok=True)
-    for name, sql in files.items():
-        (d / name).write_text(sql)
-    return d
-
-
 def _state(pg: PostgresServer, name: str) -> dict[str, Any]:
     """What a user of the database sees: relations and their columns, every table's rows, the sequence."""
     with pg.connect(name) as conn:
@@ -78,7 +71,7 @@ def _databases(pg: PostgresServer) -> list[str]:
 def test_pending_files_apply_in_order_once_after_a_verified_pg_dump(pg: PostgresServer, db: str,
                                                                      tmp_path: Path) -> None:
     spec = _spec(pg.url(db))
-    _write(tmp_path, {"002_copy.sql": "UPDATE users SET email_address = email;",
+    write_migrations(tmp_path, {"002_copy.sql": "UPDATE users SET email_address = email;",
                       "001_add.sql": "ALTER TABLE users ADD COLUMN email_address text; -- expand\n"
                                      "CREATE TABLE audit (id bigserial PRIMARY KEY, what text);\n"
                                      "CREATE FUNCTION audit_count() RETURNS bigint AS $$ SELECT count(*) FROM audit; "
@@ -118,7 +111,7 @@ def test_pending_files_apply_in_order_once_after_a_verified_pg_dump(pg: Postgres
 
 def test_a_breaking_migration_is_refused_unless_allowed(pg: PostgresServer, db: str, tmp_path: Path) -> None:
     spec = _spec(pg.url(db))
-    _write(tmp_path, {"001_widen.sql": "ALTER TABLE users ALTER COLUMN id TYPE bigint;\n"
+    write_migrations(tmp_path, {"001_widen.sql": "ALTER TABLE users ALTER COLUMN id TYPE bigint;\n"
                                        "ALTER TABLE users ALTER COLUMN phone SET DATA TYPE varchar(40);"})
     before = _state(pg, db)
     with pytest.raises(UserError, match=r"(?s)001_widen\.sql:1: changes the type of users\.id.*"
@@ -136,13 +129,13 @@ def test_a_breaking_migration_is_refused_unless_allowed(pg: PostgresServer, db: 
 def test_a_failing_file_restores_the_backup_and_undoes_the_files_before_it(pg: PostgresServer, db: str,
                                                                            tmp_path: Path) -> None:
     spec = _spec(pg.url(db))
-    _write(tmp_path, {"000_base.sql": "CREATE TABLE settings (k text PRIMARY KEY, v text);\n"
+    write_migrations(tmp_path, {"000_base.sql": "CREATE TABLE settings (k text PRIMARY KEY, v text);\n"
                                       "INSERT INTO settings VALUES ('theme', 'dark');"})
     assert apply_pending(spec, tmp_path).applied == ["000_base.sql"]
     with pg.connect(db) as conn:  # the application keeps writing between deploys
         conn.execute("INSERT INTO users (email) VALUES ('late@example.com')")
     before = _state(pg, db)
-    _write(tmp_path, {
+    write_migrations(tmp_path, {
         "001_add.sql": "ALTER TABLE users ADD COLUMN tier text DEFAULT 'free';\nUPDATE users SET tier = 'gold';\n"
                        "CREATE TABLE audit (id serial PRIMARY KEY, user_id int REFERENCES users (id));\n"
                        "CREATE VIEW gold_users AS SELECT id, email FROM users WHERE tier = 'gold';\n"
@@ -168,7 +161,7 @@ def test_a_failing_file_restores_the_backup_and_undoes_the_files_before_it(pg: P
 def test_a_failing_first_deploy_leaves_no_trace_of_releasegate(pg: PostgresServer, db: str, tmp_path: Path) -> None:
     spec = _spec(pg.url(db))
     before = _state(pg, db)
-    _write(tmp_path, {"001_bad.sql": "ALTER TABLE users ADD COLUMN x text;\nSELECT * FROM nope;"})
+    write_migrations(tmp_path, {"001_bad.sql": "ALTER TABLE users ADD COLUMN x text;\nSELECT * FROM nope;"})
     with pytest.raises(MigrationFailed, match=r'migration 001_bad\.sql failed: relation "nope" does not exist'):
         apply_pending(spec, tmp_path)
     assert _state(pg, db) == before  # no releasegate_migrations table either
@@ -176,7 +169,7 @@ def test_a_failing_first_deploy_leaves_no_trace_of_releasegate(pg: PostgresServe
 
 
 def test_an_explicit_transaction_in_a_file_is_refused(pg: PostgresServer, db: str, tmp_path: Path) -> None:
-    _write(tmp_path, {"001_tx.sql": "BEGIN;\nALTER TABLE users ADD COLUMN x text;\nCOMMIT;"})
+    write_migrations(tmp_path, {"001_tx.sql": "BEGIN;\nALTER TABLE users ADD COLUMN x text;\nCOMMIT;"})
     with pytest.raises(UserError, match=r"001_tx\.sql:1: remove BEGIN"):
         apply_pending(_spec(pg.url(db)), tmp_path)
 
@@ -208,7 +201,7 @@ def test_backup_and_restore_verification_compare_real_row_counts(pg: PostgresSer
 
 def test_unix_socket_pgpassword_and_a_password_in_the_url(pg: PostgresServer, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    _write(tmp_path, {"001.sql": "CREATE TABLE t (id int);"})
+    write_migrations(tmp_path, {"001.sql": "CREATE TABLE t (id int);"})
     socket_db = pg.create_database()
     assert apply_pending(_spec(pg.socket_url(socket_db)), tmp_path).applied == ["001.sql"]
 
@@ -219,7 +212,7 @@ def test_unix_socket_pgpassword_and_a_password_in_the_url(pg: PostgresServer, tm
     result = apply_pending(_spec(pg.url(owned, PASSWORD_USER, PASSWORD)), tmp_path)
     assert result.applied == ["001.sql"] and result.backup is not None and result.backup.exists()
     # The restore, too, runs as the database's owner (no superuser), and the objects keep their owner.
-    _write(tmp_path, {"002_view.sql": "CREATE VIEW v AS SELECT * FROM t;", "003_bad.sql": "SELECT 1/0;"})
+    write_migrations(tmp_path, {"002_view.sql": "CREATE VIEW v AS SELECT * FROM t;", "003_bad.sql": "SELECT 1/0;"})
     with pytest.raises(MigrationFailed, match=r"003_bad\.sql failed: division by zero"):
         apply_pending(_spec(pg.url(owned, PASSWORD_USER, PASSWORD)), tmp_path)
     with pg.connect(owned) as conn:
@@ -239,7 +232,7 @@ def test_unix_socket_pgpassword_and_a_password_in_the_url(pg: PostgresServer, tm
 
 def test_connection_problems_are_one_line_with_the_password_masked(pg: PostgresServer, db: str, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    _write(tmp_path, {"001.sql": "CREATE TABLE t (id int);"})
+    write_migrations(tmp_path, {"001.sql": "CREATE TABLE t (id int);"})
     secret = "Wr0ng-Secret"
     port = free_port()  # nothing listens there
     cases = [
@@ -265,7 +258,7 @@ def test_connection_problems_are_one_line_with_the_password_masked(pg: PostgresS
 def test_preflight_checks_the_database_before_anything_starts(pg: PostgresServer, db: str, tmp_path: Path) -> None:
     with pg.connect() as conn:
         conn.execute("CREATE ROLE nocreatedb LOGIN")
-    _write(tmp_path, {})
+    write_migrations(tmp_path, {})
     spec_path = write_spec(tmp_path, free_port(), "{bluegreen: {}}",
                            extra=f"migrations: {{database: '{pg.socket_url(db, 'nocreatedb')}'}}\n")
     checks = {c.name: c for c in asyncio.run(preflight(load_spec(spec_path), spec_path, "1.0.0", tmp_path / "s"))}
@@ -280,14 +273,14 @@ async def test_a_deploy_migrates_before_traffic_and_a_failing_migration_aborts_w
         pg: PostgresServer, db: str, tmp_path: Path) -> None:
     state, port = tmp_path / "state", free_port()
     ctx = service.new_context(state)
-    _write(tmp_path, {"001_add_tier.sql": "ALTER TABLE users ADD COLUMN tier text;\n"})
+    write_migrations(tmp_path, {"001_add_tier.sql": "ALTER TABLE users ADD COLUMN tier text;\n"})
     spec = write_spec(tmp_path, port, "{bluegreen: {}}", extra=f"migrations: {{database: '{pg.url(db)}'}}\n",
                       post_promotion="0s")
     try:
         await asyncio.wait_for(service.deploy(ctx, spec, "1.0.0"), 60)
         st = await asyncio.wait_for(service.deploy(ctx, spec, "2.0.0"), 60)
         assert st.status == "promoted" and st.migrations_applied == ["001_add_tier.sql"]
-        _write(tmp_path, {"002_ok.sql": "CREATE TABLE audit (id int);\n",
+        write_migrations(tmp_path, {"002_ok.sql": "CREATE TABLE audit (id int);\n",
                           "003_broken.sql": "INSERT INTO no_such_table VALUES (1);\n"})
         before = _state(pg, db)
         async with Load(f"http://127.0.0.1:{port}/api/items") as load:

@@ -20,3 +20,13 @@ def reported() -> Iterator[None]:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             typer.echo(f"releasegate: {line}", err=True)
         raise typer.Exit(exc.exit_code) from None
+
+
+def listen_address(listen: str) -> tuple[str, int]:
+    """``--listen HOST:PORT`` of the server commands, or a one-line error naming the option."""
+    from releasegate.router.config import split_host_port
+
+    try:
+        return split_host_port(listen)
+    except ValueError as exc:
+        raise UserError(f"--listen: {exc}") from None

@@ -14,10 +14,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from releasegate.commands import reported
+from releasegate.commands import listen_address, reported
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.errors import UserError
-from releasegate.router.config import join_host_port, split_host_port
+from releasegate.router.config import join_host_port
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -67,10 +67,7 @@ def receive_alerts(
 
     with reported():
         where = state_dir_of(state_dir)
-        try:
-            host, port = split_host_port(listen)
-        except ValueError as exc:
-            raise UserError(f"--listen: {exc}") from None
+        host, port = listen_address(listen)
         secret = read_secret(secret_env, secret_file)
         if secret is None and host not in _LOOPBACK:
             err.print(f"releasegate: warning: --listen {listen} is not loopback and no secret is set: anyone who "

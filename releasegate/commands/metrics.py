@@ -18,10 +18,10 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import typer
 from rich.console import Console
 
-from releasegate.commands import reported
+from releasegate.commands import listen_address, reported
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.errors import UserError
-from releasegate.router.config import join_host_port, split_host_port
+from releasegate.router.config import join_host_port
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -85,10 +85,7 @@ def metrics(
     /metrics, so it shows every rollout in that state dir, whichever process drives it."""
     with reported():
         where = state_dir_of(state_dir)
-        try:
-            host, port = split_host_port(listen)
-        except ValueError as exc:
-            raise UserError(f"--listen: {exc}") from None
+        host, port = listen_address(listen)
         server = bind(where, host, port)
         bound = join_host_port(host, int(server.server_address[1]))
         if not (where / "releasegate.db").exists():

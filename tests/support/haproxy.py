@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .wait import wait_until
+from .wait import terminate, wait_until
 
 HAPROXY = "/usr/sbin/haproxy"
 DEADLINE = 10.0
@@ -133,10 +133,4 @@ class DemoApp:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5.0)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 5.0)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.router_helpers import free_port
-from tests.support.wait import wait_until
+from tests.support.wait import terminate, wait_until
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -94,14 +94,8 @@ class DemoBackend:
         wait_until(lambda: get(self.port, "/health")[0] == 200, what=f"demo backend {self.version}")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        terminate(self.proc)
+        self.proc = None
 
 
 def get(port: int, path: str = "/", cookie: str | None = None) -> tuple[int, dict[str, str]]:

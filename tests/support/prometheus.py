@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.wait import terminate
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 START_DEADLINE = 20.0
@@ -42,13 +44,7 @@ class PrometheusProc:
         return httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=5, trust_env=False).json()
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc)
 
 
 def start_prometheus(tmp: Path, targets: list[str]) -> PrometheusProc:

@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from .wait import wait_until
+from .wait import terminate, wait_until
 
 DEADLINE = 10.0
 
@@ -192,13 +192,7 @@ class Proc:
     address: str
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(DEADLINE)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(DEADLINE)
+        terminate(self.proc, DEADLINE)
 
 
 def start_http_server(directory: Path) -> Proc:
