@@ -134,15 +134,15 @@ def _migrations(spec: Spec, spec_dir: Path, allow_breaking: bool) -> list[Check]
     if spec.migrations is None:
         return []
     from releasegate.errors import ReleasegateError
-    from releasegate.migrations import pending, readiness
+    from releasegate.migrations import readiness
     from releasegate.migrations.lint import lint_files
 
-    checks = [_backup_dir(spec_dir / spec.migrations.backup_dir)]
+    backup_dir = _backup_dir(spec_dir / spec.migrations.backup_dir)
     try:
-        checks.insert(0, Check("database", True, readiness(spec.migrations, spec_dir)))
-        todo = pending(spec.migrations, spec_dir)
+        detail, todo = readiness(spec.migrations, spec_dir)
     except ReleasegateError as exc:
-        return [Check("database", False, str(exc)), *checks]
+        return [Check("database", False, str(exc)), backup_dir]
+    checks = [Check("database", True, detail), backup_dir]
     issues = lint_files(todo)
     names = ", ".join(f.name for f in todo)
     if not todo:

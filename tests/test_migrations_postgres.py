@@ -227,7 +227,7 @@ def test_unix_socket_pgpassword_and_a_password_in_the_url(pg: PostgresServer, tm
         applied_names(_spec(url), tmp_path)
     monkeypatch.setenv("PGPASSWORD", PASSWORD)
     assert applied_names(_spec(url), tmp_path) == ["001.sql"]
-    assert "PostgreSQL 1" in readiness(_spec(url), tmp_path)
+    assert "PostgreSQL 1" in readiness(_spec(url), tmp_path)[0]
 
 
 def test_connection_problems_are_one_line_with_the_password_masked(pg: PostgresServer, db: str, tmp_path: Path,

@@ -84,11 +84,14 @@ def pending(migrations: Migrations, spec_dir: Path) -> list[Path]:
     return _pending(backend_for(migrations, spec_dir), files)
 
 
-def readiness(migrations: Migrations, spec_dir: Path) -> str:
+def readiness(migrations: Migrations, spec_dir: Path) -> tuple[str, list[Path]]:
     """Preflight: the migrations directory exists and the database is usable (for PostgreSQL: reachable, with
-    the privileges and the pg_dump a backup needs). One line, or a ``ReleasegateError`` naming the fix."""
+    the privileges and the pg_dump a backup needs): a one-line detail and the pending files (for the lint), from
+    one look at the database; or a ``ReleasegateError`` naming the fix."""
     files = migration_files(spec_dir / migrations.dir)
-    return f"{len(files)} migration file(s); {backend_for(migrations, spec_dir).check()}"
+    backend = backend_for(migrations, spec_dir)
+    detail = f"{len(files)} migration file(s); {backend.check()}"
+    return detail, _pending(backend, files)
 
 
 def _refuse_breaking(todo: list[Path]) -> None:
