@@ -14,13 +14,12 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
-    ValidationInfo,
-    field_serializer,
     field_validator,
     model_validator,
 )
 
-from releasegate.durations import duration_text
+from releasegate.spec.analysis import Analysis, Rule, _threshold
+from releasegate.spec.checks import Health, SmokeTest
 from releasegate.spec.common import (
     DURATION_JSON_SCHEMA,
     DURATION_PATTERN,
@@ -35,20 +34,43 @@ from releasegate.spec.common import (
     Duration,
     HostPort,
     Threshold,
-    _duration,
     host_port,
 )
 from releasegate.spec.common import SpecModel as _Model
 from releasegate.spec.errors import LocatedValueError
 from releasegate.spec.migrations import Migrations
 from releasegate.spec.notify import NotifyTarget
+from releasegate.spec.rollback import Rollback
 from releasegate.spec.routers_haproxy import HaproxyRouter
 from releasegate.spec.routers_nginx import NginxRouter
 from releasegate.spec.sources import MetricSources
+from releasegate.spec.strategy import BlueGreen, Canary, Rolling, Step, Strategy
 
-__all__ = ["DURATION_JSON_SCHEMA", "DURATION_PATTERN", "LATENCY_METRICS", "METRICS", "PROCESS_METRICS",
-           "ROUTER_METRICS", "SERVICE_NAME", "THRESHOLD_JSON_SCHEMA", "THRESHOLD_PATTERN", "VERSION_NAME",
-           "Duration", "Threshold"]
+__all__ = [
+    "DURATION_JSON_SCHEMA",
+    "DURATION_PATTERN",
+    "LATENCY_METRICS",
+    "METRICS",
+    "PROCESS_METRICS",
+    "ROUTER_METRICS",
+    "SERVICE_NAME",
+    "THRESHOLD_JSON_SCHEMA",
+    "THRESHOLD_PATTERN",
+    "VERSION_NAME",
+    "Analysis",
+    "BlueGreen",
+    "Canary",
+    "Duration",
+    "Health",
+    "Rollback",
+    "Rolling",
+    "Rule",
+    "SmokeTest",
+    "Step",
+    "Strategy",
+    "Threshold",
+    "_threshold",
+]
 
 _host_port = host_port
 
@@ -116,277 +138,6 @@ Router = Annotated[
     | Annotated[HaproxyRouter, Tag("haproxy")],
     Discriminator(_router_kind, custom_error_type="router_kind",
                   custom_error_message="router kind must be builtin, nginx or haproxy")]
-
-
-# --- checks -------------------------------------------------------------------------------------------------------
-
-
-class Health(_Model):
-    """Polled on each new instance directly (not through the router) until it answers or attempts run out."""
-
-    path: str = Field("/health", description="HTTP path polled on each instance.")
-    interval: Duration = Field(5.0, description="Time between attempts.")
-    timeout: Duration = Field(2.0, description="Per-request timeout.")
-    attempts: int = Field(60, ge=1, description="Attempts before the instance counts as unhealthy.")
-    expect_status: list[int] = Field(default_factory=list, description="Accepted statuses; empty means any 2xx.")
-    expect: dict[str, Any] = Field(default_factory=dict,
-                                   description="JSON subset the body must contain, e.g. {status: healthy}.")
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"the path must start with '/', e.g. '/{v}'")
-        return v
-
-
-class SmokeTest(_Model):
-    """One request sent straight to every new instance before any user traffic reaches it."""
-
-    method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = Field(
-        "GET", description="HTTP method; lower case is accepted.")
-    path: str = Field("/", description="HTTP path requested on each new instance.")
-    headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
-    body: str | None = Field(None, description="Request body, sent as is.")
-    expect_status: list[int] = Field(default_factory=lambda: [200],
-                                     description="Accepted statuses; empty means any 2xx.")
-    max_latency: Duration = Field(0.5, description="Slower answers fail the test.")
-    expect_body: str | None = Field(None, description="Text the body must contain.")
-    expect_json: dict[str, Any] = Field(default_factory=dict, description="JSON subset the body must contain.")
-
-    @field_validator("method", mode="before")
-    @classmethod
-    def _upper(cls, v: object) -> object:
-        return v.upper() if isinstance(v, str) else v
-
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"the path must start with '/', e.g. '/{v}'")
-        return v
-
-
-# --- strategy -----------------------------------------------------------------------------------------------------
-
-
-class Step(_Model):
-    """One traffic split: the new version gets `weight` percent, then analysis runs for `pause`."""
-
-    weight: int = Field(ge=1, le=100, description="Percent of traffic on the new version during this step.")
-    pause: Duration | None = Field(None, description="Analysis time at this weight; omitted: wait for "
-                                   "`releasegate promote`.")
-
-
-def _increasing(steps: list[Step]) -> list[Step]:
-    for i in range(1, len(steps)):
-        if steps[i].weight <= steps[i - 1].weight:
-            raise LocatedValueError(f"step weights must increase: step {i + 1} ({steps[i].weight}%) is not "
-                                    f"above step {i} ({steps[i - 1].weight}%)", at=(i, "weight"))
-    return steps
-
-
-def _seed_canary_steps() -> list[Step]:
-    return [Step.model_validate({"weight": w, "pause": p}) for w, p in ((5, "10m"), (25, "10m"), (50, "30m"))]
-
-
-class Canary(_Model):
-    """Shift a growing share of traffic to the new version, analysing each step before the next."""
-
-    steps: list[Step] = Field(default_factory=_seed_canary_steps, description="Weights and pauses before 100 %.")
-    keep_previous: Duration = Field(86400.0, description="Keep the previous version up this long after promotion.")
-
-    _check = field_validator("steps")(classmethod(lambda cls, v: _increasing(v)))
-
-
-class BlueGreen(_Model):
-    """Bring up the full new version beside the old, then switch traffic (optionally through a short ramp)."""
-
-    ramp: list[Step] = Field(default_factory=list, description="Optional steps before the switch to 100 %.")
-    keep_previous: Duration = Field(86400.0, description="Keep blue up this long; `rollback` switches back.")
-
-    _check = field_validator("ramp")(classmethod(lambda cls, v: _increasing(v)))
-
-
-class Rolling(_Model):
-    """Replace instances in batches; traffic follows the instance counts."""
-
-    max_unavailable: int = Field(1, ge=0, description="Instances that may be out of service at once.")
-    max_surge: int = Field(1, ge=0, description="Extra instances that may run above the target count.")
-    pause: Duration = Field(0.0, description="Analysis time after each batch.")
-
-    @model_validator(mode="after")
-    def _progress(self) -> Rolling:
-        if self.max_unavailable == 0 and self.max_surge == 0:
-            raise LocatedValueError("max_unavailable and max_surge cannot both be 0: the rollout could never "
-                                    "replace an instance; set max_surge: 1", at=("max_surge",))
-        return self
-
-
-class Strategy(_Model):
-    """Exactly one of canary, bluegreen or rolling."""
-
-    canary: Canary | None = Field(None, description="Progressive traffic shift in steps.")
-    bluegreen: BlueGreen | None = Field(None, description="Full new version beside the old, then a switch.")
-    rolling: Rolling | None = Field(None, description="Instance-by-instance replacement.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_choice(cls, data: object) -> object:
-        """`canary:` with nothing after it reads as null, which would otherwise look like no strategy."""
-        names = ("canary", "bluegreen", "rolling")
-        if isinstance(data, dict) and all(data.get(n) is None for n in names):
-            for name in names:
-                if name in data:
-                    raise LocatedValueError(
-                        f"{name} has no settings; write '{name}: {{}}' to use its defaults", at=(name,))
-        return data
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Strategy:
-        chosen = [n for n in ("canary", "bluegreen", "rolling") if getattr(self, n) is not None]
-        if len(chosen) != 1:
-            raise LocatedValueError("choose exactly one strategy: canary, bluegreen or rolling"
-                                    + (f" (found {', '.join(chosen)})" if chosen else ""),
-                                    at=(chosen[1],) if len(chosen) > 1 else ())
-        return self
-
-    @property
-    def kind(self) -> Literal["canary", "bluegreen", "rolling"]:
-        if self.canary is not None:
-            return "canary"
-        return "bluegreen" if self.bluegreen is not None else "rolling"
-
-    @property
-    def steps(self) -> list[Step]:
-        """The traffic steps before 100 % (empty for rolling, whose traffic follows instance counts)."""
-        if self.canary is not None:
-            return list(self.canary.steps)
-        if self.bluegreen is not None:
-            return list(self.bluegreen.ramp)
-        return []
-
-    @property
-    def keep_previous(self) -> float:
-        if self.canary is not None:
-            return self.canary.keep_previous
-        return self.bluegreen.keep_previous if self.bluegreen is not None else 0.0
-
-
-# --- analysis -----------------------------------------------------------------------------------------------------
-
-
-def _threshold(metric: str, value: object) -> float:
-    """Latency thresholds are durations (2.5s); error_rate takes 0.05 or '5%'; the rest plain numbers."""
-    if metric in LATENCY_METRICS:
-        return _duration(value)
-    if isinstance(value, str) and value.strip().endswith("%") and metric == "error_rate":
-        return float(value.strip()[:-1]) / 100.0
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a number for {metric}, got {value!r}")
-    return float(value)
-
-
-class Rule(_Model):
-    """Breaches when the metric stays beyond its bound for the whole `for` window."""
-
-    metric: Literal["error_rate", "rps", "latency_p50", "latency_p95", "latency_p99", "cpu", "memory_mb",
-                    "prometheus"] = Field(description="What to watch, per version; prometheus runs `query`.")
-    query: str | None = Field(None, description="PromQL for metric: prometheus; {{service}}, {{version}} and "
-                              "{{baseline_version}} are substituted. An empty result is no data.")
-    max: Threshold | None = Field(
-        None, description="Upper bound (latency as a duration, error_rate as 0.05 or 5%).")
-    min: Threshold | None = Field(None, description="Lower bound, written like max.")
-    for_: Duration = Field(300.0, alias="for", description="How long the bound must be broken to breach.")
-
-    @field_validator("max", "min", mode="before")
-    @classmethod
-    def _threshold(cls, value: object, info: ValidationInfo) -> object:
-        metric = info.data.get("metric")
-        if value is None:
-            return value
-        if metric is None:  # the metric is invalid and already reported: do not pile a second error on it
-            for kind in ("error_rate", "latency_p95"):
-                try:
-                    return _threshold(kind, value)
-                except ValueError:
-                    pass
-            return value
-        return _threshold(str(metric), value)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> Rule:
-        if self.max is None and self.min is None:
-            raise ValueError(f"the rule on {self.metric} needs a bound: max or min")
-        if (self.metric == "prometheus") != (self.query is not None):
-            raise ValueError("metric: prometheus needs a query (PromQL), and only it takes one"
-                             if self.metric == "prometheus" else f"query is only for metric: prometheus, "
-                             f"not {self.metric}")
-        return self
-
-    @field_serializer("max", "min", when_used="json")
-    def _threshold_text(self, value: float | None) -> float | str | None:
-        """Latency bounds are stored as durations, as written, so a stored spec validates again."""
-        return duration_text(value) if value is not None and self.metric in LATENCY_METRICS else value
-
-    def broken_by(self, value: float) -> bool:
-        return (self.max is not None and value > self.max) or (self.min is not None and value < self.min)
-
-    def describe(self) -> str:
-        from releasegate.durations import format_duration
-
-        def show(v: float) -> str:
-            return format_duration(v) if self.metric in LATENCY_METRICS else f"{v:g}"
-
-        bounds = []
-        if self.max is not None:
-            bounds.append(f"> {show(self.max)}")
-        if self.min is not None:
-            bounds.append(f"< {show(self.min)}")
-        return f"{self.metric} {' or '.join(bounds)} for {format_duration(self.for_)}"
-
-
-def _seed_rules() -> list[Rule]:
-    return [Rule.model_validate({"metric": "error_rate", "max": 0.05, "for": "5m"}),
-            Rule.model_validate({"metric": "latency_p95", "max": "2.5s", "for": "5m"})]
-
-
-class Analysis(_Model):
-    """Rules evaluated against the new version's metrics while it takes traffic; a breach rolls back."""
-
-    interval: Duration = Field(10.0, gt=0, description="How often rules are evaluated.")
-    post_promotion: Duration = Field(1800.0, description="Keep evaluating at 100 % this long while the previous "
-                                     "version is kept (the seeds' 30-minute watch).")
-    rules: list[Rule] = Field(default_factory=_seed_rules, description="Any rule breached rolls the release "
-                              "back; the defaults are the seeds' error-rate and p95 latency limits.")
-
-
-# --- rollback -----------------------------------------------------------------------------------------------------
-
-
-class Rollback(_Model):
-    """How traffic leaves a failed version: at once, or down a staircase that lets caches and pools adjust."""
-
-    mode: Literal["staircase", "immediate"] | None = Field(
-        None, description="staircase or immediate; default: immediate for tier critical, else staircase.")
-    staircase: list[int] = Field(default_factory=lambda: [50, 10, 0],
-                                 description="Weights the new version steps down through, ending at 0.")
-    step_wait: Duration = Field(300.0, description="Time between staircase steps.")
-    on_alerts: list[str] = Field(default_factory=list, description="Alertmanager alert names that roll the rollout "
-                                 "back (releasegate receive-alerts).")
-
-    @field_validator("staircase")
-    @classmethod
-    def _staircase(cls, v: list[int]) -> list[int]:
-        if not v or v[-1] != 0:
-            raise LocatedValueError("the staircase must end at 0, e.g. [50, 10, 0]",
-                                    at=(len(v) - 1,) if v else ())
-        for i, w in enumerate(v):
-            if not 0 <= w <= 100:
-                raise LocatedValueError(f"staircase weight {w} is outside 0-100", at=(i,))
-            if i and w >= v[i - 1]:
-                raise LocatedValueError(f"staircase weights must decrease: {w} follows {v[i - 1]}", at=(i,))
-        return v
 
 
 # --- the whole spec -----------------------------------------------------------------------------------------------
