@@ -181,6 +181,10 @@ class Observation:
     interrupted: bool = False
     whole: dict[str, float | None] | None = None  # each rule over the whole step, when Analyze.whole was set
     held: str | None = None  # why traffic may not increase now (a change freeze); analysis goes on meanwhile
+    # Why a rule has no value (rule key -> "no traffic to 2.0.0 in the last 10s", "prometheus unreachable: ..."),
+    # for the latest window and for the whole step; a key absent here but None in values has no known reason.
+    missing: dict[str, str] = field(default_factory=dict)
+    whole_missing: dict[str, str] = field(default_factory=dict)
 
 
 Result = Outcome | Observation
