@@ -34,6 +34,7 @@ from releasegate.engine.state import (
 )
 from releasegate.errors import ProviderError
 from releasegate.providers.base import Instance, MetricQuery, MetricSource, Platform, Router, Routes, VersionRoute
+from releasegate.providers.metrics.reasons import explain
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.models import SmokeTest, Spec
 from releasegate.store.sqlite import Store, this_owner
@@ -228,21 +229,33 @@ class Controller:
         if await self._sleep_or_command(st, action.at):
             return Observation(at=self.clock.now(), interrupted=True)
         at = self.clock.now()
-        values = await self._measure(st, action, action.window)
-        whole = await self._measure(st, action, action.whole) if action.whole is not None else None
+        values, missing = await self._measure(st, action, action.window)
+        whole, whole_missing = await self._measure(st, action, action.whole) if action.whole is not None \
+            else (None, {})
         held = self.before_increase(at) if self.before_increase is not None else None
-        return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held)
+        return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held,
+                           missing=missing, whole_missing=whole_missing)
 
-    async def _measure(self, st: RolloutState, action: Analyze, window: float) -> dict[str, float | None]:
-        """Every rule's metric over the last ``window`` seconds; an unreachable source is no data, never 0."""
+    async def _measure(self, st: RolloutState, action: Analyze,
+                       window: float) -> tuple[dict[str, float | None], dict[str, str]]:
+        """Every rule's metric over the last ``window`` seconds, and why each rule without a value has none (an
+        unreachable source, no traffic, a metric the source cannot measure); an unreachable source is no data,
+        never 0."""
         values: dict[str, float | None] = {}
+        missing: dict[str, str] = {}
         for i, rule in enumerate(self.spec.analysis.rules):
+            key = rule_key(i, rule)
             q = MetricQuery(st.service, action.version, rule.metric, window, action.baseline, rule.query)
+            why: str | None = None
             try:
-                values[rule_key(i, rule)] = await self.p.metrics.query(q)
-            except ProviderError:
-                values[rule_key(i, rule)] = None
-        return values
+                values[key] = await self.p.metrics.query(q)
+            except ProviderError as exc:
+                values[key], why = None, str(exc)
+            if values[key] is None:
+                why = why or explain(self.p.metrics, q)
+                if why:
+                    missing[key] = why
+        return values, missing
 
     async def _dead(self, st: RolloutState, version: str) -> tuple[str, ...]:
         """Backends the router sends ``version`` traffic to whose process is gone."""

@@ -15,6 +15,7 @@ from releasegate.providers import checks
 from releasegate.providers.base import Instance, MetricQuery, MetricSource, Router, Routes
 from releasegate.providers.metrics.builtin import RouterMetrics
 from releasegate.providers.metrics.process import ProcessMetrics
+from releasegate.providers.metrics.reasons import cannot_measure, explain
 from releasegate.providers.platforms.local import LocalPlatform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
 from releasegate.spec.models import PROCESS_METRICS, BuiltinRouter, SmokeTest, Spec
@@ -24,27 +25,46 @@ from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
 
 
 class NoData:
-    """For routers that measure nothing themselves (nginx OSS): every traffic rule is inconclusive unless it
-    uses metric: prometheus, so a rollout waits rather than promote on missing evidence."""
+    """For a router that measures nothing (nginx with ``access_log: off``): every traffic rule is inconclusive,
+    so a rollout waits rather than promote on missing evidence. ``validate`` refuses such rules beforehand
+    (``releasegate.spec.capabilities``); this is the reason given should one get here anyway."""
+
+    def __init__(self, router_kind: str = "nginx") -> None:
+        self.router_kind = router_kind
 
     async def query(self, q: MetricQuery) -> float | None:
         return None
 
+    def explain(self, q: MetricQuery) -> str | None:
+        return cannot_measure(self.router_kind, q.metric)
+
 
 class MetricsByName:
     """Routes each metric to the source that measures it: the router for traffic, the platform for processes,
-    Prometheus for PromQL rules."""
+    Prometheus for PromQL rules; ``explain`` asks the same source why it had no value."""
 
     def __init__(self, traffic: MetricSource, process: MetricSource, prometheus: MetricSource | None = None) -> None:
         self.traffic = traffic
         self.process = process
         self.prometheus = prometheus
 
-    async def query(self, q: MetricQuery) -> float | None:
+    def _source(self, q: MetricQuery) -> MetricSource | None:
         if q.metric == "prometheus":
-            return await self.prometheus.query(q) if self.prometheus is not None else None
-        source = self.process if q.metric in PROCESS_METRICS else self.traffic
-        return await source.query(q)
+            return self.prometheus
+        return self.process if q.metric in PROCESS_METRICS else self.traffic
+
+    async def query(self, q: MetricQuery) -> float | None:
+        source = self._source(q)
+        return await source.query(q) if source is not None else None
+
+    def explain(self, q: MetricQuery) -> str | None:
+        source = self._source(q)
+        if source is None:
+            return "no Prometheus is configured (metrics.prometheus) for metric: prometheus"
+        last_error = getattr(source, "last_error", None)  # PrometheusMetrics says why in last_error
+        if q.metric == "prometheus" and isinstance(last_error, str):
+            return last_error
+        return explain(source, q)
 
 
 class ManagedBuiltinRouter:
@@ -87,9 +107,12 @@ async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
         traffic = RouterMetrics(client)
         return ManagedBuiltinRouter(state_dir, spec, spec.router, client, traffic), traffic
     if isinstance(spec.router, NginxRouterSpec):
+        from releasegate.providers.metrics.nginx_log import NginxLogMetrics
         from releasegate.providers.routers.nginx import NginxRouter
 
-        return NginxRouter(spec.router, state_dir, spec.service), NoData()
+        nginx = NginxRouter(spec.router, state_dir, spec.service)
+        log = nginx.log_path
+        return nginx, (NoData("nginx") if log is None else NginxLogMetrics(log, spec.service, nginx))
     if isinstance(spec.router, HaproxyRouterSpec):
         from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
         from releasegate.providers.routers.haproxy import HaproxyRouter

@@ -11,7 +11,7 @@ dates (``2025-13-01`` would escape construction as a bare ValueError; models par
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
@@ -153,7 +153,12 @@ class _Positions:
 # --- reading ------------------------------------------------------------------------------------------------
 
 
-def load_yaml_model(path: str | Path, model: type[M], kind: FileKind) -> M:
+Checks = Callable[[Any], list[tuple[Loc, str]]]
+"""Problems a valid model still has, found by looking at it whole (e.g. a rule no metric source can feed):
+(where, message) pairs, reported like validation errors."""
+
+
+def load_yaml_model(path: str | Path, model: type[M], kind: FileKind, checks: Checks | None = None) -> M:
     """The validated ``model`` in ``path``; raises ``SpecError`` (exit 2) listing every problem found."""
     file = str(path)
     try:
@@ -171,10 +176,11 @@ def load_yaml_model(path: str | Path, model: type[M], kind: FileKind) -> M:
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise SpecError([SpecIssue(file, line, column, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
                                                        f"save the {kind.noun} as UTF-8")]) from None
-    return load_yaml_model_text(text, file, model, kind)
+    return load_yaml_model_text(text, file, model, kind, checks)
 
 
-def load_yaml_model_text(text: str, filename: str, model: type[M], kind: FileKind) -> M:
+def load_yaml_model_text(text: str, filename: str, model: type[M], kind: FileKind,
+                         checks: Checks | None = None) -> M:
     """The validated ``model`` in ``text``; ``filename`` only labels the issues."""
     data, positions = _parse(text, filename, kind)
     issues = list(positions.issues)
@@ -183,9 +189,22 @@ def load_yaml_model_text(text: str, filename: str, model: type[M], kind: FileKin
     except ValidationError as exc:
         issues.extend(_issue(err, positions, model, kind) for err in exc.errors())
         raise SpecError(issues) from None
+    if checks is not None:
+        issues.extend(_checked(loc, message, positions) for loc, message in checks(result))
     if issues:
         raise SpecError(issues)
     return result
+
+
+def _checked(loc: Loc, message: str, positions: _Positions) -> SpecIssue:
+    """A check's problem at the deepest part of ``loc`` that is in the file (its key)."""
+    found: Loc = ()
+    for part in loc:
+        if (*found, part) not in positions.at:
+            break
+        found = (*found, part)
+    mark = positions.at[found].mark(prefer_key=True)
+    return SpecIssue(positions.file, mark.line + 1, mark.column + 1, message, format_loc(loc))
 
 
 def _parse(text: str, file: str, kind: FileKind) -> tuple[dict[str, Any], _Positions]:

@@ -81,13 +81,14 @@ class DemoBackend:
     version: str
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    faults: str = ""  # releasegate.demoapp's FAULTS, e.g. "2.0.0:error_rate=1"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {**os.environ, "RELEASEGATE_VERSION": self.version}
+        env = {**os.environ, "RELEASEGATE_VERSION": self.version, "FAULTS": self.faults}
         self.proc = subprocess.Popen([sys.executable, "-m", "releasegate.demoapp", "--port", str(self.port)],
                                      env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

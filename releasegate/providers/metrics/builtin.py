@@ -2,7 +2,7 @@
 
 No data is None, never 0: a router that cannot be reached, or a version that served no request in the window,
 must not look like a perfectly healthy version with a 0 % error rate. Only ``rps`` is 0.0 without requests,
-because "no requests" is a true rate.
+because "no requests" is a true rate. ``explain`` says which of those it was.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ from typing import Any
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
+from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
 from releasegate.providers.routers.builtin import BuiltinRouterClient
+from releasegate.spec.common import ROUTER_METRICS
 
-SUPPORTED = ("error_rate", "rps", "latency_p50", "latency_p95", "latency_p99")
+SUPPORTED = ROUTER_METRICS
 
 
 class RouterMetrics:
@@ -21,22 +23,33 @@ class RouterMetrics:
 
     def __init__(self, client: BuiltinRouterClient) -> None:
         self.client = client
+        self.reasons = Reasons()
+
+    def explain(self, q: MetricQuery) -> str | None:
+        return self.reasons.get(q)
 
     async def query(self, q: MetricQuery) -> float | None:
-        if q.metric not in SUPPORTED or q.window <= 0:
-            return None
+        value, why = await self._query(q)
+        self.reasons.set(q, why if value is None else None)
+        return value
+
+    async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
+        if q.metric not in SUPPORTED:
+            return None, cannot_measure("builtin", q.metric)
+        if q.window <= 0:
+            return None, f"an empty window ({q.window:g}s)"
         try:
             data = await self.client.stats(q.window, q.version)
-        except ProviderError:
-            return None
+        except ProviderError as exc:
+            return None, str(exc)
         entry: Any = data.get(q.version)
         if not isinstance(entry, dict):
-            return 0.0 if q.metric == "rps" else None
+            return (0.0, None) if q.metric == "rps" else (None, no_traffic(q.version, q.window))
         value = entry.get(q.metric)
         if q.metric == "rps" and value is None:
-            return 0.0
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return None
+            return 0.0, None
         if q.metric != "rps" and not entry.get("requests"):
-            return None
-        return float(value)
+            return None, no_traffic(q.version, q.window)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None, f"the built-in router at {self.client.admin} sent no number for {q.metric}"
+        return float(value), None

@@ -1,22 +1,40 @@
 """Metrics from HAProxy's own counters: ``error_rate`` and ``rps`` per version from ``show stat``.
 
-HAProxy keeps totals (``req_tot``, ``hrsp_5xx``) per server, not windows, so a value is the change between two
-queries of the same version and metric: the first query only records a baseline and answers None (no data, never
-0). ``error_rate`` without requests in between is None too; ``rps`` is then 0.0, because "no requests" is a true
-rate (as for the built-in router). A reload resets the counters: a total that went down starts a new baseline.
-The query's ``window`` is not used: the analysis interval between queries is the window.
+HAProxy keeps running totals per server (``req_tot``, ``hrsp_5xx``), not windows. Every query reads them and keeps
+the reading in a short history per version, so a query for the last ``window`` seconds takes the change since the
+latest reading at or before ``now - window`` (or since the oldest reading, when the history is shorter than the
+window). Two queries of one analysis (the interval, then the whole step right after it) therefore both answer for
+their own window, not for the milliseconds between them.
+
+None (no data, never 0) only when there is no evidence: no earlier reading yet (the first query of a version is
+a baseline), HAProxy does not answer, or ``error_rate`` without a request in the window. ``rps`` is then 0.0,
+because "no requests" is a true rate (as for the built-in router). Totals are compared per server slot: a slot
+that went down was reset by a reload and counts from 0; a slot that joined the version since the earlier reading
+is left out (its earlier count may belong to another version).
+
+What HAProxy cannot give: percentiles. ``show stat`` has ``rtime``/``ttime``, averages over the last 1,024
+requests, which say nothing about p95; latency rules need the built-in or nginx router, or ``metric: prometheus``
+(docs/integrations.md).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
+from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
 from releasegate.providers.routers.haproxy import HaproxyRouter
 
 SUPPORTED = ("error_rate", "rps")
+KEEP = 3600.0 + 60.0
+"""Readings are kept this long (plus the latest one before it): windows up to an hour, like the other sources."""
+MIN_SPAN = 1.0
+"""A baseline closer than this to now is too short a window to say anything (a second query right after one)."""
+
+_Reading = dict[str, tuple[int, int]]  # server slot -> (requests, 5xx answers)
 
 
 class HaproxyStatsMetrics:
@@ -25,37 +43,78 @@ class HaproxyStatsMetrics:
     def __init__(self, router: HaproxyRouter, clock: Callable[[], float] = time.monotonic) -> None:
         self.router = router
         self.clock = clock
-        self._last: dict[tuple[str, str], tuple[float, int, int]] = {}
+        self.reasons = Reasons()
+        self._history: dict[str, deque[tuple[float, _Reading]]] = {}
 
-    async def totals(self, version: str) -> tuple[int, int] | None:
-        """(requests, 5xx answers) summed over the version's servers, or None when HAProxy cannot answer."""
+    def explain(self, q: MetricQuery) -> str | None:
+        return self.reasons.get(q)
+
+    async def reading(self, version: str) -> _Reading | None:
+        """(requests, 5xx answers) per server slot of ``version``; None when the router does not route it.
+        Raises ProviderError when HAProxy cannot answer."""
         names = self.router.slots_of(version)
         if names is None:
             return None
-        try:
-            stats = await self.router.stats()
-        except ProviderError:
-            return None
-        requests = errors = 0
+        stats = await self.router.stats()
+        out = {}
         for name in names:
             row = stats.get(name, {})
-            requests += int(row.get("req_tot") or row.get("stot") or 0)
-            errors += int(row.get("hrsp_5xx") or 0)
-        return requests, errors
+            out[name] = (int(row.get("req_tot") or row.get("stot") or 0), int(row.get("hrsp_5xx") or 0))
+        return out
 
     async def query(self, q: MetricQuery) -> float | None:
+        value, why = await self._query(q)
+        self.reasons.set(q, why if value is None else None)
+        return value
+
+    async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
         if q.metric not in SUPPORTED:
-            return None
-        now = await self.totals(q.version)
+            return None, cannot_measure("haproxy", q.metric)
+        try:
+            now = await self.reading(q.version)
+        except ProviderError as exc:
+            return None, str(exc)
         if now is None:
-            return None
-        key = (q.version, q.metric)
+            return (0.0, None) if q.metric == "rps" else (None, no_traffic(q.version, q.window))
         at = self.clock()
-        prev = self._last.get(key)
-        self._last[key] = (at, *now)
-        if prev is None or now[0] < prev[1] or now[1] < prev[2] or at <= prev[0]:
-            return None
-        requests, errors = now[0] - prev[1], now[1] - prev[2]
+        history = self._history.setdefault(q.version, deque())
+        base = _baseline(history, at, q.window)
+        history.append((at, now))
+        _prune(history, at)
+        if base is None:
+            return None, (f"HAProxy keeps running totals: this is the first reading of {q.version}'s counters "
+                          "(a baseline); values follow from the next evaluation")
+        then_at, then = base
+        requests = errors = 0
+        for slot, (req, err) in now.items():
+            if slot not in then:
+                continue
+            req0, err0 = then[slot]
+            reset = req < req0 or err < err0  # a reload started the counters again
+            requests += req if reset else req - req0
+            errors += err if reset else err - err0
         if q.metric == "rps":
-            return requests / (at - prev[0])
-        return errors / requests if requests else None
+            return requests / (at - then_at), None
+        return (errors / requests, None) if requests else (None, no_traffic(q.version, q.window))
+
+
+def _baseline(history: deque[tuple[float, _Reading]], at: float,
+              window: float) -> tuple[float, _Reading] | None:
+    """The latest reading at or before ``at - window``, else the oldest one (a history shorter than the window),
+    but never one less than ``MIN_SPAN`` (or the window, if shorter) before ``at``."""
+    found = None
+    for t, reading in history:
+        if t <= at - window:
+            found = (t, reading)
+        else:
+            break
+    if found is None and history:
+        found = history[0]
+    if found is None or at - found[0] < min(MIN_SPAN, window) or at - found[0] <= 0:
+        return None
+    return found
+
+
+def _prune(history: deque[tuple[float, _Reading]], at: float) -> None:
+    while len(history) > 2 and history[1][0] <= at - KEEP:
+        history.popleft()

@@ -62,6 +62,7 @@ _GENERATION = re.compile(r"^# rg-generation: ([0-9a-f]+)$", re.M)
 _UPSTREAM = re.compile(r"^upstream (\S+) \{\n((?:    .*\n)*?)\}", re.M)
 _SERVER = re.compile(r"^    server (\S+)[ ;]", re.M)
 _BUCKET = re.compile(r"^    (\d+) (\S+);$", re.M)
+_SAFE_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def bucket_table(routes: Routes) -> list[int] | None:
@@ -89,6 +90,10 @@ def _ident(service: str) -> str:
 def render(service: str, routes: Routes, spec: NginxRouterSpec) -> str:
     """The owned file for ``routes``; its first lines carry the routes and a generation (a hash of the rest)."""
     sid, cookie = _ident(service), spec.sticky_cookie
+    for v in routes.versions:
+        if not _SAFE_VERSION.fullmatch(v.version):
+            raise ProviderError(f"version {v.version!r} cannot be written into nginx's configuration: use "
+                                "letters, digits, '.', '_', '+' or '-'")
     table = bucket_table(routes)
     host = spec.listen.rsplit(":", 1)[0].strip("[]")
     allow = "".join(f" allow {a};" for a in dict.fromkeys(["127.0.0.1", "::1", host]) if a not in ("0.0.0.0", "::")
@@ -100,6 +105,8 @@ def render(service: str, routes: Routes, spec: NginxRouterSpec) -> str:
         if v.backends:
             servers = "".join(f"    server {b};\n" for b in dict.fromkeys(v.backends))
             body.append(f"upstream rg_{sid}_{i} {{\n{servers}    keepalive 16;\n}}")
+    logs = [f"    access_log {o};\n" for o in spec.other_access_logs]
+    log_file = access_log_path(spec, service)
     if table is not None:
         body.append(f'split_clients "${{request_id}}" $rg_{sid}_random {{\n'
                     + "".join(f"    1% {b};\n" for b in range(BUCKETS - 1)) + f"    * {BUCKETS - 1};\n}}")
@@ -111,6 +118,9 @@ def render(service: str, routes: Routes, spec: NginxRouterSpec) -> str:
         set_cookie = f'"{cookie}=$rg_{sid}_bucket; Path=/; Max-Age=31536000"' if multi else '""'
         body.append(f"map $cookie_{cookie} $rg_{sid}_set_cookie {{\n"
                     f'    "~^([0-9]|[1-9][0-9])$" "";\n    default {set_cookie};\n}}')
+        if log_file is not None:
+            body.extend(_log_format(service, routes, table))
+            logs.insert(0, f'    access_log "{log_file}" rg_{sid};\n')
         proxy = (f"        proxy_pass http://$rg_{sid}_upstream;\n"
                  "        proxy_http_version 1.1;\n"
                  '        proxy_set_header Connection "";\n'
@@ -123,13 +133,33 @@ def render(service: str, routes: Routes, spec: NginxRouterSpec) -> str:
                  f'        return 503 "no routes with weight and backends for {sid}\\n";\n')
     text = "\n".join(body)
     keepalive = f"    keepalive_timeout {_nginx_time(spec.client_keepalive)};\n"
-    generation = hashlib.sha256((text + keepalive).encode()).hexdigest()[:16]
-    server = (f"server {{\n    listen {spec.listen};\n{keepalive}"
-              f"    location = {GENERATION_PATH} {{{allow} deny all; default_type text/plain; "
+    generation = hashlib.sha256((text + keepalive + "".join(logs)).encode()).hexdigest()[:16]
+    server = (f"server {{\n    listen {spec.listen};\n{keepalive}{''.join(logs)}"
+              f"    location = {GENERATION_PATH} {{{allow} deny all; access_log off; default_type text/plain; "
               f'return 200 "{generation}"; }}\n'
               f"    location / {{\n{proxy}    }}\n}}\n")
     return (f"# Owned by releasegate for service {service!r}: rewritten on every route change, do not edit.\n"
             f"# rg-generation: {generation}\n{text}\n{server}")
+
+
+def access_log_path(spec: NginxRouterSpec, service: str) -> Path | None:
+    """The JSON access log's absolute path (relative paths are taken from the current directory, like
+    ``config_file``), None when ``access_log: off``."""
+    name = spec.access_log_file(service)
+    return None if name is None else Path(os.path.abspath(name))
+
+
+def _log_format(service: str, routes: Routes, table: list[int]) -> list[str]:
+    """The version each upstream serves, and one JSON line per request (the format ``nginx_log`` reads).
+
+    Every field but the version is a number nginx writes itself, and versions are plain (``_SAFE_VERSION``), so
+    ``escape=json`` only guards against what cannot happen."""
+    sid = _ident(service)
+    names = "".join(f'    rg_{sid}_{i} "{routes.versions[i].version}";\n' for i in sorted(set(table)))
+    return [f'map $rg_{sid}_upstream $rg_{sid}_version {{\n    default "";\n{names}}}',
+            f"log_format rg_{sid} escape=json "
+            f"'{{\"rg\":1,\"svc\":\"{service}\",\"v\":\"$rg_{sid}_version\",\"s\":$status,"
+            f"\"t\":$request_time,\"ts\":$msec}}';"]
 
 
 def _nginx_time(seconds: float) -> str:
@@ -260,6 +290,8 @@ class NginxRouter:
         lock = os.open(self._sibling(".rg-lock"), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)  # one writer per file, across processes
+            with contextlib.suppress(ProviderError):  # not fatal: the reload below reopens the log too
+                await self._rotate_log_locked()
             old = self._read_owned()
             if old == text and await self._served_generation() == generation:
                 return
@@ -283,6 +315,45 @@ class NginxRouter:
             await self._wait_for(generation, master, old_workers)
         finally:
             os.close(lock)  # releases the lock
+
+    # --- the access log -------------------------------------------------------------------------------------
+
+    @property
+    def log_path(self) -> Path | None:
+        return access_log_path(self.spec, self.service)
+
+    async def rotate_log(self) -> bool:
+        """Past ``access_log_max_mb``, rename the access log to ``.1`` and have nginx reopen it (True); a reader
+        keeps following the renamed file for the lines nginx still writes there before it reopens."""
+        if not self._log_too_big():
+            return False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self._sibling(".rg-lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+            return await self._rotate_log_locked()
+        finally:
+            os.close(lock)
+
+    def _log_too_big(self) -> bool:
+        log = self.log_path
+        try:
+            return log is not None and log.stat().st_size > self.spec.access_log_max_mb * 1024 * 1024
+        except OSError:
+            return False
+
+    async def _rotate_log_locked(self) -> bool:
+        log = self.log_path
+        if log is None or not self._log_too_big():  # checked again: another process may have rotated it
+            return False
+        try:
+            os.replace(log, log.with_name(log.name + ".1"))
+        except OSError as exc:
+            raise ProviderError(f"cannot rotate the nginx access log {log}: {exc.strerror or exc}") from None
+        code, out = await self._run("-s", "reopen")
+        if code != 0:
+            raise ProviderError(f"nginx did not reopen its access log {log} after rotation: {_nginx_error(out)}")
+        return True
 
     async def _wait_for(self, generation: str, master: int | None, old_workers: set[int]) -> None:
         """Until the new generation answers and no worker of the old configuration still accepts connections:
