@@ -186,6 +186,17 @@ async def test_a_missing_socket_is_a_one_line_provider_error(tmp_path: Path) -> 
     assert "\n" not in message and "nowhere.sock" in message and "stats socket" in message
 
 
+async def send(router: HaproxyRouter, n: int) -> None:
+    async with httpx.AsyncClient(base_url=f"http://{router.spec.listen}", timeout=10, trust_env=False) as c:
+        for _ in range(n):
+            await c.get("/")
+            c.cookies.clear()
+
+
+def mq(version: str, metric: str, window: float = 10.0) -> MetricQuery:
+    return MetricQuery(SERVICE, version, metric, window)
+
+
 async def test_stats_metrics_count_requests_and_errors_per_version(haproxy, apps) -> None:
     router, _ = haproxy
     v1, _ = apps
@@ -193,23 +204,57 @@ async def test_stats_metrics_count_requests_and_errors_per_version(haproxy, apps
     try:
         await router.set_routes(SERVICE, Routes((VersionRoute("2.0.0", 50, (bad.backend,)),
                                                  VersionRoute("1.0.0", 50, (v1.backend,)))))
-        ticks = iter([0.0, 0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 10.0])
-        metrics = HaproxyStatsMetrics(router, clock=lambda: next(ticks))
-
-        def q(version: str, metric: str) -> MetricQuery:
-            return MetricQuery(SERVICE, version, metric, 60.0)
-
+        now = [0.0]
+        metrics = HaproxyStatsMetrics(router, clock=lambda: now[0])
         for version in ("1.0.0", "2.0.0"):
             for metric in ("error_rate", "rps"):
-                assert await metrics.query(q(version, metric)) is None  # a baseline only
-        async with httpx.AsyncClient(base_url=f"http://{router.spec.listen}", timeout=10, trust_env=False) as c:
-            for _ in range(40):
-                await c.get("/")
-                c.cookies.clear()
-        assert await metrics.query(q("1.0.0", "error_rate")) == 0.0
-        assert await metrics.query(q("1.0.0", "rps")) == 2.0
-        assert await metrics.query(q("2.0.0", "error_rate")) == 1.0
-        assert await metrics.query(q("2.0.0", "rps")) == 2.0
-        assert await metrics.query(q("3.0.0", "rps")) is None
+                assert await metrics.query(mq(version, metric)) is None  # a baseline only
+                assert f"first reading of {version}'s counters" in (metrics.explain(mq(version, metric)) or "")
+        await send(router, 40)
+        now[0] = 10.0
+        assert await metrics.query(mq("1.0.0", "error_rate")) == 0.0
+        assert await metrics.query(mq("1.0.0", "rps")) == 2.0
+        assert await metrics.query(mq("2.0.0", "error_rate")) == 1.0
+        assert await metrics.query(mq("2.0.0", "rps")) == 2.0
+        assert await metrics.query(mq("3.0.0", "rps")) == 0.0  # not routed: no requests, a true rate
+        assert await metrics.query(mq("3.0.0", "error_rate")) is None
+        assert metrics.explain(mq("3.0.0", "error_rate")) == "no traffic to 3.0.0 in the last 10s"
+        assert await metrics.query(mq("2.0.0", "latency_p95")) is None
+        assert metrics.explain(mq("2.0.0", "latency_p95")) == "router kind haproxy cannot measure latency_p95"
     finally:
         bad.stop()
+
+
+async def test_the_whole_step_right_after_the_interval_answers_for_its_own_window(haproxy, apps) -> None:
+    """One analysis measures the interval, then the whole step a moment later: both must see the requests."""
+    router, _ = haproxy
+    v1, v2 = apps
+    await router.set_routes(SERVICE, split(v1, 50, v2, 50))
+    now = [100.0]
+    metrics = HaproxyStatsMetrics(router, clock=lambda: now[0])
+    assert await metrics.query(mq("2.0.0", "error_rate")) is None
+    await send(router, 40)
+    now[0] = 110.0
+    assert await metrics.query(mq("2.0.0", "error_rate", 10.0)) == 0.0  # the interval
+    now[0] = 110.01
+    assert await metrics.query(mq("2.0.0", "error_rate", 600.0)) == 0.0  # the whole step, 10 ms later
+    assert await metrics.query(mq("2.0.0", "rps", 600.0)) == pytest.approx(20 / 10.01)
+    await send(router, 20)
+    now[0] = 120.0
+    assert await metrics.query(mq("2.0.0", "rps", 10.0)) == 10 / 10.0  # since the reading at 110
+    assert await metrics.query(mq("2.0.0", "rps", 600.0)) == 30 / 20.0  # since the first reading, at 100
+
+
+async def test_a_version_that_refuses_connections_is_all_errors(haproxy, apps) -> None:
+    """HAProxy retries elsewhere (users see 200s from the other version) or answers 503: either way the version
+    failed its requests, as a 502 through the built-in router does, and is not "without traffic"."""
+    router, _ = haproxy
+    v1, _ = apps
+    await router.set_routes(SERVICE, Routes((VersionRoute("2.0.0", 50, (f"127.0.0.1:{free_port()}",)),
+                                             VersionRoute("1.0.0", 50, (v1.backend,)))))
+    now = [0.0]
+    metrics = HaproxyStatsMetrics(router, clock=lambda: now[0])
+    await metrics.query(mq("2.0.0", "error_rate"))
+    await send(router, 20)
+    now[0] = 10.0
+    assert await metrics.query(mq("2.0.0", "error_rate")) == 1.0

@@ -112,7 +112,9 @@ async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
 
         nginx = NginxRouter(spec.router, state_dir, spec.service)
         log = nginx.log_path
-        return nginx, (NoData("nginx") if log is None else NginxLogMetrics(log, spec.service, nginx))
+        if log is None:
+            return nginx, NoData("nginx with access_log: off")
+        return nginx, NginxLogMetrics(log, spec.service, nginx)
     if isinstance(spec.router, HaproxyRouterSpec):
         from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
         from releasegate.providers.routers.haproxy import HaproxyRouter

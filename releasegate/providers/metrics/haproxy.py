@@ -1,10 +1,14 @@
 """Metrics from HAProxy's own counters: ``error_rate`` and ``rps`` per version from ``show stat``.
 
-HAProxy keeps running totals per server (``req_tot``, ``hrsp_5xx``), not windows. Every query reads them and keeps
-the reading in a short history per version, so a query for the last ``window`` seconds takes the change since the
-latest reading at or before ``now - window`` (or since the oldest reading, when the history is shorter than the
-window). Two queries of one analysis (the interval, then the whole step right after it) therefore both answer for
-their own window, not for the milliseconds between them.
+HAProxy keeps running totals per server, not windows. A version's requests are its servers' ``req_tot`` plus the
+requests they could not take (``econ``: the connection failed and the client got a 503; ``wredis``: HAProxy sent
+it to another server instead), and its errors are ``hrsp_5xx`` + ``eresp`` + those: a version whose backends
+refuse connections has an error rate of 1, as through the built-in router (502), not "no traffic".
+
+Every query reads the totals and keeps the reading in a short history per version, so a query for the last
+``window`` seconds takes the change since the latest reading at or before ``now - window`` (or since the oldest
+reading, when the history is shorter than the window). Two queries of one analysis (the interval, then the whole
+step right after it) therefore both answer for their own window, not for the milliseconds between them.
 
 None (no data, never 0) only when there is no evidence: no earlier reading yet (the first query of a version is
 a baseline), HAProxy does not answer, or ``error_rate`` without a request in the window. ``rps`` is then 0.0,
@@ -59,7 +63,12 @@ class HaproxyStatsMetrics:
         out = {}
         for name in names:
             row = stats.get(name, {})
-            out[name] = (int(row.get("req_tot") or row.get("stot") or 0), int(row.get("hrsp_5xx") or 0))
+
+            def n(field: str, row: dict[str, str] = row) -> int:
+                return int(row.get(field) or 0)
+
+            undelivered = n("econ") + n("wredis")  # could not connect: failed (503), or sent to another server
+            out[name] = (n("req_tot") + undelivered, n("hrsp_5xx") + n("eresp") + undelivered)
         return out
 
     async def query(self, q: MetricQuery) -> float | None:
@@ -95,7 +104,7 @@ class HaproxyStatsMetrics:
             errors += err if reset else err - err0
         if q.metric == "rps":
             return requests / (at - then_at), None
-        return (errors / requests, None) if requests else (None, no_traffic(q.version, q.window))
+        return (min(1.0, errors / requests), None) if requests else (None, no_traffic(q.version, q.window))
 
 
 def _baseline(history: deque[tuple[float, _Reading]], at: float,
