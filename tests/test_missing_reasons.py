@@ -39,7 +39,7 @@ def make_spec(tmp_path: Path, router: dict[str, Any], rules: list[dict[str, Any]
         "analysis": {"interval": "10s", "rules": rules}})
 
 
-RULES = [{"metric": "error_rate", "max": 0.05}, {"metric": "latency_p95", "max": "2s"},
+RULES: list[dict[str, Any]] = [{"metric": "error_rate", "max": 0.05}, {"metric": "latency_p95", "max": "2s"},
          {"metric": "prometheus", "query": 'sum(rate(x{version="{{version}}"}[1m]))', "max": 1},
          {"metric": "rps", "min": 0}]
 
