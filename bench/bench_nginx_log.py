@@ -29,7 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_router import ensure_tools, free_port, nginx_conf, run_wrk, wait_port  # noqa: E402
-
 from releasegate.providers.base import Routes, VersionRoute  # noqa: E402
 from releasegate.providers.metrics.nginx_log import LogTail  # noqa: E402
 from releasegate.providers.routers.nginx import render  # noqa: E402

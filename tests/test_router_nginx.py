@@ -16,7 +16,7 @@ import pytest
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import Routes, VersionRoute
-from releasegate.providers.routers.nginx import NginxRouter, bucket_table, parse, render
+from releasegate.providers.routers.nginx import GENERATION_PATH, NginxRouter, bucket_table, parse, render
 from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
 from tests.support.nginx import NGINX, DemoBackend, PrivateNginx, get
 
@@ -219,3 +219,28 @@ def test_a_hand_edited_file_is_reported(tmp_path: Path) -> None:
         parse(text.replace("    0 rg_shop_0;", "    0 rg_shop_1;"), SERVICE)
     with pytest.raises(ProviderError, match="edited by hand"):
         parse(text.replace("server 127.0.0.1:1;", "server 127.0.0.1:3;"), SERVICE)
+
+
+def test_the_server_block_logs_each_request_with_its_version(tmp_path: Path) -> None:
+    spec = NginxRouterSpec.model_validate({"kind": "nginx", "config_file": str(tmp_path / "releasegate-{service}.conf"),
+                                           "other_access_logs": ["/var/log/nginx/access.log combined"]})
+    r = Routes((VersionRoute("2.0.0", 30, ("127.0.0.1:1",)), VersionRoute("1.0.0", 70, ("127.0.0.1:2",)),
+                VersionRoute("0.9.0", 0, ())))
+    text = render(SERVICE, r, spec)
+    assert 'map $rg_shop_upstream $rg_shop_version {\n    default "";\n    rg_shop_0 "2.0.0";\n' \
+           '    rg_shop_1 "1.0.0";\n}' in text
+    assert ("log_format rg_shop escape=json "
+            """'{"rg":1,"svc":"shop","v":"$rg_shop_version","s":$status,"t":$request_time,"ts":$msec}';""") in text
+    assert f'    access_log "{tmp_path}/releasegate-shop.access.log" rg_shop;\n' \
+           "    access_log /var/log/nginx/access.log combined;\n" in text
+    assert "access_log off;" in text.split(GENERATION_PATH)[1].split("}")[0]  # the read-back is not a request
+    off = NginxRouterSpec.model_validate({"kind": "nginx", "access_log": "off"})
+    assert "rg_shop_version" not in render(SERVICE, r, off) and "log_format" not in render(SERVICE, r, off)
+    with pytest.raises(ProviderError, match="cannot be written into nginx's configuration"):
+        render(SERVICE, Routes((VersionRoute('2.0.0";', 100, ("127.0.0.1:1",)),)), spec)
+
+
+@pytest.mark.parametrize("value", ['/tmp/a";b', "/tmp/$host.log", "/tmp/{x}.log", ""])
+def test_an_access_log_path_that_would_change_the_configuration_is_refused(value: str) -> None:
+    with pytest.raises(ValueError, match="access_log must be a file path"):
+        NginxRouterSpec.model_validate({"kind": "nginx", "access_log": value})

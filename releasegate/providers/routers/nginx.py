@@ -30,6 +30,11 @@ for versions and weights, cross-checked against the upstream blocks and the buck
 loopback-only ``/.releasegate/generation`` location which generation the running workers serve: a file that nginx
 has not loaded (master down, failed reload) is an error, never reported as applied.
 
+Evidence: the server block writes one JSON line per request into ``access_log`` (``log_format rg_<service>``: the
+version, from a map of the chosen upstream, ``$status``, ``$request_time``, ``$msec``), which
+``releasegate.providers.metrics.nginx_log`` reads into per-version counters. The log is rotated (renamed to
+``.1``, then ``nginx -s reopen``) past ``access_log_max_mb``, under the same lock as route changes.
+
 In-flight requests: nginx OSS does not count them per backend. ``inflight`` reports 1 for a routed backend and for
 ``drain_grace`` seconds after a backend left the routes (removal times kept in a small state file next to the owned
 config), then 0.
