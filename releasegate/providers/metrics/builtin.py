@@ -13,9 +13,9 @@ from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
 from releasegate.providers.routers.builtin import BuiltinRouterClient
-from releasegate.spec.common import ROUTER_METRICS
+from releasegate.spec.capabilities import ROUTERS
 
-SUPPORTED = ROUTER_METRICS
+SUPPORTED = ROUTERS["builtin"]  # the capability table validate checks rules against
 
 
 class RouterMetrics:

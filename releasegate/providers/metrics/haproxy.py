@@ -31,8 +31,9 @@ from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
 from releasegate.providers.routers.haproxy import HaproxyRouter
+from releasegate.spec.capabilities import ROUTERS
 
-SUPPORTED = ("error_rate", "rps")
+SUPPORTED = ROUTERS["haproxy"]  # the capability table validate checks rules against
 KEEP = 3600.0 + 60.0
 """Readings are kept this long (plus the latest one before it): windows up to an hour, like the other sources."""
 MIN_SPAN = 1.0

@@ -44,9 +44,9 @@ from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
 from releasegate.router.stats import SLOTS, VersionStats
-from releasegate.spec.common import ROUTER_METRICS
+from releasegate.spec.capabilities import ROUTERS
 
-SUPPORTED = ROUTER_METRICS
+SUPPORTED = ROUTERS["nginx"]  # the capability table validate checks rules against
 LINE = re.compile(rb'^\{"rg":1,"svc":"([^"\n]*)","v":"([^"\n]*)","s":(\d{3}),"t":([0-9.]+),"ts":([0-9.]+)\}$',
                   re.M)
 """One line of the format ``releasegate.providers.routers.nginx`` renders (``log_format rg_<service>``)."""
