@@ -5,7 +5,9 @@ Two nginx proxies (one worker each) serve the file ``releasegate.providers.route
 50/50 split over two backend ports (an nginx answering a fixed 6-byte 200, as in bench_router.py): one with the
 access log (the default), one with ``access_log: off``. wrk (``-t1 -c32``) runs interleaved rounds against both,
 best round reported, once with client keep-alive (``client_keepalive: 60s``: the most requests per second, so the
-log's share is largest) and once with the default ``keepalive_timeout 0`` (a connection per request).
+log's share is largest) and once with the default ``keepalive_timeout 0`` (a connection per request). Besides
+requests per second, it reports the CPU time nginx's worker spent per request (from /proc, via psutil), which a
+busy shared machine disturbs much less than throughput.
 
 While wrk runs against the logging proxy, a ``LogTail`` reads the log once a second, as the metric source does
 during an analysis: it reports the lines it counted per second, the worst read, and its cost per 1,000 lines.
@@ -24,6 +26,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,6 +51,16 @@ def proxy_conf(tmp: Path, name: str, port: int, backends: tuple[int, int], log: 
     owned = tmp / f"{name}-shop.conf"
     owned.write_text(render("shop", routes, spec))
     return nginx_conf(tmp, name, f"  include {owned};")
+
+
+def worker_cpu(master: int) -> float:
+    """CPU seconds (user + system) of the master's workers so far: what the log costs nginx, whatever else the
+    shared machine is doing (throughput is the ratio users feel, but it is noisy on a busy machine)."""
+    total = 0.0
+    for child in psutil.Process(master).children():
+        times = child.cpu_times()
+        total += times.user + times.system
+    return total
 
 
 class Reader:
@@ -97,15 +111,21 @@ def main() -> int:
         for port in ports.values():
             run_wrk(wrk, port, 1)  # warm-up
         best: dict[tuple[bool, str], float] = {}
+        cpu: dict[tuple[bool, str], list[float]] = {key: [0.0, 0.0] for key in ports}  # worker seconds, requests
+        masters = {key: procs[i + 1].pid for i, key in enumerate(ports)}
         reads: list[tuple[int, float]] = []
+        seconds = DURATION // ROUNDS
         for _ in range(ROUNDS):
             for (log, ka), port in ports.items():
+                before = worker_cpu(masters[(log, ka)])
                 if log:
                     with Reader(logs[ka]) as reader:
-                        rps, _ = run_wrk(wrk, port, DURATION // ROUNDS)
+                        rps, _ = run_wrk(wrk, port, seconds)
                     reads += reader.reads
                 else:
-                    rps, _ = run_wrk(wrk, port, DURATION // ROUNDS)
+                    rps, _ = run_wrk(wrk, port, seconds)
+                cpu[(log, ka)][0] += worker_cpu(masters[(log, ka)]) - before
+                cpu[(log, ka)][1] += rps * seconds
                 best[(log, ka)] = max(best.get((log, ka), 0.0), rps)
         lines = sum(n for n, _ in reads)
         spent = sum(s for _, s in reads)
@@ -114,8 +134,10 @@ def main() -> int:
               f"interleaved rounds of {DURATION // ROUNDS}s per target (best shown)")
         for ka in ("60s", "0"):
             on, off = best[(True, ka)], best[(False, ka)]
+            us = {log: cpu[(log, ka)][0] / max(cpu[(log, ka)][1], 1) * 1e6 for log in (True, False)}
             print(f"client keep-alive {ka:>3}: log off {off:>9.0f} req/s, log on {on:>9.0f} req/s, "
-                  f"ratio {on / off:.2f}")
+                  f"ratio {on / off:.2f}; nginx worker CPU per request: off {us[False]:.1f} us, "
+                  f"on {us[True]:.1f} us ({us[True] / us[False] - 1:+.0%})")
         print(f"tail: {len(reads)} reads, {lines} lines ({lines / max(len(reads), 1):.0f} per 1 s read), "
               f"worst read {worst[0]} lines in {worst[1] * 1000:.1f} ms; "
               f"{spent / max(lines, 1) * 1e6:.2f} ms per 1,000 lines")
