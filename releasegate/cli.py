@@ -189,8 +189,8 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
            calendar: Annotated[Path | None, typer.Option(hidden=True)] = None) -> None:
     """Roll VERSION out as the spec says, in the foreground, with live progress.
 
-    Before anything starts, the stored change calendar and approval policy (`policy apply`, `calendar apply`)
-    must allow it; every refusal lists everything missing."""
+    Before anything starts, the stored policy and calendar (`policy apply`, `calendar apply`) must allow it.
+    """
     from releasegate.governance.gate import DeployRequest
 
     for option, path in (("policy", policy), ("calendar", calendar)):

@@ -184,9 +184,9 @@ freezes:
     await eventually(at_ten, 30, "the canary at 10%")
     apply(state, "calendar", root / "freeze.yaml", actor="erin", token=token)
 
-    def held() -> str | None:
+    def held() -> bool:
         found = service.status(ctx, "shop-dev")[0]["rollout"]
-        return found and found["waiting"] and "paused by change freeze 'incident review'" in found["waiting"]
+        return bool(found and "paused by change freeze 'incident review'" in (found["waiting"] or ""))
 
     await eventually(held, 30, "the canary held by the freeze")
     assert service.status(ctx, "shop-dev")[0]["rollout"]["weight"] == 10

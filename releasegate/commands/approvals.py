@@ -241,8 +241,7 @@ def token_new(user: Annotated[str, typer.Argument(metavar="USER", show_default=F
                   help=f"The admin issuing it, with their token in {TOKEN_ENV}; needed once an admin holds a token "
                        "(the first admin's own token needs none).")] = None,
               state_dir: StateDir = None, policy: GonePolicy = None) -> None:
-    """Print a new token for USER of the stored policy once (only its hash is kept); it replaces USER's previous
-    token."""
+    """Print a new token for USER of the stored policy, once (only its hash is kept); it replaces the old one."""
     with reported():
         _gone(policy, "token new")
         where = state_dir_of(state_dir)

@@ -182,8 +182,10 @@ def show(month: Annotated[str | None, typer.Option("--month", metavar="YYYY-MM",
          version: Annotated[int | None, typer.Option("--version", metavar="N", min=1, show_default=False,
                                                      help="With --yaml: a past version.")] = None,
          calendar: CalendarFile = None, state_dir: StateDir = None) -> None:
-    """The stored calendar's month by week (F full freeze, H hotfix-only, W deploy window, . open) with each
-    freeze's span; --ics for an iCalendar feed, --yaml for its text."""
+    """The stored calendar's month by week (F full, H hotfix-only, W deploy window, . open), with each freeze.
+
+    --ics: an iCalendar feed instead; --yaml: the stored text; --calendar FILE: a dry look at a file.
+    """
     if yaml or version is not None:
         from releasegate.commands.policy import show_document
 
@@ -219,8 +221,7 @@ def show(month: Annotated[str | None, typer.Option("--month", metavar="YYYY-MM",
 def upcoming_command(days: Annotated[float, typer.Option("--days", min=0, help="How far ahead to look.")] = 7,
                      at: At = None,
                      env: ViewEnv = "prod", calendar: CalendarFile = None, state_dir: StateDir = None) -> None:
-    """Freezes of the stored calendar in force now and those starting within --days, with how long until each
-    starts or ends."""
+    """Freezes of the stored calendar in force now or starting within --days, and when each starts or ends."""
     with _reported():
         cal, judged = _load(calendar, state_dir)
         moment = parse_at(at, cal)
@@ -245,10 +246,10 @@ def calendar_apply(file: Annotated[Path, typer.Argument(metavar="FILE", show_def
                    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show the diff; store "
                                                                            "nothing.")] = False,
                    state_dir: StateDir = None) -> None:
-    """Validate FILE and store it as the calendar in force (a new version, audited with who and the diff).
+    """Validate FILE and store it as the calendar in force: a new version, audited with who and the diff.
 
-    Needs an admin of the stored policy (--as with their token); with no policy stored, whoever can write the
-    state dir, recorded with the OS login."""
+    Needs an admin of the stored policy (--as, with their token); before a policy is stored, anyone (OS login).
+    """
     from releasegate.commands.policy import apply_file
 
     apply_file("calendar", file, as_user, dry_run, state_dir)

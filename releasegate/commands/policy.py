@@ -112,10 +112,10 @@ def history_of(kind: stored.Kind, state_dir: Path | None) -> None:
 def policy_apply(file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
                                                       help="Policy (YAML) to validate and store.")],
                  as_user: AsAdmin = None, dry_run: DryRun = False, state_dir: StateDir = None) -> None:
-    """Validate FILE and store it as the policy in force (a new version, audited with who and the diff).
+    """Validate FILE and store it as the policy in force: a new version, audited with who and the diff.
 
-    Replacing a stored policy needs an admin of it (--as with their token). The first one needs none and is
-    recorded with your OS login; every policy must name at least one admin (role admin)."""
+    Replacing it needs an admin of the stored policy (--as, with their token); the first needs none (OS login).
+    """
     apply_file("policy", file, as_user, dry_run, state_dir)
 
 
