@@ -153,3 +153,27 @@ def test_break_glass_passes_a_stored_freeze_and_missing_stages_not_an_unknown_en
     assert admitted.emergency and admitted.actor == "erin"
     assert "no such environment" in refusal(state, spec, env="sandbox", actor="erin", token=token, break_glass=True,
                                             reason="payments down")
+
+
+def test_a_resumed_rollout_is_held_by_the_stored_calendar_not_the_file_it_was_admitted_with(shop, tmp_path):
+    """``resume`` used to read the calendar file again; now the stored calendar decides, read at each increase.
+    A rollout admitted by an older releasegate (with a calendar file) keeps that file's freezes until one is
+    stored."""
+    from releasegate import service
+    from releasegate.engine.decide import new_rollout
+
+    spec, state = shop
+    frozen = tmp_path / "frozen.yaml"
+    frozen.write_text("timezone: UTC\nfreezes: [{name: old file, from: 2026-03-01, to: 2026-03-31, mode: full}]\n")
+    st = new_rollout("shop-2.0.0-x", load_spec(spec), "2.0.0", "1.0.0", _at("2026-03-10"))
+    st = st.model_copy(update={"change": "major", "env": "prod", "calendar_path": str(frozen)})
+    ctx = service.new_context(state)
+    hold = service._hooks(ctx, load_spec(spec), st, service._readmit(st))["before_increase"]
+    assert "old file" in hold(_at("2026-03-10"))  # nothing stored: the legacy file still holds it
+
+    (tmp_path / "open.yaml").write_text("timezone: UTC\n")
+    apply(state, "calendar", tmp_path / "open.yaml")
+    assert hold(_at("2026-03-10")) is None  # the stored calendar decides, not the file
+    (tmp_path / "launch.yaml").write_text(CALENDAR)
+    apply(state, "calendar", tmp_path / "launch.yaml")
+    assert "launch week" in hold(_at("2026-03-03"))  # applied after the hooks were made: read at each increase

@@ -243,3 +243,15 @@ def test_approvals_json_names_the_rules_it_judged_by(tmp_path: Path, files: Path
     assert rg(state, "policy", "apply", str(files / "policy.yaml")).exit_code == 0
     data = json.loads(rg(state, "approvals", "shop@1.0.0", "--env", "dev", "--json").stdout)
     assert data["judged_by"] == "stored policy v1" and data["gate"]["allowed"] is True
+
+
+def test_preflight_names_the_next_freeze_of_the_stored_calendar_not_the_spec_file(tmp_path: Path,
+                                                                                  files: Path) -> None:
+    state = tmp_path / "state"
+    nightly = files / "nightly.yaml"
+    nightly.write_text("timezone: UTC\nfreezes:\n  - {name: nightly batch, cron: '0 0 * * *', duration: 1h, "
+                       "mode: full}\n")
+    assert rg(state, "calendar", "apply", str(nightly)).exit_code == 0
+    done = _cli(state, "preflight", str(files / "shop.yaml"), "--version", "1.4.0")  # the spec names calendar.yaml
+    [line] = [line for line in done.stdout.splitlines() if "next freeze" in line]
+    assert "'nightly batch' (full) starts in" in line
