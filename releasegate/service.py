@@ -19,6 +19,7 @@ from releasegate.engine.clock import Clock, SystemClock
 from releasegate.engine.state import RolloutState
 from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
+from releasegate.governance.calendar_models import Calendar
 from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
 from releasegate.notifications import Notifications, build_notifications
 from releasegate.preflight import preflight
@@ -82,13 +83,14 @@ def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission) -> 
         try:
             current = calendar.get() or legacy
         except Exception as exc:  # never promote on missing evidence: an unreadable calendar holds the traffic
-            return f"held: the stored calendar cannot be read ({type(exc).__name__}: {exc})"
+            return (f"the stored calendar cannot be read ({type(exc).__name__}: {exc}); traffic stays where it is "
+                    "until it can")
         return before_increase(admission, now, current)
 
     return {"audit": record, "before_increase": held}
 
 
-def _legacy_calendar(st: RolloutState) -> Any:
+def _legacy_calendar(st: RolloutState) -> Calendar | None:
     """A rollout admitted by a releasegate that judged a calendar file keeps that file's freezes until a calendar
     is stored."""
     if st.calendar_path is None or not Path(st.calendar_path).is_file():

@@ -65,15 +65,12 @@ def history(state_dir: Path, kind: Kind) -> list[StoredDocument]:
 
 
 def parse_policy(doc: StoredDocument) -> Policy:
-    policy = _validated("policy", doc.content, doc.label, doc.label)
-    assert isinstance(policy, Policy)
-    return policy
+    """The stored policy; its messages name it ``stored policy v3``."""
+    return load_policy_text(doc.content, doc.label, doc.label)
 
 
 def parse_calendar(doc: StoredDocument) -> Calendar:
-    calendar = _validated("calendar", doc.content, doc.label)
-    assert isinstance(calendar, Calendar)
-    return calendar
+    return load_calendar_text(doc.content, doc.label)
 
 
 @dataclass(frozen=True)
@@ -99,7 +96,8 @@ def in_force(state_dir: Path) -> InForce:
 
 
 def stored_policy(state_dir: Path) -> Policy | None:
-    return in_force(state_dir).policy
+    doc = latest(state_dir, "policy")
+    return parse_policy(doc) if doc else None
 
 
 def require_policy(state_dir: Path, what: str) -> Policy:
