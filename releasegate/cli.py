@@ -38,13 +38,16 @@ def _mount_governance() -> None:
     from releasegate.commands.calendar import calendar_app
     from releasegate.commands.metrics import metrics
     from releasegate.commands.migrations import migrations_app
+    from releasegate.commands.policy import policy_app
     from releasegate.commands.release import notes_command, release_app, version_app
 
     release_app.command("new")(release_new)
     app.add_typer(release_app, name="release", help="Cut releases and register them for approval.")
     app.add_typer(version_app, name="version", help="Compute the next version from git history.")
     app.command("notes")(notes_command)
-    app.add_typer(calendar_app, name="calendar", help="Change freezes and deploy windows.")
+    app.add_typer(policy_app, name="policy", help="The approval policy in force: apply (admins), show, history.")
+    app.add_typer(calendar_app, name="calendar", help="Change freezes and deploy windows: apply (admins), check, "
+                                                      "show, upcoming, history.")
     for command in (approve, reject, withdraw, approvals):
         app.command()(command)
     app.add_typer(token_app, name="token", help="Issue a user's token (printed once, stored as a hash).")
@@ -119,12 +122,21 @@ def schema() -> None:
 
 
 @app.command()
-def plan(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
+def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
+         env: Annotated[str | None, typer.Option(
+             "--env", metavar="ENV", show_default=False,
+             help="Also show what the stored policy and calendar would decide now for a deploy to ENV.")]
+         = None,
+         hotfix: Annotated[bool, typer.Option("--hotfix", help="With --env: judge it as deploy --hotfix would.")]
+         = False) -> None:
     """Dry run: the steps and timings deploy would follow. Starts nothing, changes nothing."""
-    from releasegate.planning import make_plan
+    from releasegate.planning import make_plan, render_governance
 
     _use(state_dir)
-    render_plan(out, make_plan(spec, version, _State.state_dir))
+    made = make_plan(spec, version, _State.state_dir)
+    render_plan(out, made)
+    if env is not None:
+        render_governance(out, made, spec, env, _State.state_dir, hotfix)
 
 
 @app.command()
@@ -163,10 +175,6 @@ def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
 def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
            env: Annotated[str, typer.Option(help="Environment the policy and calendar judge this deploy for.")]
            = "prod",
-           policy: Annotated[Path | None, typer.Option(help="Policy file (default: the spec's governance.policy).")]
-           = None,
-           calendar: Annotated[Path | None, typer.Option(help="Calendar file (default: governance.calendar).")]
-           = None,
            actor: Annotated[str | None, typer.Option("--as", help="Who deploys; needs RELEASEGATE_TOKEN.")] = None,
            hotfix: Annotated[bool, typer.Option(help="Judge this as a hotfix (allowed in hotfix-only freezes and "
                                                      "outside deploy windows).")] = False,
@@ -176,17 +184,24 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
            allow_breaking_migration: Annotated[bool, typer.Option(
                help="Apply migrations the backward-compatibility lint refuses: the release must be registered with "
                     "--allow-breaking-migration and carry an sre approval given since.")]
-           = False) -> None:
+           = False,
+           policy: Annotated[Path | None, typer.Option(hidden=True)] = None,
+           calendar: Annotated[Path | None, typer.Option(hidden=True)] = None) -> None:
     """Roll VERSION out as the spec says, in the foreground, with live progress.
 
-    Before anything starts, the change calendar and the approval policy (when configured) must allow it;
-    every refusal lists everything missing."""
+    Before anything starts, the stored policy and calendar (`policy apply`, `calendar apply`) must allow it.
+    """
     from releasegate.governance.gate import DeployRequest
 
+    for option, path in (("policy", policy), ("calendar", calendar)):
+        if path is not None:
+            raise UserError(f"deploy --{option} {path}: deploys are judged by the stored {option}, never a file; an "
+                            f"admin stores it with `releasegate {option} apply {path} --as ADMIN` (then drop "
+                            f"--{option})")
     _use(state_dir)
     printer = ProgressPrinter(out)
     request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
-                            break_glass=break_glass, reason=reason, policy=policy, calendar=calendar,
+                            break_glass=break_glass, reason=reason,
                             allow_breaking_migration=allow_breaking_migration)
     st = asyncio.run(service.deploy(_ctx(), spec, version, on_progress=printer, request=request))
     printer.summary(st)

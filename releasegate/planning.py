@@ -1,15 +1,20 @@
 """``releasegate plan``: what deploy would do, step by step with timings, computed by the engine itself.
 
 The plan runs the real state machine against a simulated world where every check passes and every metric is
-healthy, so it cannot drift from what ``deploy`` does. It reads the store (to know the running version) but
-creates and changes nothing.
+healthy, so it cannot drift from what ``deploy`` does. With ``--env`` it also asks deploy's own admission
+(``governance.gate.judge``) what the stored policy and calendar would decide now. It reads the store (to know the
+running version, the approvals, the stored rules) but creates and changes nothing: no audit entry, no state dir.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from rich.console import Console
 
 from releasegate.durations import format_duration
 from releasegate.engine.simulate import simulate
@@ -31,7 +36,7 @@ def _running_version(state_dir: Path, service: str) -> str | None:
     db = state_dir / "releasegate.db"
     if not db.exists():
         return None
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)
     try:
         row = conn.execute("SELECT current FROM services WHERE service=?", (service,)).fetchone()
         return row[0] if row else None
@@ -106,3 +111,40 @@ def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | No
     if previous is None:
         plan.notes.append(f"first deploy of {spec.service}: no previous version, so no canary steps or analysis")
     return plan
+
+
+def governance_lines(plan: Plan, spec_path: Path, env: str, state_dir: Path, now: float | None = None,
+                     hotfix: bool = False) -> list[str]:
+    """What the stored policy and calendar would decide for deploying ``plan`` to ``env`` at ``now``."""
+    from releasegate.governance.gate import judge
+
+    at = time.time() if now is None else now
+    judgement = judge(state_dir, plan.spec, spec_path, plan.version, plan.previous, env, hotfix, at)
+    force = judgement.force
+    tz = force.calendar.tz if force.calendar is not None else None
+    moment = dt.datetime.fromtimestamp(at, tz=dt.UTC).astimezone(tz)
+    rules = ", ".join(doc.label for doc in (force.policy_doc, force.calendar_doc) if doc is not None)
+    missing = [f"no {kind} is stored" for kind, doc in (("policy", force.policy_doc),
+                                                        ("calendar", force.calendar_doc)) if doc is None]
+    lines = [f"governance: a deploy of {plan.spec.service} {plan.version} to {env} at {moment:%Y-%m-%d %H:%M %Z}, "
+             f"judged by {rules or 'nothing'}" + (f" ({'; '.join(missing)})" if missing else "")]
+    since = f" ({plan.previous} -> {plan.version})" if plan.previous else ""
+    lines.append(f"  change judged: {judgement.change}{since}" + (" (--hotfix)" if hotfix else ""))
+    lines += [f"  note: {n}" for n in judgement.notes]
+    if judgement.allowed:
+        lines.append("  would be admitted" + ("" if force.policy or force.calendar else
+                                              ": nothing is gated until an admin runs `releasegate policy apply "
+                                              "FILE` and `releasegate calendar apply FILE`"))
+        return lines
+    lines.append("  would be refused:")
+    lines += [f"    - {m}" for m in judgement.blocking + judgement.bypassable]
+    if judgement.bypassable and not judgement.blocking:
+        lines.append("  break-glass (--break-glass --reason TEXT --as USER, with an sre approval on the release) "
+                     "would pass these")
+    return lines
+
+
+def render_governance(out: Console, plan: Plan, spec_path: Path, env: str, state_dir: Path,
+                      hotfix: bool = False) -> None:
+    for line in governance_lines(plan, spec_path, env, state_dir, hotfix=hotfix):
+        out.print(line, markup=False)

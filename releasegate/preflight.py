@@ -111,13 +111,14 @@ async def _running(spec: Spec, spec_dir: Path, state_dir: Path) -> Check:
     return Check("running version", True, f"{rec.current}: {len(live)} instance(s) healthy")
 
 
-def _freeze(spec: Spec, spec_path: Path, env: str, now: float) -> Check | None:
-    if not spec.governance.calendar:
-        return None
-    from releasegate.governance.calendar import load_calendar, next_freeze
+def _freeze(state_dir: Path, env: str, now: float) -> Check | None:
+    """The next freeze of the stored calendar (``releasegate calendar apply``); none stored, no check."""
+    from releasegate.governance.calendar import next_freeze
+    from releasegate.governance.stored import LiveCalendar
 
-    path = Path(spec.governance.calendar)
-    calendar = load_calendar(path if path.is_absolute() else spec_path.parent / path)
+    calendar = LiveCalendar(state_dir).get()
+    if calendar is None:
+        return None
     at = dt.datetime.fromtimestamp(now, tz=dt.UTC)
     upcoming = next_freeze(calendar, at, env)
     if upcoming is None:
@@ -182,5 +183,5 @@ async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, 
     checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir), _command(spec, spec_dir, version),
               await _running(spec, spec_dir, state_dir)]
     checks += await asyncio.to_thread(_migrations, spec, spec_dir, allow_breaking)
-    freeze = _freeze(spec, spec_path, env, time.time() if now is None else now)
+    freeze = _freeze(state_dir, env, time.time() if now is None else now)
     return checks + ([freeze] if freeze else [])

@@ -19,6 +19,7 @@ from releasegate.engine.clock import Clock, SystemClock
 from releasegate.engine.state import RolloutState
 from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
+from releasegate.governance.calendar_models import Calendar
 from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
 from releasegate.notifications import Notifications, build_notifications
 from releasegate.preflight import preflight
@@ -62,8 +63,11 @@ def _spec_of(rec: RolloutRecord) -> Spec:
     return Spec.model_validate_json(rec.spec_json)
 
 
-def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission | None) -> dict[str, Any]:
-    """The controller's governance hooks: the freeze check before traffic increases, and the audit trail."""
+def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission) -> dict[str, Any]:
+    """The controller's governance hooks: the freeze check before traffic increases (against the calendar stored
+    at that moment), and the audit trail."""
+    from releasegate.governance.stored import LiveCalendar
+
     audit = AuditLog(ctx.state_dir)
     release = f"{spec.release_name}@{st.version}"
     commit = release_commit(ctx.state_dir, spec.release_name, st.version)
@@ -72,10 +76,28 @@ def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission | No
         audit.append(state.actor, f"rollout.{d.kind}", release=release, commit=commit, decision=d.message,
                      evidence=dict(d.data), at=state.updated_at)
 
-    hooks: dict[str, Any] = {"audit": record}
-    if admission is not None and admission.calendar is not None:
-        hooks["before_increase"] = lambda now: before_increase(admission, now)
-    return hooks
+    calendar = LiveCalendar(ctx.state_dir)
+    legacy = _legacy_calendar(st)
+
+    def held(now: float) -> str | None:
+        try:
+            current = calendar.get() or legacy
+        except Exception as exc:  # never promote on missing evidence: an unreadable calendar holds the traffic
+            return (f"the stored calendar cannot be read ({type(exc).__name__}: {exc}); traffic stays where it is "
+                    "until it can")
+        return before_increase(admission, now, current)
+
+    return {"audit": record, "before_increase": held}
+
+
+def _legacy_calendar(st: RolloutState) -> Calendar | None:
+    """A rollout admitted by a releasegate that judged a calendar file keeps that file's freezes until a calendar
+    is stored."""
+    if st.calendar_path is None or not Path(st.calendar_path).is_file():
+        return None
+    from releasegate.governance.calendar import load_calendar
+
+    return load_calendar(Path(st.calendar_path))
 
 
 def _chain(on_progress: ProgressHook | None, notes: Notifications | None) -> ProgressHook | None:
@@ -90,18 +112,13 @@ def _chain(on_progress: ProgressHook | None, notes: Notifications | None) -> Pro
     return both
 
 
-def _readmit(st: RolloutState) -> Admission | None:
-    """Rebuild what admission decided for a rollout being resumed (the calendar is read again)."""
-    if st.calendar_path is None:
-        return None
-    from releasegate.governance.calendar import load_calendar
-
-    return Admission(change=st.change or "major", env=st.env, actor=st.actor, emergency=st.emergency,
-                     calendar=load_calendar(Path(st.calendar_path)))
+def _readmit(st: RolloutState) -> Admission:
+    """What admission decided for a rollout being resumed; the calendar is the one stored, read at each check."""
+    return Admission(change=st.change or "major", env=st.env, actor=st.actor, emergency=st.emergency)
 
 
 async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, st: RolloutState,
-                 admission: Admission | None, notes: Notifications | None,
+                 admission: Admission, notes: Notifications | None,
                  on_progress: ProgressHook | None) -> RolloutState:
     """Run the controller to the end (deploy and resume alike): notifications get a bounded chance to flush, and a
     promotion is recorded as the version's success in its environment (what the next one `requires`)."""
@@ -151,11 +168,9 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         await _retire(ctx, store, spec, providers, force=True)
         now = ctx.clock.now()
         st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
-        calendar = admission.calendar_path
         st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
                                    "emergency": admission.emergency,
-                                   "allow_breaking_migration": request.allow_breaking_migration,
-                                   "calendar_path": str(calendar.resolve()) if calendar else None})
+                                   "allow_breaking_migration": request.allow_breaking_migration})
         owner = this_owner()
         store.create_rollout(st, str(spec_path.resolve()), spec.model_dump_json(by_alias=True), owner)
         store.set_service(spec.service, previous, None, None, str(spec_path.resolve()), None, now)

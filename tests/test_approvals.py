@@ -19,6 +19,7 @@ from releasegate.errors import UserError
 from releasegate.governance import approvals as gov
 from releasegate.governance.identity import authenticate, new_token
 from releasegate.governance.policy import Policy, load_policy
+from releasegate.governance.stored import apply
 from releasegate.spec import SpecError
 from releasegate.store.audit import AuditLog
 from releasegate.store.governance import GovernanceStore
@@ -48,7 +49,7 @@ def sd(tmp_path: Path) -> Path:
 def custom_policy(tmp_path: Path, users: str) -> Policy:
     """The example's environments with other users, e.g. one who holds two roles."""
     text = EXAMPLE.read_text().replace(
-        "users: {alice: [developer], bob: [reviewer], carol: [reviewer], dave: [qa], erin: [sre], frank: [pm]}",
+        "users: {alice: [developer], bob: [reviewer], carol: [reviewer], dave: [qa], erin: [sre, admin], frank: [pm]}",
         f"users: {users}")
     path = tmp_path / "policy.yaml"
     path.write_text(text)
@@ -229,35 +230,55 @@ def test_a_rejection_blocks_the_release_until_the_rejecting_user_withdraws_it(po
 
 def test_tokens_missing_wrong_and_replaced_are_refused_and_audited(policy: Policy, sd: Path) -> None:
     assert refused(authenticate, sd, policy, "bob", None).startswith("--as bob: bob has no token;")
-    first = new_token(sd, policy, "bob")
+    first = new_token(sd, policy, "bob")  # no admin holds a token yet: issued on the OS login's word
     assert first.startswith("rg_") and len(first) > 40
     authenticate(sd, policy, "bob", first)
     assert refused(authenticate, sd, policy, "bob", None) == ("--as bob needs bob's token in the environment "
                                                              "variable RELEASEGATE_TOKEN")
     assert "is not bob's current token" in refused(authenticate, sd, policy, "bob", first + "x")
-    erin = new_token(sd, policy, "erin")
+    erin = new_token(sd, policy, "erin")  # the first admin's token
     assert "is not bob's current token" in refused(authenticate, sd, policy, "bob", erin)
-    second = new_token(sd, policy, "bob")
+    second = new_token(sd, policy, "bob", by="erin", by_token=erin)
     assert "is not bob's current token" in refused(authenticate, sd, policy, "bob", first)  # replaced
     authenticate(sd, policy, "bob", second)
     actions = [a for _, a, _ in audit(sd)]
     assert actions.count("auth.refused") == 5 and actions.count("token.new") == 3
+    issued = [(actor, decision) for actor, action, decision in audit(sd) if action == "token.new"]
+    assert issued[-1] == ("erin", "token for bob issued, replacing the previous one")  # names who issued it
     db = sqlite3.connect(sd / "releasegate.db")
     dump = "\n".join(db.iterdump())
     assert first not in dump and second not in dump  # only hashes are stored
 
 
+def test_once_an_admin_holds_a_token_only_an_admin_issues_tokens(policy: Policy, sd: Path) -> None:
+    erin = new_token(sd, policy, "erin")
+    assert refused(new_token, sd, policy, "bob") == (
+        "token new: an admin holds a token, so only an admin issues tokens now: `releasegate token new bob --as ADMIN` "
+        "with that admin's token in RELEASEGATE_TOKEN (admins: erin)")
+    assert refused(new_token, sd, policy, "erin").startswith("token new: an admin holds a token")  # nor a 2nd admin's
+    bob = new_token(sd, policy, "bob", by="erin", by_token=erin)
+    assert refused(new_token, sd, policy, "carol", by="bob", by_token=bob) == (
+        f"token new: --as bob: issuing tokens needs role admin in policy {EXAMPLE}; admins: erin")
+    assert "not erin's current token" in refused(new_token, sd, policy, "carol", by="erin", by_token=bob)
+    assert [a for _, a, _ in audit(sd)][-5:] == ["token.refused", "token.refused", "token.new", "token.refused",
+                                                 "auth.refused"]
+    rotated = new_token(sd, policy, "erin", by="erin", by_token=erin)  # an admin rotates their own token
+    assert "not erin's current token" in refused(authenticate, sd, policy, "erin", erin)
+    authenticate(sd, policy, "erin", rotated)
+
+
 def test_unknown_users_get_no_token_and_cannot_act(policy: Policy, sd: Path) -> None:
     message = refused(new_token, sd, policy, "bobb")
     assert message.startswith("token new: user 'bobb' is not in policy") and "(did you mean 'bob'?)" in message
-    assert audit(sd)[-1][:2] == ("bobb", "token.refused")
+    assert audit(sd)[-1][1] == "token.refused"
     assert "(did you mean 'bob'?)" in refused(authenticate, sd, policy, "bobb", "rg_whatever")
     assert audit(sd)[-1][:2] == ("bobb", "auth.refused")
 
 
 def test_break_glass_needs_an_sre_holder_and_an_sre_approval(policy: Policy, sd: Path) -> None:
     register(sd)
-    erin, bob = new_token(sd, policy, "erin"), new_token(sd, policy, "bob")
+    bob = new_token(sd, policy, "bob")
+    erin = new_token(sd, policy, "erin")
     gov.require_role(sd, policy, "erin", erin, "sre")
     assert "this needs role sre, and bob holds reviewer" in refused(gov.require_role, sd, policy, "bob", bob, "sre")
     assert audit(sd)[-1][:2] == ("bob", "role.refused")
@@ -347,39 +368,51 @@ def assert_refused(result: Result, text: str) -> None:
     assert "Traceback" not in result.output
 
 
-def test_cli_sign_off_with_tokens(sd: Path) -> None:
-    policy = str(EXAMPLE)
-    issued = run(sd, "token", "new", "alice", "--policy", policy)
+def test_cli_sign_off_with_tokens_under_the_stored_policy(sd: Path) -> None:
+    assert_refused(run(sd, "token", "new", "erin"), f"token new: no policy is stored in {sd}; an admin stores one "
+                   "with `releasegate policy apply FILE` (users, roles and the stages of each environment)")
+    assert not sd.exists()  # refused by a look: nothing was created
+    apply(sd, "policy", EXAMPLE)
+    issued = run(sd, "token", "new", "erin")  # the first admin's token needs no admin
     assert issued.exit_code == 0 and issued.stdout.startswith("rg_") and len(issued.stdout.splitlines()) == 1
-    alice = issued.stdout.strip()
-    bob = run(sd, "token", "new", "bob", "--policy", policy).stdout.strip()
-    assert_refused(run(sd, "token", "new", "mallory", "--policy", policy),
-                   f"token new: user 'mallory' is not in policy {policy}; users: alice, bob, carol, dave, erin, frank")
+    erin = issued.stdout.strip()
+    alice = run(sd, "token", "new", "alice", "--as", "erin", token=erin).stdout.strip()
+    bob = run(sd, "token", "new", "bob", "--as", "erin", token=erin).stdout.strip()
+    assert alice.startswith("rg_") and bob.startswith("rg_")
+    assert_refused(run(sd, "token", "new", "mallory", "--as", "erin", token=erin),
+                   "token new: user 'mallory' is not in stored policy v1; users: alice, bob, carol, dave, erin, frank")
+    assert_refused(run(sd, "token", "new", "carol", "--policy", str(EXAMPLE), "--as", "erin", token=erin),
+                   f"token new --policy {EXAMPLE}: approvals are judged by the stored policy, not a file; drop "
+                   f"--policy (an admin stores the file with `releasegate policy apply {EXAMPLE} --as ADMIN`)")
 
     made = run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", "--digest", DIGEST_A, token=alice)
     assert made.exit_code == 0 and made.stdout.startswith("registered shop@1.4.2 by alice")
     assert_refused(run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", "--digest", "md5:x", token=alice),
                    "--digest md5:x: write the artifact digest as sha256:<64 lowercase hex digits>")
 
-    approve_as_bob = ["approve", "shop@1.4.2", "--stage", "reviewer", "--as", "bob", "--policy", policy]
+    approve_as_bob = ["approve", "shop@1.4.2", "--stage", "reviewer", "--as", "bob"]
     assert_refused(run(sd, *approve_as_bob), "--as bob needs bob's token in the environment variable "
                                              "RELEASEGATE_TOKEN")
     assert_refused(run(sd, *approve_as_bob, token=alice), "--as bob: RELEASEGATE_TOKEN is not bob's current token "
-                   "(a new token replaces the old one); `releasegate token new bob --policy FILE` creates one")
+                   "(a new token replaces the old one); an admin creates one with `releasegate token new bob --as "
+                   "ADMIN`")
+    assert_refused(run(sd, *approve_as_bob, "--policy", str(EXAMPLE), token=bob),
+                   f"approve --policy {EXAMPLE}: approvals are judged by the stored policy, not a file; drop "
+                   f"--policy (an admin stores the file with `releasegate policy apply {EXAMPLE} --as ADMIN`)")
     ok = run(sd, *approve_as_bob, token=bob)
     assert ok.exit_code == 0
     assert ok.stdout.strip() == "shop@1.4.2: bob approved stage reviewer for prod (1 of 2); 0 of 5 stages complete"
-    assert_refused(run(sd, "approve", "shop-1.4.2", "--stage", "qa", "--as", "bob", "--policy", policy, token=bob),
+    assert_refused(run(sd, "approve", "shop-1.4.2", "--stage", "qa", "--as", "bob", token=bob),
                    "release 'shop-1.4.2': write it as SERVICE@VERSION, e.g. shop@1.4.2")
 
-    rejected = run(sd, "reject", "shop@1.4.2", "--stage", "reviewer", "--as", "bob", "--policy", policy,
-                   "--reason", "no tests", token=bob)
+    rejected = run(sd, "reject", "shop@1.4.2", "--stage", "reviewer", "--as", "bob", "--reason", "no tests", token=bob)
     assert rejected.exit_code == 0, rejected.output
-    shown = run(sd, "approvals", "shop@1.4.2", "--policy", policy)
+    shown = run(sd, "approvals", "shop@1.4.2")
     assert shown.exit_code == 0
+    assert shown.stdout.startswith("judged by stored policy v1\n")
     assert "rejected by bob at stage reviewer" in shown.stdout and "deploy to prod: refused" in shown.stdout
-    data = json.loads(run(sd, "approvals", "shop@1.4.2", "--policy", policy, "--json").stdout)
-    assert data["gate"]["allowed"] is False
+    data = json.loads(run(sd, "approvals", "shop@1.4.2", "--json").stdout)
+    assert data["gate"]["allowed"] is False and data["judged_by"] == "stored policy v1"
     assert [r["user"] for r in data["rejections"]] == ["bob"]
     assert data["stages"][0]["missing_checklist"] == CHECKS["developer"]
     assert_refused(run(sd, "withdraw", "shop@1.4.2", "--as", "alice", token=alice),
@@ -388,8 +421,26 @@ def test_cli_sign_off_with_tokens(sd: Path) -> None:
     assert withdrawn.stdout.strip() == "shop@1.4.2: bob withdrew the rejection at stage reviewer"
 
 
+def test_approvals_judges_a_file_only_as_a_dry_look_and_says_so(tmp_path: Path, sd: Path) -> None:
+    apply(sd, "policy", EXAMPLE)
+    register(sd)
+    laxer = tmp_path / "laxer.yaml"
+    laxer.write_text("users: {bob: [reviewer, admin]}\nenvironments: {prod: {stages: [{role: reviewer}]}}\n")
+    sign(sd, load_policy(laxer), "reviewer", "bob")
+    dry = run(sd, "approvals", "shop@1.4.2", "--policy", str(laxer))
+    assert dry.exit_code == 0
+    assert dry.stdout.splitlines()[0] == (f"judged by policy {laxer}, not the stored policy (a dry look: deploys are "
+                                          "judged by the stored one)")
+    assert "deploy to prod: allowed" in dry.stdout
+    stored = run(sd, "approvals", "shop@1.4.2")
+    assert "deploy to prod: refused" in stored.stdout and "stage reviewer: 1 of 2 approvals (bob)" in stored.stdout
+    assert_refused(run(sd, "approvals", "shop@1.4.2", "--env", "sandbox"), "--env sandbox: stored policy v1 has no "
+                   "such environment; environments: dev, stage, prod")
+
+
 def test_cli_allows_a_breaking_migration_on_a_release_and_voids_its_approvals(policy: Policy, sd: Path) -> None:
-    alice = run(sd, "token", "new", "alice", "--policy", str(EXAMPLE)).stdout.strip()
+    apply(sd, "policy", EXAMPLE)
+    alice = run(sd, "token", "new", "alice").stdout.strip()
     assert run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", token=alice).exit_code == 0
     sign(sd, policy, "sre", "erin")
     flagged = run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", "--allow-breaking-migration", token=alice)
@@ -398,7 +449,7 @@ def test_cli_allows_a_breaking_migration_on_a_release_and_voids_its_approvals(po
                                       "1 approval(s) are void and must be given again: sre by erin")
     again = run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", token=alice)  # left out: unchanged
     assert "nothing changed" in again.stdout and "breaking migration allowed" in again.stdout
-    data = json.loads(run(sd, "approvals", "shop@1.4.2", "--policy", str(EXAMPLE), "--json").stdout)
+    data = json.loads(run(sd, "approvals", "shop@1.4.2", "--json").stdout)
     assert data["breaking_migration"] is True
     off = run(sd, "release", "new", "shop", "1.4.2", "--as", "alice", "--no-breaking-migration", token=alice)
     assert off.stdout.strip() == "shop@1.4.2: changed (digest none, commit none)"
@@ -411,6 +462,11 @@ def test_a_state_dir_from_before_breaking_migrations_is_upgraded_in_place(sd: Pa
                    "digest TEXT, commit_sha TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
                    "PRIMARY KEY (service, version))")
         db.execute("INSERT INTO gov_releases VALUES ('shop', '1.0.0', 'alice', NULL, NULL, 1, 1)")
+    with GovernanceStore(sd, readonly=True) as looking:  # a look (approvals, plan) reads it as it is
+        assert looking.release("shop", "1.0.0").breaking_migration is False  # type: ignore[union-attr]
+        assert looking.document("policy") is None and looking.token_hash("alice") is None
+    assert [row[0] for row in sqlite3.connect(sd / "releasegate.db").execute(
+        "SELECT name FROM sqlite_master WHERE type='table'")] == ["gov_releases"]  # and changed nothing
     with GovernanceStore(sd) as store:
         old = store.release("shop", "1.0.0")
     assert old is not None and old.author == "alice" and old.breaking_migration is False

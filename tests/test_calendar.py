@@ -375,8 +375,14 @@ def test_upcoming_lists_what_is_in_force_and_what_starts_within_the_days(seed: C
 
 
 def run(*args: str) -> tuple[int, str]:
+    """Exit code and output, without the first line every look at a file starts with (checked here)."""
     result = CliRunner().invoke(calendar_app, list(args))
-    return result.exit_code, result.output
+    out = result.output
+    if "--calendar" in args and (result.exit_code == 0 or out.startswith("judged by")):
+        first, _, out = out.partition("\n")
+        file = args[args.index("--calendar") + 1]
+        assert first == f"judged by calendar file {file}, not the stored calendar (a dry look)"
+    return result.exit_code, out
 
 
 def test_check_exits_0_when_allowed_and_2_when_refused() -> None:

@@ -1,6 +1,7 @@
 """The seed's governance end to end, with real deploys: five approval stages, dev -> stage -> prod with soak,
 a change freeze that refuses a deploy, and break-glass. Each environment is its own deployment (shop-dev,
-shop-stage, shop) sharing the release name `shop` for approvals."""
+shop-stage, shop) sharing the release name `shop` for approvals. The policy and the calendar are the state's
+(applied as an admin would), so a spec that leaves them out changes nothing."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from releasegate.governance.approvals import approve, new_release, record_env_su
 from releasegate.governance.gate import DeployRequest
 from releasegate.governance.identity import new_token
 from releasegate.governance.policy import load_policy
+from releasegate.governance.stored import apply
 from releasegate.providers.routers.builtin import read_router_state
 from releasegate.store.audit import AuditLog
 from tests.support.rollouts import cleanup, free_port
@@ -44,6 +46,7 @@ governance: {{release: shop, policy: policy.yaml{extra}}}
 def world(tmp_path):
     shutil.copy(EXAMPLES / "policy.yaml", tmp_path / "policy.yaml")
     state = tmp_path / "state"
+    apply(state, "policy", tmp_path / "policy.yaml")
     specs = {env: write(tmp_path, name) for env, name in (("dev", "shop-dev"), ("stage", "shop-stage"),
                                                           ("prod", "shop"))}
     yield tmp_path, state, specs
@@ -113,24 +116,83 @@ freezes:
     record_env_success(state, "shop", "1.0.0", "stage", 0)
     await deploy(state, specs["dev"], "1.0.0", env="dev")
 
-    with pytest.raises(UserError, match="full freeze 'incident review'"):
-        await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml")
     token = new_token(state, policy, "erin")
+    apply(state, "calendar", root / "freeze.yaml", actor="erin", token=token)
+    with pytest.raises(UserError, match="full freeze 'incident review'"):
+        await deploy(state, specs["dev"], "1.1.0", env="dev")
     with pytest.raises(UserError, match=r"needs an sre approval on shop@1\.1\.0"):
-        await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml", break_glass=True,
-                     reason="payments down", actor="erin", token=token)
+        await deploy(state, specs["dev"], "1.1.0", env="dev", break_glass=True, reason="payments down",
+                     actor="erin", token=token)
     with pytest.raises(UserError, match="token"):
-        await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml", break_glass=True,
-                     reason="payments down", actor="erin", token="rg_wrong")
+        await deploy(state, specs["dev"], "1.1.0", env="dev", break_glass=True, reason="payments down",
+                     actor="erin", token="rg_wrong")
 
     approve(state, policy, "shop", "1.1.0", "sre", "erin",
             checks=["deployment window checked", "rollback plan verified"])
-    st = await deploy(state, specs["dev"], "1.1.0", env="dev", calendar=root / "freeze.yaml", break_glass=True,
-                      reason="payments down", actor="erin", token=token)
+    st = await deploy(state, specs["dev"], "1.1.0", env="dev", break_glass=True, reason="payments down",
+                      actor="erin", token=token)
     assert st.status == "promoted" and st.emergency
     [emergency] = [e for e in AuditLog(state).entries() if e.action == "deploy.emergency"]
     assert emergency.actor == "erin" and "payments down" in (emergency.decision or "")
     assert "incident review" in (emergency.decision or "")
+
+
+async def test_a_spec_without_governance_is_refused_in_prod_when_a_policy_is_stored(world):
+    """The reported hole: a spec without ``governance:`` deployed to prod unapproved, audited as anonymous."""
+    root, state, specs = world
+    bare = root / "bare.yaml"
+    bare.write_text(specs["prod"].read_text().replace("governance: {release: shop, policy: policy.yaml}\n", ""))
+    assert "\ngovernance:" not in bare.read_text()
+    with pytest.raises(UserError) as refused:
+        await deploy(state, bare, "1.0.0", env="prod")
+    for stage in ("developer", "reviewer", "qa", "sre", "pm"):
+        assert f"policy (prod): stage {stage}: 0 of" in str(refused.value)
+    assert read_router_state(state, "shop") is None  # nothing was started
+    [entry] = [e for e in AuditLog(state).entries() if e.action == "deploy.refused"]
+    assert entry.actor.endswith("(os login)") and entry.actor != "anonymous"
+
+
+async def test_a_calendar_applied_during_a_rollout_holds_its_next_traffic_increase(world):
+    """The freeze check before each traffic increase reads the calendar stored at that moment, not the one (or the
+    file) admission saw: an admin's emergency freeze holds a canary where it is until the freeze is lifted."""
+    from releasegate.governance.stored import stored_policy
+    from tests.support.wait import eventually
+
+    root, state, specs = world
+    spec = specs["dev"]
+    spec.write_text(spec.read_text().replace(
+        "strategy: {bluegreen: {}}\nanalysis: {interval: 500ms, post_promotion: 0s}",
+        "strategy: {canary: {steps: [{weight: 10, pause: 1s}, {weight: 50, pause: 1s}]}}\n"
+        "analysis: {interval: 200ms, post_promotion: 0s, rules: []}"))
+    assert (await deploy(state, spec, "1.0.0", env="dev")).status == "promoted"
+    token = new_token(state, stored_policy(state), "erin")  # type: ignore[arg-type]
+    today = dt.datetime.now(dt.UTC).date()
+    (root / "freeze.yaml").write_text(f"""\
+timezone: UTC
+freezes:
+  - {{name: incident review, from: {today - dt.timedelta(days=1)}, to: {today + dt.timedelta(days=1)}, mode: full}}
+""")
+    (root / "open.yaml").write_text("timezone: UTC\n")
+
+    rollout = asyncio.create_task(deploy(state, spec, "1.1.0", env="dev"))
+    ctx = service.new_context(state)
+
+    def at_ten() -> bool:
+        found = service.status(ctx, "shop-dev")[0]["rollout"]
+        return found is not None and found["weight"] == 10
+
+    await eventually(at_ten, 30, "the canary at 10%")
+    apply(state, "calendar", root / "freeze.yaml", actor="erin", token=token)
+
+    def held() -> bool:
+        found = service.status(ctx, "shop-dev")[0]["rollout"]
+        return bool(found and "paused by change freeze 'incident review'" in (found["waiting"] or ""))
+
+    await eventually(held, 30, "the canary held by the freeze")
+    assert service.status(ctx, "shop-dev")[0]["rollout"]["weight"] == 10
+    assert not rollout.done()
+    apply(state, "calendar", root / "open.yaml", actor="erin", token=token)  # the freeze is lifted
+    assert (await asyncio.wait_for(rollout, 60)).status == "promoted"
 
 
 async def test_a_breaking_migration_needs_a_release_approved_for_it(world):
@@ -173,7 +235,7 @@ def test_allowing_a_breaking_migration_needs_a_policy(tmp_path):
     from releasegate.governance.gate import _breaking_migration
 
     [problem] = _breaking_migration(tmp_path / "state", None, "shop", "2.0.0")
-    assert "no policy names approvers" in problem and "release new shop 2.0.0" in problem
+    assert "no policy is stored to name approvers" in problem and "release new shop 2.0.0" in problem
 
 
 def test_the_example_calendar_refuses_exam_season_and_allows_config(tmp_path):
@@ -198,6 +260,10 @@ def test_the_documented_walkthrough_runs(tmp_path):
     r = subprocess.run(["bash", str(EXAMPLES / "walkthrough.sh")], capture_output=True, text=True, env=env,
                        timeout=120)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "stored policy v1 from" in r.stdout and "stored calendar v1 from" in r.stdout
+    assert "judged by stored policy v1, stored calendar v1" in r.stdout and "would be refused:" in r.stdout
     assert "5 of 5 stages complete" in r.stdout
-    assert "refused: full freeze 'exam season'" in r.stdout
+    assert "judged by stored calendar v1" in r.stdout and "refused: full freeze 'exam season'" in r.stdout
+    assert "--as bob: policy apply needs role admin" in r.stderr
+    assert "stored policy v2 from" in r.stdout and "+users: {alice: [developer]" in r.stdout
     assert "audit log ok" in r.stdout

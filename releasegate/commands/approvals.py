@@ -4,6 +4,10 @@ Plain functions (and the ``token_app`` group) that ``releasegate.cli`` mounts. E
 with ``RELEASEGATE_TOKEN`` before doing anything, raises ``UserError`` for anything refused (the CLI prints one
 line and exits 2, also when these commands run outside ``releasegate.cli``, as in the tests) and leaves the rules
 to ``releasegate.governance.approvals``.
+
+The policy is the one stored in the state (``releasegate policy apply``). Only ``approvals`` still takes
+``--policy FILE``, as a dry look that says it judged a file; ``approve``, ``reject`` and ``token new`` refuse the
+option with a message rather than an unknown-option error, because scripts written for earlier releases pass it.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from releasegate.commands import reported
+from releasegate.errors import UserError
 from releasegate.governance import approvals as gov
 from releasegate.governance.identity import TOKEN_ENV, authenticate, new_token
 from releasegate.governance.policy import Policy, load_policy
@@ -31,8 +36,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
                                                help="Where state, logs and the database live "
                                                     "(default ./.releasegate).")]
-PolicyFile = Annotated[Path, typer.Option("--policy", metavar="FILE", show_default=False,
-                                          help="Governance policy (YAML): users, roles, stages per environment.")]
+PolicyFile = Annotated[Path | None, typer.Option(
+    "--policy", metavar="FILE", show_default=False,
+    help="Dry look: judge by this policy file instead of the stored one (the output says so).")]
+GonePolicy = Annotated[Path | None, typer.Option("--policy", metavar="FILE", hidden=True, show_default=False)]
 AsUser = Annotated[str, typer.Option("--as", metavar="USER", show_default=False,
                                      help=f"Who you are; your token must be in {TOKEN_ENV}.")]
 ReleaseRef = Annotated[str, typer.Argument(metavar="SERVICE@VERSION", show_default=False,
@@ -55,11 +62,31 @@ def _token() -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
-def _signer(state_dir: Path | None, policy: Path, release: str, user: str,
+def _stored(where: Path, what: str) -> Policy:
+    from releasegate.governance.stored import require_policy
+
+    return require_policy(where, what)
+
+
+def _known(where: Path) -> Policy | None:
+    """The stored policy, to check ``--as USER`` is one of its users; None (any user with a token) without one."""
+    from releasegate.governance.stored import stored_policy
+
+    return stored_policy(where)
+
+
+def _gone(policy: Path | None, command: str) -> None:
+    if policy is not None:
+        raise UserError(f"{command} --policy {policy}: approvals are judged by the stored policy, not a file; drop "
+                        f"--policy (an admin stores the file with `releasegate policy apply {policy} --as ADMIN`)")
+
+
+def _signer(state_dir: Path | None, policy: Path | None, release: str, user: str,
             action: str) -> tuple[Path, Policy, str, str]:
-    """State dir, policy, service and version, once ``user`` is authenticated for ``action`` on ``release``."""
+    """State dir, stored policy, service and version, once ``user`` is authenticated for ``action`` on ``release``."""
+    _gone(policy, action)
     where = state_dir_of(state_dir)
-    pol = load_policy(policy)
+    pol = _stored(where, action)
     service, version = gov.parse_release(release)
     authenticate(where, pol, user, _token(), action=action, release=release)
     return where, pol, service, version
@@ -85,7 +112,7 @@ def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_d
     """Register SERVICE@VERSION with you as its author; again with a new digest voids its approvals."""
     with reported():
         where = state_dir_of(state_dir)
-        authenticate(where, None, as_user, _token(), action="release new", release=f"{service}@{version}")
+        authenticate(where, _known(where), as_user, _token(), action="release new", release=f"{service}@{version}")
         change = gov.new_release(where, service, version, as_user, digest, commit, breaking_migration=breaking)
         rel = change.release
         artifact = f"digest {rel.digest or 'none'}, commit {rel.commit or 'none'}" + (
@@ -101,12 +128,12 @@ def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_d
             out.print(f"{rel.name}: already registered by {rel.author} ({artifact}); nothing changed", markup=False)
 
 
-def approve(release: ReleaseRef, stage: StageRole, as_user: AsUser, policy: PolicyFile,
+def approve(release: ReleaseRef, stage: StageRole, as_user: AsUser,
             check: Annotated[list[str] | None, typer.Option("--check", metavar="ITEM",
                                                             help="A checklist item you confirm (exact text); "
                                                                  "repeat for each.")] = None,
-            env: Env = "prod", state_dir: StateDir = None) -> None:
-    """Approve a stage of a release (for its registered artifact)."""
+            env: Env = "prod", state_dir: StateDir = None, policy: GonePolicy = None) -> None:
+    """Approve a stage of a release (for its registered artifact), under the stored policy."""
     with reported():
         where, pol, service, version = _signer(state_dir, policy, release, as_user, "approve")
         signoff = gov.approve(where, pol, service, version, stage, as_user, check or [], env)
@@ -117,10 +144,10 @@ def approve(release: ReleaseRef, stage: StageRole, as_user: AsUser, policy: Poli
                   f"{st.needed}); {done} of {len(status.stages)} stages complete", markup=False)
 
 
-def reject(release: ReleaseRef, stage: StageRole, as_user: AsUser, policy: PolicyFile,
+def reject(release: ReleaseRef, stage: StageRole, as_user: AsUser,
            reason: Annotated[str, typer.Option("--reason", metavar="TEXT", show_default=False,
                                                help="What has to change.")],
-           env: Env = "prod", state_dir: StateDir = None) -> None:
+           env: Env = "prod", state_dir: StateDir = None, policy: GonePolicy = None) -> None:
     """Reject a release at a stage: it is blocked everywhere until you withdraw the rejection."""
     with reported():
         where, pol, service, version = _signer(state_dir, policy, release, as_user, "reject")
@@ -134,29 +161,32 @@ def withdraw(release: ReleaseRef, as_user: AsUser, state_dir: StateDir = None) -
     with reported():
         where = state_dir_of(state_dir)
         service, version = gov.parse_release(release)
-        authenticate(where, None, as_user, _token(), action="withdraw", release=release)
+        authenticate(where, _known(where), as_user, _token(), action="withdraw", release=release)
         gone = gov.withdraw(where, service, version, as_user)
         out.print(f"{release}: {as_user} withdrew the rejection at stage {', '.join(s.stage for s in gone)}",
                   markup=False)
 
 
-def approvals(release: ReleaseRef, policy: PolicyFile, env: Env = "prod",
+def approvals(release: ReleaseRef, env: Env = "prod", policy: PolicyFile = None,
               as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
               state_dir: StateDir = None) -> None:
-    """Show a release's stages: needed, given by whom and when, missing checklist items, rejections."""
+    """Show a release's stages under the stored policy: needed, given by whom and when, what is missing."""
     with reported():
         where = state_dir_of(state_dir)
-        pol = load_policy(policy)
+        pol = load_policy(policy) if policy is not None else _stored(where, "approvals")
+        judged = (f"{pol.source}, not the stored policy (a dry look: deploys are judged by the stored one)"
+                  if policy is not None else pol.source)
         service, version = gov.parse_release(release)
         status = gov.release_status(where, pol, service, version, env)
         if as_json:
-            typer.echo(json.dumps(_as_json(status), indent=2))
+            typer.echo(json.dumps(dict(_as_json(status), judged_by=judged), indent=2))
         else:
-            _render(status)
+            _render(status, judged)
 
 
-def _render(status: gov.ReleaseStatus) -> None:
+def _render(status: gov.ReleaseStatus, judged: str) -> None:
     rel, env = status.release, status.env
+    out.print(f"judged by {judged}", markup=False)
     out.print(f"{status.service}@{status.version} for {env}: " + (
         f"by {rel.author}, digest {rel.digest or 'none'}, commit {rel.commit or 'none'}"
         + (", breaking migration allowed" if rel.breaking_migration else "") if rel
@@ -205,11 +235,17 @@ token_app = typer.Typer(help=f"Identity tokens for --as USER (given in {TOKEN_EN
 
 
 @token_app.command("new")
-def token_new(user: Annotated[str, typer.Argument(metavar="USER", show_default=False)], policy: PolicyFile,
-              state_dir: StateDir = None) -> None:
-    """Print a new token for USER once (only its hash is kept); it replaces USER's previous token."""
+def token_new(user: Annotated[str, typer.Argument(metavar="USER", show_default=False)],
+              as_user: Annotated[str | None, typer.Option(
+                  "--as", metavar="ADMIN", show_default=False,
+                  help=f"The admin issuing it, with their token in {TOKEN_ENV}; needed once an admin holds a token "
+                       "(the first admin's own token needs none).")] = None,
+              state_dir: StateDir = None, policy: GonePolicy = None) -> None:
+    """Print a new token for USER of the stored policy, once (only its hash is kept); it replaces the old one."""
     with reported():
-        token = new_token(state_dir_of(state_dir), load_policy(policy), user)
+        _gone(policy, "token new")
+        where = state_dir_of(state_dir)
+        token = new_token(where, _stored(where, "token new"), user, by=as_user, by_token=_token())
         typer.echo(token)
         err.print(f"token for {user} shown once; use it as {TOKEN_ENV}. Any previous token of {user} no longer works.",
                   markup=False)

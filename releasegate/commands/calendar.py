@@ -1,8 +1,11 @@
-"""``releasegate calendar check|show|upcoming``: change freezes and deploy windows from the command line.
+"""``releasegate calendar apply|check|show|upcoming|history``: change freezes and deploy windows.
 
-``check`` is what a pipeline runs before a deploy (exit 0 allowed, 2 refused, so ``&&`` does the gating); ``show``
-is the seed's release calendar for a month, or an iCalendar feed for people's calendar apps; ``upcoming`` answers
-"is a freeze about to start?" before a long rollout begins.
+``apply`` stores a validated calendar in the state (an admin's change, audited with a diff): deploys and the
+freeze checks during a rollout read the stored one. ``check`` is what a pipeline runs before a deploy (exit 0
+allowed, 2 refused, so ``&&`` does the gating); ``show`` is the seed's release calendar for a month, or an
+iCalendar feed for people's calendar apps; ``upcoming`` answers "is a freeze about to start?" before a long rollout
+begins. These three read the stored calendar, or with ``--calendar FILE`` judge a file, and then say so: a dry
+look at a calendar that is not (yet) in force.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from releasegate.governance.calendar import (
 )
 from releasegate.governance.calendar_views import ics_feed, month_view, relative, render_upcoming, upcoming
 
-calendar_app = typer.Typer(help="Change freezes and deploy windows: may a change start now, and when are the "
-                                "freezes (month view, iCalendar feed, upcoming).", no_args_is_help=True)
+calendar_app = typer.Typer(help="Change freezes and deploy windows: store the calendar in force, may a change start "
+                                "now, and when are the freezes (month view, iCalendar feed, upcoming).",
+                           no_args_is_help=True)
 
 
 class ChangeKind(StrEnum):
@@ -104,8 +108,27 @@ def _ics_range(calendar: Calendar, month: str | None, first: str | None, last: s
     return _midnight(start, calendar), _midnight(end, calendar)
 
 
-CalendarFile = Annotated[Path, typer.Option("--calendar", help="Release calendar (YAML): timezone, windows, freezes.",
-                                            show_default=False, metavar="FILE")]
+CalendarFile = Annotated[Path | None, typer.Option(
+    "--calendar", show_default=False, metavar="FILE",
+    help="Dry look: judge this calendar file (YAML) instead of the stored one; the output says so.")]
+StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
+                                               help="Where state, logs and the database live "
+                                                    "(default ./.releasegate).")]
+
+
+def _load(calendar: Path | None, state_dir: Path | None) -> tuple[Calendar, str]:
+    """The calendar to judge and what it is: a file (a dry look) or the stored one. Reading changes nothing."""
+    if calendar is not None:
+        return load_calendar(calendar), f"calendar file {calendar}, not the stored calendar (a dry look)"
+    from releasegate.commands.approvals import state_dir_of
+    from releasegate.governance.stored import latest, parse_calendar
+
+    where = state_dir_of(state_dir)
+    doc = latest(where, "calendar")
+    if doc is None:
+        raise UserError(f"no calendar is stored in {where}; an admin stores one with `releasegate calendar apply "
+                        "FILE`, or give --calendar FILE for a dry look at a file")
+    return parse_calendar(doc), doc.label
 At = Annotated[str | None, typer.Option(
     "--at", show_default=False, metavar="ISO8601",
     help="The moment to judge, ISO 8601 (2025-11-04T03:00 or 2025-11-04T03:00+09:00). Without a UTC offset it is "
@@ -115,18 +138,19 @@ ViewEnv = Annotated[str, typer.Option("--env", help="Environment whose freezes a
 
 
 @calendar_app.command("check")
-def check(calendar: CalendarFile,
-          change: Annotated[ChangeKind, typer.Option("--change", show_default=False, case_sensitive=False,
+def check(change: Annotated[ChangeKind, typer.Option("--change", show_default=False, case_sensitive=False,
                                                      help="What would start: major, minor or patch release, an "
                                                           "emergency hotfix, or a config change (monitoring, "
                                                           "alerts, log levels).")],
           at: At = None,
-          env: Annotated[str, typer.Option("--env", help="Target environment.")] = "prod") -> None:
-    """May this change start now (or --at)? Prints the decision; exit 0 allowed, 2 refused."""
+          env: Annotated[str, typer.Option("--env", help="Target environment.")] = "prod",
+          calendar: CalendarFile = None, state_dir: StateDir = None) -> None:
+    """May this change start now (or --at) under the stored calendar? Exit 0 allowed, 2 refused."""
     with _reported():
-        cal = load_calendar(calendar)
+        cal, judged = _load(calendar, state_dir)
         moment = parse_at(at, cal)
         decision = decide(cal, moment, change.value, env)
+    typer.echo(f"judged by {judged}")
     typer.echo(decision.reason)
     if decision.allowed:
         return
@@ -139,8 +163,7 @@ def check(calendar: CalendarFile,
 
 
 @calendar_app.command("show")
-def show(calendar: CalendarFile,
-         month: Annotated[str | None, typer.Option("--month", metavar="YYYY-MM", show_default=False,
+def show(month: Annotated[str | None, typer.Option("--month", metavar="YYYY-MM", show_default=False,
                                                    help="The month to show (default: this month).")] = None,
          env: ViewEnv = "prod",
          ics: Annotated[bool, typer.Option("--ics", help="Export an iCalendar feed instead: one event per freeze "
@@ -153,10 +176,27 @@ def show(calendar: CalendarFile,
          windows: Annotated[bool, typer.Option("--windows", help="Add each deploy-window opening to the --ics "
                                                                  "feed.")] = False,
          output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", show_default=False,
-                                                     help="Write to FILE instead of stdout.")] = None) -> None:
-    """The month by week (F full freeze, H hotfix-only, W deploy window, . open) with each freeze's span."""
+                                                     help="Write to FILE instead of stdout.")] = None,
+         yaml: Annotated[bool, typer.Option("--yaml", help="Print the stored calendar's text as applied (with "
+                                                           "--version N, a past one).")] = False,
+         version: Annotated[int | None, typer.Option("--version", metavar="N", min=1, show_default=False,
+                                                     help="With --yaml: a past version.")] = None,
+         calendar: CalendarFile = None, state_dir: StateDir = None) -> None:
+    """The stored calendar's month by week (F full, H hotfix-only, W deploy window, . open), with each freeze.
+
+    --ics: an iCalendar feed instead; --yaml: the stored text; --calendar FILE: a dry look at a file.
+    """
+    if yaml or version is not None:
+        from releasegate.commands.policy import show_document
+
+        with _reported():
+            if calendar is not None or ics or output is not None or not yaml:
+                raise UserError("--yaml prints the stored calendar's text (--version N: a past one); it takes no "
+                                "--calendar, --ics or --output")
+        show_document("calendar", version, False, state_dir)
+        return
     with _reported():
-        cal = load_calendar(calendar)
+        cal, judged = _load(calendar, state_dir)
         if not ics and (first or last or windows):
             raise UserError("--from, --to and --windows shape the --ics feed; add --ics (the month view takes "
                             "--month)")
@@ -164,7 +204,9 @@ def show(calendar: CalendarFile,
             start, end = _ics_range(cal, month, first, last)
             data = ics_feed(cal, start, end, _env(env), windows=windows)
         else:
-            data = (month_view(cal, *_month(month, cal), env=_env(env)) + "\n").encode()
+            data = (f"judged by {judged}\n" + month_view(cal, *_month(month, cal), env=_env(env)) + "\n").encode()
+        if ics:  # not in the feed: calendar apps would show it as text
+            typer.echo(f"judged by {judged}", err=True)
         if output is None:
             typer.echo(data, nl=False)
             return
@@ -176,14 +218,14 @@ def show(calendar: CalendarFile,
 
 
 @calendar_app.command("upcoming")
-def upcoming_command(calendar: CalendarFile,
-                     days: Annotated[float, typer.Option("--days", min=0, help="How far ahead to look.")] = 7,
+def upcoming_command(days: Annotated[float, typer.Option("--days", min=0, help="How far ahead to look.")] = 7,
                      at: At = None,
-                     env: ViewEnv = "prod") -> None:
-    """Freezes in force now and those starting within --days, with how long until each starts or ends."""
+                     env: ViewEnv = "prod", calendar: CalendarFile = None, state_dir: StateDir = None) -> None:
+    """Freezes of the stored calendar in force now or starting within --days, and when each starts or ends."""
     with _reported():
-        cal = load_calendar(calendar)
+        cal, judged = _load(calendar, state_dir)
         moment = parse_at(at, cal)
+    typer.echo(f"judged by {judged}")
     found = upcoming(cal, moment, days, _env(env))
     for line in render_upcoming(cal, moment, found, days):
         typer.echo(line)
@@ -193,6 +235,32 @@ def upcoming_command(calendar: CalendarFile,
             freeze, begin = following
             typer.echo(f"next: {freeze.name!r} ({freeze.mode}) starts {format_local(begin, cal.tz)} "
                        f"(in {relative(begin - utc(moment))})")
+
+
+@calendar_app.command("apply")
+def calendar_apply(file: Annotated[Path, typer.Argument(metavar="FILE", show_default=False,
+                                                        help="Calendar (YAML) to validate and store.")],
+                   as_user: Annotated[str | None, typer.Option(
+                       "--as", metavar="USER", show_default=False,
+                       help="An admin of the stored policy, with their token in RELEASEGATE_TOKEN.")] = None,
+                   dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate and show the diff; store "
+                                                                           "nothing.")] = False,
+                   state_dir: StateDir = None) -> None:
+    """Validate FILE and store it as the calendar in force: a new version, audited with who and the diff.
+
+    Needs an admin of the stored policy (--as, with their token); before a policy is stored, anyone (OS login).
+    """
+    from releasegate.commands.policy import apply_file
+
+    apply_file("calendar", file, as_user, dry_run, state_dir)
+
+
+@calendar_app.command("history")
+def calendar_history(state_dir: StateDir = None) -> None:
+    """Every version of the stored calendar: when, by whom, its sha256 and the file it came from."""
+    from releasegate.commands.policy import history_of
+
+    history_of("calendar", state_dir)
 
 
 __all__ = ["ChangeKind", "calendar_app", "parse_at"]

@@ -239,8 +239,10 @@ def release_cut(component: Component, repo: RepoDir = Path("."), path: SubPath =
     register = None
     with _reported():
         if as_user is not None:
+            from releasegate.governance.stored import stored_policy
+
             where = state_dir_of(state_dir)
-            authenticate(where, None, as_user, os.environ.get(TOKEN_ENV), action="release cut")
+            authenticate(where, stored_policy(where), as_user, os.environ.get(TOKEN_ENV), action="release cut")
 
             def register(cut: CutResult) -> None:
                 new_release(where, name, cut.version, as_user, commit=cut.commit)

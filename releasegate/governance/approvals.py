@@ -342,7 +342,7 @@ def release_status(state_dir: Path, policy: Policy, service: str, version: str, 
     """Everything about the release's sign-off for ``env``: what ``approvals`` prints and the gate decides on."""
     at = _now(now)
     environment = policy.environment(env)
-    with GovernanceStore(state_dir) as store:
+    with GovernanceStore(state_dir, readonly=True) as store:
         release = store.release(service, version)
         every = store.signoffs(service, version, active_only=False)
         required_at = store.env_success(service, version, environment.requires) if environment.requires else None
@@ -367,13 +367,13 @@ def record_env_success(state_dir: Path, service: str, version: str, env: str, at
 
 
 def env_success(state_dir: Path, service: str, version: str, env: str) -> float | None:
-    with GovernanceStore(state_dir) as store:
+    with GovernanceStore(state_dir, readonly=True) as store:
         return store.env_success(service, version, env)
 
 
 def has_approval(state_dir: Path, service: str, version: str, role: str) -> bool:
     """Whether a stage ``role`` approval stands on the release's current artifact, in any environment."""
-    with GovernanceStore(state_dir) as store:
+    with GovernanceStore(state_dir, readonly=True) as store:
         release = store.release(service, version)
         return release is not None and any(
             s.stage == role and s.digest == release.digest for s in store.signoffs(service, version, "approval"))

@@ -1,9 +1,10 @@
 """What ``deploy`` must check before it starts anything, and before every traffic increase.
 
-Admission gathers every reason to refuse (calendar, approvals, environment pipeline, identity) and reports them
-all at once, so a release manager fixes everything in one round. Break-glass (``--break-glass --reason``) is
-the one way past a freeze or a missing stage: it needs an sre approval on the release and is recorded as an
-emergency change. Rolling back is never gated.
+The policy and the calendar are the ones stored in the state (``releasegate.governance.stored``), never a file the
+spec or the command line names. Admission gathers every reason to refuse (calendar, approvals, environment
+pipeline, identity) and reports them all at once, so a release manager fixes everything in one round.
+Break-glass (``--break-glass --reason``) is the one way past a freeze or a missing stage: it needs an sre approval
+on the release and is recorded as an emergency change. Rolling back is never gated.
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from releasegate.errors import UserError
+from releasegate.governance.calendar_models import Calendar
+from releasegate.governance.identity import os_user
+from releasegate.governance.stored import InForce, in_force, spec_drift
 from releasegate.spec.models import Spec
 
 
 @dataclass(frozen=True)
 class DeployRequest:
-    """What the person asked for, beyond the spec and the version."""
+    """What the person asked for, beyond the spec and the version. No policy or calendar: those are the state's."""
 
     env: str = "prod"
     actor: str | None = None
@@ -28,31 +32,36 @@ class DeployRequest:
     hotfix: bool = False
     break_glass: bool = False
     reason: str | None = None
-    policy: Path | None = None
-    calendar: Path | None = None
     allow_breaking_migration: bool = False
 
 
 @dataclass
 class Admission:
-    """The decision to start, with what later checks need: the change kind and the loaded calendar."""
+    """The decision to start, with what later checks need: the change kind, the environment, break-glass."""
 
     change: str
     env: str
     actor: str
     emergency: bool
-    calendar: Any | None = None
-    calendar_path: Path | None = None
     notes: list[str] = field(default_factory=list)
 
 
-def _resolve(option: Path | None, from_spec: str | None, spec_path: Path) -> Path | None:
-    if option is not None:
-        return option
-    if from_spec:
-        path = Path(from_spec)
-        return path if path.is_absolute() else spec_path.parent / path
-    return None
+@dataclass
+class Judgement:
+    """What the stored policy and calendar say about a deploy at a moment. Only reads: ``plan --env`` shows it,
+    ``admit`` acts on it."""
+
+    change: str
+    force: InForce
+    notes: list[str] = field(default_factory=list)
+    blocking: list[str] = field(default_factory=list)
+    """Refusals nothing passes: the spec names rules that are not in force, an environment the policy lacks."""
+    bypassable: list[str] = field(default_factory=list)
+    """A freeze, a closed deploy window, missing approvals: what break-glass passes."""
+
+    @property
+    def allowed(self) -> bool:
+        return not self.blocking and not self.bypassable
 
 
 def change_kind(previous: str | None, version: str, hotfix: bool) -> tuple[str, str | None]:
@@ -74,48 +83,54 @@ def _now(at: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(at, tz=dt.UTC)
 
 
+def judge(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: str | None, env: str,
+          hotfix: bool, now: float) -> Judgement:
+    """Every reason the stored policy and calendar give to refuse this deploy at ``now``; changes nothing."""
+    force = in_force(state_dir)
+    change, note = change_kind(previous, version, hotfix)
+    judgement = Judgement(change, force, [note] if note else [], spec_drift(spec, spec_path, force, state_dir))
+    if force.calendar is not None:
+        from releasegate.governance.calendar import decide, format_local
+
+        decision = decide(force.calendar, _now(now), change, env)  # type: ignore[arg-type]
+        if decision.allowed:
+            judgement.notes.append(f"calendar: {decision.reason}")
+        else:
+            judgement.bypassable.append(f"calendar: {decision.reason}" + (
+                f"; next allowed {format_local(decision.next_allowed, force.calendar.tz)}"
+                if decision.next_allowed is not None else "; not allowed within 60 days"))
+    if force.policy is not None:
+        from releasegate.governance.approvals import check_deploy
+
+        try:
+            force.policy.environment(env)
+        except UserError as exc:
+            judgement.blocking.append(f"{exc} (every environment of a stored policy is governed; an admin adds one "
+                                      "with `releasegate policy apply FILE --as ADMIN`)")
+        else:
+            gate = check_deploy(state_dir, force.policy, spec.release_name, version, env, now)
+            judgement.bypassable += [f"policy ({env}): {m}" for m in gate.missing]
+    return judgement
+
+
 def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: str | None,
           request: DeployRequest, now: float,
           on_refused: Callable[[str, list[str]], None] | None = None) -> Admission:
     """Refuse (UserError listing every reason) or return the admission; every decision goes to the audit log."""
     from releasegate.store.audit import AuditLog
 
-    calendar_path = _resolve(request.calendar, spec.governance.calendar, spec_path)
-    policy_path = _resolve(request.policy, spec.governance.policy, spec_path)
-    change, note = change_kind(previous, version, request.hotfix)
-    admission = Admission(change=change, env=request.env, actor=request.actor or "anonymous",
-                          emergency=request.break_glass, notes=[note] if note else [])
+    judgement = judge(state_dir, spec, spec_path, version, previous, request.env, request.hotfix, now)
+    policy = judgement.force.policy
+    admission = Admission(change=judgement.change, env=request.env,
+                          actor=request.actor or f"{os_user()} (os login)", emergency=request.break_glass,
+                          notes=judgement.notes)
     release = f"{spec.release_name}@{version}"
     audit = AuditLog(state_dir)
     commit = release_commit(state_dir, spec.release_name, version)
-    problems: list[str] = []
-    bypassable: list[str] = []
-
-    policy = None
-    if policy_path is not None:
-        from releasegate.governance.policy import load_policy
-
-        policy = load_policy(policy_path)
+    problems = list(judgement.blocking)
+    bypassable = judgement.bypassable
     if request.actor is not None or request.break_glass:
         problems += _identity(state_dir, policy, request)
-
-    if calendar_path is not None:
-        from releasegate.governance.calendar import decide, load_calendar
-
-        admission.calendar = load_calendar(calendar_path)
-        admission.calendar_path = calendar_path
-        decision = decide(admission.calendar, _now(now), change, request.env)  # type: ignore[arg-type]
-        if not decision.allowed:
-            bypassable.append(f"calendar: {decision.reason}")
-        else:
-            admission.notes.append(f"calendar: {decision.reason}")
-
-    if policy is not None:
-        from releasegate.governance.approvals import check_deploy
-
-        gate = check_deploy(state_dir, policy, spec.release_name, version, request.env, now)
-        bypassable += [f"policy ({request.env}): {m}" for m in gate.missing]
-
     if request.break_glass:
         if not request.reason:
             problems.append("--break-glass needs --reason TEXT saying why this emergency change cannot wait")
@@ -128,8 +143,8 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
         problems += _breaking_migration(state_dir, policy, spec.release_name, version)
     problems += [] if request.break_glass else bypassable
 
-    evidence = {"change": change, "env": request.env, "previous": previous, "calendar": str(calendar_path or ""),
-                "policy": str(policy_path or ""), "bypassed": bypassable if request.break_glass else [],
+    evidence = {"change": judgement.change, "env": request.env, "previous": previous,
+                **judgement.force.evidence(), "bypassed": bypassable if request.break_glass else [],
                 "allow_breaking_migration": request.allow_breaking_migration}
     if problems:
         if on_refused is not None:
@@ -148,7 +163,7 @@ def release_commit(state_dir: Path, name: str, version: str) -> str | None:
     """The commit a registered release was built from, for the audit trail (None when not registered)."""
     from releasegate.store.governance import GovernanceStore
 
-    with GovernanceStore(state_dir) as store:
+    with GovernanceStore(state_dir, readonly=True) as store:
         rel = store.release(name, version)
     return rel.commit if rel is not None else None
 
@@ -157,7 +172,8 @@ def _identity(state_dir: Path, policy: Any, request: DeployRequest) -> list[str]
     if request.actor is None:
         return ["--break-glass needs --as USER (with RELEASEGATE_TOKEN) so the emergency change has an owner"]
     if policy is None:
-        return [f"--as {request.actor}: no policy file names users (set governance.policy or --policy)"]
+        return [f"--as {request.actor}: no policy is stored, so no users are known (an admin stores one with "
+                "`releasegate policy apply FILE`)"]
     from releasegate.governance.identity import authenticate
 
     try:
@@ -174,12 +190,12 @@ def _breaking_migration(state_dir: Path, policy: Any, name: str, version: str) -
     release = f"{name}@{version}"
     register = f"`releasegate release new {name} {version} --as AUTHOR --allow-breaking-migration`"
     if policy is None:
-        return [f"--allow-breaking-migration needs an approved release, and no policy names approvers (set "
-                f"governance.policy or --policy, then register it: {register})"]
+        return [f"--allow-breaking-migration needs an approved release, and no policy is stored to name approvers "
+                f"(`releasegate policy apply FILE`, then register it: {register})"]
     from releasegate.governance.approvals import has_approval
     from releasegate.store.governance import GovernanceStore
 
-    with GovernanceStore(state_dir) as store:
+    with GovernanceStore(state_dir, readonly=True) as store:
         registered = store.release(name, version)
     if registered is None:
         return [f"--allow-breaking-migration: {release} is not registered; register it with {register} and get "
@@ -193,13 +209,14 @@ def _breaking_migration(state_dir: Path, policy: Any, name: str, version: str) -
     return []
 
 
-def before_increase(admission: Admission, now: float) -> str | None:
-    """Checked before every traffic increase: a rollout that runs into a freeze pauses, never promotes."""
-    if admission.calendar is None or admission.emergency:
+def before_increase(admission: Admission, now: float, calendar: Calendar | None) -> str | None:
+    """Checked before every traffic increase against the calendar stored now: a rollout that runs into a freeze
+    pauses, never promotes."""
+    if calendar is None or admission.emergency:
         return None
     from releasegate.governance.calendar import frozen_at
 
-    freeze = frozen_at(admission.calendar, _now(now), admission.env)
+    freeze = frozen_at(calendar, _now(now), admission.env)
     if freeze is None:
         return None
     allowed = {"full": {"config"}, "hotfix-only": {"config", "patch", "hotfix"}}.get(freeze.mode, set())

@@ -6,9 +6,11 @@ reviewers" would be rules anyone could walk around by typing another name. Token
 256 bits of entropy, and the comparison is constant-time. A new token replaces the user's previous one, so a
 leaked token is revoked by issuing a new one.
 
-Who may issue tokens is whoever can write the state dir (the same people who could edit the database): issuing is
-recorded in the audit log with the operating-system login that did it, so a token issued behind a user's back
-shows, and the user's own token stops working.
+Who may issue a token: an admin (role ``admin`` of the policy in force), with ``--as`` and their own token, once any
+admin holds a token. Before that, the first tokens (the first admin's among them) are issued by whoever can write
+the state dir: they could edit the database anyway. Every issue is recorded in the audit log with the
+operating-system login and the issuing admin, so a token issued behind a user's back shows, and the user's own
+token stops working. The threat model is in docs/governance.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from releasegate.errors import UserError
-from releasegate.governance.policy import Policy
+from releasegate.governance.policy import ADMIN_ROLE, Policy
 from releasegate.store.audit import append_entry
 from releasegate.store.governance import GovernanceStore
 
@@ -41,21 +43,44 @@ def os_user() -> str:
         return "unknown"
 
 
-def new_token(state_dir: Path, policy: Policy, user: str, *, now: float | None = None) -> str:
-    """A new token for ``user`` (who must be in the policy), replacing any previous one; only its hash is kept."""
+def new_token(state_dir: Path, policy: Policy, user: str, *, by: str | None = None, by_token: str | None = None,
+              now: float | None = None) -> str:
+    """A new token for ``user`` (who must be in ``policy``), replacing any previous one; only its hash is kept.
+
+    ``by`` (with ``by_token``) is the admin issuing it; needed once an admin of ``policy`` holds a token.
+    """
     at = time.time() if now is None else now
     problem = policy.user_problem(user)
+    if problem is None and by is not None:
+        authenticate(state_dir, policy, by, by_token, action=f"token new {user}", now=at)
+    who = by or f"{os_user()} (os login)"
     with GovernanceStore(state_dir) as store, store.tx() as db:
+        problem = problem or _issuer_problem(store, policy, user, by)
+        evidence = {"user": user, "os_user": os_user(), "policy": policy.source}
         if problem:
-            append_entry(db, user, "token.refused", decision=problem, evidence={"os_user": os_user()}, at=at)
+            append_entry(db, who, "token.refused", decision=problem, evidence=evidence, at=at)
         else:
             token = TOKEN_PREFIX + secrets.token_urlsafe(32)
             replaced = store.set_token_hash(user, hash_token(token), at)
-            append_entry(db, user, "token.new", decision="issued, replacing the previous token" if replaced
-                         else "issued", evidence={"os_user": os_user(), "policy": policy.source}, at=at)
+            append_entry(db, who, "token.new", decision=f"token for {user} issued" + (
+                ", replacing the previous one" if replaced else ""), evidence=evidence, at=at)
     if problem:
         raise UserError(f"token new: {problem}")
     return token
+
+
+def _issuer_problem(store: GovernanceStore, policy: Policy, user: str, by: str | None) -> str | None:
+    """None when ``by`` may issue ``user``'s token: an admin always; anyone until an admin holds a token."""
+    admins = policy.admins()
+    if by is not None:
+        if by in admins:
+            return None
+        return (f"--as {by}: issuing tokens needs role {ADMIN_ROLE} in {policy.source}; admins: "
+                f"{', '.join(admins) or 'none'}")
+    if any(store.token_hash(admin) is not None for admin in admins):
+        return (f"an admin holds a token, so only an admin issues tokens now: `releasegate token new {user} --as "
+                f"ADMIN` with that admin's token in {TOKEN_ENV} (admins: {', '.join(admins)})")
+    return None
 
 
 def authenticate(state_dir: Path, policy: Policy | None, user: str, token: str | None, *,
@@ -67,23 +92,22 @@ def authenticate(state_dir: Path, policy: Policy | None, user: str, token: str |
     """
     at = time.time() if now is None else now
     problem = policy.user_problem(user) if policy is not None else None
-    with GovernanceStore(state_dir) as store:
-        if problem is None:
-            stored = store.token_hash(user)
-            given = hash_token(token or "")
-            create = f"`releasegate token new {user} --policy FILE` creates one"
-            if stored is None:
-                problem = f"--as {user}: {user} has no token; {create} (then export {TOKEN_ENV}=...)"
-            elif not token:
-                problem = f"--as {user} needs {user}'s token in the environment variable {TOKEN_ENV}"
-            elif not hmac.compare_digest(stored, given):
-                problem = (f"--as {user}: {TOKEN_ENV} is not {user}'s current token (a new token replaces the old "
-                           f"one); {create}")
-        if problem is None:
-            return
-        with store.tx() as db:
-            append_entry(db, user, "auth.refused", release=release, decision=problem,
-                         evidence={"for": action, "os_user": os_user(), "token_given": bool(token)}, at=at)
+    if problem is None:
+        with GovernanceStore(state_dir, readonly=True) as reader:
+            stored = reader.token_hash(user)
+        create = f"an admin creates one with `releasegate token new {user} --as ADMIN`"
+        if stored is None:
+            problem = f"--as {user}: {user} has no token; {create} (then export {TOKEN_ENV}=...)"
+        elif not token:
+            problem = f"--as {user} needs {user}'s token in the environment variable {TOKEN_ENV}"
+        elif not hmac.compare_digest(stored, hash_token(token)):
+            problem = (f"--as {user}: {TOKEN_ENV} is not {user}'s current token (a new token replaces the old "
+                       f"one); {create}")
+    if problem is None:
+        return
+    with GovernanceStore(state_dir) as store, store.tx() as db:
+        append_entry(db, user, "auth.refused", release=release, decision=problem,
+                     evidence={"for": action, "os_user": os_user(), "token_given": bool(token)}, at=at)
     raise UserError(problem)
 
 

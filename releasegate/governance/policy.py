@@ -6,6 +6,10 @@ every problem is reported at once as ``FILE:LINE:COL: message``, including the o
 a ``requires`` naming no environment, a stage whose role nobody holds (it could never be signed), a stage that
 needs more approvals than there are people to give them.
 
+The ``admin`` role is not a stage: its holders may replace the stored policy and calendar and issue tokens
+(``releasegate policy apply``, ``calendar apply``, ``token new --as``). A policy that goes into the state must name
+at least one admin, or nobody could ever change it again (``admin_problems``).
+
 Loading goes through ``releasegate.spec.yamlfile``, like the spec and the calendar.
 """
 
@@ -20,7 +24,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from releasegate.errors import UserError
 from releasegate.spec.errors import Loc, SpecError, SpecIssue, did_you_mean, format_loc
 from releasegate.spec.models import Duration
-from releasegate.spec.yamlfile import FileKind, load_yaml_model
+from releasegate.spec.yamlfile import FileKind, load_yaml_model, load_yaml_model_text
+
+ADMIN_ROLE = "admin"
+"""Holders may change the stored policy and calendar and issue tokens; never an approval stage."""
 
 _EMPTY = "a policy needs 'users' (name: [roles]) and 'environments' (name: {stages: [...]})"
 
@@ -76,12 +83,15 @@ class Policy(BaseModel):
 
     users: dict[str, Annotated[list[Text], BeforeValidator(_roles)]]
     environments: dict[str, Environment]
-    _source: str = PrivateAttr("policy")
+    _source: str = PrivateAttr("the policy")
 
     @property
     def source(self) -> str:
-        """The file it came from, for messages that tell the user where to fix a role or a stage."""
+        """Where it came from, ``policy FILE`` or ``stored policy v3``, for messages that say where to fix a role."""
         return self._source
+
+    def admins(self) -> list[str]:
+        return self.holders(ADMIN_ROLE)
 
     def roles_of(self, user: str) -> list[str]:
         return list(self.users.get(user, []))
@@ -94,14 +104,14 @@ class Policy(BaseModel):
         if user in self.users:
             return None
         hint = did_you_mean(user, list(self.users))
-        return (f"user {user!r} is not in policy {self.source}" + (f" (did you mean {hint!r}?)" if hint else "")
+        return (f"user {user!r} is not in {self.source}" + (f" (did you mean {hint!r}?)" if hint else "")
                 + f"; users: {', '.join(self.users) or 'none'}")
 
     def environment(self, name: str) -> Environment:
         env = self.environments.get(name)
         if env is None:
             hint = did_you_mean(name, list(self.environments))
-            raise UserError(f"--env {name}: policy {self.source} has no such environment"
+            raise UserError(f"--env {name}: {self.source} has no such environment"
                             + (f" (did you mean {hint!r}?)" if hint else "")
                             + f"; environments: {', '.join(self.environments) or 'none'}")
         return env
@@ -111,20 +121,44 @@ class Policy(BaseModel):
         if stage is None:
             roles = [s.role for s in self.environment(env_name).stages]
             hint = did_you_mean(role, roles)
-            raise UserError(f"--stage {role}: environment {env_name} of policy {self.source} has no such stage"
+            raise UserError(f"--stage {role}: environment {env_name} of {self.source} has no such stage"
                             + (f" (did you mean {hint!r}?)" if hint else "")
                             + f"; its stages: {', '.join(roles) or 'none'}")
         return stage
 
 
+_FILE = FileKind("policy", _EMPTY, located_at_key=True)
+
+
 def load_policy(path: str | Path) -> Policy:
     """The validated policy in ``path``; raises ``SpecError`` (a ``UserError``) listing every problem."""
-    policy = load_yaml_model(path, Policy, FileKind("policy", _EMPTY, located_at_key=True))
+    policy = load_yaml_model(path, Policy, _FILE)
     problems = cross_check(policy)
     if problems:
         raise SpecError(_locate(str(path), Path(path).read_text(encoding="utf-8-sig"), problems))
-    policy._source = str(path)
+    policy._source = f"policy {path}"
     return policy
+
+
+def load_policy_text(text: str, filename: str, source: str | None = None) -> Policy:
+    """Like ``load_policy`` for text already read (the stored copy); ``source`` names it in messages."""
+    policy = load_yaml_model_text(text, filename, Policy, _FILE)
+    problems = cross_check(policy)
+    if problems:
+        raise SpecError(_locate(filename, text, problems))
+    policy._source = source or f"policy {filename}"
+    return policy
+
+
+def admin_problems(policy: Policy, filename: str, text: str) -> None:
+    """Refuse (``SpecError`` at ``users``) a policy nobody could change again: one that names no admin."""
+    if policy.admins():
+        return
+    example = next(iter(policy.users), "alice")
+    roles = ", ".join([*policy.roles_of(example), ADMIN_ROLE])
+    message = (f"no user holds role {ADMIN_ROLE}, so nobody could change the stored policy or calendar again; give "
+               f"the role to someone under users, e.g. {example}: [{roles}]")
+    raise SpecError(_locate(filename, text, [(("users",), message)]))
 
 
 def cross_check(policy: Policy) -> list[tuple[Loc, str]]:
@@ -155,7 +189,10 @@ def cross_check(policy: Policy) -> list[tuple[Loc, str]]:
                 continue
             seen[stage.role] = i
             holders = policy.holders(stage.role)
-            if not holders:
+            if stage.role == ADMIN_ROLE:
+                problems.append(((*where, "role"), f"{ADMIN_ROLE} is the role that may change the stored policy and "
+                                 "calendar, not an approval stage; name the stage after another role"))
+            elif not holders:
                 held = sorted({r for roles in policy.users.values() for r in roles})
                 hint = did_you_mean(stage.role, held)
                 problems.append(((*where, "role"), f"no user holds role {stage.role!r}, so this stage could "
@@ -208,4 +245,5 @@ def _node_at(node: yaml.Node | None, loc: Loc) -> yaml.Node | None:
     return node
 
 
-__all__ = ["Environment", "Policy", "Stage", "cross_check", "load_policy"]
+__all__ = ["ADMIN_ROLE", "Environment", "Policy", "Stage", "admin_problems", "cross_check", "load_policy",
+           "load_policy_text"]

@@ -144,10 +144,17 @@ Router = Annotated[
 
 
 class Governance(_Model):
-    """Where the release policy and the change calendar live; paths are relative to the spec file."""
+    """The release name approvals are recorded under, and the policy and calendar files this service expects.
 
-    policy: str | None = Field(None, description="Policy file: users, roles, approval stages per environment.")
-    calendar: str | None = Field(None, description="Calendar file: deploy windows and change freezes.")
+    Deploys are judged by the policy and calendar stored in the state (``releasegate policy apply``, ``calendar
+    apply``), never by these files: naming one only refuses a deploy while the stored copy says something else."""
+
+    policy: str | None = Field(None, description="Policy file this service expects (relative to the spec). Deploys "
+                               "are judged by the stored policy (`releasegate policy apply FILE`); a deploy is refused "
+                               "while none is stored or it differs from this file.")
+    calendar: str | None = Field(None, description="Calendar file this service expects (relative to the spec). "
+                                 "Deploys are judged by the stored calendar (`releasegate calendar apply FILE`); a "
+                                 "deploy is refused while none is stored or it differs from this file.")
     release: str | None = Field(None, description="Name releases are approved under (NAME@VERSION); default: "
                                 "the service. Lets the specs of several environments (shop-stage, shop) share "
                                 "approvals and the dev -> stage -> prod pipeline.")
@@ -176,8 +183,9 @@ class Spec(_Model):
                                "moves to the new version; default: the seeds' canary.")
     analysis: Analysis = Field(default_factory=lambda: Analysis(), description="When to roll back.")
     rollback: Rollback = Field(default_factory=lambda: Rollback(), description="How to roll back.")
-    governance: Governance = Field(default_factory=lambda: Governance(), description="Approvals and change "
-                                   "freezes `deploy` enforces.")
+    governance: Governance = Field(default_factory=lambda: Governance(), description="The release name for "
+                                   "approvals; the policy and calendar deploy enforces are the state's "
+                                   "(`releasegate policy apply`).")
     metrics: MetricSources = Field(default_factory=lambda: MetricSources(), description="External metric "
                                    "sources for analysis rules.")
     notify: list[NotifyTarget] = Field(default_factory=list, description="Where rollout events are posted.")

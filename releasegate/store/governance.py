@@ -1,4 +1,5 @@
-"""Releases, sign-offs (approvals and rejections), identity tokens and environment successes, in SQLite.
+"""Releases, sign-offs (approvals and rejections), identity tokens, environment successes and the stored policy and
+calendar (every version kept), in SQLite.
 
 The tables live in the main store's file (``state_dir/releasegate.db``, WAL) next to the audit log, so a sign-off
 and its audit entry commit in one transaction: there is never an approval the log does not show, nor a logged
@@ -7,12 +8,18 @@ release") are checked and the row written while holding the write lock, so two r
 both pass a check that only one of them may pass.
 
 Nothing is deleted: a sign-off that no longer counts (the artifact changed, a rejection was withdrawn) gets
-``void_at`` and ``void_reason``, so ``approvals`` and the audit trail can still show it.
+``void_at`` and ``void_reason``, so ``approvals`` and the audit trail can still show it. A policy or calendar
+applied again is a new version; the old ones stay for ``policy history`` and the diffs in the audit log.
+
+``GovernanceStore(state_dir, readonly=True)`` is for commands that only look (``plan --env``, ``approvals``,
+``calendar show``): it never creates the state dir nor writes to the database; tables an older state dir lacks
+read as empty.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -63,6 +70,17 @@ CREATE TABLE IF NOT EXISTS gov_env_successes (
     succeeded_at REAL NOT NULL,
     PRIMARY KEY (service, version, env)
 );
+CREATE TABLE IF NOT EXISTS gov_documents (
+    kind TEXT NOT NULL CHECK (kind IN ('policy', 'calendar')),
+    version INTEGER NOT NULL,
+    content TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    os_user TEXT NOT NULL,
+    source TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (kind, version)
+);
 """
 
 
@@ -109,10 +127,32 @@ class Signoff:
         return self.void_at is None
 
 
+@dataclass(frozen=True)
+class StoredDocument:
+    """One version of the stored policy or calendar: the exact text that was validated, and who applied it."""
+
+    kind: str
+    version: int
+    content: str
+    sha256: str
+    actor: str
+    os_user: str
+    source: str | None
+    at: float
+
+    @property
+    def label(self) -> str:
+        """``stored policy v3``: how messages name it."""
+        return f"stored {self.kind} v{self.version}"
+
+
 class GovernanceStore:
     """Open per use case and close (or use ``with``); reads outside ``tx`` see the last committed state."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
+        if readonly:
+            self._db = _open_readonly(Path(state_dir))
+            return
         self._db = audit.open_db(Path(state_dir))
         audit.create_schema(self._db, audit.SCHEMA + SCHEMA)
         self._upgrade()
@@ -149,8 +189,10 @@ class GovernanceStore:
                                (service, version)).fetchone()
         if row is None:
             return None
+        columns = row.keys()  # a read-only look at an old state dir may lack the column; `in row` checks values
+        breaking = bool(row["breaking_migration"]) if "breaking_migration" in columns else False
         return Release(row["service"], row["version"], row["author"], row["digest"], row["commit_sha"],
-                       row["created_at"], row["updated_at"], bool(row["breaking_migration"]))
+                       row["created_at"], row["updated_at"], breaking)
 
     def put_release(self, release: Release) -> None:
         self._db.execute(
@@ -214,10 +256,64 @@ class GovernanceStore:
         return float(row["succeeded_at"]) if row else None
 
 
+    # --- the stored policy and calendar --------------------------------------------------------------------------
+
+    def document(self, kind: str, version: int | None = None) -> StoredDocument | None:
+        """The latest version of ``kind`` (``policy`` or ``calendar``), or the given one; None when none."""
+        sql = "SELECT * FROM gov_documents WHERE kind=?" + (" AND version=?" if version is not None else "")
+        args: tuple[object, ...] = (kind, version) if version is not None else (kind,)
+        row = self._db.execute(sql + " ORDER BY version DESC LIMIT 1", args).fetchone()
+        return _document(row) if row else None
+
+    def documents(self, kind: str) -> list[StoredDocument]:
+        return [_document(row) for row in self._db.execute("SELECT * FROM gov_documents WHERE kind=? ORDER BY "
+                                                          "version", (kind,))]
+
+    def add_document(self, kind: str, content: str, sha256: str, actor: str, os_user: str, source: str | None,
+                     at: float) -> StoredDocument:
+        """The next version of ``kind``; call inside ``tx`` so the version number and the audit entry agree."""
+        row = self._db.execute("SELECT MAX(version) FROM gov_documents WHERE kind=?", (kind,)).fetchone()
+        version = int(row[0] or 0) + 1
+        self._db.execute("INSERT INTO gov_documents (kind, version, content, sha256, actor, os_user, source, at) "
+                         "VALUES (?,?,?,?,?,?,?,?)", (kind, version, content, sha256, actor, os_user, source, at))
+        return StoredDocument(kind, version, content, sha256, actor, os_user, source, at)
+
+
+_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
+
+
+def _open_readonly(state_dir: Path) -> sqlite3.Connection:
+    """The state's database opened read-only (an empty one in memory when there is none): looking changes nothing.
+
+    Tables the file lacks (a state dir from an older releasegate, or one with rollouts only) are created as TEMP
+    tables of this connection, in memory, so every query reads them as empty.
+    """
+    path = state_dir / "releasegate.db"
+    if path.is_file():
+        db = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True, timeout=30, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=30000")
+        existing = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    else:
+        db = sqlite3.connect(":memory:", check_same_thread=False)
+        existing = set()
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA temp_store=MEMORY")
+    for statement in (audit.SCHEMA + SCHEMA).split(";"):
+        match = _TABLE.search(statement)
+        if match is not None and match[1] not in existing:
+            db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
+    return db
+
+
+def _document(row: sqlite3.Row) -> StoredDocument:
+    return StoredDocument(row["kind"], int(row["version"]), row["content"], row["sha256"], row["actor"],
+                          row["os_user"], row["source"], float(row["at"]))
+
+
 def _signoff(row: sqlite3.Row) -> Signoff:
     return Signoff(int(row["id"]), row["service"], row["version"], row["env"], row["stage"], row["user_name"],
                    row["kind"], tuple(json.loads(row["checks"])), row["reason"], row["digest"], row["commit_sha"],
                    float(row["at"]), row["void_at"], row["void_reason"])
 
 
-__all__ = ["SCHEMA", "GovernanceStore", "Release", "Signoff"]
+__all__ = ["SCHEMA", "GovernanceStore", "Release", "Signoff", "StoredDocument"]
