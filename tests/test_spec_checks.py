@@ -46,7 +46,7 @@ def test_health_during_the_rollout_is_configurable() -> None:
 
 
 def test_a_smoke_entry_is_a_request_or_a_command_never_both() -> None:
-    assert error("smoke:\n  - {path: /ok}\n  - {command: 'pytest --base-url {url}', expect_status: [200]}\n") == (
+    assert error("smoke:\n  - {path: /ok}\n  - {command: 'pytest --base-url {url}', expect_status: [201]}\n") == (
         "shop.yaml:5:42: a smoke entry is either an HTTP request or a command, not both: remove 'expect_status' "
         "here, or put the request in a smoke entry of its own")
     assert error("smoke:\n  - {path: /ok, cwd: tests}\n") == (
@@ -76,3 +76,9 @@ def test_other_braces_stay_as_written() -> None:
     assert substitute(s.smoke_tests[1].command, values) == "echo ${HOME} {url} http://127.0.0.1:4000"
     assert substitute({"port": "{port}", "v": "v{version}", "n": [1, "{version}"]}, values) == {
         "port": 4000, "v": "v2.0.0", "n": [1, "2.0.0"]}
+
+
+def test_a_stored_spec_validates_again() -> None:
+    """The controller keeps the spec as JSON (every key written) and reads it back, e.g. for `gc` and `rollback`."""
+    s = spec("smoke:\n  - {path: /ok}\n  - {command: 'pytest --base-url {url}', cwd: tests, env: {A: b}}\n")
+    assert Spec.model_validate_json(s.model_dump_json(by_alias=True)) == s

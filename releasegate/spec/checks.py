@@ -169,7 +169,10 @@ class SmokeTest(_Model):
 
     @model_validator(mode="after")
     def _one_kind(self) -> SmokeTest:
-        given = self.model_fields_set
+        # By value, not by the keys written: a stored spec (JSON with every key) must validate again.
+        fields = type(self).model_fields
+        given = {k for k in (*_HTTP_KEYS, *_COMMAND_KEYS)
+                 if getattr(self, k) != fields[k].get_default(call_default_factory=True, validated_data={})}
         if self.command is not None:
             both = [k for k in _HTTP_KEYS if k in given]
             if both:
