@@ -44,7 +44,7 @@ IncreaseGate = Callable[[float], str | None]
 """Asked before every traffic increase; a reason (e.g. a change freeze) holds the rollout where it is."""
 AuditHook = Callable[[RolloutState, Decision], None]
 
-_NOT_AUDITED = {"analysis", "waiting", "retry", "held"}
+_NOT_AUDITED = {"analysis", "waiting", "retry", "held", "health_failed"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ class Providers:
     health: Callable[[list[Instance], HealthSpec], Awaitable[CheckOutcome]]
     smoke: Callable[[list[Instance], list[SmokeTest]], Awaitable[CheckOutcome]]
     migrate: Callable[[bool], Awaitable[CheckOutcome]] | None = None
+    # One health request per instance during analysis (address -> None if healthy, else why); None: not probed.
+    probe: Callable[[list[Instance], HealthSpec], Awaitable[dict[str, str | None]]] | None = None
 
 
 class Controller:
@@ -234,7 +236,15 @@ class Controller:
             else (None, {})
         held = self.before_increase(at) if self.before_increase is not None else None
         return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held,
-                           missing=missing, whole_missing=whole_missing)
+                           missing=missing, whole_missing=whole_missing,
+                           health=await self._probe(st, action.version))
+
+    async def _probe(self, st: RolloutState, version: str) -> dict[str, str | None] | None:
+        """The new version's instances, each asked once for its health, directly (not through the router):
+        the engine counts failures in a row and rolls back (health during the rollout)."""
+        if self.p.probe is None:
+            return None
+        return await self.p.probe(await self._live(st.service, version), self.spec.health)
 
     async def _measure(self, st: RolloutState, action: Analyze,
                        window: float) -> tuple[dict[str, float | None], dict[str, str]]:

@@ -69,8 +69,8 @@ def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | No
                                   f"{format_duration(h.interval)}, up to {h.attempts} attempts "
                                   f"(at most {format_duration(h.attempts * h.interval)})"))
         elif isinstance(action, Smoke):
-            plan.rows.append((at, f"smoke-test {action.version} directly: {len(spec.smoke_tests)} request(s) per "
-                                  "instance; a failure aborts before any user traffic"))
+            plan.rows.append((at, f"smoke-test {action.version} directly: {_smoke_summary(spec)}; a failure "
+                                  "aborts before any user traffic"))
         elif isinstance(action, Route):
             split = ", ".join(f"{s.version} {s.weight}%" for s in action.shares)
             plan.rows.append((at, f"route {split}"))
@@ -84,8 +84,9 @@ def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | No
             plan.rows.append((at, what))
             i = j
         elif isinstance(action, Migrate):
-            plan.rows.append((at, "apply pending database migrations: lint, backup and verify first; a failure "
-                                  "restores the backup and aborts before any traffic"))
+            running = f" ({previous} keeps working: they must be backward compatible)" if previous else ""
+            plan.rows.append((at, f"apply pending database migrations{running}: lint, backup and verify first; a "
+                                  "failure restores the backup and aborts before any traffic"))
         elif isinstance(action, Stop):
             plan.rows.append((at, f"drain and stop {action.version}" +
                               (f" instances beyond {action.keep}" if action.keep else "")))
@@ -104,6 +105,10 @@ def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | No
                       f"{format_duration(h.attempts * h.interval)} more")
     if spec.analysis.rules:
         plan.notes.append("rollback when: " + "; ".join(r.describe() for r in spec.analysis.rules))
+    if previous is not None:
+        plan.notes.append(f"health during the rollout: {h.path} on each new instance every "
+                          f"{format_duration(spec.analysis.interval)}; {h.failure_threshold} failures in a row, or "
+                          f"every instance down for {format_duration(h.down_after)}, roll back straight to 0%")
     stairs = " -> ".join(f"{w}%" for w in spec.rollback.staircase)
     plan.notes.append(f"rollback mode: {spec.rollback_mode}" + (
         f" ({stairs}, {format_duration(spec.rollback.step_wait)} apart; straight to 0% if errors keep rising)"
@@ -148,3 +153,11 @@ def render_governance(out: Console, plan: Plan, spec_path: Path, env: str, state
                       hotfix: bool = False) -> None:
     for line in governance_lines(plan, spec_path, env, state_dir, hotfix=hotfix):
         out.print(line, markup=False)
+
+
+def _smoke_summary(spec: Spec) -> str:
+    commands = [t.command for t in spec.smoke_tests if t.command is not None]
+    requests = len(spec.smoke_tests) - len(commands)
+    parts = [f"{requests} request(s) per instance"] if requests else []
+    parts += [f"`{c}` against one instance" for c in commands]
+    return ", ".join(parts) or "nothing"

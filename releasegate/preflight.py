@@ -105,7 +105,7 @@ async def _running(spec: Spec, spec_dir: Path, state_dir: Path) -> Check:
     if not live:  # e.g. after a reboot: the prepare phase restarts it and health-checks it before anything else
         return Check("running version", True, f"{rec.current} has no live instance; deploy restarts it first")
     for inst in live:
-        result = await check_health_once(inst.address, spec.health)
+        result = await check_health_once(inst, spec.health)  # expect placeholders take its values
         if not result.ok:
             return Check("running version", False, f"{rec.current} at {inst.address}: {result.reason}")
     return Check("running version", True, f"{rec.current}: {len(live)} instance(s) healthy")

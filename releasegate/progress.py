@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from releasegate.durations import format_duration
@@ -68,7 +69,7 @@ class ProgressPrinter:
             values = format_values(d.data.get("values"))
             style = {"rollback": "bold red", "abort": "bold red", "promoted": "bold green",
                      "rolled_back": "bold red", "aborted": "bold red", "waiting": "yellow"}.get(d.kind, "")
-            line = f"{_clock(st.updated_at)}  {st.service} {st.version}  {st.weight:>3}%  {d.message}"
+            line = f"{_clock(st.updated_at)}  {st.service} {st.version}  {st.weight:>3}%  {escape(d.message)}"
             if values:
                 line += f"  [dim]{values}[/dim]"
             self.console.print(f"[{style}]{line}[/{style}]" if style else line)
@@ -77,7 +78,7 @@ class ProgressPrinter:
         took = _took((st.finished_at or st.updated_at) - st.created_at)
         colour = "green" if st.status == "promoted" else "red"
         self.console.print(f"[bold {colour}]{st.service} {st.version}: {st.status.replace('_', ' ')}[/] "
-                           f"after {took}: {st.reason or ''}")
+                           f"after {took}: {escape(st.reason or '')}")
 
 
 def render_plan(console: Console, plan: Plan) -> None:
@@ -88,10 +89,10 @@ def render_plan(console: Console, plan: Plan) -> None:
     table.add_column("at", justify="right")
     table.add_column("step")
     for n, (at, what) in enumerate(plan.rows, 1):
-        table.add_row(str(n), at, what)
+        table.add_row(str(n), at, escape(what))
     console.print(table)
     for note in plan.notes:
-        console.print(f"- {note}")
+        console.print(f"- {escape(note)}")
     console.print("[dim]dry run: nothing was started or changed[/dim]")
 
 
@@ -108,7 +109,8 @@ def render_status(console: Console, data: list[dict[str, Any]]) -> None:
         if r:
             ctl = "" if r["controller_alive"] else " (no controller: `releasegate resume`)"
             table.add_row(item["service"], item["current"] or "-", f"{r['version']} {r['strategy']}{ctl}",
-                          r["phase"], f"{r['weight']}%", r["waiting"] or format_values(r.get("latest")) or "-", prev)
+                          r["phase"], f"{r['weight']}%",
+                          escape(r["waiting"] or format_values(r.get("latest")) or "-"), prev)
         else:
             table.add_row(item["service"], item["current"] or "-", "-", "-", "-", "-", prev)
     console.print(table)
@@ -119,12 +121,13 @@ def render_history(console: Console, data: list[dict[str, Any]]) -> None:
         took = _took(r["finished_at"] - r["started_at"]) if r["finished_at"] else "-"
         console.print(f"[bold]{r['id']}[/bold] {r['version']} ({r['strategy']}"
                       + (f" from {r['previous']}" if r["previous"] else "") + f"): {r['status']} "
-                      f"started {_when(r['started_at'])}, took {took}" + (f": {r['reason']}" if r["reason"] else ""))
+                      f"started {_when(r['started_at'])}, took {took}"
+                      + (f": {escape(r['reason'])}" if r["reason"] else ""))
         for e in r["events"]:
             if e["kind"] in _QUIET:
                 continue
             values = format_values(e["data"].get("values"))
-            console.print(f"  {_clock(e['at'])}  {e['kind']:<15} {e['message']}" + (f"  [dim]{values}[/dim]"
+            console.print(f"  {_clock(e['at'])}  {e['kind']:<15} {escape(e['message'])}" + (f"  [dim]{values}[/dim]"
                                                                                     if values else ""))
 
 

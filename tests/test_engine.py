@@ -253,12 +253,34 @@ def test_a_freeze_holds_the_canary_at_its_weight_and_analysis_still_rolls_back()
     assert broken.state.status == "rolled_back" and new_weights(broken) == [5, 0]
 
 
-def test_migrations_run_after_smoke_and_before_any_traffic_and_a_rollback_keeps_the_schema():
+def test_migrations_run_after_start_before_health_and_smoke_and_a_rollback_keeps_the_schema():
+    """PrivateTrade: start at T+0, migrate at T+1, health, then smoke-test the new endpoints (they need the schema)."""
     spec = make_spec(migrations={"database": "sqlite:///app.db"})
     trace = simulate(spec, "2.0.0", "1.0.0", metric=errors_when(lambda t, w: w >= 25))
-    kinds = [type(a).__name__ for _, a in trace.steps]
-    assert kinds.index("Smoke") < kinds.index("Migrate") < kinds.index("Route")
+    new = [type(a).__name__ for _, a in trace.steps[2:7]]  # after the running version's prepare and health
+    assert new == ["Start", "Migrate", "Health", "Smoke", "Route"]
     assert trace.state.status == "rolled_back"
     assert "migrations that remain applied: 001.sql" in (trace.state.reason or "")
     failed = simulate(spec, "2.0.0", "1.0.0", failing=frozenset({"migrate"}))
     assert failed.state.status == "aborted" and all(w.get("2.0.0", 0) == 0 for _, w in failed.weights)
+
+
+def test_rolling_migrates_before_its_first_batch():
+    spec = make_spec(platform={"command": "app {port}", "instances": 3}, strategy={"rolling": {}},
+                     migrations={"database": "sqlite:///app.db"})
+    trace = simulate(spec, "2.0.0", "1.0.0")
+    starts = [i for i, (_, a) in enumerate(trace.steps) if isinstance(a, Start) and a.version == "2.0.0"]
+    kinds = [type(a).__name__ for _, a in trace.steps]
+    assert trace.state.status == "promoted" and kinds.index("Migrate") < starts[0]
+
+
+def test_a_rollout_saved_before_migrations_moved_ahead_of_the_checks_still_migrates_before_traffic():
+    """A state persisted by a release that migrated after smoke, resumed in its health phase: it must not reach
+    traffic without its migrations; it migrates, then checks again."""
+    spec = make_spec(migrations={"database": "sqlite:///app.db"})
+    st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", 0.0).model_copy(update={"phase": "health"})
+    seen = []
+    while not isinstance(action := decide.next_action(st, spec, 0.0), Route):
+        seen.append(type(action).__name__)
+        st, _ = decide.apply(st, spec, action, Outcome(True, details={"recorded": ["001.sql"]}), 0.0)
+    assert seen == ["Health", "Smoke", "Migrate", "Health", "Smoke"]

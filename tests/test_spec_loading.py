@@ -249,7 +249,7 @@ def test_unknown_nested_key_and_keys_written_in_another_case() -> None:
 def test_unknown_key_without_a_close_match_lists_the_valid_ones() -> None:
     assert only_error(lines("service: shop", PLATFORM, "health: {banana: 1}")) == (
         "spec.yaml:3:10: unknown key 'banana' in health; expected one of: path, interval, timeout, attempts, "
-        "expect_status, expect")
+        "expect_status, expect, failure_threshold, down_after")
 
 
 def test_yaml_boolean_words_as_keys_stay_text() -> None:

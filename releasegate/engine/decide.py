@@ -5,15 +5,19 @@ action is idempotent), fold the result back in with ``apply`` and persist. A con
 recomputes the same action from the same state on restart, so resuming behaves like never having stopped.
 
 Phases (canary and blue-green; a first deploy skips prepare and steps):
-  prepare -> prepare_health -> start -> health -> smoke -> step[i]... -> promote -> watch -> finish
+  prepare -> prepare_health -> start -> [migrate] -> health -> smoke -> step[i]... -> promote -> watch -> finish
   any failure before traffic -> abort -> stop_new -> finish(aborted)
   a breach, a dead instance or `rollback` -> rollback (staircase) -> stop_new -> finish(rolled_back)
-Rolling replaces instances in batches (engine/rolling.py) and rolls back by rolling the other way.
+  failed health checks during the rollout (engine/health.py) -> rollback straight to 0 %
+Migrations run once the new version has started and before its checks, which need its schema; they are
+backward compatible by rule, so the running version is unaffected.
+Rolling migrates before its first batch, replaces instances in batches (engine/rolling.py) and rolls back by
+rolling the other way.
 """
 
 from __future__ import annotations
 
-from releasegate.engine import rolling
+from releasegate.engine import health, rolling
 from releasegate.engine.analysis import evaluate, gate, record_samples, tick
 from releasegate.engine.state import (
     Action,
@@ -109,7 +113,7 @@ def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: flo
         return rolling.apply(st, spec, action, result, now)
     if isinstance(result, Observation):
         assert isinstance(action, Analyze)
-        return _observe(st, spec, action, result, now)
+        return _observe_health(st, spec, action, result, now)
     assert isinstance(result, Outcome)
     return _outcome(st, spec, action, result, now)
 
@@ -134,22 +138,23 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
             return rolling.begin(st, spec, now), [Decision("started", f"rolling {st.previous} -> {st.version}")]
         return _to(st, "start", now), []
     if p == "start":
-        return _to(st, "health", now), [Decision("started", f"{st.version} started", r.details)]
+        nxt = "migrate" if spec.migrations is not None else "health"
+        return _to(st, nxt, now), [Decision("started", f"{st.version} started", r.details)]
     if p == "health":
         return _to(st, "smoke", now), [Decision("healthy", f"{st.version} passed its health check", r.details)]
     if p == "smoke":
         d = Decision("smoke_passed", f"{st.version} passed its smoke tests", r.details)
-        if spec.migrations is not None:
+        if spec.migrations is not None and not st.migrated:  # a state saved by a release that migrated last
             return _to(st, "migrate", now), [d]
         return _first_traffic(st, spec, now), [d]
     if p == "migrate":
         d = Decision("migrated", "database migrations applied before any traffic", r.details)
         recorded = r.details.get("recorded")
         applied = [str(m) for m in recorded] if isinstance(recorded, list) else []
-        st = st.model_copy(update={"migrations_applied": applied})
+        st = st.model_copy(update={"migrations_applied": applied, "migrated": True})
         if st.strategy == "rolling":
             return rolling.begin(st, spec, now), [d, Decision("started", f"rolling {st.previous} -> {st.version}")]
-        return _first_traffic(st, spec, now), [d]
+        return _to(st, "health", now), [d]
     if p == "step":
         w = spec.strategy.steps[st.step].weight
         return st.model_copy(update={"routed": True, "weight": w, "phase_started": now}), [
@@ -201,6 +206,23 @@ def start_rollback(st: RolloutState, spec: Spec, reason: str, now: float, *, imm
         stairs = [w for w in spec.rollback.staircase if w < st.weight] or [0]
     return _to(st, "rollback", now, staircase=stairs, reason=reason, breach_rule=rule, breach_value=value,
                outcome=outcome)
+
+
+# --- health during the rollout: the controller probes, engine/health.py counts, a trigger goes straight to 0 % ---
+
+
+def _observe_health(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, now: float) -> Applied:
+    if obs.interrupted:
+        return st, []
+    st, noted, trigger = health.track(st, spec, obs)
+    if trigger is not None:
+        if st.phase in ("step", "watch"):
+            return start_rollback(st, spec, trigger.message, now, immediate=True), [trigger]
+        if st.phase == "rollback" and st.staircase[:1] != [0]:
+            return _to(st, "rollback", now, staircase=[0]), [
+                Decision("rollback", f"{trigger.message}: straight to 0%", trigger.data)]
+    st, decisions = _observe(st, spec, action, obs, now)
+    return st, noted + decisions
 
 
 def _observe(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, now: float) -> Applied:

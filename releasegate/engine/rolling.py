@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from releasegate.engine import health
 from releasegate.engine.analysis import evaluate, gate, record_samples, tick
 from releasegate.engine.state import (
     Action,
@@ -132,6 +133,17 @@ def _advance(st: RolloutState, rp: RollingProgress, spec: Spec, now: float) -> R
 
 
 def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: float) -> Applied:
+    """Health during the rollout first (engine/health.py): a trigger rolls back at once; then the batch logic."""
+    if not isinstance(result, Observation) or result.interrupted:
+        return _apply(st, spec, action, result, now)
+    st, noted, trigger = health.track(st, spec, result)
+    if trigger is not None and st.phase == "roll":
+        return reverse(st, spec, trigger.message, now, "rolled_back"), [trigger]
+    st, decisions = _apply(st, spec, action, result, now)
+    return st, noted + decisions
+
+
+def _apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: float) -> Applied:
     rp = st.rolling
     assert rp is not None
     if isinstance(result, Observation):

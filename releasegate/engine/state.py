@@ -71,6 +71,10 @@ class RolloutState(BaseModel):
     calendar_path: str | None = None
     allow_breaking_migration: bool = False
     migrations_applied: list[str] = Field(default_factory=list)  # in the database; never rolled back
+    migrated: bool = False  # the migrate phase has run (a state from before start -> migrate -> health may not)
+    # Health during the rollout: failed checks in a row per new instance, and since when every one is down.
+    health_failures: dict[str, int] = Field(default_factory=dict)
+    health_down_since: float | None = None
 
     @property
     def active(self) -> bool:
@@ -185,6 +189,9 @@ class Observation:
     # for the latest window and for the whole step; a key absent here but None in values has no known reason.
     missing: dict[str, str] = field(default_factory=dict)
     whole_missing: dict[str, str] = field(default_factory=dict)
+    # One health check of each live instance of the analysed version (address -> None if healthy, else why not,
+    # with its answer); None when not probed.
+    health: dict[str, str | None] | None = None
 
 
 Result = Outcome | Observation

@@ -14,12 +14,15 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
 from releasegate.engine.clock import Clock
 from releasegate.providers.base import Instance, Platform
+from releasegate.providers.smoke_commands import placeholders, run_command
+from releasegate.spec.checks import substitute, substitute_text
 from releasegate.spec.models import Health, SmokeTest
 
 _SNIPPET = 120
@@ -97,7 +100,10 @@ def _body_mismatch(response: httpx.Response, expect: dict[str, Any]) -> str | No
     return json_subset_mismatch(expect, body)
 
 
-async def _probe(client: httpx.AsyncClient, address: str, health: Health) -> CheckResult:
+async def _probe(client: httpx.AsyncClient, target: Instance | str, health: Health) -> CheckResult:
+    """One health request; ``expect`` placeholders take the instance's values (none for a bare address)."""
+    address = target.address if isinstance(target, Instance) else target
+    expect = substitute(health.expect, placeholders(target)) if isinstance(target, Instance) else health.expect
     started = time.perf_counter()
     try:
         async with asyncio.timeout(health.timeout):  # httpx's timeout is per phase, this bounds the whole
@@ -115,16 +121,27 @@ async def _probe(client: httpx.AsyncClient, address: str, health: Health) -> Che
         return CheckResult(False, f"{address} {health.path} answered {response.status_code}, expected "
                            f"{_expected_status(health.expect_status)} ({details['body'] or 'empty body'})",
                            details)
-    why = _body_mismatch(response, health.expect)
+    why = _body_mismatch(response, expect)
     if why:
         return CheckResult(False, f"{address} {health.path}: {why}", details)
     return CheckResult(True, f"{address} {health.path} answered {response.status_code}", details)
 
 
-async def check_health_once(address: str, health: Health) -> CheckResult:
-    """One health request to ``host:port``; the result's details carry status and latency."""
+async def check_health_once(target: Instance | str, health: Health) -> CheckResult:
+    """One health request to an instance (or a bare ``host:port``, without placeholders in ``expect``); the
+    result's details carry status and latency."""
     async with _client(health.timeout) as client:
-        return await _probe(client, address, health)
+        return await _probe(client, target, health)
+
+
+async def probe_health(instances: list[Instance], health: Health) -> dict[str, str | None]:
+    """One health request to each instance at once, as the analysis during a rollout does: address -> None when
+    healthy, else why not (with the answer). Every instance gets exactly one attempt, so the engine counts."""
+    if not instances:
+        return {}
+    async with _client(health.timeout) as client:
+        results = await asyncio.gather(*(_probe(client, i, health) for i in instances))
+    return {i.address: None if r.ok else r.reason for i, r in zip(instances, results, strict=True)}
 
 
 async def _why_dead(platform: Platform, instance: Instance) -> str | None:
@@ -167,7 +184,7 @@ async def wait_healthy(instances: list[Instance], health: Health, clock: Clock,
         for attempt in range(1, health.attempts + 1):
             round_started = clock.now()
             pending = [i for i in instances if i.address not in passed]
-            results = await asyncio.gather(*(_probe(client, i.address, health) for i in pending))
+            results = await asyncio.gather(*(_probe(client, i, health) for i in pending))
             for inst, result in zip(pending, results, strict=True):
                 history[inst.address].append(result)
                 if on_attempt is not None:
@@ -190,8 +207,21 @@ async def wait_healthy(instances: list[Instance], health: Health, clock: Clock,
     return CheckResult(False, reason, details())
 
 
+def _resolved(test: SmokeTest, instance: Instance) -> SmokeTest:
+    """The request with ``{version}``, ``{port}``... replaced by the instance's values."""
+    values = placeholders(instance)
+    return test.model_copy(update={
+        "path": substitute_text(test.path, values),
+        "headers": {k: substitute_text(v, values) for k, v in test.headers.items()},
+        "body": None if test.body is None else substitute_text(test.body, values),
+        "expect_body": None if test.expect_body is None else substitute_text(test.expect_body, values),
+        "expect_json": substitute(test.expect_json, values)})
+
+
 async def _smoke_one(client: httpx.AsyncClient, instance: Instance, test: SmokeTest,
                      limit: float) -> dict[str, Any]:
+    test = _resolved(test, instance)
+    limit = test.timeout if test.timeout is not None else limit
     name = f"smoke {test.method} {test.path} on {instance.address}"
     row: dict[str, Any] = {"test": f"{test.method} {test.path}", "instance": instance.address, "ok": False,
                            "status": None, "latency_ms": None, "reason": ""}
@@ -224,23 +254,51 @@ async def _smoke_one(client: httpx.AsyncClient, instance: Instance, test: SmokeT
     return row
 
 
-async def run_smoke(instances: list[Instance], tests: list[SmokeTest],
-                    timeout: float) -> CheckResult:  # noqa: ASYNC109 - a per-request timeout, not a deadline
-    """Send every test to every instance, one request at a time so latencies are not inflated by each other.
+async def _smoke_command(instance: Instance, test: SmokeTest, spec_dir: Path) -> dict[str, Any]:
+    r = await run_command(test, instance, spec_dir)
+    row: dict[str, Any] = {"test": f"command {test.command}", "instance": instance.address, "ok": r.ok,
+                           "command": r.command, "exit_code": r.exit_code, "seconds": round(r.seconds, 1),
+                           "output": r.output, "reason": ""}
+    if not r.ok:
+        how = (f"did not finish within {r.seconds:.0f} s and was killed" if r.timed_out
+               else f"exited {r.exit_code} after {r.seconds:.1f} s")
+        tail = r.last_lines()
+        row["reason"] = f"smoke command `{r.command}` {how}" + (f"; output ends: {tail}" if tail else
+                                                                "; it printed nothing")
+    return row
 
-    All pairs run even after a failure, so the details show the whole picture; the reason names the first
-    failing test and instance. ``timeout`` is per request.
+
+async def run_smoke(instances: list[Instance], tests: list[SmokeTest], timeout: float,  # noqa: ASYNC109
+                    spec_dir: Path | None = None) -> CheckResult:
+    """Send every request test to every instance, one request at a time so latencies are not inflated by each
+    other; run every command test once, against the first instance.
+
+    Request tests all run even after a failure, so the details show the whole picture; a command (which may take
+    minutes) is skipped once something failed. The reason names the first failing test and instance, and a
+    command's output tail. ``timeout`` is the per-request default; commands run in ``spec_dir``.
     """
     if not instances:
         return CheckResult(False, "no instances to smoke-test", {"results": []})
-    rows = []
+    rows: list[dict[str, Any]] = []
     async with _client(timeout) as client:
         for test in tests:
+            if test.is_command:
+                if any(not r["ok"] for r in rows):
+                    rows.append({"test": f"command {test.command}", "instance": instances[0].address,
+                                 "ok": False, "skipped": True, "reason": "skipped: an earlier smoke test failed"})
+                else:
+                    rows.append(await _smoke_command(instances[0], test, spec_dir or Path.cwd()))
+                continue
             for inst in instances:
                 rows.append(await _smoke_one(client, inst, test, timeout))
-    failed = [r for r in rows if not r["ok"]]
+    failed = [r for r in rows if not r["ok"] and not r.get("skipped")]
     if failed:
         more = f" (+{len(failed) - 1} more failing)" if len(failed) > 1 else ""
         return CheckResult(False, failed[0]["reason"] + more, {"results": rows})
-    return CheckResult(True, f"smoke: {len(tests)} test{'s' if len(tests) != 1 else ''} passed on "
-                       f"{len(instances)} instance{'s' if len(instances) != 1 else ''}", {"results": rows})
+    n_cmd = sum(1 for t in tests if t.is_command)
+    n_req = len(tests) - n_cmd
+    said = f"{n_req} test{'s' if n_req != 1 else ''} passed on {len(instances)} " \
+           f"instance{'s' if len(instances) != 1 else ''}"
+    if n_cmd:
+        said = (f"{said}, " if n_req else "") + f"{n_cmd} command{'s' if n_cmd != 1 else ''} passed"
+    return CheckResult(True, f"smoke: {said}", {"results": rows})

@@ -134,7 +134,7 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
         return CheckOutcome(r.ok, r.reason, dict(r.details))
 
     async def smoke(instances: list[Instance], tests: list[SmokeTest]) -> CheckOutcome:
-        r = await checks.run_smoke(instances, tests, timeout=max(spec.health.timeout, 5.0))
+        r = await checks.run_smoke(instances, tests, timeout=max(spec.health.timeout, 5.0), spec_dir=spec_dir)
         return CheckOutcome(r.ok, r.reason, dict(r.details))
 
     prometheus = None
@@ -162,4 +162,4 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
                                            "recorded": result.recorded})
 
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
-                     migrate=migrate)
+                     migrate=migrate, probe=checks.probe_health)

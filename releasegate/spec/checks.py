@@ -1,17 +1,85 @@
-"""Health and smoke checks: how a new instance proves itself before (and while) it takes user traffic."""
+"""Health and smoke checks: how a new instance proves itself before (and while) it takes user traffic.
+
+Expectations and smoke commands may name the instance they check: ``{url}``, ``{host}``, ``{port}``, ``{version}``
+and ``{service}`` are substituted per instance (PrivateTrade checks that /health reports ``"version": "2.0.0"``).
+Placeholders are only ``{name}`` words; other braces (JSON in ``expect_body``, ``${HOME}`` in a shell command) stay
+as written, and ``{{name}}`` is a literal ``{name}``. A misspelt placeholder is refused when the spec is loaded,
+because at deploy time it would fail a healthy version.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from releasegate.spec.common import Duration
 from releasegate.spec.common import SpecModel as _Model
+from releasegate.spec.errors import LocatedValueError, did_you_mean
+
+PLACEHOLDERS = ("url", "host", "port", "version", "service")
+_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|(?<!\$)\{([A-Za-z_]\w*)\}")
+_KNOWN = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+SMOKE_COMMAND_TIMEOUT = 300.0
+
+
+def check_placeholders(value: Any, at: tuple[str | int, ...] = ()) -> None:
+    """Refuse unknown ``{name}`` placeholders anywhere in ``value`` (strings, nested in mappings and lists)."""
+    if isinstance(value, str):
+        for match in _PLACEHOLDER.finditer(value):
+            name = match.group(2)
+            if name is not None and name not in PLACEHOLDERS:
+                hint = did_you_mean(name, PLACEHOLDERS)
+                raise LocatedValueError(f"unknown placeholder {{{name}}}" + (f" (did you mean {{{hint}}}?)" if hint
+                                        else "") + f"; known: {_KNOWN} (write {{{{{name}}}}} for a literal one)",
+                                        at)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check_placeholders(item, (*at, str(key)))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_placeholders(item, (*at, i))
+
+
+def substitute(value: Any, values: Mapping[str, object]) -> Any:
+    """``value`` with every placeholder replaced, recursively. A string that is exactly one placeholder takes the
+    value's own type, so ``port: "{port}"`` matches the number a JSON health answer reports."""
+    if isinstance(value, str):
+        whole = _PLACEHOLDER.fullmatch(value)
+        if whole is not None and whole.group(2) in values:
+            return values[whole.group(2)]
+
+        def one(match: re.Match[str]) -> str:
+            if match.group(1) is not None:
+                return "{" + match.group(1) + "}"
+            name = match.group(2)
+            return str(values[name]) if name in values else match.group(0)
+
+        return _PLACEHOLDER.sub(one, value)
+    if isinstance(value, Mapping):
+        return {key: substitute(item, values) for key, item in value.items()}
+    if isinstance(value, list):
+        return [substitute(item, values) for item in value]
+    return value
+
+
+def substitute_text(text: str, values: Mapping[str, object]) -> str:
+    """``substitute`` for fields that must stay text (paths, commands, headers)."""
+    out = substitute(text, {k: str(v) for k, v in values.items()})
+    assert isinstance(out, str)
+    return out
+
+
+def _located(value: Any) -> Any:
+    check_placeholders(value)
+    return value
 
 
 class Health(_Model):
-    """Polled on each new instance directly (not through the router) until it answers or attempts run out."""
+    """Polled on each new instance directly (not through the router) until it answers or attempts run out, then
+    once per analysis interval while the new version takes traffic: failures then roll back."""
 
     path: str = Field("/health", description="HTTP path polled on each instance.")
     interval: Duration = Field(5.0, description="Time between attempts.")
@@ -19,7 +87,14 @@ class Health(_Model):
     attempts: int = Field(60, ge=1, description="Attempts before the instance counts as unhealthy.")
     expect_status: list[int] = Field(default_factory=list, description="Accepted statuses; empty means any 2xx.")
     expect: dict[str, Any] = Field(default_factory=dict,
-                                   description="JSON subset the body must contain, e.g. {status: healthy}.")
+                                   description="JSON subset the body must contain, e.g. {status: healthy, version: "
+                                   "\"{version}\"}; {version}, {service}, {port}, {host} and {url} are the "
+                                   "instance's.")
+    failure_threshold: int = Field(3, ge=1, description="During the rollout (from the first traffic to the end of "
+                                   "the watch), this many failed checks in a row of any new instance roll back, "
+                                   "straight to 0 %.")
+    down_after: Duration = Field(30.0, description="During the rollout, every new instance failing or unreachable "
+                                 "for this long rolls back, straight to 0 %.")
 
     @field_validator("path")
     @classmethod
@@ -28,20 +103,44 @@ class Health(_Model):
             raise ValueError(f"the path must start with '/', e.g. '/{v}'")
         return v
 
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _located(v)  # type: ignore[no-any-return]
+
+
+_HTTP_KEYS = ("method", "path", "headers", "body", "expect_status", "max_latency", "expect_body", "expect_json")
+_COMMAND_KEYS = ("cwd", "env")
+
 
 class SmokeTest(_Model):
-    """One request sent straight to every new instance before any user traffic reaches it."""
+    """One check of the new version before any user traffic reaches it: an HTTP request sent straight to every new
+    instance, or a command (the team's own smoke-test suite) run against one new instance."""
 
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = Field(
         "GET", description="HTTP method; lower case is accepted.")
-    path: str = Field("/", description="HTTP path requested on each new instance.")
+    path: str = Field("/", description="HTTP path requested on each new instance. In path, headers, body, "
+                      "expect_body and expect_json, {version}, {service}, {port}, {host} and {url} are the "
+                      "instance's.")
     headers: dict[str, str] = Field(default_factory=dict, description="Extra request headers.")
-    body: str | None = Field(None, description="Request body, sent as is.")
+    body: str | None = Field(None, description="Request body, sent as is (after placeholders).")
     expect_status: list[int] = Field(default_factory=lambda: [200],
                                      description="Accepted statuses; empty means any 2xx.")
     max_latency: Duration = Field(0.5, description="Slower answers fail the test.")
     expect_body: str | None = Field(None, description="Text the body must contain.")
-    expect_json: dict[str, Any] = Field(default_factory=dict, description="JSON subset the body must contain.")
+    expect_json: dict[str, Any] = Field(default_factory=dict, description="JSON subset the body must contain, "
+                                        "e.g. {version: \"{version}\"}.")
+    command: str | None = Field(None, description="Instead of a request: a shell command run against one new "
+                                "instance, e.g. 'pytest tests/smoke --base-url {url}'; exit status 0 passes. "
+                                "{url} (http://HOST:PORT), {host}, {port}, {version} and {service} are "
+                                "substituted, and RELEASEGATE_URL, RELEASEGATE_VERSION and RELEASEGATE_SERVICE "
+                                "set. The end of its output is kept with the decision.")
+    cwd: str | None = Field(None, description="A command's working directory, relative to the spec file; "
+                            "default: the spec file's directory.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment for a command.")
+    timeout: Duration | None = Field(None, description="A command's time limit (default 5m; then its whole process "
+                                     "group is killed and the test fails); for a request, the per-request timeout "
+                                     "(default: health.timeout, at least 5s).")
 
     @field_validator("method", mode="before")
     @classmethod
@@ -53,4 +152,43 @@ class SmokeTest(_Model):
     def _path(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError(f"the path must start with '/', e.g. '/{v}'")
-        return v
+        return _located(v)  # type: ignore[no-any-return]
+
+    @field_validator("headers", "body", "expect_body", "expect_json", "cwd", "env")
+    @classmethod
+    def _placeholders(cls, v: Any) -> Any:
+        return _located(v)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("the command is empty: write the command that runs your smoke tests, e.g. "
+                             "'pytest tests/smoke --base-url {url}'")
+        return _located(v)  # type: ignore[no-any-return]
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SmokeTest:
+        # By value, not by the keys written: a stored spec (JSON with every key) must validate again.
+        fields = type(self).model_fields
+        given = {k for k in (*_HTTP_KEYS, *_COMMAND_KEYS)
+                 if getattr(self, k) != fields[k].get_default(call_default_factory=True, validated_data={})}
+        if self.command is not None:
+            both = [k for k in _HTTP_KEYS if k in given]
+            if both:
+                raise LocatedValueError(f"a smoke entry is either an HTTP request or a command, not both: remove "
+                                        f"'{both[0]}' here, or put the request in a smoke entry of its own",
+                                        (both[0],))
+        else:
+            stray = [k for k in _COMMAND_KEYS if k in given]
+            if stray:
+                raise LocatedValueError(f"'{stray[0]}' applies to smoke commands only: add 'command: ...' to this "
+                                        f"entry or remove '{stray[0]}'", (stray[0],))
+        return self
+
+    @property
+    def is_command(self) -> bool:
+        return self.command is not None
+
+    def describe(self) -> str:
+        return f"`{self.command}`" if self.command is not None else f"{self.method} {self.path}"

@@ -177,8 +177,9 @@ class Spec(_Model):
     router: Router = Field(default_factory=lambda: BuiltinRouter(), description="What splits traffic between "
                            "the versions.")
     health: Health = Field(default_factory=lambda: Health(), description="When a new instance counts as up.")
-    smoke: list[SmokeTest] | None = Field(None, description="Requests sent to each new instance; default: GET "
-                                          "on the health path.")
+    smoke: list[SmokeTest] | None = Field(None, description="Checks of the new version before any traffic: "
+                                          "requests sent to each new instance and commands run against one; "
+                                          "default: GET on the health path.")
     strategy: Strategy = Field(default_factory=lambda: Strategy(canary=Canary()), description="How traffic "
                                "moves to the new version; default: the seeds' canary.")
     analysis: Analysis = Field(default_factory=lambda: Analysis(), description="When to roll back.")

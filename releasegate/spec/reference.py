@@ -46,9 +46,12 @@ health:
   interval: 5s
   timeout: 2s
   attempts: 60
-  expect: {}                    # optional JSON subset the body must contain, e.g. {status: healthy}
+  expect: {}                    # optional JSON subset of the body, e.g. {status: healthy, version: "{version}"}
+  failure_threshold: 3          # under traffic: 3 failed checks in a row of an instance roll back
+  down_after: 30s               # under traffic: every instance down this long rolls back
 smoke:
   - {method: GET, path: /, expect_status: [200], max_latency: 500ms}
+# - {command: "pytest tests/smoke --base-url {url}", timeout: 5m}   # your own suite, against one new instance
 strategy:
   canary:
     steps:
