@@ -69,7 +69,8 @@ def track_no_data(st: RolloutState, spec: Spec, obs: Observation, verdict: Verdi
     since = st.no_data_since if st.no_data_since is not None else obs.at - spec.analysis.interval
     st = st.model_copy(update={"no_data_since": since})
     timeout = no_data_timeout(st, spec)
-    if st.paused is not None or timeout is None or obs.at - since < timeout - 1e-6:
+    # Half an interval of slack: evaluations run a little late, and the one that closes a step must not miss it.
+    if st.paused is not None or timeout is None or obs.at - since < timeout - spec.analysis.interval / 2:
         return st, []
     names = ", ".join(k.split(":", 1)[1] for k in verdict.inconclusive)
     known = any(k in obs.missing for k in verdict.inconclusive)
