@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -109,7 +110,7 @@ def test_the_controllers_reasons_name_what_is_missing():
     spec = make_spec()
     st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", 0.0)
     st = st.model_copy(update={"phase": "step", "routed": True, "weight": 5, "phase_started": 0.0})
-    why = {"0:error_rate": "no traffic to 2.0.0 in the last 10s", "1:latency_p95": "no traffic to 2.0.0 in the last 10s"}
+    why = dict.fromkeys(("0:error_rate", "1:latency_p95"), "no traffic to 2.0.0 in the last 10s")
     st, said = decide.apply(st, spec, decide.next_action(st, spec, 0.0),
                             Observation(at=10.0, values={"0:error_rate": None, "1:latency_p95": None}, missing=why),
                             10.0)
@@ -155,7 +156,7 @@ def _stair_running() -> tuple[RolloutState, Spec]:
     return st.model_copy(update={"routed": True, "weight": 50}), spec
 
 
-SITUATIONS = {
+SITUATIONS: dict[str, Callable[[], tuple[RolloutState, Spec]]] = {
     "step, paused for no data": lambda: _state(lambda t, m, w: None),
     "watch, paused for no data": lambda: _state(no_data_after(PROMOTED_AT)),
     "staircase, stair undecided": _stair_running,

@@ -50,11 +50,13 @@ def env(tmp_path):
             assert info is not None, "the router is not running"
             return (await BuiltinRouterClient(str(info["admin"])).get_routes("shop")).weights()
 
-        def cli(self, *args: str) -> str:
-            done = subprocess.run([sys.executable, "-m", "releasegate", "--state-dir", str(state), *args],
-                                  capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
+        async def cli(self, *args: str) -> str:
+            """The CLI in another process, as a user runs it; off the event loop the rollout runs on."""
+            done = await asyncio.to_thread(
+                subprocess.run, [sys.executable, "-m", "releasegate", "--state-dir", str(state), *args],
+                capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
             assert done.returncode == 0, done.stderr
-            return " ".join(done.stdout.split())
+            return done.stdout
 
     yield Env()
     if made:
@@ -91,8 +93,8 @@ async def test_errors_that_stop_at_the_first_stair_hold_there_until_promote_prom
         assert await env.routes() == {"2.0.0": 50, "1.0.0": 50}
         assert held["waiting"].startswith("paused at 50%: errors stopped over the stair (5s")
         assert "`releasegate promote shop` promotes 2.0.0 to 100% again" in held["waiting"]
-        assert "rollback (paused)" in env.cli("status")
-        history = env.cli("history", "shop")
+        assert "rollback (paused)" in " ".join((await env.cli("status")).split())
+        history = " ".join((await env.cli("history", "shop")).split())
         assert "paused at 50%: errors stopped" in history and "rolling back: 2.0.0 at 50%" in history
         await asyncio.sleep(0)
         assert not rollout.done()  # nothing moves on its own
@@ -118,11 +120,10 @@ async def test_a_step_without_traffic_pauses_and_says_so_then_promote_goes_on(en
     assert paused["paused"]["kind"] == "no_data" and paused["phase"] == "step" and paused["weight"] == 20
     assert paused["waiting"].startswith("paused: no data for error_rate on 2.0.0 for 2s")
     assert "`releasegate promote shop`" in paused["waiting"] and "`releasegate rollback shop`" in paused["waiting"]
-    as_json = json.loads(subprocess.run([sys.executable, "-m", "releasegate", "--state-dir", str(env.state),
-                                         "status", "--json"], capture_output=True, text=True).stdout)
+    as_json = json.loads(await env.cli("status", "--json"))
     assert as_json[0]["rollout"]["paused"]["kind"] == "no_data"
-    assert "step (paused)" in env.cli("status")
-    assert "paused: no data for error_rate" in env.cli("history", "shop")
+    assert "step (paused)" in " ".join((await env.cli("status")).split())
+    assert "paused: no data for error_rate" in " ".join((await env.cli("history", "shop")).split())
     assert await env.routes() == {"2.0.0": 20, "1.0.0": 80}
     async with Load(env.url) as load:
         await load.wait_for(20)
@@ -130,3 +131,32 @@ async def test_a_step_without_traffic_pauses_and_says_so_then_promote_goes_on(en
         st = await rollout
     assert st.status == "promoted", st.reason
     assert load.failures == [] and await env.routes() == {"2.0.0": 100}
+
+
+async def test_errors_that_persist_down_the_staircase_end_in_an_incident_everyone_hears_of(env):
+    from releasegate.store.audit import AuditLog
+    from tests.support.receiver import Receiver
+
+    with Receiver() as pager:
+        spec = env.spec("{canary: {steps: [{weight: 50, pause: 3s}]}}", faults="3.0.0:error_rate=0.3",
+                        smoke_path="/health", rules="[{metric: error_rate, max: 0.05, for: 1s}]",
+                        rollback="{staircase: [{weight: 20, wait: 1500ms}, {weight: 10, wait: 1500ms}, 0], "
+                                 "rising: null}",  # 30 % errors, give or take: persisting, not a clear rise
+                        extra=f'notify:\n  - {{url: "{pager.url()}", events: [rolled_back]}}\n')
+        assert (await service.deploy(env.ctx, spec, "1.0.0")).status == "promoted"
+        async with Load(env.url) as load:
+            await load.wait_for(20)
+            st = await asyncio.wait_for(service.deploy(env.ctx, spec, "3.0.0"), 60)
+        assert st.status == "rolled_back", st.reason
+        events = service.history(env.ctx, "shop")[0]["events"]
+        kinds = [e["kind"] for e in events]
+        assert kinds.count("errors_persist") == 2 and "incident" in kinds
+        weights = [e["data"]["weight"] for e in events if e["kind"] == "rollback_step"]
+        assert weights == [20, 10, 0]
+        incident = next(e for e in events if e["kind"] == "incident")
+        assert "rolled back to 0% after the staircase from 50%" in incident["message"]
+        assert any(e.action == "rollout.incident" for e in AuditLog(env.state).entries())
+        paged = await eventually(lambda: [e for e in pager.events() if e.get("incident") == "true"], within=10,
+                                 what="the incident notification")
+        assert paged[0]["phase"] == "incident" and paged[0]["tier"] == "important"
+    assert await env.routes() == {"1.0.0": 100}

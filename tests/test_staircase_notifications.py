@@ -3,12 +3,14 @@ a pause for an operator is announced with its kind, and a promotion after a held
 
 from __future__ import annotations
 
+from typing import Any
+
 from releasegate.engine.state import Decision, Pause, RolloutState
 from releasegate.notifications import Notifications
 from releasegate.spec.notify import NotifyTarget
 from tests.support.receiver import Receiver
 
-FAST = {"attempts": 3, "backoff": 0.02, "max_backoff": 0.1, "timeout": 2.0}
+FAST: dict[str, Any] = {"attempts": 3, "backoff": 0.02, "max_backoff": 0.1, "timeout": 2.0}
 
 
 def rollout(**update: object) -> RolloutState:
