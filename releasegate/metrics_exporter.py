@@ -38,11 +38,12 @@ from prometheus_client.registry import CollectorRegistry
 from releasegate.alert_receiver import ACTOR as ALERT_ACTOR
 from releasegate.engine.state import RolloutState
 
-DECISIONS = ("step", "analysis_passed", "held", "waiting", "switched", "watch_passed", "rollback", "rollback_step",
-             "abort", "promoted", "rolled_back", "aborted", "failed")
+DECISIONS = ("step", "analysis_passed", "held", "waiting", "paused", "switched", "watch_passed", "rollback",
+             "rollback_step", "errors_persist", "incident", "abort", "promoted", "rolled_back", "aborted", "failed")
 """The event kinds counted as decisions (what ``releasegate history`` shows under the same names): a step taken or
-passed, traffic held by a change freeze or waiting for evidence, the switch to 100 %, a rollback decided and each
-of its steps, and how rollouts ended. Progress chatter (intents, analyses, retries) is left out."""
+passed, traffic held by a change freeze, waiting for evidence or paused for an operator, the switch to 100 %, a
+rollback decided, each of its steps, errors persisting at a stair, the incident at 0 %, and how rollouts ended.
+Progress chatter (intents, analyses, retries) is left out."""
 OUTCOMES = ("promoted", "rolled_back", "aborted", "failed")
 TRIGGERS = ("automatic", "manual", "alert")
 _FOLDED = (*DECISIONS, "command")

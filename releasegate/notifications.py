@@ -8,9 +8,15 @@ Nothing raised by a notifier ever reaches the controller. ``drain`` gives pendin
 finish when the rollout ends, and records what is abandoned.
 
 Incidents: the automatic rollback of a ``tier: critical`` service (the engine's ``rollback`` decision; an operator's
-rollback comes as a command, not as this decision) is sent to every target subscribed to ``rolled_back`` with
-``incident: true`` in its data. Apprise posts it with notify type FAILURE, which its PagerDuty plugin sends with
-severity critical (a ``pagerduty://`` target opens an incident); ``json://`` webhooks receive ``"incident": "true"``.
+rollback comes as a command, not as this decision), and, for every tier, a rollback staircase that reaches 0 % (the
+engine's ``incident`` decision: the MegaCity guide's "Incident 선언") are sent to every target subscribed to
+``rolled_back`` with ``incident: true`` in their data (``phase: incident`` for the staircase's). Apprise posts them
+with notify type FAILURE, which its PagerDuty plugin sends with severity critical (a ``pagerduty://`` target opens an
+incident); ``json://`` webhooks receive ``"incident": "true"``.
+
+Pauses: a rollout that waits for evidence (``waiting``), is held by a freeze (``held``) or stops for an operator
+(``paused``: no data for too long, or the staircase holding at a stair) sends ``paused``; the operator's choices
+are in its reason, and ``pause`` in its data says which kind of pause it is.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ log = logging.getLogger(__name__)
 
 OUTBOX = "notifications.jsonl"
 _STEP_KINDS = ("step", "switched")
-_PAUSE_KINDS = ("waiting", "held")
+_PAUSE_KINDS = ("waiting", "held", "paused")
 _FINAL_KINDS = {"promoted": "promoted", "rolled_back": "rolled_back", "aborted": "aborted", "failed": "aborted"}
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
@@ -138,7 +144,8 @@ class Notifications:
             if self._paused.get(state.id) == key:
                 return None
             self._paused[state.id] = key
-            return self._event(state, "paused", decision)
+            pause = {"pause": state.paused.kind} if kind == "paused" and state.paused is not None else {}
+            return self._event(state, "paused", decision, **pause)
         self._paused.pop(state.id, None)  # anything else ends the pause: the next one is news again
         if kind == "started":
             if state.id in self._started:
@@ -146,6 +153,7 @@ class Notifications:
             self._started.add(state.id)
             return self._event(state, "started", decision)
         if kind in _STEP_KINDS:
+            self._rolling_back.discard(state.id)  # promoted again after a staircase held: a new breach is news
             return self._event(state, "step", decision)
         if kind == "rollback":
             if state.id in self._rolling_back:  # the staircase cut short to 0 % is the same rollback
@@ -153,6 +161,8 @@ class Notifications:
             self._rolling_back.add(state.id)
             return self._event(state, "rolled_back", decision, phase="started", automatic=True,
                                incident=self.tier == "critical")
+        if kind == "incident":
+            return self._event(state, "rolled_back", decision, phase="incident", automatic=True, incident=True)
         if kind in _FINAL_KINDS and not state.active and state.status == kind:
             return self._event(state, _FINAL_KINDS[kind], decision, phase="finished", status=state.status)
         return None

@@ -109,10 +109,7 @@ def make_plan(spec_path: Path, version: str, state_dir: Path, previous: str | No
         plan.notes.append(f"health during the rollout: {h.path} on each new instance every "
                           f"{format_duration(spec.analysis.interval)}; {h.failure_threshold} failures in a row, or "
                           f"every instance down for {format_duration(h.down_after)}, roll back straight to 0%")
-    stairs = " -> ".join(f"{w}%" for w in spec.rollback.staircase)
-    plan.notes.append(f"rollback mode: {spec.rollback_mode}" + (
-        f" ({stairs}, {format_duration(spec.rollback.step_wait)} apart; straight to 0% if errors keep rising)"
-        if spec.rollback_mode == "staircase" else " (new version to 0% at once)"))
+    plan.notes += rollback_plan(spec, version)
     if previous is None:
         plan.notes.append(f"first deploy of {spec.service}: no previous version, so no canary steps or analysis")
     return plan
@@ -161,3 +158,25 @@ def _smoke_summary(spec: Spec) -> str:
     parts = [f"{requests} request(s) per instance"] if requests else []
     parts += [f"`{c}` against one instance" for c in commands]
     return ", ".join(parts) or "nothing"
+
+
+def rollback_plan(spec: Spec, version: str) -> list[str]:
+    """What a breach would do, stair by stair, so an operator sees the rollback plan before deploying."""
+    rb, svc = spec.rollback, spec.service
+    if spec.strategy.kind == "rolling":
+        return ["rollback: the replacement runs backwards batch by batch under the same limits"]
+    if spec.rollback_mode == "immediate":
+        why = " (tier critical)" if spec.tier == "critical" and rb.mode is None else ""
+        return [f"rollback mode: immediate{why}: on a breach {version} goes to 0% at once"]
+    stairs = " -> ".join(f"{s.weight}% (hold {format_duration(rb.wait_at(s.weight))})" if s.weight else "0%"
+                         for s in rb.staircase)
+    straight = [f"error rate above {rb.immediate_error_rate * 100:g}% (rollback.immediate_error_rate)"
+                if rb.immediate_error_rate is not None else "",
+                f"the breaching metric {rb.rising * 100:g}% worse over a stair (rollback.rising)"
+                if rb.rising is not None else "", "a dead instance"]
+    return [f"rollback mode: staircase: on a breach {version} drops at once to the first stair below its weight: "
+            f"{stairs}",
+            "at each stair: errors persist for its hold -> the next stair down; errors stopped -> hold there, paused "
+            f"for an operator (`releasegate promote {svc}` promotes again, `releasegate rollback {svc}` goes to 0%)",
+            "straight to 0% at once: " + ", ".join(s for s in straight if s)
+            + "; reaching 0% after the staircase declares an incident"]

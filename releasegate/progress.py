@@ -67,8 +67,9 @@ class ProgressPrinter:
                     continue
                 self._last_tick = st.updated_at
             values = format_values(d.data.get("values"))
-            style = {"rollback": "bold red", "abort": "bold red", "promoted": "bold green",
-                     "rolled_back": "bold red", "aborted": "bold red", "waiting": "yellow"}.get(d.kind, "")
+            style = {"rollback": "bold red", "abort": "bold red", "promoted": "bold green", "incident": "bold red",
+                     "rolled_back": "bold red", "aborted": "bold red", "waiting": "yellow",
+                     "paused": "bold yellow", "errors_persist": "red"}.get(d.kind, "")
             line = f"{_clock(st.updated_at)}  {st.service} {st.version}  {st.weight:>3}%  {escape(d.message)}"
             if values:
                 line += f"  [dim]{values}[/dim]"
@@ -108,8 +109,9 @@ def render_status(console: Console, data: list[dict[str, Any]]) -> None:
         prev = f"{item['previous']} until {_when(item['previous_retire_at'])}" if item.get("previous") else "-"
         if r:
             ctl = "" if r["controller_alive"] else " (no controller: `releasegate resume`)"
+            phase = r["phase"] + (" (paused)" if r.get("paused") else "")
             table.add_row(item["service"], item["current"] or "-", f"{r['version']} {r['strategy']}{ctl}",
-                          r["phase"], f"{r['weight']}%",
+                          phase, f"{r['weight']}%",
                           escape(r["waiting"] or format_values(r.get("latest")) or "-"), prev)
         else:
             table.add_row(item["service"], item["current"] or "-", "-", "-", "-", "-", prev)
@@ -123,6 +125,8 @@ def render_history(console: Console, data: list[dict[str, Any]]) -> None:
                       + (f" from {r['previous']}" if r["previous"] else "") + f"): {r['status']} "
                       f"started {_when(r['started_at'])}, took {took}"
                       + (f": {escape(r['reason'])}" if r["reason"] else ""))
+        if r.get("waiting"):  # still running: what it waits for, or why it is paused and what to do
+            console.print(f"  [yellow]{escape(r['waiting'])}[/yellow]")
         for e in r["events"]:
             if e["kind"] in _QUIET:
                 continue

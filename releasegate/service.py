@@ -327,7 +327,9 @@ def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
                 item["rollout"] = {
                     "id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
                     "phase": st.phase, "step": st.step, "weight": st.weight, "waiting": st.waiting,
-                    "reason": st.reason, "started_at": st.created_at, "updated_at": st.updated_at,
+                    "reason": st.reason, "paused": st.paused.model_dump() if st.paused else None,
+                    "staircase": st.staircase if st.phase == "rollback" else None,
+                    "started_at": st.created_at, "updated_at": st.updated_at,
                     "controller_alive": owner_alive(active.owner),
                     "latest": {k.split(":", 1)[1]: (v[-1].value if v else None) for k, v in st.samples.items()}}
             out.append(item)
@@ -346,7 +348,9 @@ def history(ctx: Context, service: str, limit: int = 20) -> list[dict[str, Any]]
         for rec in rollouts:
             st = rec.state
             out.append({"id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
-                        "status": st.status, "reason": st.reason, "started_at": st.created_at,
+                        "status": st.status, "reason": st.reason, "waiting": st.waiting if st.active else None,
+                        "paused": st.paused.model_dump() if st.paused and st.active else None,
+                        "started_at": st.created_at,
                         "finished_at": st.finished_at,
                         "events": store.events(service, rollout_id=st.id)})
         return out

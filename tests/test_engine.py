@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 
 from releasegate.engine import decide
-from releasegate.engine.simulate import Metric, Trace, simulate
-from releasegate.engine.state import Analyze, Observation, Outcome, RolloutState, Route, Start, Stop
-from releasegate.spec.models import Spec
-
-
-def make_spec(**over: Any) -> Spec:
-    data: dict[str, Any] = {"service": "shop", "platform": {"command": "app --port {port}", "instances": 2}}
-    data.update(over)
-    return Spec.model_validate(data)
-
-
-def errors_when(pred: Callable[[float, int], object]) -> Metric:
-    """error_rate from a predicate on (t, weight); latency always fine."""
-    return lambda t, m, w: (0.30 if pred(t, w) else 0.0) if m == "error_rate" else 0.05
-
-
-def new_weights(trace: Trace, version: str = "2.0.0") -> list[int]:
-    return [w.get(version, 0) for _, w in trace.weights]
+from releasegate.engine.simulate import Trace, simulate
+from releasegate.engine.state import Analyze, Observation, Outcome, Route, Start, Stop
+from tests.support.simulated import errors_when, make_spec, new_weights
 
 
 def test_seed_canary_runs_5_25_50_100_with_10_10_30_minute_watches_then_30_minute_watch():
@@ -39,10 +21,10 @@ def test_seed_canary_runs_5_25_50_100_with_10_10_30_minute_watches_then_30_minut
 
 
 def test_error_rate_held_for_5_minutes_at_25_percent_rolls_back_down_the_staircase():
-    trace = simulate(make_spec(), "2.0.0", "1.0.0", metric=errors_when(lambda t, w: w >= 25))
+    trace = simulate(make_spec(), "2.0.0", "1.0.0", metric=errors_when(lambda t, w: t > 600))
     assert trace.state.status == "rolled_back"
     assert new_weights(trace) == [5, 25, 10, 0]
-    assert [t for t, _ in trace.weights] == [0.0, 600.0, 900.0, 1200.0]  # breach after 5m, 10% for step_wait 5m
+    assert [t for t, _ in trace.weights] == [0.0, 600.0, 900.0, 1500.0]  # breach after 5m; errors persist 10m at 10%
     assert trace.running["2.0.0"] == 0
     rollback = next(d for _, d in trace.decisions if d.kind == "rollback")
     values = rollback.data["values"]
@@ -86,7 +68,11 @@ def test_errors_that_keep_rising_skip_the_rest_of_the_staircase():
     trace = simulate(make_spec(), "2.0.0", "1.0.0", metric=metric)
     assert trace.state.status == "rolled_back"
     assert new_weights(trace)[-3:] == [100, 50, 0]
-    assert any("kept rising" in d.message for _, d in trace.decisions)
+    rise = next(d for _, d in trace.decisions if "rose from" in d.message)
+    assert "beyond rollback.rising 50%" in rise.message and "straight to 0%" in rise.message
+    before, now = rise.data["before"], rise.data["now"]
+    assert isinstance(before, float) and isinstance(now, float) and now >= before * 1.5
+    assert rise.data["threshold"] == 0.5
 
 
 def test_breach_during_post_promotion_watch_rolls_back_from_100_through_50_10_0():
@@ -202,34 +188,29 @@ def test_rolling_health_failure_on_first_batch_aborts_without_touching_traffic()
 
 
 def test_a_resumed_controller_makes_exactly_the_same_decisions():
-    """Persist and reload the state after every action (what a SIGKILL + resume does): same trace."""
+    """Persist and reload the state before every action (what a SIGKILL + resume does): the same trace, through a
+    no-data pause, a promote, a staircase that holds, a promote again, a hold again and an operator rollback."""
     spec = make_spec()
-    metric = errors_when(lambda t, w: w >= 50)
 
-    def drive(roundtrip: bool) -> list[tuple[float, str]]:
-        now = 0.0
-        st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", now)
-        seen = []
-        for _ in range(100_000):
-            if not st.active:
-                break
-            if roundtrip:
-                st = RolloutState.model_validate_json(st.model_dump_json())
-            action = decide.next_action(st, spec, now)
-            seen.append((now, repr(action)))
-            if isinstance(action, Analyze):
-                now = action.at
-                values = {f"{i}:{r.metric}": metric(now, r.metric, st.weight)
-                          for i, r in enumerate(spec.analysis.rules)}
-                result: Outcome | Observation = Observation(
-                    at=now, values=values, whole=values if action.whole is not None else None)
-            else:
-                result = Outcome(True)
-            st, _ = decide.apply(st, spec, action, result, now)
-        assert not st.active, "the rollout did not finish"
-        return seen
+    def metric(t: float, m: str, w: int) -> float | None:
+        if t < 900:
+            return None  # no traffic: step 1 pauses at its end (10m)
+        if m == "error_rate":
+            return 0.30 if w == 100 else 0.0  # fails at full load only: the staircase holds at 50 %
+        return 0.05
 
-    assert drive(roundtrip=True) == drive(roundtrip=False)
+    commands = {1000.0: "promote", 2000.0: "promote", 3000.0: "rollback"}
+
+    def run(roundtrip: bool) -> Trace:
+        return simulate(spec, "2.0.0", "1.0.0", metric=metric, commands=commands, roundtrip=roundtrip)
+
+    again, once = run(roundtrip=True), run(roundtrip=False)
+    assert [(t, repr(a)) for t, a in again.steps] == [(t, repr(a)) for t, a in once.steps]
+    assert again.decisions == once.decisions
+    kinds = [d.kind for _, d in once.decisions]
+    assert kinds.count("paused") == 3 and "incident" in kinds  # no data, stair, stair
+    assert new_weights(once) == [5, 100, 50, 100, 50, 0]
+    assert once.state.status == "rolled_back"
 
 
 def test_dead_instance_of_the_new_version_rolls_back_at_once():
@@ -256,7 +237,7 @@ def test_a_freeze_holds_the_canary_at_its_weight_and_analysis_still_rolls_back()
 def test_migrations_run_after_start_before_health_and_smoke_and_a_rollback_keeps_the_schema():
     """PrivateTrade: start at T+0, migrate at T+1, health, then smoke-test the new endpoints (they need the schema)."""
     spec = make_spec(migrations={"database": "sqlite:///app.db"})
-    trace = simulate(spec, "2.0.0", "1.0.0", metric=errors_when(lambda t, w: w >= 25))
+    trace = simulate(spec, "2.0.0", "1.0.0", metric=errors_when(lambda t, w: t >= 600))
     new = [type(a).__name__ for _, a in trace.steps[2:7]]  # after the running version's prepare and health
     assert new == ["Start", "Migrate", "Health", "Smoke", "Route"]
     assert trace.state.status == "rolled_back"

@@ -201,8 +201,10 @@ async def test_second_deploy_is_refused_naming_the_rollout_in_progress(env):
     await eventually(lambda: (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("waiting"), what="manual step")
     with pytest.raises(UserError, match=r"rollout shop-2\.0\.0-\w+ of 2\.0\.0 is in progress"):
         await deploy(env, spec, "3.0.0")
-    assert (await service.send_command(env.ctx, "shop", "promote")).applied
-    st = await first
+    async with Load(env.url) as load:  # the post-promotion watch passes on evidence only: it needs traffic
+        await load.wait_for(10)
+        assert (await service.send_command(env.ctx, "shop", "promote")).applied
+        st = await first
     assert st.status == "promoted" and await routes_now(env) == {"2.0.0": 100}
 
 

@@ -58,7 +58,7 @@ def test_canonical_example_is_accepted_as_written() -> None:
     assert [(r.metric, r.max, r.for_) for r in spec.analysis.rules] == [("error_rate", 0.05, 300.0),
                                                                          ("latency_p95", 2.5, 300.0)]
     assert spec.rollback.mode == "staircase" and spec.rollback_mode == "staircase"
-    assert (spec.rollback.staircase, spec.rollback.step_wait) == ([50, 10, 0], 300.0)
+    assert [(s.weight, s.wait) for s in spec.rollback.staircase] == [(50, 300.0), (10, 600.0), (0, None)]
 
 
 def test_example_file_and_text_agree() -> None:
@@ -76,7 +76,7 @@ def test_omitted_keys_get_the_seed_defaults() -> None:
     assert smoke.max_latency == 0.5
     assert [r.describe() for r in spec.analysis.rules] == ["error_rate > 0.05 for 5m",
                                                            "latency_p95 > 2.5s for 5m"]
-    assert spec.rollback.staircase == [50, 10, 0]
+    assert [(w, spec.rollback.wait_at(w)) for w in spec.rollback.weights] == [(50, 300.0), (10, 600.0), (0, 300.0)]
     assert spec.rollback.step_wait == 300.0
     assert spec.analysis.post_promotion == 1800.0
     assert spec.rollback_mode == "staircase"

@@ -85,7 +85,8 @@ def test_schema_describes_durations_as_strings_with_defaults_as_written() -> Non
     assert schema["$defs"]["Step"]["properties"]["pause"]["anyOf"] == [{"$ref": "#/$defs/Duration"},
                                                                        {"type": "null"}]
     assert schema["$defs"]["Canary"]["properties"]["keep_previous"]["default"] == "24h"
-    assert schema["$defs"]["Rollback"]["properties"]["staircase"]["default"] == [50, 10, 0]
+    assert schema["$defs"]["Rollback"]["properties"]["staircase"]["default"] == [
+        {"weight": 50, "wait": "5m"}, {"weight": 10, "wait": "10m"}, {"weight": 0}]
 
 
 @pytest.mark.parametrize("text", ["250ms", "5s", "10m", "24h", "1h30m", "0", "0s", "2.5s", "10M"])

@@ -94,26 +94,55 @@ def record_samples(st: RolloutState, spec: Spec, obs: Observation) -> RolloutSta
     return st.model_copy(update={"samples": samples, "last_tick": obs.at})
 
 
+def span_text(seconds: float) -> str:
+    """A measured span as people read it: 3.001s is 3s, 14m10.2s is 14m10s."""
+    return format_duration(round(seconds) if seconds >= 10 else round(seconds, 1))
+
+
+def window_mean(samples: list[Sample], since: float) -> float | None:
+    """The mean of the evaluations that lie within [since, now]: a rule's value over its breach window."""
+    seen = [s.value for s in samples if s.start >= since - 1e-6 and s.value is not None]
+    return sum(seen) / len(seen) if seen else None
+
+
+def missing_text(keys: list[str], reasons: dict[str, str], span: str) -> str:
+    """Why the rules ``keys`` have no value: the controller's reasons (no traffic, a source that cannot measure
+    the metric, an unreachable source) when it gave them, else the generic "no data ... (no traffic?)"."""
+    names = [k.split(":", 1)[1] for k in keys]
+    known = [reasons.get(k) for k in keys]
+    if all(r is None for r in known):
+        return f"no data for {', '.join(names)} {span} (no traffic?)"
+    distinct = list(dict.fromkeys(known))
+    if len(distinct) == 1:
+        return str(distinct[0])
+    return "; ".join(f"{n}: {r or 'no data (no traffic?)'}" for n, r in zip(names, known, strict=True))
+
+
+STEP_PROMISE = "a step never advances without evidence"
+WATCH_PROMISE = "the watch never passes without evidence"
+BATCH_PROMISE = "a batch never passes without evidence"
+
 Gate = Literal["pass", "wait", "fail"]
 
 
-def gate(rules: list[Rule], obs: Observation, whole: float | None) -> tuple[Gate, str]:
+def gate(rules: list[Rule], obs: Observation, whole: float | None, *,
+         promise: str = STEP_PROMISE) -> tuple[Gate, str]:
     """Does the step's own evidence let it pass? Every rule measured over the whole step must have data and be
     within its bound. A step whose errors came and went (never long enough to breach) still fails here."""
     if not rules:
         return "pass", ""
+    span = span_text(whole or 0.0)
     if obs.whole is None:
-        return "wait", "waiting: the step's metrics could not be read"
-    span = format_duration(round(whole or 0.0, 3))
+        return "wait", f"waiting: the metrics over the step ({span}) could not be read; {promise}"
     missing = []
     for i, rule in enumerate(rules):
-        value = obs.whole.get(rule_key(i, rule))
+        key = rule_key(i, rule)
+        value = obs.whole.get(key)
         if value is None:
-            missing.append(rule.metric)
+            missing.append(key)
         elif rule.broken_by(value):
             shown = format_duration(value) if rule.metric in LATENCY_METRICS else f"{value:.4g}"
             return "fail", f"{rule.metric} over the step ({span}) was {shown} (rule: {rule.describe()})"
     if missing:
-        return "wait", (f"waiting: no data for {', '.join(missing)} over the step (no traffic?); "
-                        "a step never advances without evidence")
+        return "wait", f"waiting: {missing_text(missing, obs.whole_missing, f'over the step ({span})')}; {promise}"
     return "pass", ""

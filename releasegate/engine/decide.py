@@ -13,12 +13,17 @@ Migrations run once the new version has started and before its checks, which nee
 backward compatible by rule, so the running version is unaffected.
 Rolling migrates before its first batch, replaces instances in batches (engine/rolling.py) and rolls back by
 rolling the other way.
+The staircase is engine/staircase.py; waiting for evidence and pausing for an operator, engine/pause.py.
 """
 
 from __future__ import annotations
 
-from releasegate.engine import health, rolling
-from releasegate.engine.analysis import evaluate, gate, record_samples, tick
+from releasegate.engine import health, rolling, staircase
+from releasegate.engine.analysis import STEP_PROMISE, WATCH_PROMISE, Verdict, evaluate, gate, record_samples, tick
+from releasegate.engine.pause import no_data_now, track_no_data, wait
+from releasegate.engine.phase import Applied
+from releasegate.engine.phase import enter as _to
+from releasegate.engine.phase import split as _split
 from releasegate.engine.state import (
     Action,
     Analyze,
@@ -31,7 +36,6 @@ from releasegate.engine.state import (
     Result,
     RolloutState,
     Route,
-    Share,
     Smoke,
     Start,
     Status,
@@ -39,26 +43,12 @@ from releasegate.engine.state import (
 )
 from releasegate.spec.models import Spec
 
-Applied = tuple[RolloutState, list[Decision]]
-
 
 def new_rollout(rollout_id: str, spec: Spec, version: str, previous: str | None, now: float) -> RolloutState:
     strategy = spec.strategy.kind if previous is not None else "initial"
     return RolloutState(id=rollout_id, service=spec.service, version=version, previous=previous,
                         strategy=strategy, phase="prepare" if previous is not None else "start",
                         phase_started=now, created_at=now, updated_at=now)
-
-
-def _to(st: RolloutState, phase: str, now: float, **changes: object) -> RolloutState:
-    return st.model_copy(update={"phase": phase, "phase_started": now, "routed": False, "waiting": None,
-                                 "updated_at": now, **changes})
-
-
-def _split(st: RolloutState, weight: int) -> Route:
-    shares = [Share(st.version, weight)]
-    if st.previous is not None and weight < 100:
-        shares.append(Share(st.previous, 100 - weight))
-    return Route(tuple(s for s in shares if s.weight > 0))
 
 
 def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
@@ -93,9 +83,7 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
     if p == "watch":
         return tick(st, spec, now, st.phase_started + spec.analysis.post_promotion, st.version, st.previous)
     if p == "rollback":
-        if not st.routed:
-            return _split(st, st.staircase[0])
-        return tick(st, spec, now, st.phase_started + spec.rollback.step_wait, st.version, st.previous)
+        return staircase.next_action(st, spec, now)
     if p == "abort":
         return _split(st, 0) if st.weight > 0 else Stop(st.version, 0)
     if p == "stop_new":
@@ -166,12 +154,7 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
             return _to(st, "watch", now), [d]
         return _ending(st, "promoted", f"promoted: {st.version} serves 100%", now), [d]
     if p == "rollback":
-        w = st.staircase[0]
-        d = Decision("rollback_step", f"rolling back: {st.version} at {w}%", {"weight": w})
-        st = st.model_copy(update={"routed": True, "weight": w, "phase_started": now})
-        if w == 0:
-            return _to(st, "stop_new", now), [d]
-        return st, [d]
+        return staircase.routed(st, spec, now)
     if p == "abort":
         if isinstance(action, Route):
             return st.model_copy(update={"weight": 0}), [Decision("rollback_step", f"{st.version} at 0%")]
@@ -198,14 +181,11 @@ def _ending(st: RolloutState, outcome: Status, reason: str, now: float) -> Rollo
 def start_rollback(st: RolloutState, spec: Spec, reason: str, now: float, *, immediate: bool = False,
                    rule: str | None = None, value: float | None = None,
                    outcome: Status = "rolled_back") -> RolloutState:
+    """Leave the new version: rolling rolls the other way; canary and blue-green go down the staircase (or to 0 %
+    at once when ``immediate``, in immediate mode, or from below the lowest stair)."""
     if st.phase in ("roll", "roll_back"):
         return rolling.reverse(st, spec, reason, now, outcome)
-    if immediate or spec.rollback_mode == "immediate":
-        stairs = [0]
-    else:
-        stairs = [w for w in spec.rollback.staircase if w < st.weight] or [0]
-    return _to(st, "rollback", now, staircase=stairs, reason=reason, breach_rule=rule, breach_value=value,
-               outcome=outcome)
+    return staircase.start(st, spec, reason, now, immediate=immediate, rule=rule, value=value, outcome=outcome)
 
 
 # --- health during the rollout: the controller probes, engine/health.py counts, a trigger goes straight to 0 % ---
@@ -232,84 +212,110 @@ def _observe(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, no
     verdict = evaluate(spec.analysis.rules, st.samples, obs.at, spec.analysis.interval)
     values = {k: v for k, v in verdict.latest.items()}
     p = st.phase
+    if p == "rollback":
+        return staircase.observe(st, spec, obs, verdict, now)
     if p in ("step", "watch"):
         if obs.dead:
             why = f"instance(s) of {st.version} died: {', '.join(obs.dead)}"
             return start_rollback(st, spec, why, now, immediate=True), [Decision("rollback", why, {"values": values})]
         if verdict.breached:
-            key, value = verdict.breached[0]
-            rule = spec.analysis.rules[int(key.split(":")[0])]
-            why = f"{rule.describe()} held (now {value:.4g}) at {st.weight}%"
-            return (start_rollback(st, spec, why, now, rule=key, value=value),
-                    [Decision("rollback", why, {"values": values, "rule": key, "weight": st.weight})])
+            return staircase.breach(st, spec, verdict, obs.at, now)
     if p == "step":
-        step = spec.strategy.steps[st.step]
-        if step.pause is None and not st.promote_requested:
-            return st.model_copy(update={"waiting": f"waiting for `releasegate promote {st.service}`"}), [
-                Decision("analysis", "analysis passed" if verdict.healthy else "analysis inconclusive",
-                         {"values": values})]
-        if st.promote_requested or (step.pause is not None and obs.at >= st.phase_started + step.pause):
-            verdict_of_step, why = gate(spec.analysis.rules, obs, action.whole)
-            if st.promote_requested:
-                verdict_of_step = "pass"
-            if verdict_of_step == "fail":
-                why = f"step {st.step + 1} at {st.weight}% failed: {why}"
-                return start_rollback(st, spec, why, now), [Decision("rollback", why, {"values": values,
-                                                                                        "step": obs.whole})]
-            if verdict_of_step == "wait":
-                return st.model_copy(update={"waiting": why}), [Decision("waiting", why, {"values": values})]
-            if obs.held:
-                return st.model_copy(update={"waiting": obs.held}), [Decision("held", obs.held, {"values": values})]
-            nxt = st.step + 1
-            d = Decision("analysis_passed", f"step {st.step + 1} passed at {st.weight}%",
-                         {"values": values, "step": obs.whole})
-            if st.promote_requested or nxt >= len(spec.strategy.steps):
-                return _to(st, "promote", now), [d]
-            return _to(st, "step", now, step=nxt), [d]
-        return st.model_copy(update={"waiting": None}), [Decision("analysis", "analysis", {"values": values})]
+        return _observe_step(st, spec, action, obs, verdict, now)
     if p == "watch":
-        if obs.at >= st.phase_started + spec.analysis.post_promotion:
-            verdict_of_watch, why = gate(spec.analysis.rules, obs, action.whole)
-            if verdict_of_watch == "fail":
-                why = f"post-promotion watch failed: {why}"
-                return start_rollback(st, spec, why, now), [Decision("rollback", why, {"values": values,
-                                                                                        "step": obs.whole})]
-            note = f" ({why.removeprefix('waiting: ')})" if verdict_of_watch == "wait" else ""
-            why = f"promoted: {st.version} serves 100%, watched for the post-promotion window{note}"
-            return _ending(st, "promoted", why, now), [Decision("watch_passed", why, {"values": values,
-                                                                                     "step": obs.whole})]
-        return st, [Decision("analysis", "post-promotion analysis", {"values": values})]
-    if p == "rollback":
-        if st.breach_rule is not None and st.staircase[0] != 0:
-            now_value = verdict.latest.get(st.breach_rule)
-            if now_value is not None and st.breach_value is not None and now_value > st.breach_value:
-                why = f"{st.breach_rule} kept rising ({st.breach_value:.4g} -> {now_value:.4g}): straight to 0%"
-                return _to(st, "rollback", now, staircase=[0]), [Decision("rollback", why, {"values": values})]
-        if obs.at >= st.phase_started + spec.rollback.step_wait:
-            latest = verdict.latest.get(st.breach_rule) if st.breach_rule else None
-            return _to(st, "rollback", now, staircase=st.staircase[1:] or [0],
-                       breach_value=latest if latest is not None else st.breach_value), []
-        return st, [Decision("analysis", "analysis during rollback", {"values": values})]
+        return _observe_watch(st, spec, action, obs, verdict, now)
     return st, []
 
 
-def _no_data(spec: Spec, keys: list[str], st: RolloutState) -> str:
-    names = ", ".join(k.split(":", 1)[1] for k in keys)
-    return f"waiting: no data for {names} on {st.version} (no traffic?); a step never advances without evidence"
+def _observe_step(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, verdict: Verdict,
+                  now: float) -> Applied:
+    """A step passes on its own whole evidence, never without it; no data for too long pauses it."""
+    values = dict(verdict.latest)
+    step = spec.strategy.steps[st.step]
+    st, paused = track_no_data(st, spec, obs, verdict, f"promotes {st.version} to 100% without that evidence")
+    if paused:
+        return st, paused
+    closing = st.promote_requested or (step.pause is not None and obs.at >= st.phase_started + step.pause)
+    if st.paused is not None:  # nothing advances on its own; the step's own evidence can still fail it
+        if closing and gate(spec.analysis.rules, obs, action.whole)[0] == "fail":
+            return _fail_step(st, spec, action, obs, now)
+        return st, [Decision("analysis", "analysis while paused", {"values": values})]
+    if step.pause is None and not st.promote_requested:
+        missing = no_data_now(st, spec, obs, verdict, STEP_PROMISE)
+        return wait(st, f"waiting for `releasegate promote {st.service}`"
+                    + (f" ({missing.removeprefix('waiting: ')})" if missing else ""), values,
+                    "analysis passed" if verdict.healthy else "analysis inconclusive")
+    if not closing:
+        return wait(st, no_data_now(st, spec, obs, verdict, STEP_PROMISE), values)
+    verdict_of_step, why = gate(spec.analysis.rules, obs, action.whole)
+    if st.promote_requested:
+        verdict_of_step = "pass"
+    if verdict_of_step == "fail":
+        return _fail_step(st, spec, action, obs, now)
+    if verdict_of_step == "wait":
+        return wait(st, why, values)
+    if obs.held:
+        return st.model_copy(update={"waiting": obs.held}), [Decision("held", obs.held, {"values": values})]
+    nxt = st.step + 1
+    d = Decision("analysis_passed", f"step {st.step + 1} passed at {st.weight}%", {"values": values, "step": obs.whole})
+    if st.promote_requested or nxt >= len(spec.strategy.steps):
+        return _to(st, "promote", now), [d]
+    return _to(st, "step", now, step=nxt), [d]
+
+
+def _fail_step(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, now: float) -> Applied:
+    why = gate(spec.analysis.rules, obs, action.whole)[1]
+    if st.phase == "watch":
+        return staircase.failed_step(st, spec, f"post-promotion watch failed: {why}", obs, now)
+    return staircase.failed_step(st, spec, f"step {st.step + 1} at {st.weight}% failed: {why}", obs, now)
+
+
+def _observe_watch(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, verdict: Verdict,
+                   now: float) -> Applied:
+    """The post-promotion watch ends promoted only on evidence: without data it waits, then pauses."""
+    values = dict(verdict.latest)
+    st, paused = track_no_data(st, spec, obs, verdict, f"ends the watch: {st.version} stays at 100%")
+    if paused:
+        return st, paused
+    if obs.at < st.phase_started + spec.analysis.post_promotion:
+        if st.paused is not None:
+            return st, [Decision("analysis", "post-promotion analysis while paused", {"values": values})]
+        return wait(st, no_data_now(st, spec, obs, verdict, WATCH_PROMISE), values, "post-promotion analysis")
+    verdict_of_watch, why = gate(spec.analysis.rules, obs, action.whole, promise=WATCH_PROMISE)
+    if verdict_of_watch == "fail":
+        return _fail_step(st, spec, action, obs, now)
+    if st.paused is not None:
+        return st, [Decision("analysis", "post-promotion analysis while paused", {"values": values})]
+    if verdict_of_watch == "wait":
+        return wait(st, why, values)
+    why = f"promoted: {st.version} serves 100%, watched for the post-promotion window"
+    return _ending(st, "promoted", why, now), [Decision("watch_passed", why, {"values": values, "step": obs.whole})]
 
 
 def command(st: RolloutState, spec: Spec, kind: str, now: float) -> tuple[RolloutState, str | None]:
-    """Apply an operator command; returns the new state and an error message when the command is refused."""
+    """Apply an operator command; returns the new state and an error message when the command is refused.
+
+    promote: in a step (paused for no data or not), to 100 % and the watch; in the watch, ends it promoted; while
+    the staircase holds at a stair, promotes again (100 % and the watch); in a rolling rollout or before traffic,
+    skips the remaining analysis pauses. Refused while traffic is going down (a stair not yet decided, abort).
+    abort/rollback: before traffic, abort; after, straight to 0 % (a staircase in progress keeps why it started).
+    """
     if not st.active or st.phase == "finish":
         return st, f"rollout {st.id} has already finished ({st.status})"
     if kind == "promote":
-        if st.phase in ("abort", "rollback", "stop_new", "roll_back"):
+        if st.phase == "rollback" and st.paused is not None and st.paused.kind == "stair":
+            return staircase.promote_again(st, now), None
+        if st.phase == "rollback":
+            return st, (f"cannot promote: {st.service} is rolling back ({st.reason}); promote is accepted once the "
+                        "staircase holds at a stair where the errors stopped")
+        if st.phase in ("abort", "stop_new", "roll_back"):
             return st, f"cannot promote: {st.service} is rolling back ({st.reason})"
         if st.phase == "step":
             return _to(st, "promote", now), None
         if st.phase == "watch":
             return _ending(st, "promoted", f"promoted: {st.version} serves 100% (watch ended by operator)", now), None
-        return st.model_copy(update={"promote_requested": True}), None
+        return st.model_copy(update={"promote_requested": True, "paused": None, "no_data_since": None,
+                                     "waiting": None}), None
     if kind in ("abort", "rollback"):
         if st.phase in ("abort", "stop_new", "roll_back") or (st.phase == "rollback" and st.staircase == [0]):
             return st, None  # already going back
@@ -317,5 +323,7 @@ def command(st: RolloutState, spec: Spec, kind: str, now: float) -> tuple[Rollou
         label = "aborted by operator" if kind == "abort" else "rolled back by operator"
         if st.phase in ("prepare", "prepare_health", "start", "health", "smoke", "migrate"):
             return _to(st, "abort", now, reason=label, outcome="aborted"), None
+        if st.phase == "rollback" and st.reason:
+            label = f"{st.reason}; {label} at {st.weight}%"
         return start_rollback(st, spec, label, now, immediate=True, outcome=outcome), None
     return st, f"unknown command {kind!r}"

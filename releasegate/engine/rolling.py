@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from releasegate.engine import health
-from releasegate.engine.analysis import evaluate, gate, record_samples, tick
+from releasegate.engine.analysis import BATCH_PROMISE, evaluate, gate, record_samples, tick
+from releasegate.engine.pause import no_data_now, track_no_data, wait
 from releasegate.engine.state import (
     Action,
     Analyze,
@@ -88,7 +89,7 @@ def reverse(st: RolloutState, spec: Spec, reason: str, now: float, outcome: Stat
     back = RollingProgress(src=rp.dst, dst=rp.src, target=rp.target, src_in=rp.dst_in, dst_in=rp.src_in,
                            stage="clean", smoked=True)
     return st.model_copy(update={"phase": "roll_back", "rolling": back, "reason": reason, "outcome": outcome,
-                                 "phase_started": now, "waiting": None})
+                                 "phase_started": now, "waiting": None, "paused": None, "no_data_since": None})
 
 
 def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
@@ -116,13 +117,15 @@ def _after_batch(st: RolloutState, rp: RollingProgress, spec: Spec, now: float) 
     pause = _cfg(spec).pause
     if st.phase == "roll" and pause > 0 and not st.promote_requested:
         rp = rp.model_copy(update={"stage": "pause"})
-        return st.model_copy(update={"rolling": rp, "phase_started": now, "waiting": None})
+        return st.model_copy(update={"rolling": rp, "phase_started": now, "waiting": None, "paused": None,
+                                     "no_data_since": None})
     return _advance(st, rp, spec, now)
 
 
 def _advance(st: RolloutState, rp: RollingProgress, spec: Spec, now: float) -> RolloutState:
     rp = _plan(rp, spec)
-    st = st.model_copy(update={"rolling": rp, "weight": _weight_of_new(st, rp)})
+    st = st.model_copy(update={"rolling": rp, "weight": _weight_of_new(st, rp), "waiting": None, "paused": None,
+                               "no_data_since": None})
     if rp.stage == "done":
         if st.phase == "roll":
             return st.model_copy(update={"phase": "finish", "outcome": "promoted", "phase_started": now,
@@ -159,18 +162,29 @@ def _apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: fl
                 key, value = verdict.breached[0]
                 why = f"{spec.analysis.rules[int(key.split(':')[0])].describe()} held (now {value:.4g})"
             return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
-        if st.promote_requested or result.at >= st.phase_started + _cfg(spec).pause:
-            assert isinstance(action, Analyze)
-            outcome, why = ("pass", "") if st.promote_requested else gate(spec.analysis.rules, result, action.whole)
-            if outcome == "fail":
-                why = f"batch {rp.dst_in}/{rp.target} failed: {why}"
-                return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
-            if outcome == "wait":
-                return st.model_copy(update={"waiting": why}), [Decision("waiting", why, values)]
-            if result.held:
-                return st.model_copy(update={"waiting": result.held}), [Decision("held", result.held, values)]
-            return _advance(st, rp, spec, now), [Decision("analysis_passed", "batch analysis passed", values)]
-        return st, [Decision("analysis", "analysis", values)]
+        assert isinstance(action, Analyze)
+        if st.phase == "roll":  # a rollback rolls back whatever the evidence; only going forward needs it
+            st, paused = track_no_data(st, spec, result, verdict, f"goes on replacing {rp.src} with {rp.dst} "
+                                       "without analysing the remaining batches")
+            if paused:
+                return st, paused
+        closing = st.promote_requested or result.at >= st.phase_started + _cfg(spec).pause
+        if not closing:
+            if st.paused is not None:
+                return st, [Decision("analysis", "analysis while paused", values)]
+            return wait(st, no_data_now(st, spec, result, verdict, BATCH_PROMISE), verdict.latest)
+        outcome, why = (("pass", "") if st.promote_requested
+                        else gate(spec.analysis.rules, result, action.whole, promise=BATCH_PROMISE))
+        if outcome == "fail":
+            why = f"batch {rp.dst_in}/{rp.target} failed: {why}"
+            return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
+        if st.paused is not None:  # nothing advances on its own; the batch's own evidence can still fail it
+            return st, [Decision("analysis", "analysis while paused", values)]
+        if outcome == "wait":
+            return wait(st, why, verdict.latest)
+        if result.held:
+            return st.model_copy(update={"waiting": result.held}), [Decision("held", result.held, values)]
+        return _advance(st, rp, spec, now), [Decision("analysis_passed", "batch analysis passed", values)]
     assert isinstance(result, Outcome)
     stage = rp.stage
     if not result.ok:

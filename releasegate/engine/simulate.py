@@ -70,21 +70,30 @@ class Trace:
 def simulate(spec: Spec, version: str, previous: str | None, *, metric: Metric | None = None,
              failing: frozenset[str] = frozenset(), commands: dict[float, str] | None = None,
              auto_promote: bool = False, held: Callable[[float], str | None] | None = None,
-             t0: float = 1_000_000.0, max_actions: int = 200_000) -> Trace:
+             t0: float = 1_000_000.0, max_actions: int = 200_000, paused_until: float = 0.0,
+             roundtrip: bool = False) -> Trace:
     """Drive one rollout to its end. ``failing`` holds e.g. "health:2.0.0", "smoke:2.0.0" or "migrate";
     ``commands`` maps seconds-since-start to promote/abort/rollback; ``auto_promote`` answers manual steps
-    with a promote; ``held`` says, by seconds since start, why traffic may not increase (a change freeze)."""
+    with a promote; ``held`` says, by seconds since start, why traffic may not increase (a change freeze).
+
+    A rollout paused for an operator, with no command left to come, ends the simulation (still running) once
+    ``paused_until`` seconds have passed: only an operator would move it on. ``roundtrip`` persists and reloads
+    the state before every action, as a controller killed and resumed there would."""
     metric = metric or passing(spec.analysis.rules)
     pending = dict(commands or {})
     now = t0
     st = decide.new_rollout("simulated", spec, version, previous, now)
     trace = Trace(st, running={previous: spec.platform.instances} if previous else {})
     for _ in range(max_actions):
+        if roundtrip:
+            st = RolloutState.model_validate_json(st.model_dump_json())
         for at in sorted(pending):
             if now - t0 >= at:
                 st, _ = decide.command(st, spec, pending.pop(at), now)
-        if auto_promote and st.waiting and "promote" in st.waiting:
+        if auto_promote and st.paused is None and st.waiting and "promote" in st.waiting:
             st, _ = decide.command(st, spec, "promote", now)
+        if st.paused is not None and not pending and now - t0 >= paused_until:
+            break
         action = decide.next_action(st, spec, now)
         trace.steps.append((now - t0, action))
         result: Outcome | Observation = Outcome(True)
@@ -117,6 +126,9 @@ def simulate(spec: Spec, version: str, previous: str | None, *, metric: Metric |
         if isinstance(action, Finish):
             trace.state = st
             return trace
+    else:
+        trace.state = st
+        raise RuntimeError(f"the simulated rollout did not finish within {max_actions} actions "
+                           f"(phase {st.phase}, {st.waiting or 'no wait reason'})")
     trace.state = st
-    raise RuntimeError(f"the simulated rollout did not finish within {max_actions} actions "
-                       f"(phase {st.phase}, {st.waiting or 'no wait reason'})")
+    return trace

@@ -38,6 +38,16 @@ class RollingProgress(BaseModel):
     smoked: bool = False
 
 
+class Pause(BaseModel):
+    """The rollout waits for an operator: nothing advances on its own, but analysis goes on and a breach or a
+    dead instance still rolls back. ``no_data``: a step, batch or watch had no evidence for
+    ``analysis.no_data_timeout``; ``stair``: the rollback staircase holds at a stair where errors stopped."""
+
+    kind: Literal["no_data", "stair"]
+    reason: str  # what happened, with the numbers, and what `promote` and `rollback` would do
+    since: float
+
+
 class RolloutState(BaseModel):
     id: str
     service: str
@@ -59,7 +69,10 @@ class RolloutState(BaseModel):
     reason: str | None = None
     staircase: list[int] = Field(default_factory=list)
     breach_rule: str | None = None
-    breach_value: float | None = None
+    breach_value: float | None = None  # the breaching metric over the window that started the rollback
+    staircase_from: int | None = None  # the weight an automatic staircase started at; reaching 0 is an incident
+    paused: Pause | None = None
+    no_data_since: float | None = None  # start of the current run of evaluation windows without data
     rolling: RollingProgress | None = None
     outcome: Status | None = None  # decided when a rollback/abort starts or the rollout succeeds
     finished_at: float | None = None

@@ -210,9 +210,14 @@ def _spec_sections(spec_path: Path) -> dict[str, Any]:
         plan = ["Automatic rollback: the rolling replacement runs backwards batch by batch under the same "
                 "max_unavailable/max_surge; no previous version is kept after promotion"]
     elif spec.rollback_mode == "staircase":
-        steps = " → ".join(f"{w}%" for w in rb.staircase)
-        plan = [f"Automatic staircase rollback: traffic on the new version steps down {steps}, "
-                f"{format_duration(rb.step_wait)} between steps"]
+        waits = {rb.wait_at(w) for w in rb.weights if w}
+        if len(waits) <= 1:
+            steps = (" → ".join(f"{w}%" for w in rb.weights)
+                     + f", {format_duration(waits.pop() if waits else 0)} between steps")
+        else:
+            steps = " → ".join(f"{w}% ({format_duration(rb.wait_at(w))})" if w else "0%" for w in rb.weights)
+        plan = [f"Automatic staircase rollback: traffic on the new version steps down {steps} while errors "
+                "persist; where they stop it holds for an operator"]
     else:
         plan = ["Automatic immediate rollback: all traffic back to the previous version at once"
                 + (" (tier critical)" if spec.tier == "critical" and rb.mode is None else "")]

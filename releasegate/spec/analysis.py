@@ -95,3 +95,15 @@ class Analysis(_Model):
                                      "version is kept (the seeds' 30-minute watch).")
     rules: list[Rule] = Field(default_factory=_seed_rules, description="Any rule breached rolls the release "
                               "back; the defaults are the seeds' error-rate and p95 latency limits.")
+    no_data_timeout: Duration | None = Field(
+        None, description="How long a step, batch or watch may go without data for a rule (no traffic, a "
+        "source that cannot measure it) before the rollout pauses for an operator; counted from the start of the "
+        "first evaluation window without data, reset by one with data. Default: the step's pause (the watch: "
+        "post_promotion; rolling: its pause); a step without a pause waits for promote anyway.")
+
+    @field_validator("no_data_timeout")
+    @classmethod
+    def _timeout(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError("no_data_timeout must be longer than 0, e.g. 10m (leave it out for the step's pause)")
+        return v

@@ -26,6 +26,7 @@ from releasegate.spec.models import (
     Rule,
     Spec,
 )
+from releasegate.spec.rollback import PERCENT_JSON_SCHEMA
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -68,8 +69,12 @@ analysis:
     - {metric: latency_p95, max: 2.5s, for: 5m}
 rollback:
   mode: staircase               # staircase | immediate
-  staircase: [50, 10, 0]
-  step_wait: 5m
+  staircase:                    # each stair holds while errors persist; where they stop, it pauses for an operator
+    - {weight: 50, wait: 5m}
+    - {weight: 10, wait: 10m}
+    - 0
+  rising: 50%                   # straight to 0 % when the breaching metric gets this much worse over a stair
+  immediate_error_rate: 50%     # straight to 0 % at once above this error rate
 """
 """The canonical spec, shown in the reference; examples/specs/shop-canary.yaml is a copy (a test checks)."""
 
@@ -121,8 +126,10 @@ def json_schema() -> dict[str, Any]:
                 prop["default"] = format_duration(prop["default"])
     schema = _use_refs(schema, DURATION_JSON_SCHEMA, "Duration")
     schema = _use_refs(schema, THRESHOLD_JSON_SCHEMA, "Threshold")
+    schema = _use_refs(schema, PERCENT_JSON_SCHEMA, "Percent")
     schema["$defs"]["Duration"] = copy.deepcopy(DURATION_JSON_SCHEMA)
     schema["$defs"]["Threshold"] = copy.deepcopy(THRESHOLD_JSON_SCHEMA)
+    schema["$defs"]["Percent"] = copy.deepcopy(PERCENT_JSON_SCHEMA)
     schema["$defs"] = dict(sorted(schema["$defs"].items()))
     return {"$schema": SCHEMA_DIALECT, **schema, "title": "releasegate release spec"}
 
@@ -232,6 +239,8 @@ def _type(prop: dict[str, Any], defs: dict[str, Any], anchors: dict[type[BaseMod
             return "duration"
         if name == "Threshold":
             return "number, duration or percent"
+        if name == "Percent":
+            return "fraction or percent"
         anchor = next((a for m, a in anchors.items() if m.__name__ == name), name.lower())
         return f"mapping ([{anchor}](#{anchor}))"
     if "anyOf" in prop:
