@@ -123,7 +123,7 @@ def gate(rules: list[Rule], obs: Observation, whole: float | None) -> tuple[Gate
         if value is None:
             missing.append(rule.metric)
         elif rule.broken_by(value):
-            shown = format_duration(value) if rule.metric in LATENCY_METRICS else f"{value:.4g}"
+            shown = format_duration(value) if rule.metric in LATENCY_METRICS else rule.show(float(f"{value:.4g}"))
             return "fail", f"{rule.metric} over the step ({span}) was {shown} (rule: {rule.describe()})"
     if missing:
         return "wait", (f"waiting: no data for {', '.join(missing)} over the step (no traffic?); "
