@@ -228,7 +228,7 @@ def _type(prop: dict[str, Any], defs: dict[str, Any], anchors: dict[type[BaseMod
         if name == "Duration":
             return "duration"
         if name == "Threshold":
-            return "number, duration or percent"
+            return "number, duration, percent or size"
         anchor = next((a for m, a in anchors.items() if m.__name__ == name), name.lower())
         return f"mapping ([{anchor}](#{anchor}))"
     if "anyOf" in prop:
