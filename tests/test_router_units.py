@@ -63,7 +63,7 @@ def test_requests_waiting_through_the_window_count_with_the_time_waited() -> Non
     assert w["requests"] == 0 and w["error_rate"] is None and w["rps"] == 0.0
     assert w["waiting"] == 2 and w["latency_lower_bound"] is True
     assert w["latency_p95"] == pytest.approx(2.4) and w["latency_p50"] == pytest.approx(1.5)  # exact, a true bound
-    # With completed requests the waiting ones join the histogram: they raise the percentiles, nothing else.
+    # With completed requests the waiting ones join the histogram: percentiles only, not the rates.
     for _ in range(3):
         vs.record(now - 0.1, 0.010, 200)
     mixed = vs.window(1, now, started=0.0, waiting=[now - 2.4, now - 1.5])

@@ -14,8 +14,10 @@ Requests still waiting for their answer: latency is recorded when a response com
 requests take longer than the window asked for would show no latency at all in that window ("no data"), exactly
 while it is too slow. ``window`` therefore also takes the start times of the requests that are waiting for the
 backend's first response byte, and counts those that have waited through the whole window (age >= window) with
-the time waited so far: a lower bound of their latency, so they can only raise a percentile, never hide a slow
-request. The counters behind ``GET /metrics`` stay completion-only (Prometheus' histograms are).
+the time waited so far, a lower bound of their latency: stuck requests show while they are stuck, instead of "no
+data" or only the few fast requests that did finish. Younger waiting requests are left for later windows (their
+age says little yet), and so are answers that have started streaming. The counters behind ``GET /metrics`` stay
+completion-only, as Prometheus histograms are.
 
 Cumulative totals (for ``GET /metrics``, where Prometheus wants counters that only go up) cost nothing on the
 hot path: a slot's counts are folded into the totals once its second is over, either when a scrape asks for
