@@ -136,7 +136,7 @@ async def test_cpu_is_the_average_instance_in_percent_of_one_core(platform: Loca
     """The ai-model runbook's "CPU > 90 %": two instances at about half a core each are a healthy version (a
     sum made them 100 % and rolled it back); one instance keeping a core busy is not."""
     spec = _rule_spec({"metric": "cpu", "max": "90%", "for": "1s"})
-    await platform.start("svc", "burn-half", 2)
+    halves = await platform.start("svc", "burn-half", 2)
     metrics = ProcessMetrics(platform, first_sample=0.5)
     seen = []
     async for verdict in _evaluations(metrics, spec, "burn-half"):
@@ -145,6 +145,8 @@ async def test_cpu_is_the_average_instance_in_percent_of_one_core(platform: Loca
         if len([v for v in seen if v is not None]) >= 5:
             break
     assert all(v is None or v > 0 for v in seen)
+    for inst in halves:  # so the busy loop below can have a whole core on a 2-core machine
+        await platform.stop(inst, grace=1)
 
     [busy] = await platform.start("svc", "burn", 1)
     assert busy.pid is not None
