@@ -132,6 +132,7 @@ async def _evaluations(metrics: ProcessMetrics, spec: Spec, version: str) -> Asy
         await asyncio.sleep(spec.analysis.interval)  # the evaluation pace, as analysis.interval sets it
 
 
+@pytest.mark.slow
 async def test_cpu_is_the_average_instance_in_percent_of_one_core(platform: LocalPlatform) -> None:
     """The ai-model runbook's "CPU > 90 %": two instances at about half a core each are a healthy version (a
     sum made them 100 % and rolled it back); one instance keeping a core busy is not."""
