@@ -8,8 +8,9 @@ The expressions use what the built-in router exposes on ``GET /metrics`` (releas
 error rate is 5xx over all requests (a ratio, as the rule's 0.05 means, not the seed's 5xx-per-second), latency
 percentiles come from ``histogram_quantile`` over the router's buckets, both grouped ``by (version)`` so each
 version alerts on its own (or filtered to one version when one is given). Rules that Prometheus cannot evaluate
-are left out and named in a comment at the top: ``cpu``/``memory_mb`` (measured from the processes, not
-exported) and ``prometheus`` queries that need ``{{version}}``/``{{baseline_version}}`` when none was given.
+are left out and named in a comment at the top: ``cpu``/``memory_mb``/``memory_percent`` (measured from the
+processes, not exported) and ``prometheus`` queries that need ``{{version}}``/``{{baseline_version}}`` when none
+was given.
 """
 
 from __future__ import annotations

@@ -33,7 +33,16 @@ from releasegate.engine.state import (
     Stop,
 )
 from releasegate.errors import ProviderError
-from releasegate.providers.base import Instance, MetricQuery, MetricSource, Platform, Router, Routes, VersionRoute
+from releasegate.providers.base import (
+    AtLeast,
+    Instance,
+    MetricQuery,
+    MetricSource,
+    Platform,
+    Router,
+    Routes,
+    VersionRoute,
+)
 from releasegate.providers.metrics.reasons import explain
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.models import SmokeTest, Spec
@@ -261,7 +270,7 @@ class Controller:
                 values[key] = await self.p.metrics.query(q)
             except ProviderError as exc:
                 values[key], why = None, str(exc)
-            if values[key] is None:
+            if values[key] is None or isinstance(values[key], AtLeast):  # a lower bound may count as no data
                 why = why or explain(self.p.metrics, q)
                 if why:
                     missing[key] = why

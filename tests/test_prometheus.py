@@ -148,7 +148,7 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
             {"metric": "prometheus", "query": 'sum(up{version="{{version}}"})', "min": 1, "for": "2m"},
         ]}})
     per_version = render_alert_rules(spec)
-    assert "# Left out: cpu > 90 for 1m" in per_version and "needs {{version}}" in per_version
+    assert "# Left out: cpu > 90% for 1m" in per_version and "needs {{version}}" in per_version
     assert "alert: HighErrorRate" in per_version and "alert: LowRps" in per_version
     one = render_alert_rules(spec, version="2.0.0")
     assert 'version="2.0.0"' in one and "LowPrometheusQuery" in one

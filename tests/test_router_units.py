@@ -27,13 +27,13 @@ def test_histogram_percentiles_are_within_a_bucket() -> None:
         assert value is not None and abs(value - true) / true < 0.25, (key, value)  # one bucket wide
 
 
-def test_window_covers_partial_second_and_expires_old_slots() -> None:
+def test_window_covers_every_second_it_overlaps_and_expires_old_slots() -> None:
     vs = VersionStats()
     for sec in range(100, 110):
         for _ in range(10):
             vs.record(sec + 0.5, 0.001, 200)
-    w = vs.window(5, 109.5, started=0.0)  # seconds 105..109, the last one half over
-    assert w["requests"] == 50 and w["rps"] == pytest.approx(50 / 4.5)
+    w = vs.window(5, 109.5, started=0.0)  # [104.5, 109.5] overlaps seconds 104..109, the last one half over
+    assert w["requests"] == 60 and w["rps"] == pytest.approx(60 / 5.5)
     assert vs.window(5, 200.0, started=0.0)["requests"] == 0
     assert vs.window(5, 200.0, started=0.0)["latency_p95"] is None
     # A slot is reused an hour later and must not carry the old counts.
@@ -43,6 +43,44 @@ def test_window_covers_partial_second_and_expires_old_slots() -> None:
     # A router up for 2 s has not seen 10 s of traffic: the rate uses what it saw.
     seen = vs.window(10, 109.5, 0)["requests"]
     assert vs.window(10, 109.5, started=107.5)["rps"] == pytest.approx(seen / 2)
+
+
+def test_a_short_window_early_in_a_second_still_sees_the_last_second() -> None:
+    """A 1 s window asked 0.2 s into a second used to cover those 0.2 s only: at a few requests per second it was
+    mostly empty, and latency rules evaluated every second saw "no data" between completions."""
+    vs = VersionStats()
+    vs.record(100.7, 2.5, 200)
+    w = vs.window(1, 101.2, started=0.0)
+    assert w["requests"] == 1 and w["latency_p95"] is not None and w["latency_p95"] > 2.0
+    assert vs.window(1, 102.2, started=0.0)["requests"] == 0  # [101.2, 102.2] is after it
+
+
+def test_requests_waiting_through_the_window_count_with_the_time_waited() -> None:
+    vs = VersionStats()
+    now = 200.4
+    # Nothing completed; two requests have waited 2.4 s and 1.5 s, one only 0.3 s (less than the window).
+    w = vs.window(1, now, started=0.0, waiting=[now - 2.4, now - 1.5, now - 0.3])
+    assert w["requests"] == 0 and w["error_rate"] is None and w["rps"] == 0.0
+    assert w["waiting"] == 2 and w["latency_lower_bound"] is True
+    assert w["latency_p95"] == pytest.approx(2.4) and w["latency_p50"] == pytest.approx(1.5)  # exact, a true bound
+    # With completed requests the waiting ones join the histogram: percentiles only, not the rates.
+    for _ in range(3):
+        vs.record(now - 0.1, 0.010, 200)
+    mixed = vs.window(1, now, started=0.0, waiting=[now - 2.4, now - 1.5])
+    assert mixed["requests"] == 3 and mixed["error_rate"] == 0.0 and mixed["latency_lower_bound"] is False
+    assert mixed["latency_p95"] is not None and mixed["latency_p95"] > 2.0
+    assert mixed["latency_p50"] is not None and mixed["latency_p50"] < 0.1
+    # A fast version's waiting requests are younger than the window: nothing changes.
+    fast = vs.window(1, now, started=0.0, waiting=[now - 0.05])
+    assert fast["waiting"] == 0 and fast["latency_p95"] is not None and fast["latency_p95"] < 0.1
+
+
+def test_a_version_with_only_waiting_requests_has_latency_but_no_rate() -> None:
+    stats = Stats()
+    start = stats.started
+    snap = stats.snapshot(1, known=("v1",), waiting={"v1": [start - 5.0]})
+    assert snap["v1"]["latency_p99"] is not None and snap["v1"]["latency_p99"] >= 5.0
+    assert snap["v1"]["latency_lower_bound"] is True and snap["v1"]["error_rate"] is None
 
 
 def test_empty_stats_report_no_data() -> None:

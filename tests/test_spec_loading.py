@@ -231,7 +231,7 @@ def test_unknown_key_suggests_the_closest_and_points_at_the_key() -> None:
     assert errors((EXAMPLES / "invalid" / "typos.yaml").read_text(), "typos.yaml") == [
         "typos.yaml:4:1: unknown key 'stratgy' (did you mean 'strategy'?)",
         "typos.yaml:8:16: unknown metric 'eror_rate' (did you mean 'error_rate'?); expected one of: "
-        "error_rate, rps, latency_p50, latency_p95, latency_p99, cpu, memory_mb, prometheus",
+        "error_rate, rps, latency_p50, latency_p95, latency_p99, cpu, memory_mb, memory_percent, prometheus",
         "typos.yaml:10:9: unknown mode 'stair' (did you mean 'staircase'?); expected one of: staircase, "
         "immediate",
     ]
@@ -280,7 +280,7 @@ def test_rule_on_an_unknown_metric_is_one_error() -> None:
     assert only_error(lines("service: shop", PLATFORM, "analysis:", "  rules:",
                             "    - {metric: latency-p95, max: 2.5s}")) == (
         "spec.yaml:5:16: unknown metric 'latency-p95' (did you mean 'latency_p95'?); expected one of: "
-        "error_rate, rps, latency_p50, latency_p95, latency_p99, cpu, memory_mb, prometheus")
+        "error_rate, rps, latency_p50, latency_p95, latency_p99, cpu, memory_mb, memory_percent, prometheus")
 
 
 # --- values -------------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Literal
 
 from releasegate.durations import format_duration
 from releasegate.engine.state import Analyze, Observation, RolloutState, Sample
+from releasegate.providers.base import AtLeast
 from releasegate.spec.models import LATENCY_METRICS, Rule, Spec
 
 
@@ -84,12 +85,23 @@ def tick(st: RolloutState, spec: Spec, now: float, deadline: float | None, versi
     return Analyze(at=at, window=interval, version=version, baseline=baseline, whole=whole)
 
 
+def evidence(rule: Rule, value: float | None) -> float | None:
+    """A measured value as evidence for ``rule``. A lower bound (``AtLeast``: requests still waiting for an answer)
+    only counts where it decides: above a max it is a certain breach, at or above a min it certainly keeps that
+    bound; anywhere else the true value may be either side of the bound, which is no data."""
+    if not isinstance(value, AtLeast):
+        return value
+    if rule.max is not None:
+        return float(value) if value > rule.max else None
+    return float(value) if rule.min is not None and value >= rule.min else None
+
+
 def record_samples(st: RolloutState, spec: Spec, obs: Observation) -> RolloutState:
     keep = max((r.for_ for r in spec.analysis.rules), default=0.0) + 3 * spec.analysis.interval
     samples = dict(st.samples)
     for i, rule in enumerate(spec.analysis.rules):
         key = rule_key(i, rule)
-        sample = Sample(at=obs.at, start=obs.at - spec.analysis.interval, value=obs.values.get(key))
+        sample = Sample(at=obs.at, start=obs.at - spec.analysis.interval, value=evidence(rule, obs.values.get(key)))
         samples[key] = trim([*samples.get(key, []), sample], obs.at, keep)
     return st.model_copy(update={"samples": samples, "last_tick": obs.at})
 
@@ -137,11 +149,11 @@ def gate(rules: list[Rule], obs: Observation, whole: float | None, *,
     missing = []
     for i, rule in enumerate(rules):
         key = rule_key(i, rule)
-        value = obs.whole.get(key)
+        value = evidence(rule, obs.whole.get(key))
         if value is None:
             missing.append(key)
         elif rule.broken_by(value):
-            shown = format_duration(value) if rule.metric in LATENCY_METRICS else f"{value:.4g}"
+            shown = format_duration(value) if rule.metric in LATENCY_METRICS else rule.show(float(f"{value:.4g}"))
             return "fail", f"{rule.metric} over the step ({span}) was {shown} (rule: {rule.describe()})"
     if missing:
         return "wait", f"waiting: {missing_text(missing, obs.whole_missing, f'over the step ({span})')}; {promise}"

@@ -91,6 +91,20 @@ class MetricQuery:
     query: str | None = None  # provider-specific text, e.g. PromQL (issue 4)
 
 
+class AtLeast(float):
+    """A metric value known only as a lower bound: the true value is this or more.
+
+    The built-in router returns one for a latency window in which no request completed but some have been
+    waiting longer than the window: they are slow, but how slow is not known yet. The engine takes it as
+    evidence only where a lower bound decides (above a rule's max); otherwise it is no data, so an unfinished
+    request can make a rule breach but can never make a step pass."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"AtLeast({float(self)!r})"
+
+
 @dataclass(frozen=True)
 class Event:
     """Something a person may want to hear about: started, step, paused, promoted, rolled back, refused."""
@@ -138,7 +152,8 @@ class Router(Protocol):
 @runtime_checkable
 class MetricSource(Protocol):
     async def query(self, q: MetricQuery) -> float | None:
-        """The value, or None when there is no data (never 0 for 'no data')."""
+        """The value, or None when there is no data (never 0 for 'no data'); an ``AtLeast`` when only a lower
+        bound is known."""
         ...
 
 

@@ -121,7 +121,8 @@ class Admin:
         if not math.isfinite(window) or window <= 0:
             return 400, {"error": f"window must be a positive number of seconds, got {raw!r}"}
         version = query.get("version", [None])[-1]
-        snap = self.core.stats.snapshot(min(window, MAX_WINDOW), version, self.core.table.version_names())
+        snap = self.core.stats.snapshot(min(window, MAX_WINDOW), version, self.core.table.version_names(),
+                                        self.core.waiting())
         return 200, snap
 
     async def put_routes(self, body: bytes) -> tuple[int, Any]:

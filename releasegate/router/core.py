@@ -17,7 +17,7 @@ from releasegate.router.config import RouterConfig
 from releasegate.router.proxy import ClientProtocol
 from releasegate.router.routing import BUCKETS, Backend, RoutingTable
 from releasegate.router.stats import Stats
-from releasegate.router.upload import S_HEAD
+from releasegate.router.upload import S_HEAD, S_WAIT
 
 STICKY_MODES = {"none": 0, "cookie": 1, "header": 2}
 
@@ -70,6 +70,15 @@ class Core:
 
     def active_requests(self) -> int:
         return sum(1 for c in self.clients if c.active)
+
+    def waiting(self) -> dict[str, list[float]]:
+        """Start times of the requests sent in full and still waiting for the backend's first response byte, by
+        version. Read by the statistics on demand rather than tracked per request: the hot path pays nothing."""
+        out: dict[str, list[float]] = {}
+        for c in self.clients:
+            if c.active and c.state == S_WAIT and (c.conn is None or not c.conn.got):
+                out.setdefault(c.version.name, []).append(c.t0)
+        return out
 
     # --- backend connections ------------------------------------------------------------------------------
 

@@ -10,6 +10,15 @@ moment the router has the complete request head of a request to the moment the l
 been handed to the client socket. Upload time of a request body is therefore included, as is the time to
 stream the response.
 
+Requests still waiting for their answer: latency is recorded when a response completes, so a version whose
+requests take longer than the window asked for would show no latency at all in that window ("no data"), exactly
+while it is too slow. ``window`` therefore also takes the start times of the requests that are waiting for the
+backend's first response byte, and counts those that have waited through the whole window (age >= window) with
+the time waited so far, a lower bound of their latency: stuck requests show while they are stuck, instead of "no
+data" or only the few fast requests that did finish. Younger waiting requests are left for later windows (their
+age says little yet), and so are answers that have started streaming. The counters behind ``GET /metrics`` stay
+completion-only, as Prometheus histograms are.
+
 Cumulative totals (for ``GET /metrics``, where Prometheus wants counters that only go up) cost nothing on the
 hot path: a slot's counts are folded into the totals once its second is over, either when a scrape asks for
 them or, if nobody scraped for an hour, when the ring reuses the slot. Counts per exact status code are only
@@ -22,6 +31,7 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_right
+from collections.abc import Mapping, Sequence
 from typing import TypedDict
 
 SLOTS = 3600 + 2
@@ -50,6 +60,8 @@ class WindowStats(TypedDict):
     latency_p50: float | None
     latency_p95: float | None
     latency_p99: float | None
+    waiting: int  # requests that waited for an answer through the whole window, counted in the latencies
+    latency_lower_bound: bool  # no request completed: the latencies are only the waiting requests' ages
 
 
 class VersionStats:
@@ -133,10 +145,14 @@ class VersionStats:
             out["other"] = self.codes[0]
         return out
 
-    def window(self, seconds: float, now: float, started: float) -> WindowStats:
-        """Aggregate the last ``seconds`` (the current partial second included) as of ``now``."""
-        span = max(1, min(SLOTS - 1, math.ceil(seconds)))
+    def window(self, seconds: float, now: float, started: float, waiting: Sequence[float] = ()) -> WindowStats:
+        """Aggregate the whole seconds that overlap the last ``seconds`` (so between ``seconds`` and one second
+        more of history, the current partial second included) as of ``now``; ``waiting`` holds the start times
+        (``time.perf_counter()``) of this version's requests still waiting for an answer."""
         cur = int(now)
+        # Every slot that overlaps [now - seconds, now]. Only the slots up to the current one would leave a 1 s
+        # window asked for 0.2 s into a second with 0.2 s of data: mostly empty at a few requests per second.
+        span = max(1, min(SLOTS - 1, cur - math.floor(now - seconds) + 1))
         requests = errors = 0
         rows = []
         hist = self.hist
@@ -150,19 +166,37 @@ class VersionStats:
             rows.append(hist[base:base + NBUCKETS])
         # Column sums in C: an hour-long window is 3600 rows, and this runs on the data plane's event loop.
         merged = [sum(col) for col in zip(*rows, strict=True)] if rows else [0] * NBUCKETS
-        # The time the window really covers: whole past seconds plus the elapsed part of the current one, but
-        # never more than the router has been up (a router started 2 s ago has not seen 10 s of traffic).
-        covered = min(span - 1 + (now - cur), now - started)
-        covered = max(covered, 1e-3)
-        return {
-            "requests": requests,
-            "errors": errors,
-            "rps": requests / covered,
+        # The time the window really covers: from the start of its oldest slot, but never more than the router
+        # has been up (a router started 2 s ago has not seen 10 s of traffic).
+        covered = max(min(now - (cur - span + 1), now - started), 1e-3)
+        return _window_stats(requests, errors, requests / covered, merged, _ages(waiting, now, seconds))
+
+
+def _ages(waiting: Sequence[float], now: float, seconds: float) -> list[float]:
+    """How long each request waiting since before the window's start has waited so far."""
+    return [now - t0 for t0 in waiting if now - t0 >= seconds]
+
+
+def _window_stats(requests: int, errors: int, rps: float, merged: list[int], ages: list[float]) -> WindowStats:
+    """The window's figures; percentiles over its completed requests and the ``ages`` of those still waiting.
+
+    With no completed request the percentiles are taken from the ages themselves (nearest rank), not from the
+    histogram, whose interpolation inside a 25 % wide bucket could put a lower bound above the truth."""
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    if ages and not requests:
+        ranked = sorted(ages)
+        p50, p95, p99 = (ranked[max(0, math.ceil(q * len(ranked)) - 1)] for q in (0.50, 0.95, 0.99))
+    else:
+        for age in ages:
+            merged[bisect_right(BOUNDS, age)] += 1
+        total = requests + len(ages)
+        p50, p95, p99 = (percentile(merged, total, q) for q in (0.50, 0.95, 0.99))
+    return {"requests": requests, "errors": errors, "rps": rps,
             "error_rate": errors / requests if requests else None,
-            "latency_p50": percentile(merged, requests, 0.50),
-            "latency_p95": percentile(merged, requests, 0.95),
-            "latency_p99": percentile(merged, requests, 0.99),
-        }
+            "latency_p50": p50, "latency_p95": p95, "latency_p99": p99,
+            "waiting": len(ages), "latency_lower_bound": bool(ages) and not requests}
 
 
 def percentile(hist: list[int], total: int, q: float) -> float | None:
@@ -202,18 +236,25 @@ class Stats:
         for name in [n for n, vs in self.versions.items() if n not in keep and vs.last < horizon]:
             del self.versions[name]
 
-    def snapshot(self, seconds: float, version: str | None = None,
-                 known: tuple[str, ...] = ()) -> dict[str, WindowStats]:
-        """Window statistics per version; ``known`` versions (those in the routes) appear even without traffic."""
+    def snapshot(self, seconds: float, version: str | None = None, known: tuple[str, ...] = (),
+                 waiting: Mapping[str, Sequence[float]] | None = None) -> dict[str, WindowStats]:
+        """Window statistics per version; ``known`` versions (those in the routes) appear even without traffic.
+        ``waiting`` maps a version to the start times of its requests still waiting for an answer."""
         now = time.perf_counter()
+        waiting = waiting or {}
         names = [version] if version is not None else sorted(set(self.versions) | set(known))
         out: dict[str, WindowStats] = {}
         for name in names:
             vs = self.versions.get(name)
-            out[name] = vs.window(seconds, now, self.started) if vs is not None else empty_window()
+            pending = waiting.get(name, ())
+            if vs is not None:
+                out[name] = vs.window(seconds, now, self.started, pending)
+            else:
+                out[name] = _window_stats(0, 0, 0.0, [0] * NBUCKETS, _ages(pending, now, seconds))
         return out
 
 
 def empty_window() -> WindowStats:
     return {"requests": 0, "errors": 0, "rps": 0.0, "error_rate": None,
-            "latency_p50": None, "latency_p95": None, "latency_p99": None}
+            "latency_p50": None, "latency_p95": None, "latency_p99": None, "waiting": 0,
+            "latency_lower_bound": False}

@@ -3,6 +3,8 @@ or p95 above 2.5 s for 5 minutes."""
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Literal
 
 from pydantic import Field, ValidationInfo, field_serializer, field_validator, model_validator
@@ -11,27 +13,86 @@ from releasegate.durations import duration_text
 from releasegate.spec.common import LATENCY_METRICS, Duration, Threshold, _duration
 from releasegate.spec.common import SpecModel as _Model
 
+PERCENT_METRICS = ("cpu", "memory_percent")
+"""Metrics measured in percent: a bound is written 90 or 90%."""
 
-def _threshold(metric: str, value: object) -> float:
-    """Latency thresholds are durations (2.5s); error_rate takes 0.05 or '5%'; the rest plain numbers."""
-    if metric in LATENCY_METRICS:
-        return _duration(value)
-    if isinstance(value, str) and value.strip().endswith("%") and metric == "error_rate":
-        return float(value.strip()[:-1]) / 100.0
-    if isinstance(value, bool) or not isinstance(value, int | float):
+
+_SIZES = {"k": 1 / 1024, "m": 1.0, "g": 1024.0}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg])(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def _number(metric: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"expected a number for {metric}, got {value!r}")
     return float(value)
+
+
+def _percent(metric: str, value: object) -> float:
+    """90 or '90%' -> 90.0: the number of percent."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.endswith("%"):
+            try:
+                return _number(metric, float(text[:-1]))
+            except ValueError:
+                pass
+        example = "5%" if metric == "error_rate" else "90 or 90%"
+        raise ValueError(f"expected a percentage for {metric} such as {example}, got {value!r}")
+    return _number(metric, value)
+
+
+def _megabytes(value: object) -> float:
+    """300, '300MB', '1.5GB', '512MiB' -> MB (2**20 bytes, as top and ps count)."""
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m is None:
+            raise ValueError(f"expected a size for memory_mb such as 300MB or 1.5GB (or a number of MB), "
+                             f"got {value!r}")
+        return float(m.group(1)) * _SIZES[m.group(2).lower()]
+    return _number("memory_mb", value)
+
+
+def _threshold(metric: str, value: object) -> float:
+    """A bound in the metric's own unit. Latency: a duration (2.5s). error_rate: a fraction, 0.05 or '5%'.
+    cpu: percent of one core, 90 or '90%' (above 100 for an instance that uses several cores). memory_percent:
+    percent of the instance's memory limit, 0 to 100. memory_mb: MB, 300 or '300MB' / '1.5GB'. Others: numbers.
+    Only a PromQL result may be negative."""
+    if metric in LATENCY_METRICS:
+        return _duration(value)
+    if metric == "error_rate":
+        number = _percent(metric, value)
+        number = number / 100.0 if isinstance(value, str) else number
+        if number > 1:
+            raise ValueError(f"error_rate is a fraction of requests from 0 to 1: write 0.05 or 5%, got {value!r}")
+    elif metric in PERCENT_METRICS:
+        number = _percent(metric, value)
+        if metric == "memory_percent" and number > 100:
+            raise ValueError(f"memory_percent is a percentage of the instance's memory limit, at most 100, "
+                             f"got {value!r}")
+    elif metric == "memory_mb":
+        number = _megabytes(value)
+    else:
+        number = _number(metric, value)
+    if number < 0 and metric != "prometheus":
+        raise ValueError(f"a bound on {metric} cannot be negative, got {value!r}")
+    return number
 
 
 class Rule(_Model):
     """Breaches when the metric stays beyond its bound for the whole `for` window."""
 
     metric: Literal["error_rate", "rps", "latency_p50", "latency_p95", "latency_p99", "cpu", "memory_mb",
-                    "prometheus"] = Field(description="What to watch, per version; prometheus runs `query`.")
+                    "memory_percent", "prometheus"] = Field(
+        description="What to watch, per version; prometheus runs `query`. cpu, memory_mb and memory_percent "
+        "are per instance (with its child processes), averaged over the version's instances: cpu in percent of "
+        "one core, memory_mb the resident memory (RSS) in MB, memory_percent that RSS in percent of the "
+        "instance's memory limit (its cgroup's, e.g. a container's or systemd's MemoryMax, else the host's "
+        "memory).")
     query: str | None = Field(None, description="PromQL for metric: prometheus; {{service}}, {{version}} and "
                               "{{baseline_version}} are substituted. An empty result is no data.")
     max: Threshold | None = Field(
-        None, description="Upper bound (latency as a duration, error_rate as 0.05 or 5%).")
+        None, description="Upper bound in the metric's unit: latency as a duration (2s), error_rate as 0.05 or "
+        "5%, cpu and memory_percent as 90 or 90%, memory_mb as 300 or 300MB / 1.5GB.")
     min: Threshold | None = Field(None, description="Lower bound, written like max.")
     for_: Duration = Field(300.0, alias="for", description="How long the bound must be broken to breach.")
 
@@ -42,7 +103,7 @@ class Rule(_Model):
         if value is None:
             return value
         if metric is None:  # the metric is invalid and already reported: do not pile a second error on it
-            for kind in ("error_rate", "latency_p95"):
+            for kind in ("error_rate", "latency_p95", "cpu", "memory_mb"):
                 try:
                     return _threshold(kind, value)
                 except ValueError:
@@ -68,17 +129,26 @@ class Rule(_Model):
     def broken_by(self, value: float) -> bool:
         return (self.max is not None and value > self.max) or (self.min is not None and value < self.min)
 
+    def show(self, value: float) -> str:
+        """A value of this rule's metric as people write it: 2.5s, 90%, 300MB, 0.05."""
+        from releasegate.durations import format_duration
+
+        if self.metric in LATENCY_METRICS:
+            return format_duration(value)
+        if self.metric in PERCENT_METRICS:
+            return f"{value:g}%"
+        if self.metric == "memory_mb":
+            return f"{value:g}MB"
+        return f"{value:g}"
+
     def describe(self) -> str:
         from releasegate.durations import format_duration
 
-        def show(v: float) -> str:
-            return format_duration(v) if self.metric in LATENCY_METRICS else f"{v:g}"
-
         bounds = []
         if self.max is not None:
-            bounds.append(f"> {show(self.max)}")
+            bounds.append(f"> {self.show(self.max)}")
         if self.min is not None:
-            bounds.append(f"< {show(self.min)}")
+            bounds.append(f"< {self.show(self.min)}")
         return f"{self.metric} {' or '.join(bounds)} for {format_duration(self.for_)}"
 
 

@@ -21,11 +21,14 @@ DURATION_JSON_SCHEMA: dict[str, Any] = {"anyOf": [
      "description": "A duration with a unit: ms, s, m, h or d, e.g. 250ms, 5s, 10m, 24h, 1h30m."},
     {"const": 0, "description": "Zero needs no unit."},
 ]}
-THRESHOLD_PATTERN = rf"^\s*(?:{_NUMBER_WITH_UNIT}|\d+(?:\.\d+)?\s*%)\s*$"
+SIZE_PATTERN = r"\d+(?:\.\d+)?\s*(?:[kKmMgG](?:i?[bB])?)"
+"""A memory size such as 300MB, 1.5GB or 512MiB (what ``memory_mb`` bounds accept besides a plain number)."""
+THRESHOLD_PATTERN = rf"^\s*(?:{_NUMBER_WITH_UNIT}|\d+(?:\.\d+)?\s*%|{SIZE_PATTERN})\s*$"
 THRESHOLD_JSON_SCHEMA: dict[str, Any] = {"anyOf": [
     {"type": "number"},
     {"type": "string", "pattern": THRESHOLD_PATTERN,
-     "description": "A duration for latency metrics (2.5s) or a percentage for error_rate (5%)."},
+     "description": "A duration for latency metrics (2.5s), a percentage for error_rate, cpu and "
+                    "memory_percent (5%, 90%), a size for memory_mb (300MB, 1.5GB)."},
 ]}
 
 
@@ -42,13 +45,14 @@ Duration = Annotated[float, BeforeValidator(_duration),
                      WithJsonSchema(DURATION_JSON_SCHEMA)]
 """Seconds, written in YAML as 250ms, 5s, 10m, 24h."""
 Threshold = Annotated[float, WithJsonSchema(THRESHOLD_JSON_SCHEMA)]
-"""A rule's bound: a plain number, a duration for latency metrics, or a percentage for error_rate."""
+"""A rule's bound: a plain number, a duration for latency metrics, a percentage (error_rate, cpu,
+memory_percent) or a size (memory_mb)."""
 
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
 ROUTER_METRICS = ("error_rate", "rps", "latency_p50", "latency_p95", "latency_p99")
-PROCESS_METRICS = ("cpu", "memory_mb")
+PROCESS_METRICS = ("cpu", "memory_mb", "memory_percent")
 METRICS = ROUTER_METRICS + PROCESS_METRICS
 LATENCY_METRICS = ("latency_p50", "latency_p95", "latency_p99")
 

@@ -238,7 +238,7 @@ def _type(prop: dict[str, Any], defs: dict[str, Any], anchors: dict[type[BaseMod
         if name == "Duration":
             return "duration"
         if name == "Threshold":
-            return "number, duration or percent"
+            return "number, duration, percent or size"
         if name == "Percent":
             return "fraction or percent"
         anchor = next((a for m, a in anchors.items() if m.__name__ == name), name.lower())

@@ -10,6 +10,7 @@ Modes:
   ignore-term  listens, prints a line on SIGTERM and keeps running (only SIGKILL stops it)
   spawn-child  listens and starts a child in its process group; writes the child's pid to --pidfile
   burn         listens and keeps one core busy
+  burn-half    listens and keeps a core busy about half the time (6 ms of work, 4 ms asleep)
   exit         prints --message to stderr and exits with --code at once
 """
 
@@ -109,7 +110,7 @@ def listen(port: int) -> socket.socket:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["serve", "ignore-term", "spawn-child", "burn", "exit"])
+    parser.add_argument("mode", choices=["serve", "ignore-term", "spawn-child", "burn", "burn-half", "exit"])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--pidfile")
     parser.add_argument("--code", type=int, default=1)
@@ -137,6 +138,11 @@ def main() -> int:
     while True:
         if args.mode == "burn":
             sum(range(10_000))
+        elif args.mode == "burn-half":
+            until = time.perf_counter() + 0.006
+            while time.perf_counter() < until:
+                pass
+            time.sleep(0.004)
         else:
             time.sleep(0.5)
 

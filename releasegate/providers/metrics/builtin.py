@@ -3,14 +3,20 @@
 No data is None, never 0: a router that cannot be reached, or a version that served no request in the window,
 must not look like a perfectly healthy version with a 0 % error rate. Only ``rps`` is 0.0 without requests,
 because "no requests" is a true rate. ``explain`` says which of those it was.
+
+Latency is the exception to "no request, no data": requests that have waited for an answer longer than the window
+count with the time waited (see releasegate/router/stats.py), so a version too slow to finish any request in the
+window is seen while it is slow. When no request completed, those ages are all there is: the value is returned as
+``AtLeast`` (a lower bound), which the engine uses only to find a breach, never to pass a step.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from releasegate.durations import format_duration
 from releasegate.errors import ProviderError
-from releasegate.providers.base import MetricQuery
+from releasegate.providers.base import AtLeast, MetricQuery
 from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
 from releasegate.providers.routers.builtin import BuiltinRouterClient
 from releasegate.spec.capabilities import ROUTERS
@@ -30,7 +36,10 @@ class RouterMetrics:
 
     async def query(self, q: MetricQuery) -> float | None:
         value, why = await self._query(q)
-        self.reasons.set(q, why if value is None else None)
+        if isinstance(value, AtLeast):  # counts only if it breaches; otherwise the engine needs the reason
+            why = (f"no request to {q.version} completed in the last {format_duration(q.window)}; the slowest has "
+                   f"waited {format_duration(round(float(value), 3))} so far")
+        self.reasons.set(q, why if value is None or isinstance(value, AtLeast) else None)
         return value
 
     async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
@@ -49,6 +58,9 @@ class RouterMetrics:
         if q.metric == "rps" and value is None:
             return 0.0, None
         if q.metric != "rps" and not entry.get("requests"):
+            if q.metric.startswith("latency_") and entry.get("waiting") and isinstance(value, int | float) \
+                    and not isinstance(value, bool):
+                return AtLeast(value), None
             return None, no_traffic(q.version, q.window)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"the built-in router at {self.client.admin} sent no number for {q.metric}"
