@@ -43,7 +43,7 @@ async def test_counts_requests_errors_and_latency_per_version(tmp_path: Path) ->
     assert await metrics.query(q("1.0.0", "error_rate")) == 0.0
     p95 = await metrics.query(q("2.0.0", "latency_p95"))
     assert p95 is not None and 0.15 < p95 < 0.25
-    assert await metrics.query(q("1.0.0", "rps")) == 70 / 9.5  # the window: 9 whole seconds and half the current
+    assert await metrics.query(q("1.0.0", "rps")) == 70 / 10.5  # every second the window overlaps: 10 + the half
     assert await metrics.query(q("3.0.0", "rps")) == 0.0  # "no requests" is a true rate
     assert await metrics.query(q("3.0.0", "latency_p99")) is None
     assert metrics.explain(q("3.0.0", "latency_p99")) == "no traffic to 3.0.0 in the last 10s"

@@ -141,7 +141,7 @@ def provider_for(spec: Path, directory: Path) -> tuple[Router, Haproxy | None]:
 
 async def deploy(ctx: service.Context, spec: Path, version: str) -> Any:
     """Every rollout here finishes in seconds; one that does not is a failure, not a hang."""
-    return await asyncio.wait_for(service.deploy(ctx, spec, version), 60)
+    return await asyncio.wait_for(service.deploy(ctx, spec, version), 180)  # a bound for a hung deploy, not a timing
 
 
 @dataclass
