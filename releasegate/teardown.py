@@ -143,8 +143,10 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
             result.lines.append(f"{service} is already down: nothing runs (see `releasegate status {service}`)")
             return result
         now = ctx.clock.now()
-        store.add_event(service, None, now, "intent", f"take {service} down: remove its routes, stop its router and "
-                        f"{len(live)} instance(s)", {"actor": ctx.actor})
+        latest = store.latest_rollout(service)
+        last_id = latest.state.id if latest else None  # recorded with the last rollout, so `history` shows it
+        store.add_event(service, last_id, now, "intent", f"take {service} down: remove its routes, stop its router "
+                        f"and {len(live)} instance(s)", {"actor": ctx.actor})
         router_note = await _remove_routes(ctx.state_dir, spec)
         for inst in live:
             await platform.stop(inst, spec.platform.stop_grace)
@@ -156,7 +158,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
         said = (f"{service} taken down by {ctx.actor}: {len(result.stopped)} instance(s) stopped"
                 + (f" ({', '.join(result.stopped)})" if result.stopped else "") + f", {router_note}")
         evidence = {"actor": ctx.actor, "version": version, "stopped": result.stopped, "router": router_note}
-        store.add_event(service, None, now, "down", said, evidence)
+        store.add_event(service, last_id, now, "down", said, evidence)
         AuditLog(ctx.state_dir).append(ctx.actor, "down", release=f"{service}@{version}" if version else service,
                                        decision=said, evidence=evidence, at=now)
         result.lines.append(said)

@@ -103,7 +103,8 @@ async def test_down_stops_every_version_and_the_router_and_status_says_down(env)
     assert "shop down (was 2.0.0)" in flat(text.stdout)
     [entry] = [e for e in AuditLog(env.state).entries() if e.action == "down"]
     assert entry.actor.endswith("(os login)") and entry.release == "shop@2.0.0"
-    assert [e["kind"] for e in env.ctx.store().events("shop")][-2:] == ["intent", "down"]
+    last = service.history(env.ctx, "shop", 1)[0]  # shown with the last rollout: `history shop` ends with it
+    assert [e["kind"] for e in last["events"]][-2:] == ["intent", "down"] and last["version"] == "2.0.0"
 
     again = await asyncio.to_thread(env.rg, "down", "shop")
     assert again.returncode == 0 and "already down" in again.stdout
