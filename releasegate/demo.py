@@ -61,7 +61,7 @@ strategy:
       - {{weight: 50, pause: {pause}}}
     keep_previous: 24h
 analysis:
-  interval: 1s
+  interval: 2s                  # each look covers 2 s: even at a 10 % stair it holds a few users' visits
   post_promotion: {watch}
   rules:
     - {{metric: error_rate, max: 0.05, for: 2s}}
