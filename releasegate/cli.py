@@ -27,6 +27,7 @@ from releasegate.clihelp import (
     plain_flags,
     usage_line,
 )
+from releasegate.commands.router import router_app
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError
 from releasegate.progress import ProgressPrinter, render_history, render_plan, render_status
 from releasegate.spec.models import check_version
@@ -35,6 +36,7 @@ app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Declarative progressive delivery: canary, blue-green and rolling releases with automatic rollback.\n\n"
          "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.")
+app.add_typer(router_app, name="router", rich_help_panel=INTEGRATIONS)
 
 
 def _mount_governance() -> None:
@@ -46,9 +48,6 @@ def _mount_governance() -> None:
     from releasegate.commands.metrics import metrics
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.release import notes_command, release_app, version_app
-    from releasegate.commands.router import router_app
-
-    app.add_typer(router_app, name="router", rich_help_panel=INTEGRATIONS)
 
     release_app.command("new")(release_new)
     app.add_typer(release_app, name="release", help="Cut releases and register them for approval.")
@@ -141,6 +140,14 @@ def validate(spec: SpecFile) -> None:
               f"{len(s.analysis.rules)} rule(s), rollback {s.rollback_mode}")
 
 
+@app.command(rich_help_panel=INTEGRATIONS)
+def schema() -> None:
+    """Print the spec's JSON Schema (for editor validation and completion)."""
+    from releasegate.spec import json_schema
+
+    out.print_json(json.dumps(json_schema()))
+
+
 @app.command(rich_help_panel=ROLLOUTS)
 def plan(spec: SpecFile, version: Version, state_dir: StateDir = None) -> None:
     """Dry run: the steps and timings deploy would follow. Starts nothing, changes nothing."""
@@ -173,6 +180,16 @@ def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
     if not all(c.ok for c in checks):
         raise typer.Exit(2)
 
+
+@app.command(rich_help_panel=INTEGRATIONS)
+def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
+        "--version", "-v", metavar="VERSION", help="Only this version (default: one alert per version).")]
+        = None) -> None:
+    """Print a Prometheus rule group (valid for promtool) from the spec's analysis rules."""
+    from releasegate.alerts import render_alert_rules
+    from releasegate.spec import load_spec
+
+    typer.echo(render_alert_rules(load_spec(spec), version=version), nl=False)
 
 @app.command(rich_help_panel=ROLLOUTS)
 def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
@@ -210,28 +227,13 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
-           as_json: AsJson = False, state_dir: StateDir = None) -> None:
-    """What runs (or is down), what is rolling out, and when the kept previous version is retired."""
+def resume(name: Service, state_dir: StateDir = None) -> None:
+    """Continue an interrupted rollout from its persisted state."""
     _use(state_dir)
-    data = service.status(_ctx(), name)
-    if as_json:
-        out.print_json(service.dumps(data))
-    else:
-        render_status(out, data)
-
-
-@app.command(rich_help_panel=ROLLOUTS)
-def history(name: Service, as_json: AsJson = False,
-            limit: Annotated[int, typer.Option(metavar="N", help="How many rollouts, newest first.")] = 20,
-            state_dir: StateDir = None) -> None:
-    """Past rollouts of a service with every decision and the metric values behind it."""
-    _use(state_dir)
-    data = service.history(_ctx(), name, limit)
-    if as_json:
-        out.print_json(service.dumps(data))
-    else:
-        render_history(out, data)
+    printer = ProgressPrinter(out)
+    st = asyncio.run(service.resume(_ctx(), name, on_progress=printer))
+    printer.summary(st)
+    _exit_for(st.status)
 
 
 CommandActor = Annotated[str | None, typer.Option(
@@ -289,16 +291,6 @@ def rollback(name: Service, actor: CommandActor = None, state_dir: StateDir = No
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def resume(name: Service, state_dir: StateDir = None) -> None:
-    """Continue an interrupted rollout from its persisted state."""
-    _use(state_dir)
-    printer = ProgressPrinter(out)
-    st = asyncio.run(service.resume(_ctx(), name, on_progress=printer))
-    printer.summary(st)
-    _exit_for(st.status)
-
-
-@app.command(rich_help_panel=ROLLOUTS)
 def down(name: Service, actor: CommandActor = None,
          force: Annotated[bool, _flag("--force", "Abort a rollout in progress first (recorded as an abort).")]
          = False, state_dir: StateDir = None) -> None:
@@ -311,6 +303,31 @@ def down(name: Service, actor: CommandActor = None,
     result = asyncio.run(take_down(ctx, name, force=force, on_progress=ProgressPrinter(out)))
     for line in result.lines:
         out.print(line, markup=False)
+
+
+@app.command(rich_help_panel=ROLLOUTS)
+def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
+           as_json: AsJson = False, state_dir: StateDir = None) -> None:
+    """What runs (or is down), what is rolling out, and when the kept previous version is retired."""
+    _use(state_dir)
+    data = service.status(_ctx(), name)
+    if as_json:
+        out.print_json(service.dumps(data))
+    else:
+        render_status(out, data)
+
+
+@app.command(rich_help_panel=ROLLOUTS)
+def history(name: Service, as_json: AsJson = False,
+            limit: Annotated[int, typer.Option(metavar="N", help="How many rollouts, newest first.")] = 20,
+            state_dir: StateDir = None) -> None:
+    """Past rollouts of a service with every decision and the metric values behind it."""
+    _use(state_dir)
+    data = service.history(_ctx(), name, limit)
+    if as_json:
+        out.print_json(service.dumps(data))
+    else:
+        render_history(out, data)
 
 
 @app.command(rich_help_panel=ROLLOUTS)
@@ -337,24 +354,6 @@ def demo(state_dir: Annotated[Path, typer.Option(
 
     raise typer.Exit(run_demo(out, state_dir, port, fast))
 
-
-@app.command(rich_help_panel=INTEGRATIONS)
-def schema() -> None:
-    """Print the spec's JSON Schema (for editor validation and completion)."""
-    from releasegate.spec import json_schema
-
-    out.print_json(json.dumps(json_schema()))
-
-
-@app.command(rich_help_panel=INTEGRATIONS)
-def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
-        "--version", "-v", metavar="VERSION", help="Only this version (default: one alert per version).")]
-        = None) -> None:
-    """Print a Prometheus rule group (valid for promtool) from the spec's analysis rules."""
-    from releasegate.alerts import render_alert_rules
-    from releasegate.spec import load_spec
-
-    typer.echo(render_alert_rules(load_spec(spec), version=version), nl=False)
 
 _mount_governance()
 assign_panels(app)
