@@ -110,13 +110,15 @@ def test_the_two_versions_cannot_be_confused(tmp_path):
 
 def test_the_global_state_dir_reaches_every_command(tmp_path):
     """`releasegate --state-dir X audit verify` (the demo prints such commands) reads X, not ./.releasegate."""
+    from releasegate.store.audit import AuditLog
+
     state = tmp_path / "state"
-    r = rg("--state-dir", str(state), "token", "new", "alice", "--policy",
-           str(EXAMPLES / "governance" / "policy.yaml"), cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    assert (state / "releasegate.db").is_file() and not (tmp_path / ".releasegate").exists()
+    with AuditLog(state) as log:
+        log.append("alice", "test.entry")
     r = rg("--state-dir", str(state), "audit", "verify", cwd=tmp_path)
     assert r.returncode == 0 and "audit log ok: 1 entries" in r.stdout, r.stderr
+    assert not (tmp_path / ".releasegate").exists()
+    assert rg("audit", "verify", "--state-dir", str(state), cwd=tmp_path).returncode == 0  # after the command too
 
 
 # --- read-only commands -----------------------------------------------------------------------------------------
