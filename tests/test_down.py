@@ -153,7 +153,7 @@ async def test_status_never_calls_a_version_current_when_none_of_its_instances_r
     await deploy(env, "1.0.0")
     platform = LocalPlatform(load_spec(env.spec).platform, env.state, env.spec.parent)
     for inst in await platform.instances("shop"):
-        os.kill(inst.pid or 0, signal.SIGKILL)  # a crash, a reboot: nobody took it down
+        os.killpg(inst.pid or 0, signal.SIGKILL)  # a crash, a reboot: nobody took it down (the whole group)
     await eventually(lambda: service.status(env.ctx, "shop")[0]["state"] == "not_running", what="status to notice")
     [item] = service.status(env.ctx, "shop")
     assert (item["current"], item["last_version"], item["instances"]) == (None, "1.0.0", {})
