@@ -11,12 +11,23 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 
 from releasegate import __version__, service
+from releasegate.clihelp import (
+    CLICK_ERROR,
+    INTEGRATIONS,
+    ROLLOUTS,
+    assign_panels,
+    command_path,
+    mark_read_only,
+    plain_flags,
+    usage_line,
+)
+from releasegate.commands.router import router_app
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
 from releasegate.progress import ProgressPrinter, render_history, render_plan, render_status
 from releasegate.spec.models import check_version
@@ -25,9 +36,7 @@ app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Declarative progressive delivery: canary, blue-green and rolling releases with automatic rollback.\n\n"
          "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.")
-router_app = typer.Typer(help="Run, stop or inspect the built-in router (the data plane).",
-                         invoke_without_command=True, no_args_is_help=False)
-app.add_typer(router_app, name="router")
+app.add_typer(router_app, name="router", rich_help_panel=INTEGRATIONS)
 
 
 def _mount_governance() -> None:
@@ -64,9 +73,15 @@ StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGAT
                                                help="Where state, logs and the database live "
                                                     "(default ./.releasegate).")]
 SpecFile = Annotated[Path, typer.Argument(help="Release spec (YAML).", show_default=False, metavar="SPEC")]
-Version = Annotated[str, typer.Option("--version", "-v", help="Version to deploy, e.g. 1.4.2.", show_default=False)]
+Version = Annotated[str, typer.Option("--version", "-v", metavar="VERSION", show_default=False,
+                                      help="The release's version to roll out, e.g. 1.4.2.")]
 Service = Annotated[str, typer.Argument(help="Service name from the spec.", show_default=False, metavar="SERVICE")]
 AsJson = Annotated[bool, typer.Option("--json", help="Machine-readable output (documented, stable).")]
+
+
+def _flag(name: str, help: str) -> Any:
+    """A plain on/off flag: off unless given, no ``--no-`` twin, no default shown."""
+    return typer.Option(name, help=help, show_default=False)
 
 
 class _State:
@@ -91,10 +106,25 @@ def _version_callback(value: bool) -> None:
 
 
 @app.callback()
-def _main(state_dir: StateDir = None,
-          version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
-                                                help="Print releasegate's own version and exit.")] = False) -> None:
+def _main(ctx: typer.Context, state_dir: StateDir = None,
+          version: Annotated[bool, typer.Option(
+              "--version", callback=_version_callback, is_eager=True, show_default=False,
+              help="Print releasegate's own version and exit (deploy --version VERSION names a release's).")]
+          = False) -> None:
     _use(state_dir)
+    if state_dir is not None:
+        # Commands mounted from other modules read --state-dir with env RELEASEGATE_HOME: the global option given
+        # before the command reaches them that way (their own --state-dir still wins), for this command only.
+        before = os.environ.get("RELEASEGATE_HOME")
+        os.environ["RELEASEGATE_HOME"] = str(state_dir)
+        ctx.call_on_close(lambda: _restore_env("RELEASEGATE_HOME", before))
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _exit_for(status: str) -> NoReturn:
@@ -102,7 +132,7 @@ def _exit_for(status: str) -> NoReturn:
         "rolled_back", "aborted") else EXIT_INTERNAL)
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def validate(spec: SpecFile) -> None:
     """Check a spec; print every problem as FILE:LINE:COL: message (exit 2), or a summary (exit 0)."""
     from releasegate.spec import load_spec
@@ -113,7 +143,7 @@ def validate(spec: SpecFile) -> None:
               f"{len(s.analysis.rules)} rule(s), rollback {s.rollback_mode}")
 
 
-@app.command()
+@app.command(rich_help_panel=INTEGRATIONS)
 def schema() -> None:
     """Print the spec's JSON Schema (for editor validation and completion)."""
     from releasegate.spec import json_schema
@@ -121,14 +151,13 @@ def schema() -> None:
     out.print_json(json.dumps(json_schema()))
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
          env: Annotated[str | None, typer.Option(
              "--env", metavar="ENV", show_default=False,
              help="Also show what the stored policy and calendar would decide now for a deploy to ENV.")]
          = None,
-         hotfix: Annotated[bool, typer.Option("--hotfix", help="With --env: judge it as deploy --hotfix would.")]
-         = False) -> None:
+         hotfix: Annotated[bool, _flag("--hotfix", "With --env: judge it as deploy --hotfix would.")] = False) -> None:
     """Dry run: the steps and timings deploy would follow. Starts nothing, changes nothing."""
     from releasegate.planning import make_plan, render_governance
 
@@ -139,14 +168,16 @@ def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
         render_governance(out, made, spec, env, _State.state_dir, hotfix)
 
 
-@app.command()
+AllowBreaking = Annotated[bool, _flag("--allow-breaking-migration",
+                                      "Apply migrations the backward-compatibility lint refuses: the release must "
+                                      "be registered with this flag and carry an sre approval given since.")]
+
+
+@app.command(rich_help_panel=ROLLOUTS)
 def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
-              env: Annotated[str, typer.Option(help="Environment (for the next freeze).")] = "prod",
-              allow_breaking_migration: Annotated[bool, typer.Option(
-                  help="As deploy would be run: breaking migrations pass here, admission checks the approval.")]
-              = False) -> None:
-    """The T-60 checks deploy runs first: disk, state dir, port, command, running version, database,
-    migrations lint, next freeze."""
+              env: Annotated[str, typer.Option(metavar="ENV", help="Environment (for the next freeze).")] = "prod",
+              allow_breaking_migration: AllowBreaking = False) -> None:
+    """The T-60 checks deploy runs first: disk, state dir, port, command, database, migrations, freezes."""
     from releasegate.preflight import preflight as run_preflight
     from releasegate.spec import load_spec
 
@@ -161,30 +192,29 @@ def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
         raise typer.Exit(2)
 
 
-@app.command()
+@app.command(rich_help_panel=INTEGRATIONS)
 def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
-        "--version", "-v", help="Only this version (default: one alert per version).")] = None) -> None:
+        "--version", "-v", metavar="VERSION", help="Only this version (default: one alert per version).")]
+        = None) -> None:
     """Print a Prometheus rule group (valid for promtool) from the spec's analysis rules."""
     from releasegate.alerts import render_alert_rules
     from releasegate.spec import load_spec
 
     typer.echo(render_alert_rules(load_spec(spec), version=version), nl=False)
 
-
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
-           env: Annotated[str, typer.Option(help="Environment the policy and calendar judge this deploy for.")]
-           = "prod",
-           actor: Annotated[str | None, typer.Option("--as", help="Who deploys; needs RELEASEGATE_TOKEN.")] = None,
-           hotfix: Annotated[bool, typer.Option(help="Judge this as a hotfix (allowed in hotfix-only freezes and "
+           env: Annotated[str, typer.Option(metavar="ENV", help="Environment the policy and calendar judge this "
+                                                               "deploy for.")] = "prod",
+           actor: Annotated[str | None, typer.Option("--as", metavar="USER", show_default=False,
+                                                     help="Who deploys; needs RELEASEGATE_TOKEN.")] = None,
+           hotfix: Annotated[bool, _flag("--hotfix", "Judge this as a hotfix (allowed in hotfix-only freezes and "
                                                      "outside deploy windows).")] = False,
-           break_glass: Annotated[bool, typer.Option(help="Emergency change past a freeze or missing stages: "
-                                                          "needs --reason, --as and an sre approval.")] = False,
-           reason: Annotated[str | None, typer.Option(help="Why, with --break-glass.")] = None,
-           allow_breaking_migration: Annotated[bool, typer.Option(
-               help="Apply migrations the backward-compatibility lint refuses: the release must be registered with "
-                    "--allow-breaking-migration and carry an sre approval given since.")]
-           = False,
+           break_glass: Annotated[bool, _flag("--break-glass", "Emergency change past a freeze or missing stages: "
+                                                               "needs --reason, --as and an sre approval.")] = False,
+           reason: Annotated[str | None, typer.Option(metavar="TEXT", show_default=False,
+                                                      help="Why, with --break-glass.")] = None,
+           allow_breaking_migration: AllowBreaking = False,
            policy: Annotated[Path | None, typer.Option(hidden=True)] = None,
            calendar: Annotated[Path | None, typer.Option(hidden=True)] = None) -> None:
     """Roll VERSION out as the spec says, in the foreground, with live progress.
@@ -208,7 +238,7 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
     _exit_for(st.status)
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def resume(name: Service, state_dir: StateDir = None) -> None:
     """Continue an interrupted rollout from its persisted state."""
     _use(state_dir)
@@ -223,8 +253,8 @@ CommandActor = Annotated[str | None, typer.Option(
                                  "recorded as unauthenticated.", show_default=False)]
 
 
-def _command(name: str, kind: str, actor: str | None) -> None:
-    ctx = _ctx()
+def _identify(ctx: service.Context, name: str, kind: str, actor: str | None) -> None:
+    """``--as USER`` is believed with USER's token (a wrong one is refused and audited); without it, the OS login."""
     if actor is not None:
         from releasegate.governance.identity import authenticate
 
@@ -234,6 +264,11 @@ def _command(name: str, kind: str, actor: str | None) -> None:
         from releasegate.governance.identity import os_user
 
         ctx.actor = f"{os_user()} (os login)"
+
+
+def _command(name: str, kind: str, actor: str | None) -> None:
+    ctx = _ctx()
+    _identify(ctx, name, kind, actor)
     res = asyncio.run(service.send_command(ctx, name, kind))
     out.print(res.message)
     if res.needs_resume:
@@ -246,31 +281,46 @@ def _command(name: str, kind: str, actor: str | None) -> None:
         out.print(f"run `releasegate resume {name}` to apply it")
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def promote(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Skip the remaining steps: send the new version to 100 % (after health and smoke pass)."""
     _use(state_dir)
     _command(name, "promote", actor)
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def abort(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Stop the rollout: traffic back to the previous version at once, new instances stopped."""
     _use(state_dir)
     _command(name, "abort", actor)
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def rollback(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Roll back now: during a rollout like abort; after one, switch back to the kept previous version."""
     _use(state_dir)
     _command(name, "rollback", actor)
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
+def down(name: Service, actor: CommandActor = None,
+         force: Annotated[bool, _flag("--force", "Abort a rollout in progress first (recorded as an abort).")]
+         = False, state_dir: StateDir = None) -> None:
+    """Take a service down: stop every instance of every version, remove its routes, stop its router."""
+    from releasegate.teardown import take_down
+
+    _use(state_dir)
+    ctx = _ctx()
+    _identify(ctx, name, "down", actor)
+    result = asyncio.run(take_down(ctx, name, force=force, on_progress=ProgressPrinter(out)))
+    for line in result.lines:
+        out.print(line, markup=False)
+
+
+@app.command(rich_help_panel=ROLLOUTS)
 def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
            as_json: AsJson = False, state_dir: StateDir = None) -> None:
-    """What runs, what is rolling out, and when the kept previous version is retired."""
+    """What runs (or is down), what is rolling out, and when the kept previous version is retired."""
     _use(state_dir)
     data = service.status(_ctx(), name)
     if as_json:
@@ -279,8 +329,9 @@ def status(name: Annotated[str | None, typer.Argument(help="Service; all when om
         render_status(out, data)
 
 
-@app.command()
-def history(name: Service, as_json: AsJson = False, limit: int = 20,
+@app.command(rich_help_panel=ROLLOUTS)
+def history(name: Service, as_json: AsJson = False,
+            limit: Annotated[int, typer.Option(metavar="N", help="How many rollouts, newest first.")] = 20,
             state_dir: StateDir = None) -> None:
     """Past rollouts of a service with every decision and the metric values behind it."""
     _use(state_dir)
@@ -291,7 +342,7 @@ def history(name: Service, as_json: AsJson = False, limit: int = 20,
         render_history(out, data)
 
 
-@app.command()
+@app.command(rich_help_panel=ROLLOUTS)
 def gc(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
        state_dir: StateDir = None) -> None:
     """Retire previous versions whose keep_previous time has passed."""
@@ -304,77 +355,35 @@ def gc(name: Annotated[str | None, typer.Argument(help="Service; all when omitte
             out.print(f"{svc}: stopped {item}")
 
 
-@app.command()
-def demo(state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Default: a temporary directory.")]
-         = None, port: int = 18080, fast: bool = typer.Option(False, help="Shorter pauses (for tests).")) -> None:
-    """A self-contained tour: v1, a canary of v2 to 100 %, then a failing v3 rolled back automatically."""
+@app.command(rich_help_panel=ROLLOUTS)
+def demo(state_dir: Annotated[Path, typer.Option(
+             "--state-dir", metavar="DIR", help="The demo's own state (kept for status and history afterwards; "
+                                                "an earlier demo's is replaced).")] = Path(".releasegate-demo"),
+         port: Annotated[int, typer.Option(metavar="PORT", help="Where the demo's router listens.")] = 18080,
+         fast: Annotated[bool, _flag("--fast", "Shorter pauses (for tests).")] = False) -> None:
+    """The tour in a minute: 1.0.0, a canary of 2.0.0 to 100 %, then a 3.0.0 rolled back by analysis."""
     from releasegate.demo import run_demo
 
     raise typer.Exit(run_demo(out, state_dir, port, fast))
 
 
-@router_app.callback()
-def router_main(ctx: typer.Context,
-                spec: Annotated[Path | None, typer.Option("--spec", "-f", help="Take settings from this spec.")]
-                = None,
-                name: Annotated[str | None, typer.Option("--service", help="Service (without --spec).")] = None,
-                listen: Annotated[str | None, typer.Option(help="HOST:PORT for users (without --spec).")] = None,
-                admin: Annotated[str | None, typer.Option(help="Loopback HOST:PORT for the admin API.")] = None,
-                state_dir: StateDir = None) -> None:
-    """Run the router in the foreground (`router stop`, `router status` manage a running one)."""
-    _use(state_dir)
-    if ctx.invoked_subcommand is not None:
-        return
-    from releasegate.providers.routers.builtin import router_paths
-    from releasegate.router.config import RouterConfig
-    from releasegate.router.server import run_router
-    from releasegate.spec import load_spec
-    from releasegate.spec.models import BuiltinRouter
-
-    if spec is not None:
-        s = load_spec(spec)
-        if not isinstance(s.router, BuiltinRouter):
-            raise UserError(f"router: {spec} uses router kind {s.router.kind}; `releasegate router` runs the "
-                            "built-in one (kind: builtin)")
-        svc, rspec = s.service, s.router
-    elif name and listen:
-        svc, rspec = name, BuiltinRouter(listen=listen)
-    else:
-        raise UserError("router: give --spec FILE, or --service NAME and --listen HOST:PORT")
-    state_file, routes_file, _log = router_paths(_State.state_dir, svc)
-    try:
-        config = RouterConfig(service=svc, listen=rspec.listen, routes_file=routes_file, state_file=state_file,
-                              admin=admin or rspec.admin or "127.0.0.1:0", sticky=rspec.sticky,
-                              sticky_cookie=rspec.sticky_cookie, sticky_header=rspec.sticky_header)
-    except ValueError as exc:
-        raise UserError(f"router: {exc}") from None
-    run_router(config)
-
-
-@router_app.command("stop")
-def router_stop(name: Service, state_dir: StateDir = None) -> None:
-    """Stop the service's router (traffic stops: only for maintenance)."""
-    from releasegate.providers.routers.builtin import stop_router
-
-    stopped = stop_router(_use(state_dir), name, 10.0)
-    out.print(f"router for {name} stopped" if stopped else f"no router is running for {name}")
-
-
-@router_app.command("status")
-def router_status(name: Annotated[str | None, typer.Argument(metavar="SERVICE")] = None,
-                  state_dir: StateDir = None) -> None:
-    """Is the router up, where does it listen, and which routes does it apply."""
-    from releasegate.progress import render_router_status
-
-    render_router_status(out, _use(state_dir), name)
-
-
 _mount_governance()
+assign_panels(app)
+mark_read_only(app)
+plain_flags()
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
     try:
-        app(args=argv, prog_name="releasegate")
+        code = app(args=args, prog_name="releasegate", standalone_mode=False)
+    except CLICK_ERROR as exc:  # a usage error: one line, like every other user error
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            err.print(usage_line(exc, command_path(app, args)), markup=False)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    except typer.Abort:
+        err.print("releasegate: aborted")
+        sys.exit(EXIT_INTERNAL)
     except ReleasegateError as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             err.print(f"releasegate: {line}", markup=False)
@@ -388,4 +397,6 @@ def main(argv: list[str] | None = None) -> None:
         err.print(f"releasegate: internal error: {type(exc).__name__}: {exc} (RELEASEGATE_DEBUG=1 shows the "
                   "traceback)", markup=False)
         sys.exit(EXIT_INTERNAL)
-
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        err.print("releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`")
+    sys.exit(code if isinstance(code, int) else EXIT_OK)

@@ -5,7 +5,10 @@ Standard library only, so it runs anywhere releasegate does. Faults come from th
 and apply to the version named by RELEASEGATE_VERSION (set by the local platform), so one spec can roll out
 a good version, a flaky one and a broken one without touching code:
 
-    FAULTS='3.0.0:error_rate=0.3,latency=0.2;4.0.0:health=fail'
+    FAULTS='3.0.0:error_rate=1,paths=/api/orders;4.0.0:health=fail;5.0.0:error_rate=0.3,latency=0.2'
+
+Injected errors are counted, not drawn at random: ``error_rate=0.3`` fails exactly 3 requests in 10, spread
+evenly, so a run can be repeated and tells the same story every time.
 
 See examples/demo/README.md for every knob.
 """
@@ -14,8 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import random
 import signal
 import socket
 import sys
@@ -44,16 +47,34 @@ def parse_faults(text: str, version: str) -> dict[str, str]:
     return {**found.get("*", {}), **found.get(version, {})}
 
 
+APP_PATHS = ("/", "/api/items", "/api/orders")
+KNOBS = ("error_rate", "latency", "paths", "health", "startup")
+
+
 class Faults:
     def __init__(self, knobs: dict[str, str]) -> None:
-        unknown = set(knobs) - {"error_rate", "latency", "health", "startup"}
+        unknown = set(knobs) - set(KNOBS)
         if unknown:
-            raise ValueError(f"unknown FAULTS knob(s): {', '.join(sorted(unknown))} "
-                             "(known: error_rate, latency, health, startup)")
+            raise ValueError(f"unknown FAULTS knob(s): {', '.join(sorted(unknown))} (known: {', '.join(KNOBS)})")
         self.error_rate = float(knobs.get("error_rate", 0.0))
+        if not 0.0 <= self.error_rate <= 1.0:
+            raise ValueError(f"error_rate={self.error_rate:g} must be between 0 and 1")
         self.latency = float(knobs.get("latency", 0.0))
+        self.paths = tuple(p.strip() for p in knobs.get("paths", "|".join(APP_PATHS)).split("|") if p.strip())
+        if bad := [p for p in self.paths if p not in APP_PATHS]:
+            raise ValueError(f"paths: {', '.join(bad)} is not one of the app's paths ({' | '.join(APP_PATHS)})")
         self.health_fails = knobs.get("health", "ok") == "fail"
         self.startup = float(knobs.get("startup", 0.0))
+        self.seen = 0  # requests the faults applied to so far
+        self.lock = threading.Lock()
+
+    def fails_next(self) -> bool:
+        """Whether the next faulted request fails: the n-th fails when error_rate * n passes a whole number,
+        so exactly that share fails, spread evenly (0.5: every second one; 1/3: every third)."""
+        with self.lock:
+            self.seen += 1
+            n = self.seen
+        return math.floor(self.error_rate * n + 1e-9) > math.floor(self.error_rate * (n - 1) + 1e-9)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -108,21 +129,35 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     self._send(200, {"status": "healthy", "version": version}, body)
                 return
-            if path not in ("/", "/api/items"):
+            if path not in APP_PATHS:
                 self._send(404, {"error": "not found", "path": path, "version": version}, body)
                 return
-            if faults.latency > 0:
+            faulted = path in faults.paths
+            if faulted and faults.latency > 0:
                 time.sleep(faults.latency)
-            if faults.error_rate > 0 and random.random() < faults.error_rate:
-                self._send(500, {"error": "injected fault", "version": version}, body)
+            if faulted and faults.error_rate > 0 and faults.fails_next():
+                self._send(500, {"error": "injected fault", "path": path, "version": version}, body)
             elif path == "/":
                 self._send(200, {"service": srv.service, "version": version}, body)
+            elif path == "/api/orders":
+                self._order(version, body)
             else:
                 items = [{"id": n, "name": f"item {n}"} for n in range(1, 4)]
                 self._send(200, {"version": version, "items": items}, body)
         finally:
             with srv.lock:
                 srv.active -= 1
+
+    def _order(self, version: str, body: bool) -> None:
+        """POST places an order (201 with its number); GET says how many this instance has taken."""
+        srv = self.server
+        if self.command != "POST":
+            self._send(200, {"version": version, "orders": srv.orders}, body)
+            return
+        with srv.lock:
+            srv.orders += 1
+            number = srv.orders
+        self._send(201, {"version": version, "order": number}, body)
 
     def _send(self, status: int, payload: dict[str, Any], body: bool) -> None:
         data = json.dumps(payload).encode()
@@ -147,6 +182,7 @@ class DemoServer(ThreadingHTTPServer):
         self.version, self.service, self.faults = version, service, faults
         self.lock = threading.Lock()
         self.active = 0
+        self.orders = 0
         self.stopping = False
         self.control = os.environ.get("DEMO_CONTROL") == "1"
 

@@ -40,13 +40,18 @@ def _disk(state_dir: Path) -> Check:
 
 
 def _writable(state_dir: Path) -> Check:
+    """Writable, or creatable by deploy: a check creates nothing (the nearest existing parent is tried)."""
+    where = state_dir
+    while not where.exists() and where.parent != where:
+        where = where.parent
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=state_dir):
+        with tempfile.NamedTemporaryFile(dir=where):
             pass
     except OSError as exc:
-        return Check("state dir", False, f"{state_dir} is not writable ({exc.strerror}); fix its permissions "
-                     "or set --state-dir")
+        return Check("state dir", False, f"{state_dir} is not writable ({exc.strerror} in {where}); fix its "
+                     "permissions or set --state-dir")
+    if where != state_dir:
+        return Check("state dir", True, f"{state_dir} can be created (deploy creates it)")
     return Check("state dir", True, f"{state_dir} is writable")
 
 

@@ -97,12 +97,25 @@ def render_plan(console: Console, plan: Plan) -> None:
     console.print("[dim]dry run: nothing was started or changed[/dim]")
 
 
+def _state(item: dict[str, Any]) -> str:
+    """The service's state cell: a version is shown as serving only while one of its instances runs."""
+    state, last = item.get("state", "running"), item.get("last_version")
+    if state == "running":
+        count = (item.get("instances") or {}).get(item["current"], 0)
+        return f"running {item['current']} ({count} instance{'s' if count != 1 else ''})"
+    if state == "down":
+        return "[bold]down[/]" + (f" (was {last})" if last else "")
+    if state == "deploying":
+        return "deploying (first version)"
+    return "[bold red]not running[/]" + (f" ({last}: no instance runs)" if last else "")
+
+
 def render_status(console: Console, data: list[dict[str, Any]]) -> None:
     if not data:
         console.print("no services deployed yet (`releasegate deploy SPEC --version V`)")
         return
     table = Table()
-    for col in ("service", "current", "rollout", "phase", "weight", "waiting / reason", "previous kept until"):
+    for col in ("service", "state", "rollout", "weight", "waiting / reason", "previous kept until"):
         table.add_column(col)
     for item in data:
         r = item.get("rollout")
@@ -110,11 +123,10 @@ def render_status(console: Console, data: list[dict[str, Any]]) -> None:
         if r:
             ctl = "" if r["controller_alive"] else " (no controller: `releasegate resume`)"
             phase = r["phase"] + (" (paused)" if r.get("paused") else "")
-            table.add_row(item["service"], item["current"] or "-", f"{r['version']} {r['strategy']}{ctl}",
-                          phase, f"{r['weight']}%",
-                          escape(r["waiting"] or format_values(r.get("latest")) or "-"), prev)
+            table.add_row(item["service"], _state(item), f"{r['version']} {r['strategy']}, {phase}{ctl}",
+                          f"{r['weight']}%", escape(r["waiting"] or format_values(r.get("latest")) or "-"), prev)
         else:
-            table.add_row(item["service"], item["current"] or "-", "-", "-", "-", "-", prev)
+            table.add_row(item["service"], _state(item), "-", "-", "-", prev)
     console.print(table)
 
 

@@ -27,7 +27,7 @@ from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec
 from releasegate.spec.models import Spec, check_version
 from releasegate.store.audit import AuditLog
-from releasegate.store.sqlite import RolloutRecord, Store, owner_alive, this_owner
+from releasegate.store.sqlite import RolloutRecord, ServiceRecord, Store, owner_alive, this_owner
 
 ProviderFactory = Any  # async (spec, spec_dir, state_dir, clock) -> Providers
 
@@ -309,6 +309,33 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
         store.close()
 
 
+def _live_versions(ctx: Context, store: Store, service: str) -> dict[str, int]:
+    """How many instances of each version run right now, read from the platform's records (no provider is
+    started: status may run where nothing runs)."""
+    latest = store.latest_rollout(service)
+    if latest is None:
+        return {}
+    from releasegate.providers.platforms.local import LocalPlatform
+
+    spec = _spec_of(latest)
+    counts: dict[str, int] = {}
+    for inst in LocalPlatform(spec.platform, ctx.state_dir, Path(latest.spec_path).parent).running(service):
+        counts[inst.version] = counts.get(inst.version, 0) + 1
+    return counts
+
+
+def _service_state(store: Store, rec: ServiceRecord, live: dict[str, int], rolling: bool) -> tuple[str, str | None]:
+    """(state, last version): a version is only current while one of its instances runs (docs/cli.md)."""
+    if rec.current is not None and live.get(rec.current):
+        return "running", rec.current
+    mark = store.last_event(rec.service, ("down", "created"))
+    if rec.current is None and mark is not None and mark["kind"] == "down":
+        return "down", mark["data"].get("version")
+    if rec.current is None and rolling:
+        return "deploying", None
+    return "not_running", rec.current
+
+
 def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
     """The documented ``status --json`` shape (docs/cli.md)."""
     store = ctx.store()
@@ -319,8 +346,11 @@ def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
         out = []
         for rec in records:
             active = store.active_rollout(rec.service)
+            live = _live_versions(ctx, store, rec.service)
+            state, last = _service_state(store, rec, live, active is not None)
             item: dict[str, Any] = {
-                "service": rec.service, "current": rec.current, "previous": rec.previous,
+                "service": rec.service, "state": state, "current": rec.current if state == "running" else None,
+                "last_version": last, "instances": live, "previous": rec.previous,
                 "previous_retire_at": rec.previous_until, "rollout": None}
             if active is not None:
                 st = active.state

@@ -104,12 +104,18 @@ def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_d
                 = None,
                 commit: Annotated[str | None, typer.Option("--commit", metavar="SHA",
                                                            help="The commit the artifact was built from.")] = None,
-                breaking: Annotated[bool | None, typer.Option(
-                    "--allow-breaking-migration/--no-breaking-migration",
+                allow_breaking: Annotated[bool, typer.Option(
+                    "--allow-breaking-migration", show_default=False,
                     help="The release carries a backward-incompatible migration; its approvals then cover it "
-                         "(allowing it voids earlier approvals). Left out: unchanged.", show_default=False)] = None,
+                         "(allowing it voids earlier approvals).")] = False,
+                no_breaking: Annotated[bool, typer.Option(
+                    "--no-breaking-migration", show_default=False,
+                    help="It no longer does. Neither flag: unchanged.")] = False,
                 state_dir: StateDir = None) -> None:
     """Register SERVICE@VERSION with you as its author; again with a new digest voids its approvals."""
+    if allow_breaking and no_breaking:
+        raise UserError("release new: give --allow-breaking-migration or --no-breaking-migration, not both")
+    breaking = True if allow_breaking else False if no_breaking else None
     with reported():
         where = state_dir_of(state_dir)
         authenticate(where, _known(where), as_user, _token(), action="release new", release=f"{service}@{version}")

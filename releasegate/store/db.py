@@ -1,5 +1,10 @@
 """The one way every store opens ``state_dir/releasegate.db``: WAL, autocommit, a generous busy wait, and
-IMMEDIATE transactions so check-then-write is atomic across processes."""
+IMMEDIATE transactions so check-then-write is atomic across processes.
+
+Read-only commands (``status``, ``history``, ``approvals`` ...) run inside ``reading_only()``: there, a state dir
+that holds no database yet is read as an empty one, in memory, so looking around in a directory where releasegate
+never ran does not leave a ``.releasegate`` behind.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,29 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
 from releasegate.errors import UserError
 
+_READING: ContextVar[bool] = ContextVar("releasegate_reading_only", default=False)
+
+
+@contextmanager
+def reading_only() -> Iterator[None]:
+    """Open missing databases as empty in-memory ones (nothing is created on disk) while this block runs."""
+    token = _READING.set(True)
+    try:
+        yield
+    finally:
+        _READING.reset(token)
+
 
 def open_db(state_dir: Path) -> sqlite3.Connection:
+    if _READING.get() and not (state_dir / "releasegate.db").exists():
+        empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        empty.row_factory = sqlite3.Row
+        return empty
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

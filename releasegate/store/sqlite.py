@@ -222,6 +222,15 @@ class Store:
         return [{"seq": r["seq"], "rollout": r["rollout_id"], "at": r["at"], "kind": r["kind"],
                  "message": r["message"], "data": json.loads(r["data"])} for r in rows]
 
+    def last_event(self, service: str, kinds: Sequence[str]) -> dict[str, Any] | None:
+        """The service's most recent event of one of ``kinds`` (e.g. was it taken down since its last deploy?)."""
+        marks = ",".join("?" * len(kinds))
+        row = self._db.execute(f"SELECT * FROM events WHERE service=? AND kind IN ({marks}) ORDER BY seq DESC LIMIT 1",
+                               (service, *kinds)).fetchone()
+        return None if row is None else {"seq": row["seq"], "rollout": row["rollout_id"], "at": row["at"],
+                                         "kind": row["kind"], "message": row["message"],
+                                         "data": json.loads(row["data"])}
+
     def add_event(self, service: str, rollout_id: str | None, at: float, kind: str, message: str,
                   data: dict[str, Any] | None = None) -> None:
         with self.tx() as db:

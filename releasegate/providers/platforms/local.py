@@ -122,6 +122,10 @@ class LocalPlatform:
 
     async def instances(self, service: str) -> list[Instance]:
         """Live instances of every version, oldest first; records of ended processes are marked exited."""
+        return self.running(service)
+
+    def running(self, service: str) -> list[Instance]:
+        """``instances()`` for callers without an event loop (``status``): reading records never blocks long."""
         return [rec.instance() for rec in self._refresh(service) if rec.state == "running"]
 
     async def alive(self, instance: Instance) -> bool:

@@ -247,6 +247,16 @@ def _is_router(pid: int) -> bool:
     return "releasegate.router" in cmd or ("releasegate" in cmd and " router" in cmd)
 
 
+def forget_routes(state_dir: Path, service: str) -> bool:
+    """Delete the persisted routes of a service taken down, so a router started later serves nothing old."""
+    _, routes_file, _ = router_paths(state_dir, service)
+    try:
+        routes_file.unlink()
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def stop_router(state_dir: Path, service: str, timeout: float = 10.0) -> bool:
     """SIGTERM the router (it finishes in-flight requests), SIGKILL after ``timeout``; True if one ran."""
     state_file, _, _ = router_paths(state_dir, service)

@@ -1,0 +1,151 @@
+"""What a newcomer meets first: the README's set-up commands, ``--help`` at 80 columns, usage errors as one line,
+and read-only commands that leave no ``.releasegate`` behind in a directory where releasegate never ran."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+def rg(*args: str, cwd: Path | None = None, columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RELEASEGATE_HOME", "COLUMNS", "TERM")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
+    return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=60)
+
+
+def flat(text: str) -> str:
+    """Help text without its frames and line breaks, to look for a phrase wherever the table wrapped it."""
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", text).split())
+
+
+# --- the README's set-up commands ---------------------------------------------------------------------------
+
+
+def _setup_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Set-up on a fresh machine", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_set_up_commands_never_pip_install_into_the_system_python():
+    """Debian 12 and Ubuntu 24.04 refuse `pip install` outside a virtual environment (PEP 668): every pip call
+    in the set-up commands goes to a virtual environment the command itself creates."""
+    commands = _setup_commands()
+    assert commands == ["python3 -m venv .venv && .venv/bin/pip install -q -e . && .venv/bin/releasegate demo",
+                        "./scripts/test"]
+    script = (ROOT / "scripts" / "test").read_text()
+    pip_calls = [line.strip() for line in script.splitlines() if re.search(r"\bpip\b", line)
+                 and not line.strip().startswith("#")]
+    assert pip_calls and all('"$VPY" -m pip' in line for line in pip_calls), pip_calls
+    assert "exec ./scripts/test" in (ROOT / ".ci" / "run").read_text()
+
+
+# --- --help ---------------------------------------------------------------------------------------------------
+
+
+HELP_AT_80 = [(), ("deploy",), ("preflight",), ("status",), ("down",), ("demo",), ("release", "new"), ("router",),
+              ("approvals",), ("history",)]
+
+
+@pytest.mark.parametrize("command", HELP_AT_80, ids=lambda c: " ".join(c) or "releasegate")
+def test_help_is_readable_at_80_columns_with_plain_flags(command):
+    r = rg(*command, "--help", columns=80)
+    assert r.returncode == 0, r.stderr
+    assert "…" not in r.stdout, r.stdout  # nothing cut
+    assert max(len(line) for line in r.stdout.splitlines()) <= 80
+    assert "<bool>" not in r.stdout  # a flag takes no value
+    assert not re.search(r"--no-(hotfix|break-glass|allow-breaking|json|fast|force)", r.stdout)
+
+
+def test_commands_are_grouped_into_panels():
+    out = rg("--help", columns=100).stdout
+    panels = {m.group(1): m.start() for m in re.finditer(r"╭─ (\w+) ─", out)}
+    assert list(panels) == ["Options", "Rollouts", "Governance", "Integrations"]
+
+    def panel_of(command: str) -> str:
+        at = re.search(rf"│ {re.escape(command)}\s", out)
+        assert at, command
+        return max((name for name, start in panels.items() if start < at.start()), key=lambda n: panels[n])
+
+    assert {c: panel_of(c) for c in ("deploy", "down", "status", "demo")} == dict.fromkeys(
+        ("deploy", "down", "status", "demo"), "Rollouts")
+    assert {c: panel_of(c) for c in ("approve", "calendar", "audit", "release")} == dict.fromkeys(
+        ("approve", "calendar", "audit", "release"), "Governance")
+    assert {c: panel_of(c) for c in ("router", "metrics", "receive-alerts")} == dict.fromkeys(
+        ("router", "metrics", "receive-alerts"), "Integrations")
+
+
+def test_the_two_versions_cannot_be_confused(tmp_path):
+    from releasegate import __version__
+
+    own = rg("--version")
+    assert own.returncode == 0 and own.stdout.strip() == f"releasegate {__version__}"
+    assert "Print releasegate's own version and exit" in flat(rg("--help", columns=80).stdout)
+    assert "VERSION The release's version to roll out" in flat(rg("deploy", "--help", columns=80).stdout)
+
+    spec = str(EXAMPLES / "specs" / "shop-canary.yaml")
+    for args, says in ((("deploy", spec, "--version"), "--version takes the version to roll out"),
+                       (("plan", spec, "-v"), "-v takes the version to roll out"),
+                       (("deploy", spec), "give the version to roll out"),
+                       (("status", "--version"), "releasegate's own version is `releasegate --version`")):
+        r = rg(*args, cwd=tmp_path)
+        assert r.returncode == 2, args
+        assert len(r.stderr.splitlines()) == 1 and "╭" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"releasegate {args[0]}: ") and says in r.stderr, r.stderr
+        assert f"(see `releasegate {args[0]} --help`)" in r.stderr
+    assert not (tmp_path / ".releasegate").exists()
+
+
+def test_the_global_state_dir_reaches_every_command(tmp_path):
+    """`releasegate --state-dir X audit verify` (the demo prints such commands) reads X, not ./.releasegate."""
+    from releasegate.store.audit import AuditLog
+
+    state = tmp_path / "state"
+    with AuditLog(state) as log:
+        log.append("alice", "test.entry")
+    r = rg("--state-dir", str(state), "audit", "verify", cwd=tmp_path)
+    assert r.returncode == 0 and "audit log ok: 1 entries" in r.stdout, r.stderr
+    assert not (tmp_path / ".releasegate").exists()
+    assert rg("audit", "verify", "--state-dir", str(state), cwd=tmp_path).returncode == 0  # after the command too
+
+
+# --- read-only commands -----------------------------------------------------------------------------------------
+
+
+def _read_only_commands() -> list[tuple[str, ...]]:
+    spec = str(EXAMPLES / "governance" / "shop.yaml")
+    policy = str(EXAMPLES / "governance" / "policy.yaml")
+    calendar = str(EXAMPLES / "governance" / "calendar.yaml")
+    return [("status",), ("status", "shop"), ("status", "--json"), ("history", "shop"),
+            ("plan", spec, "--version", "1.0.0"), ("preflight", spec, "--version", "1.0.0"),
+            ("approvals", "shop@1.0.0", "--policy", policy),
+            ("calendar", "check", "--calendar", calendar, "--change", "minor"),
+            ("calendar", "show", "--calendar", calendar, "--month", "2026-01"),
+            ("audit", "verify"), ("audit", "export"), ("router", "status"), ("gc",),
+            ("promote", "shop"), ("abort", "shop"), ("rollback", "shop"), ("resume", "shop"), ("down", "shop")]
+
+
+def test_read_only_commands_in_an_empty_directory_create_no_state_dir(tmp_path):
+    def run(args: tuple[str, ...]) -> tuple[tuple[str, ...], subprocess.CompletedProcess[str]]:
+        return args, rg(*args, cwd=tmp_path)
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, _read_only_commands()))
+    for args, r in results:
+        assert "Traceback" not in r.stderr and r.returncode in (0, 2), (args, r.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    by = {args[:2]: r for args, r in results}
+    assert by[("status",)].stdout.startswith("no services deployed yet")
+    assert "unknown service" in by[("down", "shop")].stderr
