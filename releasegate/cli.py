@@ -254,11 +254,14 @@ CommandActor = Annotated[str | None, typer.Option(
 
 
 def _identify(ctx: service.Context, name: str, kind: str, actor: str | None) -> None:
-    """``--as USER`` is believed with USER's token (a wrong one is refused and audited); without it, the OS login."""
+    """``--as USER`` is believed with USER's token (a wrong one is refused and audited), and, once a policy is
+    stored, only for a user it names; without it, the OS login."""
     if actor is not None:
         from releasegate.governance.identity import authenticate
+        from releasegate.governance.stored import stored_policy
 
-        authenticate(ctx.state_dir, None, actor, os.environ.get("RELEASEGATE_TOKEN"), action=kind, release=name)
+        authenticate(ctx.state_dir, stored_policy(ctx.state_dir), actor, os.environ.get("RELEASEGATE_TOKEN"),
+                     action=kind, release=name)
         ctx.actor = actor
     else:
         from releasegate.governance.identity import os_user

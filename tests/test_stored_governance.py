@@ -255,3 +255,18 @@ def test_preflight_names_the_next_freeze_of_the_stored_calendar_not_the_spec_fil
     done = _cli(state, "preflight", str(files / "shop.yaml"), "--version", "1.4.0")  # the spec names calendar.yaml
     [line] = [line for line in done.stdout.splitlines() if "next freeze" in line]
     assert "'nightly batch' (full) starts in" in line
+
+
+def test_a_user_the_stored_policy_no_longer_names_cannot_act_with_an_old_token(tmp_path: Path, files: Path) -> None:
+    """bob held a token under policy v1; v2 drops him: his `rollback --as bob` is refused before anything happens."""
+    state = tmp_path / "state"
+    policy = files / "policy.yaml"
+    assert rg(state, "policy", "apply", str(policy)).exit_code == 0
+    erin = rg(state, "token", "new", "erin").stdout.strip()
+    bob = rg(state, "token", "new", "bob", "--as", "erin", token=erin).stdout.strip()
+    policy.write_text(policy.read_text().replace("bob: [reviewer]", "bert: [reviewer]"))
+    assert rg(state, "policy", "apply", str(policy), "--as", "erin", token=erin).exit_code == 0
+    for command in ("promote", "abort", "rollback"):
+        done = subprocess.run([sys.executable, "-m", "releasegate", "--state-dir", str(state), command, "shop", "--as",
+                               "bob"], capture_output=True, text=True, env={**os.environ, "RELEASEGATE_TOKEN": bob})
+        assert done.returncode == 2 and done.stderr.startswith("releasegate: user 'bob' is not in stored policy v2")
