@@ -4,9 +4,8 @@ For each proxy a private instance runs on loopback ports and temporary files; th
 Then, under ``Load`` (many users: no cookies kept), the service goes through
 
 1. a blue-green switch 1.0.0 -> 2.0.0,
-2. a canary promotion of 3.0.0 (nginx measures no traffic, so its canary runs on pauses only, ``rules: []``: a
-   rule on error_rate would never get data and the step would wait forever, by design; HAProxy's stats socket
-   gives error_rate, so its canary is gated on it),
+2. a canary promotion of 3.0.0, gated on error_rate through both (nginx: the JSON access log releasegate owns in
+   its server block; HAProxy: its stats socket), so each step waits for real per-version evidence,
 3. a rollback: a canary of 4.0.0 waits on a manual step and is aborted with ``send_command(..., "abort")``,
 
 and every answer must be a success; traffic must end on 3.0.0, both in the answers' ``X-Version`` and in the
@@ -88,7 +87,7 @@ def nginx_proxy(tmp_path: Path, extra: str = "") -> Iterator[Proxy]:
         router_yaml = (f'router: {{kind: nginx, nginx: "{NGINX}", listen: "127.0.0.1:{nginx.listen_port}", '
                        f'config_file: "{conf}", prefix: "{nginx.root}", main_config: "{nginx.main_config}", '
                        f'pid_file: "{nginx.root / "nginx.pid"}", drain_timeout: 5s, drain_grace: 1s{extra}}}')
-        yield Proxy("nginx", nginx.listen_port, router_yaml, "[]")
+        yield Proxy("nginx", nginx.listen_port, router_yaml, ERROR_RATE)
     finally:
         nginx.stop()
 
