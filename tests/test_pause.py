@@ -82,6 +82,16 @@ def test_no_data_timeout_is_configurable():
     assert "for 2m" in trace.state.paused.reason
 
 
+def test_a_short_step_is_not_paused_before_three_evaluations_by_default():
+    """A 10 s step analysed every 10 s: its first window may hold no evidence yet (requests in flight, a source's
+    baseline reading); the default timeout waits three evaluations, then pauses as usual."""
+    spec = make_spec(strategy={"canary": {"steps": [{"weight": 5, "pause": "10s"}]}})
+    late = run(lambda t, m, w: None if t <= 10 else FINE(t, m, w), spec)
+    assert late.state.status == "promoted" and "paused" not in kinds(late)
+    never = run(lambda t, m, w: None, spec)
+    assert never.state.paused is not None and never.state.paused.since == T0 + 30
+
+
 def test_data_that_comes_and_goes_resets_the_clock():
     # One interval in three has traffic: never 10 minutes without data, and the step's whole window has data.
     trace = run(lambda t, m, w: FINE(t, m, w) if int(t / 10) % 3 == 0 else None)

@@ -258,3 +258,21 @@ async def test_a_version_that_refuses_connections_is_all_errors(haproxy, apps) -
     await send(router, 20)
     now[0] = 10.0
     assert await metrics.query(mq("2.0.0", "error_rate")) == 1.0
+
+
+async def test_a_route_change_takes_the_baseline_so_the_first_window_has_data(haproxy, apps) -> None:
+    """Through the provider deploy uses, a step's first analysis already measures from the route change: with a
+    1-second step the first evaluation is the whole step, and a baseline-only answer would pause it for no data."""
+    from releasegate.providers.registry import BaselinedRouter
+
+    router, _ = haproxy
+    v1, v2 = apps
+    now = [50.0]
+    metrics = HaproxyStatsMetrics(router, clock=lambda: now[0])
+    routed = BaselinedRouter(router, metrics)
+    await routed.set_routes(SERVICE, split(v1, 50, v2, 50))
+    assert (await routed.get_routes(SERVICE)).weights() == {"1.0.0": 50, "2.0.0": 50}
+    await send(router, 20)
+    now[0] = 51.0
+    assert await metrics.query(mq("2.0.0", "error_rate", 1.0)) == 0.0  # no "first reading" wait
+    assert await metrics.query(mq("1.0.0", "rps", 1.0)) == 10.0

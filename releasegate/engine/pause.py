@@ -8,9 +8,9 @@ back. Two things pause a rollout:
 - ``no_data``: a rule had no data (no traffic to the new version, a source that cannot measure it) for
   ``analysis.no_data_timeout``. The clock starts at the start of the first evaluation window without data for some
   rule and is reset by an evaluation in which every rule has data; it restarts with each step, batch and watch.
-  The default timeout is the step's own pause (the watch: ``post_promotion``; rolling: ``rolling.pause``), so a
-  step that saw no traffic at all pauses when its time is up. A step without a pause waits for ``promote`` anyway
-  and has no timeout unless ``no_data_timeout`` is set.
+  The default timeout is the step's own pause (the watch: ``post_promotion``; rolling: ``rolling.pause``), but
+  at least three analysis intervals, so a step that saw no traffic at all pauses when its time is up. A step
+  without a pause waits for ``promote`` anyway and has no timeout unless ``no_data_timeout`` is set.
 - ``stair``: the rollback staircase holds at a stair where errors stopped (engine/staircase.py).
 
 ``promote`` and ``rollback`` end a pause; engine/decide.py's ``command`` says what each does where.
@@ -31,13 +31,16 @@ def no_data_timeout(st: RolloutState, spec: Spec) -> float | None:
     """How long the current step, batch or watch may go without data before it pauses; None: no limit."""
     if spec.analysis.no_data_timeout is not None:
         return spec.analysis.no_data_timeout
+    default: float | None = None
     if st.phase == "step":
-        return spec.strategy.steps[st.step].pause
-    if st.phase == "watch":
-        return spec.analysis.post_promotion or None
-    if st.phase == "roll" and spec.strategy.rolling is not None:
-        return spec.strategy.rolling.pause or None
-    return None
+        default = spec.strategy.steps[st.step].pause
+    elif st.phase == "watch":
+        default = spec.analysis.post_promotion or None
+    elif st.phase == "roll" and spec.strategy.rolling is not None:
+        default = spec.strategy.rolling.pause or None
+    # A default never pauses before three evaluations: the first window of a step may hold no evidence yet (the
+    # first requests still in flight, a source that needs a baseline reading), and a short step is not a reason.
+    return None if default is None else max(default, 3 * spec.analysis.interval)
 
 
 def pause(st: RolloutState, kind: Literal["no_data", "stair"], reason: str, at: float,

@@ -7,6 +7,7 @@ engine and the controller do not change.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 from releasegate.controller import CheckOutcome, Providers
 from releasegate.engine.clock import Clock
@@ -100,6 +101,29 @@ class ManagedBuiltinRouter:
         return await self.client.inflight(service, backend)
 
 
+class Baselines(Protocol):
+    async def baseline(self, versions: list[str]) -> None: ...
+
+
+class BaselinedRouter:
+    """A router whose metric source counts running totals (HAProxy): every route change is followed by a reading of
+    the routed versions' counters, so a step's first analysis window measures from the moment traffic moved."""
+
+    def __init__(self, router: Router, metrics: Baselines) -> None:
+        self.router = router
+        self.metrics = metrics
+
+    async def set_routes(self, service: str, routes: Routes) -> None:
+        await self.router.set_routes(service, routes)
+        await self.metrics.baseline([v.version for v in routes.versions if v.weight > 0])
+
+    async def get_routes(self, service: str) -> Routes:
+        return await self.router.get_routes(service)
+
+    async def inflight(self, service: str, backend: str) -> int:
+        return await self.router.inflight(service, backend)
+
+
 async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
     """The router for the spec's kind, and the metric source for its traffic statistics."""
     if isinstance(spec.router, BuiltinRouter):
@@ -121,7 +145,8 @@ async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
 
         haproxy = HaproxyRouter(spec.router, spec.service)
         haproxy.ensure_config()  # renders only a missing file; haproxy must be (re)loaded by its supervisor
-        return haproxy, HaproxyStatsMetrics(haproxy)
+        stats = HaproxyStatsMetrics(haproxy)
+        return BaselinedRouter(haproxy, stats), stats
     raise ProviderError(f"router kind {spec.router.kind} is not available yet in this build")
 
 

@@ -169,7 +169,8 @@ class Analysis(_Model):
         None, description="How long a step, batch or watch may go without data for a rule (no traffic, a "
         "source that cannot measure it) before the rollout pauses for an operator; counted from the start of the "
         "first evaluation window without data, reset by one with data. Default: the step's pause (the watch: "
-        "post_promotion; rolling: its pause); a step without a pause waits for promote anyway.")
+        "post_promotion; rolling: its pause), at least 3 analysis intervals; a step without a pause waits for "
+        "promote anyway.")
 
     @field_validator("no_data_timeout")
     @classmethod

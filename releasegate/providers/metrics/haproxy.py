@@ -10,8 +10,9 @@ Every query reads the totals and keeps the reading in a short history per versio
 reading, when the history is shorter than the window). Two queries of one analysis (the interval, then the whole
 step right after it) therefore both answer for their own window, not for the milliseconds between them.
 
-None (no data, never 0) only when there is no evidence: no earlier reading yet (the first query of a version is
-a baseline), HAProxy does not answer, or ``error_rate`` without a request in the window. ``rps`` is then 0.0,
+None (no data, never 0) only when there is no evidence: no earlier reading yet (the router takes one of every
+routed version right after each route change, ``baseline``; without it the first query is one), HAProxy does not
+answer, or ``error_rate`` without a request in the window. ``rps`` is then 0.0,
 because "no requests" is a true rate (as for the built-in router). Totals are compared per server slot: a slot
 that went down was reset by a reload and counts from 0; a slot that joined the version since the earlier reading
 is left out (its earlier count may belong to another version).
@@ -71,6 +72,20 @@ class HaproxyStatsMetrics:
             undelivered = n("econ") + n("wredis")  # could not connect: failed (503), or sent to another server
             out[name] = (n("req_tot") + undelivered, n("hrsp_5xx") + n("eresp") + undelivered)
         return out
+
+    async def baseline(self, versions: list[str]) -> None:
+        """Read the versions' totals now (right after a route change), so the first analysis window of a step
+        already has a baseline; a version never read before would otherwise give no data for one interval."""
+        for version in versions:
+            try:
+                now = await self.reading(version)
+            except ProviderError:
+                return  # the next query says why
+            if now is not None:
+                at = self.clock()
+                history = self._history.setdefault(version, deque())
+                history.append((at, now))
+                _prune(history, at)
 
     async def query(self, q: MetricQuery) -> float | None:
         value, why = await self._query(q)
