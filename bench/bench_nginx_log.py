@@ -18,8 +18,6 @@ The last line is the key figure: ``nginx with/without the JSON access log: throu
 from __future__ import annotations
 
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +30,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_router import ensure_tools, free_port, nginx_conf, run_wrk, wait_port  # noqa: E402
+from bench.bench_router import ensure_tools, free_port, nginx_conf, run_wrk, stop_all, wait_port  # noqa: E402
 from releasegate.providers.base import Routes, VersionRoute  # noqa: E402
 from releasegate.providers.metrics.nginx_log import LogTail  # noqa: E402
 from releasegate.providers.routers.nginx import render  # noqa: E402
@@ -145,16 +143,7 @@ def main() -> int:
         print(f"nginx with/without the JSON access log: throughput ratio {ratio:.2f}")
         return 0
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
 
 
 if __name__ == "__main__":

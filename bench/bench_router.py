@@ -256,16 +256,21 @@ def main() -> int:
         print(f"router/nginx throughput ratio: {ratio:.2f}")
         return 0
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, tmp)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]], tmp: Path) -> None:
+    """SIGTERM every process the bench started, newest first; SIGKILL what does not exit; remove the temp dir."""
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

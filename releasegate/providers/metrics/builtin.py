@@ -17,30 +17,19 @@ from typing import Any
 from releasegate.durations import format_duration
 from releasegate.errors import ProviderError
 from releasegate.providers.base import AtLeast, MetricQuery
-from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
+from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
 from releasegate.providers.routers.builtin import BuiltinRouterClient
 from releasegate.spec.capabilities import ROUTERS
 
 SUPPORTED = ROUTERS["builtin"]  # the capability table validate checks rules against
 
 
-class RouterMetrics:
+class RouterMetrics(ExplainedSource):
     """``MetricSource`` over one router's ``GET /stats``; latencies are in seconds."""
 
     def __init__(self, client: BuiltinRouterClient) -> None:
+        super().__init__()
         self.client = client
-        self.reasons = Reasons()
-
-    def explain(self, q: MetricQuery) -> str | None:
-        return self.reasons.get(q)
-
-    async def query(self, q: MetricQuery) -> float | None:
-        value, why = await self._query(q)
-        if isinstance(value, AtLeast):  # counts only if it breaches; otherwise the engine needs the reason
-            why = (f"no request to {q.version} completed in the last {format_duration(q.window)}; the slowest has "
-                   f"waited {format_duration(round(float(value), 3))} so far")
-        self.reasons.set(q, why if value is None or isinstance(value, AtLeast) else None)
-        return value
 
     async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
         if q.metric not in SUPPORTED:
@@ -60,7 +49,10 @@ class RouterMetrics:
         if q.metric != "rps" and not entry.get("requests"):
             if q.metric.startswith("latency_") and entry.get("waiting") and isinstance(value, int | float) \
                     and not isinstance(value, bool):
-                return AtLeast(value), None
+                # Counts only if it breaches; otherwise the engine takes it as no data and shows this reason.
+                return AtLeast(value), (f"no request to {q.version} completed in the last "
+                                        f"{format_duration(q.window)}; the slowest has waited "
+                                        f"{format_duration(round(float(value), 3))} so far")
             return None, no_traffic(q.version, q.window)
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"the built-in router at {self.client.admin} sent no number for {q.metric}"

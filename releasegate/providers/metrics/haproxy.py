@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
-from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
+from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
 from releasegate.providers.routers.haproxy import HaproxyRouter
 from releasegate.spec.capabilities import ROUTERS
 
@@ -43,13 +43,13 @@ MIN_SPAN = 1.0
 _Reading = dict[str, tuple[int, int]]  # server slot -> (requests, 5xx answers)
 
 
-class HaproxyStatsMetrics:
+class HaproxyStatsMetrics(ExplainedSource):
     """``MetricSource`` over the servers the router assigned to each version (its state file's slots)."""
 
     def __init__(self, router: HaproxyRouter, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
         self.router = router
         self.clock = clock
-        self.reasons = Reasons()
         self._history: dict[str, deque[tuple[float, _Reading]]] = {}
 
     def explain(self, q: MetricQuery) -> str | None:

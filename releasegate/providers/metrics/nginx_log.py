@@ -42,7 +42,7 @@ from typing import Protocol
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
-from releasegate.providers.metrics.reasons import Reasons, cannot_measure, no_traffic
+from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
 from releasegate.router.stats import SLOTS, VersionStats
 from releasegate.spec.capabilities import ROUTERS
 
@@ -211,24 +211,16 @@ class LogRotator(Protocol):
     async def rotate_log(self) -> bool: ...
 
 
-class NginxLogMetrics:
+class NginxLogMetrics(ExplainedSource):
     """``MetricSource`` over an nginx access log in releasegate's format: the same numbers, and the same
     None-versus-0 rules, as the built-in router's statistics (``RouterMetrics``)."""
 
     def __init__(self, path: Path, service: str, rotator: LogRotator | None = None, *,
                  clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
         self.tail = LogTail(path, service, clock=clock)
         self.rotator = rotator
         self.clock = clock
-        self.reasons = Reasons()
-
-    def explain(self, q: MetricQuery) -> str | None:
-        return self.reasons.get(q)
-
-    async def query(self, q: MetricQuery) -> float | None:
-        value, why = await self._query(q)
-        self.reasons.set(q, why if value is None else None)
-        return value
 
     async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
         if q.metric not in SUPPORTED:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from releasegate.durations import format_duration
-from releasegate.providers.base import MetricQuery
+from releasegate.providers.base import AtLeast, MetricQuery
 
 
 @runtime_checkable
@@ -32,6 +32,25 @@ class Reasons:
 
     def get(self, q: MetricQuery) -> str | None:
         return self._last[1] if self._last is not None and self._last[0] == q else None
+
+
+class ExplainedSource:
+    """A metric source whose ``_query`` returns the value with why it has none (or is only a lower bound, which
+    the engine may still take as no data); ``query`` keeps the reason for ``explain``."""
+
+    def __init__(self) -> None:
+        self.reasons = Reasons()
+
+    def explain(self, q: MetricQuery) -> str | None:
+        return self.reasons.get(q)
+
+    async def query(self, q: MetricQuery) -> float | None:
+        value, why = await self._query(q)
+        self.reasons.set(q, why if value is None or isinstance(value, AtLeast) else None)
+        return value
+
+    async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
+        raise NotImplementedError
 
 
 def explain(source: object, q: MetricQuery) -> str | None:
