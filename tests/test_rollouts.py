@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from releasegate import service
 from releasegate.errors import UserError
 from releasegate.providers.base import Instance
 from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
-from tests.support.rollouts import Load, cleanup, free_port, write_spec
+from tests.support.rollouts import Load, RolloutEnv, free_port, write_spec
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
@@ -27,33 +28,17 @@ pytestmark = pytest.mark.slow
 CANARY = "{canary: {steps: [{weight: 20, pause: 1500ms}, {weight: 50, pause: 1500ms}]}}"
 
 
+class Env(RolloutEnv):
+    def spec(self, strategy: str = CANARY, *, control: bool = False, **kw: Any) -> Path:
+        return super().spec(strategy, control=control, **kw)
+
+
 @pytest.fixture
 def env(tmp_path):
     """A state dir, a free router port, and cleanup of every process the test started."""
-    state = tmp_path / "state"
-    port = free_port()
-    made: list[Path] = []
-
-    class Env:
-        def __init__(self) -> None:
-            self.ctx = service.new_context(state)
-            self.state = state
-            self.port = port
-            self.url = f"http://127.0.0.1:{port}/api/items"
-
-        def spec(self, strategy: str = CANARY, **kw: object) -> Path:
-            path = write_spec(tmp_path, port, strategy, **kw)  # type: ignore[arg-type]
-            made.append(path)
-            return path
-
-        def router(self) -> BuiltinRouterClient:
-            info = read_router_state(state, "shop")
-            assert info is not None, "the router is not running"
-            return BuiltinRouterClient(str(info["admin"]))
-
-    yield Env()
-    if made:
-        asyncio.run(cleanup(state, made[-1]))
+    made = Env(tmp_path)
+    yield made
+    made.close()
 
 
 async def deploy(env, spec: Path, version: str):
@@ -61,9 +46,8 @@ async def deploy(env, spec: Path, version: str):
     return await asyncio.wait_for(service.deploy(env.ctx, spec, version), 60)
 
 
-async def routes_now(env) -> dict[str, int]:
-    router: BuiltinRouterClient = env.router()
-    return (await router.get_routes("shop")).weights()
+async def routes_now(env: Env) -> dict[str, int]:
+    return await env.routes()
 
 
 async def test_canary_promotes_under_load_with_zero_failed_requests(env):

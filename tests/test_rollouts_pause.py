@@ -16,51 +16,34 @@ import pytest
 
 from releasegate import service
 from releasegate.providers.platforms.local import LocalPlatform
-from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
 from releasegate.spec import load_spec
-from tests.support.rollouts import Load, cleanup, free_port, write_spec
+from tests.support.rollouts import Load, RolloutEnv
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
 
 
+class Env(RolloutEnv):
+    def spec(self, strategy: str, *, control: bool = True, **kw: Any) -> Path:
+        return super().spec(strategy, control=control, **kw)
+
+    def rollout(self) -> dict[str, Any]:
+        return service.status(self.ctx, "shop")[0]["rollout"] or {}
+
+    async def cli(self, *args: str) -> str:
+        """The CLI in another process, as a user runs it; off the event loop the rollout runs on."""
+        done = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "releasegate", "--state-dir", str(self.state), *args],
+            capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+
 @pytest.fixture
 def env(tmp_path):
-    state = tmp_path / "state"
-    port = free_port()
-    made: list[Path] = []
-
-    class Env:
-        def __init__(self) -> None:
-            self.ctx = service.new_context(state)
-            self.state = state
-            self.url = f"http://127.0.0.1:{port}/api/items"
-
-        def spec(self, strategy: str, **kw: Any) -> Path:
-            path = write_spec(tmp_path, port, strategy, **kw)
-            path.write_text(path.read_text().replace('env: {FAULTS: ""}', 'env: {FAULTS: "", DEMO_CONTROL: "1"}'))
-            made.append(path)
-            return path
-
-        def rollout(self) -> dict[str, Any]:
-            return service.status(self.ctx, "shop")[0]["rollout"] or {}
-
-        async def routes(self) -> dict[str, int]:
-            info = read_router_state(state, "shop")
-            assert info is not None, "the router is not running"
-            return (await BuiltinRouterClient(str(info["admin"])).get_routes("shop")).weights()
-
-        async def cli(self, *args: str) -> str:
-            """The CLI in another process, as a user runs it; off the event loop the rollout runs on."""
-            done = await asyncio.to_thread(
-                subprocess.run, [sys.executable, "-m", "releasegate", "--state-dir", str(state), *args],
-                capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
-            assert done.returncode == 0, done.stderr
-            return done.stdout
-
-    yield Env()
-    if made:
-        asyncio.run(cleanup(state, made[-1]))
+    made = Env(tmp_path)
+    yield made
+    made.close()
 
 
 async def _set_faults(spec_path: Path, state: Path, version: str, faults: str) -> None:

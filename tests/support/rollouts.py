@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from releasegate.providers.platforms.local import LocalPlatform
-from releasegate.providers.routers.builtin import stop_router
+from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, stop_router
 from releasegate.spec import load_spec
 
 PY = sys.executable
@@ -151,3 +151,38 @@ async def cleanup(state_dir: Path, spec_path: Path) -> None:
     for inst in await platform.instances(spec.service):
         await platform.stop(inst, 1.0)
     stop_router(state_dir, spec.service, 5.0)
+
+
+class RolloutEnv:
+    """A state dir, a free router port, specs written for them, and a look at what runs: the end-to-end tests'
+    fixture (``close`` stops every process the last spec started)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        from releasegate import service
+
+        self.tmp_path = tmp_path
+        self.state = tmp_path / "state"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api/items"
+        self.ctx = service.new_context(self.state)
+        self.made: list[Path] = []
+
+    def spec(self, strategy: str, *, control: bool = False, **kw: Any) -> Path:
+        """``write_spec`` on this env's port; ``control`` lets a test change faults at run time (DEMO_CONTROL)."""
+        path = write_spec(self.tmp_path, self.port, strategy, **kw)
+        if control:
+            path.write_text(path.read_text().replace('env: {FAULTS: "', 'env: {DEMO_CONTROL: "1", FAULTS: "'))
+        self.made.append(path)
+        return path
+
+    def router(self) -> BuiltinRouterClient:
+        info = read_router_state(self.state, "shop")
+        assert info is not None, "the router is not running"
+        return BuiltinRouterClient(str(info["admin"]))
+
+    async def routes(self) -> dict[str, int]:
+        return (await self.router().get_routes("shop")).weights()
+
+    def close(self) -> None:
+        if self.made:
+            asyncio.run(cleanup(self.state, self.made[-1]))
