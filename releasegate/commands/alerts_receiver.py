@@ -61,8 +61,9 @@ def receive_alerts(
         state_dir: StateDir = None) -> None:
     """Receive Alertmanager webhooks: a firing alert listed in a rollout's rollback.on_alerts rolls it back.
 
-    Runs in the foreground until interrupted. The alert's `service` label names the service; the rollback is
-    queued for the controller running its rollout (as `releasegate rollback` does). Every alert is audited."""
+    Runs in the foreground until interrupted. Every alert is audited.
+
+    The alert's `service` label names the service; the rollback is queued as `releasegate rollback` queues it."""
     from releasegate.alert_receiver import serve
 
     with reported():

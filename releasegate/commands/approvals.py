@@ -96,8 +96,11 @@ def _when(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M")
 
 
-def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_default=False)],
-                version: Annotated[str, typer.Argument(metavar="VERSION", show_default=False)],
+def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_default=False,
+                                                      help="The release's name: the spec's governance.release, "
+                                                           "else its service.")],
+                version: Annotated[str, typer.Argument(metavar="VERSION", show_default=False,
+                                                      help="The version, e.g. 1.4.2.")],
                 as_user: AsUser,
                 digest: Annotated[str | None, typer.Option("--digest", metavar="sha256:HEX",
                                                            help="The artifact's digest; approvals are tied to it.")]
@@ -241,7 +244,8 @@ token_app = typer.Typer(help=f"Identity tokens for --as USER (given in {TOKEN_EN
 
 
 @token_app.command("new")
-def token_new(user: Annotated[str, typer.Argument(metavar="USER", show_default=False)],
+def token_new(user: Annotated[str, typer.Argument(metavar="USER", show_default=False,
+                                                  help="A user named in the stored policy.")],
               as_user: Annotated[str | None, typer.Option(
                   "--as", metavar="ADMIN", show_default=False,
                   help=f"The admin issuing it, with their token in {TOKEN_ENV}; needed once an admin holds a token "

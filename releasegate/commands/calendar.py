@@ -218,7 +218,8 @@ def show(month: Annotated[str | None, typer.Option("--month", metavar="YYYY-MM",
 
 
 @calendar_app.command("upcoming")
-def upcoming_command(days: Annotated[float, typer.Option("--days", min=0, help="How far ahead to look.")] = 7,
+def upcoming_command(days: Annotated[float, typer.Option("--days", min=0, metavar="DAYS",
+                                                         help="How far ahead to look.")] = 7,
                      at: At = None,
                      env: ViewEnv = "prod", calendar: CalendarFile = None, state_dir: StateDir = None) -> None:
     """Freezes of the stored calendar in force now or starting within --days, and when each starts or ends."""

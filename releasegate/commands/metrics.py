@@ -81,8 +81,9 @@ def metrics(
         state_dir: StateDir = None) -> None:
     """Serve the controllers' metrics for Prometheus: rollout phases, weights, decisions, rollbacks, outcomes.
 
-    Runs in the foreground until interrupted. Reads the state dir's store (read-only) on every scrape of
-    /metrics, so it shows every rollout in that state dir, whichever process drives it."""
+    Runs in the foreground until interrupted.
+
+    Each scrape reads the state dir's store (read-only): every rollout there shows, whichever process drives it."""
     with reported():
         where = state_dir_of(state_dir)
         host, port = listen_address(listen)

@@ -227,9 +227,9 @@ def release_cut(component: Component, repo: RepoDir = Path("."), path: SubPath =
                 = None) -> None:
     """Commit CHANGELOG.md and release-notes/COMPONENT-vX.Y.Z.md, tag COMPONENT-vX.Y.Z; print the image tags.
 
-    Refuses a dirty tree, an existing tag, nothing to release, a feature branch, and a release/hotfix branch
-    whose version differs from the computed one. With --as, also registers SERVICE@VERSION for approval (the
-    same as `release new`, with the tagged commit); if that fails, the cut is undone.
+    Refuses a dirty tree, an existing tag, nothing to release, a feature branch, or a mismatched release branch.
+
+    With --as, also registers the release for approval (as `release new` does); if that fails, the cut is undone.
     """
     from releasegate.commands.approvals import state_dir_of
     from releasegate.governance.approvals import new_release

@@ -13,7 +13,7 @@ from releasegate.errors import UserError
 
 out = Console(highlight=False, soft_wrap=True)
 
-router_app = typer.Typer(help="Run, stop or inspect the built-in router (the data plane).",
+router_app = typer.Typer(help="The built-in router (the data plane): run it in the foreground, stop or inspect it.",
                          invoke_without_command=True, no_args_is_help=False)
 Service = Annotated[str, typer.Argument(help="Service name from the spec.", show_default=False, metavar="SERVICE")]
 
@@ -78,7 +78,8 @@ def router_stop(name: Service, state_dir: StateDir = None) -> None:
 
 
 @router_app.command("status")
-def router_status(name: Annotated[str | None, typer.Argument(metavar="SERVICE")] = None,
+def router_status(name: Annotated[str | None, typer.Argument(metavar="SERVICE",
+                                                             help="Service; all when omitted.")] = None,
                   state_dir: StateDir = None) -> None:
     """Is the router up, where does it listen, and which routes does it apply."""
     from releasegate.progress import render_router_status

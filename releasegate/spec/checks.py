@@ -133,8 +133,9 @@ class SmokeTest(_Model):
     command: str | None = Field(None, description="Instead of a request: a shell command run against one new "
                                 "instance, e.g. 'pytest tests/smoke --base-url {url}'; exit status 0 passes. "
                                 "{url} (http://HOST:PORT), {host}, {port}, {version} and {service} are "
-                                "substituted, and RELEASEGATE_URL, RELEASEGATE_VERSION and RELEASEGATE_SERVICE "
-                                "set. The end of its output is kept with the decision.")
+                                "substituted, and RELEASEGATE_URL, RELEASEGATE_HOST, RELEASEGATE_PORT, "
+                                "RELEASEGATE_VERSION and RELEASEGATE_SERVICE set. The end of its output is kept "
+                                "with the decision.")
     cwd: str | None = Field(None, description="A command's working directory, relative to the spec file; "
                             "default: the spec file's directory.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment for a command.")

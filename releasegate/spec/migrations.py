@@ -51,7 +51,8 @@ def postgres_problem(url: str) -> str | None:
 
 
 class Migrations(SpecModel):
-    """Applied after the new version passed health and smoke checks, before it receives traffic."""
+    """Applied once the new version has started and before its health and smoke checks (which need its schema),
+    so before any user traffic reaches it; backward compatible by rule, so the running version is unaffected."""
 
     # pydantic would quote the rejected URL, password included, in its error text; the messages here mask it.
     model_config = ConfigDict(**SpecModel.model_config, hide_input_in_errors=True)

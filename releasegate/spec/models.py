@@ -85,8 +85,8 @@ class LocalPlatform(_Model):
     command: str = Field(description="Shell command; {port} and {version} are substituted. Must contain {port}.")
     instances: int = Field(1, ge=1, le=64, description="Processes per version.")
     cwd: str = Field(".", description="Working directory, relative to the spec file; {version} is substituted.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment; PORT and "
-                                "RELEASEGATE_VERSION are always set.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment; PORT, "
+                                "RELEASEGATE_VERSION and RELEASEGATE_SERVICE are always set.")
     stop_grace: Duration = Field(10.0, description="SIGTERM, then SIGKILL after this long.")
 
     @field_validator("command")
