@@ -286,7 +286,9 @@ async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, 
             stopped.append(f"{inst.version}@{inst.address}")
     if rec.previous and rec.previous not in keep:
         store.set_service(spec.service, rec.current, None, None, None, None, now)
-        store.add_event(spec.service, None, now, "retired", f"{rec.previous} retired", {"stopped": stopped})
+        latest = store.latest_rollout(spec.service)  # the one that promoted the current version: history shows it
+        store.add_event(spec.service, latest.state.id if latest else None, now, "retired", f"{rec.previous} retired",
+                        {"stopped": stopped})
     return stopped
 
 

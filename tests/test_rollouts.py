@@ -272,6 +272,8 @@ async def test_gc_retires_the_previous_version_once_keep_previous_has_passed(env
     assert [s.split("@")[0] for s in stopped["shop"]] == ["1.0.0", "1.0.0"]
     assert {i.version for i in await _instances(env, spec)} == {"2.0.0"}
     assert service.status(env.ctx, "shop")[0]["previous"] is None
+    [retired] = [e for e in service.history(env.ctx, "shop", 1)[0]["events"] if e["kind"] == "retired"]
+    assert retired["message"] == "1.0.0 retired"  # shown with the rollout that replaced it
     with pytest.raises(UserError, match="nothing to roll back to"):
         await service.send_command(env.ctx, "shop", "rollback")
 

@@ -190,6 +190,11 @@ def render_reference() -> str:
     models = iter_models()
     anchors = {model: paths[0].rsplit(".", 1)[-1].removesuffix("[]") or "top-level"
                for model, paths in models}
+    kinds = {model: _kind(model) for model, _ in models}
+    shared = [a for a in anchors.values() if list(anchors.values()).count(a) > 1]
+    for model in anchors:  # router: builtin, nginx, haproxy share a path: each section is named by its kind
+        if anchors[model] in shared and kinds[model]:
+            anchors[model] = f"{anchors[model]}-{kinds[model]}"
     out = [
         "# Release spec reference",
         "",
@@ -219,6 +224,8 @@ def render_reference() -> str:
     for model, paths in models:
         node = schema if model is Spec else schema["$defs"][model.__name__]
         title = "Top level" if model is Spec else ", ".join(f"`{p}`" for p in paths)
+        if anchors[model].endswith(f"-{kinds[model]}"):
+            title += f" (kind: {kinds[model]})"
         out += ["", f'<a id="{anchors[model]}"></a>', "", f"## {title}", ""]
         if model.__doc__:
             out += [inspect.cleandoc(model.__doc__).split("\n\n")[0].replace("\n", " "), ""]
@@ -230,6 +237,13 @@ def render_reference() -> str:
                      field.description or ""]
             out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(out) + "\n"
+
+
+def _kind(model: type[BaseModel]) -> str | None:
+    """The ``kind`` a provider section is chosen by (its Literal), if it has one."""
+    field = model.model_fields.get("kind")
+    args = get_args(field.annotation) if field is not None else ()
+    return str(args[0]) if len(args) == 1 else None
 
 
 def _type(prop: dict[str, Any], defs: dict[str, Any], anchors: dict[type[BaseModel], str]) -> str:
@@ -245,6 +259,11 @@ def _type(prop: dict[str, Any], defs: dict[str, Any], anchors: dict[type[BaseMod
         return f"mapping ([{anchor}](#{anchor}))"
     if "anyOf" in prop:
         return " or ".join(_type(p, defs, anchors) for p in prop["anyOf"] if p.get("type") != "null")
+    if "oneOf" in prop:  # chosen by kind: one section per kind
+        refs = [p["$ref"].rsplit("/", 1)[-1] for p in prop["oneOf"] if "$ref" in p]
+        links = [next((f"[{a.rsplit('-', 1)[-1]}](#{a})" for m, a in anchors.items() if m.__name__ == r), r)
+                 for r in refs]
+        return "mapping by kind: " + ", ".join(links)
     if "const" in prop:
         return f"`{prop['const']}`"
     if "enum" in prop:
@@ -252,6 +271,8 @@ def _type(prop: dict[str, Any], defs: dict[str, Any], anchors: dict[type[BaseMod
     kind = prop.get("type")
     if kind == "array":
         item = _type(prop.get("items", {}), defs, anchors)
+        if item.startswith("one of "):
+            return "list, each " + item
         return "list of " + (item.replace("mapping", "mappings", 1) if item.startswith("mapping (")
                              else item + "s")
     if kind == "object":
