@@ -24,7 +24,8 @@ What the tail copes with, because an access log is a file other things happen to
 - a backlog (nobody asked for an hour): at most ``backlog`` bytes from the end are read, the rest is skipped.
 
 Reading runs in a thread: a busy nginx writes thousands of lines per second and an analysis interval may bring
-tens of thousands at once; parsing costs about 1 to 5 µs per line, idle to loaded (docs/benchmarks.md), never on the event loop.
+tens of thousands at once; parsing costs about 1 to 5 µs per line, idle to loaded (docs/benchmarks.md), never
+on the event loop.
 """
 
 from __future__ import annotations
