@@ -5,15 +5,15 @@ Two HAProxy processes (``nbthread 1`` each, so the two compare like for like on 
 configuration ``releasegate.providers.routers.haproxy.render_config`` writes, steered through the runtime API to a
 50/50 split over two backend ports (an nginx answering a fixed 6-byte 200, as in bench_router.py): one as rendered
 (every request logged into the ring), one with the two log lines of its frontend removed. wrk (``-t1 -c32``, keep-
-alive) runs interleaved rounds against both, best round reported. Besides requests per second, it reports the CPU
-time HAProxy spent per request (from /proc, via psutil), which a busy shared machine disturbs much less than
-throughput.
+alive) runs interleaved rounds against three targets, best round reported: ``off`` (no log), ``on`` (the ring
+log, nobody reading it: HAProxy's own cost) and ``on+reader`` (the metric source's ``RingReader`` following the
+ring in its thread, as during a rollout: what a user of the machine sees, since the reader's CPU competes with
+HAProxy, wrk and the backend for the same 2 cores). Besides requests per second, it reports the CPU time HAProxy
+spent per request (from /proc, via psutil), which a busy shared machine disturbs much less than throughput, and,
+for the reader, the lines it counted, the CPU time this process spent meanwhile (the reader is the only thing it
+runs then) per 1,000 requests, and the lines HAProxy dropped because the reader fell behind.
 
-While wrk runs against the logging proxy, the metric source's ``RingReader`` follows the ring in its thread, as
-during a rollout: the bench reports the lines it counted, the CPU time this process spent meanwhile (the reader is
-the only thing it runs then) per 1,000 requests, and the lines HAProxy dropped because the reader fell behind.
-
-The last line is the key figure: ``haproxy with/without the ring log: throughput ratio X.XX``.
+The last line is the key figure: ``haproxy with/without the ring log: throughput ratio X.XX`` (on+reader / off).
 """
 
 from __future__ import annotations
@@ -94,45 +94,53 @@ def main() -> int:
         ports = {ring: int(r.spec.listen.rsplit(":", 1)[1]) for ring, r in routers.items()}
         for port in ports.values():
             run_wrk(wrk, port, 1)  # warm-up
-        metrics = HaproxyStatsMetrics(routers[True], ring=True)
-        metrics.start()
-        reader = metrics.ring
-        assert reader is not None
-        best: dict[bool, float] = {}
-        cpu: dict[bool, list[float]] = {True: [0.0, 0.0], False: [0.0, 0.0]}  # haproxy seconds, requests
+        targets = {"off": False, "on": True, "on+reader": True}  # name -> the ring-logging haproxy?
+        best: dict[str, float] = {}
+        cpu: dict[str, list[float]] = {name: [0.0, 0.0] for name in targets}  # haproxy seconds, requests
         me = psutil.Process()
         spent = 0.0
-        lines = 0
+        lines = drops = sessions = skipped = 0
+        p50 = p99 = 0.0
         seconds = DURATION // ROUNDS
         for _ in range(ROUNDS):
-            for ring, port in ports.items():
+            for name, ring in targets.items():
                 before = cpu_of(pids[ring])
-                mine, counted = me.cpu_times(), reader.lines
-                rps, _ = run_wrk(wrk, port, seconds)
-                if ring:  # let the reader drain what is left, then charge this process's CPU to it
+                metrics = HaproxyStatsMetrics(routers[True], ring=True) if name == "on+reader" else None
+                reader = metrics.ring if metrics is not None else None
+                if metrics is not None and reader is not None:
+                    metrics.start()
+                    while reader.sessions == 0:
+                        time.sleep(0.01)
+                    dropped_before = dropped(routers[True])
+                mine = me.cpu_times()
+                rps, _ = run_wrk(wrk, ports[ring], seconds)
+                cpu[name][0] += cpu_of(pids[ring]) - before
+                cpu[name][1] += rps * seconds
+                best[name] = max(best.get(name, 0.0), rps)
+                if metrics is not None and reader is not None:  # let the reader drain, then charge it this CPU
                     deadline = time.monotonic() + 10
-                    while reader.lines - counted < rps * seconds * 0.99 and time.monotonic() < deadline:
+                    while reader.lines < rps * seconds * 0.99 and time.monotonic() < deadline:
                         time.sleep(0.05)
                     after = me.cpu_times()
                     spent += after.user + after.system - mine.user - mine.system
-                    lines += reader.lines - counted
-                cpu[ring][0] += cpu_of(pids[ring]) - before
-                cpu[ring][1] += rps * seconds
-                best[ring] = max(best.get(ring, 0.0), rps)
-        drops = dropped(routers[True])
-        asyncio.run(metrics.close())
-        window = reader.window("v1", 3600, time.time())
-        p50, p99 = (window["latency_p50"] or 0.0, window["latency_p99"] or 0.0) if window else (0.0, 0.0)
+                    lines += reader.lines
+                    sessions += reader.sessions
+                    skipped += reader.skipped
+                    drops += dropped(routers[True]) - dropped_before
+                    window = reader.window("v1", 3600, time.time())
+                    if window is not None:
+                        p50, p99 = window["latency_p50"] or 0.0, window["latency_p99"] or 0.0
+                    asyncio.run(metrics.close())
         print(f"machine: {os.cpu_count()} CPUs, loopback; haproxy nbthread 1 per proxy; wrk -t1 -c32 keep-alive, "
               f"{ROUNDS} interleaved rounds of {seconds}s per target (best shown)")
-        us = {ring: cpu[ring][0] / max(cpu[ring][1], 1) * 1e6 for ring in (True, False)}
-        print(f"ring log off {best[False]:>9.0f} req/s, on {best[True]:>9.0f} req/s, ratio "
-              f"{best[True] / best[False]:.2f}; haproxy CPU per request: off {us[False]:.1f} us, on {us[True]:.1f} us "
-              f"({us[True] / us[False] - 1:+.0%})")
-        print(f"reader: {lines} lines counted ({reader.sessions} session(s), {reader.skipped} skipped), "
-              f"{drops} dropped by haproxy; {spent / max(lines, 1) * 1e6:.2f} ms CPU per 1,000 requests; "
-              f"v1 p50/p99 through haproxy {p50 * 1000:.2f}/{p99 * 1000:.2f} ms")
-        print(f"haproxy with/without the ring log: throughput ratio {best[True] / best[False]:.2f}")
+        us = {name: cpu[name][0] / max(cpu[name][1], 1) * 1e6 for name in targets}
+        for name in targets:
+            print(f"ring log {name:<9} {best[name]:>9.0f} req/s (ratio to off {best[name] / best['off']:.2f}); "
+                  f"haproxy CPU per request {us[name]:.1f} us ({us[name] / us['off'] - 1:+.0%})")
+        print(f"reader: {lines} lines counted in {sessions} session(s) ({skipped} skipped), {drops} dropped by "
+              f"haproxy; {spent / max(lines, 1) * 1e6:.2f} ms CPU per 1,000 requests; v1 p50/p99 through haproxy "
+              f"{p50 * 1000:.2f}/{p99 * 1000:.2f} ms")
+        print(f"haproxy with/without the ring log: throughput ratio {best['on+reader'] / best['off']:.2f}")
         return 0
     finally:
         stop_all(procs, tmp)
