@@ -171,13 +171,29 @@ async def test_an_operator_config_without_the_ring_says_what_to_add_and_fails_pr
             f"HAProxy has no ring rg_shop for per-request latency, though {router.config_file} declares it: reload "
             "haproxy with that file")
 
-        # Reloaded with the ring, but the frontend logs to it in its own format: that is said too.
+        # Reloaded with the ring, but the frontend does not log to it: HAProxy's counters saw the requests, so
+        # the reason is not "no traffic".
+        await router.save_server_state()
+        proc.reload()
+        assert {c.name: c for c in await preflight(spec, spec_path, "2.0.0", tmp_path / "state")}["haproxy ring"].ok
+        await send(spec.router.listen, 5)
+
+        async def not_logged() -> str | None:
+            assert await metrics.query(q("1.0.0", "latency_p95", 5.0)) is None
+            why = metrics.explain(q("1.0.0", "latency_p95", 5.0)) or ""
+            return why if "requests/s to 1.0.0" in why else None
+
+        why = await eventually(not_logged, what="the reason naming the frontend's log lines")
+        assert why.endswith("but logged none of them to its ring rg_shop: they take longer than that, or the "
+                            "frontend does not log to the ring (it needs 'log ring@rg_shop format raw daemon / "
+                            f"log-format \"{LOG_FORMAT}\"')"), why
+
+        # Logging to the ring, but in the frontend's own format: that is said too.
         router.config_file.write_text(operator_config(spec.router, ring_section=True,
                                                       log="    log ring@rg_shop format raw daemon\n"
                                                           "    option httplog\n"))
+        await router.save_server_state()
         proc.reload()
-        assert {c.name: c for c in await preflight(spec, spec_path, "2.0.0", tmp_path / "state")}["haproxy ring"].ok
-        await router.reapply(SERVICE)
         await send(spec.router.listen, 5)
 
         async def wrong_format() -> bool:

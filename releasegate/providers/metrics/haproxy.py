@@ -35,12 +35,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from releasegate.durations import format_duration
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.haproxy_ring import RingReader
 from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
 from releasegate.providers.routers.haproxy import HaproxyRouter
-from releasegate.providers.routers.haproxy_config import missing_ring, ring_lines
+from releasegate.providers.routers.haproxy_config import frontend_log_lines, missing_ring, ring_lines
 from releasegate.spec.capabilities import ROUTERS
 
 SUPPORTED = ROUTERS["haproxy"]  # the capability table validate checks rules against
@@ -152,6 +153,12 @@ class HaproxyStatsMetrics(ExplainedSource):
             return float(value), None
         if ring.error is not None:
             return None, ring.error
+        rate, _ = await self._query(MetricQuery(q.service, q.version, "rps", q.window))
+        if rate:  # the counters saw requests the ring did not: slow ones still running, or no log line at all
+            needs = " / ".join(line.strip() for line in frontend_log_lines(self.router.spec, self.router.service))
+            return None, (f"HAProxy counted {rate:.3g} requests/s to {q.version} in the last "
+                          f"{format_duration(q.window)} but logged none of them to its ring {ring.ring}: they "
+                          f"take longer than that, or the frontend does not log to the ring (it needs '{needs}')")
         return None, no_traffic(q.version, q.window)
 
 
