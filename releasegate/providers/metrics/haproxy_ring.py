@@ -91,7 +91,6 @@ class RingReader:
         self.versions: dict[str, VersionStats] = {}
         self.since: float | None = None  # from when the counters are complete
         self.error: str | None = "the HAProxy ring reader has not connected yet"
-        self.missing_ring = False
         self.lines = 0  # counted
         self.matched = 0  # lines in releasegate's format for this backend, counted or not
         self.skipped = 0  # lines of other formats or backends
@@ -140,14 +139,14 @@ class RingReader:
             except OSError as exc:
                 self.error = (f"HAProxy does not answer on {self.path} ({type(exc).__name__}): the latency of "
                               "its requests is unknown until it does")
+            except Exception as exc:  # e.g. an unreadable router state file: say so, and try again; never die
+                self.error = f"the HAProxy ring reader stopped ({type(exc).__name__}: {exc}); it starts again"
             self._stop.wait(RETRY)
 
     def _follow(self) -> None:
         pid = pid_of(self.path)
         if not ring_listed(command(self.path, "show events"), self.ring):
-            self.missing_ring = True
             raise HaproxyAnswer(self.fix())
-        self.missing_ring = False
         with socket.socket(socket.AF_UNIX) as sock:
             sock.settimeout(TIMEOUT)
             sock.connect(self.path)
