@@ -10,6 +10,7 @@ what to add, never just "no data".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Iterator
@@ -85,6 +86,23 @@ async def send(listen: str, n: int, concurrency: int = 8) -> None:
             await asyncio.gather(*(one() for _ in range(min(concurrency, n - start))))
 
 
+@contextlib.asynccontextmanager
+async def running(router: HaproxyRouter, sock_dir: Path,
+                  tmp_path: Path) -> AsyncIterator[tuple[Haproxy, HaproxyStatsMetrics]]:
+    """A private haproxy on the router's configuration and the metric source following its ring; both stopped
+    whatever happens (the haproxy is started first, as an operator's supervisor would)."""
+    proc = Haproxy(router.config_file, sock_dir / "admin.sock", tmp_path / "haproxy.pid").start()
+    metrics: HaproxyStatsMetrics | None = None
+    try:
+        metrics = HaproxyStatsMetrics(router, ring=True)
+        metrics.start()
+        yield proc, metrics
+    finally:
+        if metrics is not None:
+            await metrics.close()
+        proc.stop()
+
+
 async def test_p95_per_version_tells_the_slow_version_from_the_fast_one(tmp_path: Path, short_dir: Path,
                                                                      slow_and_fast: tuple[DemoApp, DemoApp]) -> None:
     fast, slow = slow_and_fast
@@ -92,10 +110,7 @@ async def test_p95_per_version_tells_the_slow_version_from_the_fast_one(tmp_path
     router = HaproxyRouter(spec, SERVICE)
     assert router.ensure_config() is True
     assert f"ring {router.ring}\n" in router.config_file.read_text()
-    proc = Haproxy(router.config_file, short_dir / "admin.sock", tmp_path / "haproxy.pid").start()
-    metrics = HaproxyStatsMetrics(router, ring=True)
-    metrics.start()
-    try:
+    async with running(router, short_dir, tmp_path) as (_, metrics):
         await router.set_routes(SERVICE, Routes((VersionRoute("2.0.0", 50, (slow.backend,)),
                                                  VersionRoute("1.0.0", 50, (fast.backend,)))))
         await send(spec.listen, 40)
@@ -113,9 +128,6 @@ async def test_p95_per_version_tells_the_slow_version_from_the_fast_one(tmp_path
             assert fast_value is not None and fast_value < 0.15, (metric, fast_value)
         assert await metrics.query(q("3.0.0", "latency_p95")) is None
         assert metrics.explain(q("3.0.0", "latency_p95")) == "no traffic to 3.0.0 in the last 1m"
-    finally:
-        await metrics.close()
-        proc.stop()
 
 
 async def test_an_operator_config_without_the_ring_says_what_to_add_and_fails_preflight(
@@ -133,10 +145,7 @@ async def test_an_operator_config_without_the_ring_says_what_to_add_and_fails_pr
     router = HaproxyRouter(spec.router, SERVICE)
     router.config_file.write_text(operator_config(spec.router))  # the operator's file: releasegate leaves it
     assert router.ensure_config() is False
-    proc = Haproxy(router.config_file, short_dir / "admin.sock", tmp_path / "haproxy.pid").start()
-    metrics = HaproxyStatsMetrics(router, ring=True)
-    metrics.start()
-    try:
+    async with running(router, short_dir, tmp_path) as (proc, metrics):
         await router.set_routes(SERVICE, Routes((VersionRoute("1.0.0", 100, (fast.backend,)),)))
         await metrics.baseline(["1.0.0"])
         await send(spec.router.listen, 5)
@@ -203,9 +212,6 @@ async def test_an_operator_config_without_the_ring_says_what_to_add_and_fails_pr
                 "section")
 
         await eventually(wrong_format, what="the reason naming the log-format")
-    finally:
-        await metrics.close()
-        proc.stop()
 
 
 async def _equals(value: Awaitable[float | None], expected: float) -> bool:
@@ -264,12 +270,9 @@ async def test_the_reader_follows_a_reload_without_holding_the_old_process(
     spec = make_spec(tmp_path, short_dir)
     router = HaproxyRouter(spec, SERVICE)
     router.ensure_config()
-    proc = Haproxy(router.config_file, short_dir / "admin.sock", tmp_path / "haproxy.pid").start()
-    metrics = HaproxyStatsMetrics(router, ring=True)
-    metrics.start()
-    ring = metrics.ring
-    assert ring is not None
-    try:
+    async with running(router, short_dir, tmp_path) as (proc, metrics):
+        ring = metrics.ring
+        assert ring is not None
         await router.set_routes(SERVICE, Routes((VersionRoute("1.0.0", 100, (fast.backend,)),)))
         await send(spec.listen, 10)
         await eventually(lambda: ring.lines == 10, what="10 requests read from the ring")
@@ -280,9 +283,6 @@ async def test_the_reader_follows_a_reload_without_holding_the_old_process(
         await eventually(lambda: ring.lines == 20, what="10 more requests, from the new process's ring")
         window = ring.window("1.0.0", 60, metrics.wall())
         assert window is not None and window["requests"] == 20  # nothing counted twice
-    finally:
-        await metrics.close()
-        proc.stop()
 
 
 def test_a_replayed_ring_counts_only_what_it_had_not_counted() -> None:
