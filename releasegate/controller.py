@@ -75,6 +75,8 @@ class Providers:
     migrate: Callable[[bool], Awaitable[CheckOutcome]] | None = None
     # One health request per instance during analysis (address -> None if healthy, else why); None: not probed.
     probe: Callable[[list[Instance], HealthSpec], Awaitable[dict[str, str | None]]] | None = None
+    # Stops what the providers started (e.g. HAProxy's ring reader); the use case that built them calls it.
+    close: Callable[[], Awaitable[None]] | None = None
 
 
 class Controller:

@@ -116,6 +116,28 @@ async def _running(spec: Spec, spec_dir: Path, state_dir: Path) -> Check:
     return Check("running version", True, f"{rec.current}: {len(live)} instance(s) healthy")
 
 
+async def _haproxy_ring(spec: Spec) -> Check | None:
+    """With latency rules through HAProxy: does the running HAProxy log every request into the service's ring?
+    Without it those rules would have no data at every evaluation; the fix is one reload or a few lines."""
+    from releasegate.errors import ProviderError
+    from releasegate.providers.routers.haproxy import HaproxyRouter
+    from releasegate.providers.routers.haproxy_config import missing_ring
+    from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
+
+    latency = sorted({r.metric for r in spec.analysis.rules if r.metric.startswith("latency_")})
+    if not isinstance(spec.router, HaproxyRouterSpec) or not latency:
+        return None
+    router = HaproxyRouter(spec.router, spec.service)
+    try:
+        found = await router.has_ring()
+    except ProviderError as exc:  # not running yet (deploy renders a missing configuration): the reader waits
+        return Check("haproxy ring", True, f"not checked, {exc}")
+    if not found:
+        why = missing_ring(spec.router, spec.service)
+        return Check("haproxy ring", False, f"{why} ({', '.join(latency)} cannot be measured without it)")
+    return Check("haproxy ring", True, f"HAProxy logs every request into ring {router.ring} ({', '.join(latency)})")
+
+
 def _freeze(state_dir: Path, env: str, now: float) -> Check | None:
     """The next freeze of the stored calendar (``releasegate calendar apply``); none stored, no check."""
     from releasegate.governance.calendar import next_freeze
@@ -188,5 +210,7 @@ async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, 
     checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir), _command(spec, spec_dir, version),
               await _running(spec, spec_dir, state_dir)]
     checks += await asyncio.to_thread(_migrations, spec, spec_dir, allow_breaking)
+    ring = await _haproxy_ring(spec)
+    checks += [ring] if ring else []
     freeze = _freeze(state_dir, env, time.time() if now is None else now)
     return checks + ([freeze] if freeze else [])

@@ -51,6 +51,13 @@ class Context:
         return Store(self.state_dir)
 
 
+async def close_providers(providers: Providers) -> None:
+    """Stop what building the providers started (``Providers.close``); tests' factories may have none."""
+    close = getattr(providers, "close", None)
+    if close is not None:
+        await close()
+
+
 def new_context(state_dir: Path, clock: Clock | None = None) -> Context:
     return Context(state_dir=state_dir, clock=clock or SystemClock())
 
@@ -165,19 +172,22 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
             providers = await ctx.providers(spec, spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
         except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
             raise UserError(f"{spec_path}: cannot start the rollout: {exc}") from None
-        await _retire(ctx, store, spec, providers, force=True)
-        now = ctx.clock.now()
-        st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
-        st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
-                                   "emergency": admission.emergency,
-                                   "allow_breaking_migration": request.allow_breaking_migration})
-        owner = this_owner()
-        store.create_rollout(st, str(spec_path.resolve()), spec.model_dump_json(by_alias=True), owner)
-        store.set_service(spec.service, previous, None, None, str(spec_path.resolve()), None, now)
-        store.add_event(spec.service, st.id, now, "created",
-                        f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
-                        {"actor": ctx.actor, "spec": str(spec_path)})
-        return await _drive(ctx, store, spec, providers, st, admission, notes, on_progress)
+        try:
+            await _retire(ctx, store, spec, providers, force=True)
+            now = ctx.clock.now()
+            st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
+            st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
+                                       "emergency": admission.emergency,
+                                       "allow_breaking_migration": request.allow_breaking_migration})
+            owner = this_owner()
+            store.create_rollout(st, str(spec_path.resolve()), spec.model_dump_json(by_alias=True), owner)
+            store.set_service(spec.service, previous, None, None, str(spec_path.resolve()), None, now)
+            store.add_event(spec.service, st.id, now, "created",
+                            f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
+                            {"actor": ctx.actor, "spec": str(spec_path)})
+            return await _drive(ctx, store, spec, providers, st, admission, notes, on_progress)
+        finally:
+            await close_providers(providers)
     finally:
         store.close()
 
@@ -192,10 +202,13 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
         store.claim(rec.state.id, owner)
         spec = _spec_of(rec)
         providers = await ctx.providers(spec, Path(rec.spec_path).parent, ctx.state_dir, ctx.clock)
-        store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
-        st = rec.state
-        notes = build_notifications(spec, ctx.state_dir)
-        return await _drive(ctx, store, spec, providers, st, _readmit(st), notes, on_progress)
+        try:
+            store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
+            st = rec.state
+            notes = build_notifications(spec, ctx.state_dir)
+            return await _drive(ctx, store, spec, providers, st, _readmit(st), notes, on_progress)
+        finally:
+            await close_providers(providers)
     finally:
         store.close()
 
@@ -246,6 +259,15 @@ async def _rollback_finished(ctx: Context, store: Store, service: str) -> Comman
         raise UserError(f"{service}: no rollout recorded; nothing to roll back")
     spec = _spec_of(latest)
     providers = await ctx.providers(spec, Path(latest.spec_path).parent, ctx.state_dir, ctx.clock)
+    try:
+        return await _switch_back(ctx, store, service, rec, latest, spec, providers)
+    finally:
+        await close_providers(providers)
+
+
+async def _switch_back(ctx: Context, store: Store, service: str, rec: ServiceRecord, latest: RolloutRecord,
+                       spec: Spec, providers: Providers) -> CommandResult:
+    assert rec.previous is not None and rec.current is not None
     live = sorted((i for i in await providers.platform.instances(service) if i.version == rec.previous),
                   key=lambda i: (i.started_at, i.id))
     if not live:
@@ -305,7 +327,10 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
             spec = Spec.model_validate_json(rec.spec_json)
             spec_dir = Path(rec.spec_path).parent if rec.spec_path else Path.cwd()
             providers = await ctx.providers(spec, spec_dir, ctx.state_dir, ctx.clock)
-            out[rec.service] = await _retire(ctx, store, spec, providers, force=False)
+            try:
+                out[rec.service] = await _retire(ctx, store, spec, providers, force=False)
+            finally:
+                await close_providers(providers)
         return out
     finally:
         store.close()

@@ -6,6 +6,7 @@ engine and the controller do not change.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -124,12 +125,16 @@ class BaselinedRouter:
         return await self.router.inflight(service, backend)
 
 
-async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
-    """The router for the spec's kind, and the metric source for its traffic statistics."""
+Closer = Callable[[], Awaitable[None]] | None
+
+
+async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource, Closer]:
+    """The router for the spec's kind, the metric source for its traffic statistics, and what stops that source
+    (HAProxy's ring reader is a thread)."""
     if isinstance(spec.router, BuiltinRouter):
         client = await ensure_router(state_dir, spec.service, spec.router)
         traffic = RouterMetrics(client)
-        return ManagedBuiltinRouter(state_dir, spec, spec.router, client, traffic), traffic
+        return ManagedBuiltinRouter(state_dir, spec, spec.router, client, traffic), traffic, None
     if isinstance(spec.router, NginxRouterSpec):
         from releasegate.providers.metrics.nginx_log import NginxLogMetrics
         from releasegate.providers.routers.nginx import NginxRouter
@@ -137,22 +142,23 @@ async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource]:
         nginx = NginxRouter(spec.router, state_dir, spec.service)
         log = nginx.log_path
         if log is None:
-            return nginx, NoData("nginx with access_log: off")
-        return nginx, NginxLogMetrics(log, spec.service, nginx)
+            return nginx, NoData("nginx with access_log: off"), None
+        return nginx, NginxLogMetrics(log, spec.service, nginx), None
     if isinstance(spec.router, HaproxyRouterSpec):
         from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
         from releasegate.providers.routers.haproxy import HaproxyRouter
 
         haproxy = HaproxyRouter(spec.router, spec.service)
         haproxy.ensure_config()  # renders only a missing file; haproxy must be (re)loaded by its supervisor
-        stats = HaproxyStatsMetrics(haproxy)
-        return BaselinedRouter(haproxy, stats), stats
+        stats = HaproxyStatsMetrics(haproxy, ring=True)
+        stats.start()  # follows the ring from now on: before the first route change of this rollout
+        return BaselinedRouter(haproxy, stats), stats, stats.close
     raise ProviderError(f"router kind {spec.router.kind} is not available yet in this build")
 
 
 async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Clock) -> Providers:
     platform = LocalPlatform(spec.platform, state_dir, spec_dir)
-    router, traffic = await _router(spec, state_dir)
+    router, traffic, close = await _router(spec, state_dir)
 
     async def health(instances: list[Instance], h: HealthSpec) -> CheckOutcome:
         r = await checks.wait_healthy(instances, h, clock, platform=platform)
@@ -187,4 +193,4 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
                                            "recorded": result.recorded})
 
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
-                     migrate=migrate, probe=checks.probe_health)
+                     migrate=migrate, probe=checks.probe_health, close=close)

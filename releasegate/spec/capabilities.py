@@ -20,7 +20,7 @@ from releasegate.spec.routers_nginx import NginxRouter
 ROUTERS: dict[str, tuple[str, ...]] = {
     "builtin": ROUTER_METRICS,  # its own per-version counters (GET /stats)
     "nginx": ROUTER_METRICS,  # the JSON access log releasegate renders into its server block
-    "haproxy": ("error_rate", "rps"),  # show stat totals; its rtime/ttime are averages, not percentiles
+    "haproxy": ROUTER_METRICS,  # show stat totals (errors, rate) and the ring log releasegate renders (latency)
 }
 """Router kind -> the traffic metrics it measures per version."""
 PLATFORMS: dict[str, tuple[str, ...]] = {"local": PROCESS_METRICS}
@@ -28,7 +28,8 @@ PLATFORMS: dict[str, tuple[str, ...]] = {"local": PROCESS_METRICS}
 HOW = {
     "builtin": "per-version counters of the router process",
     "nginx": "its JSON access log (router.access_log); with access_log: off, nothing",
-    "haproxy": "show stat totals on the stats socket (req_tot, hrsp_5xx); no percentiles",
+    "haproxy": "show stat totals on the stats socket (error_rate, rps); latency from the per-request ring "
+               "log of the rendered configuration (an own configuration adds its lines: docs/integrations.md)",
     "local": "the instances' processes (psutil)",
 }
 

@@ -1,4 +1,4 @@
-"""Metrics from HAProxy's own counters: ``error_rate`` and ``rps`` per version from ``show stat``.
+"""Metrics through HAProxy: ``error_rate`` and ``rps`` per version from ``show stat``, latency from its ring log.
 
 HAProxy keeps running totals per server, not windows. A version's requests are its servers' ``req_tot`` plus the
 requests they could not take (``econ``: the connection failed and the client got a 503; ``wredis``: HAProxy sent
@@ -17,21 +17,31 @@ because "no requests" is a true rate (as for the built-in router). Totals are co
 that went down was reset by a reload and counts from 0; a slot that joined the version since the earlier reading
 is left out (its earlier count may belong to another version).
 
-What HAProxy cannot give: percentiles. ``show stat`` has ``rtime``/``ttime``, averages over the last 1,024
-requests, which say nothing about p95; latency rules need the built-in or nginx router, or ``metric: prometheus``
-(docs/integrations.md).
+Latency percentiles (``latency_p50/p95/p99``): ``show stat`` has only ``rtime``/``ttime``, averages over the last
+1,024 requests, which say nothing about p95. The configuration releasegate renders therefore logs every request
+into a ring that ``RingReader`` (``haproxy_ring``) follows over the same socket and counts into the built-in
+router's 1-second histograms: latency is HAProxy's ``%Ta``, from the first byte of the request to the last byte of
+the answer, at 1 ms resolution. ``error_rate`` and ``rps`` stay on the counters: they also see the requests a
+version's servers could not take (HAProxy logs a redispatched request under the server that finally answered
+it), and they need no ring, so a configuration without one still gates on errors. Without the ring, a latency
+query has no data and ``explain`` quotes the lines to add.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
 
+from releasegate.durations import format_duration
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
+from releasegate.providers.metrics.haproxy_ring import RingReader
 from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
 from releasegate.providers.routers.haproxy import HaproxyRouter
+from releasegate.providers.routers.haproxy_config import frontend_log_lines, missing_ring, ring_lines
 from releasegate.spec.capabilities import ROUTERS
 
 SUPPORTED = ROUTERS["haproxy"]  # the capability table validate checks rules against
@@ -44,16 +54,27 @@ _Reading = dict[str, tuple[int, int]]  # server slot -> (requests, 5xx answers)
 
 
 class HaproxyStatsMetrics(ExplainedSource):
-    """``MetricSource`` over the servers the router assigned to each version (its state file's slots)."""
+    """``MetricSource`` over the servers the router assigned to each version (its state file's slots); with
+    ``ring``, latency from the ring log (``start`` it; ``close`` stops its thread)."""
 
-    def __init__(self, router: HaproxyRouter, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, router: HaproxyRouter, clock: Callable[[], float] = time.monotonic, *,
+                 ring: bool = False, wall: Callable[[], float] = time.time) -> None:
         super().__init__()
         self.router = router
         self.clock = clock
+        self.wall = wall
         self._history: dict[str, deque[tuple[float, _Reading]]] = {}
+        self.ring = RingReader(router.socket, router.ring, router.backend, router.slot_versions,
+                               router.state_stamp, functools.partial(missing_ring, router.spec, router.service),
+                               ring_lines(router.spec, router.service), clock=wall) if ring else None
 
-    def explain(self, q: MetricQuery) -> str | None:
-        return self.reasons.get(q)
+    def start(self) -> None:
+        if self.ring is not None:
+            self.ring.start()
+
+    async def close(self) -> None:
+        if self.ring is not None:
+            await asyncio.to_thread(self.ring.close)
 
     async def reading(self, version: str) -> _Reading | None:
         """(requests, 5xx answers) per server slot of ``version``; None when the router does not route it.
@@ -87,14 +108,11 @@ class HaproxyStatsMetrics(ExplainedSource):
                 history.append((at, now))
                 _prune(history, at)
 
-    async def query(self, q: MetricQuery) -> float | None:
-        value, why = await self._query(q)
-        self.reasons.set(q, why if value is None else None)
-        return value
-
     async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
         if q.metric not in SUPPORTED:
             return None, cannot_measure("haproxy", q.metric)
+        if q.metric.startswith("latency_"):
+            return await self._latency(q)
         try:
             now = await self.reading(q.version)
         except ProviderError as exc:
@@ -121,6 +139,27 @@ class HaproxyStatsMetrics(ExplainedSource):
         if q.metric == "rps":
             return requests / (at - then_at), None
         return (min(1.0, errors / requests), None) if requests else (None, no_traffic(q.version, q.window))
+
+
+    async def _latency(self, q: MetricQuery) -> tuple[float | None, str | None]:
+        ring = self.ring
+        if ring is None:
+            return None, "this HAProxy metric source was built without its ring reader"
+        if q.window <= 0:
+            return None, f"an empty window ({q.window:g}s)"
+        stats = ring.window(q.version, q.window, self.wall())
+        value = stats[q.metric] if stats is not None and stats["requests"] else None  # type: ignore[literal-required]
+        if value is not None:
+            return float(value), None
+        if ring.error is not None:
+            return None, ring.error
+        rate, _ = await self._query(MetricQuery(q.service, q.version, "rps", q.window))
+        if rate:  # the counters saw requests the ring did not: slow ones still running, or no log line at all
+            needs = " / ".join(line.strip() for line in frontend_log_lines(self.router.spec, self.router.service))
+            return None, (f"HAProxy counted {rate:.3g} requests/s to {q.version} in the last "
+                          f"{format_duration(q.window)} but logged none of them to its ring {ring.ring}: they "
+                          f"take longer than that, or the frontend does not log to the ring (it needs '{needs}')")
+        return None, no_traffic(q.version, q.window)
 
 
 def _baseline(history: deque[tuple[float, _Reading]], at: float,

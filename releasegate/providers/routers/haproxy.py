@@ -15,6 +15,9 @@ Reloads: the rendered configuration sets ``server-state-file`` and ``load-server
 ``save_server_state`` writes ``show servers state`` there and must run before a reload (systemd ``ExecReload``,
 or ``HaproxyRouter.save_server_state``). Should that be missed, ``set_routes`` re-asserts every routed slot's
 address, weight and state each time, so the next routing change (or ``reapply``) restores the state file's routes.
+
+Latency: the rendered configuration (``haproxy_config``) also logs every request into a ring that the metric
+source follows over the same socket; ``slot_versions`` and ``state_stamp`` tell it which version a slot serves.
 """
 
 from __future__ import annotations
@@ -30,63 +33,25 @@ from typing import Any
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import Routes, VersionRoute
+from releasegate.providers.routers.haproxy_config import (
+    backend_name,
+    render_config,
+    ring_listed,
+    ring_name,
+    server_state_path,
+    slot_name,
+    state_path,
+)
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
+
+__all__ = ["HaproxyRouter", "Server", "backend_name", "normalise", "render_config", "ring_name", "server_state_path",
+           "slot_name", "spread", "state_path"]
 
 MAX_WEIGHT = 256
 # srv_admin_state bits. CMAINT (0x04, "disabled" in the configuration) stays set after "state ready" clears
 # FMAINT, so it does not count: FMAINT is what the runtime API sets and clears.
 _MAINT = 0x01 | 0x02 | 0x20 | 0x40  # FMAINT, IMAINT, RMAINT, HMAINT
 _DRAIN = 0x08 | 0x10  # FDRAIN, IDRAIN
-
-
-def backend_name(spec: HaproxyRouterSpec, service: str) -> str:
-    return spec.backend.replace("{service}", service)
-
-
-def slot_name(group: int, n: int) -> str:
-    return f"v{group}_{n}"
-
-
-def render_config(spec: HaproxyRouterSpec, service: str, max_versions: int = 3) -> str:
-    """The whole configuration: a frontend on ``listen`` and one backend of ``max_versions * slots`` servers, all
-    disabled until the runtime API enables them; ``retries`` + ``option redispatch`` let a request whose
-    connection fails on a just-removed server go to another one instead of failing."""
-    backend = backend_name(spec, service)
-    config = Path(spec.config_file).absolute()
-    servers = "\n".join(f"    server {slot_name(g, n)} 127.0.0.1:1 disabled weight 0 cookie {slot_name(g, n)}"
-                        for g in range(max_versions) for n in range(spec.slots))
-    return f"""# rendered by releasegate for {service}; servers are steered through the runtime API
-global
-    stats socket {Path(spec.stats_socket).absolute()} mode 600 level admin
-    server-state-file {server_state_path(config)}
-
-defaults
-    mode http
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    retries 2
-    option redispatch
-    load-server-state-from-file global
-
-frontend rg_{backend}
-    bind {spec.listen}
-    default_backend {backend}
-
-backend {backend}
-    balance roundrobin
-    http-reuse safe
-    cookie rg_srv insert indirect nocache
-{servers}
-"""
-
-
-def server_state_path(config_file: Path) -> Path:
-    return config_file.with_name(config_file.name + ".servers")
-
-
-def state_path(config_file: Path) -> Path:
-    return config_file.with_name(config_file.name + ".releasegate.json")
 
 
 @dataclass(frozen=True)
@@ -144,6 +109,7 @@ class HaproxyRouter:
         self.max_versions = max_versions
         self.timeout = timeout
         self.backend = backend_name(spec, service)
+        self.ring = ring_name(spec, service)
         self.socket = str(Path(spec.stats_socket).absolute())
         self.config_file = Path(spec.config_file).absolute()
         self.state_file = state_path(self.config_file)
@@ -180,6 +146,20 @@ class HaproxyRouter:
         """The server names the state file assigns to ``version``, None when it is not routed."""
         return next((set(v.get("slots", {})) for v in self._load_state().get("versions", [])
                      if v.get("version") == version), None)
+
+    def slot_versions(self) -> dict[str, str]:
+        """Server slot -> the version the state file assigns it to, for every routed version (draining slots are
+        not in it: the ring reader keeps what it last knew of them)."""
+        return {slot: str(v.get("version")) for v in self._load_state().get("versions", [])
+                for slot in v.get("slots", {})}
+
+    def state_stamp(self) -> tuple[int, int] | None:
+        """Changes whenever the state file is replaced (it is written atomically): (inode, mtime)."""
+        try:
+            st = os.stat(self.state_file)
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
 
     # --- the runtime API -----------------------------------------------------------------------------------
 
@@ -236,6 +216,10 @@ class HaproxyRouter:
         rows = csv.DictReader(line.lstrip("# ") for line in text.splitlines() if line.strip())
         return {r["svname"]: r for r in rows if r.get("pxname") == self.backend
                 and r.get("svname") not in ("FRONTEND", "BACKEND")}
+
+    async def has_ring(self) -> bool:
+        """Whether the running HAProxy has this service's ring (``show events`` lists the sinks)."""
+        return ring_listed(await self.command("show events"), self.ring)
 
     async def save_server_state(self) -> Path:
         """Dump ``show servers state`` into the configuration's server-state-file; run it just before a reload."""
