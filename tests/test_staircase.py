@@ -131,7 +131,9 @@ def test_a_version_failing_every_request_goes_to_0_at_once_with_the_reason():
     assert "error rate 100% is above rollback.immediate_error_rate 50%: straight to 0%" in reason
     [rollback] = [d for _, d in trace.decisions if d.kind == "rollback"]
     assert rollback.data["error_rate"] == 1.0 and rollback.data["immediate_error_rate"] == 0.5
-    assert "incident" in kinds(trace)  # the staircase applied and was cut short: still an incident
+    # The staircase applied and was cut short: still an incident, saying it did not run.
+    assert messages(trace, "incident")[0].startswith("incident: 2.0.0 rolled back to 0% straight from 100% (the "
+                                                     "staircase cut short)")
 
 
 def test_an_error_rate_that_explodes_on_a_stair_goes_to_0_before_the_stair_ends():

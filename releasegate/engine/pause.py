@@ -78,7 +78,8 @@ def track_no_data(st: RolloutState, spec: Spec, obs: Observation, verdict: Verdi
     names = ", ".join(k.split(":", 1)[1] for k in verdict.inconclusive)
     known = any(k in obs.missing for k in verdict.inconclusive)
     why = missing_text(verdict.inconclusive, obs.missing, "") if known else "no traffic?"
-    reason = (f"paused: no data for {names} on {st.version} for {span_text(obs.at - since)} ({why}); "
+    # An evaluation up to half an interval early counts (see above): say the timeout, not the time measured.
+    reason = (f"paused: no data for {names} on {st.version} for {span_text(max(obs.at - since, timeout))} ({why}); "
               f"`releasegate promote {st.service}` {promote}; `releasegate rollback {st.service}` rolls back")
     return pause(st, "no_data", reason, obs.at, {"values": dict(verdict.latest), "missing": verdict.inconclusive,
                                                 "since": since, "timeout": timeout})

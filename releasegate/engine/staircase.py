@@ -124,7 +124,7 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
 
 def routed(st: RolloutState, spec: Spec, now: float) -> Applied:
     """Traffic is at the stair; at 0 % the new version is stopped, and a staircase that got there is an incident."""
-    w = st.staircase[0]
+    w, before = st.staircase[0], st.weight
     st = st.model_copy(update={"routed": True, "weight": w, "phase_started": now, "no_data_since": None})
     if w > 0:
         nxt = st.staircase[1] if len(st.staircase) > 1 else 0
@@ -133,8 +133,9 @@ def routed(st: RolloutState, spec: Spec, now: float) -> Applied:
                                               f"persist for {wait}", {"weight": w, "wait": wait})]
     said = [Decision("rollback_step", f"rolling back: {st.version} at 0%", {"weight": 0})]
     if st.staircase_from is not None:
-        said.append(Decision("incident", f"incident: {st.version} rolled back to 0% after the staircase from "
-                                         f"{st.staircase_from}%: {st.reason}",
+        how = (f"after the staircase from {st.staircase_from}%" if before < st.staircase_from
+               else f"straight from {st.staircase_from}% (the staircase cut short)")
+        said.append(Decision("incident", f"incident: {st.version} rolled back to 0% {how}: {st.reason}",
                              {"weight": 0, "from": st.staircase_from, "reason": st.reason}))
     return enter(st, "stop_new", now), said
 
