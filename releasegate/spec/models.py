@@ -164,7 +164,8 @@ Router = Annotated[
     Annotated[BuiltinRouter, Tag("builtin")] | Annotated[NginxRouter, Tag("nginx")]
     | Annotated[HaproxyRouter, Tag("haproxy")],
     Discriminator(_router_kind, custom_error_type="router_kind",
-                  custom_error_message="router kind must be builtin, nginx or haproxy")]
+                  custom_error_message="router kind must be builtin, nginx or haproxy",
+                  custom_error_context={"key": "kind"})]  # the loader reports a bad kind at this key
 
 
 # --- the whole spec -----------------------------------------------------------------------------------------------
