@@ -238,6 +238,19 @@ class Spec(_Model):
         return self
 
     @model_validator(mode="after")
+    def _staircase_used(self) -> Spec:
+        """A staircase that would never run is a mistake, not a preference: refuse it rather than ignore it."""
+        if self.rollback_mode == "immediate" and self.rollback.custom_staircase():
+            if self.rollback.mode == "immediate":
+                message = ("a staircase has no effect with mode: immediate (traffic goes to 0 % at once); remove "
+                           "one: mode: immediate, or the staircase")
+            else:
+                message = ("tier critical rolls back at once (rollback.mode defaults to immediate), so this "
+                           "staircase has no effect; add mode: staircase to use it, or remove it")
+            raise LocatedValueError(message, ("rollback", "staircase"))
+        return self
+
+    @model_validator(mode="after")
     def _defaults(self) -> Spec:
         if self.smoke is None:
             object.__setattr__(self, "smoke", [SmokeTest(path=self.health.path, expect_status=[])])
