@@ -76,10 +76,10 @@ def _port(spec: Spec, state_dir: Path) -> Check:
 
 
 def _command(spec: Spec, spec_dir: Path, version: str) -> Check:
-    cwd = (spec_dir / spec.platform.cwd.replace("{version}", version)).resolve()
+    cwd = (spec_dir / spec.platform.cwd_for(spec.service, version)).resolve()
     if not cwd.is_dir():
         return Check("command", False, f"platform.cwd {cwd} does not exist (for version {version})")
-    command = spec.platform.command.format(port=0, version=version)
+    command = spec.platform.command_for(spec.service, version, 0, "127.0.0.1")
     if any(c in _SHELL for c in command):
         return Check("command", True, f"shell command, not resolved ahead: {command}")
     try:

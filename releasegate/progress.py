@@ -12,6 +12,7 @@ from rich.table import Table
 
 from releasegate.durations import format_duration
 from releasegate.engine.state import Decision, RolloutState
+from releasegate.spec.analysis import show_value
 
 if TYPE_CHECKING:
     from releasegate.planning import Plan
@@ -36,6 +37,8 @@ def _took(seconds: float) -> str:
 
 
 def format_values(values: Any) -> str:
+    """``{"0:error_rate": 0.3021, "1:latency_p95": 1.45467}`` -> ``error_rate=30.2% latency_p95=1.45s``: each
+    value in its metric's unit, as rules are written (the JSON outputs keep the raw numbers)."""
     if not isinstance(values, dict):
         return ""
     parts = []
@@ -43,12 +46,10 @@ def format_values(values: Any) -> str:
         name = str(key).split(":", 1)[-1]
         if value is None:
             parts.append(f"{name}=no data")
-        elif name.startswith("latency"):
-            parts.append(f"{name}={format_duration(float(value))}")
-        elif name == "error_rate":
-            parts.append(f"{name}={float(value) * 100:.1f}%")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            parts.append(f"{name}={show_value(name, float(value))}")
         else:
-            parts.append(f"{name}={float(value):.4g}")
+            parts.append(f"{name}={value}")
     return " ".join(parts)
 
 

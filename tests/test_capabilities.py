@@ -52,7 +52,7 @@ def test_the_default_rules_say_which_default_cannot_be_measured() -> None:
     with pytest.raises(SpecError) as err:
         load_spec_text(text, "shop.yaml")
     assert str(err.value).splitlines()[0] == (
-        "shop.yaml:3:10: the default analysis rule error_rate > 0.05 for 5m (analysis.rules[0]) cannot be measured "
+        "shop.yaml:3:10: the default analysis rule error_rate > 5% for 5m (analysis.rules[0]) cannot be measured "
         "by router kind nginx with access_log: off; write analysis.rules without it, remove access_log: off, use "
         "the builtin, nginx or haproxy router, or a metric: prometheus rule")
 
@@ -65,7 +65,7 @@ def test_validate_accepts_the_default_rules_through_haproxy(tmp_path: Path) -> N
     out = run("validate", "shop.yaml", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     spec = load_spec(tmp_path / "shop.yaml")
-    assert [r.describe() for r in spec.analysis.rules] == ["error_rate > 0.05 for 5m", "latency_p95 > 2.5s for 5m"]
+    assert [r.describe() for r in spec.analysis.rules] == ["error_rate > 5% for 5m", "latency_p95 > 2.5s for 5m"]
 
 
 def test_nginx_measures_what_the_builtin_router_does_unless_its_log_is_off() -> None:

@@ -30,7 +30,7 @@ def test_error_rate_held_for_5_minutes_at_25_percent_rolls_back_down_the_stairca
     values = rollback.data["values"]
     assert isinstance(values, dict)  # Decision.data holds objects; "values" is each rule's value by rule key
     assert "error_rate" in rollback.message and values["0:error_rate"] == 0.30
-    assert "error_rate > 0.05 for 5m" in (trace.state.reason or "")
+    assert "error_rate > 5% for 5m" in (trace.state.reason or "")
 
 
 def test_a_short_spike_neither_breaches_nor_fails_the_step():
@@ -44,7 +44,7 @@ def test_errors_that_come_and_go_fail_the_step_on_its_whole_evidence():
     trace = simulate(make_spec(), "2.0.0", "1.0.0", metric=errors_when(lambda t, w: w >= 5 and int(t / 10) % 2))
     assert trace.state.status == "rolled_back"
     assert new_weights(trace) == [5, 0]  # failed at the end of step 1, never reached 25 %
-    assert "error_rate over the step (10m) was 0.15" in (trace.state.reason or "")
+    assert "error_rate over the step (10m) was 15%" in (trace.state.reason or "")
 
 
 def test_latency_rule_breach_rolls_back():

@@ -229,7 +229,7 @@ async def rollout_env(tmp_path: Path, short_dir: Path, faults: str) -> tuple[Pat
                      for line in path.read_text().splitlines() if not line.startswith("  rules:")) + "\n"
     path.write_text(text)
     spec = load_spec(path)
-    assert [r.describe() for r in spec.analysis.rules] == ["error_rate > 0.05 for 5m", "latency_p95 > 2.5s for 5m"]
+    assert [r.describe() for r in spec.analysis.rules] == ["error_rate > 5% for 5m", "latency_p95 > 2.5s for 5m"]
     assert isinstance(spec.router, HaproxyRouterSpec)
     router = HaproxyRouter(spec.router, SERVICE)
     assert router.ensure_config() is True

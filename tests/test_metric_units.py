@@ -32,7 +32,7 @@ def error(text: str) -> str:
     ("{metric: memory_mb, max: 300, for: 5m}", 300.0, "memory_mb > 300MB for 5m"),
     ("{metric: memory_mb, max: 1.5GB, for: 5m}", 1536.0, "memory_mb > 1536MB for 5m"),
     ("{metric: memory_mb, max: 512 MiB, for: 5m}", 512.0, "memory_mb > 512MB for 5m"),
-    ("{metric: error_rate, max: 5%, for: 5m}", 0.05, "error_rate > 0.05 for 5m"),
+    ("{metric: error_rate, max: 5%, for: 5m}", 0.05, "error_rate > 5% for 5m"),
 ])
 def test_bounds_in_the_runbooks_units(text: str, bound: float, described: str) -> None:
     r = rule(text)

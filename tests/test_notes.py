@@ -104,7 +104,7 @@ def test_rollback_plan_and_monitoring_come_from_the_service_spec(repo: Path, tmp
     rollback = section(notes, "Rollback Plan")
     assert "50% → 10% → 0%, 5m between steps" in rollback
     assert "Previous version kept for 24h" in rollback and "releasegate rollback shop" in rollback
-    assert "  - error_rate > 0.05 for 5m\n  - latency_p95 > 2.5s for 5m" in rollback
+    assert "  - error_rate > 5% for 5m\n  - latency_p95 > 2.5s for 5m" in rollback
     monitoring = section(notes, "Monitoring")
     assert "canary: 5% for 10m → 50% for 30m → 100%" in monitoring
     assert "Watched for 30m after promotion" in monitoring

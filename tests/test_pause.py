@@ -106,7 +106,7 @@ def test_while_paused_a_breach_still_rolls_back():
     trace = run(metric, paused_until=4000)
     assert "paused" in kinds(trace)
     assert trace.state.status == "rolled_back" and new_weights(trace) == [5, 0]
-    assert "error_rate > 0.05 for 5m held" in (trace.state.reason or "")
+    assert "error_rate > 5% for 5m held" in (trace.state.reason or "")
 
 
 def test_a_manual_step_has_no_no_data_timeout_but_says_there_is_no_traffic():
@@ -162,7 +162,7 @@ def _stair_running() -> tuple[RolloutState, Spec]:
     spec = make_spec()
     st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", 0.0).model_copy(
         update={"phase": "watch", "weight": 100, "routed": True})
-    st = decide.start_rollback(st, spec, "error_rate > 0.05 for 5m held (now 0.3) at 100%", 10.0)
+    st = decide.start_rollback(st, spec, "error_rate > 5% for 5m held (now 30%) at 100%", 10.0)
     return st.model_copy(update={"routed": True, "weight": 50}), spec
 
 
@@ -213,7 +213,7 @@ def test_operator_commands_in_every_pause(situation, kind, expected):
         assert new.staircase == stairs
         assert new.outcome == ("aborted" if kind == "abort" else "rolled_back")
     if situation.startswith("staircase") and kind != "promote":
-        assert new.staircase_from == 100 and (new.reason or "").startswith("error_rate > 0.05")  # why it started
+        assert new.staircase_from == 100 and (new.reason or "").startswith("error_rate > 5%")  # why it started
     if phase == "promote":
         assert new.staircase == [] and new.reason is None and new.outcome is None
     if phase == "finish":

@@ -74,7 +74,7 @@ async def test_error_rate_breach_rolls_back_and_records_the_evidence(env):
         st = await deploy(env, spec, "3.0.0")
         await load.wait_for(20)
     assert st.status == "rolled_back"
-    assert "error_rate > 0.05 for 2s" in (st.reason or "")
+    assert "error_rate > 5% for 2s" in (st.reason or "")
     assert await routes_now(env) == {"1.0.0": 100}
     assert all(f.endswith("from 3.0.0") for f in load.failures), load.failures  # the stable version never failed
     [run] = [h for h in service.history(env.ctx, "shop") if h["version"] == "3.0.0"]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from releasegate.spec import SpecError, load_spec_text
-from releasegate.spec.checks import substitute
 from releasegate.spec.models import Spec
+from releasegate.spec.placeholders import substitute
 
 HEAD = 'service: shop\nplatform: {command: "app --port {port}"}\n'
 

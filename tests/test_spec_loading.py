@@ -74,7 +74,7 @@ def test_omitted_keys_get_the_seed_defaults() -> None:
     assert (spec.health.attempts, spec.health.interval) == (60, 5.0)
     [smoke] = spec.smoke_tests
     assert smoke.max_latency == 0.5
-    assert [r.describe() for r in spec.analysis.rules] == ["error_rate > 0.05 for 5m",
+    assert [r.describe() for r in spec.analysis.rules] == ["error_rate > 5% for 5m",
                                                            "latency_p95 > 2.5s for 5m"]
     assert [(w, spec.rollback.wait_at(w)) for w in spec.rollback.weights] == [(50, 300.0), (10, 600.0), (0, 300.0)]
     assert spec.rollback.step_wait == 300.0

@@ -38,7 +38,7 @@ def test_errors_that_persist_step_down_50_for_5m_then_10_for_10m_then_0_and_decl
     assert new_weights(trace)[-4:] == [100, 50, 10, 0]
     assert weight_times(trace)[-3:] == [BREACH, BREACH + 300, BREACH + 300 + 600]  # the seed's 5 and 10 minutes
     persist = messages(trace, "errors_persist")
-    assert len(persist) == 2 and persist[0].startswith("errors persist at 50% over the stair (5m): error_rate 0.3")
+    assert len(persist) == 2 and persist[0].startswith("errors persist at 50% over the stair (5m): error_rate 30%")
     [incident] = [d for _, d in trace.decisions if d.kind == "incident"]
     assert "after the staircase from 100%" in incident.message and incident.data["from"] == 100
     assert kinds(trace).index("incident") > kinds(trace).index("errors_persist")
@@ -76,7 +76,7 @@ def test_rollback_at_a_held_stair_goes_to_0_and_is_an_incident():
     trace = run(errors_when(lambda t, w: t > AFTER and w == 100), commands={BREACH + 900: "rollback"})
     assert new_weights(trace)[-3:] == [100, 50, 0]
     assert trace.state.status == "rolled_back"
-    assert "error_rate > 0.05 for 5m held" in (trace.state.reason or "")
+    assert "error_rate > 5% for 5m held" in (trace.state.reason or "")
     assert "rolled back by operator at 50%" in (trace.state.reason or "")
     assert "incident" in kinds(trace)
 

@@ -22,7 +22,7 @@ def rollout(**update: object) -> RolloutState:
 async def test_reaching_0_after_the_staircase_is_an_incident_for_an_important_service(tmp_path):
     with Receiver() as r:
         n = Notifications([NotifyTarget(url=r.url(), events=["rolled_back"])], tmp_path, "important", "shop", **FAST)
-        why = "error_rate > 0.05 for 5m held (now 0.3) at 100%"
+        why = "error_rate > 5% for 5m held (now 30%) at 100%"
         n.on_decision(rollout(weight=100), Decision("rollback", why, {"weight": 100}))
         n.on_decision(rollout(weight=50), Decision("errors_persist", "errors persist at 50%; down to 10%"))
         n.on_decision(rollout(weight=0), Decision("incident", f"incident: 2.0.0 rolled back to 0% after the "

@@ -13,7 +13,7 @@ from typing import Literal
 from releasegate.durations import format_duration
 from releasegate.engine.state import Analyze, Observation, RolloutState, Sample
 from releasegate.providers.base import AtLeast
-from releasegate.spec.models import LATENCY_METRICS, Rule, Spec
+from releasegate.spec.models import Rule, Spec
 
 
 def rule_key(index: int, rule: Rule) -> str:
@@ -153,8 +153,7 @@ def gate(rules: list[Rule], obs: Observation, whole: float | None, *,
         if value is None:
             missing.append(key)
         elif rule.broken_by(value):
-            shown = format_duration(value) if rule.metric in LATENCY_METRICS else rule.show(float(f"{value:.4g}"))
-            return "fail", f"{rule.metric} over the step ({span}) was {shown} (rule: {rule.describe()})"
+            return "fail", f"{rule.metric} over the step ({span}) was {rule.show(value)} (rule: {rule.describe()})"
     if missing:
         return "wait", f"waiting: {missing_text(missing, obs.whole_missing, f'over the step ({span})')}; {promise}"
     return "pass", ""

@@ -160,7 +160,8 @@ def _apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: fl
                 why = f"instance(s) of {st.version} died: {', '.join(result.dead)}"
             else:
                 key, value = verdict.breached[0]
-                why = f"{spec.analysis.rules[int(key.split(':')[0])].describe()} held (now {value:.4g})"
+                rule = spec.analysis.rules[int(key.split(":")[0])]
+                why = f"{rule.describe()} held (now {rule.show(value)})"
             return reverse(st, spec, why, now, "rolled_back"), [Decision("rollback", why, values)]
         assert isinstance(action, Analyze)
         if st.phase == "roll":  # a rollback rolls back whatever the evidence; only going forward needs it

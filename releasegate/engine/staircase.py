@@ -32,14 +32,14 @@ from releasegate.engine.analysis import Verdict, rule_key, span_text, tick, wind
 from releasegate.engine.pause import pause
 from releasegate.engine.phase import Applied, enter, split
 from releasegate.engine.state import Action, Decision, Observation, RolloutState, Status
-from releasegate.spec.models import LATENCY_METRICS, Rule, Spec
+from releasegate.spec.models import Rule, Spec
 
 MIN_EVIDENCE = 3
 """Evaluations a stair needs before its window may cut the staircase short: never one noisy interval."""
 
 
 def _show(rule: Rule, value: float) -> str:
-    return format_duration(value) if rule.metric in LATENCY_METRICS else f"{value:.4g}"
+    return rule.show(value)
 
 
 def _pct(value: float) -> str:

@@ -22,8 +22,8 @@ import httpx
 from releasegate.engine.clock import Clock
 from releasegate.providers.base import Instance, Platform
 from releasegate.providers.smoke_commands import placeholders, run_command
-from releasegate.spec.checks import substitute, substitute_text
 from releasegate.spec.models import Health, SmokeTest
+from releasegate.spec.placeholders import substitute, substitute_text
 
 _SNIPPET = 120
 
@@ -100,31 +100,42 @@ def _body_mismatch(response: httpx.Response, expect: dict[str, Any]) -> str | No
     return json_subset_mismatch(expect, body)
 
 
+def _values(target: Instance | str) -> dict[str, object]:
+    """What the placeholders of ``health`` stand for: the instance's, or a bare address's url, host and port."""
+    if isinstance(target, Instance):
+        return placeholders(target)
+    host, _, port = target.rpartition(":")
+    return {"url": f"http://{target}", "host": host, "port": int(port) if port.isdigit() else port}
+
+
 async def _probe(client: httpx.AsyncClient, target: Instance | str, health: Health) -> CheckResult:
-    """One health request; ``expect`` placeholders take the instance's values (none for a bare address)."""
+    """One health request; the path and ``expect`` placeholders take the instance's values (a bare address has
+    no version or service: those stay as written)."""
     address = target.address if isinstance(target, Instance) else target
-    expect = substitute(health.expect, placeholders(target)) if isinstance(target, Instance) else health.expect
+    values = _values(target)
+    path = health.path_for(values)
+    expect = substitute(health.expect, values)
     started = time.perf_counter()
     try:
         async with asyncio.timeout(health.timeout):  # httpx's timeout is per phase, this bounds the whole
-            response = await client.get(f"http://{address}{health.path}")
+            response = await client.get(f"http://{address}{path}")
     except (TimeoutError, httpx.TimeoutException):
-        return CheckResult(False, f"{address} {health.path}: no answer within {health.timeout:g} s",
+        return CheckResult(False, f"{address} {path}: no answer within {health.timeout:g} s",
                            {"status": None, "error": "timeout"})
     except httpx.HTTPError as exc:
         error = str(exc) or type(exc).__name__
-        return CheckResult(False, f"{address} {health.path}: {error}", {"status": None, "error": error})
+        return CheckResult(False, f"{address} {path}: {error}", {"status": None, "error": error})
     latency = time.perf_counter() - started
     details: dict[str, Any] = {"status": response.status_code, "latency_ms": round(latency * 1000, 1)}
     if not _status_ok(response.status_code, health.expect_status):
         details["body"] = _snippet(response.text)
-        return CheckResult(False, f"{address} {health.path} answered {response.status_code}, expected "
+        return CheckResult(False, f"{address} {path} answered {response.status_code}, expected "
                            f"{_expected_status(health.expect_status)} ({details['body'] or 'empty body'})",
                            details)
     why = _body_mismatch(response, expect)
     if why:
-        return CheckResult(False, f"{address} {health.path}: {why}", details)
-    return CheckResult(True, f"{address} {health.path} answered {response.status_code}", details)
+        return CheckResult(False, f"{address} {path}: {why}", details)
+    return CheckResult(True, f"{address} {path} answered {response.status_code}", details)
 
 
 async def check_health_once(target: Instance | str, health: Health) -> CheckResult:
@@ -154,13 +165,14 @@ async def _why_dead(platform: Platform, instance: Instance) -> str | None:
     return f"instance {instance.service} {instance.version} {instance.id} ({instance.address}) is not running"
 
 
-def _final_reason(address: str, health: Health, attempts: int, history: list[CheckResult]) -> str:
+def _final_reason(instance: Instance, health: Health, attempts: int, history: list[CheckResult]) -> str:
+    address, path = instance.address, health.path_for(placeholders(instance))
     statuses = {r.details.get("status") for r in history}
     last = history[-1]
     if len(statuses) == 1 and "body" in last.details:  # the same wrong status every time
         why = last.details["body"] or "empty body"
-        return f"{address} {health.path} answered {statuses.pop()} on all {attempts} attempts (last: {why})"
-    return f"{address} {health.path} not healthy after {attempts} attempts (last: {last.reason})"
+        return f"{address} {path} answered {statuses.pop()} on all {attempts} attempts (last: {why})"
+    return f"{address} {path} not healthy after {attempts} attempts (last: {last.reason})"
 
 
 async def wait_healthy(instances: list[Instance], health: Health, clock: Clock,
@@ -197,13 +209,13 @@ async def wait_healthy(instances: list[Instance], health: Health, clock: Clock,
                     return CheckResult(False, f"{inst.address} died during the health check: {why}",
                                        details())
             if len(passed) == len(instances):
-                n = len(instances)
-                return CheckResult(True, f"{n} instance{'s' if n != 1 else ''} healthy on {health.path} "
+                n, path = len(instances), health.path_for(placeholders(instances[0]))
+                return CheckResult(True, f"{n} instance{'s' if n != 1 else ''} healthy on {path} "
                                    f"(attempt {attempt} of {health.attempts})", details())
             if attempt < health.attempts:
                 await clock.sleep(max(0.0, round_started + health.interval - clock.now()))
     failing = next(i for i in instances if i.address not in passed)
-    reason = _final_reason(failing.address, health, health.attempts, history[failing.address])
+    reason = _final_reason(failing, health, health.attempts, history[failing.address])
     return CheckResult(False, reason, details())
 
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from releasegate.providers.base import Instance
-from releasegate.spec.checks import SMOKE_COMMAND_TIMEOUT, SmokeTest, substitute_text
+from releasegate.spec.checks import SMOKE_COMMAND_TIMEOUT, SmokeTest
+from releasegate.spec.placeholders import substitute_text
 
 TAIL_LINES = 20
 TAIL_BYTES = 4096

@@ -12,6 +12,7 @@ from pydantic import Field, ValidationInfo, field_serializer, field_validator, m
 from releasegate.durations import duration_text
 from releasegate.spec.common import LATENCY_METRICS, Duration, Threshold, _duration
 from releasegate.spec.common import SpecModel as _Model
+from releasegate.spec.errors import LocatedValueError
 
 PERCENT_METRICS = ("cpu", "memory_percent")
 """Metrics measured in percent: a bound is written 90 or 90%."""
@@ -115,6 +116,11 @@ class Rule(_Model):
     def _bounded(self) -> Rule:
         if self.max is None and self.min is None:
             raise ValueError(f"the rule on {self.metric} needs a bound: max or min")
+        if self.max is not None and self.min is not None and self.min >= self.max:
+            raise LocatedValueError(
+                f"min {self.show(self.min, exact=True)} is not below max {self.show(self.max, exact=True)}: no "
+                f"value could pass; the rule breaks when {self.metric} goes above max or below min, so write min "
+                "lower than max, or keep only one of them", at=("min",))
         if (self.metric == "prometheus") != (self.query is not None):
             raise ValueError("metric: prometheus needs a query (PromQL), and only it takes one"
                              if self.metric == "prometheus" else f"query is only for metric: prometheus, "
@@ -129,27 +135,52 @@ class Rule(_Model):
     def broken_by(self, value: float) -> bool:
         return (self.max is not None and value > self.max) or (self.min is not None and value < self.min)
 
-    def show(self, value: float) -> str:
-        """A value of this rule's metric as people write it: 2.5s, 90%, 300MB, 0.05."""
-        from releasegate.durations import format_duration
-
-        if self.metric in LATENCY_METRICS:
-            return format_duration(value)
-        if self.metric in PERCENT_METRICS:
-            return f"{value:g}%"
-        if self.metric == "memory_mb":
-            return f"{value:g}MB"
-        return f"{value:g}"
+    def show(self, value: float, *, exact: bool = False) -> str:
+        """A value of this rule's metric with its unit, as people write it: 2.5s, 245ms, 5%, 90%, 300MB.
+        Measured values are rounded to 3 significant digits; ``exact`` (the bounds as written) is not."""
+        return show_value(self.metric, value, exact=exact)
 
     def describe(self) -> str:
         from releasegate.durations import format_duration
 
         bounds = []
         if self.max is not None:
-            bounds.append(f"> {self.show(self.max)}")
+            bounds.append(f"> {self.show(self.max, exact=True)}")
         if self.min is not None:
-            bounds.append(f"< {self.show(self.min)}")
+            bounds.append(f"< {self.show(self.min, exact=True)}")
         return f"{self.metric} {' or '.join(bounds)} for {format_duration(self.for_)}"
+
+
+def _significant(value: float, digits: int) -> str:
+    """``value`` to ``digits`` significant digits, never in exponent notation: 337.5 -> 338, 0.2019 -> 0.202,
+    1536.4 -> 1536."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(value))))
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def show_value(metric: str, value: float, *, exact: bool = False) -> str:
+    """A value of ``metric`` with its unit: latency as a duration (245ms, 1.45s), error_rate in percent (30.2%),
+    cpu and memory_percent in percent, memory_mb in MB, others as numbers. Measured values get 3 significant
+    digits (a PromQL result 4); ``exact`` keeps every digit, for bounds as the user wrote them."""
+    from releasegate.durations import format_duration
+
+    def number(v: float, digits: int = 3) -> str:
+        return f"{v:g}" if exact else _significant(v, digits)
+
+    if metric in LATENCY_METRICS:
+        if exact:
+            return format_duration(value)
+        return f"{number(value * 1000)}ms" if abs(value) < 1 else f"{number(value)}s"
+    if metric == "error_rate":
+        return f"{number(value * 100)}%"
+    if metric in PERCENT_METRICS:
+        return f"{number(value)}%"
+    if metric == "memory_mb":
+        return f"{number(value)}MB"
+    return number(value, 4 if metric == "prometheus" else 3)
 
 
 def _seed_rules() -> list[Rule]:

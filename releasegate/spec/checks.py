@@ -1,79 +1,29 @@
 """Health and smoke checks: how a new instance proves itself before (and while) it takes user traffic.
 
-Expectations and smoke commands may name the instance they check: ``{url}``, ``{host}``, ``{port}``, ``{version}``
-and ``{service}`` are substituted per instance (PrivateTrade checks that /health reports ``"version": "2.0.0"``).
-Placeholders are only ``{name}`` words; other braces (JSON in ``expect_body``, ``${HOME}`` in a shell command) stay
-as written, and ``{{name}}`` is a literal ``{name}``. A misspelt placeholder is refused when the spec is loaded,
-because at deploy time it would fail a healthy version.
+The health path, expectations, smoke requests and smoke commands may name the instance they check: ``{url}``,
+``{host}``, ``{port}``, ``{version}`` and ``{service}`` are substituted per instance (PrivateTrade checks that
+/health reports ``"version": "2.0.0"``).
+The rules (what is a placeholder, what stays as written) are the whole spec's: ``releasegate.spec.placeholders``.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from releasegate.spec import placeholders
 from releasegate.spec.common import Duration
 from releasegate.spec.common import SpecModel as _Model
-from releasegate.spec.errors import LocatedValueError, did_you_mean
+from releasegate.spec.errors import LocatedValueError
 
-PLACEHOLDERS = ("url", "host", "port", "version", "service")
-_PLACEHOLDER = re.compile(r"\{\{([A-Za-z_]\w*)\}\}|(?<!\$)\{([A-Za-z_]\w*)\}")
-_KNOWN = ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
 SMOKE_COMMAND_TIMEOUT = 300.0
 
 
-def check_placeholders(value: Any, at: tuple[str | int, ...] = ()) -> None:
-    """Refuse unknown ``{name}`` placeholders anywhere in ``value`` (strings, nested in mappings and lists)."""
-    if isinstance(value, str):
-        for match in _PLACEHOLDER.finditer(value):
-            name = match.group(2)
-            if name is not None and name not in PLACEHOLDERS:
-                hint = did_you_mean(name, PLACEHOLDERS)
-                raise LocatedValueError(f"unknown placeholder {{{name}}}" + (f" (did you mean {{{hint}}}?)" if hint
-                                        else "") + f"; known: {_KNOWN} (write {{{{{name}}}}} for a literal one)",
-                                        at)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            check_placeholders(item, (*at, str(key)))
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            check_placeholders(item, (*at, i))
-
-
-def substitute(value: Any, values: Mapping[str, object]) -> Any:
-    """``value`` with every placeholder replaced, recursively. A string that is exactly one placeholder takes the
-    value's own type, so ``port: "{port}"`` matches the number a JSON health answer reports."""
-    if isinstance(value, str):
-        whole = _PLACEHOLDER.fullmatch(value)
-        if whole is not None and whole.group(2) in values:
-            return values[whole.group(2)]
-
-        def one(match: re.Match[str]) -> str:
-            if match.group(1) is not None:
-                return "{" + match.group(1) + "}"
-            name = match.group(2)
-            return str(values[name]) if name in values else match.group(0)
-
-        return _PLACEHOLDER.sub(one, value)
-    if isinstance(value, Mapping):
-        return {key: substitute(item, values) for key, item in value.items()}
-    if isinstance(value, list):
-        return [substitute(item, values) for item in value]
-    return value
-
-
-def substitute_text(text: str, values: Mapping[str, object]) -> str:
-    """``substitute`` for fields that must stay text (paths, commands, headers)."""
-    out = substitute(text, {k: str(v) for k, v in values.items()})
-    assert isinstance(out, str)
-    return out
-
-
 def _located(value: Any) -> Any:
-    check_placeholders(value)
+    """Every placeholder of a check names the instance checked (placeholders.INSTANCE)."""
+    placeholders.check(value, placeholders.INSTANCE)
     return value
 
 
@@ -81,7 +31,8 @@ class Health(_Model):
     """Polled on each new instance directly (not through the router) until it answers or attempts run out, then
     once per analysis interval while the new version takes traffic: failures then roll back."""
 
-    path: str = Field("/health", description="HTTP path polled on each instance.")
+    path: str = Field("/health", description="HTTP path polled on each instance; {version}, {service}, {port}, "
+                      "{host} and {url} are the instance's.")
     interval: Duration = Field(5.0, description="Time between attempts.")
     timeout: Duration = Field(2.0, description="Per-request timeout.")
     attempts: int = Field(60, ge=1, description="Attempts before the instance counts as unhealthy.")
@@ -101,7 +52,11 @@ class Health(_Model):
     def _path(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError(f"the path must start with '/', e.g. '/{v}'")
-        return v
+        return _located(v)  # type: ignore[no-any-return]
+
+    def path_for(self, values: Mapping[str, object]) -> str:
+        """The path requested from the instance ``values`` describe (``placeholders.INSTANCE``)."""
+        return placeholders.substitute_text(self.path, values)
 
     @field_validator("expect")
     @classmethod

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from releasegate.spec import placeholders
 from releasegate.spec.analysis import Analysis, Rule, _threshold
 from releasegate.spec.checks import Health, SmokeTest
 from releasegate.spec.common import (
@@ -82,25 +83,51 @@ class LocalPlatform(_Model):
     """Each version runs as local processes on free loopback ports; they outlive the controller."""
 
     kind: Literal["local"] = Field("local", description="Which platform runs the versions.")
-    command: str = Field(description="Shell command; {port} and {version} are substituted. Must contain {port}.")
+    command: str = Field(description="Shell command; {port} (required), {version}, {service} and {host} are "
+                         "substituted per instance.")
     instances: int = Field(1, ge=1, le=64, description="Processes per version.")
-    cwd: str = Field(".", description="Working directory, relative to the spec file; {version} is substituted.")
-    env: dict[str, str] = Field(default_factory=dict, description="Extra environment; PORT, "
+    cwd: str = Field(".", description="Working directory, relative to the spec file; {version} and {service} are "
+                     "substituted.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment; in values, {port}, "
+                                "{version}, {service} and {host} are substituted per instance. PORT, "
                                 "RELEASEGATE_VERSION and RELEASEGATE_SERVICE are always set.")
     stop_grace: Duration = Field(10.0, description="SIGTERM, then SIGKILL after this long.")
 
     @field_validator("command")
     @classmethod
     def _needs_port(cls, v: str) -> str:
-        if "{port}" not in v:
+        placeholders.check(v, placeholders.PROCESS, "platform.command")
+        if "port" not in placeholders.used(v):
             raise ValueError("the command must contain {port} so each instance can listen on its own port, "
                              "e.g. 'python3 app.py --port {port}'")
-        try:
-            v.format(port=0, version="v")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"only {{port}} and {{version}} may be substituted in the command ({exc}); "
-                             "write a literal brace as {{ or }}") from None
         return v
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, v: str) -> str:
+        placeholders.check(v, placeholders.VERSION, "platform.cwd (every instance of a version shares it)")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        placeholders.check(v, placeholders.PROCESS, "platform.env")
+        return v
+
+    def cwd_for(self, service: str, version: str) -> str:
+        return placeholders.substitute_text(self.cwd, {"service": service, "version": version})
+
+    def command_for(self, service: str, version: str, port: int, host: str) -> str:
+        return placeholders.substitute_text(self.command, _process(service, version, port, host))
+
+    def env_for(self, service: str, version: str, port: int, host: str) -> dict[str, str]:
+        """The extra environment of one instance: ``{port}`` is that instance's port."""
+        values = _process(service, version, port, host)
+        return {key: placeholders.substitute_text(value, values) for key, value in self.env.items()}
+
+
+def _process(service: str, version: str, port: int, host: str) -> dict[str, object]:
+    return {"service": service, "version": version, "port": port, "host": host}
 
 
 Platform = LocalPlatform
@@ -137,7 +164,8 @@ Router = Annotated[
     Annotated[BuiltinRouter, Tag("builtin")] | Annotated[NginxRouter, Tag("nginx")]
     | Annotated[HaproxyRouter, Tag("haproxy")],
     Discriminator(_router_kind, custom_error_type="router_kind",
-                  custom_error_message="router kind must be builtin, nginx or haproxy")]
+                  custom_error_message="router kind must be builtin, nginx or haproxy",
+                  custom_error_context={"key": "kind"})]  # the loader reports a bad kind at this key
 
 
 # --- the whole spec -----------------------------------------------------------------------------------------------
@@ -207,6 +235,19 @@ class Spec(_Model):
                 raise LocatedValueError("a rule with metric: prometheus needs a source: add "
                                         "metrics: {prometheus: {url: http://127.0.0.1:9090}}",
                                         ("analysis", "rules", i, "metric"))
+        return self
+
+    @model_validator(mode="after")
+    def _staircase_used(self) -> Spec:
+        """A staircase that would never run is a mistake, not a preference: refuse it rather than ignore it."""
+        if self.rollback_mode == "immediate" and self.rollback.custom_staircase():
+            if self.rollback.mode == "immediate":
+                message = ("a staircase has no effect with mode: immediate (traffic goes to 0 % at once); remove "
+                           "one: mode: immediate, or the staircase")
+            else:
+                message = ("tier critical rolls back at once (rollback.mode defaults to immediate), so this "
+                           "staircase has no effect; add mode: staircase to use it, or remove it")
+            raise LocatedValueError(message, ("rollback", "staircase"))
         return self
 
     @model_validator(mode="after")

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from releasegate.durations import format_duration
+from releasegate.spec import placeholders
 from releasegate.spec.loader import unwrap
 from releasegate.spec.models import (
     DURATION_JSON_SCHEMA,
@@ -211,6 +212,15 @@ def render_reference() -> str:
         "",
         "**Rule bounds** (`max`, `min`) are durations for latency metrics (`2.5s`), a fraction or a "
         "percentage for `error_rate` (`0.05` or `5%`), and plain numbers otherwise.",
+        "",
+        "**Placeholders**: only a `{word}` is one, and each field substitutes the ones in this table (`{url}` is "
+        "`http://HOST:PORT` of the instance, `{host}` its address, `{port}` its port). Other braces stay as "
+        "written (JSON in a body or a command, `${HOME}` in a shell command), `{{word}}` is a literal `{word}`, and "
+        "a `{word}` the field does not substitute is refused by `validate` where it is written. A value that is "
+        "exactly `\"{port}\"` in `health.expect` or `expect_json` matches the number. (PromQL queries have their "
+        "own `{{service}}`, `{{version}}`, `{{baseline_version}}`: see `rules`.)",
+        "",
+        *placeholders.table_markdown().splitlines(),
         "",
         "**Editor support**: `releasegate schema > releasegate.schema.json`, then start the spec with "
         "`# yaml-language-server: $schema=releasegate.schema.json` for validation and completion in VS Code.",

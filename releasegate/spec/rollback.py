@@ -39,10 +39,18 @@ class Stair(_Model):
     """One stair of the rollback staircase: the new version's weight, and how long errors must persist there
     before traffic steps down to the next stair."""
 
-    weight: int = Field(ge=0, le=100, description="Percent of traffic left on the new version on this stair.")
+    weight: int = Field(ge=0, le=99, description="Percent of traffic left on the new version on this stair, below "
+                        "100: the staircase starts from the weight the new version had when the rollback began.")
     wait: Duration | None = Field(None, description="How long errors must persist at this weight before the "
                                   "next stair down; default: rollback.step_wait. The last stair (0) has none.")
 
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _below_100(cls, v: object) -> object:
+        if v == 100 and not isinstance(v, bool):
+            raise ValueError("a stair at 100% has no effect: the rollback starts from the weight the new version "
+                             "has (100% once promoted) and steps down from there; remove it, e.g. [50, 10, 0]")
+        return v
 
     @field_validator("wait")
     @classmethod
@@ -59,7 +67,7 @@ def _seed_staircase() -> list[Stair]:
 
 def _stair_or_weight(schema: dict[str, Any]) -> None:
     """In the JSON Schema, an item is a stair mapping or a plain weight (which waits step_wait)."""
-    schema["items"] = {"anyOf": [schema["items"], {"type": "integer", "minimum": 0, "maximum": 100}]}
+    schema["items"] = {"anyOf": [schema["items"], {"type": "integer", "minimum": 0, "maximum": 99}]}
 
 
 class Rollback(_Model):
@@ -114,7 +122,7 @@ class Rollback(_Model):
         out: list[object] = []
         for i, item in enumerate(v):
             if isinstance(item, int) and not isinstance(item, bool):
-                out.append({"weight": item})
+                out.append({"weight": item})  # errors about it land on the item itself: it has no weight key
             elif isinstance(item, dict | Stair):
                 out.append(item)
             else:
@@ -143,6 +151,12 @@ class Rollback(_Model):
         if "step_wait" in self.model_fields_set and "staircase" not in self.model_fields_set:
             object.__setattr__(self, "staircase", [Stair(weight=s.weight) for s in self.staircase])
         return self
+
+    def custom_staircase(self) -> bool:
+        """Whether the staircase differs from the default one (the seed's, or its weights with step_wait).
+        By value, not by the keys written: a stored spec (JSON with every key) must validate again."""
+        seed = _seed_staircase()
+        return self.staircase not in (seed, [Stair(weight=s.weight) for s in seed])
 
     @property
     def weights(self) -> list[int]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from releasegate.spec import placeholders
 from releasegate.spec.common import Duration, HostPort, SpecModel
 
 
@@ -22,3 +23,9 @@ class HaproxyRouter(SpecModel):
     slots: int = Field(8, ge=1, le=256, description="Server slots per version in the backend (runtime API "
                        "servers are enabled and disabled, not added).")
     drain_timeout: Duration = Field(30.0, description="How long a removed backend may finish in-flight requests.")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        placeholders.check(v, placeholders.SERVICE, "router.backend")
+        return v

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from releasegate.spec import placeholders
 from releasegate.spec.common import Duration, HostPort, SpecModel
 
 _UNSAFE = re.compile(r"[\"'$;{}\\\x00-\x1f\x7f]")
@@ -61,9 +62,17 @@ class NginxRouter(SpecModel):
         "access_log into a server block that has its own, so list here the logs this service should still "
         "write to.")
 
+    @field_validator("config_file")
+    @classmethod
+    def _config_file(cls, v: str) -> str:
+        placeholders.check(v, placeholders.SERVICE, "router.config_file")
+        return v
+
     @field_validator("access_log")
     @classmethod
     def _log_path(cls, v: str | None) -> str | None:
+        if v is not None:
+            placeholders.check(v, placeholders.SERVICE, "router.access_log", literals=False)
         if v is not None and v != "off" and (not v.strip() or _UNSAFE.search(v.replace("{service}", "s"))):
             raise ValueError("access_log must be a file path (or off) without quotes, '$', ';', '{', '}' or "
                              "control characters, since it is written into nginx's configuration")
@@ -83,8 +92,8 @@ class NginxRouter(SpecModel):
         if self.access_log == "off":
             return None
         if self.access_log is not None:
-            return self.access_log.replace("{service}", service)
-        config = self.config_file.replace("{service}", service)
+            return placeholders.substitute_text(self.access_log, {"service": service})
+        config = placeholders.substitute_text(self.config_file, {"service": service})
         return config.removesuffix(".conf") + ".access.log"
 
     @field_validator("sticky_cookie")

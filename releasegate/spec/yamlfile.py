@@ -18,7 +18,7 @@ from types import NoneType, UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 from pydantic_core import ErrorDetails
 
 from releasegate.spec.errors import (
@@ -243,25 +243,50 @@ def _issue(err: ErrorDetails, positions: _Positions, root: type[BaseModel], kind
     located = isinstance(cause, LocatedValueError)
     if isinstance(cause, LocatedValueError):
         loc = (*loc, *cause.at)
+    in_file = file_loc(loc, root)
+    tag = _bad_tag(err, loc, root)
+    if tag is not None:
+        loc, in_file = (*loc, tag[0]), (*in_file, tag[0])
     found: Loc = ()
-    for part in loc:  # skip parts that are not in the file, e.g. union tags or keys left to their default
+    for part in in_file:  # skip parts that are not in the file, e.g. keys left to their default
         if (*found, part) in positions.at:
             found = (*found, part)
     where = positions.at[found]
-    # Exact when the offending key itself is in the file (a union tag like 'builtin' in between is not).
-    exact = where if found == loc or (found and loc and found[-1] == loc[-1]) else None
-    message = _message(err, loc, exact, root)
-    mark = where.mark(prefer_key=err["type"] in ("missing", "extra_forbidden") or (located and kind.located_at_key))
-    return SpecIssue(positions.file, mark.line + 1, mark.column + 1, message, format_loc(loc))
+    exact = where if found == in_file else None
+    message = tag[1] if tag is not None else _message(err, loc, in_file, exact, root)
+    prefer_key = err["type"] in ("missing", "extra_forbidden") or (located and kind.located_at_key)
+    mark = where.mark(prefer_key=prefer_key and tag is None)
+    return SpecIssue(positions.file, mark.line + 1, mark.column + 1, message, format_loc(in_file))
 
 
-def _message(err: ErrorDetails, loc: Loc, where: _Where | None, root: type[BaseModel]) -> str:
+def _bad_tag(err: ErrorDetails, loc: Loc, root: type[BaseModel]) -> tuple[str, str] | None:
+    """(key, message) when ``err`` is a tagged union refusing its tag (``router: {kind: envoy}``): the message
+    names what was given and the tags allowed, and belongs at the tag's own value. The union's Discriminator
+    names its key in ``custom_error_context={"key": ...}``."""
+    union = _tagged_union(type_at(loc, root))
+    ctx = err.get("ctx") or {}
+    key = ctx.get("key")
+    value = err.get("input")
+    if union is None or not isinstance(key, str) or not isinstance(value, dict) or key not in value:
+        return None
+    tags = list(union)
+    given = value[key]
+    section = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+    if not isinstance(given, str):
+        return key, f"{section} {key} must be one of: {', '.join(tags)}; got {_got(given, None)}"
+    hint = did_you_mean(given, tags)
+    return key, (f"unknown {section} {key} {given!r}" + (f" (did you mean {hint!r}?)" if hint else "")
+                 + f"; expected one of: {', '.join(tags)}")
+
+
+def _message(err: ErrorDetails, loc: Loc, in_file: Loc, where: _Where | None, root: type[BaseModel]) -> str:
+    """``loc`` is pydantic's (with union labels, to find the model), ``in_file`` the path the user wrote."""
     kind = err["type"]
     ctx = err.get("ctx") or {}
     value = err.get("input")
-    name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "value")
+    name = next((str(p) for p in reversed(in_file or loc) if isinstance(p, str)), "value")
     got = _got(value, where.raw() if where else None)
-    parent = format_loc(loc[:-1])
+    parent = format_loc(in_file[:-1])
 
     if kind == "missing":
         return f"missing required key {name!r}" + (f" in {parent}" if parent else "")
@@ -290,7 +315,8 @@ def _message(err: ErrorDetails, loc: Loc, where: _Where | None, root: type[BaseM
     if kind in simple:
         hint = ""
         if kind == "string_type" and isinstance(value, int | float) and "YAML reads" not in got:
-            hint = f" (write it in quotes: '{where.raw() if where and where.raw() else value}')"
+            written = where.raw() if where and where.raw() else _got(value, None)
+            hint = f" (write it in quotes: '{written}')"
         return f"{simple[kind]}, got {got}{hint}"
     bounds = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "greater than"),
               "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
@@ -341,21 +367,75 @@ def _keys_at(loc: Loc, root: type[BaseModel]) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items()] if model else []
 
 
-def model_at(loc: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
-    """The model that validates the value at ``loc``, following fields, list items and mapping values."""
+# --- pydantic's locations and the file's ------------------------------------------------------------------------
+
+
+def _tagged_union(tp: Any) -> dict[str, Any] | None:
+    """A union's members by the label pydantic puts in an error's location (a ``Tag``, or a model's class name);
+    None when ``tp`` is not a union. Labels pydantic makes up for other members (``str``, ``list[int]``) are not
+    known here."""
+    tp = unwrap(tp)
+    if get_origin(tp) not in (Union, UnionType):
+        return None
+    members: dict[str, Any] = {}
+    for member in get_args(tp):
+        if member is NoneType:
+            continue
+        tag = next((m.tag for m in get_args(member)[1:] if isinstance(m, Tag)), None) \
+            if get_origin(member) is Annotated else None
+        inner = unwrap(member)
+        if tag is not None:
+            members[tag] = inner
+        elif isinstance(inner, type) and issubclass(inner, BaseModel):
+            members[inner.__name__] = inner
+    return members
+
+
+def _walk(loc: Loc, root: type[BaseModel]) -> tuple[Loc, Any]:
+    """Follow ``loc`` through the model's types: (the parts that are keys and list indexes in the file, the type
+    of the value at the end, None when it cannot be told).
+
+    A part is a union's label exactly where the type is a union, and nowhere else: so the label of
+    ``router: {kind: nginx}`` is skipped while a key of the user's that happens to be spelled like one (the nginx
+    router's own ``nginx:`` key, its binary) is kept.
+    """
     tp: Any = root
+    out: list[str | int] = []
     for part in loc:
+        if tp is None:
+            out.append(part)
+            continue
+        members = _tagged_union(tp)
+        if members is not None:  # pydantic names the member it tried; that name is not in the file
+            tp = members.get(part) if isinstance(part, str) else None
+            continue
+        out.append(part)
         tp = unwrap(tp)
         if isinstance(tp, type) and issubclass(tp, BaseModel):
             field = next((f for n, f in tp.model_fields.items() if part in (n, f.alias)), None)
-            if field is None:
-                return None
-            tp = field.annotation
+            tp = field.annotation if field is not None else None
         elif get_origin(tp) in (list, dict):
             tp = get_args(tp)[-1]
         else:
-            return None
-    tp = unwrap(tp)
+            tp = None
+    return tuple(out), tp
+
+
+def file_loc(loc: Loc, root: type[BaseModel]) -> Loc:
+    """pydantic's location of an error without the union labels it adds: the path of keys and indexes in the
+    file. ``('router', 'nginx', 'access_log')`` -> ``('router', 'access_log')``."""
+    return _walk(loc, root)[0]
+
+
+def type_at(loc: Loc, root: type[BaseModel]) -> Any:
+    """The type that validates the value at pydantic's ``loc`` (None when it cannot be told)."""
+    return _walk(loc, root)[1]
+
+
+def model_at(loc: Loc, root: type[BaseModel]) -> type[BaseModel] | None:
+    """The model that validates the value at ``loc``, following fields, union labels, list items and mapping
+    values."""
+    tp = unwrap(type_at(loc, root))
     return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
 
 
@@ -374,4 +454,4 @@ def unwrap(tp: Any) -> Any:
             return tp
 
 
-__all__ = ["FileKind", "load_yaml_model", "load_yaml_model_text", "model_at", "unwrap"]
+__all__ = ["FileKind", "file_loc", "load_yaml_model", "load_yaml_model_text", "model_at", "type_at", "unwrap"]

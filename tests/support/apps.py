@@ -4,7 +4,8 @@
 Run as a script (``python tests/support/apps.py MODE --port N``), never imported: no package setup needed.
 
 Modes:
-  serve        HTTP server: /health, /json, /text, /echo, /env, /status/<code>, /slow?s=<sec>,
+  serve        HTTP server: /health, /json, /text, /echo, /env[?names=A,B], /version/<v> (200 when v is the
+               version, else 409), /status/<code>, /slow?s=<sec>,
                /flaky/<key>/<n> (503 for the first n hits of key, then 200),
                /exit/<code> (answers, then exits with that code)
   ignore-term  listens, prints a line on SIGTERM and keeps running (only SIGKILL stops it)
@@ -68,9 +69,12 @@ class Handler(BaseHTTPRequestHandler):
         elif url.path == "/echo":
             x_test = self.headers.get("X-Test")
             self._json(200, {"method": self.command, "body": body.decode(), "x_test": x_test})
-        elif url.path == "/env":
-            keys = ("PORT", "RELEASEGATE_VERSION", "RELEASEGATE_SERVICE", "EXTRA")
+        elif url.path == "/env":  # ?names=A,B adds those variables
+            names = [n for n in parse_qs(url.query).get("names", [""])[0].split(",") if n]
+            keys = ("PORT", "RELEASEGATE_VERSION", "RELEASEGATE_SERVICE", "EXTRA", *names)
             self._json(200, {"cwd": os.getcwd(), **{k: os.environ.get(k) for k in keys}})
+        elif parts[0] == "version" and len(parts) == 2:  # 200 only for this instance's own version
+            self._json(200 if parts[1] == VERSION else 409, {"asked": parts[1], "version": VERSION})
         elif parts[0] == "status" and len(parts) == 2:
             self._json(int(parts[1]), {"code": int(parts[1])})
         elif url.path == "/slow":

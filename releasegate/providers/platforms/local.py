@@ -156,7 +156,7 @@ class LocalPlatform:
         return self.service_dir(service) / f"{version}-{id}.json"
 
     def _cwd(self, service: str, version: str) -> Path:
-        cwd = (self.spec_dir / self.spec.cwd.replace("{version}", version)).resolve()
+        cwd = (self.spec_dir / self.spec.cwd_for(service, version)).resolve()
         if not cwd.is_dir():
             raise ProviderError(f"instance {service} {version}: working directory {cwd} does not exist "
                                 f"(platform.cwd {self.spec.cwd!r}, relative to {self.spec_dir})")
@@ -209,9 +209,9 @@ class LocalPlatform:
         raise AssertionError("unreachable")
 
     def _spawn(self, service: str, version: str, id: str, cwd: Path, port: int) -> ProcessRecord:
-        command = self.spec.command.format(port=port, version=version)
-        env = {**os.environ, **self.spec.env, "PORT": str(port), "RELEASEGATE_VERSION": version,
-               "RELEASEGATE_SERVICE": service}
+        command = self.spec.command_for(service, version, port, HOST)
+        env = {**os.environ, **self.spec.env_for(service, version, port, HOST), "PORT": str(port),
+               "RELEASEGATE_VERSION": version, "RELEASEGATE_SERVICE": service}
         log_path = self.service_dir(service) / f"{version}-{id}.log"
         with open(log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
