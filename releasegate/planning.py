@@ -141,8 +141,9 @@ def governance_lines(plan: Plan, spec_path: Path, env: str, state_dir: Path, now
     lines.append("  would be refused:")
     lines += [f"    - {m}" for m in judgement.blocking + judgement.bypassable]
     if judgement.bypassable and not judgement.blocking:
-        lines.append("  break-glass (--break-glass --reason TEXT --as USER, with an sre approval on the release) "
-                     "would pass these")
+        from releasegate.governance.gate import break_glass_hint
+
+        lines.append(f"  {break_glass_hint(force.policy)}")
     return lines
 
 

@@ -124,6 +124,23 @@ def test_policy_problems_are_all_reported_at_their_line_and_column(tmp_path: Pat
     assert str(info.value) == f"{path}:3:22: unknown key 'soek' (did you mean 'soak'?)"
 
 
+def test_a_broken_part_hides_only_the_checks_that_depend_on_it(tmp_path: Path) -> None:
+    """Every problem at once, but none invented: a broken user leaves "who holds qa" unanswered; a broken requires
+    leaves "soak needs requires" unasked; a requires naming no environment is still caught next to a broken soak."""
+    path = tmp_path / "bad.yaml"
+    path.write_text("users: {alice: [developer], bob: 5}\n"
+                    "environments:\n"
+                    "  stage: {requires: 5, soak: 1h, stages: [{role: qa}]}\n"
+                    "  prod: {requires: stgae, soak: 90, stages: [{role: developer, approvals: 0}]}\n")
+    with pytest.raises(SpecError) as info:
+        load_policy(path)
+    assert [line.split(": ", 1)[0].removeprefix(f"{path}:") for line in str(info.value).splitlines()] == [
+        "1:34", "3:21", "4:20", "4:33", "4:75"]
+    text = str(info.value)
+    assert "no user holds role 'qa'" not in text and "soak needs requires" not in text
+    assert "requires 'stgae', which is not an environment (did you mean 'stage'?)" in text
+
+
 # --- the rules ----------------------------------------------------------------------------------------------------
 
 
@@ -137,6 +154,33 @@ def test_the_author_signs_no_stage_but_developer(tmp_path: Path, sd: Path) -> No
     assert audit(sd)[-1] == ("alice", "approval.refused", message)
     sign(sd, policy, "developer", "alice")
     assert audit(sd)[-1][:2] == ("alice", "approval.given")
+
+
+def roles_policy(tmp_path: Path, users: str, roles: str = "author_role: dev\nemergency_role: ops\n") -> Policy:
+    """A team that names its roles otherwise: dev writes and signs its own stage, ops decides emergencies."""
+    path = tmp_path / "team.yaml"
+    path.write_text(f"users: {users}\n{roles}environments:\n"
+                    "  prod: {stages: [{role: dev, approvals: 1}, {role: ops, approvals: 1}]}\n")
+    return load_policy(path)
+
+
+def test_the_author_signs_the_stage_the_policy_names_as_author_role(tmp_path: Path, sd: Path) -> None:
+    """mia is the only dev: under author_role: dev she signs her own dev stage and the release can reach prod."""
+    policy = roles_policy(tmp_path, "{mia: [dev, ops], noah: [ops, admin]}")
+    register(sd, author="mia")
+    sign(sd, policy, "dev", "mia")
+    assert refused(sign, sd, policy, "ops", "mia") == (
+        "--stage ops: mia is the author of shop@1.4.2 and signs no stage but dev; ask another holder of ops")
+    sign(sd, policy, "ops", "noah")
+    assert gate(sd, policy, T0) == []
+
+    strict = roles_policy(tmp_path, "{mia: [dev], noah: [ops, admin]}", "author_role: null\nemergency_role: ops\n")
+    register(sd, author="mia", version="1.4.3")
+    assert refused(sign, sd, strict, "dev", "mia", version="1.4.3") == (
+        f"--stage dev: mia is the author of shop@1.4.3 and signs no stage ({strict.source} sets author_role: null); "
+        "ask another holder of dev")
+    status = gov.release_status(sd, strict, "shop", "1.4.2", now=T0)  # mia's own approval no longer counts
+    assert [(s.user, why) for st in status.stages for s, why in st.ignored] == [("mia", "mia is the author")]
 
 
 def test_a_user_counts_once_per_release_however_many_roles_they_hold(tmp_path: Path, sd: Path) -> None:

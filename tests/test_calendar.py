@@ -124,6 +124,30 @@ def test_other_mistakes_are_located_too(text: str, expected: str) -> None:
     assert str(info.value) == expected
 
 
+def test_a_broken_value_does_not_hide_what_the_calendar_freeze_or_window_would_say() -> None:
+    """Checks of a whole calendar, freeze or window used to run only once everything in it was valid."""
+    text = ("timezone: UTC\n"
+            "windows:\n"
+            "  - {days: [], start: '02:00', end: '02:00'}\n"
+            "freezes:\n"
+            "  - {name: x, mode: frozen}\n"
+            "  - {name: y, from: 2025-11-01, cron: '0 18 * * fri', duration: 1h, envs: []}\n"
+            "  - {name: x, yearly: {from: 12-20, to: 01-02}}\n")
+    with pytest.raises(SpecError) as info:
+        load_calendar_text(text, "cal.yaml")
+    choose = "from/to dates, yearly: {from: MM-DD, to: MM-DD}, or cron + duration"
+    assert str(info.value).splitlines() == [
+        "cal.yaml:3:6: days needs at least 1 item(s)",
+        "cal.yaml:3:32: the window starts and ends at 02:00; give it a length (an end before the start crosses "
+        "midnight)",
+        f"cal.yaml:5:5: freeze 'x' needs when it applies: {choose}",
+        "cal.yaml:5:21: unknown mode 'frozen'; expected one of: full, hotfix-only",
+        f"cal.yaml:6:33: freeze 'y' has both from/to dates and cron + duration; give exactly one of: {choose}",
+        "cal.yaml:6:69: envs needs at least 1 item(s)",
+        "cal.yaml:7:6: two freezes are named 'x'; names must be unique (decisions and the calendar feed refer to "
+        "freezes by name)"]
+
+
 def test_times_and_dates_may_be_written_without_quotes() -> None:
     cal = load_calendar_text("timezone: UTC\nwindows: [{days: [mon], start: 2:00, end: 06:00}]\n"
                              "freezes: [{name: x, from: '2025-11-01', to: 2025-11-01}]\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,3 +178,41 @@ def test_a_resumed_rollout_is_held_by_the_stored_calendar_not_the_file_it_was_ad
     (tmp_path / "launch.yaml").write_text(CALENDAR)
     apply(state, "calendar", tmp_path / "launch.yaml")
     assert "launch week" in hold(_at("2026-03-03"))  # applied after the hooks were made: read at each increase
+
+
+TEAM = """\
+users: {mia: [dev], noah: [ops, admin], olga: [ops]}
+author_role: dev
+emergency_role: ops
+environments:
+  prod: {stages: [{role: dev}, {role: ops}]}
+"""
+
+
+def test_break_glass_and_breaking_migrations_need_the_approval_of_the_policys_emergency_role(shop):
+    """A team whose SRE role is called ops: the refusals name ops, an ops approval lets break-glass pass."""
+    spec, state = shop
+    (spec.parent / "team.yaml").write_text(TEAM)
+    apply(state, "policy", spec.parent / "team.yaml")
+    policy = stored_policy(state)
+    assert policy is not None
+    token = new_token(state, policy, "noah")
+    new_release(state, "shop", "1.0.0", "mia")
+    glass: dict[str, Any] = {"actor": "noah", "token": token, "break_glass": True, "reason": "payments down"}
+    text = refusal(state, spec, **glass)
+    assert ("--break-glass needs an approval of stage ops on shop@1.0.0 (ops is the emergency_role of stored policy "
+            "v1; `releasegate approve shop@1.0.0 --stage ops --as USER`)") in text
+    assert "sre" not in text
+    new_release(state, "shop", "1.0.0", "mia", breaking_migration=True)
+    assert "--allow-breaking-migration needs an approval of stage ops on shop@1.0.0 given after the breaking " \
+           "migration was allowed" in refusal(state, spec, allow_breaking_migration=True)
+
+    approve(state, policy, "shop", "1.0.0", "ops", "olga")
+    admitted = admit(state, load_spec(spec), spec, "1.0.0", None,
+                     DeployRequest(env="prod", allow_breaking_migration=True, **glass),
+                     _at("2026-02-10"))
+    assert admitted.emergency  # the dev stage is missing: break-glass passed it
+
+    (spec.parent / "team.yaml").write_text(TEAM.replace("emergency_role: ops", "emergency_role: null"))
+    apply(state, "policy", spec.parent / "team.yaml", actor="noah", token=token)
+    assert "--break-glass is not allowed: stored policy v2 sets emergency_role: null" in refusal(state, spec, **glass)

@@ -120,7 +120,7 @@ freezes:
     apply(state, "calendar", root / "freeze.yaml", actor="erin", token=token)
     with pytest.raises(UserError, match="full freeze 'incident review'"):
         await deploy(state, specs["dev"], "1.1.0", env="dev")
-    with pytest.raises(UserError, match=r"needs an sre approval on shop@1\.1\.0"):
+    with pytest.raises(UserError, match=r"needs an approval of stage sre on shop@1\.1\.0"):
         await deploy(state, specs["dev"], "1.1.0", env="dev", break_glass=True, reason="payments down",
                      actor="erin", token=token)
     with pytest.raises(UserError, match="token"):
@@ -197,7 +197,8 @@ freezes:
 
 async def test_a_breaking_migration_needs_a_release_approved_for_it(world):
     """``--allow-breaking-migration`` is the approvers' decision: registered on the release (voiding approvals
-    given before), then an sre approval; each missing piece is refused before anything starts."""
+    given before), then an approval by the emergency role (sre); each missing piece is refused before anything
+    starts."""
     import sqlite3
 
     root, state, specs = world
@@ -219,7 +220,7 @@ async def test_a_breaking_migration_needs_a_release_approved_for_it(world):
 
     change = new_release(state, "shop", "2.0.0", "alice", breaking_migration=True)
     assert [s.user for s in change.voided] == ["erin"]  # approved before the breaking change was on the table
-    with pytest.raises(UserError, match=r"needs an sre approval on shop@2\.0\.0 given after"):
+    with pytest.raises(UserError, match=r"needs an approval of stage sre on shop@2\.0\.0 given after"):
         await deploy(state, spec, "2.0.0", env="dev", allow_breaking_migration=True)
     assert read_router_state(state, "shop-dev") is None  # every refusal came before anything started
 

@@ -49,17 +49,20 @@ def files(tmp_path: Path) -> Path:
 def test_a_bad_policy_is_refused_at_its_line_and_nothing_is_stored(tmp_path: Path, files: Path) -> None:
     state = tmp_path / "state"
     broken = files / "broken.yaml"
-    broken.write_text("users: {alice: [developer]}\nenvironments:\n  prod: {stages: [{role: qa}]}\n")
+    broken.write_text("users: {alice: [developer, admin], erin: [sre]}\nenvironments:\n"
+                      "  prod: {stages: [{role: qa}, {role: developer}, {role: sre}]}\n")
     assert refused(rg(state, "policy", "apply", str(broken))) == (
         f"{broken}:3:26: no user holds role 'qa', so this stage could never be signed; give the role to a user "
         "under users")
     no_admin = files / "no-admin.yaml"
-    no_admin.write_text("users:\n  alice: [developer]\nenvironments: {prod: {stages: [{role: developer}]}}\n")
+    no_admin.write_text("users:\n  alice: [developer]\n  erin: [sre]\n"
+                        "environments: {prod: {stages: [{role: developer}, {role: sre}]}}\n")
     assert refused(rg(state, "policy", "apply", str(no_admin))) == (
         f"{no_admin}:2:3: no user holds role admin, so nobody could change the stored policy or calendar again; "
         "give the role to someone under users, e.g. alice: [developer, admin]")
     admin_stage = files / "admin-stage.yaml"
-    admin_stage.write_text("users: {alice: [admin]}\nenvironments: {prod: {stages: [{role: admin}]}}\n")
+    admin_stage.write_text("users: {alice: [developer, admin], erin: [sre]}\n"
+                           "environments: {prod: {stages: [{role: admin}, {role: developer}, {role: sre}]}}\n")
     assert "admin is the role that may change the stored policy and calendar, not an approval stage" in refused(
         rg(state, "policy", "apply", str(admin_stage)))
     assert not state.exists()
@@ -270,3 +273,104 @@ def test_a_user_the_stored_policy_no_longer_names_cannot_act_with_an_old_token(t
         done = subprocess.run([sys.executable, "-m", "releasegate", "--state-dir", str(state), command, "shop", "--as",
                                "bob"], capture_output=True, text=True, env={**os.environ, "RELEASEGATE_TOKEN": bob})
         assert done.returncode == 2 and done.stderr.startswith("releasegate: user 'bob' is not in stored policy v2")
+
+
+def test_apply_reports_every_problem_of_a_policy_or_calendar_in_one_run(tmp_path: Path, files: Path) -> None:
+    """A bare-number soak used to hide the stage nobody can sign and the soak without requires until it was fixed;
+    a bad timezone hid duplicate freeze names and a freeze's missing 'to'."""
+    state = tmp_path / "state"
+    policy = files / "team.yaml"
+    policy.write_text("users: {mia: [dev, admin], noah: [dev, ops]}\n"
+                      "author_role: dev\n"
+                      "emergency_role: ops\n"
+                      "environments:\n"
+                      "  stage: {stages: [{role: dev}, {role: ops}]}\n"
+                      "  prod: {stages: [{role: lead, approvals: 2}], soak: 5}\n")
+    done = rg(state, "policy", "apply", str(policy))
+    assert done.exit_code == 2
+    assert done.stderr.splitlines() == [
+        f"releasegate: {policy}:6:26: no user holds role 'lead', so this stage could never be signed; give the "
+        "role to a user under users",
+        f"releasegate: {policy}:6:54: write durations with a unit, e.g. '5s' or '5m' (got bare number 5)",
+        f"releasegate: {policy}:6:54: soak needs requires: it is how long the version must have run in the "
+        "required environment"]
+
+    calendar = files / "freezes.yaml"
+    calendar.write_text("timezone: Asia/Seol\n"
+                        "freezes:\n"
+                        "  - {name: exams, from: 2025-11-01, to: 2025-11-21}\n"
+                        "  - {name: exams, from: 2025-12-01, to: 2025-12-03}\n"
+                        "  - {name: holidays, from: 2025-13-01}\n")
+    done = rg(state, "calendar", "apply", str(calendar))
+    assert done.exit_code == 2
+    assert done.stderr.splitlines() == [
+        f"releasegate: {calendar}:1:11: unknown timezone 'Asia/Seol' (did you mean 'Asia/Seoul'?)",
+        f"releasegate: {calendar}:4:6: two freezes are named 'exams'; names must be unique (decisions and the "
+        "calendar feed refer to freezes by name)",
+        f"releasegate: {calendar}:5:22: freeze 'holidays' needs both 'from' and 'to' (inclusive dates); 'to' is "
+        "missing",
+        f"releasegate: {calendar}:5:28: '2025-13-01' is not a date (month must be in 1..12); write YYYY-MM-DD, "
+        "e.g. 2025-11-01"]
+    assert not state.exists()
+
+
+def test_policy_apply_refuses_author_and_emergency_roles_nobody_could_satisfy(tmp_path: Path, files: Path) -> None:
+    """A team whose roles are dev and ops: the defaults (developer, sre) would block every author and make
+    break-glass impossible, so apply says which line to change and how, until the policy names its own roles."""
+    state = tmp_path / "state"
+    policy = files / "team.yaml"
+    team = ("users: {mia: [dev], noah: [ops, admin]}\n"
+            "environments:\n"
+            "  prod: {stages: [{role: dev}, {role: ops}]}\n")
+    policy.write_text(team)
+    done = rg(state, "policy", "apply", str(policy))
+    assert done.exit_code == 2
+    assert done.stderr.splitlines() == [
+        f"releasegate: {policy}:1:8: role 'developer' (the default author_role: the stage a release's author may "
+        "sign): no user holds it and it is no stage of any environment; add a stage {role: developer} and give role "
+        "developer to a user under users, or write author_role: ROLE (stages: dev, ops), or author_role: null if "
+        "authors sign no stage",
+        f"releasegate: {policy}:1:8: role 'sre' (the default emergency_role: whose approval --break-glass and "
+        "--allow-breaking-migration need): no user holds it and it is no stage of any environment; add a stage "
+        "{role: sre} and give role sre to a user under users, or write emergency_role: ROLE (stages: dev, ops), or "
+        "emergency_role: null to allow neither"]
+
+    policy.write_text("author_role: dev\nemergency_role: opps\n" + team)
+    assert refused(rg(state, "policy", "apply", str(policy))) == (
+        f"{policy}:2:17: role 'opps' (emergency_role names it: whose approval --break-glass and "
+        "--allow-breaking-migration need): no user holds it and it is no stage of any environment; add a stage "
+        "{role: opps} and give role opps to a user under users, or write emergency_role: ops (stages: dev, ops), or "
+        "emergency_role: null to allow neither")
+    policy.write_text("author_role: dev\nemergency_role: ops\n" + team.replace("{role: ops}", "{role: dev}"))
+    assert "role 'ops' (emergency_role names it: whose approval --break-glass and --allow-breaking-migration need): " \
+           "it is no stage of any environment, so its approval could never be given; add a stage {role: ops}, or " \
+           "write emergency_role: ROLE (stages: dev)" in rg(state, "policy", "apply", str(policy)).stderr
+    assert not state.exists()
+
+    policy.write_text("author_role: dev\nemergency_role: ops\n" + team)
+    assert rg(state, "policy", "apply", str(policy)).exit_code == 0
+    spec = files / "shop.yaml"
+    spec.write_text(spec.read_text().split("governance:")[0])  # the spec names no files: the stored policy decides
+    planned = rg(state, "plan", str(spec), "--version", "1.0.0", "--env", "prod")
+    assert planned.exit_code == 0, planned.output
+    assert "break-glass (--break-glass --reason TEXT --as USER, with an approval of stage ops on the release) would " \
+           "pass these" in planned.stdout
+
+
+@pytest.mark.parametrize("kind", ["policy", "calendar"])
+def test_history_suggests_a_command_that_shows_what_a_version_changed(tmp_path: Path, files: Path, kind: str) -> None:
+    state = tmp_path / "state"
+    assert rg(state, "policy", "apply", str(files / "policy.yaml")).exit_code == 0
+    token = rg(state, "token", "new", "erin").stdout.strip()
+    first = files / f"{kind}.yaml"
+    if kind == "calendar":
+        assert rg(state, kind, "apply", str(first), "--as", "erin", token=token).exit_code == 0
+    second = files / f"{kind}-v2.yaml"
+    second.write_text(first.read_text() + "# v2\n")
+    assert rg(state, kind, "apply", str(second), "--as", "erin", token=token).exit_code == 0
+    footer = rg(state, kind, "history").stdout.splitlines()[-1]
+    suggested = footer.split("`")[1].split()
+    assert suggested[:3] == ["releasegate", kind, "show"]
+    shown = rg(state, *[("2" if word == "N" else word) for word in suggested[1:]])
+    assert shown.exit_code == 0, shown.output
+    assert shown.stdout.startswith(f"--- {kind} v1\n+++ {kind} v2\n") and "+# v2" in shown.stdout

@@ -179,21 +179,27 @@ def show(month: Annotated[str | None, typer.Option("--month", metavar="YYYY-MM",
                                                      help="Write to FILE instead of stdout.")] = None,
          yaml: Annotated[bool, typer.Option("--yaml", help="Print the stored calendar's text as applied (with "
                                                            "--version N, a past one).")] = False,
+         diff: Annotated[bool, typer.Option("--diff", help="Print what the stored calendar's version (--version N, "
+                                                           "else the one in force) changed against the one "
+                                                           "before.")] = False,
          version: Annotated[int | None, typer.Option("--version", metavar="N", min=1, show_default=False,
-                                                     help="With --yaml: a past version.")] = None,
+                                                     help="With --yaml or --diff: a past version.")] = None,
          calendar: CalendarFile = None, state_dir: StateDir = None) -> None:
     """The stored calendar's month by week (F full, H hotfix-only, W deploy window, . open), with each freeze.
 
-    --ics: an iCalendar feed instead; --yaml: the stored text; --calendar FILE: a dry look at a file.
+    --ics: an iCalendar feed instead; --yaml: the stored text; --diff: what a version changed; --calendar FILE: a
+    dry look at a file.
     """
-    if yaml or version is not None:
+    if yaml or diff or version is not None:
         from releasegate.commands.policy import show_document
 
         with _reported():
-            if calendar is not None or ics or output is not None or not yaml:
-                raise UserError("--yaml prints the stored calendar's text (--version N: a past one); it takes no "
-                                "--calendar, --ics or --output")
-        show_document("calendar", version, False, state_dir)
+            if calendar is not None or ics or output is not None or not (yaml or diff):
+                raise UserError("--yaml prints the stored calendar's text and --diff what a version changed "
+                                "(--version N: a past one); they take no --calendar, --ics or --output")
+            if yaml and diff:
+                raise UserError("give --yaml (the stored text) or --diff (what it changed), not both")
+        show_document("calendar", version, diff, state_dir)
         return
     with _reported():
         cal, judged = _load(calendar, state_dir)

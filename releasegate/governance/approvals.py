@@ -2,7 +2,8 @@
 
 The rules (seed section 2), each refused with a message that says how to proceed, and recorded in the audit log:
 
-- the author of a release signs no stage but ``developer`` (nobody reviews their own change);
+- the author of a release signs no stage but the policy's ``author_role`` (``developer`` by default): nobody
+  reviews their own change;
 - a user counts once per release however many roles they hold (two reviewers means two people), so a user who
   signed one stage cannot sign another; signing the same stage again for another environment is allowed;
 - only a holder of the stage's role signs it, and every checklist item of the stage must be ticked;
@@ -30,9 +31,6 @@ from releasegate.governance.policy import Environment, Policy, Stage
 from releasegate.spec.errors import did_you_mean
 from releasegate.store.audit import append_entry
 from releasegate.store.governance import GovernanceStore, Release, Signoff
-
-AUTHOR_STAGE = "developer"
-"""The one stage a release's author may sign."""
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
@@ -217,9 +215,11 @@ def approve(state_dir: Path, policy: Policy, service: str, version: str, stage: 
     name = f"{service}@{version}"
     with _audited(state_dir, user, "approval", service, version, at) as store, store.tx() as db:
         st, release = _signer(policy, store, service, version, env, stage, user)
-        if user == release.author and st.role != AUTHOR_STAGE:
-            raise UserError(f"--stage {st.role}: {user} is the author of {name} and signs no stage but "
-                            f"{AUTHOR_STAGE}; ask another holder of {st.role}")
+        if user == release.author and st.role != policy.author_role:
+            signs = (f"signs no stage but {policy.author_role}" if policy.author_role is not None else
+                     f"signs no stage ({policy.source} sets author_role: null)")
+            raise UserError(f"--stage {st.role}: {user} is the author of {name} and {signs}; ask another holder "
+                            f"of {st.role}")
         for mine in store.signoffs(service, version):
             if mine.user != user:
                 continue
@@ -297,7 +297,7 @@ def _stage_status(policy: Policy, release: Release | None, env: str, stage: Stag
             ignored.append((s, "given for another artifact"))
         elif stage.role not in policy.roles_of(s.user):
             ignored.append((s, f"{s.user} does not hold role {stage.role}"))
-        elif s.user == release.author and stage.role != AUTHOR_STAGE:
+        elif s.user == release.author and stage.role != policy.author_role:
             ignored.append((s, f"{s.user} is the author"))
         else:
             valid.append(s)
@@ -381,7 +381,7 @@ def has_approval(state_dir: Path, service: str, version: str, role: str) -> bool
 
 def require_role(state_dir: Path, policy: Policy, user: str, token: str | None, role: str, *,
                  release: str | None = None, now: float | None = None) -> None:
-    """Authenticate ``user`` and require ``role`` (break-glass needs an sre); refusals go to the audit log."""
+    """Authenticate ``user`` and require ``role``; refusals go to the audit log."""
     authenticate(state_dir, policy, user, token, action=f"act as {role}", release=release, now=now)
     if role in policy.roles_of(user):
         return
@@ -392,6 +392,6 @@ def require_role(state_dir: Path, policy: Policy, user: str, token: str | None, 
     raise UserError(problem)
 
 
-__all__ = ["AUTHOR_STAGE", "GateResult", "ReleaseChange", "ReleaseStatus", "StageStatus", "approve", "check_deploy",
+__all__ = ["GateResult", "ReleaseChange", "ReleaseStatus", "StageStatus", "approve", "check_deploy",
            "env_success", "has_approval", "new_release", "parse_release", "record_env_success", "reject",
            "release_status", "require_role", "withdraw"]

@@ -11,15 +11,16 @@ from __future__ import annotations
 import re
 from datetime import date, datetime
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from releasegate.governance.filecheck import Broken, Problem, load_text, read_text
 from releasegate.spec.errors import LocatedValueError, did_you_mean
 from releasegate.spec.models import Duration
-from releasegate.spec.yamlfile import FileKind, load_yaml_model, load_yaml_model_text
+from releasegate.spec.yamlfile import FileKind
 
 Change = Literal["major", "minor", "patch", "hotfix", "config"]
 CHANGES: tuple[Change, ...] = get_args(Change)
@@ -28,7 +29,7 @@ Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = get_args(Weekday)
 DASH = "\u2013"
 """The en dash (U+2013) between the ends of a window or span, as the seed's calendars print them."""
-_CALENDAR_FILE = FileKind("calendar", "a calendar needs at least 'timezone', e.g. timezone: Asia/Seoul",
+CALENDAR_FILE = FileKind("calendar", "a calendar needs at least 'timezone', e.g. timezone: Asia/Seoul",
                           located_at_key=True)
 
 
@@ -71,9 +72,9 @@ class Window(_Model):
 
     @model_validator(mode="after")
     def _not_empty(self) -> Window:
-        if _minutes(self.start) % 1440 == _minutes(self.end) % 1440:
-            raise LocatedValueError(f"the window starts and ends at {self.start}; give it a length (an end "
-                                    "before the start crosses midnight)", at=("end",))
+        problem = _window_length(self.start, self.end)
+        if problem:
+            raise LocatedValueError(problem, at=("end",))
         return self
 
     @property
@@ -89,6 +90,12 @@ class Window(_Model):
     def label(self) -> str:
         """``name`` or ``tue 02:00-06:00`` (with an en dash): how decisions and views name the window."""
         return self.name or f"{','.join(self.days)} {self.start}{DASH}{self.end}"
+
+
+def _window_length(start: str, end: str) -> str | None:
+    if _minutes(start) % 1440 == _minutes(end) % 1440:
+        return f"the window starts and ends at {start}; give it a length (an end before the start crosses midnight)"
+    return None
 
 
 class YearlySpan(_Model):
@@ -174,27 +181,13 @@ class Freeze(_Model):
 
     @model_validator(mode="after")
     def _one_kind(self) -> Freeze:
-        kinds = [(label, key) for label, key, present in (
-            ("from/to dates", "from" if self.from_ else "to", self.from_ or self.to),
-            ("yearly", "yearly", self.yearly),
-            ("cron + duration", "cron" if self.cron else "duration", self.cron or self.duration is not None),
-        ) if present]
-        choose = "from/to dates, yearly: {from: MM-DD, to: MM-DD}, or cron + duration"
-        if not kinds:
-            raise LocatedValueError(f"freeze {self.name!r} needs when it applies: {choose}")
-        if len(kinds) > 1:
-            raise LocatedValueError(f"freeze {self.name!r} has both {kinds[0][0]} and {kinds[1][0]}; give exactly "
-                                    f"one of: {choose}", at=(kinds[1][1],))
-        if (self.from_ is None) != (self.to is None):
-            missing = "to" if self.to is None else "from"
-            raise LocatedValueError(f"freeze {self.name!r} needs both 'from' and 'to' (inclusive dates); "
-                                    f"'{missing}' is missing", at=("from" if self.from_ else "to",))
+        keys = {"from": self.from_, "to": self.to, "yearly": self.yearly, "cron": self.cron,
+                "duration": self.duration}
+        shape = _freeze_shape(self.name, {key for key, value in keys.items() if value is not None})
+        if shape is not None:
+            raise LocatedValueError(shape[1], at=shape[0])
         if self.from_ and self.to and self.to < self.from_:
             raise LocatedValueError(f"'to' ({self.to}) is before 'from' ({self.from_})", at=("to",))
-        if (self.cron is None) != (self.duration is None):
-            raise LocatedValueError("cron needs a duration (how long each freeze lasts, e.g. duration: 62h)"
-                                    if self.cron else "duration needs a cron expression for when each freeze "
-                                    "starts, e.g. cron: '0 18 * * fri'", at=("cron" if self.cron else "duration",))
         if self.duration is not None and self.duration <= 0:
             raise LocatedValueError("duration must be more than 0", at=("duration",))
         return self
@@ -202,6 +195,43 @@ class Freeze(_Model):
     def applies_to(self, env: str | None) -> bool:
         """None asks about every environment (the views)."""
         return env is None or self.envs is None or env in self.envs
+
+
+def _freeze_shape(name: object, present: set[str]) -> tuple[tuple[str, ...], str] | None:
+    """Which kind of freeze it is, judged by the keys written (``present``): where and what is wrong, or None.
+    Needs no valid value, so a freeze whose dates are broken is still told that its 'to' is missing."""
+    label = f"freeze {name!r}" if isinstance(name, str) else "the freeze"
+    kinds = [(kind, key) for kind, key, written in (
+        ("from/to dates", "from" if "from" in present else "to", present & {"from", "to"}),
+        ("yearly", "yearly", "yearly" in present),
+        ("cron + duration", "cron" if "cron" in present else "duration", present & {"cron", "duration"}),
+    ) if written]
+    choose = "from/to dates, yearly: {from: MM-DD, to: MM-DD}, or cron + duration"
+    if not kinds:
+        return (), f"{label} needs when it applies: {choose}"
+    if len(kinds) > 1:
+        return (kinds[1][1],), f"{label} has both {kinds[0][0]} and {kinds[1][0]}; give exactly one of: {choose}"
+    if ("from" in present) != ("to" in present):
+        missing, written = ("to", "from") if "from" in present else ("from", "to")
+        return (written,), f"{label} needs both 'from' and 'to' (inclusive dates); '{missing}' is missing"
+    if ("cron" in present) != ("duration" in present):
+        if "cron" in present:
+            return ("cron",), "cron needs a duration (how long each freeze lasts, e.g. duration: 62h)"
+        return ("duration",), "duration needs a cron expression for when each freeze starts, e.g. cron: '0 18 * * fri'"
+    return None
+
+
+def _duplicate_names(names: list[object]) -> list[tuple[int, str]]:
+    seen: set[str] = set()
+    problems = []
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            continue
+        if name in seen:
+            problems.append((i, f"two freezes are named {name!r}; names must be unique (decisions and the calendar "
+                                "feed refer to freezes by name)"))
+        seen.add(name)
+    return problems
 
 
 class Calendar(_Model):
@@ -226,12 +256,8 @@ class Calendar(_Model):
 
     @model_validator(mode="after")
     def _unique_names(self) -> Calendar:
-        seen: set[str] = set()
-        for i, freeze in enumerate(self.freezes):
-            if freeze.name in seen:
-                raise LocatedValueError(f"two freezes are named {freeze.name!r}; names must be unique (decisions "
-                                        "and the calendar feed refer to freezes by name)", at=("freezes", i, "name"))
-            seen.add(freeze.name)
+        for i, problem in _duplicate_names([f.name for f in self.freezes])[:1]:
+            raise LocatedValueError(problem, at=("freezes", i, "name"))
         return self
 
     @property
@@ -241,13 +267,41 @@ class Calendar(_Model):
 
 def load_calendar(path: str | Path) -> Calendar:
     """The validated calendar in ``path``; raises ``SpecError`` (a UserError) with FILE:LINE:COL lines."""
-    return load_yaml_model(path, Calendar, _CALENDAR_FILE)
+    return load_calendar_text(read_text(path, Calendar, CALENDAR_FILE), str(path))
 
 
 def load_calendar_text(text: str, filename: str = "calendar.yaml") -> Calendar:
     """Like ``load_calendar`` for text already read; ``filename`` only labels the issues."""
-    return load_yaml_model_text(text, filename, Calendar, _CALENDAR_FILE)
+    return load_text(text, filename, Calendar, CALENDAR_FILE, lambda _calendar: [], _salvage, at_key=True)
 
 
-__all__ = ["CHANGES", "DASH", "WEEKDAYS", "Calendar", "Change", "Freeze", "FreezeMode", "Weekday", "Window",
-           "YearlySpan", "load_calendar", "load_calendar_text"]
+def _salvage(raw: dict[str, Any], broken: Broken) -> list[Problem]:
+    """What the validators of the whole calendar, a freeze or a window would have said, had a broken value next
+    to them not stopped them: duplicate freeze names, a freeze's missing half, a window without length."""
+    problems: list[Problem] = []
+    freezes = raw.get("freezes")
+    if isinstance(freezes, list):
+        names = [f.get("name") if isinstance(f, dict) and not broken.at("freezes", i, "name") else None
+                 for i, f in enumerate(freezes)]
+        problems += [(("freezes", i, "name"), message) for i, message in _duplicate_names(names)]
+        for i, freeze in enumerate(freezes):
+            if isinstance(freeze, dict) and broken.at("freezes", i):
+                shape = _freeze_shape(names[i], {str(k) for k, v in freeze.items() if v is not None})
+                if shape is not None:
+                    problems.append((("freezes", i, *shape[0]), shape[1]))
+    windows = raw.get("windows")
+    for i, window in enumerate(windows if isinstance(windows, list) else []):
+        if not isinstance(window, dict) or not broken.at("windows", i):
+            continue
+        try:
+            start, end = _clock(window.get("start"), end=False), _clock(window.get("end"), end=True)
+        except ValueError:
+            continue
+        problem = _window_length(start, end)
+        if problem:
+            problems.append((("windows", i, "end"), problem))
+    return problems
+
+
+__all__ = ["CALENDAR_FILE", "CHANGES", "DASH", "WEEKDAYS", "Calendar", "Change", "Freeze", "FreezeMode", "Weekday",
+           "Window", "YearlySpan", "load_calendar", "load_calendar_text"]

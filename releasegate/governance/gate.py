@@ -3,8 +3,9 @@
 The policy and the calendar are the ones stored in the state (``releasegate.governance.stored``), never a file the
 spec or the command line names. Admission gathers every reason to refuse (calendar, approvals, environment
 pipeline, identity) and reports them all at once, so a release manager fixes everything in one round.
-Break-glass (``--break-glass --reason``) is the one way past a freeze or a missing stage: it needs an sre approval
-on the release and is recorded as an emergency change. Rolling back is never gated.
+Break-glass (``--break-glass --reason``) is the one way past a freeze or a missing stage: it needs an approval
+on the release by the policy's ``emergency_role`` (``sre`` by default: the seed's SRE decides prod deploys and
+rollbacks) and is recorded as an emergency change. Rolling back is never gated.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from releasegate.errors import UserError
 from releasegate.governance.calendar_models import Calendar
 from releasegate.governance.identity import os_user
+from releasegate.governance.policy import Policy
 from releasegate.governance.stored import InForce, in_force, spec_drift
 from releasegate.spec.models import Spec
 
@@ -134,11 +135,7 @@ def admit(state_dir: Path, spec: Spec, spec_path: Path, version: str, previous: 
     if request.break_glass:
         if not request.reason:
             problems.append("--break-glass needs --reason TEXT saying why this emergency change cannot wait")
-        from releasegate.governance.approvals import has_approval
-
-        if not has_approval(state_dir, spec.release_name, version, "sre"):
-            problems.append(f"--break-glass needs an sre approval on {release} "
-                            f"(`releasegate approve {release} --stage sre --as USER`)")
+        problems += emergency_approval(state_dir, policy, spec.release_name, version, "--break-glass")
     if request.allow_breaking_migration:
         problems += _breaking_migration(state_dir, policy, spec.release_name, version)
     problems += [] if request.break_glass else bypassable
@@ -168,7 +165,7 @@ def release_commit(state_dir: Path, name: str, version: str) -> str | None:
     return rel.commit if rel is not None else None
 
 
-def _identity(state_dir: Path, policy: Any, request: DeployRequest) -> list[str]:
+def _identity(state_dir: Path, policy: Policy | None, request: DeployRequest) -> list[str]:
     if request.actor is None:
         return ["--break-glass needs --as USER (with RELEASEGATE_TOKEN) so the emergency change has an owner"]
     if policy is None:
@@ -183,16 +180,16 @@ def _identity(state_dir: Path, policy: Any, request: DeployRequest) -> list[str]
     return []
 
 
-def _breaking_migration(state_dir: Path, policy: Any, name: str, version: str) -> list[str]:
+def _breaking_migration(state_dir: Path, policy: Policy | None, name: str, version: str) -> list[str]:
     """``--allow-breaking-migration`` is a decision the release's approvers took, not a flag anyone may pass: the
-    release must be registered with it (which voids earlier approvals) and carry an sre approval given since.
+    release must be registered with it (which voids earlier approvals) and carry an approval of the policy's
+    ``emergency_role`` given since.
     Break-glass does not bypass this: an emergency does not make a schema change reversible."""
     release = f"{name}@{version}"
     register = f"`releasegate release new {name} {version} --as AUTHOR --allow-breaking-migration`"
     if policy is None:
         return [f"--allow-breaking-migration needs an approved release, and no policy is stored to name approvers "
                 f"(`releasegate policy apply FILE`, then register it: {register})"]
-    from releasegate.governance.approvals import has_approval
     from releasegate.store.governance import GovernanceStore
 
     with GovernanceStore(state_dir, readonly=True) as store:
@@ -203,10 +200,37 @@ def _breaking_migration(state_dir: Path, policy: Any, name: str, version: str) -
     if not registered.breaking_migration:
         return [f"--allow-breaking-migration: {release} was not registered as carrying a breaking migration; "
                 f"register it again with {register} (its approvals are voided) and get it approved again"]
-    if not has_approval(state_dir, name, version, "sre"):
-        return [f"--allow-breaking-migration needs an sre approval on {release} given after the breaking migration "
-                f"was allowed (`releasegate approve {release} --stage sre --as USER`)"]
-    return []
+    return emergency_approval(state_dir, policy, name, version, "--allow-breaking-migration",
+                              since=" given after the breaking migration was allowed")
+
+
+def emergency_approval(state_dir: Path, policy: Policy | None, name: str, version: str, what: str,
+                       since: str = "") -> list[str]:
+    """Why ``what`` (break-glass, a breaking migration) lacks the approval of the policy's emergency role, if it
+    does: the role is the policy's to name (``emergency_role``), so the refusal names the one this policy uses."""
+    release = f"{name}@{version}"
+    if policy is None:
+        return [f"{what} needs an approval by the emergency_role of a stored policy, and no policy is stored "
+                "(`releasegate policy apply FILE`)"]
+    role = policy.emergency_role
+    if role is None:
+        return [f"{what} is not allowed: {policy.source} sets emergency_role: null, so no approval permits it"]
+    from releasegate.governance.approvals import has_approval
+
+    if has_approval(state_dir, name, version, role):
+        return []
+    return [f"{what} needs an approval of stage {role} on {release}{since} ({role} is the emergency_role of "
+            f"{policy.source}; `releasegate approve {release} --stage {role} --as USER`)"]
+
+
+def break_glass_hint(policy: Policy | None) -> str:
+    """How break-glass would pass what a deploy is refused for, under ``policy``: for ``plan --env``."""
+    if policy is None:
+        return "break-glass needs a stored policy, whose emergency_role approves it"
+    if policy.emergency_role is None:
+        return f"break-glass is off: {policy.source} sets emergency_role: null"
+    return (f"break-glass (--break-glass --reason TEXT --as USER, with an approval of stage {policy.emergency_role} "
+            "on the release) would pass these")
 
 
 def before_increase(admission: Admission, now: float, calendar: Calendar | None) -> str | None:

@@ -1,7 +1,7 @@
 """Who is acting: ``--as USER`` is believed only with that user's token in ``RELEASEGATE_TOKEN``.
 
-Without this, ``--as`` is a claim anyone can make, and "the author signs no stage but developer" or "two distinct
-reviewers" would be rules anyone could walk around by typing another name. Tokens are random (32 bytes from
+Without this, ``--as`` is a claim anyone can make, and "the author signs no stage but the author_role" or "two
+distinct reviewers" would be rules anyone could walk around by typing another name. Tokens are random (32 bytes from
 ``secrets``), shown once, and only their SHA-256 is stored: a salted slow hash buys nothing for a secret with
 256 bits of entropy, and the comparison is constant-time. A new token replaces the user's previous one, so a
 leaked token is revoked by issuing a new one.

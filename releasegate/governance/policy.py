@@ -7,8 +7,12 @@ a ``requires`` naming no environment, a stage whose role nobody holds (it could 
 needs more approvals than there are people to give them.
 
 The ``admin`` role is not a stage: its holders may replace the stored policy and calendar and issue tokens
-(``releasegate policy apply``, ``calendar apply``, ``token new --as``). A policy that goes into the state must name
-at least one admin, or nobody could ever change it again (``admin_problems``).
+(``releasegate policy apply``, ``calendar apply``, ``token new --as``). Two more roles have a meaning, named by the
+policy so that teams who call them otherwise are not locked out: ``author_role`` (default ``developer``), the one
+stage a release's author may sign, and ``emergency_role`` (default ``sre``, accountable for prod deploys and
+rollbacks in the seed's RACI), whose approval break-glass and ``--allow-breaking-migration`` need. A policy that
+goes into the state must name at least one admin, or nobody could ever change it again, and those two roles must
+be held and be stages, or every author, or every emergency, would be stuck (``store_problems``).
 
 Loading goes through ``releasegate.spec.yamlfile``, like the spec and the calendar.
 """
@@ -16,18 +20,23 @@ Loading goes through ``releasegate.spec.yamlfile``, like the spec and the calend
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
+from releasegate.durations import parse_duration
 from releasegate.errors import UserError
-from releasegate.spec.errors import Loc, SpecError, SpecIssue, did_you_mean, format_loc
+from releasegate.governance.filecheck import Broken, Problem, load_text, read_text
+from releasegate.spec.errors import Loc, did_you_mean
 from releasegate.spec.models import Duration
-from releasegate.spec.yamlfile import FileKind, load_yaml_model, load_yaml_model_text
+from releasegate.spec.yamlfile import FileKind
 
 ADMIN_ROLE = "admin"
 """Holders may change the stored policy and calendar and issue tokens; never an approval stage."""
+AUTHOR_ROLE = "developer"
+"""The default ``author_role``: the seed's stage 1, the Developer who wrote the change."""
+EMERGENCY_ROLE = "sre"
+"""The default ``emergency_role``: the seed's SRE, R/A for prod deploys and rollback decisions (RACI, section 2.2)."""
 
 _EMPTY = "a policy needs 'users' (name: [roles]) and 'environments' (name: {stages: [...]})"
 
@@ -83,6 +92,11 @@ class Policy(BaseModel):
 
     users: dict[str, Annotated[list[Text], BeforeValidator(_roles)]]
     environments: dict[str, Environment]
+    author_role: Text | None = AUTHOR_ROLE
+    """The one stage a release's author may sign (None: none); nobody else's change is reviewed by its author."""
+    emergency_role: Text | None = EMERGENCY_ROLE
+    """Whose approval on the release ``--break-glass`` and ``--allow-breaking-migration`` need (None: neither is
+    possible)."""
     _source: str = PrivateAttr("the policy")
 
     @property
@@ -127,43 +141,123 @@ class Policy(BaseModel):
         return stage
 
 
-_FILE = FileKind("policy", _EMPTY, located_at_key=True)
+POLICY_FILE = FileKind("policy", _EMPTY, located_at_key=True)
 
 
 def load_policy(path: str | Path) -> Policy:
     """The validated policy in ``path``; raises ``SpecError`` (a ``UserError``) listing every problem."""
-    policy = load_yaml_model(path, Policy, _FILE)
-    problems = cross_check(policy)
-    if problems:
-        raise SpecError(_locate(str(path), Path(path).read_text(encoding="utf-8-sig"), problems))
-    policy._source = f"policy {path}"
-    return policy
+    return load_policy_text(read_text(path, Policy, POLICY_FILE), str(path), f"policy {path}")
 
 
-def load_policy_text(text: str, filename: str, source: str | None = None) -> Policy:
-    """Like ``load_policy`` for text already read (the stored copy); ``source`` names it in messages."""
-    policy = load_yaml_model_text(text, filename, Policy, _FILE)
-    problems = cross_check(policy)
-    if problems:
-        raise SpecError(_locate(filename, text, problems))
+def load_policy_text(text: str, filename: str, source: str | None = None, *, storing: bool = False) -> Policy:
+    """Like ``load_policy`` for text already read (the stored copy); ``source`` names it in messages.
+
+    ``storing``: also refuse what only a policy going into the state must not have (``store_problems``). A policy
+    stored before a check existed still loads: the state must never become unreadable by an upgrade.
+    """
+    def checks(policy: Policy) -> list[Problem]:
+        return cross_check(policy) + (store_problems(policy) if storing else [])
+
+    def salvage(raw: dict[str, Any], broken: Broken) -> list[Problem]:
+        draft, users_known, stages_known = _draft(raw, broken)
+        problems = cross_check(draft, users_known=users_known)
+        return problems + (store_problems(draft, stages_known=stages_known) if storing and users_known else [])
+
+    policy = load_text(text, filename, Policy, POLICY_FILE, checks, salvage)
     policy._source = source or f"policy {filename}"
     return policy
 
 
-def admin_problems(policy: Policy, filename: str, text: str) -> None:
-    """Refuse (``SpecError`` at ``users``) a policy nobody could change again: one that names no admin."""
-    if policy.admins():
-        return
-    example = next(iter(policy.users), "alice")
-    roles = ", ".join([*policy.roles_of(example), ADMIN_ROLE])
-    message = (f"no user holds role {ADMIN_ROLE}, so nobody could change the stored policy or calendar again; give "
-               f"the role to someone under users, e.g. {example}: [{roles}]")
-    raise SpecError(_locate(filename, text, [(("users",), message)]))
+def store_problems(policy: Policy, *, stages_known: bool = True) -> list[Problem]:
+    """What a policy that goes into the state must not have: no admin (nobody could ever change it again), and an
+    author or emergency role that cannot be satisfied (every author blocked, break-glass impossible). The roles
+    are not judged when ``stages_known`` is False (a stage or environment did not validate)."""
+    problems: list[Problem] = []
+    if not policy.admins():
+        example = next(iter(policy.users), "alice")
+        roles = ", ".join([*policy.roles_of(example), ADMIN_ROLE])
+        problems.append((("users",), f"no user holds role {ADMIN_ROLE}, so nobody could change the stored policy or "
+                                     f"calendar again; give the role to someone under users, e.g. {example}: "
+                                     f"[{roles}]"))
+    if not stages_known:
+        return problems
+    stages = sorted({s.role for env in policy.environments.values() for s in env.stages} - {ADMIN_ROLE})
+    if stages:  # with no stage at all, nobody signs anything: there is nothing an author could be stuck on
+        problems += _role_problems(policy, stages, "author_role", policy.author_role,
+                                   "the stage a release's author may sign", "if authors sign no stage")
+    problems += _role_problems(policy, stages, "emergency_role", policy.emergency_role,
+                               "whose approval --break-glass and --allow-breaking-migration need",
+                               "to allow neither")
+    return problems
 
 
-def cross_check(policy: Policy) -> list[tuple[Loc, str]]:
-    """Problems a single key cannot show: references between environments, roles nobody holds, duplicates."""
-    problems: list[tuple[Loc, str]] = []
+def _role_problems(policy: Policy, stages: list[str], key: str, role: str | None, what: str,
+                   opt_out: str) -> list[Problem]:
+    if role is None:
+        return []
+    written = key in policy.model_fields_set
+    named = f"{key} names it" if written else f"the default {key}"
+    hint = did_you_mean(role, stages)
+    other = (f"{key}: {hint}" if hint else f"{key}: ROLE") + f" (stages: {', '.join(stages) or 'none yet'})"
+    held, staged = bool(policy.holders(role)), role in stages
+    if held and staged:
+        return []
+    wrong = ("no user holds it and it is no stage of any environment" if not held and not staged else
+             "no user holds it" if not held else "it is no stage of any environment, so its approval could never "
+             "be given")
+    fix = " and ".join(([] if staged else [f"add a stage {{role: {role}}}"])
+                       + ([] if held else [f"give role {role} to a user under users"]))
+    where: Loc = (key,) if written else ("users",) if not held else ("environments",)
+    return [(where, f"role {role!r} ({named}: {what}): {wrong}; {fix}, or write {other}, or {key}: null "
+                    f"{opt_out}")]
+
+
+def _draft(raw: dict[str, Any], broken: Broken) -> tuple[Policy, bool, bool]:
+    """The parts of a policy that validation refused, as far as they can be judged: a user whose roles are
+    broken makes every "who holds this role" question unanswerable (``users_known`` False), a broken environment
+    or stage role every "is this role a stage" question (``stages_known`` False); a broken stage role or
+    ``requires`` is left out; a broken ``soak`` still counts as one that was written."""
+    users_raw = raw.get("users")
+    users: dict[str, list[str]] = {}
+    users_known = isinstance(users_raw, dict) and not broken.at("users")
+    if isinstance(users_raw, dict) and users_known:
+        users = {str(u): [r] if isinstance(r, str) else list(r) for u, r in users_raw.items()}
+    envs: dict[str, Environment] = {}
+    envs_raw = raw.get("environments")
+    stages_known = isinstance(envs_raw, dict)
+    for name, env in (envs_raw.items() if isinstance(envs_raw, dict) else []):
+        at: Loc = ("environments", name)
+        if not isinstance(env, dict) or not isinstance(env.get("stages", []), list):
+            stages_known = False
+            envs[name] = Environment.model_construct(requires=None, soak=0.0, stages=[])
+            continue
+        requires = env.get("requires") if not broken.at(*at, "requires") else None
+        soak_raw = env.get("soak")
+        try:
+            soak = 0.0 if broken.at(*at, "requires") or soak_raw is None else parse_duration(soak_raw)
+        except ValueError:  # written, but not as a duration: it still needs a requires to mean anything
+            soak = 1.0
+        stages = []
+        stages_raw = env.get("stages")
+        for i, st in enumerate(stages_raw if isinstance(stages_raw, list) else []):
+            where = (*at, "stages", i)
+            if not isinstance(st, dict) or broken.at(*where, "role") or not isinstance(st.get("role"), str):
+                stages_known = False
+                continue
+            approvals = 1 if broken.at(*where, "approvals") else st.get("approvals", 1)
+            checklist = [] if broken.at(*where, "checklist") else list(st.get("checklist") or [])
+            stages.append(Stage.model_construct(role=st["role"], approvals=approvals, checklist=checklist))
+        envs[name] = Environment.model_construct(requires=requires, soak=soak, stages=stages)
+    fields = {k: None if broken.at(k) else raw[k] for k in ("author_role", "emergency_role") if k in raw}
+    draft = Policy.model_construct(users=users, environments=envs, **fields)
+    return draft, users_known, stages_known
+
+
+def cross_check(policy: Policy, *, users_known: bool = True) -> list[Problem]:
+    """Problems a single key cannot show: references between environments, roles nobody holds, duplicates.
+
+    ``users_known`` False (the users did not validate): who holds which role cannot be judged, so it is not."""
+    problems: list[Problem] = []
     envs = policy.environments
     for name, env in envs.items():
         at: Loc = ("environments", name)
@@ -192,6 +286,8 @@ def cross_check(policy: Policy) -> list[tuple[Loc, str]]:
             if stage.role == ADMIN_ROLE:
                 problems.append(((*where, "role"), f"{ADMIN_ROLE} is the role that may change the stored policy and "
                                  "calendar, not an approval stage; name the stage after another role"))
+            elif not users_known:
+                pass
             elif not holders:
                 held = sorted({r for roles in policy.users.values() for r in roles})
                 hint = did_you_mean(stage.role, held)
@@ -220,30 +316,5 @@ def _cycle(policy: Policy, start: str) -> list[str]:
     return []
 
 
-def _locate(file: str, text: str, problems: list[tuple[Loc, str]]) -> list[SpecIssue]:
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    issues = []
-    for loc, message in problems:
-        node = _node_at(root, loc)
-        mark = node.start_mark if node is not None else None
-        issues.append(SpecIssue(file, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, message,
-                                format_loc(loc)))
-    return issues
-
-
-def _node_at(node: yaml.Node | None, loc: Loc) -> yaml.Node | None:
-    """The value node at ``loc``, or the deepest one on the way (a key left to its default has no node)."""
-    for part in loc:
-        child: yaml.Node | None = None
-        if isinstance(node, yaml.MappingNode):
-            child = next((v for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            child = node.value[part]
-        if child is None:
-            return node
-        node = child
-    return node
-
-
-__all__ = ["ADMIN_ROLE", "Environment", "Policy", "Stage", "admin_problems", "cross_check", "load_policy",
-           "load_policy_text"]
+__all__ = ["ADMIN_ROLE", "AUTHOR_ROLE", "EMERGENCY_ROLE", "POLICY_FILE", "Environment", "Policy", "Stage",
+           "cross_check", "load_policy", "load_policy_text", "store_problems"]

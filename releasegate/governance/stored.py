@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Literal
 
 from releasegate.errors import UserError
-from releasegate.governance.calendar_models import Calendar, load_calendar, load_calendar_text
+from releasegate.governance.calendar_models import CALENDAR_FILE, Calendar, load_calendar_text
+from releasegate.governance.filecheck import read_text
 from releasegate.governance.identity import TOKEN_ENV, authenticate, os_user
-from releasegate.governance.policy import ADMIN_ROLE, Policy, admin_problems, load_policy, load_policy_text
+from releasegate.governance.policy import ADMIN_ROLE, POLICY_FILE, Policy, load_policy_text
 from releasegate.spec.models import Spec
 from releasegate.store.audit import append_entry
 from releasegate.store.governance import GovernanceStore, StoredDocument
@@ -38,17 +39,14 @@ def sha256_of(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _validated(kind: Kind, text: str, filename: str, source: str | None = None) -> Policy | Calendar:
+def read_file(kind: Kind, path: Path, *, storing: bool = False) -> tuple[str, Policy | Calendar]:
+    """The file's text and what it says, validated (every problem as ``FILE:LINE:COL``, exit 2): the text that is
+    stored. ``storing``: also what only a policy going into the state must not have (no admin, say)."""
     if kind == "policy":
-        return load_policy_text(text, filename, source)
-    return load_calendar_text(text, filename)
-
-
-def read_file(kind: Kind, path: Path) -> tuple[str, Policy | Calendar]:
-    """The file's text and what it says, validated (``FILE:LINE:COL`` errors, exit 2): the text that is stored."""
-    (load_policy if kind == "policy" else load_calendar)(path)  # the file's own errors: missing, not UTF-8, ...
-    text = path.read_bytes().decode("utf-8-sig")
-    return text, _validated(kind, text, str(path))
+        text = read_text(path, Policy, POLICY_FILE)
+        return text, load_policy_text(text, str(path), storing=storing)
+    text = read_text(path, Calendar, CALENDAR_FILE)
+    return text, load_calendar_text(text, str(path))
 
 
 # --- reading what is stored (never creates nor changes anything) ---------------------------------------------------
@@ -238,9 +236,7 @@ def apply(state_dir: Path, kind: Kind, path: Path, *, actor: str | None = None, 
     The same text as the stored version changes nothing and needs no admin (re-running a script is harmless).
     """
     at = time.time() if now is None else now
-    text, parsed = read_file(kind, path)
-    if isinstance(parsed, Policy):
-        admin_problems(parsed, str(path), text)
+    text, parsed = read_file(kind, path, storing=True)
     force = in_force(state_dir)
     previous = force.policy_doc if kind == "policy" else force.calendar_doc
     diff = unified_diff(kind, previous, text, str(path))

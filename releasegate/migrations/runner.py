@@ -100,8 +100,8 @@ def _refuse_breaking(todo: list[Path]) -> None:
         lines = "\n".join(issue.format() for issue in issues)
         raise UserError(f"{lines}\nrefused: {len(issues)} backward-incompatible statement(s); an application "
                         "rollback would break. Split them into expand/contract steps, or register the release "
-                        "with --allow-breaking-migration, get an sre approval and deploy with "
-                        "--allow-breaking-migration")
+                        "with --allow-breaking-migration, get it approved by the policy's emergency_role (sre by "
+                        "default) and deploy with --allow-breaking-migration")
 
 
 def apply_pending(migrations: Migrations, spec_dir: Path, allow_breaking: bool = False) -> MigrationResult:
