@@ -31,6 +31,7 @@ from releasegate.commands.router import router_app
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
 from releasegate.progress import ProgressPrinter, render_history, render_plan, render_status
 from releasegate.spec.models import check_version
+from releasegate.terminal import announce_lost_output, guard_std_streams, keep_driving
 
 app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -125,6 +126,14 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ.pop(name, None)
     else:
         os.environ[name] = value
+
+
+def _driving(service: str | None) -> None:
+    """This command drives a rollout: neither a closed stdout nor a closed terminal stops it (docs/cli.md)."""
+    keep_driving()
+    follow = f"`releasegate status {service}`" if service else "`releasegate status`"
+    announce_lost_output(f"the rollout goes on to its end without printing (follow it with {follow} and "
+                         "`releasegate history`)")
 
 
 def _exit_for(status: str) -> NoReturn:
@@ -229,6 +238,7 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
                             f"admin stores it with `releasegate {option} apply {path} --as ADMIN` (then drop "
                             f"--{option})")
     _use(state_dir)
+    _driving(None)
     printer = ProgressPrinter(out)
     request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
                             break_glass=break_glass, reason=reason,
@@ -242,6 +252,7 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
 def resume(name: Service, state_dir: StateDir = None) -> None:
     """Continue an interrupted rollout from its persisted state."""
     _use(state_dir)
+    _driving(name)
     printer = ProgressPrinter(out)
     st = asyncio.run(service.resume(_ctx(), name, on_progress=printer))
     printer.summary(st)
@@ -272,6 +283,7 @@ def _identify(ctx: service.Context, name: str, kind: str, actor: str | None) -> 
 def _command(name: str, kind: str, actor: str | None) -> None:
     ctx = _ctx()
     _identify(ctx, name, kind, actor)
+    _driving(name)  # abort and rollback may apply themselves, as resume would
     res = asyncio.run(service.send_command(ctx, name, kind))
     out.print(res.message)
     if res.needs_resume:
@@ -315,6 +327,7 @@ def down(name: Service, actor: CommandActor = None,
     _use(state_dir)
     ctx = _ctx()
     _identify(ctx, name, "down", actor)
+    _driving(name)  # --force may apply an abort itself
     result = asyncio.run(take_down(ctx, name, force=force, on_progress=ProgressPrinter(out)))
     for line in result.lines:
         out.print(line, markup=False)
@@ -378,6 +391,7 @@ plain_flags()
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    guard_std_streams()  # a closed stdout (`| head`) ends no command with an error (releasegate.terminal)
     try:
         code = app(args=args, prog_name="releasegate", standalone_mode=False)
     except CLICK_ERROR as exc:  # a usage error: one line, like every other user error
