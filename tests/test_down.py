@@ -166,3 +166,18 @@ async def test_status_never_calls_a_version_current_when_none_of_its_instances_r
     assert r.returncode == 0 and "0 instance(s) stopped" in r.stdout, r.stderr
     assert read_router_state(env.state, "shop") is None and not await platform.dead_instances("shop")
     assert service.status(env.ctx, "shop")[0]["state"] == "down"
+
+
+async def test_the_router_port_is_free_for_the_next_deploy_right_after_down_under_traffic(env):
+    """The router closes its users' connections as it stops, so they linger in TIME-WAIT on its port for a
+    minute: nothing listens there, and preflight (so the next deploy) must not call the port taken."""
+    from releasegate.preflight import preflight
+
+    await deploy(env, "1.0.0")
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        r = await asyncio.to_thread(env.rg, "down", "shop")
+        assert r.returncode == 0, r.stderr
+    checks = {c.name: c for c in await preflight(load_spec(env.spec), env.spec, "2.0.0", env.state)}
+    assert checks["port"].ok, checks["port"].detail
+    assert (await deploy(env, "2.0.0")).status == "promoted"
