@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -145,31 +144,3 @@ def render_history(console: Console, data: list[dict[str, Any]]) -> None:
             values = format_values(e["data"].get("values"))
             console.print(f"  {_clock(e['at'])}  {e['kind']:<15} {escape(e['message'])}" + (f"  [dim]{values}[/dim]"
                                                                                     if values else ""))
-
-
-def render_router_status(console: Console, state_dir: Path, name: str | None) -> None:
-    import asyncio
-
-    from releasegate.errors import ProviderError
-    from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
-
-    root = state_dir / "routers"
-    # A running router has a state file; one that ever served has a routes file: list both kinds.
-    known = {p.name.removesuffix(".routes.json") for p in root.glob("*.routes.json")}
-    known |= {p.name.removesuffix(".state.json") for p in root.glob("*.state.json")}
-    names = [name] if name else sorted(known)
-    if not names:
-        console.print(f"no router is running in {state_dir} (and none has served routes there)")
-        return
-    for svc in names:
-        info = read_router_state(state_dir, svc)
-        if info is None:
-            console.print(f"{svc}: router not running")
-            continue
-        try:
-            routes = asyncio.run(BuiltinRouterClient(str(info["admin"])).get_routes(svc))
-            split = ", ".join(f"{v.version} {v.weight}% ({len(v.backends)} backend(s))" for v in routes.versions)
-        except ProviderError as exc:
-            split = f"admin API not answering: {exc}"
-        console.print(f"{svc}: router pid {info['pid']} on {info['listen']} (admin {info['admin']}): "
-                      f"{split or 'no routes'}")

@@ -40,17 +40,6 @@ class DownResult:
     already_down: bool = False
 
 
-def _spec(store: Store, service: str) -> tuple[Spec, Path] | None:
-    """The spec the service last ran with, and the directory its relative paths start from."""
-    latest = store.latest_rollout(service)
-    if latest is not None:
-        return Spec.model_validate_json(latest.spec_json), Path(latest.spec_path).parent
-    rec = store.service(service)
-    if rec is not None and rec.spec_json:
-        return Spec.model_validate_json(rec.spec_json), Path(rec.spec_path).parent if rec.spec_path else Path.cwd()
-    return None
-
-
 async def _abort_first(ctx: use_cases.Context, store: Store, service: str,
                        on_progress: ProgressHook | None) -> str:
     """Abort the rollout in progress as `releasegate abort` would, and wait until it has finished."""
@@ -116,7 +105,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
     store = ctx.store()
     try:
         result = DownResult()
-        found = _spec(store, service)
+        found = use_cases.last_spec(store, service)
         if found is None:
             raise UserError(f"{service}: unknown service in {ctx.state_dir}; nothing to take down "
                             "(see `releasegate status`)")
@@ -128,7 +117,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
                                 f"`releasegate abort {service}` first, or `releasegate down {service} --force` "
                                 "to abort it and take the service down")
             result.lines.append(await _abort_first(ctx, store, service, on_progress))
-            found = _spec(store, service) or found
+            found = use_cases.last_spec(store, service) or found
         spec, spec_dir = found
         platform = LocalPlatform(spec.platform, ctx.state_dir, spec_dir)
         live = await platform.instances(service)
