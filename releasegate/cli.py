@@ -362,8 +362,12 @@ def history(name: Service, as_json: AsJson = False,
 def gc(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
        state_dir: StateDir = None) -> None:
     """Retire previous versions whose keep_previous time has passed."""
+    from releasegate.governance.identity import os_user
+
     _use(state_dir)
-    stopped = asyncio.run(service.gc(_ctx(), name))
+    ctx = _ctx()
+    ctx.actor = f"{os_user()} (os login)"  # audited with each retirement
+    stopped = asyncio.run(service.gc(ctx, name))
     if not any(stopped.values()):
         out.print("nothing to retire")
     for svc, items in stopped.items():

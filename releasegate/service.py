@@ -16,7 +16,7 @@ from typing import Any
 from releasegate.controller import Controller, ProgressHook, Providers
 from releasegate.engine import decide
 from releasegate.engine.clock import Clock, SystemClock
-from releasegate.engine.state import RolloutState
+from releasegate.engine.state import Decision, RolloutState
 from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
 from releasegate.governance.calendar_models import Calendar
@@ -203,7 +203,8 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
             raise UserError(f"{spec_path}: cannot start the rollout: {exc}") from None
         try:
-            await _retire(ctx, store, spec, providers, force=True)
+            _, retired = await _retire(ctx, store, spec, providers, force=True, replaced_by=version,
+                                        actor=admission.actor)
             now = ctx.clock.now()
             st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
             st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
@@ -215,6 +216,8 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
             store.add_event(spec.service, st.id, now, "created",
                             f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
                             {"actor": ctx.actor, "spec": str(spec_path)})
+            if retired is not None and on_progress is not None:
+                on_progress(st, [Decision("retired", retired.message, {"stopped": retired.stopped})])
             return await _drive(ctx, store, spec, providers, st, admission, notes, on_progress)
         finally:
             await close_providers(providers)
@@ -321,11 +324,23 @@ async def _switch_back(ctx: Context, store: Store, service: str, rec: ServiceRec
     return CommandResult(f"{service} rolled back to {rec.previous}; {rec.current} stopped", applied=True)
 
 
-async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, force: bool) -> list[str]:
-    """Stop versions that are neither current nor still kept (or, with force, anything but current)."""
+@dataclass(frozen=True)
+class Retired:
+    """The kept previous version, stopped: what was said (printed, in history and in the audit log)."""
+
+    version: str
+    message: str
+    stopped: list[str]
+
+
+async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, force: bool,
+                  replaced_by: str | None = None, actor: str | None = None) -> tuple[list[str], Retired | None]:
+    """Stop versions that are neither current nor still kept (or, with force, anything but current). Retiring
+    the kept previous version is recorded with the rollout that promoted the current one (history shows it
+    there) and audited: it ends the instant rollback to that version."""
     rec = store.service(spec.service)
     if rec is None:
-        return []
+        return [], None
     now = ctx.clock.now()
     keep = {rec.current}
     if rec.previous and not force and (rec.previous_until or 0) > now:
@@ -336,12 +351,31 @@ async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, 
         if inst.version not in keep and inst.version not in routed:
             await providers.platform.stop(inst, spec.platform.stop_grace)
             stopped.append(f"{inst.version}@{inst.address}")
-    if rec.previous and rec.previous not in keep:
-        store.set_service(spec.service, rec.current, None, None, None, None, now)
-        latest = store.latest_rollout(spec.service)  # the one that promoted the current version: history shows it
-        store.add_event(spec.service, latest.state.id if latest else None, now, "retired", f"{rec.previous} retired",
-                        {"stopped": stopped})
-    return stopped
+    if not rec.previous or rec.previous in keep:
+        return stopped, None
+    until = _when(rec.previous_until)
+    if replaced_by is not None:
+        said = (f"retiring {rec.previous}, kept for rollback until {until}, because {replaced_by} replaces "
+                f"{rec.current}'s rollback target: {rec.current} becomes the version kept for rollback")
+    else:
+        said = f"retiring {rec.previous}: kept for rollback until {until}, which has passed"
+    ran = [s for s in stopped if s.split("@", 1)[0] == rec.previous]
+    said += f" ({len(ran)} instance(s) stopped)"
+    store.set_service(spec.service, rec.current, None, None, None, None, now)
+    latest = store.latest_rollout(spec.service)  # the one that promoted the current version: history shows it
+    actor = actor or ctx.actor
+    evidence = {"stopped": stopped, "version": rec.previous, "kept_until": rec.previous_until,
+                "replaced_by": replaced_by, "actor": actor}
+    store.add_event(spec.service, latest.state.id if latest else None, now, "retired", said, evidence)
+    AuditLog(ctx.state_dir).append(actor, "retire", release=f"{spec.service}@{rec.previous}", decision=said,
+                                   evidence=evidence, at=now)
+    return stopped, Retired(rec.previous, said, stopped)
+
+
+def _when(ts: float | None) -> str:
+    import datetime as dt
+
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
@@ -358,7 +392,7 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
             spec_dir = Path(rec.spec_path).parent if rec.spec_path else Path.cwd()
             providers = await ctx.providers(spec, spec_dir, ctx.state_dir, ctx.clock)
             try:
-                out[rec.service] = await _retire(ctx, store, spec, providers, force=False)
+                out[rec.service] = (await _retire(ctx, store, spec, providers, force=False))[0]
             finally:
                 await close_providers(providers)
         return out
