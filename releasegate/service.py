@@ -416,15 +416,27 @@ def _live_versions(ctx: Context, store: Store, service: str) -> dict[str, int]:
 
 
 def _service_state(store: Store, rec: ServiceRecord, live: dict[str, int], rolling: bool) -> tuple[str, str | None]:
-    """(state, last version): a version is only current while one of its instances runs (docs/cli.md)."""
-    if rec.current is not None and live.get(rec.current):
-        return "running", rec.current
-    mark = store.last_event(rec.service, ("down", "created"))
-    if rec.current is None and mark is not None and mark["kind"] == "down":
-        return "down", mark["data"].get("version")
-    if rec.current is None and rolling:
-        return "deploying", None
-    return "not_running", rec.current
+    """(state, last version): a version is only current while one of its instances runs (docs/cli.md). The last
+    version survives `down` and whatever failed after it: only a promotion replaces it."""
+    if rec.current is not None:
+        return ("running" if live.get(rec.current) else "not_running"), rec.current
+    last = last_taken_down(store, rec.service)
+    if rolling:
+        return "deploying", last
+    if store.last_event(rec.service, ("down",)) is not None:
+        return "down", last  # a deploy since then that did not promote leaves it down
+    return "not_running", None  # no version was ever promoted
+
+
+def last_taken_down(store: Store, service: str) -> str | None:
+    """The last version that served before the service was taken down: its last `down` records it (a `down`
+    where nothing ran carries over the one before it)."""
+    down = store.last_event(service, ("down",))
+    if down is None:
+        return None
+    data = down["data"]
+    last = data.get("last_version", data.get("version"))  # events recorded before last_version: the version
+    return str(last) if last else None
 
 
 def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:

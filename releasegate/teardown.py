@@ -146,7 +146,9 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
         store.set_service(service, None, None, None, None, None, now)
         said = (f"{service} taken down by {ctx.actor}: {len(result.stopped)} instance(s) stopped"
                 + (f" ({', '.join(result.stopped)})" if result.stopped else "") + f", {router_note}")
-        evidence = {"actor": ctx.actor, "version": version, "stopped": result.stopped, "router": router_note}
+        last = version or use_cases.last_taken_down(store, service)  # kept across a down where nothing ran
+        evidence = {"actor": ctx.actor, "version": version, "last_version": last, "stopped": result.stopped,
+                    "router": router_note}
         store.add_event(service, last_id, now, "down", said, evidence)
         AuditLog(ctx.state_dir).append(ctx.actor, "down", release=f"{service}@{version}" if version else service,
                                        decision=said, evidence=evidence, at=now)

@@ -181,3 +181,20 @@ async def test_the_router_port_is_free_for_the_next_deploy_right_after_down_unde
     checks = {c.name: c for c in await preflight(load_spec(env.spec), env.spec, "2.0.0", env.state)}
     assert checks["port"].ok, checks["port"].detail
     assert (await deploy(env, "2.0.0")).status == "promoted"
+
+
+async def test_a_failed_deploy_after_down_keeps_the_last_promoted_version(env):
+    """After `down`, a deploy that fails before it promotes (here its health check) leaves the service down with
+    the version that was running when it was taken down: `last_version` is never lost."""
+    failing = write_spec(env.spec.parent, env.port, CANARY, faults="2.0.0:health=fail")
+    await deploy(env, "1.0.0")
+    assert (await asyncio.to_thread(env.rg, "down", "shop")).returncode == 0
+    st = await asyncio.wait_for(service.deploy(env.ctx, failing, "2.0.0"), 60)
+    assert st.status == "aborted"
+    [item] = service.status(env.ctx, "shop")
+    assert (item["state"], item["current"], item["last_version"]) == ("down", None, "1.0.0")
+    r = await asyncio.to_thread(env.rg, "status", "shop", "--json")
+    assert json.loads(r.stdout)[0]["last_version"] == "1.0.0"
+    again = await asyncio.to_thread(env.rg, "down", "shop")  # nothing runs: a second down records no version...
+    assert again.returncode == 0
+    assert service.status(env.ctx, "shop")[0]["last_version"] == "1.0.0"  # ...and still forgets none
