@@ -341,6 +341,9 @@ def status(name: Annotated[str | None, typer.Argument(help="Service; all when om
     data = service.status(_ctx(), name)
     if as_json:
         out.print_json(service.dumps(data))
+    elif not data:
+        out.print(f"no services deployed yet in {service.shown(_State.state_dir)} (`releasegate deploy SPEC "
+                  f"--version V`); {service.POINT_ELSEWHERE}", markup=False)
     else:
         render_status(out, data)
 

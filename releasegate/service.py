@@ -75,7 +75,7 @@ def shown(state_dir: Path) -> str:
     return str(state_dir) if state_dir.is_absolute() else f"{state_dir} ({state_dir.resolve()})"
 
 
-POINT_ELSEWHERE = "--state-dir DIR (or RELEASEGATE_HOME=DIR) reads another state dir"
+POINT_ELSEWHERE = "to read another state dir: --state-dir DIR or RELEASEGATE_HOME=DIR"
 
 
 def unknown_service(state_dir: Path, service: str, then: str) -> UserError:
@@ -85,7 +85,11 @@ def unknown_service(state_dir: Path, service: str, then: str) -> UserError:
         where = f"the state dir {shown(state_dir)} has no service {service!r}"
     else:
         where = f"there is no releasegate state in {shown(state_dir)}"
-    return UserError(f"{service}: unknown service: {where}; {then} ({POINT_ELSEWHERE})")
+    return UserError(f"{service}: unknown service: {where}; {then}; {POINT_ELSEWHERE}")
+
+
+def known(store: Store, service: str) -> bool:
+    return store.service(service) is not None or store.latest_rollout(service) is not None
 
 
 def last_spec(store: Store, service: str) -> tuple[Spec, Path] | None:
@@ -230,6 +234,8 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
     try:
         rec = store.active_rollout(service)
         if rec is None:
+            if not known(store, service):
+                raise unknown_service(ctx.state_dir, service, "nothing to resume")
             raise UserError(f"{service}: no rollout in progress to resume (see `releasegate history {service}`)")
         owner = this_owner()
         store.claim(rec.state.id, owner)
@@ -261,6 +267,8 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
         if rec is None:
             if kind == "rollback":
                 return await _rollback_finished(ctx, store, service)
+            if not known(store, service):
+                raise unknown_service(ctx.state_dir, service, f"no rollout to {kind}")
             raise UserError(f"{service}: no rollout in progress (see `releasegate status {service}`)")
         cid = store.add_command(service, rec.state.id, kind, ctx.actor, ctx.clock.now())
         if not owner_alive(rec.owner):
@@ -284,6 +292,8 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
 async def _rollback_finished(ctx: Context, store: Store, service: str) -> CommandResult:
     """After a promotion, while the previous version is kept: switch all traffic back to it at once."""
     rec = store.service(service)
+    if not known(store, service):
+        raise unknown_service(ctx.state_dir, service, "nothing to roll back")
     if rec is None or not rec.previous or not rec.current:
         raise UserError(f"{service}: nothing to roll back to: no previous version is kept "
                         f"(see `releasegate status {service}`)")
@@ -383,6 +393,8 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
     store = ctx.store()
     out: dict[str, list[str]] = {}
     try:
+        if service and not known(store, service):
+            raise unknown_service(ctx.state_dir, service, "nothing to retire")
         for rec in store.services():
             if service and rec.service != service:
                 continue
@@ -445,7 +457,7 @@ def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
     try:
         records = [r for r in store.services() if service is None or r.service == service]
         if service and not records and store.latest_rollout(service) is None:
-            raise UserError(f"{service}: unknown service; deploy it first (`releasegate deploy SPEC --version V`)")
+            raise unknown_service(ctx.state_dir, service, "deploy it first (`releasegate deploy SPEC --version V`)")
         out = []
         for rec in records:
             active = store.active_rollout(rec.service)
@@ -476,7 +488,9 @@ def history(ctx: Context, service: str, limit: int = 20) -> list[dict[str, Any]]
     try:
         rollouts = store.rollouts(service, limit)
         if not rollouts:
-            raise UserError(f"{service}: no rollouts recorded in {ctx.state_dir}")
+            if not known(store, service):
+                raise unknown_service(ctx.state_dir, service, "no rollouts to show")
+            raise UserError(f"{service}: no rollouts recorded in {shown(ctx.state_dir)}")
         out = []
         for rec in rollouts:
             st = rec.state

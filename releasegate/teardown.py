@@ -107,8 +107,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
         result = DownResult()
         found = use_cases.last_spec(store, service)
         if found is None:
-            raise UserError(f"{service}: unknown service in {ctx.state_dir}; nothing to take down "
-                            "(see `releasegate status`)")
+            raise use_cases.unknown_service(ctx.state_dir, service, "nothing to take down")
         active = store.active_rollout(service)
         if active is not None:
             st = active.state

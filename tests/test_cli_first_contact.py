@@ -149,3 +149,34 @@ def test_read_only_commands_in_an_empty_directory_create_no_state_dir(tmp_path):
     by = {args[:2]: r for args, r in results}
     assert by[("status",)].stdout.startswith("no services deployed yet")
     assert "unknown service" in by[("down", "shop")].stderr
+
+
+def test_an_unknown_service_names_the_state_dir_read_and_how_to_read_another(tmp_path):
+    """In a directory where releasegate never ran (or with a state dir that holds other services), every command
+    about a service says which state dir it read and how to point at another."""
+    from releasegate.store.audit import AuditLog
+
+    hint = "to read another state dir: --state-dir DIR or RELEASEGATE_HOME=DIR"
+    commands = [("rollback", "shop"), ("status", "shop"), ("promote", "shop"), ("abort", "shop"), ("resume", "shop"),
+                ("history", "shop"), ("down", "shop"), ("gc", "shop"), ("router", "status", "shop")]
+    with ThreadPoolExecutor(4) as pool:
+        here = list(pool.map(lambda args: rg(*args, cwd=tmp_path), commands))
+    for args, r in zip(commands, here, strict=True):
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+        assert r.stderr.startswith("releasegate: shop: unknown service: there is no releasegate state in "
+                                   f".releasegate ({tmp_path / '.releasegate'})"), (args, r.stderr)
+        assert r.stderr.rstrip().endswith(hint), (args, r.stderr)
+    everything = rg("status", cwd=tmp_path)
+    assert everything.returncode == 0 and f"({tmp_path / '.releasegate'})" in everything.stdout
+    assert hint in everything.stdout
+    assert not (tmp_path / ".releasegate").exists()
+
+    state = tmp_path / "elsewhere"
+    with AuditLog(state) as log:  # a state dir in use, by other services
+        log.append("alice", "test.entry")
+    with ThreadPoolExecutor(4) as pool:
+        there = list(pool.map(lambda args: rg("--state-dir", str(state), *args, cwd=tmp_path), commands))
+    for args, r in zip(commands, there, strict=True):
+        assert r.returncode == 2, (args, r.stderr)
+        assert f"shop: unknown service: the state dir {state} has no service 'shop'" in r.stderr, (args, r.stderr)
+        assert hint in r.stderr

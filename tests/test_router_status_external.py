@@ -122,7 +122,7 @@ def test_router_status_and_stop_name_the_state_dir_they_read(tmp_path):
         r = rg(tmp_path / "nowhere", *args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert f"there is no releasegate state in {tmp_path / 'nowhere'}" in r.stderr
-        assert "--state-dir DIR (or RELEASEGATE_HOME=DIR)" in r.stderr
+        assert "to read another state dir: --state-dir DIR or RELEASEGATE_HOME=DIR" in r.stderr
     everything = rg(tmp_path / "nowhere", "router", "status")
     assert everything.returncode == 0 and "--state-dir DIR" in everything.stdout
     assert not (tmp_path / "nowhere").exists()

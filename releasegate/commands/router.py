@@ -122,7 +122,7 @@ def router_status(name: Annotated[str | None, typer.Argument(metavar="SERVICE",
     names = [name] if name else sorted(builtin | set(specs))
     if not names:
         out.print(f"no router is running in {shown(where)}, none has served routes there and no service was "
-                  f"deployed there ({POINT_ELSEWHERE})")
+                  f"deployed there; {POINT_ELSEWHERE}", markup=False)
         return
     for svc in names:
         spec = specs.get(svc)
