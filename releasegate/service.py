@@ -163,6 +163,9 @@ async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, s
                  on_progress: ProgressHook | None) -> RolloutState:
     """Run the controller to the end (deploy and resume alike): notifications get a bounded chance to flush, and a
     promotion is recorded as the version's success in its environment (what the next one `requires`)."""
+    use_spec = getattr(on_progress, "use_spec", None)  # e.g. the terminal printer judges values by the rules
+    if use_spec is not None:
+        use_spec(spec)
     controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
                             **_hooks(ctx, spec, st, admission))
     try:
