@@ -24,7 +24,7 @@ from releasegate.clihelp import (
     assign_panels,
     command_path,
     mark_read_only,
-    plain_flags,
+    readable_help,
     usage_line,
 )
 from releasegate.commands.router import router_app
@@ -71,6 +71,7 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
+                                               metavar="DIR",
                                                help="Where state, logs and the database live "
                                                     "(default ./.releasegate).")]
 SpecFile = Annotated[Path, typer.Argument(help="Release spec (YAML).", show_default=False, metavar="SPEC")]
@@ -393,7 +394,7 @@ def demo(state_dir: Annotated[Path, typer.Option(
 _mount_governance()
 assign_panels(app)
 mark_read_only(app)
-plain_flags()
+readable_help()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,8 +89,9 @@ def _stored_specs(state_dir: Path) -> dict[str, Spec]:
 
 @router_app.command("stop")
 def router_stop(name: Service, state_dir: StateDir = None) -> None:
-    """Stop the service's built-in router (traffic stops: for maintenance; `releasegate down` takes a service
-    down). nginx and HAProxy are stopped by their own supervisor."""
+    """Stop a service's built-in router (nginx and HAProxy: their own supervisor stops them).
+
+    Traffic stops: this is for maintenance; `releasegate down` takes a service down."""
     from releasegate.providers.routers.builtin import stop_router
 
     where = _where(state_dir)
