@@ -57,8 +57,8 @@ def test_the_readme_set_up_commands_never_pip_install_into_the_system_python():
 
 HELP_AT_80 = [(), ("deploy",), ("preflight",), ("plan",), ("status",), ("down",), ("demo",), ("release", "new"),
               ("release", "cut"), ("router",), ("router", "status"), ("approvals",), ("history",),
-              ("calendar", "check"), ("calendar", "show"), ("policy", "apply"), ("audit", "export"), ("version", "next"),
-              ("migrations", "lint"), ("receive-alerts",)]
+              ("calendar", "check"), ("calendar", "show"), ("policy", "apply"), ("audit", "export"),
+              ("version", "next"), ("migrations", "lint"), ("receive-alerts",)]
 
 
 @pytest.mark.parametrize("command", HELP_AT_80, ids=lambda c: " ".join(c) or "releasegate")

@@ -308,7 +308,8 @@ async def test_a_deploy_that_retires_the_kept_version_says_so_records_it_and_aud
                                    capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
     assert "retired         retiring 1.0.0, kept for rollback until" in text.stdout
     [entry] = [e for e in AuditLog(env.state).entries() if e.action == "retire"]
-    assert entry.release == "shop@1.0.0" and entry.actor.endswith("(os login)") and "because 3.0.0 replaces" in str(entry.decision)
+    assert entry.release == "shop@1.0.0" and entry.actor.endswith("(os login)")
+    assert "because 3.0.0 replaces" in str(entry.decision)
 
 
 def test_router_cli_runs_in_the_foreground_reports_status_and_stops(tmp_path):
