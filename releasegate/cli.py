@@ -18,20 +18,19 @@ from rich.console import Console
 
 from releasegate import __version__, service
 from releasegate.clihelp import (
-    CLICK_ERROR,
     INTEGRATIONS,
     ROLLOUTS,
     assign_panels,
-    command_path,
     mark_read_only,
     readable_help,
-    usage_line,
+    run_app,
 )
 from releasegate.commands.router import router_app
-from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
+from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, UserError
+from releasegate.lookup import POINT_ELSEWHERE, shown
 from releasegate.progress import ProgressPrinter, render_history, render_plan, render_status
 from releasegate.spec.models import check_version
-from releasegate.terminal import announce_lost_output, guard_std_streams, keep_driving
+from releasegate.terminal import announce_lost_output, keep_driving
 
 app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -68,7 +67,6 @@ def _mount_governance() -> None:
 
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
                                                metavar="DIR",
@@ -343,8 +341,8 @@ def status(name: Annotated[str | None, typer.Argument(help="Service; all when om
     if as_json:
         out.print_json(service.dumps(data))
     elif not data:
-        out.print(f"no services deployed yet in {service.shown(_State.state_dir)} (`releasegate deploy SPEC "
-                  f"--version V`); {service.POINT_ELSEWHERE}", markup=False)
+        out.print(f"no services deployed yet in {shown(_State.state_dir)} (`releasegate deploy SPEC "
+                  f"--version V`); {POINT_ELSEWHERE}", markup=False)
     else:
         render_status(out, data)
 
@@ -398,30 +396,4 @@ readable_help()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    guard_std_streams()  # a closed stdout (`| head`) ends no command with an error (releasegate.terminal)
-    try:
-        code = app(args=args, prog_name="releasegate", standalone_mode=False)
-    except CLICK_ERROR as exc:  # a usage error: one line, like every other user error
-        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
-            err.print(usage_line(exc, command_path(app, args)), markup=False)
-        sys.exit(int(getattr(exc, "exit_code", 2)))
-    except typer.Abort:
-        err.print("releasegate: aborted")
-        sys.exit(EXIT_INTERNAL)
-    except ReleasegateError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            err.print(f"releasegate: {line}", markup=False)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`")
-        sys.exit(130)
-    except Exception as exc:  # an internal error: one line, the traceback only on request
-        if os.environ.get("RELEASEGATE_DEBUG"):
-            raise
-        err.print(f"releasegate: internal error: {type(exc).__name__}: {exc} (RELEASEGATE_DEBUG=1 shows the "
-                  "traceback)", markup=False)
-        sys.exit(EXIT_INTERNAL)
-    if code == 130:  # typer turns Ctrl-C into exit code 130
-        err.print("releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`")
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    run_app(app, sys.argv[1:] if argv is None else argv)

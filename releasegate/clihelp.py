@@ -8,14 +8,15 @@ here, so that cli.py stays a list of commands:
 - help readable at 80 columns with one metavar convention (``readable_help``);
 - a usage error (missing value, unknown option) is one line on stderr naming the command and its ``--help``, like
   every other user error, instead of a framed box, and ``--version`` mix-ups say which version is meant;
-- read-only commands open a missing state database as an empty one instead of creating ``.releasegate``.
+- read-only commands open a missing state database as an empty one instead of creating ``.releasegate``;
+- ``run_app`` runs it all: exit codes by the contract, errors as one line (output that went away: terminal.py).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -264,3 +265,49 @@ def usage_line(exc: Exception, path: str) -> str:
     if not isinstance(exc, _USAGE):
         return f"{path}: {text}"
     return f"{path}: {text.rstrip('.')}{_version_hint(exc, path)} (see `{path} --help`)"
+
+
+# --- running the app ------------------------------------------------------------------------------------------
+
+
+def run_app(app: typer.Typer, args: list[str]) -> NoReturn:
+    """Run the command and exit with the contract's code; every error is one line on stderr, never a traceback
+    (RELEASEGATE_DEBUG=1 shows one for internal errors)."""
+    import os
+    import sys
+
+    from rich.console import Console
+
+    from releasegate.errors import EXIT_INTERNAL, EXIT_OK, ReleasegateError
+    from releasegate.terminal import guard_std_streams
+
+    guard_std_streams()  # a closed stdout (`| head`) ends no command with an error (releasegate.terminal)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        code = app(args=args, prog_name="releasegate", standalone_mode=False)
+    except CLICK_ERROR as exc:  # a usage error: one line, like every other user error
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            err.print(usage_line(exc, command_path(app, args)), markup=False)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    except typer.Abort:
+        err.print("releasegate: aborted")
+        sys.exit(EXIT_INTERNAL)
+    except ReleasegateError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            err.print(f"releasegate: {line}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print(_INTERRUPTED)
+        sys.exit(130)
+    except Exception as exc:  # an internal error: one line, the traceback only on request
+        if os.environ.get("RELEASEGATE_DEBUG"):
+            raise
+        err.print(f"releasegate: internal error: {type(exc).__name__}: {exc} (RELEASEGATE_DEBUG=1 shows the "
+                  "traceback)", markup=False)
+        sys.exit(EXIT_INTERNAL)
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        err.print(_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+_INTERRUPTED = "releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`"

@@ -7,7 +7,6 @@ but its audit line.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
 from releasegate.governance.calendar_models import Calendar
 from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
+from releasegate.lookup import known, unknown_service
+from releasegate.lookup import spec_of as _spec_of
 from releasegate.notifications import Notifications, build_notifications
 from releasegate.preflight import preflight
 from releasegate.providers.base import Routes, VersionRoute
@@ -66,42 +67,6 @@ def _rollout_id(service: str, version: str) -> str:
     return f"{service}-{version}-{uuid.uuid4().hex[:6]}"
 
 
-def _spec_of(rec: RolloutRecord) -> Spec:
-    return Spec.model_validate_json(rec.spec_json)
-
-
-def shown(state_dir: Path) -> str:
-    """A state dir as the user gave it, with where that is when it was relative (the working directory counts)."""
-    return str(state_dir) if state_dir.is_absolute() else f"{state_dir} ({state_dir.resolve()})"
-
-
-POINT_ELSEWHERE = "to read another state dir: --state-dir DIR or RELEASEGATE_HOME=DIR"
-
-
-def unknown_service(state_dir: Path, service: str, then: str) -> UserError:
-    """A service this state dir does not know: say which state dir was read (it may not exist: a directory where
-    releasegate never ran) and how to point at the one where the service was deployed."""
-    if (state_dir / "releasegate.db").is_file():
-        where = f"the state dir {shown(state_dir)} has no service {service!r}"
-    else:
-        where = f"there is no releasegate state in {shown(state_dir)}"
-    return UserError(f"{service}: unknown service: {where}; {then}; {POINT_ELSEWHERE}")
-
-
-def known(store: Store, service: str) -> bool:
-    return store.service(service) is not None or store.latest_rollout(service) is not None
-
-
-def last_spec(store: Store, service: str) -> tuple[Spec, Path] | None:
-    """The spec the service last ran with (stored with its last rollout), and the directory its relative paths
-    start from; None for a service this state has never seen."""
-    latest = store.latest_rollout(service)
-    if latest is not None:
-        return _spec_of(latest), Path(latest.spec_path).parent
-    rec = store.service(service)
-    if rec is not None and rec.spec_json:
-        return Spec.model_validate_json(rec.spec_json), Path(rec.spec_path).parent if rec.spec_path else Path.cwd()
-    return None
 
 
 def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission) -> dict[str, Any]:
@@ -415,98 +380,8 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
         store.close()
 
 
-def _live_versions(ctx: Context, store: Store, service: str) -> dict[str, int]:
-    """How many instances of each version run right now, read from the platform's records (no provider is
-    started: status may run where nothing runs)."""
-    latest = store.latest_rollout(service)
-    if latest is None:
-        return {}
-    from releasegate.providers.platforms.local import LocalPlatform
-
-    spec = _spec_of(latest)
-    counts: dict[str, int] = {}
-    for inst in LocalPlatform(spec.platform, ctx.state_dir, Path(latest.spec_path).parent).running(service):
-        counts[inst.version] = counts.get(inst.version, 0) + 1
-    return counts
-
-
-def _service_state(store: Store, rec: ServiceRecord, live: dict[str, int], rolling: bool) -> tuple[str, str | None]:
-    """(state, last version): a version is only current while one of its instances runs (docs/cli.md). The last
-    version survives `down` and whatever failed after it: only a promotion replaces it."""
-    if rec.current is not None:
-        return ("running" if live.get(rec.current) else "not_running"), rec.current
-    last = last_taken_down(store, rec.service)
-    if rolling:
-        return "deploying", last
-    if store.last_event(rec.service, ("down",)) is not None:
-        return "down", last  # a deploy since then that did not promote leaves it down
-    return "not_running", None  # no version was ever promoted
-
-
-def last_taken_down(store: Store, service: str) -> str | None:
-    """The last version that served before the service was taken down: its last `down` records it (a `down`
-    where nothing ran carries over the one before it)."""
-    down = store.last_event(service, ("down",))
-    if down is None:
-        return None
-    data = down["data"]
-    last = data.get("last_version", data.get("version"))  # events recorded before last_version: the version
-    return str(last) if last else None
-
-
-def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
-    """The documented ``status --json`` shape (docs/cli.md)."""
-    store = ctx.store()
-    try:
-        records = [r for r in store.services() if service is None or r.service == service]
-        if service and not records and store.latest_rollout(service) is None:
-            raise unknown_service(ctx.state_dir, service, "deploy it first (`releasegate deploy SPEC --version V`)")
-        out = []
-        for rec in records:
-            active = store.active_rollout(rec.service)
-            live = _live_versions(ctx, store, rec.service)
-            state, last = _service_state(store, rec, live, active is not None)
-            item: dict[str, Any] = {
-                "service": rec.service, "state": state, "current": rec.current if state == "running" else None,
-                "last_version": last, "instances": live, "previous": rec.previous,
-                "previous_retire_at": rec.previous_until, "rollout": None}
-            if active is not None:
-                st = active.state
-                item["rollout"] = {
-                    "id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
-                    "phase": st.phase, "step": st.step, "weight": st.weight, "waiting": st.waiting,
-                    "reason": st.reason, "paused": st.paused.model_dump() if st.paused else None,
-                    "staircase": st.staircase if st.phase == "rollback" else None,
-                    "started_at": st.created_at, "updated_at": st.updated_at,
-                    "controller_alive": owner_alive(active.owner),
-                    "latest": {k.split(":", 1)[1]: (v[-1].value if v else None) for k, v in st.samples.items()}}
-            out.append(item)
-        return out
-    finally:
-        store.close()
-
-
-def history(ctx: Context, service: str, limit: int = 20) -> list[dict[str, Any]]:
-    store = ctx.store()
-    try:
-        rollouts = store.rollouts(service, limit)
-        if not rollouts:
-            if not known(store, service):
-                raise unknown_service(ctx.state_dir, service, "no rollouts to show")
-            raise UserError(f"{service}: no rollouts recorded in {shown(ctx.state_dir)}")
-        out = []
-        for rec in rollouts:
-            st = rec.state
-            out.append({"id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
-                        "status": st.status, "reason": st.reason, "waiting": st.waiting if st.active else None,
-                        "paused": st.paused.model_dump() if st.paused and st.active else None,
-                        "started_at": st.created_at,
-                        "finished_at": st.finished_at,
-                        "events": store.events(service, rollout_id=st.id)})
-        return out
-    finally:
-        store.close()
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
+# The read side and the lookups, kept in their own modules and offered here too (the CLI and teardown use them).
+from releasegate.reading import dumps as dumps  # noqa: E402
+from releasegate.reading import history as history  # noqa: E402
+from releasegate.reading import last_taken_down as last_taken_down  # noqa: E402
+from releasegate.reading import status as status  # noqa: E402

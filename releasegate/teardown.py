@@ -23,8 +23,10 @@ from typing import Any
 from releasegate import service as use_cases
 from releasegate.controller import ProgressHook
 from releasegate.errors import ProviderError, UserError
+from releasegate.lookup import last_spec, unknown_service
 from releasegate.providers.base import Routes
 from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.reading import last_taken_down
 from releasegate.spec.models import BuiltinRouter, Spec
 from releasegate.store.audit import AuditLog
 from releasegate.store.sqlite import Store
@@ -105,9 +107,9 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
     store = ctx.store()
     try:
         result = DownResult()
-        found = use_cases.last_spec(store, service)
+        found = last_spec(store, service)
         if found is None:
-            raise use_cases.unknown_service(ctx.state_dir, service, "nothing to take down")
+            raise unknown_service(ctx.state_dir, service, "nothing to take down")
         active = store.active_rollout(service)
         if active is not None:
             st = active.state
@@ -116,7 +118,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
                                 f"`releasegate abort {service}` first, or `releasegate down {service} --force` "
                                 "to abort it and take the service down")
             result.lines.append(await _abort_first(ctx, store, service, on_progress))
-            found = use_cases.last_spec(store, service) or found
+            found = last_spec(store, service) or found
         spec, spec_dir = found
         platform = LocalPlatform(spec.platform, ctx.state_dir, spec_dir)
         live = await platform.instances(service)
@@ -145,7 +147,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
         store.set_service(service, None, None, None, None, None, now)
         said = (f"{service} taken down by {ctx.actor}: {len(result.stopped)} instance(s) stopped"
                 + (f" ({', '.join(result.stopped)})" if result.stopped else "") + f", {router_note}")
-        last = version or use_cases.last_taken_down(store, service)  # kept across a down where nothing ran
+        last = version or last_taken_down(store, service)  # kept across a down where nothing ran
         evidence = {"actor": ctx.actor, "version": version, "last_version": last, "stopped": result.stopped,
                     "router": router_note}
         store.add_event(service, last_id, now, "down", said, evidence)

@@ -11,8 +11,8 @@ from rich.console import Console
 
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.errors import ProviderError, UserError
+from releasegate.lookup import POINT_ELSEWHERE, shown, unknown_service
 from releasegate.providers.base import Routes
-from releasegate.service import POINT_ELSEWHERE, shown, unknown_service
 from releasegate.spec.models import BuiltinRouter, Spec
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
 from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
@@ -76,7 +76,7 @@ def router_main(ctx: typer.Context,
 
 def _stored_specs(state_dir: Path) -> dict[str, Spec]:
     """Each known service's spec as stored with its last rollout: which router it uses and where."""
-    from releasegate.service import last_spec
+    from releasegate.lookup import last_spec
     from releasegate.store.sqlite import Store
 
     store = Store(state_dir)
