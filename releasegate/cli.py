@@ -18,19 +18,19 @@ from rich.console import Console
 
 from releasegate import __version__, service
 from releasegate.clihelp import (
-    CLICK_ERROR,
     INTEGRATIONS,
     ROLLOUTS,
     assign_panels,
-    command_path,
     mark_read_only,
-    plain_flags,
-    usage_line,
+    readable_help,
+    run_app,
 )
 from releasegate.commands.router import router_app
-from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
+from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, UserError
+from releasegate.lookup import POINT_ELSEWHERE, shown
 from releasegate.progress import ProgressPrinter, render_history, render_plan, render_status
 from releasegate.spec.models import check_version
+from releasegate.terminal import announce_lost_output, keep_driving
 
 app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -67,9 +67,9 @@ def _mount_governance() -> None:
 
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 StateDir = Annotated[Path | None, typer.Option("--state-dir", envvar="RELEASEGATE_HOME", show_default=False,
+                                               metavar="DIR",
                                                help="Where state, logs and the database live "
                                                     "(default ./.releasegate).")]
 SpecFile = Annotated[Path, typer.Argument(help="Release spec (YAML).", show_default=False, metavar="SPEC")]
@@ -127,6 +127,14 @@ def _restore_env(name: str, value: str | None) -> None:
         os.environ[name] = value
 
 
+def _driving(service: str | None) -> None:
+    """This command drives a rollout: neither a closed stdout nor a closed terminal stops it (docs/cli.md)."""
+    keep_driving()
+    follow = f"`releasegate status {service}`" if service else "`releasegate status`"
+    announce_lost_output(f"the rollout goes on to its end without printing (follow it with {follow} and "
+                         "`releasegate history`)")
+
+
 def _exit_for(status: str) -> NoReturn:
     raise typer.Exit(EXIT_OK if status == "promoted" else EXIT_ROLLED_BACK if status in (
         "rolled_back", "aborted") else EXIT_INTERNAL)
@@ -170,7 +178,8 @@ def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
 
 AllowBreaking = Annotated[bool, _flag("--allow-breaking-migration",
                                       "Apply migrations the backward-compatibility lint refuses: the release must "
-                                      "be registered with this flag and carry an sre approval given since.")]
+                                      "be registered with this flag and carry an approval of the policy's "
+                                      "emergency_role (sre by default) given since.")]
 
 
 @app.command(rich_help_panel=ROLLOUTS)
@@ -211,7 +220,8 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
            hotfix: Annotated[bool, _flag("--hotfix", "Judge this as a hotfix (allowed in hotfix-only freezes and "
                                                      "outside deploy windows).")] = False,
            break_glass: Annotated[bool, _flag("--break-glass", "Emergency change past a freeze or missing stages: "
-                                                               "needs --reason, --as and an sre approval.")] = False,
+                                                               "needs --reason, --as and an approval of the "
+                                                               "policy's emergency_role (sre by default).")] = False,
            reason: Annotated[str | None, typer.Option(metavar="TEXT", show_default=False,
                                                       help="Why, with --break-glass.")] = None,
            allow_breaking_migration: AllowBreaking = False,
@@ -229,6 +239,7 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
                             f"admin stores it with `releasegate {option} apply {path} --as ADMIN` (then drop "
                             f"--{option})")
     _use(state_dir)
+    _driving(None)
     printer = ProgressPrinter(out)
     request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
                             break_glass=break_glass, reason=reason,
@@ -242,6 +253,7 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
 def resume(name: Service, state_dir: StateDir = None) -> None:
     """Continue an interrupted rollout from its persisted state."""
     _use(state_dir)
+    _driving(name)
     printer = ProgressPrinter(out)
     st = asyncio.run(service.resume(_ctx(), name, on_progress=printer))
     printer.summary(st)
@@ -272,6 +284,7 @@ def _identify(ctx: service.Context, name: str, kind: str, actor: str | None) -> 
 def _command(name: str, kind: str, actor: str | None) -> None:
     ctx = _ctx()
     _identify(ctx, name, kind, actor)
+    _driving(name)  # abort and rollback may apply themselves, as resume would
     res = asyncio.run(service.send_command(ctx, name, kind))
     out.print(res.message)
     if res.needs_resume:
@@ -315,6 +328,7 @@ def down(name: Service, actor: CommandActor = None,
     _use(state_dir)
     ctx = _ctx()
     _identify(ctx, name, "down", actor)
+    _driving(name)  # --force may apply an abort itself
     result = asyncio.run(take_down(ctx, name, force=force, on_progress=ProgressPrinter(out)))
     for line in result.lines:
         out.print(line, markup=False)
@@ -328,6 +342,9 @@ def status(name: Annotated[str | None, typer.Argument(help="Service; all when om
     data = service.status(_ctx(), name)
     if as_json:
         out.print_json(service.dumps(data))
+    elif not data:
+        out.print(f"no services deployed yet in {shown(_State.state_dir)} (`releasegate deploy SPEC "
+                  f"--version V`); {POINT_ELSEWHERE}", markup=False)
     else:
         render_status(out, data)
 
@@ -349,8 +366,12 @@ def history(name: Service, as_json: AsJson = False,
 def gc(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
        state_dir: StateDir = None) -> None:
     """Retire previous versions whose keep_previous time has passed."""
+    from releasegate.governance.identity import os_user
+
     _use(state_dir)
-    stopped = asyncio.run(service.gc(_ctx(), name))
+    ctx = _ctx()
+    ctx.actor = f"{os_user()} (os login)"  # audited with each retirement
+    stopped = asyncio.run(service.gc(ctx, name))
     if not any(stopped.values()):
         out.print("nothing to retire")
     for svc, items in stopped.items():
@@ -373,33 +394,8 @@ def demo(state_dir: Annotated[Path, typer.Option(
 _mount_governance()
 assign_panels(app)
 mark_read_only(app)
-plain_flags()
+readable_help()
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    try:
-        code = app(args=args, prog_name="releasegate", standalone_mode=False)
-    except CLICK_ERROR as exc:  # a usage error: one line, like every other user error
-        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
-            err.print(usage_line(exc, command_path(app, args)), markup=False)
-        sys.exit(int(getattr(exc, "exit_code", 2)))
-    except typer.Abort:
-        err.print("releasegate: aborted")
-        sys.exit(EXIT_INTERNAL)
-    except ReleasegateError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
-            err.print(f"releasegate: {line}", markup=False)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`")
-        sys.exit(130)
-    except Exception as exc:  # an internal error: one line, the traceback only on request
-        if os.environ.get("RELEASEGATE_DEBUG"):
-            raise
-        err.print(f"releasegate: internal error: {type(exc).__name__}: {exc} (RELEASEGATE_DEBUG=1 shows the "
-                  "traceback)", markup=False)
-        sys.exit(EXIT_INTERNAL)
-    if code == 130:  # typer turns Ctrl-C into exit code 130
-        err.print("releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`")
-    sys.exit(code if isinstance(code, int) else EXIT_OK)
+    run_app(app, sys.argv[1:] if argv is None else argv)

@@ -5,17 +5,18 @@ here, so that cli.py stays a list of commands:
 
 - commands are grouped into panels (rollouts, governance, integrations) by name, after every module has mounted
   its commands, so a command added later lands in a panel without touching the others;
-- a flag takes no value, so its help shows none (typer 0.2x prints ``<bool>`` after every flag);
+- help readable at 80 columns with one metavar convention (``readable_help``);
 - a usage error (missing value, unknown option) is one line on stderr naming the command and its ``--help``, like
   every other user error, instead of a framed box, and ``--version`` mix-ups say which version is meant;
-- read-only commands open a missing state database as an empty one instead of creating ``.releasegate``.
+- read-only commands open a missing state database as an empty one instead of creating ``.releasegate``;
+- ``run_app`` runs it all: exit codes by the contract, errors as one line (output that went away: terminal.py).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -85,23 +86,132 @@ def mark_read_only(app: typer.Typer) -> None:
             info.callback = _reading(callback)
 
 
-def plain_flags() -> None:
-    """Show nothing after a flag in help (typer 0.2x shows ``<bool>``); a typer without the hook is left alone."""
-    from typer import core
+def readable_help() -> None:
+    """Help readable at 80 columns with one metavar convention (typer 0.2x hooks; a typer without them is left
+    alone, and a panel that cannot be drawn our way is drawn typer's way):
+
+    - a flag takes no value, so nothing follows it (typer shows ``<bool>``);
+    - an argument is shown by its name (``SPEC``), in the usage line too (typer writes ``{SPEC}``), never with a
+      type after it (``SPEC <path>``);
+    - an option without a metavar gets one from its name, ``--env ENV``, ``--state-dir DIR`` (typer shows
+      ``<str>``, ``<path>``); choices stay listed, ``[major|minor]``;
+    - an options panel has one column for the names and the metavar and one for the help, so one long flag
+      (``--allow-breaking-migration``) no longer squeezes every description into a 28-character column."""
+    from typer import core, rich_utils
 
     option = getattr(core, "TyperOption", None)
-    shown = getattr(option, "display_type_rich", None)
-    if option is None or shown is None or getattr(shown, "releasegate_plain_flags", False):
+    argument = getattr(core, "TyperArgument", None)
+    if option is None or argument is None or getattr(option, "releasegate_readable", False):
         return
+    shown = getattr(option, "display_type_rich", None)
+    if shown is not None:
+        def option_type(self: Any, ctx: Any) -> str | None:
+            if getattr(self, "is_flag", False) and not getattr(self, "count", False):
+                return None
+            if self.metavar is not None:
+                return str(self.metavar)
+            return _metavar(self, shown(self, ctx))
 
-    def display_type_rich(self: Any, ctx: Any) -> str | None:
-        if getattr(self, "is_flag", False) and not getattr(self, "count", False):
-            return None
-        result: str | None = shown(self, ctx)
-        return result
+        option.display_type_rich = option_type
+    if hasattr(argument, "display_type_rich"):
+        argument.display_type_rich = lambda self, ctx: None
+    if hasattr(argument, "_usage_display_name"):
+        def usage_name(self: Any) -> str:
+            name = _argument_name(self)
+            name = name if self.required else f"[{name}]"
+            return name + ("..." if self.nargs != 1 else "")
 
-    display_type_rich.releasegate_plain_flags = True  # type: ignore[attr-defined]
-    option.display_type_rich = display_type_rich
+        argument._usage_display_name = usage_name
+    typer_panel = getattr(rich_utils, "_print_options_panel", None)
+    if typer_panel is not None:
+        def panel(**kwargs: Any) -> None:
+            try:
+                drawn = _options_panel(**kwargs)
+            except Exception:  # a typer whose internals changed: its own layout rather than no help at all
+                drawn = None
+            if drawn is None:
+                typer_panel(**kwargs)
+            else:
+                kwargs["console"].print(drawn)
+
+        rich_utils._print_options_panel = panel
+    option.releasegate_readable = True
+
+
+def _argument_name(param: Any) -> str:
+    return str(param.metavar or param.name or "").upper()
+
+
+def _metavar(param: Any, typer_type: str | None) -> str | None:
+    """``<str>`` -> the option's name (``--env`` -> ENV), ``<path>`` -> DIR or FILE, choices as ``[a|b]``."""
+    if typer_type is None or not typer_type.startswith("<"):
+        return typer_type
+    inner = typer_type.strip("<>.")
+    if "|" in inner:
+        return f"[{inner}]" + ("..." if typer_type.endswith("...") else "")
+    longs = [o for o in param.opts if o.startswith("--")] or list(param.opts)
+    name = longs[0].lstrip("-").upper().replace("-", "_") if longs else "VALUE"
+    if inner in ("path", "dir", "file"):
+        name = "DIR" if inner == "dir" or name.endswith("DIR") else "FILE"
+    return name + ("..." if typer_type.endswith("...") else "")
+
+
+NAMES_WIDTH = 28
+"""The names column never needs more than this (the longest flag, ``--allow-breaking-migration``, is 26): a long
+metavar goes below its option, and a long list of choices is broken after a ``|``."""
+
+
+def _fold_choices(metavar: str) -> str:
+    if len(metavar) <= NAMES_WIDTH or "|" not in metavar:
+        return metavar
+    lines, line = [], ""
+    for part in metavar.split("|"):
+        piece = part if not line else f"|{part}"
+        if line and len(line) + len(piece) > NAMES_WIDTH - 1:
+            lines.append(line + "|")
+            line = part
+        else:
+            line += piece
+    return "\n".join([*lines, line])
+
+
+def _options_panel(*, name: str, params: list[Any], ctx: Any, markup_mode: Any, console: Any) -> Any:
+    """The panel typer draws, with the names and the metavar in one column and the help in the rest."""
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+    from typer import core
+    from typer import rich_utils as ru
+
+    if not params:
+        return None
+    rows = []
+    for param in params:
+        if isinstance(param, core.TyperArgument):
+            names = Text(_argument_name(param), style=ru.STYLE_OPTION)
+        else:
+            opts = [o for o in param.opts if o.startswith("--")] + [o for o in param.opts if not o.startswith("--")]
+            names = ru.highlighter(", ".join(opts))
+            metavar = param.display_type_rich(ctx=ctx)
+            if metavar:
+                long = names.cell_len + 1 + len(str(metavar)) > NAMES_WIDTH
+                names.append("\n" if long else " ")
+                names.append(ru.types_highlighter(Text(_fold_choices(str(metavar)), style=ru.STYLE_TYPES)))
+            for other in param.secondary_opts:
+                names.append("\n")
+                names.append(ru.negative_highlighter(other))
+        required = Text(ru.REQUIRED_SHORT_STRING, style=ru.STYLE_REQUIRED_SHORT) if param.required else Text("")
+        rows.append((required, names, ru._get_parameter_help(param=param, ctx=ctx, markup_mode=markup_mode)))
+    table = Table(highlight=True, show_header=False, expand=True, box=None, padding=ru.STYLE_OPTIONS_TABLE_PADDING,
+                  pad_edge=ru.STYLE_OPTIONS_TABLE_PAD_EDGE)
+    marked = any(r[0].plain for r in rows)
+    if marked:
+        table.add_column(no_wrap=True)
+    table.add_column(no_wrap=True)
+    table.add_column(ratio=1)
+    for required, names, help_text in rows:
+        table.add_row(*((required,) if marked else ()), names, help_text)
+    return Panel(table, border_style=ru.STYLE_OPTIONS_PANEL_BORDER, title=name, title_align=ru.ALIGN_OPTIONS_PANEL)
 
 
 # --- usage errors -------------------------------------------------------------------------------------------
@@ -155,3 +265,49 @@ def usage_line(exc: Exception, path: str) -> str:
     if not isinstance(exc, _USAGE):
         return f"{path}: {text}"
     return f"{path}: {text.rstrip('.')}{_version_hint(exc, path)} (see `{path} --help`)"
+
+
+# --- running the app ------------------------------------------------------------------------------------------
+
+
+def run_app(app: typer.Typer, args: list[str]) -> NoReturn:
+    """Run the command and exit with the contract's code; every error is one line on stderr, never a traceback
+    (RELEASEGATE_DEBUG=1 shows one for internal errors)."""
+    import os
+    import sys
+
+    from rich.console import Console
+
+    from releasegate.errors import EXIT_INTERNAL, EXIT_OK, ReleasegateError
+    from releasegate.terminal import guard_std_streams
+
+    guard_std_streams()  # a closed stdout (`| head`) ends no command with an error (releasegate.terminal)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        code = app(args=args, prog_name="releasegate", standalone_mode=False)
+    except CLICK_ERROR as exc:  # a usage error: one line, like every other user error
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            err.print(usage_line(exc, command_path(app, args)), markup=False)
+        sys.exit(int(getattr(exc, "exit_code", 2)))
+    except typer.Abort:
+        err.print("releasegate: aborted")
+        sys.exit(EXIT_INTERNAL)
+    except ReleasegateError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            err.print(f"releasegate: {line}", markup=False)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print(_INTERRUPTED)
+        sys.exit(130)
+    except Exception as exc:  # an internal error: one line, the traceback only on request
+        if os.environ.get("RELEASEGATE_DEBUG"):
+            raise
+        err.print(f"releasegate: internal error: {type(exc).__name__}: {exc} (RELEASEGATE_DEBUG=1 shows the "
+                  "traceback)", markup=False)
+        sys.exit(EXIT_INTERNAL)
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        err.print(_INTERRUPTED)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+_INTERRUPTED = "releasegate: interrupted; a rollout in progress continues with `releasegate resume SERVICE`"

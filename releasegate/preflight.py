@@ -67,8 +67,12 @@ def _port(spec: Spec, state_dir: Path) -> Check:
         return Check("port", True, f"{listen} belongs to the {spec.router.kind} router (not checked here)")
     host, _, port = listen.rpartition(":")
     with socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET) as s:
+        # Bound as the router binds it (asyncio's reuse_address): connections of a router that stopped moments
+        # ago linger in TIME-WAIT for a minute; they do not keep the router from listening, so nor do they here.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host.strip("[]"), int(port)))
+            s.listen(1)
         except OSError as exc:
             return Check("port", False, f"{listen} is taken by another program ({exc.strerror}); stop it or "
                          "change router.listen")

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from releasegate.durations import format_duration
 from releasegate.engine.state import Decision, RolloutState
 from releasegate.spec.analysis import show_value
+from releasegate.spec.models import Rule, Spec
 
 if TYPE_CHECKING:
     from releasegate.planning import Plan
@@ -54,22 +56,63 @@ def format_values(values: Any) -> str:
 
 
 class ProgressPrinter:
-    """Live progress for deploy/resume: one line per decision; routine analysis ticks at most every 5 s."""
+    """Live progress for deploy/resume: one line per decision. Routine analysis ticks at most every ``tick_every``
+    seconds; while the rollout is paused for an operator (which can last hours), an analysis is printed only when
+    something changes (a value crossing its rule's bound, data appearing or vanishing, the reason changing) or once
+    every ``paused_every`` seconds, so the terminal still shows that analysis goes on."""
 
-    def __init__(self, console: Console, tick_every: float = 5.0) -> None:
+    def __init__(self, console: Console, tick_every: float = 5.0, paused_every: float = 60.0) -> None:
         self.console = console
         self.tick_every = tick_every
+        self.paused_every = paused_every
+        self.rules: list[Rule] = []
         self._last_tick = 0.0
+        self._paused_seen: tuple[Any, ...] | None = None
+        self._paused_shown = float("-inf")
+
+    def use_spec(self, spec: Spec) -> None:
+        """The rollout's spec, so a paused rollout's values can be judged against their rules' bounds."""
+        self.rules = list(spec.analysis.rules)
+
+    def _sides(self, values: Any) -> tuple[tuple[str, str], ...]:
+        """Each value's side of its rule's bound: ``over``, ``within`` or ``no data`` (``data`` without the rule)."""
+        if not isinstance(values, dict):
+            return ()
+        out = []
+        for key, value in sorted(values.items()):
+            index, _, _ = str(key).partition(":")
+            rule = self.rules[int(index)] if index.isdigit() and int(index) < len(self.rules) else None
+            if value is None:
+                side = "no data"
+            elif rule is None:
+                side = "data"
+            else:
+                side = "over" if rule.broken_by(float(value)) else "within"
+            out.append((str(key), side))
+        return tuple(out)
+
+    def _shown(self, st: RolloutState, d: Decision) -> bool:
+        if d.kind not in _QUIET:
+            return True
+        if st.paused is not None:
+            seen = (st.paused.kind, st.paused.reason, st.waiting, st.weight, self._sides(d.data.get("values")))
+            if seen == self._paused_seen and st.updated_at - self._paused_shown < self.paused_every:
+                return False
+            self._paused_seen, self._paused_shown = seen, st.updated_at
+            return True
+        self._paused_seen = None
+        if st.updated_at - self._last_tick < self.tick_every:
+            return False
+        self._last_tick = st.updated_at
+        return True
 
     def __call__(self, st: RolloutState, decisions: list[Decision]) -> None:
         for d in decisions:
-            if d.kind in _QUIET:
-                if st.updated_at - self._last_tick < self.tick_every:
-                    continue
-                self._last_tick = st.updated_at
+            if not self._shown(st, d):
+                continue
             values = format_values(d.data.get("values"))
             style = {"rollback": "bold red", "abort": "bold red", "promoted": "bold green", "incident": "bold red",
-                     "rolled_back": "bold red", "aborted": "bold red", "waiting": "yellow",
+                     "rolled_back": "bold red", "aborted": "bold red", "waiting": "yellow", "retired": "yellow",
                      "paused": "bold yellow", "errors_persist": "red"}.get(d.kind, "")
             line = f"{_clock(st.updated_at)}  {st.service} {st.version}  {st.weight:>3}%  {escape(d.message)}"
             if values:
@@ -111,24 +154,61 @@ def _state(item: dict[str, Any]) -> str:
     return "[bold red]not running[/]" + (f" ({last}: no instance runs)" if last else "")
 
 
+_STATUS_COLUMNS = ("service", "state", "rollout", "weight", "previous kept until")
+
+
+def _status_row(item: dict[str, Any]) -> tuple[list[Text], list[str]]:
+    """The service's cells (short) and the lines that go below its row (long: what it waits for, why it is
+    paused or going back, the latest values, a missing controller)."""
+    svc = item["service"]
+    prev = f"{item['previous']} until {_when(item['previous_retire_at'])}" if item.get("previous") else "-"
+    r = item.get("rollout")
+    if not r:
+        return [Text(svc), Text.from_markup(_state(item)), Text("-"), Text("-"), Text(prev)], []
+    phase = r["phase"] + (" (paused)" if r.get("paused") else "")
+    below = []
+    if r.get("reason"):
+        below.append(f"going back: {r['reason']}")
+    if r.get("waiting"):
+        below.append(str(r["waiting"]))
+    elif values := format_values(r.get("latest")):
+        below.append(f"latest: {values}")
+    if not r["controller_alive"]:
+        below.append(f"no controller drives it: `releasegate resume {svc}` continues it")
+    cells = [Text(svc), Text.from_markup(_state(item)), Text(f"{r['version']} {r['strategy']}, {phase}"),
+             Text(f"{r['weight']}%"), Text(prev)]
+    return cells, below
+
+
 def render_status(console: Console, data: list[dict[str, Any]]) -> None:
-    if not data:
-        console.print("no services deployed yet (`releasegate deploy SPEC --version V`)")
-        return
-    table = Table()
-    for col in ("service", "state", "rollout", "weight", "waiting / reason", "previous kept until"):
-        table.add_column(col)
-    for item in data:
-        r = item.get("rollout")
-        prev = f"{item['previous']} until {_when(item['previous_retire_at'])}" if item.get("previous") else "-"
-        if r:
-            ctl = "" if r["controller_alive"] else " (no controller: `releasegate resume`)"
-            phase = r["phase"] + (" (paused)" if r.get("paused") else "")
-            table.add_row(item["service"], _state(item), f"{r['version']} {r['strategy']}, {phase}{ctl}",
-                          f"{r['weight']}%", escape(r["waiting"] or format_values(r.get("latest")) or "-"), prev)
-        else:
-            table.add_row(item["service"], _state(item), "-", "-", "-", prev)
-    console.print(table)
+    """One row per service with short cells, and below it, indented and wrapped at the terminal's width, what
+    the rollout waits for or why it is paused: a table readable at 80 columns (the kept previous version moves
+    below the row too when the row would not fit)."""
+    rows = [_status_row(item) for item in data]
+    columns = list(_STATUS_COLUMNS)
+    widths = [max([len(c)] + [cells[i].cell_len for cells, _ in rows]) for i, c in enumerate(columns)]
+    if sum(widths) + 2 * (len(widths) - 1) > console.width:
+        columns.pop()
+        widths.pop()
+        rows = [(cells[:4], ([f"previous {cells[4].plain} (kept for rollback)"] if cells[4].plain != "-" else [])
+                 + below) for cells, below in rows]
+    console.print(_line([Text(c, style="bold") for c in columns], widths), soft_wrap=True)
+    for cells, below in rows:
+        console.print(_line(cells[: len(columns)], widths), soft_wrap=True)
+        for text in below:
+            wrapped = textwrap.wrap(text, max(20, console.width - 2), break_long_words=False, break_on_hyphens=False)
+            console.print(Text("\n".join(f"  {part}" for part in wrapped)), soft_wrap=True)
+
+
+def _line(cells: list[Text], widths: list[int]) -> Text:
+    line = Text()
+    for i, (cell, width) in enumerate(zip(cells, widths, strict=True)):
+        if i:
+            line.append("  ")
+        line.append_text(cell)
+        if i < len(cells) - 1:
+            line.append(" " * (width - cell.cell_len))
+    return line
 
 
 def render_history(console: Console, data: list[dict[str, Any]]) -> None:
@@ -146,31 +226,3 @@ def render_history(console: Console, data: list[dict[str, Any]]) -> None:
             values = format_values(e["data"].get("values"))
             console.print(f"  {_clock(e['at'])}  {e['kind']:<15} {escape(e['message'])}" + (f"  [dim]{values}[/dim]"
                                                                                     if values else ""))
-
-
-def render_router_status(console: Console, state_dir: Path, name: str | None) -> None:
-    import asyncio
-
-    from releasegate.errors import ProviderError
-    from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
-
-    root = state_dir / "routers"
-    # A running router has a state file; one that ever served has a routes file: list both kinds.
-    known = {p.name.removesuffix(".routes.json") for p in root.glob("*.routes.json")}
-    known |= {p.name.removesuffix(".state.json") for p in root.glob("*.state.json")}
-    names = [name] if name else sorted(known)
-    if not names:
-        console.print(f"no router is running in {state_dir} (and none has served routes there)")
-        return
-    for svc in names:
-        info = read_router_state(state_dir, svc)
-        if info is None:
-            console.print(f"{svc}: router not running")
-            continue
-        try:
-            routes = asyncio.run(BuiltinRouterClient(str(info["admin"])).get_routes(svc))
-            split = ", ".join(f"{v.version} {v.weight}% ({len(v.backends)} backend(s))" for v in routes.versions)
-        except ProviderError as exc:
-            split = f"admin API not answering: {exc}"
-        console.print(f"{svc}: router pid {info['pid']} on {info['listen']} (admin {info['admin']}): "
-                      f"{split or 'no routes'}")

@@ -7,7 +7,6 @@ but its audit line.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,13 @@ from typing import Any
 from releasegate.controller import Controller, ProgressHook, Providers
 from releasegate.engine import decide
 from releasegate.engine.clock import Clock, SystemClock
-from releasegate.engine.state import RolloutState
+from releasegate.engine.state import Decision, RolloutState
 from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
 from releasegate.governance.calendar_models import Calendar
 from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
+from releasegate.lookup import known, unknown_service
+from releasegate.lookup import spec_of as _spec_of
 from releasegate.notifications import Notifications, build_notifications
 from releasegate.preflight import preflight
 from releasegate.providers.base import Routes, VersionRoute
@@ -66,8 +67,6 @@ def _rollout_id(service: str, version: str) -> str:
     return f"{service}-{version}-{uuid.uuid4().hex[:6]}"
 
 
-def _spec_of(rec: RolloutRecord) -> Spec:
-    return Spec.model_validate_json(rec.spec_json)
 
 
 def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission) -> dict[str, Any]:
@@ -129,6 +128,9 @@ async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, s
                  on_progress: ProgressHook | None) -> RolloutState:
     """Run the controller to the end (deploy and resume alike): notifications get a bounded chance to flush, and a
     promotion is recorded as the version's success in its environment (what the next one `requires`)."""
+    use_spec = getattr(on_progress, "use_spec", None)  # e.g. the terminal printer judges values by the rules
+    if use_spec is not None:
+        use_spec(spec)
     controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
                             **_hooks(ctx, spec, st, admission))
     try:
@@ -173,7 +175,8 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
         except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
             raise UserError(f"{spec_path}: cannot start the rollout: {exc}") from None
         try:
-            await _retire(ctx, store, spec, providers, force=True)
+            _, retired = await _retire(ctx, store, spec, providers, force=True, replaced_by=version,
+                                        actor=admission.actor)
             now = ctx.clock.now()
             st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
             st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
@@ -185,6 +188,8 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
             store.add_event(spec.service, st.id, now, "created",
                             f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
                             {"actor": ctx.actor, "spec": str(spec_path)})
+            if retired is not None and on_progress is not None:
+                on_progress(st, [Decision("retired", retired.message, {"stopped": retired.stopped})])
             return await _drive(ctx, store, spec, providers, st, admission, notes, on_progress)
         finally:
             await close_providers(providers)
@@ -197,6 +202,8 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
     try:
         rec = store.active_rollout(service)
         if rec is None:
+            if not known(store, service):
+                raise unknown_service(ctx.state_dir, service, "nothing to resume")
             raise UserError(f"{service}: no rollout in progress to resume (see `releasegate history {service}`)")
         owner = this_owner()
         store.claim(rec.state.id, owner)
@@ -228,6 +235,8 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
         if rec is None:
             if kind == "rollback":
                 return await _rollback_finished(ctx, store, service)
+            if not known(store, service):
+                raise unknown_service(ctx.state_dir, service, f"no rollout to {kind}")
             raise UserError(f"{service}: no rollout in progress (see `releasegate status {service}`)")
         cid = store.add_command(service, rec.state.id, kind, ctx.actor, ctx.clock.now())
         if not owner_alive(rec.owner):
@@ -251,6 +260,8 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
 async def _rollback_finished(ctx: Context, store: Store, service: str) -> CommandResult:
     """After a promotion, while the previous version is kept: switch all traffic back to it at once."""
     rec = store.service(service)
+    if not known(store, service):
+        raise unknown_service(ctx.state_dir, service, "nothing to roll back")
     if rec is None or not rec.previous or not rec.current:
         raise UserError(f"{service}: nothing to roll back to: no previous version is kept "
                         f"(see `releasegate status {service}`)")
@@ -291,11 +302,23 @@ async def _switch_back(ctx: Context, store: Store, service: str, rec: ServiceRec
     return CommandResult(f"{service} rolled back to {rec.previous}; {rec.current} stopped", applied=True)
 
 
-async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, force: bool) -> list[str]:
-    """Stop versions that are neither current nor still kept (or, with force, anything but current)."""
+@dataclass(frozen=True)
+class Retired:
+    """The kept previous version, stopped: what was said (printed, in history and in the audit log)."""
+
+    version: str
+    message: str
+    stopped: list[str]
+
+
+async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, force: bool,
+                  replaced_by: str | None = None, actor: str | None = None) -> tuple[list[str], Retired | None]:
+    """Stop versions that are neither current nor still kept (or, with force, anything but current). Retiring
+    the kept previous version is recorded with the rollout that promoted the current one (history shows it
+    there) and audited: it ends the instant rollback to that version."""
     rec = store.service(spec.service)
     if rec is None:
-        return []
+        return [], None
     now = ctx.clock.now()
     keep = {rec.current}
     if rec.previous and not force and (rec.previous_until or 0) > now:
@@ -306,12 +329,31 @@ async def _retire(ctx: Context, store: Store, spec: Spec, providers: Providers, 
         if inst.version not in keep and inst.version not in routed:
             await providers.platform.stop(inst, spec.platform.stop_grace)
             stopped.append(f"{inst.version}@{inst.address}")
-    if rec.previous and rec.previous not in keep:
-        store.set_service(spec.service, rec.current, None, None, None, None, now)
-        latest = store.latest_rollout(spec.service)  # the one that promoted the current version: history shows it
-        store.add_event(spec.service, latest.state.id if latest else None, now, "retired", f"{rec.previous} retired",
-                        {"stopped": stopped})
-    return stopped
+    if not rec.previous or rec.previous in keep:
+        return stopped, None
+    until = _when(rec.previous_until)
+    if replaced_by is not None:
+        said = (f"retiring {rec.previous}, kept for rollback until {until}, because {replaced_by} replaces "
+                f"{rec.current}'s rollback target: {rec.current} becomes the version kept for rollback")
+    else:
+        said = f"retiring {rec.previous}: kept for rollback until {until}, which has passed"
+    ran = [s for s in stopped if s.split("@", 1)[0] == rec.previous]
+    said += f" ({len(ran)} instance(s) stopped)"
+    store.set_service(spec.service, rec.current, None, None, None, None, now)
+    latest = store.latest_rollout(spec.service)  # the one that promoted the current version: history shows it
+    actor = actor or ctx.actor
+    evidence = {"stopped": stopped, "version": rec.previous, "kept_until": rec.previous_until,
+                "replaced_by": replaced_by, "actor": actor}
+    store.add_event(spec.service, latest.state.id if latest else None, now, "retired", said, evidence)
+    AuditLog(ctx.state_dir).append(actor, "retire", release=f"{spec.service}@{rec.previous}", decision=said,
+                                   evidence=evidence, at=now)
+    return stopped, Retired(rec.previous, said, stopped)
+
+
+def _when(ts: float | None) -> str:
+    import datetime as dt
+
+    return "-" if ts is None else dt.datetime.fromtimestamp(ts).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
@@ -319,6 +361,8 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
     store = ctx.store()
     out: dict[str, list[str]] = {}
     try:
+        if service and not known(store, service):
+            raise unknown_service(ctx.state_dir, service, "nothing to retire")
         for rec in store.services():
             if service and rec.service != service:
                 continue
@@ -328,7 +372,7 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
             spec_dir = Path(rec.spec_path).parent if rec.spec_path else Path.cwd()
             providers = await ctx.providers(spec, spec_dir, ctx.state_dir, ctx.clock)
             try:
-                out[rec.service] = await _retire(ctx, store, spec, providers, force=False)
+                out[rec.service] = (await _retire(ctx, store, spec, providers, force=False))[0]
             finally:
                 await close_providers(providers)
         return out
@@ -336,84 +380,8 @@ async def gc(ctx: Context, service: str | None = None) -> dict[str, list[str]]:
         store.close()
 
 
-def _live_versions(ctx: Context, store: Store, service: str) -> dict[str, int]:
-    """How many instances of each version run right now, read from the platform's records (no provider is
-    started: status may run where nothing runs)."""
-    latest = store.latest_rollout(service)
-    if latest is None:
-        return {}
-    from releasegate.providers.platforms.local import LocalPlatform
-
-    spec = _spec_of(latest)
-    counts: dict[str, int] = {}
-    for inst in LocalPlatform(spec.platform, ctx.state_dir, Path(latest.spec_path).parent).running(service):
-        counts[inst.version] = counts.get(inst.version, 0) + 1
-    return counts
-
-
-def _service_state(store: Store, rec: ServiceRecord, live: dict[str, int], rolling: bool) -> tuple[str, str | None]:
-    """(state, last version): a version is only current while one of its instances runs (docs/cli.md)."""
-    if rec.current is not None and live.get(rec.current):
-        return "running", rec.current
-    mark = store.last_event(rec.service, ("down", "created"))
-    if rec.current is None and mark is not None and mark["kind"] == "down":
-        return "down", mark["data"].get("version")
-    if rec.current is None and rolling:
-        return "deploying", None
-    return "not_running", rec.current
-
-
-def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
-    """The documented ``status --json`` shape (docs/cli.md)."""
-    store = ctx.store()
-    try:
-        records = [r for r in store.services() if service is None or r.service == service]
-        if service and not records and store.latest_rollout(service) is None:
-            raise UserError(f"{service}: unknown service; deploy it first (`releasegate deploy SPEC --version V`)")
-        out = []
-        for rec in records:
-            active = store.active_rollout(rec.service)
-            live = _live_versions(ctx, store, rec.service)
-            state, last = _service_state(store, rec, live, active is not None)
-            item: dict[str, Any] = {
-                "service": rec.service, "state": state, "current": rec.current if state == "running" else None,
-                "last_version": last, "instances": live, "previous": rec.previous,
-                "previous_retire_at": rec.previous_until, "rollout": None}
-            if active is not None:
-                st = active.state
-                item["rollout"] = {
-                    "id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
-                    "phase": st.phase, "step": st.step, "weight": st.weight, "waiting": st.waiting,
-                    "reason": st.reason, "paused": st.paused.model_dump() if st.paused else None,
-                    "staircase": st.staircase if st.phase == "rollback" else None,
-                    "started_at": st.created_at, "updated_at": st.updated_at,
-                    "controller_alive": owner_alive(active.owner),
-                    "latest": {k.split(":", 1)[1]: (v[-1].value if v else None) for k, v in st.samples.items()}}
-            out.append(item)
-        return out
-    finally:
-        store.close()
-
-
-def history(ctx: Context, service: str, limit: int = 20) -> list[dict[str, Any]]:
-    store = ctx.store()
-    try:
-        rollouts = store.rollouts(service, limit)
-        if not rollouts:
-            raise UserError(f"{service}: no rollouts recorded in {ctx.state_dir}")
-        out = []
-        for rec in rollouts:
-            st = rec.state
-            out.append({"id": st.id, "version": st.version, "previous": st.previous, "strategy": st.strategy,
-                        "status": st.status, "reason": st.reason, "waiting": st.waiting if st.active else None,
-                        "paused": st.paused.model_dump() if st.paused and st.active else None,
-                        "started_at": st.created_at,
-                        "finished_at": st.finished_at,
-                        "events": store.events(service, rollout_id=st.id)})
-        return out
-    finally:
-        store.close()
-
-
-def dumps(data: Any) -> str:
-    return json.dumps(data, indent=2, default=str)
+# The read side and the lookups, kept in their own modules and offered here too (the CLI and teardown use them).
+from releasegate.reading import dumps as dumps  # noqa: E402
+from releasegate.reading import history as history  # noqa: E402
+from releasegate.reading import last_taken_down as last_taken_down  # noqa: E402
+from releasegate.reading import status as status  # noqa: E402

@@ -23,8 +23,10 @@ from typing import Any
 from releasegate import service as use_cases
 from releasegate.controller import ProgressHook
 from releasegate.errors import ProviderError, UserError
+from releasegate.lookup import last_spec, unknown_service
 from releasegate.providers.base import Routes
 from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.reading import last_taken_down
 from releasegate.spec.models import BuiltinRouter, Spec
 from releasegate.store.audit import AuditLog
 from releasegate.store.sqlite import Store
@@ -38,17 +40,6 @@ class DownResult:
     lines: list[str] = field(default_factory=list)
     stopped: list[str] = field(default_factory=list)  # VERSION@HOST:PORT of every instance stopped
     already_down: bool = False
-
-
-def _spec(store: Store, service: str) -> tuple[Spec, Path] | None:
-    """The spec the service last ran with, and the directory its relative paths start from."""
-    latest = store.latest_rollout(service)
-    if latest is not None:
-        return Spec.model_validate_json(latest.spec_json), Path(latest.spec_path).parent
-    rec = store.service(service)
-    if rec is not None and rec.spec_json:
-        return Spec.model_validate_json(rec.spec_json), Path(rec.spec_path).parent if rec.spec_path else Path.cwd()
-    return None
 
 
 async def _abort_first(ctx: use_cases.Context, store: Store, service: str,
@@ -116,10 +107,9 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
     store = ctx.store()
     try:
         result = DownResult()
-        found = _spec(store, service)
+        found = last_spec(store, service)
         if found is None:
-            raise UserError(f"{service}: unknown service in {ctx.state_dir}; nothing to take down "
-                            "(see `releasegate status`)")
+            raise unknown_service(ctx.state_dir, service, "nothing to take down")
         active = store.active_rollout(service)
         if active is not None:
             st = active.state
@@ -128,7 +118,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
                                 f"`releasegate abort {service}` first, or `releasegate down {service} --force` "
                                 "to abort it and take the service down")
             result.lines.append(await _abort_first(ctx, store, service, on_progress))
-            found = _spec(store, service) or found
+            found = last_spec(store, service) or found
         spec, spec_dir = found
         platform = LocalPlatform(spec.platform, ctx.state_dir, spec_dir)
         live = await platform.instances(service)
@@ -157,7 +147,9 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
         store.set_service(service, None, None, None, None, None, now)
         said = (f"{service} taken down by {ctx.actor}: {len(result.stopped)} instance(s) stopped"
                 + (f" ({', '.join(result.stopped)})" if result.stopped else "") + f", {router_note}")
-        evidence = {"actor": ctx.actor, "version": version, "stopped": result.stopped, "router": router_note}
+        last = version or last_taken_down(store, service)  # kept across a down where nothing ran
+        evidence = {"actor": ctx.actor, "version": version, "last_version": last, "stopped": result.stopped,
+                    "router": router_note}
         store.add_event(service, last_id, now, "down", said, evidence)
         AuditLog(ctx.state_dir).append(ctx.actor, "down", release=f"{service}@{version}" if version else service,
                                        decision=said, evidence=evidence, at=now)

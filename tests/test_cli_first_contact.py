@@ -55,8 +55,10 @@ def test_the_readme_set_up_commands_never_pip_install_into_the_system_python():
 # --- --help ---------------------------------------------------------------------------------------------------
 
 
-HELP_AT_80 = [(), ("deploy",), ("preflight",), ("status",), ("down",), ("demo",), ("release", "new"), ("router",),
-              ("approvals",), ("history",)]
+HELP_AT_80 = [(), ("deploy",), ("preflight",), ("plan",), ("status",), ("down",), ("demo",), ("release", "new"),
+              ("release", "cut"), ("router",), ("router", "status"), ("approvals",), ("history",),
+              ("calendar", "check"), ("calendar", "show"), ("policy", "apply"), ("audit", "export"),
+              ("version", "next"), ("migrations", "lint"), ("receive-alerts",)]
 
 
 @pytest.mark.parametrize("command", HELP_AT_80, ids=lambda c: " ".join(c) or "releasegate")
@@ -67,6 +69,27 @@ def test_help_is_readable_at_80_columns_with_plain_flags(command):
     assert max(len(line) for line in r.stdout.splitlines()) <= 80
     assert "<bool>" not in r.stdout  # a flag takes no value
     assert not re.search(r"--no-(hotfix|break-glass|allow-breaking|json|fast|force)", r.stdout)
+    # One metavar convention: names in capitals, never a type in brackets or an argument in braces.
+    assert not re.search(r"<(str|path|dir|file|integer|float|int)>|\{[A-Z@]+\}", r.stdout), r.stdout
+    usage = next(line for line in r.stdout.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "<" not in usage
+    # Descriptions get room: a panel row's description starts within the first 44 columns, whatever the
+    # longest option (--allow-breaking-migration is 26 characters).
+    for line in r.stdout.splitlines():
+        row = re.match(r"│ (\*  |   )?(--[\w-]+|[A-Z@]+)(, -\w)?( \S+)?\s+(\S)", line)
+        if row and not r.stdout.startswith(" Usage: releasegate [OPTIONS] COMMAND"):
+            assert row.start(5) <= 44, line
+
+
+def test_deploy_help_names_every_value_the_same_way():
+    text = rg("deploy", "--help", columns=80).stdout
+    assert "Usage: releasegate deploy [OPTIONS] SPEC " in text
+    for shown in ("--version, -v VERSION", "--state-dir DIR", "--env ENV", "--as USER", "--reason TEXT"):
+        assert shown in text, shown
+    row = re.search(r"--allow-breaking-migration\s+(.*?)\s*│", text)
+    assert row and row.group(1).startswith("Apply migrations the backward-compatibility"), text  # on one line
+    assert "--env ENV" in rg("calendar", "check", "--help", columns=80).stdout  # as in deploy (was <str>)
+    assert "--state-dir DIR" in rg("calendar", "check", "--help", columns=80).stdout
 
 
 def test_commands_are_grouped_into_panels():
@@ -149,3 +172,34 @@ def test_read_only_commands_in_an_empty_directory_create_no_state_dir(tmp_path):
     by = {args[:2]: r for args, r in results}
     assert by[("status",)].stdout.startswith("no services deployed yet")
     assert "unknown service" in by[("down", "shop")].stderr
+
+
+def test_an_unknown_service_names_the_state_dir_read_and_how_to_read_another(tmp_path):
+    """In a directory where releasegate never ran (or with a state dir that holds other services), every command
+    about a service says which state dir it read and how to point at another."""
+    from releasegate.store.audit import AuditLog
+
+    hint = "to read another state dir: --state-dir DIR or RELEASEGATE_HOME=DIR"
+    commands = [("rollback", "shop"), ("status", "shop"), ("promote", "shop"), ("abort", "shop"), ("resume", "shop"),
+                ("history", "shop"), ("down", "shop"), ("gc", "shop"), ("router", "status", "shop")]
+    with ThreadPoolExecutor(4) as pool:
+        here = list(pool.map(lambda args: rg(*args, cwd=tmp_path), commands))
+    for args, r in zip(commands, here, strict=True):
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, (args, r.stderr)
+        assert r.stderr.startswith("releasegate: shop: unknown service: there is no releasegate state in "
+                                   f".releasegate ({tmp_path / '.releasegate'})"), (args, r.stderr)
+        assert r.stderr.rstrip().endswith(hint), (args, r.stderr)
+    everything = rg("status", cwd=tmp_path)
+    assert everything.returncode == 0 and f"({tmp_path / '.releasegate'})" in everything.stdout
+    assert hint in everything.stdout
+    assert not (tmp_path / ".releasegate").exists()
+
+    state = tmp_path / "elsewhere"
+    with AuditLog(state) as log:  # a state dir in use, by other services
+        log.append("alice", "test.entry")
+    with ThreadPoolExecutor(4) as pool:
+        there = list(pool.map(lambda args: rg("--state-dir", str(state), *args, cwd=tmp_path), commands))
+    for args, r in zip(commands, there, strict=True):
+        assert r.returncode == 2, (args, r.stderr)
+        assert f"shop: unknown service: the state dir {state} has no service 'shop'" in r.stderr, (args, r.stderr)
+        assert hint in r.stderr

@@ -166,3 +166,35 @@ async def test_status_never_calls_a_version_current_when_none_of_its_instances_r
     assert r.returncode == 0 and "0 instance(s) stopped" in r.stdout, r.stderr
     assert read_router_state(env.state, "shop") is None and not await platform.dead_instances("shop")
     assert service.status(env.ctx, "shop")[0]["state"] == "down"
+
+
+async def test_the_router_port_is_free_for_the_next_deploy_right_after_down_under_traffic(env):
+    """The router closes its users' connections as it stops, so they linger in TIME-WAIT on its port for a
+    minute: nothing listens there, and preflight (so the next deploy) must not call the port taken."""
+    from releasegate.preflight import preflight
+
+    await deploy(env, "1.0.0")
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        r = await asyncio.to_thread(env.rg, "down", "shop")
+        assert r.returncode == 0, r.stderr
+    checks = {c.name: c for c in await preflight(load_spec(env.spec), env.spec, "2.0.0", env.state)}
+    assert checks["port"].ok, checks["port"].detail
+    assert (await deploy(env, "2.0.0")).status == "promoted"
+
+
+async def test_a_failed_deploy_after_down_keeps_the_last_promoted_version(env):
+    """After `down`, a deploy that fails before it promotes (here its health check) leaves the service down with
+    the version that was running when it was taken down: `last_version` is never lost."""
+    failing = write_spec(env.spec.parent, env.port, CANARY, faults="2.0.0:health=fail")
+    await deploy(env, "1.0.0")
+    assert (await asyncio.to_thread(env.rg, "down", "shop")).returncode == 0
+    st = await asyncio.wait_for(service.deploy(env.ctx, failing, "2.0.0"), 60)
+    assert st.status == "aborted"
+    [item] = service.status(env.ctx, "shop")
+    assert (item["state"], item["current"], item["last_version"]) == ("down", None, "1.0.0")
+    r = await asyncio.to_thread(env.rg, "status", "shop", "--json")
+    assert json.loads(r.stdout)[0]["last_version"] == "1.0.0"
+    again = await asyncio.to_thread(env.rg, "down", "shop")  # nothing runs: a second down records no version...
+    assert again.returncode == 0
+    assert service.status(env.ctx, "shop")[0]["last_version"] == "1.0.0"  # ...and still forgets none

@@ -73,3 +73,27 @@ async def test_migrations_are_checked_before_anything_starts(tmp_path):
     spec_path.write_text(spec_path.read_text().replace("backup_dir: locked/bk", "backup_dir: file/bk"))
     checks = {c.name: c for c in await preflight(load_spec(spec_path), spec_path, "1.0.0", tmp_path / "state")}
     assert not checks["backup dir"].ok and "file is not a writable directory" in checks["backup dir"].detail
+
+
+def _time_wait_port() -> int:
+    """A port where nothing listens any more but a connection lingers in TIME-WAIT, as on a router's port for a
+    minute after it stopped with clients connected (the side that closes first keeps TIME-WAIT)."""
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = int(listener.getsockname()[1])
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = listener.accept()
+            conn.close()  # the server side closes first...
+            assert client.recv(1) == b""  # ...the client sees the end and closes too
+    return port
+
+
+async def test_connections_in_time_wait_on_the_router_port_do_not_make_it_taken(tmp_path):
+    port = _time_wait_port()
+    with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+        plain.bind(("127.0.0.1", port))  # what the check did: binding without SO_REUSEADDR fails for a minute
+    spec_path = write_spec(tmp_path, port, "{bluegreen: {}}")
+    checks = {c.name: c for c in await preflight(load_spec(spec_path), spec_path, "1.0.0", tmp_path / "state")}
+    assert checks["port"].ok and checks["port"].detail == f"127.0.0.1:{port} is free for the router"

@@ -273,9 +273,43 @@ async def test_gc_retires_the_previous_version_once_keep_previous_has_passed(env
     assert {i.version for i in await _instances(env, spec)} == {"2.0.0"}
     assert service.status(env.ctx, "shop")[0]["previous"] is None
     [retired] = [e for e in service.history(env.ctx, "shop", 1)[0]["events"] if e["kind"] == "retired"]
-    assert retired["message"] == "1.0.0 retired"  # shown with the rollout that replaced it
+    # shown with the rollout that replaced it
+    assert retired["message"].startswith("retiring 1.0.0: kept for rollback until ")
+    assert retired["message"].endswith(", which has passed (2 instance(s) stopped)")
     with pytest.raises(UserError, match="nothing to roll back to"):
         await service.send_command(env.ctx, "shop", "rollback")
+
+
+async def test_a_deploy_that_retires_the_kept_version_says_so_records_it_and_audits_it(env):
+    """Deploying a third version ends the instant rollback to the first: the deploy prints it, `history` shows it
+    with the rollout that had kept it, and the audit log names who did it."""
+    from releasegate.store.audit import AuditLog
+
+    spec = env.spec("{bluegreen: {}}", post_promotion="0s", rules="[]")
+    await deploy(env, spec, "1.0.0")
+    await deploy(env, spec, "2.0.0")
+    kept_until = service.status(env.ctx, "shop")[0]["previous_retire_at"]
+    r = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "releasegate", "--state-dir", str(env.state),
+                                                 "deploy", str(spec), "--version", "3.0.0"],
+                                capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "300"})
+    assert r.returncode == 0, r.stderr
+    [line] = [ln for ln in r.stdout.splitlines() if "retiring" in ln]
+    assert "retiring 1.0.0, kept for rollback until " in line
+    assert "because 3.0.0 replaces 2.0.0's rollback target: 2.0.0 becomes the version kept for rollback" in line
+    assert line.endswith("(2 instance(s) stopped)")
+    assert {i.version for i in await _instances(env, spec)} == {"2.0.0", "3.0.0"}
+
+    by_version = {h["version"]: h for h in service.history(env.ctx, "shop")}
+    [retired] = [e for e in by_version["2.0.0"]["events"] if e["kind"] == "retired"]
+    assert retired["data"]["version"] == "1.0.0" and retired["data"]["kept_until"] == kept_until
+    assert retired["data"]["replaced_by"] == "3.0.0" and len(retired["data"]["stopped"]) == 2
+    text = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "releasegate", "--state-dir",
+                                                    str(env.state), "history", "shop"],
+                                   capture_output=True, text=True, env={**os.environ, "COLUMNS": "300"})
+    assert "retired         retiring 1.0.0, kept for rollback until" in text.stdout
+    [entry] = [e for e in AuditLog(env.state).entries() if e.action == "retire"]
+    assert entry.release == "shop@1.0.0" and entry.actor.endswith("(os login)")
+    assert "because 3.0.0 replaces" in str(entry.decision)
 
 
 def test_router_cli_runs_in_the_foreground_reports_status_and_stops(tmp_path):
@@ -287,7 +321,7 @@ def test_router_cli_runs_in_the_foreground_reports_status_and_stops(tmp_path):
     try:
         asyncio.run(eventually(lambda: read_router_state(Path(state), "shop") is not None, what="the router"))
         status = subprocess.run([*rg, "status"], capture_output=True, text=True)
-        assert f"shop: router pid {proc.pid} on 127.0.0.1:{port}" in status.stdout
+        assert f"shop: built-in router pid {proc.pid} on 127.0.0.1:{port}" in status.stdout
         clash = subprocess.run([*rg, "--service", "other", "--listen", f"127.0.0.1:{port}"],
                                capture_output=True, text=True)
         assert clash.returncode == 2 and "address already in use" in clash.stderr and "Traceback" not in clash.stderr

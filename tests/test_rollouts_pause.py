@@ -30,11 +30,11 @@ class Env(RolloutEnv):
     def rollout(self) -> dict[str, Any]:
         return service.status(self.ctx, "shop")[0]["rollout"] or {}
 
-    async def cli(self, *args: str) -> str:
+    async def cli(self, *args: str, columns: int = 400) -> str:
         """The CLI in another process, as a user runs it; off the event loop the rollout runs on."""
         done = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "releasegate", "--state-dir", str(self.state), *args],
-            capture_output=True, text=True, env={**os.environ, "COLUMNS": "400"})
+            capture_output=True, text=True, env={**os.environ, "COLUMNS": str(columns)})
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -106,6 +106,13 @@ async def test_a_step_without_traffic_pauses_and_says_so_then_promote_goes_on(en
     as_json = json.loads(await env.cli("status", "--json"))
     assert as_json[0]["rollout"]["paused"]["kind"] == "no_data"
     assert "step (paused)" in " ".join((await env.cli("status")).split())
+    narrow = (await env.cli("status", columns=80)).splitlines()  # a terminal of 80 columns
+    assert max(len(line) for line in narrow) <= 80, narrow
+    assert narrow[1].split()[:6] == ["shop", "running", "1.0.0", "(2", "instances)", "2.0.0"], narrow
+    assert narrow[1].split()[-2:] == ["(paused)", "20%"], narrow  # the row keeps its cells on one line
+    reason = narrow[2:]  # the reason below it, wrapped at the terminal's width, not a word per line
+    assert reason[0].startswith("  paused: no data for error_rate on 2.0.0 for 2s") and len(reason) <= 5, narrow
+    assert " ".join(" ".join(reason).split()) == " ".join(paused["waiting"].split())
     assert "paused: no data for error_rate" in " ".join((await env.cli("history", "shop")).split())
     assert await env.routes() == {"2.0.0": 20, "1.0.0": 80}
     async with Load(env.url) as load:
