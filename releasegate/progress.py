@@ -69,6 +69,7 @@ class ProgressPrinter:
         self._last_tick = 0.0
         self._paused_seen: tuple[Any, ...] | None = None
         self._paused_shown = float("-inf")
+        self._said: set[str] = set()
 
     def use_spec(self, spec: Spec) -> None:
         """The rollout's spec, so a paused rollout's values can be judged against their rules' bounds."""
@@ -114,16 +115,27 @@ class ProgressPrinter:
             style = {"rollback": "bold red", "abort": "bold red", "promoted": "bold green", "incident": "bold red",
                      "rolled_back": "bold red", "aborted": "bold red", "waiting": "yellow", "retired": "yellow",
                      "paused": "bold yellow", "errors_persist": "red"}.get(d.kind, "")
-            line = f"{_clock(st.updated_at)}  {st.service} {st.version}  {st.weight:>3}%  {escape(d.message)}"
+            line = f"{_clock(st.updated_at)}  {st.service} {st.version}  {st.weight:>3}%  {self._say(d)}"
             if values:
                 line += f"  [dim]{values}[/dim]"
             self.console.print(f"[{style}]{line}[/{style}]" if style else line)
 
+    def _say(self, d: Decision) -> str:
+        """A decision's message, once: the end of a rollout repeats the reason of the decision that ended it,
+        which can be long (a failed migration's error and what was restored), so the repeat points above."""
+        if d.message in self._said and "\n" in d.message:
+            return f"{d.kind.replace('_', ' ')} (the reason is above)"
+        self._said.add(d.message)
+        return escape(d.message).replace("\n", "\n" + " " * 10)
+
     def summary(self, st: RolloutState) -> None:
         took = _took((st.finished_at or st.updated_at) - st.created_at)
         colour = "green" if st.status == "promoted" else "red"
+        reason = st.reason or ""
+        if reason in self._said and "\n" in reason:
+            reason = reason.split("\n", 1)[0] + " (details above)"
         self.console.print(f"[bold {colour}]{st.service} {st.version}: {st.status.replace('_', ' ')}[/] "
-                           f"after {took}: {escape(st.reason or '')}")
+                           f"after {took}: {escape(reason)}")
 
 
 def render_plan(console: Console, plan: Plan) -> None:

@@ -57,3 +57,21 @@ def test_routine_analysis_of_a_running_rollout_still_ticks_every_few_seconds():
         printer(st.model_copy(update={"updated_at": T0 + 2.5 * i}),
                 [Decision("analysis", "analysis", {"values": {"0:error_rate": 0.01}})])
     assert len(out.getvalue().splitlines()) == 6  # 30 s of evaluations every 2.5 s: one line per 5 s
+
+
+def test_a_long_reason_is_printed_once_and_the_end_points_back_at_it():
+    """A failed migration's reason (the error, then what was restored) came out three times: with the decision,
+    with the end of the rollout and in the summary."""
+    out = io.StringIO()
+    printer = ProgressPrinter(Console(file=out, width=300, highlight=False))
+    reason = ("migrate failed for 2.0.0, no user traffic reached it: migration 002_bad.sql failed: syntax error\n"
+              "the database (app.db) was restored from backups/app.db (as before the deploy)")
+    st = paused(T0).model_copy(update={"paused": None, "waiting": None, "weight": 0})
+    printer(st, [Decision("abort", reason), Decision("aborted", reason)])
+    printer.summary(st.model_copy(update={"status": "aborted", "reason": reason, "finished_at": T0 + 1}))
+    text = out.getvalue()
+    assert text.count("was restored from") == 1, text
+    lines = text.splitlines()
+    assert lines[1] == " " * 10 + "the database (app.db) was restored from backups/app.db (as before the deploy)"
+    assert lines[2].endswith("0%  aborted (the reason is above)")
+    assert lines[3].startswith("shop 2.0.0: aborted after ") and lines[3].endswith(": syntax error (details above)")

@@ -220,8 +220,20 @@ def test_a_staircase_with_mode_immediate_is_refused(tmp_path: Path) -> None:
         "has no effect; add mode: staircase to use it, or remove it")
 
 
+@pytest.mark.parametrize(("setting", "where", "where_critical"), [
+    ("step_wait: 1m", "3:40", "5:14"), ("rising: 20%", "3:37", "5:11"), ("immediate_error_rate: null", "3:51", "5:25")])
+def test_staircase_settings_next_to_mode_immediate_are_refused(setting: str, where: str, where_critical: str) -> None:
+    key = setting.split(":")[0]
+    assert only_error(HEAD + f"rollback: {{mode: immediate, {setting}}}\n") == (
+        f"shop.yaml:{where}: {key} has no effect with mode: immediate (traffic goes to 0 % at once); remove one: "
+        f"mode: immediate, or {key}")
+    assert only_error(HEAD + f"tier: critical\nrollback:\n  {setting}\n") == (
+        f"shop.yaml:{where_critical}: tier critical rolls back at once (rollback.mode defaults to immediate), so {key} "
+        "has no effect; add mode: staircase to use it, or remove it")
+
+
 def test_immediate_alone_and_a_stored_spec_still_validate() -> None:
-    for extra in ("rollback: {mode: immediate}\n", "rollback: {mode: immediate, step_wait: 1m}\n",
+    for extra in ("rollback: {mode: immediate}\n", "rollback: {mode: immediate, rising: 50%}\n",
                   "tier: critical\n", "tier: critical\nrollback: {mode: staircase, staircase: [50, 0]}\n"):
         spec = load_spec_text(HEAD + extra, "shop.yaml")
         assert Spec.model_validate_json(spec.model_dump_json(by_alias=True)) == spec  # as a rollout stores it

@@ -240,15 +240,22 @@ class Spec(_Model):
     @model_validator(mode="after")
     def _staircase_used(self) -> Spec:
         """A staircase that would never run is a mistake, not a preference: refuse it rather than ignore it."""
-        if self.rollback_mode == "immediate" and self.rollback.custom_staircase():
-            if self.rollback.mode == "immediate":
-                message = ("a staircase has no effect with mode: immediate (traffic goes to 0 % at once); remove "
-                           "one: mode: immediate, or the staircase")
-            else:
-                message = ("tier critical rolls back at once (rollback.mode defaults to immediate), so this "
-                           "staircase has no effect; add mode: staircase to use it, or remove it")
-            raise LocatedValueError(message, ("rollback", "staircase"))
-        return self
+        if self.rollback_mode != "immediate":
+            return self
+        unused = ["staircase"] if self.rollback.custom_staircase() else []
+        unused += self.rollback.staircase_only_settings()
+        if not unused:
+            return self
+        key = unused[0]
+        what = "a staircase" if key == "staircase" else key
+        if self.rollback.mode == "immediate":
+            message = (f"{what} has no effect with mode: immediate (traffic goes to 0 % at once); remove "
+                       f"one: mode: immediate, or {'the staircase' if key == 'staircase' else key}")
+        else:
+            what = "this staircase" if key == "staircase" else key
+            message = (f"tier critical rolls back at once (rollback.mode defaults to immediate), so {what} "
+                       "has no effect; add mode: staircase to use it, or remove it")
+        raise LocatedValueError(message, ("rollback", key))
 
     @model_validator(mode="after")
     def _defaults(self) -> Spec:

@@ -158,6 +158,13 @@ class Rollback(_Model):
         seed = _seed_staircase()
         return self.staircase not in (seed, [Stair(weight=s.weight) for s in seed])
 
+    def staircase_only_settings(self) -> list[str]:
+        """The keys that only shape a staircase and differ from their defaults (by value, as above), so that
+        ``mode: immediate`` next to them is refused rather than silently ignoring them."""
+        defaults = {name: Rollback.model_fields[name].default for name in ("step_wait", "rising",
+                                                                         "immediate_error_rate")}
+        return [name for name, default in defaults.items() if getattr(self, name) != default]
+
     @property
     def weights(self) -> list[int]:
         return [s.weight for s in self.staircase]
