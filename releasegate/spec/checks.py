@@ -27,6 +27,13 @@ def _located(value: Any) -> Any:
     return value
 
 
+def _http_path(v: str) -> str:
+    """A request path as an HTTP client sends it (health and smoke checks)."""
+    if not v.startswith("/"):
+        raise ValueError(f"the path must start with '/', e.g. '/{v}'")
+    return _located(v)  # type: ignore[no-any-return]
+
+
 class Health(_Model):
     """Polled on each new instance directly (not through the router) until it answers or attempts run out, then
     once per analysis interval while the new version takes traffic: failures then roll back."""
@@ -47,12 +54,7 @@ class Health(_Model):
     down_after: Duration = Field(30.0, description="During the rollout, every new instance failing or unreachable "
                                  "for this long rolls back, straight to 0 %.")
 
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"the path must start with '/', e.g. '/{v}'")
-        return _located(v)  # type: ignore[no-any-return]
+    _path = field_validator("path")(_http_path)
 
     def path_for(self, values: Mapping[str, object]) -> str:
         """The path requested from the instance ``values`` describe (``placeholders.INSTANCE``)."""
@@ -103,12 +105,7 @@ class SmokeTest(_Model):
     def _upper(cls, v: object) -> object:
         return v.upper() if isinstance(v, str) else v
 
-    @field_validator("path")
-    @classmethod
-    def _path(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError(f"the path must start with '/', e.g. '/{v}'")
-        return _located(v)  # type: ignore[no-any-return]
+    _path = field_validator("path")(_http_path)
 
     @field_validator("headers", "body", "expect_body", "expect_json", "cwd", "env")
     @classmethod
