@@ -53,10 +53,7 @@ def backends() -> Iterator[tuple[DemoBackend, DemoBackend]]:
 
 
 def router_yaml(nginx: PrivateNginx, extra: str = "") -> str:
-    return (f'{{kind: nginx, nginx: "{NGINX}", listen: "127.0.0.1:{nginx.listen_port}", '
-            f'config_file: "{nginx.conf_dir / "releasegate-{service}.conf"}", prefix: "{nginx.root}", '
-            f'main_config: "{nginx.main_config}", pid_file: "{nginx.root / "nginx.pid"}", drain_timeout: 5s, '
-            f"drain_grace: 1s{extra}}}")
+    return nginx.router_yaml(f", drain_timeout: 5s, drain_grace: 1s{extra}")
 
 
 def spec_text(nginx: PrivateNginx, extra: str = "") -> str:

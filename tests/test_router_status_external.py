@@ -49,10 +49,7 @@ def nginx(tmp_path: Path) -> Iterator[PrivateNginx]:
 
 @pytest.mark.skipif(shutil.which(NGINX) is None, reason="nginx is not installed")
 async def test_router_status_reads_nginx_back_and_router_stop_leaves_it_to_its_supervisor(nginx, tmp_path):
-    owned = nginx.conf_dir / "releasegate-{service}.conf"
-    path = with_router(tmp_path, nginx.listen_port, (
-        f'{{kind: nginx, nginx: "{NGINX}", listen: "127.0.0.1:{nginx.listen_port}", config_file: "{owned}", '
-        f'prefix: "{nginx.root}", main_config: "{nginx.main_config}", pid_file: "{nginx.root / "nginx.pid"}"}}'))
+    path = with_router(tmp_path, nginx.listen_port, nginx.router_yaml())
     state = tmp_path / "state"
     try:
         st = await asyncio.wait_for(service.deploy(service.new_context(state), path, "1.0.0"), 60)

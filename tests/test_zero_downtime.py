@@ -83,10 +83,7 @@ def nginx_proxy(tmp_path: Path, extra: str = "") -> Iterator[Proxy]:
     nginx = PrivateNginx(tmp_path / "nginx")
     nginx.start()  # includes conf.d/releasegate-*.conf: starts before releasegate wrote anything
     try:
-        conf = nginx.conf_dir / "releasegate-{service}.conf"
-        router_yaml = (f'router: {{kind: nginx, nginx: "{NGINX}", listen: "127.0.0.1:{nginx.listen_port}", '
-                       f'config_file: "{conf}", prefix: "{nginx.root}", main_config: "{nginx.main_config}", '
-                       f'pid_file: "{nginx.root / "nginx.pid"}", drain_timeout: 5s, drain_grace: 1s{extra}}}')
+        router_yaml = "router: " + nginx.router_yaml(f", drain_timeout: 5s, drain_grace: 1s{extra}")
         yield Proxy("nginx", nginx.listen_port, router_yaml, ERROR_RATE)
     finally:
         nginx.stop()

@@ -42,6 +42,13 @@ class PrivateNginx:
     def error_log(self) -> Path:
         return self.root / "logs" / "error.log"
 
+    def router_yaml(self, extra: str = "") -> str:
+        """The spec's ``router:`` mapping that makes releasegate drive this nginx; ``extra`` adds keys
+        (``", drain_timeout: 5s"``)."""
+        return (f'{{kind: nginx, nginx: "{NGINX}", listen: "127.0.0.1:{self.listen_port}", '
+                f'config_file: "{self.conf_dir / "releasegate-{service}.conf"}", prefix: "{self.root}", '
+                f'main_config: "{self.main_config}", pid_file: "{self.root / "nginx.pid"}"{extra}}}')
+
     def write_main_config(self) -> None:
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         self.conf_dir.mkdir(parents=True, exist_ok=True)
