@@ -24,7 +24,7 @@ import httpx
 
 from releasegate import service
 from releasegate.providers.platforms.local import LocalPlatform
-from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, stop_router
+from releasegate.providers.routers.builtin import read_router_state, router_client, stop_router
 from releasegate.spec import load_spec
 
 SPEC = """\
@@ -65,7 +65,7 @@ async def traffic(url: str, stop: asyncio.Event) -> None:
 async def one_round(ctx: service.Context, spec_path: Path, version: str, admin: str) -> float:
     spec = load_spec(spec_path)
     platform = LocalPlatform(spec.platform, ctx.state_dir, spec_path.parent)
-    router = BuiltinRouterClient(admin)
+    router = router_client(ctx.state_dir, "bench", admin)
     rollout = asyncio.create_task(service.deploy(ctx, spec_path, version))
     while True:  # canary at 50 % and analysed for a few intervals
         rec = service.status(ctx, "bench")[0]["rollout"]

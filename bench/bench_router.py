@@ -236,9 +236,11 @@ def main() -> int:
             results[name].update(p50=p50, p99=p99)
 
         state = json.loads((tmp / "router.state.json").read_text())
-        stats = subprocess.run([sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1], "
-                                "trust_env=False).text)", f"http://{state['admin']}/stats?window=3600"],
-                               capture_output=True, text=True, timeout=30).stdout
+        token = (tmp / "bench.admin-token").read_text().strip()  # made by the router beside its routes file
+        stats = subprocess.run([sys.executable, "-c", "import httpx,sys; print(httpx.get(sys.argv[1], headers="
+                                "{'Authorization': 'Bearer ' + sys.stdin.read()}, trust_env=False).text)",
+                                f"http://{state['admin']}/stats?window=3600"],
+                               input=token, capture_output=True, text=True, timeout=30).stdout
         counted = sum(v["requests"] for v in json.loads(stats).values())
 
         direct = results["direct"]

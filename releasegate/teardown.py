@@ -65,9 +65,9 @@ async def _remove_routes(state_dir: Path, spec: Spec) -> str:
     service = spec.service
     if isinstance(spec.router, BuiltinRouter):
         from releasegate.providers.routers.builtin import (
-            BuiltinRouterClient,
             forget_routes,
             read_router_state,
+            router_client,
             stop_router,
         )
 
@@ -75,7 +75,7 @@ async def _remove_routes(state_dir: Path, spec: Spec) -> str:
         if info is None:
             forget_routes(state_dir, service)
             return "its router was not running"
-        client = BuiltinRouterClient(str(info["admin"]))
+        client = router_client(state_dir, service, str(info["admin"]))
         try:
             await client.set_routes(service, Routes(()))
         except ProviderError:

@@ -19,7 +19,7 @@ import pytest
 from releasegate import service
 from releasegate.errors import UserError
 from releasegate.providers.base import Instance
-from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
+from releasegate.providers.routers.builtin import read_router_state, router_client
 from tests.support.rollouts import Load, RolloutEnv, free_port, write_spec
 from tests.support.wait import eventually
 
@@ -231,7 +231,7 @@ async def test_a_router_killed_mid_canary_comes_back_with_its_routes_and_the_rol
         # The controller notices at its next tick and restarts the router from its persisted routes file.
         new = await eventually(lambda: (s := read_router_state(env.state, "shop")) and s["pid"] != old["pid"] and s,
                          what="a restarted router")
-        assert (await BuiltinRouterClient(str(new["admin"])).get_routes("shop")).weight_of("2.0.0") >= 20
+        assert (await router_client(env.state, "shop", str(new["admin"])).get_routes("shop")).weight_of("2.0.0") >= 20
         st = await rollout
         await load.wait_for(20)
     assert st.status == "promoted", st.reason

@@ -19,6 +19,7 @@ from releasegate.providers.base import MetricQuery, Routes, VersionRoute
 from releasegate.providers.metrics.builtin import RouterMetrics
 from releasegate.providers.routers.builtin import (
     BuiltinRouterClient,
+    admin_token_path,
     ensure_router,
     read_router_state,
     router_paths,
@@ -135,7 +136,8 @@ def test_router_keeps_serving_without_its_parent(tmp_path: Path, backend: KeepAl
     admin = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
                            timeout=30, check=True).stdout.strip()
     try:
-        resp = httpx.put(f"http://{admin}/routes", trust_env=False,
+        token = admin_token_path(tmp_path, "shop").read_text().strip()
+        resp = httpx.put(f"http://{admin}/routes", trust_env=False, headers={"Authorization": f"Bearer {token}"},
                          json={"versions": [{"version": "v1", "weight": 100, "backends": [backend.address]}]})
         listen = httpx.get(f"http://{admin}/health", trust_env=False).json()["listen"]
         assert resp.status_code == 200

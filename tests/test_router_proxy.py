@@ -234,16 +234,17 @@ def test_admin_validation_changes_nothing(router: RouterProc, backends: tuple[Ke
         {"nothing": True},
     ]
     for body in bad:
-        r = httpx.put(f"http://{router.admin}/routes", json=body, trust_env=False)
+        r = httpx.put(f"http://{router.admin}/routes", json=body, headers=router.auth(), trust_env=False)
         assert r.status_code == 400 and "invalid routes" in r.json()["error"]
-    r = httpx.put(f"http://{router.admin}/routes", content=b"{not json", trust_env=False)
+    r = httpx.put(f"http://{router.admin}/routes", content=b"{not json", headers=router.auth(), trust_env=False)
     assert r.status_code == 400
-    r = httpx.put(f"http://{router.admin}/routes", json={"service": "other", "versions": []}, trust_env=False)
+    r = httpx.put(f"http://{router.admin}/routes", json={"service": "other", "versions": []}, headers=router.auth(),
+                  trust_env=False)
     assert r.status_code == 409
     now = router.admin_get("/routes")
     assert now["versions"] == applied["versions"] and now["generation"] == applied["generation"]
     assert json.loads(router.routes_file.read_text())["generation"] == applied["generation"]
-    assert httpx.get(f"http://{router.admin}/nope", trust_env=False).status_code == 404
+    assert httpx.get(f"http://{router.admin}/nope", headers=router.auth(), trust_env=False).status_code == 404
     health = router.admin_get("/health")
     assert health["ok"] is True and health["service"] == "shop" and health["listen"] == router.listen
 

@@ -23,6 +23,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
                    help="loopback HOST:PORT of the admin API (port 0 = a free port)")
     p.add_argument("--routes-file", required=True, type=Path)
     p.add_argument("--state-file", required=True, type=Path)
+    p.add_argument("--admin-token-file", type=Path, default=None,
+                   help="the admin API's secret (created 0600 when missing; default: SERVICE.admin-token beside "
+                        "the routes file); the token itself is never taken on the command line")
+    p.add_argument("--changes-file", type=Path, default=None,
+                   help="append-only log of route changes (default: SERVICE.changes.jsonl beside the routes file)")
     p.add_argument("--sticky", choices=STICKY_MODES, default="cookie")
     p.add_argument("--sticky-cookie", default="rg_bucket")
     p.add_argument("--sticky-header", default="X-User-Id")
@@ -33,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         return RouterConfig(service=a.service, listen=a.listen, admin=a.admin, routes_file=a.routes_file,
                             state_file=a.state_file, sticky=a.sticky, sticky_cookie=a.sticky_cookie,
                             sticky_header=a.sticky_header, connect_timeout=a.connect_timeout,
-                            response_timeout=a.response_timeout)
+                            response_timeout=a.response_timeout, admin_token_file=a.admin_token_file,
+                            changes_file=a.changes_file)
     except ValueError as exc:
         p.error(str(exc))
         raise  # pragma: no cover - p.error exits

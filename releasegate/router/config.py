@@ -30,6 +30,9 @@ class RouterConfig:
 
     The timeouts are the data plane's, not the rollout's: ``connect_timeout`` bounds how long a user waits for a
     dead backend before getting a 502, ``response_timeout`` how long for the response head before a 504.
+
+    ``admin_token_file`` holds the admin API's secret and ``changes_file`` records every route change; unset, both
+    sit beside the routes file (``<service>.admin-token``, ``<service>.changes.jsonl``).
     """
 
     service: str
@@ -46,6 +49,8 @@ class RouterConfig:
     shutdown_grace: float = 5.0
     max_header_bytes: int = 65536
     max_idle_per_backend: int = 256
+    admin_token_file: Path | None = None
+    changes_file: Path | None = None
 
     def __post_init__(self) -> None:
         split_host_port(self.listen)
@@ -56,3 +61,15 @@ class RouterConfig:
             raise ValueError(f"sticky must be one of {', '.join(STICKY_MODES)}, got {self.sticky!r}")
         if not self.sticky_cookie or not self.sticky_header:
             raise ValueError("the sticky cookie and header names must not be empty")
+
+    @property
+    def token_path(self) -> Path:
+        from releasegate.router.adminauth import default_token_file
+
+        return self.admin_token_file or default_token_file(self.routes_file, self.service)
+
+    @property
+    def changes_path(self) -> Path:
+        from releasegate.router.routes_file import default_changes_file
+
+        return self.changes_file or default_changes_file(self.routes_file, self.service)

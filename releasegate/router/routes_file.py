@@ -2,12 +2,14 @@
 
 Written atomically (temporary file, fsync, rename, fsync of the directory) before a new routing table is
 applied: once the admin API has answered a PUT, the routes survive a power cut, and a half-written file can
-never exist.
+never exist. Beside it, the change log: one JSON line per route change (when, who, what), appended before the
+change is saved.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,3 +55,50 @@ def load_routes(path: Path, service: str) -> SavedRoutes | None:
     if isinstance(generation, bool) or not isinstance(generation, int) or generation < 0:
         generation = 0
     return SavedRoutes(routes, generation)
+
+
+# --- the change log: every route change, with who made it -------------------------------------------------------
+
+
+def default_changes_file(routes_file: Path, service: str) -> Path:
+    """``<service>.changes.jsonl`` beside the routes file: ``routers/shop.changes.jsonl`` in a state dir."""
+    return routes_file.parent / f"{service}.changes.jsonl"
+
+
+def append_change(path: Path, record: dict[str, object]) -> None:
+    """Append one JSON line and fsync it: written before the change is saved and applied, so no change is served
+    without its record. The file is created 0600 (it names the backends) and only ever appended to."""
+    line = (json.dumps(record, separators=(",", ":"), sort_keys=False) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recent_changes(path: Path, limit: int = 10, tail_bytes: int = 1 << 16) -> list[dict[str, object]]:
+    """The last ``limit`` records, oldest first; [] when there is no log. Unreadable lines are skipped."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - tail_bytes))
+            text = fh.read().decode("utf-8", errors="replace")
+            cut = size > tail_bytes
+    except OSError:
+        return []
+    lines = text.splitlines()
+    if cut and lines:
+        lines = lines[1:]  # the first one may be a partial line
+    out: list[dict[str, object]] = []
+    for line in lines:
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict):
+            out.append(item)
+    return out[-limit:] if limit > 0 else []

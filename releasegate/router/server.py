@@ -2,6 +2,8 @@
 
 The state file is how the controller and ``releasegate router status`` find a running router (its pid and the
 admin port it really bound, which may have been chosen by the OS); it exists exactly while the router serves.
+The admin API's token is read (or created, 0600) from its file before anything listens: there is no way to run the
+router with an admin API that answers without it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from releasegate.errors import UserError
 from releasegate.fileio import write_json_atomic
 from releasegate.router.admin import Admin
+from releasegate.router.adminauth import AdminTokenError, ensure_admin_token
 from releasegate.router.config import RouterConfig, join_host_port, split_host_port
 from releasegate.router.core import Core
 from releasegate.router.proxy import ClientProtocol
@@ -53,6 +56,12 @@ async def serve(config: RouterConfig, ready: Callable[[dict[str, Any]], None] | 
         saved = load_routes(config.routes_file, config.service)
     except RoutesFileError as exc:
         raise UserError(str(exc)) from None
+    try:
+        token = ensure_admin_token(config.token_path)
+    except (AdminTokenError, OSError) as exc:
+        detail = str(exc) if isinstance(exc, AdminTokenError) else \
+            f"router: cannot create the admin token file {config.token_path}: {exc.strerror or exc}"
+        raise UserError(detail) from None
     core = Core(config, Stats())
     if saved is not None:
         core.apply(saved.routes, saved.generation)
@@ -68,7 +77,7 @@ async def serve(config: RouterConfig, ready: Callable[[dict[str, Any]], None] | 
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    admin = Admin(core, listen)
+    admin = Admin(core, token, listen)
     ahost, aport = split_host_port(config.admin)
     try:
         admin_server = await asyncio.start_server(admin.handle, ahost, aport, reuse_address=True,
@@ -79,7 +88,9 @@ async def serve(config: RouterConfig, ready: Callable[[dict[str, Any]], None] | 
     admin.admin = _bound(admin_server)
 
     state = {"pid": os.getpid(), "service": config.service, "listen": listen, "admin": admin.admin,
-             "routes_file": str(config.routes_file), "started_at": time.time()}
+             "admin_auth": "bearer", "admin_token_file": str(config.token_path),
+             "routes_file": str(config.routes_file), "changes_file": str(config.changes_path),
+             "started_at": time.time()}
     try:
         write_json_atomic(config.state_file, state)
     except OSError as exc:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 
 from releasegate.providers.platforms.local import LocalPlatform
-from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, stop_router
+from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, router_client, stop_router
 from releasegate.spec import load_spec
 
 PY = sys.executable
@@ -178,7 +178,7 @@ class RolloutEnv:
     def router(self) -> BuiltinRouterClient:
         info = read_router_state(self.state, "shop")
         assert info is not None, "the router is not running"
-        return BuiltinRouterClient(str(info["admin"]))
+        return router_client(self.state, "shop", str(info["admin"]))
 
     async def routes(self) -> dict[str, int]:
         return (await self.router().get_routes("shop")).weights()

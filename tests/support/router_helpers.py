@@ -221,17 +221,26 @@ class RouterProc:
     log_file: Path
     listen: str
     admin: str
+    token_file: Path
 
     @property
     def url(self) -> str:
         return f"http://{self.listen}"
 
-    def admin_get(self, path: str) -> Any:
-        return httpx.get(f"http://{self.admin}{path}", timeout=5, trust_env=False).json()
+    @property
+    def token(self) -> str:
+        return self.token_file.read_text().strip()
 
-    def put_routes(self, versions: list[dict[str, Any]]) -> httpx.Response:
-        return httpx.put(f"http://{self.admin}/routes", json={"versions": versions}, timeout=5,
-                         trust_env=False)
+    def auth(self, actor: str = "router-tests") -> dict[str, str]:
+        """The headers of an authenticated admin call (the token of this router, who makes it)."""
+        return {"Authorization": f"Bearer {self.token}", "X-Releasegate-Actor": actor}
+
+    def admin_get(self, path: str) -> Any:
+        return httpx.get(f"http://{self.admin}{path}", headers=self.auth(), timeout=5, trust_env=False).json()
+
+    def put_routes(self, versions: list[dict[str, Any]], actor: str = "router-tests") -> httpx.Response:
+        return httpx.put(f"http://{self.admin}/routes", json={"versions": versions}, headers=self.auth(actor),
+                         timeout=5, trust_env=False)
 
     def kill9(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -273,7 +282,8 @@ def start_router(tmp: Path, *extra: str, service: str = "shop", listen: str = "1
         return data if data.get("pid") == proc.pid else None
 
     state = wait_until(ready, what="the router's state file")
-    return RouterProc(proc, state_file, tmp / "routes.json", log_file, state["listen"], state["admin"])
+    return RouterProc(proc, state_file, tmp / "routes.json", log_file, state["listen"], state["admin"],
+                      tmp / f"{service}.admin-token")
 
 
 def raw_request(address: str, data: bytes, timeout: float = 5.0) -> bytes:

@@ -1,13 +1,16 @@
 """The controller's side of the built-in router: an admin-API client and the process helpers that start it.
 
 The router is started detached (its own session) so that killing or restarting the controller never interrupts
-user traffic; the state file it writes is how a later controller finds it again.
+user traffic; the state file it writes is how a later controller finds it again. Its admin API wants the token in
+``routers/<service>.admin-token`` (0600, made here before the router starts); the client reads it from there for
+each call and names who it is (``X-Releasegate-Actor``), which the router records with every route change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import json
 import os
 import signal
@@ -21,21 +24,50 @@ import httpx
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import Routes
+from releasegate.router.adminauth import AdminTokenError, ensure_admin_token, read_admin_token
 from releasegate.spec.models import BuiltinRouter
 
 START_TIMEOUT = 10.0
 POLL = 0.05
 
 
-class BuiltinRouterClient:
-    """Talks to one router's admin API; implements the ``Router`` protocol for the service it serves."""
+def default_actor() -> str:
+    """How the controller names itself to the router: the OS login and the process (the router adds the uid the
+    kernel reports for the connection)."""
+    try:
+        login = getpass.getuser()
+    except (KeyError, OSError):
+        login = "unknown"
+    return f"releasegate (os login {login}, pid {os.getpid()})"
 
-    def __init__(self, admin: str, timeout: float = 5.0) -> None:
+
+class BuiltinRouterClient:
+    """Talks to one router's admin API; implements the ``Router`` protocol for the service it serves.
+
+    ``token_file`` is read at each call (a few bytes), so a router restarted with a new token is followed; without
+    one (or with none in it) calls go out unauthenticated, which only a router from before admin tokens accepts.
+    """
+
+    def __init__(self, admin: str, timeout: float = 5.0, *, token_file: Path | None = None,
+                 actor: str | None = None) -> None:
         self.admin = admin
         self.base = f"http://{admin}"
         self.timeout = timeout
+        self.token_file = token_file
+        self.actor = actor or default_actor()
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"X-Releasegate-Actor": self.actor}
+        if self.token_file is not None:
+            try:
+                token = read_admin_token(self.token_file)
+            except AdminTokenError:
+                token = None  # the router will say 401; _call names the file
+            if token is not None:
+                headers["Authorization"] = f"Bearer {token}"
+        return headers
 
     def _http(self) -> httpx.AsyncClient:
         # One pooled client per event loop: a client bound to a closed loop (tests, CLI runs) cannot be reused.
@@ -52,7 +84,7 @@ class BuiltinRouterClient:
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            resp = await self._http().request(method, path, **kwargs)
+            resp = await self._http().request(method, path, headers=self._headers(), **kwargs)
         except httpx.HTTPError as exc:
             raise ProviderError(f"the built-in router's admin API at {self.admin} is unreachable "
                                 f"({type(exc).__name__}: {exc or 'no detail'}); is the router running? "
@@ -63,11 +95,27 @@ class BuiltinRouterClient:
             data = None
         if resp.status_code != 200:
             detail = data.get("error") if isinstance(data, dict) else resp.text[:200]
+            hint = ""
+            if resp.status_code == 401:
+                hint = self._token_hint()
             raise ProviderError(f"the built-in router at {self.admin} refused {method} {path}: "
-                                f"HTTP {resp.status_code}: {detail}")
+                                f"HTTP {resp.status_code}: {detail}{hint}")
         if data is None:
             raise ProviderError(f"the built-in router at {self.admin} answered {method} {path} with non-JSON")
         return data
+
+    def _token_hint(self) -> str:
+        if self.token_file is None:
+            return "; this client was given no token file"
+        try:
+            token = read_admin_token(self.token_file)
+        except AdminTokenError as exc:
+            return f"; {exc}"
+        if token is None:
+            return (f"; there is no token file {self.token_file} any more: restart the router "
+                    "(`releasegate router restart SERVICE`) to get a new one")
+        return (f"; the token in {self.token_file} is not the one the router started with (was the file "
+                "replaced?): restart the router (`releasegate router restart SERVICE`)")
 
     def _check_service(self, data: Any, service: str) -> dict[str, Any]:
         if not isinstance(data, dict):
@@ -80,8 +128,13 @@ class BuiltinRouterClient:
         body = {"service": service, **routes.to_json()}
         self._check_service(await self._call("PUT", "/routes", json=body), service)
 
+    async def get_routes_info(self, service: str) -> dict[str, Any]:
+        """``GET /routes`` as the router sends it: the versions, ``generation``, ``inflight`` per backend and
+        ``changed`` (when and by whom the routes in force were set)."""
+        return self._check_service(await self._call("GET", "/routes"), service)
+
     async def get_routes(self, service: str) -> Routes:
-        data = self._check_service(await self._call("GET", "/routes"), service)
+        data = await self.get_routes_info(service)
         try:
             return Routes.from_json(data)
         except ValueError as exc:
@@ -118,6 +171,22 @@ def router_paths(state_dir: Path, service: str) -> tuple[Path, Path, Path]:
     return base / f"{service}.state.json", base / f"{service}.routes.json", base / f"{service}.log"
 
 
+def admin_token_path(state_dir: Path, service: str) -> Path:
+    """``routers/<service>.admin-token``: the admin API's secret, 0600, readable by the account that runs it."""
+    return Path(state_dir).absolute() / "routers" / f"{service}.admin-token"
+
+
+def changes_path(state_dir: Path, service: str) -> Path:
+    """``routers/<service>.changes.jsonl``: every route change the router applied, with who made it."""
+    return Path(state_dir).absolute() / "routers" / f"{service}.changes.jsonl"
+
+
+def router_client(state_dir: Path, service: str, admin: str, timeout: float = 5.0,
+                  actor: str | None = None) -> BuiltinRouterClient:
+    """A client for the service's router at ``admin`` with the token of the state dir."""
+    return BuiltinRouterClient(admin, timeout, token_file=admin_token_path(state_dir, service), actor=actor)
+
+
 def _read_state_file(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -148,23 +217,31 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def _admin_answers(admin: str, service: str, timeout: float = 1.0) -> bool:
+def _admin_health(admin: str, service: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    """``GET /health`` (no token needed) when it answers for ``service``."""
     try:
         resp = httpx.get(f"http://{admin}/health", timeout=timeout, trust_env=False)
         data = resp.json()
     except (httpx.HTTPError, ValueError):
-        return False
-    return resp.status_code == 200 and isinstance(data, dict) and data.get("service") == service
+        return None
+    ok = resp.status_code == 200 and isinstance(data, dict) and data.get("service") == service
+    return data if ok else None
 
 
 def read_router_state(state_dir: Path, service: str) -> dict[str, Any] | None:
     """The running router's state (pid, service, listen, admin, routes_file, started_at), or None when it is
-    not running: no state file, a dead pid, or an admin API that does not answer for this service."""
+    not running: no state file, a dead pid, or an admin API that does not answer for this service.
+
+    ``admin_auth`` is what the router itself says: ``"bearer"``, or None for a router started by a releasegate from
+    before admin tokens, whose admin API any local account can use until it is restarted."""
     state_file, _, _ = router_paths(state_dir, service)
     data = _read_state_file(state_file)
-    if data is None or not _pid_alive(data["pid"]) or not _admin_answers(data["admin"], service):
+    if data is None or not _pid_alive(data["pid"]):
         return None
-    return data
+    health = _admin_health(data["admin"], service)
+    if health is None:
+        return None
+    return {**data, "admin_auth": health.get("admin_auth")}
 
 
 def _log_tail(path: Path, lines: int = 10, since: int = 0) -> str:
@@ -180,18 +257,33 @@ def _log_tail(path: Path, lines: int = 10, since: int = 0) -> str:
 
 
 def router_command(state_dir: Path, service: str, spec: BuiltinRouter) -> list[str]:
+    """The router's command line: the path of its token file, never the token (``/proc/*/cmdline`` is public)."""
     state_file, routes_file, _ = router_paths(state_dir, service)
     return [sys.executable, "-m", "releasegate.router", "--service", service, "--listen", spec.listen,
             "--admin", spec.admin or "127.0.0.1:0", "--routes-file", str(routes_file),
-            "--state-file", str(state_file), "--sticky", spec.sticky, "--sticky-cookie", spec.sticky_cookie,
-            "--sticky-header", spec.sticky_header]
+            "--state-file", str(state_file), "--admin-token-file", str(admin_token_path(state_dir, service)),
+            "--changes-file", str(changes_path(state_dir, service)), "--sticky", spec.sticky,
+            "--sticky-cookie", spec.sticky_cookie, "--sticky-header", spec.sticky_header]
+
+
+def ensure_token(state_dir: Path, service: str) -> Path:
+    """The router's token file, created (0600) when missing; ProviderError when it cannot be trusted."""
+    path = admin_token_path(state_dir, service)
+    try:
+        ensure_admin_token(path)
+    except AdminTokenError as exc:
+        raise ProviderError(str(exc)) from None
+    except OSError as exc:
+        raise ProviderError(f"cannot create the router's admin token file {path}: {exc.strerror or exc}") from None
+    return path
 
 
 def spawn_router(state_dir: Path, service: str, spec: BuiltinRouter) -> subprocess.Popen[bytes]:
     """Start the router detached: own session (a Ctrl-C or crash of the controller does not reach it), output
-    appended to its log file, no stdin."""
+    appended to its log file, no stdin; its admin token file exists before it starts."""
     state_file, _, log_file = router_paths(state_dir, service)
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    ensure_token(state_dir, service)
     with contextlib.suppress(FileNotFoundError):
         state_file.unlink()
     with open(log_file, "ab") as log:
@@ -208,7 +300,7 @@ async def ensure_router(state_dir: Path, service: str, router_spec: BuiltinRoute
         if state.get("listen") != router_spec.listen and not router_spec.listen.endswith(":0"):
             raise ProviderError(f"the router for {service} is running on {state.get('listen')}, but the spec "
                                 f"says {router_spec.listen}; stop it ('releasegate router stop') to move it")
-        return BuiltinRouterClient(state["admin"])
+        return router_client(state_dir, service, state["admin"])
     state_file, _, log_file = router_paths(state_dir, service)
     start_of_log = log_file.stat().st_size if log_file.exists() else 0
     proc = spawn_router(state_dir, service, router_spec)
@@ -221,7 +313,7 @@ async def ensure_router(state_dir: Path, service: str, router_spec: BuiltinRoute
                                 f"{_log_tail(log_file, since=start_of_log)} (log: {log_file})")
         data = _read_state_file(state_file)
         if data is not None and data.get("pid") == proc.pid:
-            client = BuiltinRouterClient(data["admin"])
+            client = router_client(state_dir, service, data["admin"])
             try:
                 health = await client.health()
             except ProviderError:
