@@ -4,13 +4,23 @@ IMMEDIATE transactions so check-then-write is atomic across processes.
 Read-only commands (``status``, ``history``, ``approvals`` ...) run inside ``reading_only()``: there, a state dir
 that holds no database yet is read as an empty one, in memory, so looking around in a directory where releasegate
 never ran does not leave a ``.releasegate`` behind.
+
+The state dir holds specs (with whatever secrets they carry), tokens' hashes and the audit log, so it is private:
+created 0700, the database created 0600 (SQLite gives its ``-wal`` and ``-shm`` the database's mode). A state dir
+or database found wider (an older releasegate, a umask of 022) is tightened the first time a command writes there;
+nothing is changed by commands that only read.
+
+``immediate`` runs the callbacks registered on ``Connection.on_end`` when the transaction ends (committed or not):
+the audit log writes its head file there, after the entry is durable in the database.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -30,17 +40,53 @@ def reading_only() -> Iterator[None]:
         _READING.reset(token)
 
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
+
+
+class Connection(sqlite3.Connection):
+    """A connection that knows its state dir and what to do when the current transaction ends."""
+
+    state_dir: Path | None = None
+    on_end: list[Callable[[bool], None]]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.on_end = []
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` (and missing parents) with the directory itself 0700; tighten it when it is wider."""
+    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
+    tighten(path, PRIVATE_DIR)
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Drop the group and other bits of ``path`` when it is ours and has any (best effort: never fails)."""
+    try:
+        info = path.stat()
+        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
+            path.chmod(stat.S_IMODE(info.st_mode) & mode)
+    except OSError:
+        pass
+
+
 def open_db(state_dir: Path) -> sqlite3.Connection:
     if _READING.get() and not (state_dir / "releasegate.db").exists():
-        empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, factory=Connection)
         empty.row_factory = sqlite3.Row
         return empty
+    path = state_dir / "releasegate.db"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))  # an empty file is an empty database
     except OSError as exc:
         raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
                         "directory or set RELEASEGATE_HOME") from None
-    db = sqlite3.connect(state_dir / "releasegate.db", timeout=30, isolation_level=None, check_same_thread=False)
+    for name in ("releasegate.db", "releasegate.db-wal", "releasegate.db-shm"):
+        tighten(state_dir / name, PRIVATE_FILE)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False, factory=Connection)
+    db.state_dir = state_dir
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA busy_timeout=30000")
     _wal(db)
@@ -69,9 +115,24 @@ def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        try:
+            db.execute("ROLLBACK")
+        finally:
+            _ended(db, False)
         raise
-    db.execute("COMMIT")
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        _ended(db, False)
+        raise
+    _ended(db, True)
+
+
+def _ended(db: sqlite3.Connection, committed: bool) -> None:
+    """Run (once) what was registered for the end of this transaction."""
+    hooks = getattr(db, "on_end", None)
+    while hooks:
+        hooks.pop(0)(committed)
 
 
 def create_schema(db: sqlite3.Connection, schema: str) -> None:
