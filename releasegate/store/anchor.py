@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from releasegate.store.db import PRIVATE_FILE
+from releasegate.fileio import PRIVATE_FILE
 
 FILE = "audit-head.log"
 

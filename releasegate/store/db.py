@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from contextvars import ContextVar
 from pathlib import Path
 
 from releasegate.errors import UserError
+from releasegate.fileio import PRIVATE_FILE, private_dir, tighten
 
 _READING: ContextVar[bool] = ContextVar("releasegate_reading_only", default=False)
 
@@ -40,10 +40,6 @@ def reading_only() -> Iterator[None]:
         _READING.reset(token)
 
 
-PRIVATE_DIR = 0o700
-PRIVATE_FILE = 0o600
-
-
 class Connection(sqlite3.Connection):
     """A connection that knows its state dir and what to do when the current transaction ends."""
 
@@ -53,22 +49,6 @@ class Connection(sqlite3.Connection):
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.on_end = []
-
-
-def private_dir(path: Path) -> None:
-    """Create ``path`` (and missing parents) with the directory itself 0700; tighten it when it is wider."""
-    path.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-    tighten(path, PRIVATE_DIR)
-
-
-def tighten(path: Path, mode: int) -> None:
-    """Drop the group and other bits of ``path`` when it is ours and has any (best effort: never fails)."""
-    try:
-        info = path.stat()
-        if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) & 0o077:
-            path.chmod(stat.S_IMODE(info.st_mode) & mode)
-    except OSError:
-        pass
 
 
 def open_db(state_dir: Path) -> sqlite3.Connection:
