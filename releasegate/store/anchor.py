@@ -115,6 +115,8 @@ class Pending:
         except BaseException:
             os.close(self._fd)
             raise
+        self.on_file = last(state_dir)
+        """The file's last line when the lock was taken: the head as the file knows it."""
 
     def end(self, committed: bool) -> None:
         try:

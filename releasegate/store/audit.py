@@ -136,11 +136,7 @@ def append_entry(db: sqlite3.Connection, actor: str, action: str, release: str |
     return Entry(seq, when, actor, action, release, commit, decision, data, prev, digest)
 
 
-class _Pending(anchor.Pending):
-    on_file: anchor.Line | None = None
-
-
-def _pending(db: sqlite3.Connection) -> _Pending | None:
+def _pending(db: sqlite3.Connection) -> anchor.Pending | None:
     """This transaction's head-file lines (taking the head file's lock on the first entry); None in memory."""
     state_dir: Path | None = getattr(db, "state_dir", None)
     hooks = getattr(db, "on_end", None)
@@ -148,15 +144,14 @@ def _pending(db: sqlite3.Connection) -> _Pending | None:
         return None
     for hook in hooks:
         owner = getattr(hook, "__self__", None)
-        if isinstance(owner, _Pending):
+        if isinstance(owner, anchor.Pending):
             return owner
-    pending = _Pending(state_dir)
+    pending = anchor.Pending(state_dir)
     hooks.append(pending.end)
-    pending.on_file = anchor.last(state_dir)
     return pending
 
 
-def _catch_up(db: sqlite3.Connection, pending: _Pending, top: anchor.Line | None) -> None:
+def _catch_up(db: sqlite3.Connection, pending: anchor.Pending, top: anchor.Line | None) -> None:
     """Lines for entries the database has beyond the file (a writer killed between its commit and its line)."""
     on_file = pending.on_file
     if pending.lines or on_file is None or top is None or top.seq <= on_file.seq:
