@@ -6,9 +6,9 @@ that holds no database yet is read as an empty one, in memory, so looking around
 never ran does not leave a ``.releasegate`` behind.
 
 The state dir holds specs (with whatever secrets they carry), tokens' hashes and the audit log, so it is private:
-created 0700, the database created 0600 (SQLite gives its ``-wal`` and ``-shm`` the database's mode). A state dir
-or database found wider (an older releasegate, a umask of 022) is tightened the first time a command writes there;
-nothing is changed by commands that only read.
+created 0700, the database made 0600 as soon as SQLite creates it (its ``-wal`` and ``-shm`` take its mode). A
+state dir or database found wider (an older releasegate, a umask of 022) is tightened the first time a command
+writes there; nothing is changed by commands that only read.
 
 ``immediate`` runs the callbacks registered on ``Connection.on_end`` when the transaction ends (committed or not):
 the audit log writes its head file there, after the entry is durable in the database.
@@ -16,7 +16,6 @@ the audit log writes its head file there, after the entry is durable in the data
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
@@ -59,13 +58,15 @@ def open_db(state_dir: Path) -> sqlite3.Connection:
     path = state_dir / "releasegate.db"
     try:
         private_dir(state_dir)
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE))  # an empty file is an empty database
     except OSError as exc:
         raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
                         "directory or set RELEASEGATE_HOME") from None
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False, factory=Connection)
+    # Tightened by path, right after SQLite created the (still empty) file and before WAL mode creates the -wal and
+    # -shm (which take the database's mode). Never open and close the database file here: closing any descriptor
+    # of it drops every POSIX lock this process holds on it, the locks other connections' SQLite relies on.
     for name in ("releasegate.db", "releasegate.db-wal", "releasegate.db-shm"):
         tighten(state_dir / name, PRIVATE_FILE)
-    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False, factory=Connection)
     db.state_dir = state_dir
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA busy_timeout=30000")
