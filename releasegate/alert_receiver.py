@@ -9,6 +9,9 @@ The receiver never drives a rollout itself: it queues a ``rollback`` command in 
 answer is immediate (Alertmanager times out and retries slow receivers) and a receiver crash cannot leave traffic
 half-moved. Every alert, acted on or not, and every refused request leaves an audit entry (actor
 ``alertmanager``): ``alert.rollback``, ``alert.ignored`` (with why), ``alert.unauthorized``, ``alert.malformed``.
+An entry keeps only what matters (name, status, start, fingerprint, a few labels and the summary, each cut to 200
+characters), and a notification's ignored alerts past the 50th share one entry, so a flood of large or many-alert
+bodies cannot grow the log much faster than it grows the network traffic.
 
 ``handle`` is the pure-ish core (it touches only the store and the audit log) shared by the server and the tests.
 The server is a deliberately tiny HTTP/1.1 handler on asyncio streams: one request per connection, a bounded body,
@@ -37,7 +40,13 @@ from releasegate.store.sqlite import Store
 
 ACTOR = "alertmanager"
 MAX_BODY = 1 << 20
-"""Alertmanager batches alerts per group; a megabyte is far beyond any real notification."""
+"""Alertmanager batches alerts per group; a megabyte is far beyond any real notification (413 above it)."""
+LABELS = ("alertname", "service", "severity", "env", "environment", "namespace", "job", "instance")
+"""The labels an audit entry keeps: what the decision read, and what tells an auditor which alert it was."""
+MAX_TEXT = 200
+"""Each value kept in an audit entry is cut to this many characters: the log records, it does not archive."""
+MAX_IGNORED = 50
+"""Ignored alerts of one notification audited one by one; the rest go into one summary entry."""
 READ_TIMEOUT = 10.0
 """A client that has not sent its whole request by then is dropped (a stuck peer must not hold a connection)."""
 
@@ -77,18 +86,16 @@ def handle(payload: dict[str, Any], state_dir: Path, now: float) -> list[str]:
     alerts = _alerts(payload)
     group_status = str(payload.get("status") or "firing")
     results: list[str] = []
+    ignored, unrecorded = 0, set[str]()
     store = Store(state_dir)
     try:
         with AuditLog(state_dir) as audit:
             for alert in alerts:
                 labels = _text_map(alert.get("labels"))
-                annotations = _text_map(alert.get("annotations"))
                 name = labels.get("alertname", "")
                 service = labels.get("service", "")
                 status = str(alert.get("status") or group_status)
-                evidence: dict[str, Any] = {"alertname": name, "status": status, "labels": labels,
-                                            "annotations": annotations, "startsAt": alert.get("startsAt"),
-                                            "fingerprint": alert.get("fingerprint")}
+                evidence = _evidence(alert, labels, name, status)
                 label = f"{name or '(no alertname)'} for {service or '(no service label)'}"
                 release: str | None = None
                 why = _ignore_reason(status, name, service)
@@ -106,17 +113,45 @@ def handle(payload: dict[str, Any], state_dir: Path, now: float) -> list[str]:
                             why = f"a rollback of rollout {rollout_id} is already queued"
                 if why is not None or rollout_id is None:
                     said = f"{label}: ignored: {why}"
-                    audit.append(ACTOR, "alert.ignored", release=release, decision=said, evidence=evidence, at=now)
                     results.append(said)
+                    ignored += 1
+                    if ignored <= MAX_IGNORED:
+                        audit.append(ACTOR, "alert.ignored", release=release, decision=_cut(said),
+                                     evidence=evidence, at=now)
+                    elif len(unrecorded) < MAX_IGNORED:
+                        unrecorded.add(_cut(name or "(no alertname)"))
                     continue
                 command = store.add_command(service, rollout_id, "rollback", ACTOR, now)
                 evidence["command"] = command
                 said = f"{label}: rollback of rollout {rollout_id} queued (command {command})"
-                audit.append(ACTOR, "alert.rollback", release=release, decision=said, evidence=evidence, at=now)
+                audit.append(ACTOR, "alert.rollback", release=release, decision=_cut(said), evidence=evidence,
+                             at=now)
                 results.append(said)
+            if ignored > MAX_IGNORED:
+                audit.append(ACTOR, "alert.ignored", decision=f"{ignored - MAX_IGNORED} more alerts of this "
+                             f"notification ignored (over {MAX_IGNORED}: not recorded one by one)",
+                             evidence={"alertnames": sorted(unrecorded)}, at=now)
     finally:
         store.close()
     return results
+
+
+def _cut(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + "..."
+
+
+def _evidence(alert: Mapping[str, Any], labels: dict[str, str], name: str, status: str) -> dict[str, Any]:
+    """What an audit entry keeps of an alert: its name, status, start, fingerprint, the labels of ``LABELS`` and
+    the summary, each cut to ``MAX_TEXT`` (a body may be a megabyte; the log must not grow by that much)."""
+    summary = _text_map(alert.get("annotations")).get("summary")
+    evidence: dict[str, Any] = {"alertname": _cut(name), "status": _cut(status),
+                                "labels": {k: _cut(labels[k]) for k in LABELS if k in labels},
+                                "startsAt": None if alert.get("startsAt") is None else _cut(alert["startsAt"]),
+                                "fingerprint": None if alert.get("fingerprint") is None else _cut(
+                                    alert["fingerprint"]),
+                                "annotations": {} if summary is None else {"summary": _cut(summary)}}
+    return evidence
 
 
 def _ignore_reason(status: str, name: str, service: str) -> str | None:
@@ -237,7 +272,7 @@ class AlertReceiver:
         if not authorized(headers.get("authorization"), self.secret):
             denied = "missing Authorization header" if "authorization" not in headers else "wrong bearer token"
             await asyncio.to_thread(self._record, "alert.unauthorized", f"refused: {denied}",
-                                    {"peer": where, "path": path}, now)
+                                    {"peer": where, "path": _cut(path)}, now)
             self.log(f"401 from {where}: {denied}")
             return 401, {"error": f"unauthorized: {denied} (Authorization: Bearer <secret>)"}
         why: str | None = None
@@ -255,8 +290,8 @@ class AlertReceiver:
                 return 500, {"error": f"internal error: {type(exc).__name__}: {exc}".splitlines()[0]}
         if why is not None:
             why = why.splitlines()[0]
-            await asyncio.to_thread(self._record, "alert.malformed", f"refused: {why}",
-                                    {"peer": where, "path": path, "bytes": length}, now)
+            await asyncio.to_thread(self._record, "alert.malformed", f"refused: {_cut(why)}",
+                                    {"peer": where, "path": _cut(path), "bytes": length}, now)
             self.log(f"400 from {where}: {why}")
             return 400, {"error": why}
         for line in results:

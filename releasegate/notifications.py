@@ -35,6 +35,7 @@ from typing import Any
 
 from releasegate.engine.state import Decision, RolloutState
 from releasegate.errors import UserError
+from releasegate.fileio import append_private
 from releasegate.providers.base import Event, Notifier
 from releasegate.providers.notifiers.apprise import AppriseNotifier, check_url, redact
 from releasegate.spec.models import Spec
@@ -68,9 +69,7 @@ class Outbox:
         line = {"id": job.id, "at": time.time(), "service": job.event.service, "event": job.event.kind,
                 "target": target, "status": status, "attempt": attempt, "error": error}
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(line, default=str) + "\n")
+            append_private(self.path, json.dumps(line, default=str) + "\n")  # 0600: it names the targets
         except OSError as exc:  # a full disk must not stop a rollout either
             log.warning("cannot record notification %s as %s: %s", job.id, status, exc)
 

@@ -7,6 +7,7 @@ traffic itself, so it can run anywhere the state dir is reachable and be restart
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated
@@ -22,15 +23,37 @@ from releasegate.router.config import join_host_port
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-_LOOPBACK = ("127.0.0.1", "::1", "localhost")
+SecretEnv = Annotated[str | None, typer.Option("--secret-env", metavar="NAME", show_default=False,
+                                               help="Require Authorization: Bearer <the value of this "
+                                                    "environment variable>.")]
+SecretFile = Annotated[Path | None, typer.Option("--secret-file", metavar="FILE", show_default=False,
+                                                 help="Require Authorization: Bearer <this file's content>.")]
 
 
-def read_secret(secret_env: str | None, secret_file: Path | None) -> str | None:
-    """The shared secret Alertmanager sends as ``Authorization: Bearer``; None when neither option is given.
+def is_loopback(host: str) -> bool:
+    """Only this machine can connect (127.0.0.0/8, ::1, localhost); a name or a wildcard address is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def require_secret_off_loopback(command: str, listen: str, host: str, secret: str | None) -> None:
+    """A listener other machines can reach must check a secret: refuse to start without one (one line)."""
+    if secret is None and not is_loopback(host):
+        raise UserError(f"--listen {listen}: not a loopback address, so anyone who can reach it could use {command}; "
+                        "give --secret-env NAME or --secret-file FILE (clients send Authorization: Bearer <secret>) "
+                        "or listen on 127.0.0.1")
+
+
+def read_secret(secret_env: str | None, secret_file: Path | None, command: str = "receive-alerts") -> str | None:
+    """The shared secret clients send as ``Authorization: Bearer``; None when neither option is given.
 
     From an environment variable or a file, never the command line, so it does not show in ``ps``."""
     if secret_env and secret_file:
-        raise UserError("receive-alerts: give --secret-env or --secret-file, not both")
+        raise UserError(f"{command}: give --secret-env or --secret-file, not both")
     if secret_env:
         value = os.environ.get(secret_env, "").strip()
         if not value:
@@ -52,16 +75,13 @@ def receive_alerts(
         listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
                                             help="Where Alertmanager's webhook_configs url points.")]
         = "127.0.0.1:9095",
-        secret_env: Annotated[str | None, typer.Option("--secret-env", metavar="NAME", show_default=False,
-                                                       help="Require Authorization: Bearer <the value of this "
-                                                            "environment variable>.")] = None,
-        secret_file: Annotated[Path | None, typer.Option("--secret-file", metavar="FILE", show_default=False,
-                                                         help="Require Authorization: Bearer <this file's "
-                                                              "content>.")] = None,
+        secret_env: SecretEnv = None,
+        secret_file: SecretFile = None,
         state_dir: StateDir = None) -> None:
     """Receive Alertmanager webhooks: a firing alert listed in a rollout's rollback.on_alerts rolls it back.
 
-    Runs in the foreground until interrupted. Every alert is audited.
+    Runs in the foreground until interrupted. Every alert is audited. A --listen address other than loopback needs
+    --secret-env or --secret-file.
 
     The alert's `service` label names the service; the rollback is queued as `releasegate rollback` queues it."""
     from releasegate.alert_receiver import serve
@@ -70,9 +90,7 @@ def receive_alerts(
         where = state_dir_of(state_dir)
         host, port = listen_address(listen)
         secret = read_secret(secret_env, secret_file)
-        if secret is None and host not in _LOOPBACK:
-            err.print(f"releasegate: warning: --listen {listen} is not loopback and no secret is set: anyone who "
-                      "can reach it can roll back rollouts (use --secret-env or --secret-file)", markup=False)
+        require_secret_off_loopback("receive-alerts (roll back rollouts)", listen, host, secret)
 
         def ready(bound_host: str, bound_port: int) -> None:
             auth = "bearer secret required" if secret else "no secret"

@@ -4,6 +4,10 @@ It serves ``GET /metrics`` (the Prometheus text format) from releasegate.metrics
 dir's store on every scrape; it never writes anything, so it can run beside any number of controllers, or none,
 and be restarted at will. The router's own ``/metrics`` (traffic per version) is separate: it lives on the
 router's admin address.
+
+What it serves names every service, version and rollout: on an address other than loopback it refuses to start
+without a secret (``--secret-env``/``--secret-file``), which scrapes then send as ``Authorization: Bearer``
+(Prometheus: ``authorization: {credentials_file: ...}``). ``/healthz`` stays open for probes.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import typer
 from rich.console import Console
 
 from releasegate.commands import listen_address, reported
+from releasegate.commands.alerts_receiver import SecretEnv, SecretFile, read_secret, require_secret_off_loopback
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.errors import UserError
 from releasegate.router.config import join_host_port
@@ -45,10 +50,12 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def exporter_app(state_dir: Path) -> WSGIApp:
-    """``/metrics`` from the store collector, ``/healthz`` for probes, 404 elsewhere."""
+def exporter_app(state_dir: Path, secret: str | None = None) -> WSGIApp:
+    """``/metrics`` from the store collector (with ``secret``, only for ``Authorization: Bearer <secret>``),
+    ``/healthz`` for probes, 404 elsewhere."""
     from prometheus_client import make_wsgi_app
 
+    from releasegate.alert_receiver import authorized
     from releasegate.metrics_exporter import registry_for
 
     metrics = make_wsgi_app(registry_for(state_dir))
@@ -56,6 +63,10 @@ def exporter_app(state_dir: Path) -> WSGIApp:
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
         if path == "/metrics":
+            if not authorized(environ.get("HTTP_AUTHORIZATION"), secret):
+                start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
+                                                    ("WWW-Authenticate", "Bearer")])
+                return [b"unauthorized: scrape with Authorization: Bearer <secret>\n"]
             return metrics(environ, start_response)  # type: ignore[no-any-return]
         ok = path == "/healthz"
         start_response("200 OK" if ok else "404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
@@ -63,11 +74,11 @@ def exporter_app(state_dir: Path) -> WSGIApp:
     return app
 
 
-def bind(state_dir: Path, host: str, port: int) -> WSGIServer:
+def bind(state_dir: Path, host: str, port: int, secret: str | None = None) -> WSGIServer:
     """The exporter's server, bound and listening; a ``UserError`` when it cannot listen there."""
     server_class = _Server6 if ":" in host else _Server
     try:
-        return make_server(host, port, exporter_app(state_dir), server_class=server_class,
+        return make_server(host, port, exporter_app(state_dir, secret), server_class=server_class,
                            handler_class=_QuietHandler)
     except (OSError, OverflowError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -78,21 +89,27 @@ def bind(state_dir: Path, host: str, port: int) -> WSGIServer:
 def metrics(
         listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
                                             help="Where Prometheus scrapes /metrics.")] = "127.0.0.1:9108",
+        secret_env: SecretEnv = None,
+        secret_file: SecretFile = None,
         state_dir: StateDir = None) -> None:
     """Serve the controllers' metrics for Prometheus: rollout phases, weights, decisions, rollbacks, outcomes.
 
     Runs in the foreground until interrupted.
 
-    Each scrape reads the state dir's store (read-only): every rollout there shows, whichever process drives it."""
+    Each scrape reads the state dir's store (read-only): every rollout there shows, whichever process drives it.
+    A --listen address other than loopback needs --secret-env or --secret-file."""
     with reported():
         where = state_dir_of(state_dir)
         host, port = listen_address(listen)
-        server = bind(where, host, port)
+        secret = read_secret(secret_env, secret_file, "metrics")
+        require_secret_off_loopback("metrics (read every rollout)", listen, host, secret)
+        server = bind(where, host, port, secret)
         bound = join_host_port(host, int(server.server_address[1]))
         if not (where / "releasegate.db").exists():
             err.print(f"releasegate: warning: no store in {where} yet (releasegate_store_up is 0 until a deploy "
                       "creates it); is --state-dir right?", markup=False)
-        out.print(f"serving controller metrics on http://{bound}/metrics (state {where}); Ctrl-C stops",
+        auth = "; bearer secret required" if secret else ""
+        out.print(f"serving controller metrics on http://{bound}/metrics (state {where}{auth}); Ctrl-C stops",
                   markup=False)
         try:
             server.serve_forever()

@@ -1,10 +1,14 @@
 """The audit log: every approval, refusal, override and rollout step, hash-chained so tampering shows.
 
 Each entry's ``hash`` is the SHA-256 of a canonical JSON of its fields and the previous entry's hash, so editing,
-deleting or reordering any entry breaks the chain at that entry, and ``verify`` names it. A one-row head table
-records the last entry written, so deleting entries from the end is detected too (a bare chain cannot tell a
-truncated log from a short one). An attacker who can write the database can of course rebuild the whole chain;
-the log makes tampering evident, it does not prevent it: export it regularly (``releasegate audit export``).
+deleting or reordering any entry breaks the chain at that entry, and ``verify`` names it. A bare chain cannot tell a
+truncated log from a short one, so the head (the last entry's number and hash) is kept twice: in a one-row table, and
+outside the database in ``audit-head.log`` (``releasegate.store.anchor``), one line appended per entry. An append
+continues from the higher of the two, so cutting the tail and the head record and then writing a new entry leaves
+the gap in the chain; ``verify`` cross-checks the file against the rows both ways, and calls an empty log beside
+releases, sign-offs, tokens, stored documents or rollouts an error. What this cannot catch: someone who can write
+the state dir and rewrites the chain, the head record and the head file consistently (docs/security.md, section 6);
+for that, keep the head somewhere they cannot write (``audit head``, ``audit export --signed``).
 
 The log lives in the same SQLite file as the rest of the state (``state_dir/releasegate.db``). An append reads the
 head and writes the entry inside one ``BEGIN IMMEDIATE`` transaction, so processes appending at the same time
@@ -14,6 +18,7 @@ state change and its audit entry commit together (``releasegate.store.governance
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -24,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple
 
+from releasegate.store import anchor
 from releasegate.store.db import create_schema, immediate, open_db
 
 GENESIS = "0" * 64
@@ -47,7 +53,7 @@ CREATE TABLE IF NOT EXISTS audit_head (
     seq INTEGER NOT NULL,
     hash TEXT NOT NULL
 );
-"""
+""" + anchor.SCHEMA
 
 _REORDER_SEARCH = 10_000
 """How far from its position ``verify`` looks for the place an entry was written at, to say "reordered"."""
@@ -106,10 +112,15 @@ def append_entry(db: sqlite3.Connection, actor: str, action: str, release: str |
                  commit: str | None = None, decision: str | None = None,
                  evidence: Mapping[str, Any] | None = None, *, at: float | None = None) -> Entry:
     """Append inside the caller's open transaction (which must hold the write lock: BEGIN IMMEDIATE)."""
+    pending = _pending(db)
     head = db.execute("SELECT seq, hash FROM audit_head WHERE id=1").fetchone()
-    if head is None:  # no head yet (a new log), or it was deleted: continue from the last entry there is
-        head = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
-    seq, prev = (int(head["seq"]) + 1, str(head["hash"])) if head else (1, GENESIS)
+    last = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    known = [anchor.Line(int(r["seq"]), str(r["hash"])) for r in (head, last) if r is not None]
+    if pending is not None:
+        _catch_up(db, pending, max(known) if known else None)
+        known += pending.lines[-1:] or [line for line in (pending.on_file,) if line is not None]
+    top = max(known, key=lambda line: line.seq) if known else None  # the gap after a cut tail stays visible
+    seq, prev = (top.seq + 1, top.hash) if top else (1, GENESIS)
     when = time.time() if at is None else float(at)
     data = _canonical_evidence(evidence)
     digest = entry_hash(seq, when, actor, action, release, commit, decision, data, prev)
@@ -119,7 +130,34 @@ def append_entry(db: sqlite3.Connection, actor: str, action: str, release: str |
                                                                                 ensure_ascii=False), prev, digest))
     db.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                "seq=excluded.seq, hash=excluded.hash", (seq, digest))
+    if pending is not None:
+        db.execute("INSERT OR IGNORE INTO audit_anchor (id, since_seq) VALUES (1, ?)", (seq,))
+        pending.lines.append(anchor.Line(seq, digest))
     return Entry(seq, when, actor, action, release, commit, decision, data, prev, digest)
+
+
+def _pending(db: sqlite3.Connection) -> anchor.Pending | None:
+    """This transaction's head-file lines (taking the head file's lock on the first entry); None in memory."""
+    state_dir: Path | None = getattr(db, "state_dir", None)
+    hooks = getattr(db, "on_end", None)
+    if state_dir is None or hooks is None:
+        return None
+    for hook in hooks:
+        owner = getattr(hook, "__self__", None)
+        if isinstance(owner, anchor.Pending):
+            return owner
+    pending = anchor.Pending(state_dir)
+    hooks.append(pending.end)
+    return pending
+
+
+def _catch_up(db: sqlite3.Connection, pending: anchor.Pending, top: anchor.Line | None) -> None:
+    """Lines for entries the database has beyond the file (a writer killed between its commit and its line)."""
+    on_file = pending.on_file
+    if pending.lines or on_file is None or top is None or top.seq <= on_file.seq:
+        return
+    rows = db.execute("SELECT seq, hash FROM audit_log WHERE seq > ? ORDER BY seq", (on_file.seq,)).fetchall()
+    pending.lines.extend(anchor.Line(int(r["seq"]), str(r["hash"])) for r in rows)
 
 
 # --- the log -------------------------------------------------------------------------------------------------
@@ -131,6 +169,7 @@ class AuditLog:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self._db = open_db(self.state_dir)
+        self._db.execute("PRAGMA synchronous=FULL")  # an entry is durable before its head-file line is written
         create_schema(self._db, SCHEMA)
 
     def close(self) -> None:
@@ -159,44 +198,132 @@ class AuditLog:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM audit_log").fetchone()[0])
 
+    def head(self) -> tuple[int, str] | None:
+        """The last entry's number and hash (what to keep outside the state dir); None for an empty log."""
+        row = self._db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        return (int(row["seq"]), str(row["hash"])) if row else None
+
+    def hash_of(self, seq: int) -> str | None:
+        row = self._db.execute("SELECT hash FROM audit_log WHERE seq=?", (seq,)).fetchone()
+        return str(row["hash"]) if row else None
+
     def verify(self) -> Verification:
-        """Walk the chain in ``seq`` order and name the first entry that was edited, deleted or moved."""
-        self._db.execute("BEGIN")  # one read snapshot: no append lands between reading the rows and the head
-        try:
-            rows = self._db.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
-            head = self._db.execute("SELECT seq, hash FROM audit_head WHERE id=1").fetchone()
-        finally:
-            self._db.execute("COMMIT")
-        expected, prev = 1, GENESIS
-        for row in rows:
-            seq = int(row["seq"])
-            if seq != expected:
-                gone = f"entry {expected}" if seq == expected + 1 else f"entries {expected} to {seq - 1}"
-                verb = "was" if seq == expected + 1 else "were"
-                after = f"entry {seq} follows entry {expected - 1}" if expected > 1 else f"the log starts at {seq}"
-                return Verification(False, expected, f"{gone} {verb} deleted ({after})")
-            problem = _check_row(self._db, row, len(rows))
-            if problem:
-                return Verification(False, seq, problem)
-            if row["prev_hash"] != prev:
-                return Verification(False, seq, f"entry {seq} does not follow entry {seq - 1} (prev_hash mismatch: "
-                                                "an entry before it was deleted, replaced or reordered)")
-            prev, expected = str(row["hash"]), seq + 1
-        last = expected - 1
-        if head is None:
-            if rows:
-                return Verification(False, last, f"the log's head record is missing (last entry {last})")
-        elif int(head["seq"]) > last:
-            return Verification(False, last + 1, f"entry {last + 1} was deleted (the log was written up to entry "
-                                                 f"{head['seq']}, it ends at entry {last})")
-        elif int(head["seq"]) < last:
-            first = int(head["seq"]) + 1
-            return Verification(False, first, f"entry {first} was not written by releasegate (the log's head "
-                                              f"says it ends at entry {head['seq']})")
-        elif head["hash"] != prev:
-            return Verification(False, last, f"entry {last} was replaced (its hash is not the one recorded "
-                                             "when it was written)")
+        """Walk the chain in ``seq`` order and name the first entry that was edited, deleted or moved; then check
+        the head file against the rows (entries gone from the end, a rewritten chain) and the rest of the state
+        against an empty log."""
+        on_disk = getattr(self._db, "state_dir", None) is not None
+        with anchor.locked(self.state_dir, exclusive=False) if on_disk else contextlib.nullcontext():
+            self._db.execute("BEGIN")  # one read snapshot: no append lands between reading the rows and the head
+            try:
+                rows = self._db.execute("SELECT * FROM audit_log ORDER BY seq").fetchall()
+                head = self._db.execute("SELECT seq, hash FROM audit_head WHERE id=1").fetchone()
+                since = self._db.execute("SELECT since_seq FROM audit_anchor WHERE id=1").fetchone()
+                state = _state_rows(self._db)
+            finally:
+                self._db.execute("COMMIT")
+            try:
+                lines = anchor.read(self.state_dir) if on_disk else None
+            except anchor.Damaged as exc:
+                return Verification(False, None, str(exc))
+        chain = _walk(self._db, rows, head)
+        if not chain.ok:
+            return chain
+        found = _against_file(rows, lines, int(since[0]) if since else None)
+        if found is not None:
+            return found
+        if not rows and state:
+            return Verification(False, 1, "the log is empty (its entries were deleted or its tables dropped) but "
+                                          f"the state dir holds {state}")
+        if rows and lines is None:
+            return Verification(True, None, f"{len(rows)} entries (not anchored yet: the next audited command "
+                                            f"starts {anchor.FILE})")
         return Verification(True, None, f"{len(rows)} entries")
+
+
+def _walk(db: sqlite3.Connection, rows: list[sqlite3.Row], head: sqlite3.Row | None) -> Verification:
+    """The chain itself, and its last entry against the head record."""
+    expected, prev = 1, GENESIS
+    for row in rows:
+        seq = int(row["seq"])
+        if seq != expected:
+            gone = f"entry {expected}" if seq == expected + 1 else f"entries {expected} to {seq - 1}"
+            verb = "was" if seq == expected + 1 else "were"
+            after = f"entry {seq} follows entry {expected - 1}" if expected > 1 else f"the log starts at {seq}"
+            return Verification(False, expected, f"{gone} {verb} deleted ({after})")
+        problem = _check_row(db, row, len(rows))
+        if problem:
+            return Verification(False, seq, problem)
+        if row["prev_hash"] != prev:
+            return Verification(False, seq, f"entry {seq} does not follow entry {seq - 1} (prev_hash mismatch: "
+                                            "an entry before it was deleted, replaced or reordered)")
+        prev, expected = str(row["hash"]), seq + 1
+    last = expected - 1
+    if head is None:
+        if rows:
+            return Verification(False, last, f"the log's head record is missing (last entry {last})")
+    elif int(head["seq"]) > last:
+        return Verification(False, last + 1, f"entry {last + 1} was deleted (the log was written up to entry "
+                                             f"{head['seq']}, it ends at entry {last})")
+    elif int(head["seq"]) < last:
+        first = int(head["seq"]) + 1
+        return Verification(False, first, f"entry {first} was not written by releasegate (the log's head "
+                                          f"says it ends at entry {head['seq']})")
+    elif head["hash"] != prev:
+        return Verification(False, last, f"entry {last} was replaced (its hash is not the one recorded "
+                                         "when it was written)")
+    return Verification(True, None, f"{len(rows)} entries")
+
+
+def _against_file(rows: list[sqlite3.Row], lines: list[anchor.Line] | None, since: int | None) -> Verification | None:
+    """The head file against an intact chain: None when they agree, else what is missing or rewritten."""
+    name = anchor.FILE
+    if lines is None:
+        if since is not None:
+            return Verification(False, since, f"{name} is missing (the log has been anchored in it since entry "
+                                              f"{since}): it was deleted")
+        return None
+    if not lines:
+        return Verification(False, since, f"{name} is empty (it was cut)") if since is not None else None
+    if since is None:
+        return Verification(False, None, f"the database's record of {name} (audit_anchor) is missing: the "
+                                         "database was edited")
+    first = min(line.seq for line in lines)
+    if first > since:
+        return Verification(False, since, f"{name} starts at entry {first} but was started at entry {since}: it "
+                                          "was deleted or cut at its start")
+    hashes = {int(row["seq"]): str(row["hash"]) for row in rows}
+    for line in lines:
+        if line.seq in hashes and hashes[line.seq] != line.hash:
+            return Verification(False, line.seq, f"entry {line.seq} was replaced: its hash is not the one {name} "
+                                                 "recorded when it was written (the chain was rewritten up to it)")
+    top = max(line.seq for line in lines)
+    last = int(rows[-1]["seq"]) if rows else 0
+    if top > last:
+        gone = f"entry {top}" if top == last + 1 else f"entries {last + 1} to {top}"
+        ends = f"the log ends at entry {last}" if last else "the log is empty"
+        return Verification(False, last + 1, f"{gone} {'was' if top == last + 1 else 'were'} deleted ({name} "
+                                             f"records entry {top}, {ends})")
+    if top < last:
+        extra = f"entry {last} is" if last == top + 1 else f"entries {top + 1} to {last} are"
+        return Verification(False, top + 1, f"{extra} not in {name} (it ends at entry {top}): added to the "
+                                            "database directly, or the file was cut")
+    return None
+
+
+_STATE = (("gov_releases", "release"), ("gov_signoffs", "sign-off"), ("gov_tokens", "token"),
+          ("gov_documents", "stored policy or calendar version"), ("rollouts", "rollout"))
+
+
+def _state_rows(db: sqlite3.Connection) -> str:
+    """What the state dir holds that an audit entry was written for ("2 releases, 1 rollout"); "" when nothing."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    held = []
+    for table, noun in _STATE:
+        if table in tables:
+            count = int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+            if count:
+                held.append(f"{count} {noun}{'' if count == 1 else 's'}")
+    return ", ".join(held)
 
 
 def _entry(row: sqlite3.Row, evidence: dict[str, Any]) -> Entry:

@@ -4,18 +4,27 @@ IMMEDIATE transactions so check-then-write is atomic across processes.
 Read-only commands (``status``, ``history``, ``approvals`` ...) run inside ``reading_only()``: there, a state dir
 that holds no database yet is read as an empty one, in memory, so looking around in a directory where releasegate
 never ran does not leave a ``.releasegate`` behind.
+
+The state dir holds specs (with whatever secrets they carry), tokens' hashes and the audit log, so it is private:
+created 0700, the database made 0600 as soon as SQLite creates it (its ``-wal`` and ``-shm`` take its mode). A
+state dir or database found wider (an older releasegate, a umask of 022) is tightened the first time a command
+writes there; nothing is changed by commands that only read.
+
+``immediate`` runs the callbacks registered on ``Connection.on_end`` when the transaction ends (committed or not):
+the audit log writes its head file there, after the entry is durable in the database.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
 
 from releasegate.errors import UserError
+from releasegate.fileio import PRIVATE_FILE, private_dir, tighten
 
 _READING: ContextVar[bool] = ContextVar("releasegate_reading_only", default=False)
 
@@ -30,17 +39,35 @@ def reading_only() -> Iterator[None]:
         _READING.reset(token)
 
 
+class Connection(sqlite3.Connection):
+    """A connection that knows its state dir and what to do when the current transaction ends."""
+
+    state_dir: Path | None = None
+    on_end: list[Callable[[bool], None]]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.on_end = []
+
+
 def open_db(state_dir: Path) -> sqlite3.Connection:
     if _READING.get() and not (state_dir / "releasegate.db").exists():
-        empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+        empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, factory=Connection)
         empty.row_factory = sqlite3.Row
         return empty
+    path = state_dir / "releasegate.db"
     try:
-        state_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state_dir)
     except OSError as exc:
         raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
                         "directory or set RELEASEGATE_HOME") from None
-    db = sqlite3.connect(state_dir / "releasegate.db", timeout=30, isolation_level=None, check_same_thread=False)
+    db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False, factory=Connection)
+    # Tightened by path, right after SQLite created the (still empty) file and before WAL mode creates the -wal and
+    # -shm (which take the database's mode). Never open and close the database file here: closing any descriptor
+    # of it drops every POSIX lock this process holds on it, the locks other connections' SQLite relies on.
+    for name in ("releasegate.db", "releasegate.db-wal", "releasegate.db-shm"):
+        tighten(state_dir / name, PRIVATE_FILE)
+    db.state_dir = state_dir
     db.row_factory = sqlite3.Row
     db.execute("PRAGMA busy_timeout=30000")
     _wal(db)
@@ -69,9 +96,24 @@ def immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     try:
         yield db
     except BaseException:
-        db.execute("ROLLBACK")
+        try:
+            db.execute("ROLLBACK")
+        finally:
+            _ended(db, False)
         raise
-    db.execute("COMMIT")
+    try:
+        db.execute("COMMIT")
+    except BaseException:
+        _ended(db, False)
+        raise
+    _ended(db, True)
+
+
+def _ended(db: sqlite3.Connection, committed: bool) -> None:
+    """Run (once) what was registered for the end of this transaction."""
+    hooks = getattr(db, "on_end", None)
+    while hooks:
+        hooks.pop(0)(committed)
 
 
 def create_schema(db: sqlite3.Connection, schema: str) -> None:

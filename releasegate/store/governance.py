@@ -154,6 +154,7 @@ class GovernanceStore:
             self._db = _open_readonly(Path(state_dir))
             return
         self._db = audit.open_db(Path(state_dir))
+        self._db.execute("PRAGMA synchronous=FULL")  # audit entries are durable before their head-file lines
         audit.create_schema(self._db, audit.SCHEMA + SCHEMA)
         self._upgrade()
 
