@@ -27,8 +27,8 @@ _STATUS = {b"%03d" % code: code for code in range(100, 600)}
 
 
 class BackendConn(asyncio.Protocol):
-    __slots__ = ("backend", "buf", "chunked", "client", "closed", "core", "got", "keep", "left", "paused",
-                 "reused", "state", "status", "transport")
+    __slots__ = ("backend", "buf", "chunked", "client", "closed", "core", "got", "idle_ticks", "keep", "left",
+                 "paused", "reused", "state", "status", "transport")
 
     def __init__(self, core: Core, backend: Backend) -> None:
         self.core = core
@@ -45,6 +45,7 @@ class BackendConn(asyncio.Protocol):
         self.status = 0
         self.closed = False
         self.paused = False
+        self.idle_ticks = 0  # sweeps seen while pooled; reset when a request takes the connection
 
     # --- asyncio callbacks --------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from releasegate.router.backend import H_HEAD, BackendConn
 from releasegate.router.http1 import (
     HOP_BY_HOP,
     Chunked,
+    bad_field_names,
     connection_tokens,
     header_value,
     simple_response,
@@ -32,8 +33,8 @@ _XFF_DROP = frozenset(HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto"})
 
 
 class ClientProtocol(RequestBody, asyncio.Protocol):
-    __slots__ = ("active", "backend", "core", "http10", "ip", "is_head", "keep", "payload", "seq",
-                 "set_cookie", "t0", "t_idle", "tail", "version", "wpaused")
+    __slots__ = ("active", "backend", "core", "http10", "ip", "is_head", "keep", "moved", "payload", "seq",
+                 "set_cookie", "t0", "t_body", "t_head", "t_idle", "tail", "version", "wpaused")
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -61,6 +62,12 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         self.wpaused = False
         self.t0 = 0.0
         self.t_idle = perf_counter()
+        # Timeouts, checked by the once-a-second sweep (core.Core.sweep) so the hot path keeps no timers:
+        # t_head is when the wait for the current request head began (0: not waiting), t_body when the body last
+        # moved as the sweep saw it, and ``moved`` says body bytes arrived since the last sweep.
+        self.t_head = self.t_idle
+        self.t_body = 0.0
+        self.moved = False
         self.ip = b""
         self.tail = b""
 
@@ -71,6 +78,11 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.ip = str(peer[0]).encode() if isinstance(peer, tuple) and peer else b"unknown"
         self.tail = b"\r\nX-Forwarded-For: " + self.ip + b"\r\nX-Forwarded-Proto: http\r\n\r\n"
+        if not self.core.admit():
+            self.state = S_CLOSED
+            self.transport.write(simple_response(503, "the router is at its connection limit, try again", False))
+            self.transport.close()
+            return
         self.core.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -86,6 +98,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         st = self.state
         if st == S_BODY:
+            self.moved = True
             pos = self._feed_body(data, 0)
             if pos < len(data) and self.state != S_CLOSED:
                 self._hold(data[pos:])
@@ -127,9 +140,15 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
             if end < 0:
                 if len(data) > max_head:
                     self._reject(431, "the request head is larger than the router accepts", close=True)
+                elif data.count(b"\n") != data.count(b"\r\n") or data.find(b"\0") >= 0:
+                    # A bare-LF head would otherwise be held until the header timeout: answer it now.
+                    self._reject(400, "malformed request head (bare LF or NUL)", close=True)
                 else:
                     self.buf = data
+                    if not self.t_head:
+                        self.t_head = perf_counter()
                 return
+            self.t_head = 0.0
             pos = self._request(data, end)
             if pos < 0 or self.state == S_CLOSED:
                 return
@@ -157,6 +176,18 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         sp = head.find(b" ", 0, le)
         if sp <= 0 or head.find(b" ", sp + 1, le) != le - 9:
             return self._reject(400, "malformed request line", close=True)
+        # RFC 9112 strictness, with C-level scans of bytes already in hand: every CR and LF pairs up as CRLF,
+        # no NUL, no obs-fold (a line starting with SP/HTAB), no whitespace between a field name and its colon.
+        crlf = head.count(b"\r\n")
+        if (head.count(b"\n") != crlf or head.count(b"\r") != crlf or head.find(b"\0") >= 0
+                or head.find(b"\n ") >= 0 or head.find(b"\n\t") >= 0
+                or ((head.find(b" :") >= 0 or head.find(b"\t:") >= 0) and bad_field_names(head))):
+            return self._reject(400, "malformed request head (RFC 9112)", close=True)
+        if head.startswith(b"CONNECT "):
+            return self._reject(405, "CONNECT is not supported by the router", close=True)
+        i = low.find(b"\r\nhost:", le)
+        if (i < 0 and not http10) or (i >= 0 and low.find(b"\r\nhost:", i + 7) >= 0):
+            return self._reject(400, "an HTTP/1.1 request needs exactly one Host header", close=True)
         i = low.find(b"\r\nconnection:", le)
         conn_v: bytes | None = None
         if i >= 0:
@@ -170,15 +201,17 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         # bytes.find, never "in": "x in b" first tries x as an int and builds a TypeError each time.
         if low.find(b"\r\ntransfer-encoding:", le) >= 0:
             te = header_value(low, low, b"\r\ntransfer-encoding:") or b""
-            if low.find(b"\r\ncontent-length:") >= 0 or not te.endswith(b"chunked"):
+            if low.find(b"\r\ncontent-length:") >= 0 or http10:
                 return self._reject(400, "unsupported request framing (Transfer-Encoding)", close=True)
+            if te != b"chunked" or low.count(b"\r\ntransfer-encoding:") > 1:
+                return self._reject(501, "the router supports no Transfer-Encoding but chunked", close=True)
             chunked = True
         else:
             i = low.find(b"\r\ncontent-length:", le)
             if i >= 0:
                 j = low.find(b"\r\n", i + 17)
                 cl = low[i + 17:j if j >= 0 else end].strip()
-                if not cl.isdigit() or (j >= 0 and low.find(b"\r\ncontent-length:", j) >= 0):
+                if not cl.isdigit() or len(cl) > 18 or (j >= 0 and low.find(b"\r\ncontent-length:", j) >= 0):
                     return self._reject(400, "invalid Content-Length", close=True)
                 body_left = int(cl)
         has_body = chunked or body_left > 0
@@ -229,6 +262,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         if has_body:
             self.replay = []
             self.replay_size = 0
+            self.t_body = self.t0
             self.state = S_BODY
             self.chunked = Chunked() if chunked else None
             self.body_left = body_left
@@ -290,6 +324,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         conn.got = False
         conn.reused = reused
         conn.keep = True
+        conn.idle_ticks = 0
         conn.transport.write(self.payload)
         if self.wpaused:
             conn.pause()
@@ -339,6 +374,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
     def finish(self, status: int) -> None:
         """The response is complete (or answered for): count it, then serve a pipelined request if any."""
         self.t_idle = self._account(status)
+        self.t_head = 0.0
         self.conn = None
         self.pending = None
         self.replay = None
@@ -357,6 +393,17 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
     def close_idle(self) -> None:
         if not self.active:
             self._close()
+
+    def head_timed_out(self) -> None:
+        """The request head did not arrive within the header timeout (nginx's client_header_timeout)."""
+        if self.buf:
+            self.buf = b""
+            self.transport.write(simple_response(408, "the request head did not arrive in time", False))
+        self._close()
+
+    def waiting_since(self) -> float:
+        """When this idle connection began waiting for its client: the oldest is the first to shed."""
+        return self.t_head or self.t_idle
 
     def timed_out(self) -> None:
         conn = self.conn

@@ -43,6 +43,17 @@ class RequestBody:
     def _reject(self, status: int, message: str, *, close: bool, pos: int = -1) -> int:
         raise NotImplementedError
 
+    def fail(self, status: int, reason: str) -> None:
+        raise NotImplementedError
+
+    def body_timed_out(self) -> None:
+        """The request body stalled past the body timeout (swept by ``Core.sweep``): the backend has half a
+        request, so both connections go, and the user is told why (408, as nginx's client_body_timeout)."""
+        conn = self.conn
+        if conn is not None:
+            conn.abort()
+        self.fail(408, "the request body stalled")
+
     def _feed_body(self, data: bytes, pos: int) -> int:
         """Forward request-body bytes from ``data[pos:]``; returns where the body ended (or len(data))."""
         ch = self.chunked
