@@ -6,8 +6,10 @@ backend never got the request, and that other users keep being served.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -177,3 +179,65 @@ def test_a_malformed_request_is_refused_and_never_reaches_the_backend(case: str,
 
 def test_an_http10_request_without_host_is_still_served(router: RouterProc) -> None:
     assert b"v1" in raw_request(router.listen, b"GET / HTTP/1.0\r\n\r\n")
+
+
+# --- protocol upgrades (WebSocket) ----------------------------------------------------------------------------
+
+
+class UpgradeEchoBackend:
+    """Answers an Upgrade request with 101, then echoes bytes; records the heads it got."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        self.heads: list[bytes] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = self.server.accept()
+                threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    def _echo(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += conn.recv(4096)
+            self.heads.append(head)
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    def stop(self) -> None:
+        self.server.close()
+
+
+def test_a_websocket_upgrade_is_tunnelled_to_the_backend_and_counted(tmp_path: Path) -> None:
+    echo = UpgradeEchoBackend()
+    r = start_router(tmp_path)
+    try:
+        both = [{"version": v, "weight": 50, "backends": [echo.address]} for v in ("v1", "v2")]
+        assert r.put_routes(both).status_code == 200
+        with connect(r) as ws:
+            ws.sendall(b"GET /chat HTTP/1.1\r\nHost: shop\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += ws.recv(4096)
+            assert status(head) == 101
+            assert b"Set-Cookie: rg_bucket=" in head  # sticky like any request
+            for message in (b"ping", b"x" * 100_000):
+                ws.sendall(message)
+                got = b""
+                while len(got) < len(message):
+                    got += ws.recv(65536)
+                assert got == message
+        assert b"upgrade: websocket" in echo.heads[0].lower()
+        assert b"connection: upgrade" in echo.heads[0].lower()
+        stats = r.admin_get("/stats?window=60")
+        assert stats["v1"]["requests"] + stats["v2"]["requests"] == 1
+        assert r.stop() == 0
+    finally:
+        echo.stop()

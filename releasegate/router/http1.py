@@ -45,6 +45,25 @@ def bad_field_names(head: bytes) -> bool:
     return False
 
 
+def head_problem(head: bytes, low: bytes, le: int, http10: bool) -> tuple[int, str] | None:
+    """(status, reason) when a request head breaks RFC 9112 where nginx and HAProxy refuse it, else None.
+
+    C-level scans of bytes already in hand: every CR and LF pairs up as CRLF, no NUL, no obs-fold (a line that
+    starts with SP or HTAB), no whitespace between a field name and its colon, exactly one Host on HTTP/1.1.
+    """
+    crlf = head.count(b"\r\n")
+    if (head.count(b"\n") != crlf or head.count(b"\r") != crlf or head.find(b"\0") >= 0
+            or head.find(b"\n ") >= 0 or head.find(b"\n\t") >= 0
+            or ((head.find(b" :") >= 0 or head.find(b"\t:") >= 0) and bad_field_names(head))):
+        return 400, "malformed request head (RFC 9112)"
+    if head.startswith(b"CONNECT "):
+        return 405, "CONNECT is not supported by the router"
+    i = low.find(b"\r\nhost:", le)
+    if (i < 0 and not http10) or (i >= 0 and low.find(b"\r\nhost:", i + 7) >= 0):
+        return 400, "an HTTP/1.1 request needs exactly one Host header"
+    return None
+
+
 def connection_tokens(value: bytes | None) -> set[bytes]:
     if not value:
         return set()

@@ -17,24 +17,26 @@ from releasegate.router.backend import H_HEAD, BackendConn
 from releasegate.router.http1 import (
     HOP_BY_HOP,
     Chunked,
-    bad_field_names,
     connection_tokens,
+    head_problem,
     header_value,
     simple_response,
     strip_headers,
 )
 from releasegate.router.routing import Backend, VersionEntry, cookie_bucket, header_bucket
-from releasegate.router.upload import P_PENDING, S_BODY, S_CLOSED, S_HEAD, S_WAIT, RequestBody
+from releasegate.router.upload import P_PENDING, S_BODY, S_CLOSED, S_HEAD, S_TUNNEL, S_WAIT, RequestBody
 
 if TYPE_CHECKING:
     from releasegate.router.core import Core
 
 _XFF_DROP = frozenset(HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto"})
+_UPGRADE_KEEP = frozenset({b"connection", b"upgrade"})
 
 
 class ClientProtocol(RequestBody, asyncio.Protocol):
-    __slots__ = ("active", "backend", "core", "http10", "ip", "is_head", "keep", "moved", "payload", "seq",
-                 "set_cookie", "t0", "t_body", "t_head", "t_idle", "tail", "version", "wpaused")
+    __slots__ = ("active", "backend", "core", "http10", "ip", "is_head", "moved", "payload", "seq",
+                 "set_cookie", "t0", "t_body", "t_head", "t_idle", "tail", "upgrade", "version",
+                 "wpaused")
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -68,6 +70,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         self.t_head = self.t_idle
         self.t_body = 0.0
         self.moved = False
+        self.upgrade = False  # this request asks for a protocol upgrade (WebSocket): a 101 opens a tunnel
         self.ip = b""
         self.tail = b""
 
@@ -115,6 +118,8 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
             self._process(data)
         elif st == S_WAIT:
             self._hold(data)
+        elif st == S_TUNNEL and self.conn is not None:
+            self.conn.transport.write(data)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still wants the response (HTTP/1.0 style).
@@ -176,18 +181,9 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         sp = head.find(b" ", 0, le)
         if sp <= 0 or head.find(b" ", sp + 1, le) != le - 9:
             return self._reject(400, "malformed request line", close=True)
-        # RFC 9112 strictness, with C-level scans of bytes already in hand: every CR and LF pairs up as CRLF,
-        # no NUL, no obs-fold (a line starting with SP/HTAB), no whitespace between a field name and its colon.
-        crlf = head.count(b"\r\n")
-        if (head.count(b"\n") != crlf or head.count(b"\r") != crlf or head.find(b"\0") >= 0
-                or head.find(b"\n ") >= 0 or head.find(b"\n\t") >= 0
-                or ((head.find(b" :") >= 0 or head.find(b"\t:") >= 0) and bad_field_names(head))):
-            return self._reject(400, "malformed request head (RFC 9112)", close=True)
-        if head.startswith(b"CONNECT "):
-            return self._reject(405, "CONNECT is not supported by the router", close=True)
-        i = low.find(b"\r\nhost:", le)
-        if (i < 0 and not http10) or (i >= 0 and low.find(b"\r\nhost:", i + 7) >= 0):
-            return self._reject(400, "an HTTP/1.1 request needs exactly one Host header", close=True)
+        problem = head_problem(head, low, le, http10)
+        if problem is not None:
+            return self._reject(problem[0], problem[1], close=True)
         i = low.find(b"\r\nconnection:", le)
         conn_v: bytes | None = None
         if i >= 0:
@@ -243,15 +239,21 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         # Forwarded head: hop-by-hop headers dropped, X-Forwarded-* added. Keep-Alive, TE and Upgrade are only
         # meaningful when named in Connection (RFC 9110 7.6.1), so without Connection most requests need no
         # rewrite. "Connection: keep-alive" may go through as is on an HTTP/1.1 request: it is what we do anyway.
+        upgrade = False
         if (conn_v is None or (conn_v == b"keep-alive" and not http10)) and low.find(b"\r\nx-forwarded-") < 0:
             payload = head + self.tail
         else:
-            out, dropped = strip_headers(head, _XFF_DROP | connection_tokens(conn_v) if conn_v else _XFF_DROP)
+            drop = _XFF_DROP | connection_tokens(conn_v) if conn_v else _XFF_DROP
+            if b"upgrade" in drop and not http10 and not has_body and low.find(b"\r\nupgrade:") >= 0:
+                upgrade = True  # Connection and Upgrade go through: the backend decides on the switch
+                drop = drop - _UPGRADE_KEEP
+            out, dropped = strip_headers(head, drop)
             prev = dropped.get(b"x-forwarded-for")
             payload = out + (self.tail if prev is None else b"\r\nX-Forwarded-For: " + prev + b", " + self.ip
                              + b"\r\nX-Forwarded-Proto: http\r\n\r\n")
         self.http10 = http10
         self.is_head = head.startswith(b"HEAD ")
+        self.upgrade = upgrade
         self.version = version
         self.backend = backend
         backend.inflight += 1
@@ -394,16 +396,6 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         if not self.active:
             self._close()
 
-    def head_timed_out(self) -> None:
-        """The request head did not arrive within the header timeout (nginx's client_header_timeout)."""
-        if self.buf:
-            self.buf = b""
-            self.transport.write(simple_response(408, "the request head did not arrive in time", False))
-        self._close()
-
-    def waiting_since(self) -> float:
-        """When this idle connection began waiting for its client: the oldest is the first to shed."""
-        return self.t_head or self.t_idle
 
     def timed_out(self) -> None:
         conn = self.conn
