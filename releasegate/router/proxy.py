@@ -296,6 +296,8 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         if not keep:
             self._close()
             return -1
+        self.t_head = 0.0  # answered: the connection is idle again, not late with a head
+        self.t_idle = perf_counter()
         return pos
 
     def _close(self) -> None:
