@@ -156,6 +156,7 @@ MALFORMED = {
     "unknown transfer coding": (b"POST / HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501),
     "chunked not alone": (b"POST / HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
     "obs-fold": (b"GET / HTTP/1.1\r\nHost: shop\r\nX-A: 1\r\n 2\r\n\r\n", 400),
+    "obs-fold with a tab": (b"GET / HTTP/1.1\r\nHost: shop\r\nX-A: 1\r\n\t2\r\n\r\n", 400),
     "NUL in a header": (b"GET / HTTP/1.1\r\nHost: shop\r\nX-A: 1\x002\r\n\r\n", 400),
     "bare CR in a header": (b"GET / HTTP/1.1\r\nHost: shop\r\nX-A: 1\r2\r\n\r\n", 400),
     "chunk size overflow": (b"POST /echo HTTP/1.1\r\nHost: shop\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -179,6 +180,11 @@ def test_a_malformed_request_is_refused_and_never_reaches_the_backend(case: str,
 
 def test_an_http10_request_without_host_is_still_served(router: RouterProc) -> None:
     assert b"v1" in raw_request(router.listen, b"GET / HTTP/1.0\r\n\r\n")
+
+
+def test_a_tab_inside_a_header_value_is_still_served(router: RouterProc) -> None:
+    assert b"v1" in raw_request(router.listen, b"GET / HTTP/1.1\r\nHost: shop\r\nX-A: 1\t2 :3\r\n"
+                                b"Connection: close\r\n\r\n")
 
 
 # --- protocol upgrades (WebSocket) ----------------------------------------------------------------------------

@@ -36,8 +36,8 @@ def header_value(head: bytes, low: bytes, key: bytes) -> bytes | None:
 
 def bad_field_names(head: bytes) -> bool:
     """True when a header line has no colon or a name that is not a token (RFC 9110 5.1), e.g. whitespace before
-    the colon: a request smuggling vector, since proxies and servers disagree on what such a line means. The slow
-    path, taken only when the head contains a space or tab followed by a colon."""
+    the colon or a line folded with a tab: a request smuggling vector, since proxies and servers disagree on what
+    such a line means. The slow path, taken only when the head has a space before a colon or a tab anywhere."""
     for line in head.split(b"\r\n")[1:]:
         name, sep, _ = line.partition(b":")
         if not sep or _TOKEN.fullmatch(name) is None:
@@ -52,9 +52,11 @@ def head_problem(head: bytes, low: bytes, le: int, http10: bool) -> tuple[int, s
     starts with SP or HTAB), no whitespace between a field name and its colon, exactly one Host on HTTP/1.1.
     """
     crlf = head.count(b"\r\n")
+    # A tab anywhere (rare in real heads) sends the head to the exact per-line check, which also catches a
+    # tab-folded line: one scan fewer on every request than looking for "\n\t" and "\t:" separately.
     if (head.count(b"\n") != crlf or head.count(b"\r") != crlf or head.find(b"\0") >= 0
-            or head.find(b"\n ") >= 0 or head.find(b"\n\t") >= 0
-            or ((head.find(b" :") >= 0 or head.find(b"\t:") >= 0) and bad_field_names(head))):
+            or head.find(b"\n ") >= 0
+            or ((head.find(b" :") >= 0 or head.find(b"\t") >= 0) and bad_field_names(head))):
         return 400, "malformed request head (RFC 9112)"
     if head.startswith(b"CONNECT "):
         return 405, "CONNECT is not supported by the router"
