@@ -33,12 +33,25 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     p.add_argument("--sticky-header", default="X-User-Id")
     p.add_argument("--connect-timeout", type=float, default=2.0)
     p.add_argument("--response-timeout", type=float, default=60.0)
+    p.add_argument("--client-idle-timeout", type=float, default=75.0,
+                   help="seconds a keep-alive client may stay silent between requests")
+    p.add_argument("--header-timeout", type=float, default=60.0,
+                   help="seconds a client may take to send a request head (408 and close after)")
+    p.add_argument("--body-timeout", type=float, default=60.0,
+                   help="seconds a request body may stall (408 and close after)")
+    p.add_argument("--backend-idle-timeout", type=float, default=60.0,
+                   help="seconds an unused pooled backend connection is kept")
+    p.add_argument("--max-idle-per-backend", type=int, default=64,
+                   help="pooled idle connections kept per backend")
     a = p.parse_args(argv)
     try:
         return RouterConfig(service=a.service, listen=a.listen, admin=a.admin, routes_file=a.routes_file,
                             state_file=a.state_file, sticky=a.sticky, sticky_cookie=a.sticky_cookie,
                             sticky_header=a.sticky_header, connect_timeout=a.connect_timeout,
-                            response_timeout=a.response_timeout, admin_token_file=a.admin_token_file,
+                            response_timeout=a.response_timeout, client_idle_timeout=a.client_idle_timeout,
+                            header_timeout=a.header_timeout, body_timeout=a.body_timeout,
+                            backend_idle_timeout=a.backend_idle_timeout,
+                            max_idle_per_backend=a.max_idle_per_backend, admin_token_file=a.admin_token_file,
                             changes_file=a.changes_file)
     except ValueError as exc:
         p.error(str(exc))

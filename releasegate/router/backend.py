@@ -12,14 +12,14 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from releasegate.router.http1 import HOP_BY_HOP, Chunked, ProtocolError, connection_tokens, strip_headers
-from releasegate.router.upload import S_BODY
+from releasegate.router.upload import S_BODY, S_CLOSED
 
 if TYPE_CHECKING:
     from releasegate.router.core import Core
     from releasegate.router.proxy import ClientProtocol
     from releasegate.router.routing import Backend
 
-H_IDLE, H_HEAD, H_CL, H_CHUNKED, H_EOF = range(5)
+H_IDLE, H_HEAD, H_CL, H_CHUNKED, H_EOF, H_TUNNEL = range(6)
 MAX_RESPONSE_HEAD = 65536
 _KEEP_TAIL = b"\r\nConnection: keep-alive\r\n\r\n"
 _CLOSE_TAIL = b"\r\nConnection: close\r\n\r\n"
@@ -27,8 +27,8 @@ _STATUS = {b"%03d" % code: code for code in range(100, 600)}
 
 
 class BackendConn(asyncio.Protocol):
-    __slots__ = ("backend", "buf", "chunked", "client", "closed", "core", "got", "keep", "left", "paused",
-                 "reused", "state", "status", "transport")
+    __slots__ = ("backend", "buf", "chunked", "client", "closed", "core", "got", "idle_ticks", "keep", "left",
+                 "paused", "reused", "state", "status", "transport")
 
     def __init__(self, core: Core, backend: Backend) -> None:
         self.core = core
@@ -45,6 +45,7 @@ class BackendConn(asyncio.Protocol):
         self.status = 0
         self.closed = False
         self.paused = False
+        self.idle_ticks = 0  # sweeps seen while pooled; reset when a request takes the connection
 
     # --- asyncio callbacks --------------------------------------------------------------------------------
 
@@ -61,7 +62,9 @@ class BackendConn(asyncio.Protocol):
                 self.backend.idle.remove(self)
             return
         self.client = None
-        if self.state == H_EOF:
+        if self.state == H_TUNNEL:
+            client.close_idle()  # the tunnel's request was counted at the 101
+        elif self.state == H_EOF:
             client.finish(self.status)
         elif not self.got or self.state == H_HEAD:
             if not self.got and self.reused and client.retry():
@@ -109,7 +112,7 @@ class BackendConn(asyncio.Protocol):
                 data = data[:end]
             client.transport.write(data)
             self._done(client)
-        elif st == H_EOF:
+        elif st in (H_EOF, H_TUNNEL):
             client.transport.write(data)
 
     def eof_received(self) -> bool | None:
@@ -167,7 +170,7 @@ class BackendConn(asyncio.Protocol):
         pos = end + 4
         if status < 200:
             if status == 101:
-                self._bad(client, "protocol upgrades are not supported by the router")
+                self._switch(data, pos, client)
                 return
             client.transport.write(data[:pos])  # 100 Continue, 103 Early Hints: pass on, await the final one
             if pos < len(data):
@@ -257,6 +260,18 @@ class BackendConn(asyncio.Protocol):
         else:
             self.state = H_EOF
             write(data if prefix is None else prefix + data[pos:])
+
+    def _switch(self, data: bytes, pos: int, client: ClientProtocol) -> None:
+        """101 Switching Protocols: pass it on (with the sticky cookie) and tunnel both connections."""
+        if not client.upgrade or client.state == S_CLOSED:
+            self._bad(client, "the backend switched protocols without being asked")
+            return
+        self.state = H_TUNNEL
+        self.keep = False
+        cookie = client.set_cookie
+        write = client.transport.write
+        write(data if cookie is None else data.replace(b"\r\n", cookie + b"\r\n", 1))
+        client.tunnel(self)
 
     def _bad(self, client: ClientProtocol, reason: str) -> None:
         self.client = None

@@ -30,6 +30,10 @@ class RouterConfig:
 
     The timeouts are the data plane's, not the rollout's: ``connect_timeout`` bounds how long a user waits for a
     dead backend before getting a 502, ``response_timeout`` how long for the response head before a 504.
+    ``header_timeout`` and ``body_timeout`` bound how long a client may take to send a request head (from its
+    connection or its first byte) and how long its body may stall (nginx's client_header_timeout and
+    client_body_timeout, 60 s too): without them a few hundred slow sockets hold every file descriptor.
+    ``backend_idle_timeout`` closes pooled backend connections nobody reused, ``max_idle_per_backend`` caps the pool.
 
     ``admin_token_file`` holds the admin API's secret and ``changes_file`` records every route change; unset, both
     sit beside the routes file (``<service>.admin-token``, ``<service>.changes.jsonl``).
@@ -46,9 +50,12 @@ class RouterConfig:
     connect_timeout: float = 2.0
     response_timeout: float = 60.0
     client_idle_timeout: float = 75.0
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    backend_idle_timeout: float = 60.0
     shutdown_grace: float = 5.0
     max_header_bytes: int = 65536
-    max_idle_per_backend: int = 256
+    max_idle_per_backend: int = 64
     admin_token_file: Path | None = None
     changes_file: Path | None = None
 
@@ -59,6 +66,12 @@ class RouterConfig:
             raise ValueError(f"the admin API must listen on loopback (127.0.0.1:PORT), got {self.admin!r}")
         if self.sticky not in STICKY_MODES:
             raise ValueError(f"sticky must be one of {', '.join(STICKY_MODES)}, got {self.sticky!r}")
+        for name in ("connect_timeout", "response_timeout", "client_idle_timeout", "header_timeout", "body_timeout",
+                     "backend_idle_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', '-')} must be a positive number of seconds")
+        if self.max_idle_per_backend < 0:
+            raise ValueError("max-idle-per-backend must be 0 or more")
         if not self.sticky_cookie or not self.sticky_header:
             raise ValueError("the sticky cookie and header names must not be empty")
 

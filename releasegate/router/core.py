@@ -9,6 +9,8 @@ count) until its last request is done, so the controller can drain it before sto
 from __future__ import annotations
 
 import asyncio
+import heapq
+import resource
 from time import perf_counter
 
 from releasegate.providers.base import Routes
@@ -17,9 +19,19 @@ from releasegate.router.config import RouterConfig
 from releasegate.router.proxy import ClientProtocol
 from releasegate.router.routing import BUCKETS, Backend, RoutingTable
 from releasegate.router.stats import Stats
-from releasegate.router.upload import S_HEAD, S_WAIT
+from releasegate.router.upload import S_BODY, S_HEAD, S_WAIT
 
 STICKY_MODES = {"none": 0, "cookie": 1, "header": 2}
+FD_HEADROOM = 64
+"""File descriptors kept free of client and backend connections: listeners, the admin API, logs, the loop."""
+
+
+def fd_budget() -> int:
+    """How many client plus backend connections the process may hold before it sheds idle ones."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 30
+    return max(16, soft - FD_HEADROOM)
 
 
 class Core:
@@ -41,6 +53,9 @@ class Core:
         self.max_idle_per_backend = config.max_idle_per_backend
         self.connect_timeout = config.connect_timeout
         self.response_timeout = config.response_timeout
+        self.fd_budget = fd_budget()
+        self.shed_batch = max(1, self.fd_budget // 32)
+        self.shed_credit = 0  # connections still admitted on the strength of the last batch shed
         self.draining = False  # shutting down: answer what is in flight, then close each connection
 
     # --- routes -------------------------------------------------------------------------------------------
@@ -102,28 +117,93 @@ class Core:
                                   f"{exc.strerror or exc}")
             return
         if not client.attach_new(conn, seq):
+            conn.idle_ticks = 0
             if backend.removed or len(backend.idle) >= self.max_idle_per_backend:
                 conn.close()
             else:
                 backend.idle.append(conn)
 
+    # --- the file-descriptor budget ------------------------------------------------------------------------
+
+    def admit(self) -> bool:
+        """May one more client connection in? Near the fd limit, make room by closing the connections that have
+        waited longest without a request in flight (slow or silent heads pile up, so they go first in practice)
+        and the idle backend pool; False (the caller answers 503) when every connection is busy.
+
+        Why not wait for EMFILE: by then accept() fails for everyone, users and attackers alike. Shedding a batch
+        at a time keeps it to one scan per batch rather than one per connection.
+        """
+        if len(self.clients) + len(self.conns) < self.fd_budget:
+            return True
+        if self.shed_credit > 0:
+            self.shed_credit -= 1
+            return True
+        freed = 0
+        for backend in self.backends.values():
+            idle, backend.idle = backend.idle, []
+            for conn in idle:
+                conn.close()
+            freed += len(idle)
+        candidates = (c for c in self.clients if not c.active and c.state == S_HEAD)
+        for client in heapq.nsmallest(self.shed_batch, candidates, key=ClientProtocol.waiting_since):
+            client.head_timed_out()
+            freed += 1
+        if not freed:
+            return False
+        self.shed_credit = freed - 1
+        return True
+
     # --- housekeeping -------------------------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Once a second: 504 for backends silent past the response timeout, close idle keep-alive clients.
+        """Once a second: 504 for backends silent past the response timeout, 408 for request heads and bodies
+        slower than their timeouts, close idle keep-alive clients and pooled backend connections.
 
         A periodic sweep instead of a timer per request keeps timers off the hot path entirely.
         """
         now = perf_counter()
         self.stats.prune(self.table.version_names())
-        idle_limit = self.config.client_idle_timeout
+        config = self.config
+        idle_limit = config.client_idle_timeout
+        head_limit = config.header_timeout
+        body_limit = config.body_timeout
         for client in list(self.clients):
+            state = client.state
             if client.active:
+                if state == S_BODY:
+                    if client.moved or client.paused:  # paused: the router holds the client back, not a stall
+                        client.moved = False
+                        client.t_body = now
+                    elif now - client.t_body > body_limit:
+                        client.body_timed_out()
+                        continue
                 conn = client.conn
                 if conn is not None and not conn.got and now - client.t0 > self.response_timeout:
                     client.timed_out()
-            elif client.state == S_HEAD and not client.buf and now - client.t_idle > idle_limit:
-                client.close_idle()
+            elif state == S_HEAD:
+                if client.t_head:
+                    if now - client.t_head > head_limit:
+                        client.head_timed_out()
+                elif now - client.t_idle > idle_limit:
+                    client.close_idle()
+        self._sweep_pools()
+
+    def _sweep_pools(self) -> None:
+        """Close pooled backend connections unused for ``backend_idle_timeout`` (counted in sweeps)."""
+        limit = self.config.backend_idle_timeout
+        for backend in self.backends.values():
+            idle = backend.idle
+            if not idle:
+                continue
+            kept = []
+            for conn in idle:
+                conn.idle_ticks += 1
+                if conn.closed or conn.idle_ticks > limit:
+                    conn.close()
+                else:
+                    kept.append(conn)
+            if len(kept) != len(idle):
+                backend.idle = kept
 
     def close_idle_clients(self) -> None:
         for client in list(self.clients):

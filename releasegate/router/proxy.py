@@ -18,22 +18,25 @@ from releasegate.router.http1 import (
     HOP_BY_HOP,
     Chunked,
     connection_tokens,
+    head_problem,
     header_value,
     simple_response,
     strip_headers,
 )
 from releasegate.router.routing import Backend, VersionEntry, cookie_bucket, header_bucket
-from releasegate.router.upload import P_PENDING, S_BODY, S_CLOSED, S_HEAD, S_WAIT, RequestBody
+from releasegate.router.upload import P_PENDING, S_BODY, S_CLOSED, S_HEAD, S_TUNNEL, S_WAIT, RequestBody
 
 if TYPE_CHECKING:
     from releasegate.router.core import Core
 
 _XFF_DROP = frozenset(HOP_BY_HOP | {b"x-forwarded-for", b"x-forwarded-proto"})
+_UPGRADE_KEEP = frozenset({b"connection", b"upgrade"})
 
 
 class ClientProtocol(RequestBody, asyncio.Protocol):
-    __slots__ = ("active", "backend", "core", "http10", "ip", "is_head", "keep", "payload", "seq",
-                 "set_cookie", "t0", "t_idle", "tail", "version", "wpaused")
+    __slots__ = ("active", "backend", "core", "http10", "ip", "is_head", "moved", "payload", "seq",
+                 "set_cookie", "t0", "t_body", "t_head", "t_idle", "tail", "upgrade", "version",
+                 "wpaused")
 
     def __init__(self, core: Core) -> None:
         self.core = core
@@ -61,6 +64,13 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         self.wpaused = False
         self.t0 = 0.0
         self.t_idle = perf_counter()
+        # Timeouts, checked by the once-a-second sweep (core.Core.sweep) so the hot path keeps no timers:
+        # t_head is when the wait for the current request head began (0: not waiting), t_body when the body last
+        # moved as the sweep saw it, and ``moved`` says body bytes arrived since the last sweep.
+        self.t_head = self.t_idle
+        self.t_body = 0.0
+        self.moved = False
+        self.upgrade = False  # this request asks for a protocol upgrade (WebSocket): a 101 opens a tunnel
         self.ip = b""
         self.tail = b""
 
@@ -71,6 +81,11 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.ip = str(peer[0]).encode() if isinstance(peer, tuple) and peer else b"unknown"
         self.tail = b"\r\nX-Forwarded-For: " + self.ip + b"\r\nX-Forwarded-Proto: http\r\n\r\n"
+        if not self.core.admit():
+            self.state = S_CLOSED
+            self.transport.write(simple_response(503, "the router is at its connection limit, try again", False))
+            self.transport.close()
+            return
         self.core.clients.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -86,6 +101,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         st = self.state
         if st == S_BODY:
+            self.moved = True
             pos = self._feed_body(data, 0)
             if pos < len(data) and self.state != S_CLOSED:
                 self._hold(data[pos:])
@@ -102,6 +118,8 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
             self._process(data)
         elif st == S_WAIT:
             self._hold(data)
+        elif st == S_TUNNEL and self.conn is not None:
+            self.conn.transport.write(data)
 
     def eof_received(self) -> bool | None:
         # A client that half-closes after its request still wants the response (HTTP/1.0 style).
@@ -127,9 +145,15 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
             if end < 0:
                 if len(data) > max_head:
                     self._reject(431, "the request head is larger than the router accepts", close=True)
+                elif data.count(b"\n") != data.count(b"\r\n") or data.find(b"\0") >= 0:
+                    # A bare-LF head would otherwise be held until the header timeout: answer it now.
+                    self._reject(400, "malformed request head (bare LF or NUL)", close=True)
                 else:
                     self.buf = data
+                    if not self.t_head:
+                        self.t_head = perf_counter()
                 return
+            self.t_head = 0.0
             pos = self._request(data, end)
             if pos < 0 or self.state == S_CLOSED:
                 return
@@ -157,6 +181,9 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         sp = head.find(b" ", 0, le)
         if sp <= 0 or head.find(b" ", sp + 1, le) != le - 9:
             return self._reject(400, "malformed request line", close=True)
+        problem = head_problem(head, low, le, http10)
+        if problem is not None:
+            return self._reject(problem[0], problem[1], close=True)
         i = low.find(b"\r\nconnection:", le)
         conn_v: bytes | None = None
         if i >= 0:
@@ -170,15 +197,17 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         # bytes.find, never "in": "x in b" first tries x as an int and builds a TypeError each time.
         if low.find(b"\r\ntransfer-encoding:", le) >= 0:
             te = header_value(low, low, b"\r\ntransfer-encoding:") or b""
-            if low.find(b"\r\ncontent-length:") >= 0 or not te.endswith(b"chunked"):
+            if low.find(b"\r\ncontent-length:") >= 0 or http10:
                 return self._reject(400, "unsupported request framing (Transfer-Encoding)", close=True)
+            if te != b"chunked" or low.count(b"\r\ntransfer-encoding:") > 1:
+                return self._reject(501, "the router supports no Transfer-Encoding but chunked", close=True)
             chunked = True
         else:
             i = low.find(b"\r\ncontent-length:", le)
             if i >= 0:
                 j = low.find(b"\r\n", i + 17)
                 cl = low[i + 17:j if j >= 0 else end].strip()
-                if not cl.isdigit() or (j >= 0 and low.find(b"\r\ncontent-length:", j) >= 0):
+                if not cl.isdigit() or len(cl) > 18 or (j >= 0 and low.find(b"\r\ncontent-length:", j) >= 0):
                     return self._reject(400, "invalid Content-Length", close=True)
                 body_left = int(cl)
         has_body = chunked or body_left > 0
@@ -210,15 +239,21 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         # Forwarded head: hop-by-hop headers dropped, X-Forwarded-* added. Keep-Alive, TE and Upgrade are only
         # meaningful when named in Connection (RFC 9110 7.6.1), so without Connection most requests need no
         # rewrite. "Connection: keep-alive" may go through as is on an HTTP/1.1 request: it is what we do anyway.
+        upgrade = False
         if (conn_v is None or (conn_v == b"keep-alive" and not http10)) and low.find(b"\r\nx-forwarded-") < 0:
             payload = head + self.tail
         else:
-            out, dropped = strip_headers(head, _XFF_DROP | connection_tokens(conn_v) if conn_v else _XFF_DROP)
+            drop = _XFF_DROP | connection_tokens(conn_v) if conn_v else _XFF_DROP
+            if b"upgrade" in drop and not http10 and not has_body and low.find(b"\r\nupgrade:") >= 0:
+                upgrade = True  # Connection and Upgrade go through: the backend decides on the switch
+                drop = drop - _UPGRADE_KEEP
+            out, dropped = strip_headers(head, drop)
             prev = dropped.get(b"x-forwarded-for")
             payload = out + (self.tail if prev is None else b"\r\nX-Forwarded-For: " + prev + b", " + self.ip
                              + b"\r\nX-Forwarded-Proto: http\r\n\r\n")
         self.http10 = http10
         self.is_head = head.startswith(b"HEAD ")
+        self.upgrade = upgrade
         self.version = version
         self.backend = backend
         backend.inflight += 1
@@ -229,6 +264,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         if has_body:
             self.replay = []
             self.replay_size = 0
+            self.t_body = self.t0
             self.state = S_BODY
             self.chunked = Chunked() if chunked else None
             self.body_left = body_left
@@ -260,6 +296,8 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         if not keep:
             self._close()
             return -1
+        self.t_head = 0.0  # answered: the connection is idle again, not late with a head
+        self.t_idle = perf_counter()
         return pos
 
     def _close(self) -> None:
@@ -290,6 +328,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
         conn.got = False
         conn.reused = reused
         conn.keep = True
+        conn.idle_ticks = 0
         conn.transport.write(self.payload)
         if self.wpaused:
             conn.pause()
@@ -339,6 +378,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
     def finish(self, status: int) -> None:
         """The response is complete (or answered for): count it, then serve a pipelined request if any."""
         self.t_idle = self._account(status)
+        self.t_head = 0.0
         self.conn = None
         self.pending = None
         self.replay = None
@@ -357,6 +397,7 @@ class ClientProtocol(RequestBody, asyncio.Protocol):
     def close_idle(self) -> None:
         if not self.active:
             self._close()
+
 
     def timed_out(self) -> None:
         conn = self.conn

@@ -263,14 +263,20 @@ def router_args(tmp: Path, service: str = "shop", listen: str = "127.0.0.1:0", *
             "--routes-file", str(tmp / "routes.json"), "--state-file", str(tmp / "router.state.json"), *extra]
 
 
-def start_router(tmp: Path, *extra: str, service: str = "shop", listen: str = "127.0.0.1:0") -> RouterProc:
+def start_router(tmp: Path, *extra: str, service: str = "shop", listen: str = "127.0.0.1:0",
+                 max_fds: int | None = None) -> RouterProc:
+    """``max_fds``: the router's RLIMIT_NOFILE (soft and hard), set before it starts, for fd-exhaustion tests."""
     state_file = tmp / "router.state.json"
     with contextlib.suppress(FileNotFoundError):
         state_file.unlink()
     log_file = tmp / "router.log"
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen(router_args(tmp, service, listen, *extra), stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT)
+        args = router_args(tmp, service, listen, *extra)
+        if max_fds is not None:  # the limit set in the child itself: no preexec_fn in a threaded test process
+            args[1:3] = ["-c", "import resource, runpy; resource.setrlimit(resource.RLIMIT_NOFILE, "
+                         f"({max_fds}, {max_fds})); runpy.run_module('releasegate.router', run_name='__main__', "
+                         "alter_sys=True)"]
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
     def ready() -> dict[str, Any] | None:
         if proc.poll() is not None:
