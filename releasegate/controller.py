@@ -96,6 +96,7 @@ class Controller:
         self._last_retry: str | None = None
 
     async def run(self, st: RolloutState) -> RolloutState:
+        await self._reconcile(st)
         while True:
             st = self._apply_commands(st)
             now = self.clock.now()
@@ -123,6 +124,22 @@ class Controller:
                 await self._sleep_or_command(st, self.clock.now() + min(30.0, 2.0 ** min(self._failures, 5)))
             else:
                 self._failures = 0
+
+    async def _reconcile(self, st: RolloutState) -> None:
+        """Before anything else, what runs is made to match the records (a controller killed between spawning an
+        instance and recording it left a process only its marker names): each adoption or stop is recorded."""
+        reconcile = getattr(self.p.platform, "reconcile", None)
+        if reconcile is None:
+            return
+        try:
+            lines: list[str] = await reconcile(st.service)
+        except ProviderError as exc:
+            lines = [f"reconciling the instances with what runs failed: {exc}"]
+        said = [Decision("reconciled", line) for line in lines]
+        for d in said:
+            self.store.add_event(st.service, st.id, self.clock.now(), d.kind, d.message)
+        if said and self.on_progress is not None:
+            self.on_progress(st, said)
 
     def _quiet_repeats(self, decisions: list[Decision]) -> list[Decision]:
         """A retry for the same reason as the last one (a freeze that lasts days) is recorded once."""
@@ -167,14 +184,16 @@ class Controller:
             if isinstance(action, Analyze):
                 return await self._analyze(st, action)
             if isinstance(action, Start):
+                replaced = await self._replace_dead(st.service, action.version)
                 started = await self.p.platform.start(st.service, action.version, action.count)
-                return Outcome(True, details={"instances": [i.address for i in started]})
+                details: dict[str, object] = {"instances": [i.address for i in started]}
+                return Outcome(True, details={**details, "replaced": replaced} if replaced else details)
             if isinstance(action, Health):
-                check = await self.p.health(await self._live(st.service, action.version), self.spec.health)
-                return Outcome(check.ok, check.reason, check.details)
+                return await self._at_full_strength(st, action.version, action.count, lambda live: self.p.health(
+                    live, self.spec.health))
             if isinstance(action, Smoke):
-                check = await self.p.smoke(await self._live(st.service, action.version), self.spec.smoke_tests)
-                return Outcome(check.ok, check.reason, check.details)
+                return await self._at_full_strength(st, action.version, action.count, lambda live: self.p.smoke(
+                    live, self.spec.smoke_tests))
             if isinstance(action, Route):
                 return await self._route(st, action)
             if isinstance(action, Migrate):
@@ -195,8 +214,63 @@ class Controller:
         found = [i for i in await self.p.platform.instances(service) if i.version == version]
         return sorted(found, key=lambda i: (i.started_at, i.id))
 
+    # --- every instance the spec asks for, before traffic (engine/instances.py) ------------------------------------
+
+    async def _dead_instances(self, service: str, version: str) -> list[Any]:
+        """The platform's dead instances of ``version`` (processes that ended without being stopped), if it keeps
+        them (LocalPlatform does; see its DeadInstance)."""
+        dead_instances = getattr(self.p.platform, "dead_instances", None)
+        if dead_instances is None:
+            return []
+        return [d for d in await dead_instances(service) if d.instance.version == version]
+
+    async def _missing(self, st: RolloutState, version: str, count: int) -> Outcome | None:
+        """None when ``count`` instances of ``version`` run and none died; else the failure, with ``died``: one entry
+        per dead instance (exit code, log tail, log file), which the engine restarts once or gives up on."""
+        live = await self._live(st.service, version)
+        dead = await self._dead_instances(st.service, version)
+        short = count - len(live)
+        if not dead and short <= 0:
+            return None
+        died: list[dict[str, object]] = [_death(d) for d in dead]
+        unexplained = short - len(dead)
+        if unexplained > 0:  # gone without a record of why (a platform that keeps none, a record removed)
+            died.append({"message": f"{unexplained} instance(s) of {version} gone without a trace"})
+        said = "; ".join(str(d["message"]) for d in died)
+        return Outcome(False, f"{said} ({len(live)} of {count} instance(s) of {version} run)",
+                       {"died": died, "live": [i.address for i in live], "expected": count})
+
+    async def _at_full_strength(self, st: RolloutState, version: str, count: int | None,
+                                check: Callable[[list[Instance]], Awaitable[CheckOutcome]]) -> Outcome:
+        """Run a check (health, smoke) on every live instance of ``version``, with all ``count`` of them running
+        before and after it: one that died before it is not silently left out, one that died during it is named."""
+        if count is None:  # rolling back: what runs is checked, nothing more is asked of it
+            result = await check(await self._live(st.service, version))
+            return Outcome(result.ok, result.reason, result.details)
+        missing = await self._missing(st, version, count)
+        if missing is not None:
+            return missing
+        result = await check(await self._live(st.service, version))
+        missing = await self._missing(st, version, count)
+        return missing or Outcome(result.ok, result.reason, result.details)
+
+    async def _replace_dead(self, service: str, version: str) -> list[dict[str, object]]:
+        """Forget the dead instances of ``version`` so that starting it replaces them; what they left is returned
+        for the record (the engine recorded the decision to restart before this runs)."""
+        dead = await self._dead_instances(service, version)
+        for d in dead:
+            await self.p.platform.stop(d.instance, 0.0)  # an exited instance: only its record goes
+        return [_death(d) for d in dead]
+
     async def _route(self, st: RolloutState, action: Route) -> Outcome:
-        if self.before_increase is not None and action.weight_of(st.version) > st.weight:
+        increase = action.weight_of(st.version) > st.weight
+        if increase:  # more traffic to the new version: every instance that should serve it must run
+            share = next(s for s in action.shares if s.version == st.version)
+            count = share.instances if share.instances is not None else self.spec.platform.instances
+            missing = await self._missing(st, st.version, count)
+            if missing is not None:
+                return missing
+        if self.before_increase is not None and increase:
             held = self.before_increase(self.clock.now())
             if held:
                 return Outcome(False, held)
@@ -299,6 +373,15 @@ class Controller:
                                    None, spec_json, now)
         elif rec is None and st.strategy == "initial":
             self.store.set_service(st.service, None, None, None, None, spec_json, now)
+
+
+def _death(dead: Any) -> dict[str, object]:
+    """What a dead instance left (a LocalPlatform DeadInstance), for the decision that restarts it or gives up."""
+    inst = dead.instance
+    describe = getattr(dead, "describe", None)
+    return {"instance": inst.id, "address": inst.address, "pid": inst.pid,
+            "exit_code": getattr(dead, "exit_code", None), "log_tail": getattr(dead, "log_tail", ""), "log": inst.log,
+            "message": describe() if describe is not None else f"instance {inst.id} ({inst.address}) died"}
 
 
 def _intent(action: Action) -> str | None:

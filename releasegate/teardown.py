@@ -121,6 +121,8 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
             found = last_spec(store, service) or found
         spec, spec_dir = found
         platform = LocalPlatform(spec.platform, ctx.state_dir, spec_dir)
+        reconciled = await platform.reconcile(service)  # processes a killed controller left unrecorded count too
+        result.lines += reconciled
         live = await platform.instances(service)
         dead = await platform.dead_instances(service)
         rec = store.service(service)
@@ -149,7 +151,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
                 + (f" ({', '.join(result.stopped)})" if result.stopped else "") + f", {router_note}")
         last = version or last_taken_down(store, service)  # kept across a down where nothing ran
         evidence = {"actor": ctx.actor, "version": version, "last_version": last, "stopped": result.stopped,
-                    "router": router_note}
+                    "router": router_note, "reconciled": reconciled}
         store.add_event(service, last_id, now, "down", said, evidence)
         AuditLog(ctx.state_dir).append(ctx.actor, "down", release=f"{service}@{version}" if version else service,
                                        decision=said, evidence=evidence, at=now)

@@ -18,7 +18,7 @@ The staircase is engine/staircase.py; waiting for evidence and pausing for an op
 
 from __future__ import annotations
 
-from releasegate.engine import health, rolling, staircase
+from releasegate.engine import health, instances, rolling, staircase
 from releasegate.engine.analysis import STEP_PROMISE, WATCH_PROMISE, Verdict, evaluate, gate, record_samples, tick
 from releasegate.engine.pause import no_data_now, track_no_data, wait
 from releasegate.engine.phase import Applied
@@ -67,9 +67,9 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
     if p == "start":
         return Start(st.version, spec.platform.instances)
     if p == "health":
-        return Health(st.version)
+        return Health(st.version, spec.platform.instances)
     if p == "smoke":
-        return Smoke(st.version)
+        return Smoke(st.version, spec.platform.instances)
     if p == "migrate":
         return Migrate(st.allow_breaking_migration)
     if p == "step":
@@ -108,6 +108,8 @@ def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: flo
 
 def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: float) -> Applied:
     p = st.phase
+    if p in ("health", "smoke", "step", "promote") and instances.deaths(r):
+        return _died(st, spec, r, now)
     if not r.ok:
         if p in ("prepare", "prepare_health"):
             why = f"the running version {st.previous} is not healthy, nothing was changed: {r.reason}"
@@ -118,7 +120,7 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         # A provider failed while moving traffic or stopping: the action is retried; the state is unchanged.
         return st.model_copy(update={"waiting": f"retrying: {r.reason}"}), [Decision("retry", r.reason)]
     if p == "prepare":
-        return _to(st, "prepare_health", now), []
+        return _to(st, "prepare_health", now), instances.replaced(st.previous, r)
     if p == "prepare_health":
         if st.strategy == "rolling":
             if spec.migrations is not None:
@@ -126,8 +128,9 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
             return rolling.begin(st, spec, now), [Decision("started", f"rolling {st.previous} -> {st.version}")]
         return _to(st, "start", now), []
     if p == "start":
-        nxt = "migrate" if spec.migrations is not None else "health"
-        return _to(st, nxt, now), [Decision("started", f"{st.version} started", r.details)]
+        nxt = "migrate" if spec.migrations is not None and not st.migrated else "health"  # once, even after a restart
+        again = " again" if st.restarts else ""
+        return _to(st, nxt, now), [Decision("started", f"{st.version} started{again}", r.details)]
     if p == "health":
         return _to(st, "smoke", now), [Decision("healthy", f"{st.version} passed its health check", r.details)]
     if p == "smoke":
@@ -163,6 +166,20 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         return (_ending(st, st.outcome or "rolled_back", st.reason or "rolled back", now),
                 [Decision("stopped", f"{st.version} stopped")])
     raise ValueError(f"unexpected result in phase {p!r}")
+
+
+def _died(st: RolloutState, spec: Spec, r: Outcome, now: float) -> Applied:
+    """An instance of the new version was found dead (engine/instances.py): before its first traffic, restart it
+    once, then abort; after, roll back at once, as a death noticed by the analysis does."""
+    if st.weight == 0:
+        if instances.may_restart(st):
+            st, said = instances.restart(st, st.version, r)
+            return _to(st, "start", now), [said]
+        why = f"{st.version} lost an instance before its first traffic, no user traffic reached it: " \
+              f"{instances.gave_up(st, r)}"
+        return _to(st, "abort", now, reason=why, outcome="aborted"), [Decision("abort", why, r.details)]
+    why = f"instance(s) of {st.version} died: {r.reason}"
+    return start_rollback(st, spec, why, now, immediate=True), [Decision("rollback", why, r.details)]
 
 
 def _first_traffic(st: RolloutState, spec: Spec, now: float) -> RolloutState:

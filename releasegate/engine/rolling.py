@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from releasegate.engine import health
+from releasegate.engine import health, instances
 from releasegate.engine.analysis import BATCH_PROMISE, evaluate, gate, record_samples, tick
 from releasegate.engine.pause import no_data_now, track_no_data, wait
 from releasegate.engine.state import (
@@ -102,10 +102,12 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
         return Stop(rp.src, rp.src_in)
     if stage == "start":
         return Start(rp.dst, rp.dst_in + rp.batch)
+    # Forward, the batch's instances must all run (engine/instances.py); rolling back takes what runs.
+    count = rp.dst_in + rp.batch if st.phase == "roll" else None
     if stage == "health":
-        return Health(rp.dst)
+        return Health(rp.dst, count)
     if stage == "smoke":
-        return Smoke(rp.dst)
+        return Smoke(rp.dst, count)
     if stage == "route":
         return _route(rp, rp.src_in, rp.dst_in + rp.batch)
     if stage == "pause":
@@ -188,9 +190,15 @@ def _apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: fl
         return _advance(st, rp, spec, now), [Decision("analysis_passed", "batch analysis passed", values)]
     assert isinstance(result, Outcome)
     stage = rp.stage
+    dead = st.phase == "roll" and bool(instances.deaths(result))
+    if dead and rp.dst_in == 0 and stage in ("health", "smoke", "route") and instances.may_restart(st):
+        # Before its first traffic: restart the dead instances once, and check the whole batch again.
+        st, said = instances.restart(st, rp.dst, result)
+        return st.model_copy(update={"rolling": rp.model_copy(update={"stage": "start", "smoked": False})}), [said]
     if not result.ok:
-        if stage in ("start", "health", "smoke"):
-            why = f"{stage} failed for {rp.dst} in batch {rp.dst_in + 1}-{rp.dst_in + rp.batch}: {result.reason}"
+        if stage in ("start", "health", "smoke") or (dead and stage in ("route", "shrink", "trim")):
+            reason = instances.gave_up(st, result) if dead else result.reason
+            why = f"{stage} failed for {rp.dst} in batch {rp.dst_in + 1}-{rp.dst_in + rp.batch}: {reason}"
             if st.phase == "roll_back":
                 return (st.model_copy(update={"phase": "finish", "outcome": "failed", "reason": why}),
                         [Decision("failed", why, result.details)])
@@ -212,7 +220,8 @@ def _apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: fl
     if stage == "clean":
         return _advance(st, rp, spec, now), []
     if stage == "start":
-        return st.model_copy(update={"rolling": rp.model_copy(update={"stage": "health"})}), []
+        return st.model_copy(update={"rolling": rp.model_copy(update={"stage": "health"})}), \
+            instances.replaced(rp.dst, result)
     if stage == "health":
         nxt = "smoke" if not rp.smoked and rp.dst == st.version else "route"
         return st.model_copy(update={"rolling": rp.model_copy(update={"stage": nxt})}), []

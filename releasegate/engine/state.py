@@ -88,6 +88,8 @@ class RolloutState(BaseModel):
     # Health during the rollout: failed checks in a row per new instance, and since when every one is down.
     health_failures: dict[str, int] = Field(default_factory=dict)
     health_down_since: float | None = None
+    # Instances of the new version found dead before any traffic reached them and restarted (engine/instances.py).
+    restarts: int = 0
 
     @property
     def active(self) -> bool:
@@ -111,12 +113,16 @@ class Start:
 
 @dataclass(frozen=True)
 class Health:
+    """Health-check the live instances of ``version``; ``count`` of them must run (a dead one fails the check)."""
+
     version: str
+    count: int | None = None
 
 
 @dataclass(frozen=True)
 class Smoke:
     version: str
+    count: int | None = None
 
 
 @dataclass(frozen=True)

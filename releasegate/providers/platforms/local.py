@@ -8,11 +8,21 @@ also keeps the process's create_time and nothing is signalled unless both match.
 An instance whose process ended without ``stop()`` is not forgotten: its record turns to ``state: exited``
 (with the exit code when this process was its parent) and ``dead_instances()`` reports it until ``stop()``
 removes it, so a controller that was busy elsewhere still learns which instance died and why.
+
+Nothing is started without a record: the intent (``state: starting``: service, version, id, port, log file, and
+who is spawning it) is written before the spawn, and completed with the pid and process group right after. A
+spawner killed in between leaves an intent and a running process that carries the intent's path in its
+environment (``RELEASEGATE_INSTANCE``); whoever reads the records next (``status``, ``down``, ``gc``, a resumed
+controller) adopts it, or drops the intent when nothing runs. The first look at a service's instances from a
+process (``instances()``) also searches for processes of the service that have no record at all: one whose record
+is free is adopted, a duplicate of a recorded instance is stopped (``reconcile``). Both write a line into the
+instance's log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import fcntl
 import os
@@ -27,17 +37,25 @@ from releasegate.providers.base import Instance
 from releasegate.providers.platforms.local_processes import (
     CHILDREN,
     HOST,
+    MARKER,
     POLL,
     ProcessRecord,
+    adopted,
     exit_status,
     foreign,
     free_port,
+    groups,
     listening,
     log_tail,
+    marked,
+    owner_alive,
     read_record,
+    rebuilt,
     settle,
     signal_name,
+    stop_group,
     terminate,
+    this_process,
     write_record,
 )
 from releasegate.spec import models
@@ -79,6 +97,8 @@ class LocalPlatform:
         self.spec_dir = Path(spec_dir)
         self.startup_grace = startup_grace
         self._locks: dict[str, asyncio.Lock] = {}
+        self._reconciled: set[str] = set()
+        self._notes: list[str] = []  # what reconciling did, until ``reconcile`` hands it out
 
     # --- the Platform protocol ------------------------------------------------------------------------------
 
@@ -109,19 +129,23 @@ class LocalPlatform:
     async def stop(self, instance: Instance, grace: float) -> None:
         """SIGTERM the instance's process group, SIGKILL what is left after ``grace``, forget the instance.
 
-        Idempotent: an instance already gone (or never known) just loses its record. A record whose pid now
-        belongs to another process (create_time differs) is dropped without signalling anything.
+        Idempotent: an instance already gone (or never known) just loses its record; one that exited loses what
+        it left running in its group too. A record whose pid now belongs to another process (create_time differs)
+        is dropped without signalling anything.
         """
         path = self._record_path(instance.service, instance.version, instance.id)
         rec = read_record(path)
-        if rec is not None and rec.state == "running" and not foreign(rec):
+        if rec is not None and rec.state in ("running", "exited") and not foreign(rec):
             await terminate(rec, grace)
         path.unlink(missing_ok=True)
         if rec is not None:
             CHILDREN.pop(rec.pid, None)
 
     async def instances(self, service: str) -> list[Instance]:
-        """Live instances of every version, oldest first; records of ended processes are marked exited."""
+        """Live instances of every version, oldest first; records of ended processes are marked exited. The first
+        call for a service also reconciles it with what really runs (``reconcile``)."""
+        if service not in self._reconciled:
+            await self._reconcile(service)
         return self.running(service)
 
     def running(self, service: str) -> list[Instance]:
@@ -131,6 +155,44 @@ class LocalPlatform:
     async def alive(self, instance: Instance) -> bool:
         rec = self._refreshed(instance)
         return rec is not None and rec.state == "running"
+
+    async def reconcile(self, service: str) -> list[str]:
+        """Find every process releasegate started for ``service`` (by the marker in its environment) and make the
+        records say so: one without a record is adopted into it, a duplicate of a recorded instance (or what is
+        left of one that exited) is stopped. Returns what was done since the last call, one line each (also
+        written to the instances' logs), intents adopted by any earlier look included."""
+        await self._reconcile(service)
+        said, self._notes = self._notes, []
+        return said
+
+    async def _reconcile(self, service: str) -> None:
+        self._reconciled.add(service)
+        directory = self.service_dir(service)
+        if directory.is_dir():
+            self._refresh(service)  # intents first, and exits settled
+            await self._search(service, directory)
+
+    async def _search(self, service: str, directory: Path) -> None:
+        said = self._notes
+        for marker, procs in marked(str(directory.resolve()) + os.sep).items():
+            path = Path(marker)
+            for pgid, leader in sorted(groups(procs).items(), key=lambda group: group[1][1]):  # oldest first
+                rec = read_record(path)
+                if rec is not None and rec.state == "running" and rec.pgid == pgid:
+                    continue  # recorded
+                if rec is not None and rec.state == "starting" and owner_alive(rec):
+                    continue  # its spawner records it in a moment
+                found = rebuilt(marker, procs, pgid, leader) if rec is None else None
+                if found is not None and found.service == service:
+                    write_record(path, found)
+                    said.append(_note(found, f"adopted: {found.version} {found.id} on {found.host}:{found.port} "
+                                      f"(pid {found.pid}) ran without a record"))
+                    continue
+                why = ("no record can take it" if rec is None else "left over from an instance that exited"
+                       if rec.state == "exited" else f"a duplicate of the recorded instance (pid {rec.pid})")
+                line = f"stopped process group {pgid} (pid {leader[0]}) marked as {path.stem}: {why}"
+                await stop_group(pgid, leader, min(self.spec.stop_grace, 5.0))
+                said.append(_note(rec, line) if rec is not None else line)
 
     # --- noticing deaths ------------------------------------------------------------------------------------
 
@@ -165,8 +227,31 @@ class LocalPlatform:
     def _refresh(self, service: str) -> list[ProcessRecord]:
         directory = self.service_dir(service)
         paths = sorted(directory.glob("*.json")) if directory.is_dir() else []
-        records = [settle(rec, path) for path in paths if (rec := read_record(path)) is not None]
+        records = []
+        for path in paths:
+            rec = read_record(path)
+            if rec is not None and rec.state == "starting":
+                rec = self._resolve_intent(rec, path)
+            if rec is not None:
+                records.append(settle(rec, path))
         return sorted(records, key=lambda r: (r.started_at, r.id))
+
+    def _resolve_intent(self, rec: ProcessRecord, path: Path) -> ProcessRecord | None:
+        """An intent whose spawner is gone: the process it names (by marker) is adopted; none runs, it is dropped.
+        While the spawner lives, the intent is its business (it records the process in a moment)."""
+        if owner_alive(rec):
+            return None
+        found = groups(marked(rec.marker).get(rec.marker, [])) if rec.marker else {}
+        if not found:
+            path.unlink(missing_ok=True)
+            return None
+        pgid, leader = min(found.items(), key=lambda group: group[1][1])  # the oldest group (there is one)
+        spawner = rec.owner
+        rec = adopted(rec, pgid, leader)
+        write_record(path, rec)
+        self._notes.append(_note(rec, f"adopted: pid {rec.pid} on {rec.host}:{rec.port} runs, but its spawner "
+                                      f"(pid {spawner}) ended before recording it"))
+        return rec
 
     def _refreshed(self, instance: Instance) -> ProcessRecord | None:
         path = self._record_path(instance.service, instance.version, instance.id)
@@ -193,7 +278,13 @@ class LocalPlatform:
         id = self._next_id(service)
         path = self._record_path(service, version, id)
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            rec = self._spawn(service, version, id, cwd, free_port())
+            intent = self._intent(service, version, id, cwd, free_port(), path)
+            write_record(path, intent)  # before the spawn: a spawner killed next leaves a findable process
+            try:
+                rec = self._spawn(intent)
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
             write_record(path, rec)
             code = await self._watch_start(rec)
             if code is None:
@@ -208,31 +299,41 @@ class LocalPlatform:
                                 f"{hint}: {tail or '(no output)'} (log: {rec.log})")
         raise AssertionError("unreachable")
 
-    def _spawn(self, service: str, version: str, id: str, cwd: Path, port: int) -> ProcessRecord:
+    def _intent(self, service: str, version: str, id: str, cwd: Path, port: int, path: Path) -> ProcessRecord:
+        """The record of an instance about to be spawned: everything but its process, and who spawns it. The log
+        gets its header first, so the record knows where the process's own output starts."""
         command = self.spec.command_for(service, version, port, HOST)
-        env = {**os.environ, **self.spec.env_for(service, version, port, HOST), "PORT": str(port),
-               "RELEASEGATE_VERSION": version, "RELEASEGATE_SERVICE": service}
         log_path = self.service_dir(service) / f"{version}-{id}.log"
         with open(log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             log.write(f"--- releasegate {stamp}: {service} {version} {id} on {HOST}:{port}: {command}\n"
                       .encode())
-            log.flush()
             offset = log.tell()
+        owner, owner_started = this_process()
+        return ProcessRecord(service, version, id, port, 0, 0, str(log_path), offset, time.time(), 0.0, command,
+                             str(cwd), state="starting", marker=str(path.resolve()), owner=owner,
+                             owner_started=owner_started)
+
+    def _spawn(self, intent: ProcessRecord) -> ProcessRecord:
+        """Start the intent's process in its own session; the returned record names it (not yet written)."""
+        service, version, port = intent.service, intent.version, intent.port
+        env = {**os.environ, **self.spec.env_for(service, version, port, HOST), "PORT": str(port),
+               "RELEASEGATE_VERSION": version, "RELEASEGATE_SERVICE": service, MARKER: intent.marker}
+        with open(intent.log, "ab") as log:
             try:
-                popen = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, env=env,
+                popen = subprocess.Popen(["/bin/sh", "-c", intent.command], cwd=intent.cwd, env=env,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
             except OSError as exc:
-                msg = f"instance {service} {version}: cannot run /bin/sh in {cwd}: {exc}"
+                msg = f"instance {service} {version}: cannot run /bin/sh in {intent.cwd}: {exc}"
                 raise ProviderError(msg) from exc
         try:
             create_time = psutil.Process(popen.pid).create_time()
         except psutil.Error:  # cannot happen while unreaped; keep a record anyway so the exit is reported
             create_time = 0.0
         CHILDREN[popen.pid] = (popen, create_time)
-        return ProcessRecord(service, version, id, port, popen.pid, popen.pid, str(log_path), offset, time.time(),
-                       create_time, command, str(cwd))
+        return dataclasses.replace(intent, pid=popen.pid, pgid=popen.pid, create_time=create_time,
+                                   state="running", started_at=time.time(), owner=0, owner_started=0.0)
 
     async def _watch_start(self, rec: ProcessRecord) -> int | None:
         """The exit code if the process ends within the grace; None once it listens or the grace is over."""
@@ -244,6 +345,14 @@ class LocalPlatform:
             if listening(rec) or time.monotonic() >= deadline:
                 return None
             await asyncio.sleep(POLL)
+
+
+def _note(rec: ProcessRecord, line: str) -> str:
+    """Append what reconciling did to the instance's log (where whoever looks at the instance looks); returns it."""
+    said = f"instance {rec.service} {rec.version} {rec.id}: {line}"
+    with contextlib.suppress(OSError), open(rec.log, "a") as log:
+        log.write(f"--- releasegate {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {line}\n")
+    return said
 
 
 # --- names ------------------------------------------------------------------------------------------------------

@@ -3,6 +3,10 @@ reaping, terminating a whole process group, and reading what a dead process last
 
 ``LocalPlatform`` (local.py) decides what to start and stop; this module knows how a process is safely observed
 and signalled. A pid alone is not an identity, so nothing is signalled unless the recorded create_time matches.
+
+A process is also found without its pid: each one gets ``RELEASEGATE_INSTANCE=<its record's path>`` in its
+environment (``MARKER``), readable in ``/proc/PID/environ`` by the same user, so a process whose record was never
+completed (its spawner was killed in between) is still known as ours, and as which instance (``marked``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from releasegate.providers.base import Instance
 HOST = "127.0.0.1"
 _KILL_WAIT = 5.0
 POLL = 0.02
+MARKER = "RELEASEGATE_INSTANCE"
 
 CHILDREN: dict[int, tuple[subprocess.Popen[bytes], float]] = {}
 """Every process this Python process spawned, with its create_time, shared by all LocalPlatform objects so
@@ -52,9 +57,12 @@ class ProcessRecord:
     command: str
     cwd: str
     host: str = HOST
-    state: str = "running"  # or "exited"
+    state: str = "running"  # or "exited"; "starting": the intent, written before the spawn (pid not known yet)
     exit_code: int | None = None
     exited_at: float | None = None
+    marker: str = ""  # MARKER's value in the process's environment
+    owner: int = 0  # who writes the intent: the spawning releasegate process (pid, create_time)
+    owner_started: float = 0.0
 
     def instance(self) -> Instance:
         return Instance(self.service, self.version, self.id, self.host, self.port, self.pid, self.log,
@@ -194,6 +202,109 @@ async def terminate(rec: ProcessRecord, grace: float) -> None:
             return
     raise ProviderError(f"instance {rec.service} {rec.version} {rec.id} (pid {rec.pid}) still runs "
                         f"{_KILL_WAIT:g} s after SIGKILL")
+
+
+# --- finding processes by their marker ----------------------------------------------------------------------------
+
+
+def this_process() -> tuple[int, float]:
+    """(pid, create_time) of this process: the owner written into an intent."""
+    return os.getpid(), psutil.Process().create_time()
+
+
+def owner_alive(rec: ProcessRecord) -> bool:
+    """Whether the process that wrote an intent still runs (and so may still record what it spawned)."""
+    try:
+        return abs(psutil.Process(rec.owner).create_time() - rec.owner_started) < 1.0
+    except psutil.Error:
+        return False
+
+
+def marked(prefix: str) -> dict[str, list[psutil.Process]]:
+    """This user's live processes whose MARKER starts with ``prefix``, by marker (an instance's ``sh -c`` and
+    everything it started carry the same one). Other users' environments are not readable, and are not ours."""
+    needle = f"{MARKER}={prefix}".encode()
+    found: dict[str, list[psutil.Process]] = {}
+    for pid in psutil.pids():
+        if pid == os.getpid():
+            continue
+        try:
+            if not _mentions(pid, needle):  # cheap: most processes are not ours
+                continue
+            proc = psutil.Process(pid)
+            if proc.uids().real != os.getuid():
+                continue
+            value = proc.environ().get(MARKER, "")
+        except (psutil.Error, OSError):  # gone, a zombie, or not readable
+            continue
+        if value.startswith(prefix):
+            found.setdefault(value, []).append(proc)
+    return found
+
+
+def _mentions(pid: int, needle: bytes) -> bool:
+    """Whether the process's environment holds ``needle``: one read of /proc/PID/environ where there is one."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return needle in f.read()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return False  # the process is gone
+    return True  # no /proc: psutil asks the system
+
+
+def groups(procs: list[psutil.Process]) -> dict[int, tuple[int, float]]:
+    """Process group -> (pid, create_time) of its leader, or of its oldest member once the leader is gone."""
+    members: dict[int, list[tuple[float, int]]] = {}
+    for proc in procs:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            members.setdefault(os.getpgid(proc.pid), []).append((proc.create_time(), proc.pid))
+        except (psutil.Error, OSError):
+            continue
+    out = {}
+    for pgid, found in members.items():
+        leader = next(((t, p) for t, p in found if p == pgid), min(found))
+        out[pgid] = (leader[1], leader[0])
+    return out
+
+
+def adopted(rec: ProcessRecord, pgid: int, leader: tuple[int, float]) -> ProcessRecord:
+    """``rec`` (an intent, or one rebuilt from a marker) as the record of the running group it names."""
+    pid, create_time = leader
+    return dataclasses.replace(rec, pid=pid, pgid=pgid, create_time=create_time, state="running",
+                               started_at=rec.started_at or create_time, owner=0, owner_started=0.0)
+
+
+def rebuilt(marker: str, procs: list[psutil.Process], pgid: int, leader: tuple[int, float]) -> ProcessRecord | None:
+    """A record for marked processes that have none: service, version and id from the marker (the record's path),
+    the port from their environment; None when the marker or the environment does not say."""
+    path = Path(marker)
+    name = path.name.removesuffix(".json")
+    version, _, id = name.rpartition("-")
+    proc = next((p for p in procs if p.pid == leader[0]), procs[0])
+    try:
+        port = int(proc.environ().get("PORT", ""))
+        cmdline = proc.cmdline()
+        cwd = proc.cwd()
+    except (psutil.Error, OSError, ValueError):
+        return None
+    if not version or not id.isdigit():
+        return None
+    command = cmdline[2] if cmdline[:2] == ["/bin/sh", "-c"] and len(cmdline) > 2 else " ".join(cmdline)
+    log = path.with_name(f"{name}.log")
+    rec = ProcessRecord(path.parent.name, version, id, port, 0, 0, str(log), 0, 0.0, 0.0, command, cwd,
+                        marker=marker)
+    return adopted(rec, pgid, leader)
+
+
+async def stop_group(pgid: int, leader: tuple[int, float], grace: float) -> None:
+    """Stop a marked group that no record can take (a duplicate of a recorded instance)."""
+    pid, create_time = leader
+    rec = ProcessRecord("", "", "", 0, pid, pgid, "", 0, 0.0, create_time, "", "")
+    if not foreign(rec):
+        await terminate(rec, grace)
 
 
 # --- records and logs ---------------------------------------------------------------------------------------
