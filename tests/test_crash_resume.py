@@ -25,7 +25,8 @@ import pytest
 
 from releasegate import service
 from releasegate.errors import UserError
-from tests.support.rollouts import Load, RolloutEnv
+from releasegate.teardown import take_down
+from tests.support.rollouts import Load, RolloutEnv, marked_processes
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
@@ -118,3 +119,8 @@ async def test_sigkill_at_random_points_of_canaries_under_load_then_resume_ends_
     assert set(load.by_version) >= {current}
     # The chosen points land inside a running rollout whatever the machine's speed: some trials really resumed.
     assert resumed >= TRIALS // 4, outcomes
+    # Nothing was left behind: instances a killed controller spawned but never recorded were adopted or stopped
+    # by the next controller, so only the current version runs; `down` stops that, and nothing else remains.
+    assert {p.environ()["RELEASEGATE_VERSION"] for p in marked_processes(env.state)} == {current}, outcomes
+    await take_down(env.ctx, "shop")
+    assert marked_processes(env.state) == []

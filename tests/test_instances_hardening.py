@@ -31,7 +31,7 @@ from releasegate.providers.routers.builtin import BuiltinRouterClient, read_rout
 from releasegate.spec import load_spec
 from releasegate.spec.models import LocalPlatform as LocalSpec
 from releasegate.store.audit import AuditLog
-from tests.support.rollouts import PY, RolloutEnv, cleanup
+from tests.support.rollouts import PY, RolloutEnv, cleanup, marked_processes
 from tests.support.simulated import make_spec
 from tests.support.wait import eventually
 
@@ -205,19 +205,6 @@ async def test_rolling_restarts_a_first_batch_instance_that_died_before_its_traf
 
 
 # --- processes left behind by a controller killed between spawn and record ---------------------------------------
-
-
-def marked_processes(state: Path) -> list[psutil.Process]:
-    """Live processes carrying the marker of an instance under ``state`` (what the platform itself searches)."""
-    prefix = str(state.resolve())
-    out = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get(MARKER, "").startswith(prefix) and proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except psutil.Error:
-            continue
-    return out
 
 
 def kill_after_spawn(env: Env, spec: Path, version: str) -> psutil.Process:

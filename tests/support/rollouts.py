@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms.local_processes import MARKER
 from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, router_client, stop_router
 from releasegate.spec import load_spec
 
@@ -186,3 +188,16 @@ class RolloutEnv:
     def close(self) -> None:
         if self.made:
             asyncio.run(cleanup(self.state, self.made[-1]))
+
+
+def marked_processes(state: Path) -> list[psutil.Process]:
+    """Live processes carrying the marker of an instance under ``state`` (what the platform itself searches)."""
+    prefix = str(state.resolve())
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get(MARKER, "").startswith(prefix) and proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
