@@ -129,6 +129,7 @@ def test_calendars_and_policies_have_the_same_bounds(tmp_path: Path, kind: str) 
     (HEAD + "tier: !!timestamp 2025-13-01\n", "spec.yaml:3:7: unsupported YAML tag !!timestamp; a spec uses plain"),
     (HEAD + "tier: !!binary aGVsbG8=\n", "spec.yaml:3:7: unsupported YAML tag !!binary"),
     (HEAD + "tier: !!set {a, b}\n", "spec.yaml:3:7: unsupported YAML tag !!set"),
+    (HEAD + "tier: !!map x\n", "spec.yaml:3:7: the tag !!map does not fit this value; remove the tag"),
     (HEAD + "tier: !!omap [a: 1]\n", "spec.yaml:3:7: unsupported YAML tag !!omap"),
     (HEAD + "tier: !!python/object/apply:os.system ['true']\n", "spec.yaml:3:7: unsupported YAML tag !!python/"),
     (HEAD + 'tier: "a\\0b"\n', "spec.yaml:3:7: this value holds the character U+0000"),
@@ -144,7 +145,7 @@ def test_calendars_and_policies_have_the_same_bounds(tmp_path: Path, kind: str) 
      + "".join(f"c{i}: &c{i} {{<<: [{', '.join([f'*c{i - 1}' if i else '*b'] * 10)}]}}\n" for i in range(6)),
      "YAML aliases expand to more than"),
 ], ids=["flow-1000-deep", "block-1000-deep", "int-5000-digits", "float-400-digits", "float-tag", "int-tag",
-        "int-tag-0x", "bool-tag", "timestamp-tag", "binary-tag", "set-tag", "omap-tag", "python-tag",
+        "int-tag-0x", "bool-tag", "timestamp-tag", "binary-tag", "set-tag", "map-tag-on-text", "omap-tag", "python-tag",
         "nul-escape", "lone-surrogate", "long-scalar", "long-list", "long-mapping", "many-values", "merge-bomb"])
 def test_malformed_values_are_user_errors_at_their_place(text: str, expected: str) -> None:
     message = only_issue(text)

@@ -131,6 +131,9 @@ class Loader(yaml.SafeLoader):
             raise Refusal(node.start_mark, f"unsupported YAML tag {short_tag(node.tag)}; a {self.noun} uses plain "
                                            "YAML values (text, numbers, true/false, lists and mappings): remove "
                                            "the tag")
+        kind = {_YAML + "map": yaml.MappingNode, _YAML + "seq": yaml.SequenceNode}.get(node.tag, yaml.ScalarNode)
+        if not isinstance(node, kind):  # !!map on a text: PyYAML would fail with a bare ValueError
+            raise Refusal(node.start_mark, f"the tag {short_tag(node.tag)} does not fit this value; remove the tag")
         if not isinstance(node, yaml.ScalarNode):
             return
         value: str = node.value
