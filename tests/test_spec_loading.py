@@ -184,8 +184,8 @@ def test_byte_order_mark_is_accepted(tmp_path: Path) -> None:
          "spec.yaml:2:1: a spec is a single YAML document; remove this second document (or its '---')"),
         (lines("service: *name"), "spec.yaml:1:10: undefined alias 'name': no anchor &name above this point"),
         (lines("service: !!python/name:os.system shop"),
-         "spec.yaml:1:10: unsupported YAML tag tag:yaml.org,2002:python/name:os.system; "
-         "specs use plain YAML values"),
+         "spec.yaml:1:10: unsupported YAML tag !!python/name:os.system; a spec uses plain YAML values (text, "
+         "numbers, true/false, lists and mappings): remove the tag"),
     ],
 )
 def test_malformed_yaml_points_at_the_mistake(text: str, expected: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from releasegate.spec.common import SpecModel
 
@@ -18,3 +18,19 @@ class NotifyTarget(SpecModel):
     url: str = Field(description="An Apprise URL, e.g. slack://TokenA/TokenB/TokenC or json://host:port/path.")
     events: list[Event] = Field(default_factory=lambda: list(EVENTS),  # type: ignore[arg-type]
                                 description="Which events go here; default: all.")
+
+    @field_validator("url")
+    @classmethod
+    def _usable(cls, v: str) -> str:
+        """Refused here, as deploy refuses it, so that `validate` passes no spec `deploy` would stop at
+        (offline: Apprise only parses the URL; the message names the scheme, never the tokens)."""
+        from releasegate.providers.notifiers.apprise import check_url
+
+        try:
+            problem = check_url(v)
+        except Exception:  # Apprise's parser on a URL it does not expect: not usable either
+            problem = "not a URL Apprise can read"
+        if problem:
+            raise ValueError(f"{problem}; write one such as slack://TokenA/TokenB/TokenC, "
+                             "mailtos://user:password@example.com or json://host:port/path")
+        return v

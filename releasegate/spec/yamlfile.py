@@ -3,15 +3,15 @@ value that caused it. The spec, the release calendar and the approval policy all
 
 PyYAML forgets where values came from and pydantic only knows paths such as ``('analysis', 'rules', 0, 'for')``,
 so this module composes the YAML node tree itself, records where each key and value sits by path, and maps
-pydantic's error locations back onto it. Three YAML 1.1 habits are switched off because they silently change a
-file's meaning: duplicate keys (PyYAML keeps the last one), sexagesimal numbers (``10:00`` = 600) and implicit
-dates (``2025-13-01`` would escape construction as a bare ValueError; models parse dates themselves).
+pydantic's error locations back onto it. ``releasegate.spec.yamlcompose`` reads the text into that tree within
+bounds a hostile file cannot push (size, depth, aliases, tags), so every file, however malformed, ends in a
+``SpecError`` (exit 2) at a line and column.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import NoneType, UnionType
@@ -31,6 +31,7 @@ from releasegate.spec.errors import (
     reader_issue,
     yaml_issue,
 )
+from releasegate.spec.yamlcompose import MAX_BYTES, Loader, Positions, Refusal, Where, too_long
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -45,109 +46,7 @@ class FileKind:
     located_at_key: bool = False
 
 
-_INT = "tag:yaml.org,2002:int"
-_FLOAT = "tag:yaml.org,2002:float"
-_MERGE = "tag:yaml.org,2002:merge"
 _YAML_BOOLEAN_WORDS = {"yes", "no", "on", "off"}
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader whose mapping keys are always the text as written (``on:`` stays ``'on'``, not True)."""
-
-    # YAML 1.1 reads 10:00 as the base-60 number 600; in a spec it is a time or a typo, so it stays a string.
-    # No spec field is a date either: 2025-13-01 would otherwise escape construction as a bare ValueError.
-    yaml_implicit_resolvers = {
-        first: [(tag, re.compile("(?!.*:)" + rx.pattern, rx.flags) if tag in (_INT, _FLOAT) else rx)
-                for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
-        self.flatten_mapping(node)
-        mapping: dict[Hashable, Any] = {}
-        for key_node, value_node in node.value:
-            key = _key_text(key_node)
-            if key is not None:
-                mapping[key] = self.construct_object(value_node, deep=deep)
-        return mapping
-
-
-def _key_text(node: yaml.Node) -> str | None:
-    return node.value if isinstance(node, yaml.ScalarNode) else None
-
-
-@dataclass(frozen=True)
-class _Where:
-    """Where a value sits: its key (None for list items and the document) and its node."""
-
-    key: yaml.Node | None
-    value: yaml.Node
-
-    def mark(self, *, prefer_key: bool) -> yaml.Mark:
-        """The key for errors about a whole section or an empty value; otherwise the value itself."""
-        scalar = isinstance(self.value, yaml.ScalarNode)
-        if self.key is not None and (prefer_key or not scalar or self.raw() == ""):
-            return self.key.start_mark
-        return self.value.start_mark
-
-    def raw(self) -> str | None:
-        return self.value.value if isinstance(self.value, yaml.ScalarNode) else None
-
-
-class _Positions:
-    """Walks the node tree once: records every path's key and value, and every duplicate key on the way."""
-
-    def __init__(self, file: str, root: yaml.Node) -> None:
-        self.file = file
-        self.at: dict[Loc, _Where] = {}
-        self.issues: list[SpecIssue] = []
-        self._active: set[int] = set()
-        self._walk((), None, root)
-
-    def _walk(self, path: Loc, key: yaml.Node | None, node: yaml.Node) -> None:
-        self.at[path] = _Where(key, node)
-        if id(node) in self._active:  # a recursive alias: its contents are already recorded above
-            return
-        self._active.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            self._check_keys(path, node)
-            for key_node, value_node in self._pairs(node):
-                text = _key_text(key_node)
-                if text is not None:
-                    self._walk((*path, text), key_node, value_node)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                self._walk((*path, i), None, item)
-        self._active.discard(id(node))
-
-    def _pairs(self, node: yaml.MappingNode) -> Iterator[tuple[yaml.Node, yaml.Node]]:
-        """The pairs with ``<<`` merges expanded first, so the mapping's own keys win, as in construction."""
-        for key_node, value_node in node.value:
-            if key_node.tag == _MERGE:
-                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
-                for source in reversed(sources):
-                    if isinstance(source, yaml.MappingNode) and id(source) not in self._active:
-                        yield from self._pairs(source)
-        yield from ((k, v) for k, v in node.value if k.tag != _MERGE)
-
-    def _check_keys(self, path: Loc, node: yaml.MappingNode) -> None:
-        first: dict[str, yaml.Node] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE:
-                continue
-            text = _key_text(key_node)
-            mark = key_node.start_mark
-            if text is None:
-                self.issues.append(SpecIssue(self.file, mark.line + 1, mark.column + 1,
-                                             "keys must be plain text, not lists or mappings",
-                                             format_loc(path)))
-            elif text in first:
-                self.issues.append(SpecIssue(
-                    self.file, mark.line + 1, mark.column + 1,
-                    f"duplicate key {text!r} (first at line {first[text].start_mark.line + 1})",
-                    format_loc((*path, text))))
-            else:
-                first[text] = key_node
 
 
 # --- reading ------------------------------------------------------------------------------------------------
@@ -162,13 +61,17 @@ def load_yaml_model(path: str | Path, model: type[M], kind: FileKind, checks: Ch
     """The validated ``model`` in ``path``; raises ``SpecError`` (exit 2) listing every problem found."""
     file = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with Path(path).open("rb") as f:  # never more than the bound: /dev/zero is a file too
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([SpecIssue(file, None, None, "no such file")]) from None
     except IsADirectoryError:
         raise SpecError([SpecIssue(file, None, None, f"is a directory, not a {kind.noun} file")]) from None
     except OSError as exc:
         raise SpecError([SpecIssue(file, None, None, f"cannot read: {exc.strerror or exc}")]) from None
+    if len(raw) > MAX_BYTES:
+        head = raw[:MAX_BYTES].decode("utf-8-sig", errors="replace")
+        raise SpecError([too_long(head, file, kind.noun, len(head))])
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -196,7 +99,7 @@ def load_yaml_model_text(text: str, filename: str, model: type[M], kind: FileKin
     return result
 
 
-def _checked(loc: Loc, message: str, positions: _Positions) -> SpecIssue:
+def _checked(loc: Loc, message: str, positions: Positions) -> SpecIssue:
     """A check's problem at the deepest part of ``loc`` that is in the file (its key)."""
     found: Loc = ()
     for part in loc:
@@ -207,20 +110,26 @@ def _checked(loc: Loc, message: str, positions: _Positions) -> SpecIssue:
     return SpecIssue(positions.file, mark.line + 1, mark.column + 1, message, format_loc(loc))
 
 
-def _parse(text: str, file: str, kind: FileKind) -> tuple[dict[str, Any], _Positions]:
+def _parse(text: str, file: str, kind: FileKind) -> tuple[dict[str, Any], Positions]:
+    if len(text) > MAX_BYTES:
+        raise SpecError([too_long(text, file, kind.noun, MAX_BYTES)])
     empty = SpecError([SpecIssue(file, 1, 1, f"the {kind.noun} is empty; {kind.needs}")])
-    loader: _Loader | None = None
+    loader: Loader | None = None
     try:
-        loader = _Loader(text)
+        loader = Loader(text, kind.noun)
         root = loader.get_single_node()
         if root is None:
             raise empty
-        positions = _Positions(file, root)
+        positions = Positions(file, root, loader)  # counts every value, aliases expanded, before constructing
         data = loader.construct_document(root)
+    except Refusal as exc:
+        raise SpecError([exc.issue(file)]) from None
     except yaml.MarkedYAMLError as exc:
         raise SpecError([yaml_issue(exc, file, text)]) from None
     except yaml.reader.ReaderError as exc:
         raise SpecError([reader_issue(exc, file, text)]) from None
+    except yaml.YAMLError as exc:  # PyYAML's unmarked errors: none is known to reach here
+        raise SpecError([SpecIssue(file, 1, 1, f"invalid YAML: {exc}")]) from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -236,7 +145,7 @@ def _parse(text: str, file: str, kind: FileKind) -> tuple[dict[str, Any], _Posit
 # --- pydantic errors ----------------------------------------------------------------------------------------
 
 
-def _issue(err: ErrorDetails, positions: _Positions, root: type[BaseModel], kind: FileKind) -> SpecIssue:
+def _issue(err: ErrorDetails, positions: Positions, root: type[BaseModel], kind: FileKind) -> SpecIssue:
     loc: Loc = tuple(err["loc"])
     ctx = err.get("ctx") or {}
     cause = ctx.get("error")
@@ -279,7 +188,7 @@ def _bad_tag(err: ErrorDetails, loc: Loc, root: type[BaseModel]) -> tuple[str, s
                  + f"; expected one of: {', '.join(tags)}")
 
 
-def _message(err: ErrorDetails, loc: Loc, in_file: Loc, where: _Where | None, root: type[BaseModel]) -> str:
+def _message(err: ErrorDetails, loc: Loc, in_file: Loc, where: Where | None, root: type[BaseModel]) -> str:
     """``loc`` is pydantic's (with union labels, to find the model), ``in_file`` the path the user wrote."""
     kind = err["type"]
     ctx = err.get("ctx") or {}
