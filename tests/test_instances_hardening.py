@@ -27,7 +27,7 @@ from releasegate.engine.state import Health, Outcome, Route, Smoke, Start, Stop
 from releasegate.errors import UserError
 from releasegate.providers.platforms.local import LocalPlatform
 from releasegate.providers.platforms.local_processes import MARKER, read_record, write_record
-from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, stop_router
+from releasegate.providers.routers.builtin import read_router_state, stop_router
 from releasegate.spec import load_spec
 from releasegate.spec.models import LocalPlatform as LocalSpec
 from releasegate.store.audit import AuditLog
@@ -360,7 +360,7 @@ async def test_deploy_right_after_the_router_stopped_with_keep_alive_connections
     assert st.status == "promoted", st.reason
     new = read_router_state(env.state, "shop")
     assert new is not None and new["pid"] != router["pid"] and new["listen"] == f"127.0.0.1:{env.port}"
-    assert (await BuiltinRouterClient(str(new["admin"])).get_routes("shop")).weights() == {"2.0.0": 100}
+    assert await env.routes() == {"2.0.0": 100}
 
 
 async def test_a_port_held_by_a_real_listener_is_still_refused(tmp_path: Path):

@@ -22,7 +22,7 @@ import pytest
 from releasegate import service
 from releasegate.planning import make_plan
 from releasegate.providers.platforms.local import LocalPlatform
-from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state
+from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, router_client
 from releasegate.spec import load_spec
 from tests.support.rollouts import Load, cleanup, free_port
 from tests.support.wait import eventually
@@ -96,7 +96,7 @@ async def deploy(ctx: service.Context, spec: Path, version: str):
 def router(state: Path) -> BuiltinRouterClient:
     info = read_router_state(state, "shop")
     assert info is not None
-    return BuiltinRouterClient(str(info["admin"]))
+    return router_client(state, "shop", str(info["admin"]))
 
 
 async def test_migrations_run_before_health_and_the_smoke_commands_that_need_the_schema(app, tmp_path):
