@@ -17,10 +17,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from croniter import CroniterError, croniter
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from releasegate.governance.filecheck import Broken, Problem, load_text, read_text
+from releasegate.governance.filecheck import Broken, Problem, load_text
 from releasegate.spec.errors import LocatedValueError, did_you_mean
 from releasegate.spec.models import Duration
-from releasegate.spec.yamlfile import FileKind
+from releasegate.spec.yamlfile import FileKind, read_yaml_text
 
 Change = Literal["major", "minor", "patch", "hotfix", "config"]
 CHANGES: tuple[Change, ...] = get_args(Change)
@@ -267,7 +267,7 @@ class Calendar(_Model):
 
 def load_calendar(path: str | Path) -> Calendar:
     """The validated calendar in ``path``; raises ``SpecError`` (a UserError) with FILE:LINE:COL lines."""
-    return load_calendar_text(read_text(path, Calendar, CALENDAR_FILE), str(path))
+    return load_calendar_text(read_yaml_text(path, CALENDAR_FILE), str(path))
 
 
 def load_calendar_text(text: str, filename: str = "calendar.yaml") -> Calendar:

@@ -11,14 +11,13 @@ it can skip what depends on them), and their problems are reported with the stru
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, RootModel
 
 from releasegate.spec.errors import Loc, SpecError, SpecIssue, format_loc
-from releasegate.spec.yamlfile import FileKind, load_yaml_model, load_yaml_model_text
+from releasegate.spec.yamlfile import FileKind, load_yaml_model_text
 
 M = TypeVar("M", bound=BaseModel)
 Problem = tuple[Loc, str]
@@ -72,15 +71,6 @@ def load_text(text: str, filename: str, model: type[M], kind: FileKind, checks: 
     return result
 
 
-def read_text(path: str | Path, model: type[BaseModel], kind: FileKind) -> str:
-    """The file's text; a file that cannot be read gets the loader's own message (no such file, not UTF-8)."""
-    try:
-        return Path(path).read_bytes().decode("utf-8-sig")
-    except (OSError, UnicodeDecodeError):
-        load_yaml_model(path, model, kind)  # raises the located error
-        raise
-
-
 def locate(file: str, text: str, problems: list[Problem], *, at_key: bool = False) -> list[SpecIssue]:
     """Each problem at its value in ``text`` (``at_key``: at its key, as the calendar's own validators point), or
     at the deepest part of the path that is written, for a key left out."""
@@ -108,4 +98,4 @@ def _node_at(node: yaml.Node | None, loc: Loc) -> tuple[yaml.Node | None, yaml.N
     return key, node
 
 
-__all__ = ["Broken", "Problem", "load_text", "locate", "read_text"]
+__all__ = ["Broken", "Problem", "load_text", "locate"]

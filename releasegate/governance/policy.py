@@ -26,10 +26,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 from releasegate.durations import parse_duration
 from releasegate.errors import UserError
-from releasegate.governance.filecheck import Broken, Problem, load_text, read_text
+from releasegate.governance.filecheck import Broken, Problem, load_text
 from releasegate.spec.errors import Loc, did_you_mean
 from releasegate.spec.models import Duration
-from releasegate.spec.yamlfile import FileKind
+from releasegate.spec.yamlfile import FileKind, read_yaml_text
 
 ADMIN_ROLE = "admin"
 """Holders may change the stored policy and calendar and issue tokens; never an approval stage."""
@@ -146,7 +146,7 @@ POLICY_FILE = FileKind("policy", _EMPTY, located_at_key=True)
 
 def load_policy(path: str | Path) -> Policy:
     """The validated policy in ``path``; raises ``SpecError`` (a ``UserError``) listing every problem."""
-    return load_policy_text(read_text(path, Policy, POLICY_FILE), str(path), f"policy {path}")
+    return load_policy_text(read_yaml_text(path, POLICY_FILE), str(path), f"policy {path}")
 
 
 def load_policy_text(text: str, filename: str, source: str | None = None, *, storing: bool = False) -> Policy:

@@ -25,10 +25,10 @@ from typing import Literal
 
 from releasegate.errors import UserError
 from releasegate.governance.calendar_models import CALENDAR_FILE, Calendar, load_calendar_text
-from releasegate.governance.filecheck import read_text
 from releasegate.governance.identity import TOKEN_ENV, authenticate, os_user
 from releasegate.governance.policy import ADMIN_ROLE, POLICY_FILE, Policy, load_policy_text
 from releasegate.spec.models import Spec
+from releasegate.spec.yamlfile import read_yaml_text
 from releasegate.store.audit import append_entry
 from releasegate.store.governance import GovernanceStore, StoredDocument
 
@@ -43,9 +43,9 @@ def read_file(kind: Kind, path: Path, *, storing: bool = False) -> tuple[str, Po
     """The file's text and what it says, validated (every problem as ``FILE:LINE:COL``, exit 2): the text that is
     stored. ``storing``: also what only a policy going into the state must not have (no admin, say)."""
     if kind == "policy":
-        text = read_text(path, Policy, POLICY_FILE)
+        text = read_yaml_text(path, POLICY_FILE)
         return text, load_policy_text(text, str(path), storing=storing)
-    text = read_text(path, Calendar, CALENDAR_FILE)
+    text = read_yaml_text(path, CALENDAR_FILE)
     return text, load_calendar_text(text, str(path))
 
 

@@ -59,6 +59,11 @@ Checks = Callable[[Any], list[tuple[Loc, str]]]
 
 def load_yaml_model(path: str | Path, model: type[M], kind: FileKind, checks: Checks | None = None) -> M:
     """The validated ``model`` in ``path``; raises ``SpecError`` (exit 2) listing every problem found."""
+    return load_yaml_model_text(read_yaml_text(path, kind), str(path), model, kind, checks)
+
+
+def read_yaml_text(path: str | Path, kind: FileKind) -> str:
+    """The file's text, read up to the size bound; a file that cannot be read as such is a ``SpecError``."""
     file = str(path)
     try:
         with Path(path).open("rb") as f:  # never more than the bound: /dev/zero is a file too
@@ -79,7 +84,7 @@ def load_yaml_model(path: str | Path, model: type[M], kind: FileKind, checks: Ch
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise SpecError([SpecIssue(file, line, column, f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); "
                                                        f"save the {kind.noun} as UTF-8")]) from None
-    return load_yaml_model_text(text, file, model, kind, checks)
+    return text
 
 
 def load_yaml_model_text(text: str, filename: str, model: type[M], kind: FileKind,
