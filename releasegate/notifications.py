@@ -38,6 +38,7 @@ from releasegate.errors import UserError
 from releasegate.fileio import append_private
 from releasegate.providers.base import Event, Notifier
 from releasegate.providers.notifiers.apprise import AppriseNotifier, check_url, redact
+from releasegate.spec import secrets
 from releasegate.spec.models import Spec
 from releasegate.spec.notify import NotifyTarget
 
@@ -101,8 +102,9 @@ class Notifications:
         self.max_backoff = max_backoff
         self.outbox = Outbox(Path(state_dir) / OUTBOX)
         factory = notifier or (lambda url: AppriseNotifier(url, timeout=timeout))
-        self._notifiers = [factory(t.url) for t in self.targets]
-        self._names = [redact(t.url) for t in self.targets]
+        urls = [secrets.resolve(t.url, f"notify[{i}].url") for i, t in enumerate(self.targets)]
+        self._notifiers = [factory(url) for url in urls]
+        self._names = [secrets.hide(redact(url), t.url) for url, t in zip(urls, self.targets, strict=True)]
         self._queues: list[asyncio.Queue[_Job] | None] = [None] * len(self.targets)
         self._workers: set[asyncio.Task[None]] = set()
         self._pending: dict[str, _Job] = {}
@@ -250,7 +252,7 @@ def build_notifications(spec: Spec, state_dir: Path, **options: Any) -> Notifica
     if not targets:
         return None
     for i, target in enumerate(targets):
-        problem = check_url(target.url)
+        problem = check_url(secrets.resolve(target.url, f"notify[{i}].url"))
         if problem:
             raise UserError(f"notify[{i}].url: {problem}")
     return Notifications(targets, state_dir, spec.tier, spec.service, **options)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from releasegate.durations import format_duration
+from releasegate.spec import secrets
 from releasegate.spec.models import BuiltinRouter, Spec
 
 MIN_FREE_BYTES = 1 << 30  # 1 GiB: logs, the database, backups; the seeds check disk before every release
@@ -211,6 +212,9 @@ async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, 
     import time
 
     spec_dir = spec_path.parent.resolve()
+    unset = secrets.unset(spec)
+    if unset:  # every later check that reads a referenced value would stop at it: say this one thing
+        return [Check("secrets", False, unset)]
     checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir), _command(spec, spec_dir, version),
               await _running(spec, spec_dir, state_dir)]
     checks += await asyncio.to_thread(_migrations, spec, spec_dir, allow_breaking)

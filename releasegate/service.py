@@ -25,7 +25,7 @@ from releasegate.lookup import spec_of as _spec_of
 from releasegate.notifications import Notifications, build_notifications
 from releasegate.preflight import preflight
 from releasegate.providers.base import Routes, VersionRoute
-from releasegate.spec import load_spec
+from releasegate.spec import load_spec, secrets
 from releasegate.spec.models import Spec, check_version
 from releasegate.store.audit import AuditLog
 from releasegate.store.sqlite import RolloutRecord, ServiceRecord, Store, owner_alive, this_owner
@@ -147,6 +147,7 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
                  request: DeployRequest | None = None) -> RolloutState:
     spec = load_spec(spec_path)
     check_version(version)
+    secrets.require(spec, "deploy")  # before the state is touched: a reference resolved later must not fail
     request = request or DeployRequest()
     store = ctx.store()
     try:
@@ -205,9 +206,10 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
             if not known(store, service):
                 raise unknown_service(ctx.state_dir, service, "nothing to resume")
             raise UserError(f"{service}: no rollout in progress to resume (see `releasegate history {service}`)")
+        spec = _spec_of(rec)
+        secrets.require(spec, "resume")  # another shell may lack a variable the deploy had: change nothing
         owner = this_owner()
         store.claim(rec.state.id, owner)
-        spec = _spec_of(rec)
         providers = await ctx.providers(spec, Path(rec.spec_path).parent, ctx.state_dir, ctx.clock)
         try:
             store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from releasegate.spec import secrets
 from releasegate.spec.migrations import POSTGRES_SCHEMES
 
 if TYPE_CHECKING:
@@ -72,10 +73,11 @@ class Backend(Protocol):
 
 def backend_for(migrations: Migrations, spec_dir: Path) -> Backend:
     """The backend for ``migrations.database``; PostgreSQL's module (and psycopg) is imported only when used."""
-    if migrations.database.startswith(POSTGRES_SCHEMES):
+    database = secrets.resolve(migrations.database, "migrations.database")
+    if database.startswith(POSTGRES_SCHEMES):
         from releasegate.migrations.postgres import PostgresBackend
 
-        return PostgresBackend(migrations.database)
+        return PostgresBackend(database, migrations.database)
     from releasegate.migrations.sqlite import SqliteBackend, sqlite_path
 
-    return SqliteBackend(sqlite_path(migrations.database, spec_dir))
+    return SqliteBackend(sqlite_path(database, spec_dir))

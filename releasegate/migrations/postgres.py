@@ -38,6 +38,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from releasegate.errors import ProviderError, ReleasegateError, UserError
 from releasegate.migrations import pgclient
 from releasegate.migrations.backend import TABLE, Backup, StatementFailed
+from releasegate.spec import secrets as spec_secrets
 from releasegate.spec.migrations import mask_password
 
 CONNECT_TIMEOUT = "10"  # seconds, unless the URL says otherwise: an unreachable host fails instead of hanging
@@ -131,12 +132,13 @@ END
 class PostgresBackend:
     """The ``Backend`` for one PostgreSQL database, from its libpq URL."""
 
-    def __init__(self, url: str) -> None:
-        self.shown = mask_password(url)
+    def __init__(self, url: str, written: str | None = None) -> None:
+        """``url`` is the resolved URL; ``written`` the spec's text (``${env:NAME}`` references), what is shown."""
+        self.shown = mask_password(written or url)
         try:
             params = conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
-            raise UserError(f"migrations.database {self.shown}: {exc}") from None
+            raise UserError(f"migrations.database {self.shown}: {spec_secrets.hide(str(exc), written or '')}") from None
         password = params.pop("password", None)
         self.password = str(password) if password is not None else None
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)

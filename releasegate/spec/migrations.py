@@ -11,6 +11,7 @@ import re
 
 from pydantic import ConfigDict, Field, field_validator
 
+from releasegate.spec import secrets
 from releasegate.spec.common import SpecModel
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -60,7 +61,9 @@ class Migrations(SpecModel):
     database: str = Field(description="sqlite:///PATH, relative to the spec file (sqlite:////ABS for an absolute "
                                       "path), or postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME (also "
                                       "postgres://, and libpq parameters such as ?host=/run/postgresql for a unix "
-                                      "socket; without a password, PGPASSWORD or ~/.pgpass are used).")
+                                      "socket; without a password, PGPASSWORD or ~/.pgpass are used). A password "
+                                      "may be written ${env:NAME}, resolved when the database is opened so the "
+                                      "stored spec never holds it.")
     dir: str = Field("migrations", description="Directory of *.sql files, applied in name order; relative to the "
                                                "spec file.")
     backup_dir: str = Field("backups", description="Where the verified pre-migration backup is written; relative "
@@ -69,12 +72,13 @@ class Migrations(SpecModel):
     @field_validator("database")
     @classmethod
     def _database(cls, v: str) -> str:
+        secrets.check(v)
         if v.startswith("sqlite:///") and len(v) > len("sqlite:///"):
             return v
         if v.startswith(POSTGRES_SCHEMES):
-            problem = postgres_problem(v)
+            problem = postgres_problem(secrets.for_checking(v))
             if problem:
-                raise ValueError(f"{mask_password(v)}: {problem}; expected "
+                raise ValueError(f"{mask_password(v)}: {secrets.hide(problem, v)}; expected "
                                  "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME")
             return v
         raise ValueError(f"expected sqlite:///PATH (relative to the spec file) or "

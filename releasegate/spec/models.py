@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from releasegate.spec import placeholders
+from releasegate.spec import placeholders, secrets
 from releasegate.spec.analysis import Analysis, Rule, _threshold
 from releasegate.spec.checks import Health, SmokeTest
 from releasegate.spec.common import (
@@ -90,7 +90,9 @@ class LocalPlatform(_Model):
                      "substituted.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment; in values, {port}, "
                                 "{version}, {service} and {host} are substituted per instance. PORT, "
-                                "RELEASEGATE_VERSION and RELEASEGATE_SERVICE are always set.")
+                                "RELEASEGATE_VERSION and RELEASEGATE_SERVICE are always set. A secret may be "
+                                "written ${env:NAME}: resolved from releasegate's environment as the instance "
+                                "starts, so the stored spec never holds it.")
     stop_grace: Duration = Field(10.0, description="SIGTERM, then SIGKILL after this long.")
 
     @field_validator("command")
@@ -112,6 +114,10 @@ class LocalPlatform(_Model):
     @classmethod
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         placeholders.check(v, placeholders.PROCESS, "platform.env")
+        for key, value in v.items():
+            problem = secrets.syntax_problem(value)
+            if problem:
+                raise LocatedValueError(problem, (key,))
         return v
 
     def cwd_for(self, service: str, version: str) -> str:
@@ -121,9 +127,11 @@ class LocalPlatform(_Model):
         return placeholders.substitute_text(self.command, _process(service, version, port, host))
 
     def env_for(self, service: str, version: str, port: int, host: str) -> dict[str, str]:
-        """The extra environment of one instance: ``{port}`` is that instance's port."""
+        """The extra environment of one instance: ``{port}`` is that instance's port; ``${env:NAME}`` is resolved
+        last, so a secret's own text is never taken for a placeholder."""
         values = _process(service, version, port, host)
-        return {key: placeholders.substitute_text(value, values) for key, value in self.env.items()}
+        return {key: secrets.resolve(placeholders.substitute_text(value, values), f"platform.env.{key}")
+                for key, value in self.env.items()}
 
 
 def _process(service: str, version: str, port: int, host: str) -> dict[str, object]:

@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 
 from releasegate.providers.base import MetricQuery
+from releasegate.spec import secrets
+from releasegate.spec.migrations import mask_password
 from releasegate.spec.sources import Prometheus
 
 PLACEHOLDERS = ("{{service}}", "{{version}}", "{{baseline_version}}")
@@ -68,7 +70,9 @@ class PrometheusMetrics:
     """
 
     def __init__(self, spec: Prometheus) -> None:
-        self.url = spec.url.rstrip("/")
+        self.url = secrets.resolve(spec.url, "metrics.prometheus.url").rstrip("/")
+        self.written = spec.url.rstrip("/")
+        self.shown = mask_password(self.written)  # what messages print: the reference, never its value
         self.timeout = float(spec.timeout)
         self.last_error: str | None = None
         self._client: httpx.AsyncClient | None = None
@@ -97,12 +101,13 @@ class PrometheusMetrics:
         try:
             resp = await self._http().get(f"{self.url}/api/v1/query", params={"query": promql})
         except httpx.HTTPError as exc:
-            self.last_error = f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc or 'no detail'})"
+            detail = secrets.hide(str(exc) or "no detail", self.written)
+            self.last_error = f"Prometheus at {self.shown} is unreachable ({type(exc).__name__}: {detail})"
             return None
         try:
             data = resp.json()
         except ValueError:
-            self.last_error = f"Prometheus at {self.url} answered {resp.status_code} without JSON"
+            self.last_error = f"Prometheus at {self.shown} answered {resp.status_code} without JSON"
             return None
         value, self.last_error = value_of(data)
         return value
