@@ -56,11 +56,14 @@ def test_validate_refuses_other_forms_at_the_value(tmp_path: Path, written: str,
     assert f"{spec}:{line}:" in out and wrong in out and "write ${env:NAME}" in out, out
 
 
-def test_env_placeholder_in_platform_env_is_refused_but_a_reference_is_not_a_placeholder(tmp_path: Path) -> None:
+def test_a_malformed_reference_in_platform_env_is_refused_but_other_dollar_braces_stay_literal(tmp_path: Path) -> None:
     spec = spec_with_refs(tmp_path, "json://127.0.0.1:9/hook")
-    spec.write_text(spec.read_text().replace("${env:APP_PASSWORD}", "${env:APP_PASSWORD}-{port}-${APP}"))
+    text = spec.read_text()
+    spec.write_text(text.replace("${env:APP_PASSWORD}", "${env:APP_PASSWORD}-{port}-${env:1APP}"))
     done = run("validate", str(spec))
-    assert done.returncode == 2 and "'${APP}' is not a reference" in done.stdout + done.stderr, done.stdout
+    assert done.returncode == 2 and "'${env:1APP}' is not a reference" in done.stdout + done.stderr, done.stdout
+    spec.write_text(text.replace("${env:APP_PASSWORD}", "${env:APP_PASSWORD}-{port}-${APP}"))  # ${APP}: literal
+    assert run("validate", str(spec)).returncode == 0
 
 
 def test_deploy_resolves_references_where_used_and_the_state_never_holds_the_secret(tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ class LocalPlatform(_Model):
     def _env(cls, v: dict[str, str]) -> dict[str, str]:
         placeholders.check(v, placeholders.PROCESS, "platform.env")
         for key, value in v.items():
-            problem = secrets.syntax_problem(value)
+            problem = secrets.env_form_problem(value)
             if problem:
                 raise LocatedValueError(problem, (key,))
         return v

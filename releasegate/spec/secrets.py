@@ -5,7 +5,8 @@ literally in a spec would be at rest there. A reference is stored as written, an
 notifier building an Apprise target, the migrations runner connecting, the platform building an instance's
 environment, the Prometheus source) calls ``resolve`` at the moment it needs the text. Messages name the reference,
 never the value it resolves to. Fields that take references: ``REFERENCE_FIELDS``; anything else that starts with
-``${`` in those fields is refused when the spec is loaded, so a typo cannot reach a service as written.
+``${`` in those fields is refused when the spec is loaded, so a typo cannot reach a service as written (in
+``platform.env`` only a malformed ``${env:...}``: other ``${...}`` there have always been passed on literally).
 """
 
 from __future__ import annotations
@@ -36,6 +37,17 @@ def syntax_problem(text: str) -> str | None:
                 return f"unclosed '${{' in {shown!r}; {_FIX}"
             return f"{shown!r} is not a reference releasegate resolves; {_FIX} (the only kind: ${{env:...}})"
         start = text.find("${", match.end())
+    return None
+
+
+def env_form_problem(text: str) -> str | None:
+    """Like ``syntax_problem``, for values where any other ``${...}`` is literal text (an instance's environment:
+    ``${HOME}`` reaches the process as written, as it always did): only a malformed ``${env:`` is a mistake."""
+    start = text.find("${env:")
+    while start != -1:
+        if REFERENCE.match(text, start) is None:
+            return syntax_problem(text[start:])
+        start = text.find("${env:", start + 1)
     return None
 
 
