@@ -84,6 +84,10 @@ def with_extras(url: str, event: Event) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
+_LINGER = 1.0
+"""Seconds a send's thread may outlive its wait (see _send)."""
+
+
 class AppriseNotifier:
     """``Notifier`` for one Apprise URL; ``post`` raises ``ProviderError`` when the service did not take the event."""
 
@@ -106,8 +110,11 @@ class AppriseNotifier:
         plugin = apprise.Apprise.instantiate(with_extras(self.url, event))
         if plugin is None:
             raise ProviderError(f"{redact(self.url)}: {check_url(self.url)}")
-        # The thread outlives a wait_for timeout; the socket timeouts bound how long it lingers.
-        plugin.socket_connect_timeout = min(float(plugin.socket_connect_timeout), self.timeout)
-        plugin.socket_read_timeout = min(float(plugin.socket_read_timeout), self.timeout)
+        # The thread outlives a wait_for timeout; the socket timeouts bound how long it lingers. They end a little
+        # after the wait, so a target that never answers is reported as that ("no answer within"), not as a
+        # refusal that depends on which of two equal timers a busy machine fires first.
+        linger = self.timeout + _LINGER
+        plugin.socket_connect_timeout = min(float(plugin.socket_connect_timeout), linger)
+        plugin.socket_read_timeout = min(float(plugin.socket_read_timeout), linger)
         title, body = render(event)
         return bool(plugin.notify(body=body, title=title, notify_type=notify_type(event)))
