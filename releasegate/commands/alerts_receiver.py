@@ -80,8 +80,9 @@ def receive_alerts(
         state_dir: StateDir = None) -> None:
     """Receive Alertmanager webhooks: a firing alert listed in a rollout's rollback.on_alerts rolls it back.
 
-    Runs in the foreground until interrupted. Every alert is audited. A --listen address other than loopback needs
-    --secret-env or --secret-file.
+    Runs in the foreground until interrupted. Every alert is audited.
+
+    A --listen address other than loopback needs --secret-env or --secret-file.
 
     The alert's `service` label names the service; the rollback is queued as `releasegate rollback` queues it."""
     from releasegate.alert_receiver import serve
