@@ -157,7 +157,8 @@ def _read_only_commands() -> list[tuple[str, ...]]:
             ("calendar", "check", "--calendar", calendar, "--change", "minor"),
             ("calendar", "show", "--calendar", calendar, "--month", "2026-01"),
             ("audit", "verify"), ("audit", "export"), ("router", "status"), ("gc",),
-            ("promote", "shop"), ("abort", "shop"), ("rollback", "shop"), ("resume", "shop"), ("down", "shop")]
+            ("promote", "shop"), ("abort", "shop"), ("rollback", "shop"), ("resume", "shop"), ("down", "shop"),
+            ("router", "restart", "shop"), ("router", "stop", "shop"), ("audit", "head")]
 
 
 def test_read_only_commands_in_an_empty_directory_create_no_state_dir(tmp_path):
@@ -181,7 +182,8 @@ def test_an_unknown_service_names_the_state_dir_read_and_how_to_read_another(tmp
 
     hint = "to read another state dir: --state-dir DIR or RELEASEGATE_HOME=DIR"
     commands = [("rollback", "shop"), ("status", "shop"), ("promote", "shop"), ("abort", "shop"), ("resume", "shop"),
-                ("history", "shop"), ("down", "shop"), ("gc", "shop"), ("router", "status", "shop")]
+                ("history", "shop"), ("down", "shop"), ("gc", "shop"), ("router", "status", "shop"),
+                ("router", "restart", "shop"), ("router", "stop", "shop")]
     with ThreadPoolExecutor(4) as pool:
         here = list(pool.map(lambda args: rg(*args, cwd=tmp_path), commands))
     for args, r in zip(commands, here, strict=True):

@@ -78,16 +78,19 @@ def router_main(ctx: typer.Context,
 
 
 def _stored_specs(state_dir: Path) -> dict[str, Spec]:
-    """Each known service's spec as stored with its last rollout: which router it uses and where."""
+    """Each known service's spec as stored with its last rollout: which router it uses and where. Only reads: an
+    unknown service in an empty directory leaves no state dir behind."""
     from releasegate.lookup import last_spec
+    from releasegate.store.db import reading_only
     from releasegate.store.sqlite import Store
 
-    store = Store(state_dir)
-    try:
-        names = {r.service for r in store.services()}
-        return {name: found[0] for name in sorted(names) if (found := last_spec(store, name)) is not None}
-    finally:
-        store.close()
+    with reading_only():
+        store = Store(state_dir)
+        try:
+            names = {r.service for r in store.services()}
+            return {name: found[0] for name in sorted(names) if (found := last_spec(store, name)) is not None}
+        finally:
+            store.close()
 
 
 @router_app.command("stop")
