@@ -34,12 +34,20 @@ def tighten(path: Path, mode: int) -> None:
         pass
 
 
-def append_private(path: Path, text: str) -> None:
-    """Append ``text`` to ``path``, creating it 0600 (and its directory 0700) when it does not exist."""
+def append_private(path: Path, text: str, *, durable: bool = False) -> None:
+    """Append ``text`` to ``path``, creating it 0600 (and its directory 0700) when it does not exist; never
+    through a symbolic link. ``durable``: fsync before returning, for records that must exist before what they
+    record happens (the audit head, the router's route changes)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
-    with os.fdopen(fd, "a", encoding="utf-8") as fh:
-        fh.write(text)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        view = memoryview(text.encode("utf-8"))
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: Path, data: object) -> None:

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from releasegate.fileio import write_json_atomic
+from releasegate.fileio import append_private, write_json_atomic
 from releasegate.providers.base import Routes
 
 
@@ -68,16 +68,7 @@ def default_changes_file(routes_file: Path, service: str) -> Path:
 def append_change(path: Path, record: dict[str, object]) -> None:
     """Append one JSON line and fsync it: written before the change is saved and applied, so no change is served
     without its record. The file is created 0600 (it names the backends) and only ever appended to."""
-    line = (json.dumps(record, separators=(",", ":"), sort_keys=False) + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(line)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_private(path, json.dumps(record, separators=(",", ":"), sort_keys=False) + "\n", durable=True)
 
 
 def recent_changes(path: Path, limit: int = 10, tail_bytes: int = 1 << 16) -> list[dict[str, object]]:

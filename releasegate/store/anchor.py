@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from releasegate.fileio import PRIVATE_FILE
+from releasegate.fileio import append_private
 
 FILE = "audit-head.log"
 
@@ -128,12 +128,7 @@ class Pending:
 
 def write(state_dir: Path, lines: list[Line]) -> None:
     """Append ``lines`` in one write and make them durable (O_APPEND: the file is never rewritten)."""
-    fd = os.open(path_of(state_dir), os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE_FILE)
-    try:
-        os.write(fd, "".join(f"{line.seq} {line.hash}\n" for line in lines).encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    append_private(path_of(state_dir), "".join(f"{line.seq} {line.hash}\n" for line in lines), durable=True)
 
 
 __all__ = ["FILE", "SCHEMA", "Damaged", "Line", "Pending", "last", "locked", "path_of", "read", "write"]
