@@ -24,7 +24,8 @@ import httpx
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import Routes
-from releasegate.router.adminauth import AdminTokenError, ensure_admin_token, read_admin_token
+from releasegate.router.adminauth import AdminTokenError, default_token_file, ensure_admin_token, read_admin_token
+from releasegate.router.routes_file import default_changes_file
 from releasegate.spec.models import BuiltinRouter
 
 START_TIMEOUT = 10.0
@@ -172,13 +173,14 @@ def router_paths(state_dir: Path, service: str) -> tuple[Path, Path, Path]:
 
 
 def admin_token_path(state_dir: Path, service: str) -> Path:
-    """``routers/<service>.admin-token``: the admin API's secret, 0600, readable by the account that runs it."""
-    return Path(state_dir).absolute() / "routers" / f"{service}.admin-token"
+    """``routers/<service>.admin-token``: the admin API's secret, 0600, readable by the account that runs it
+    (named as the router names it by default, beside its routes file)."""
+    return default_token_file(router_paths(state_dir, service)[1], service)
 
 
 def changes_path(state_dir: Path, service: str) -> Path:
     """``routers/<service>.changes.jsonl``: every route change the router applied, with who made it."""
-    return Path(state_dir).absolute() / "routers" / f"{service}.changes.jsonl"
+    return default_changes_file(router_paths(state_dir, service)[1], service)
 
 
 def router_client(state_dir: Path, service: str, admin: str, timeout: float = 5.0,
