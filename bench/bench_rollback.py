@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from releasegate import service
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.builtin import read_router_state, router_client, stop_router
 from releasegate.spec import load_spec
 
@@ -64,7 +64,7 @@ async def traffic(url: str, stop: asyncio.Event) -> None:
 
 async def one_round(ctx: service.Context, spec_path: Path, version: str, admin: str) -> float:
     spec = load_spec(spec_path)
-    platform = LocalPlatform(spec.platform, ctx.state_dir, spec_path.parent)
+    platform = make_platform(spec.platform, ctx.state_dir, spec_path.parent)
     router = router_client(ctx.state_dir, "bench", admin)
     rollout = asyncio.create_task(service.deploy(ctx, spec_path, version))
     while True:  # canary at 50 % and analysed for a few intervals
@@ -107,7 +107,7 @@ async def main() -> float:
         return statistics.median(reactions)
     finally:
         spec = load_spec(spec_path)
-        platform = LocalPlatform(spec.platform, ctx.state_dir, root)
+        platform = make_platform(spec.platform, ctx.state_dir, root)
         for inst in await platform.instances("bench"):
             await platform.stop(inst, 1.0)
         stop_router(ctx.state_dir, "bench", 5.0)

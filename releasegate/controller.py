@@ -218,7 +218,7 @@ class Controller:
 
     async def _dead_instances(self, service: str, version: str) -> list[Any]:
         """The platform's dead instances of ``version`` (processes that ended without being stopped), if it keeps
-        them (LocalPlatform does; see its DeadInstance)."""
+        them (every ManagedPlatform does; see base.DeadInstance)."""
         dead_instances = getattr(self.p.platform, "dead_instances", None)
         if dead_instances is None:
             return []
@@ -376,7 +376,7 @@ class Controller:
 
 
 def _death(dead: Any) -> dict[str, object]:
-    """What a dead instance left (a LocalPlatform DeadInstance), for the decision that restarts it or gives up."""
+    """What a dead instance left (a base.DeadInstance), for the decision that restarts it or gives up."""
     inst = dead.instance
     describe = getattr(dead, "describe", None)
     return {"instance": inst.id, "address": inst.address, "pid": inst.pid,

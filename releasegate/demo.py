@@ -297,7 +297,7 @@ def _follow_up(console: Console, root: Path) -> None:
 
 async def cleanup(root: Path) -> None:
     """Stop what a demo started in ``root`` (app instances and the router), whatever state it was left in."""
-    from releasegate.providers.platforms.local import LocalPlatform
+    from releasegate.providers.platforms import make_platform
     from releasegate.providers.routers.builtin import stop_router
     from releasegate.spec import load_spec
 
@@ -308,7 +308,7 @@ async def cleanup(root: Path) -> None:
         spec = load_spec(spec_path)
     except UserError:
         return
-    platform = LocalPlatform(spec.platform, root, root)
+    platform = make_platform(spec.platform, root, root)
     for inst in await platform.instances(spec.service):
         await platform.stop(inst, 2.0)
     await asyncio.to_thread(stop_router, root, spec.service, 5.0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from releasegate.durations import format_duration
 from releasegate.spec import secrets
-from releasegate.spec.models import BuiltinRouter, Spec
+from releasegate.spec.models import BuiltinRouter, LocalPlatform, Spec
 
 MIN_FREE_BYTES = 1 << 30  # 1 GiB: logs, the database, backups; the seeds check disk before every release
 _SHELL = set("|&;<>()$`\\\"'*?[]#~=%")
@@ -80,11 +80,23 @@ def _port(spec: Spec, state_dir: Path) -> Check:
     return Check("port", True, f"{listen} is free for the router")
 
 
-def _command(spec: Spec, spec_dir: Path, version: str) -> Check:
-    cwd = (spec_dir / spec.platform.cwd_for(spec.service, version)).resolve()
+async def _platform(spec: Spec, spec_dir: Path, state_dir: Path, version: str) -> list[Check]:
+    """The platform's own checks: the local command resolves; an image or a host is there (asked of it)."""
+    from releasegate.errors import ProviderError
+    from releasegate.providers.platforms import make_platform
+
+    try:
+        found = await make_platform(spec.platform, state_dir, spec_dir).preflight(spec.service, version)
+    except ProviderError as exc:
+        return [Check("platform", False, str(exc))]
+    return [Check(name, ok, detail) for name, ok, detail in found]
+
+
+def _command(platform: LocalPlatform, service: str, spec_dir: Path, version: str) -> Check:
+    cwd = (spec_dir / platform.cwd_for(service, version)).resolve()
     if not cwd.is_dir():
         return Check("command", False, f"platform.cwd {cwd} does not exist (for version {version})")
-    command = spec.platform.command_for(spec.service, version, 0, "127.0.0.1")
+    command = platform.command_for(service, version, 0, "127.0.0.1")
     if any(c in _SHELL for c in command):
         return Check("command", True, f"shell command, not resolved ahead: {command}")
     try:
@@ -100,7 +112,7 @@ def _command(spec: Spec, spec_dir: Path, version: str) -> Check:
 
 async def _running(spec: Spec, spec_dir: Path, state_dir: Path) -> Check:
     from releasegate.providers.checks import check_health_once
-    from releasegate.providers.platforms.local import LocalPlatform
+    from releasegate.providers.platforms import make_platform
     from releasegate.store.sqlite import Store
 
     store = Store(state_dir)
@@ -110,7 +122,7 @@ async def _running(spec: Spec, spec_dir: Path, state_dir: Path) -> Check:
         store.close()
     if rec is None or rec.current is None:
         return Check("running version", True, "none yet: this is the first deploy")
-    live = [i for i in await LocalPlatform(spec.platform, state_dir, spec_dir).instances(spec.service)
+    live = [i for i in await make_platform(spec.platform, state_dir, spec_dir).instances(spec.service)
             if i.version == rec.current]
     if not live:  # e.g. after a reboot: the prepare phase restarts it and health-checks it before anything else
         return Check("running version", True, f"{rec.current} has no live instance; deploy restarts it first")
@@ -215,8 +227,11 @@ async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, 
     unset = secrets.unset(spec)
     if unset:  # every later check that reads a referenced value would stop at it: say this one thing
         return [Check("secrets", False, unset)]
-    checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir), _command(spec, spec_dir, version),
-              await _running(spec, spec_dir, state_dir)]
+    checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir)]
+    checks += await _platform(spec, spec_dir, state_dir, version)
+    if any(not c.ok for c in checks):
+        return checks  # e.g. a host that cannot be reached: asking it for the running version would only repeat it
+    checks.append(await _running(spec, spec_dir, state_dir))
     checks += await asyncio.to_thread(_migrations, spec, spec_dir, allow_breaking)
     ring = await _haproxy_ring(spec)
     checks += [ring] if ring else []

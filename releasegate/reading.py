@@ -23,11 +23,11 @@ def _live_versions(ctx: Context, store: Store, service: str) -> dict[str, int]:
     latest = store.latest_rollout(service)
     if latest is None:
         return {}
-    from releasegate.providers.platforms.local import LocalPlatform
+    from releasegate.providers.platforms import make_platform
 
     spec = spec_of(latest)
     counts: dict[str, int] = {}
-    for inst in LocalPlatform(spec.platform, ctx.state_dir, Path(latest.spec_path).parent).running(service):
+    for inst in make_platform(spec.platform, ctx.state_dir, Path(latest.spec_path).parent).running(service):
         counts[inst.version] = counts.get(inst.version, 0) + 1
     return counts
 

@@ -25,7 +25,7 @@ from releasegate.controller import ProgressHook
 from releasegate.errors import ProviderError, UserError
 from releasegate.lookup import last_spec, unknown_service
 from releasegate.providers.base import Routes
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.reading import last_taken_down
 from releasegate.spec.models import BuiltinRouter, Spec
 from releasegate.store.audit import AuditLog
@@ -120,7 +120,7 @@ async def take_down(ctx: use_cases.Context, service: str, *, force: bool = False
             result.lines.append(await _abort_first(ctx, store, service, on_progress))
             found = last_spec(store, service) or found
         spec, spec_dir = found
-        platform = LocalPlatform(spec.platform, ctx.state_dir, spec_dir)
+        platform = make_platform(spec.platform, ctx.state_dir, spec_dir)
         reconciled = await platform.reconcile(service)  # processes a killed controller left unrecorded count too
         result.lines += reconciled
         live = await platform.instances(service)

@@ -16,7 +16,7 @@ import pytest
 
 from releasegate import service
 from releasegate.errors import UserError
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.builtin import read_router_state, router_paths
 from releasegate.spec import load_spec
 from releasegate.store.audit import AuditLog
@@ -44,7 +44,7 @@ def env(tmp_path):
             self.url = f"http://127.0.0.1:{port}/api/items"
 
         async def live(self) -> dict[str, int]:
-            platform = LocalPlatform(load_spec(spec).platform, state, spec.parent)
+            platform = make_platform(load_spec(spec).platform, state, spec.parent)
             counts: dict[str, int] = {}
             for inst in await platform.instances("shop"):
                 counts[inst.version] = counts.get(inst.version, 0) + 1
@@ -151,7 +151,7 @@ async def test_down_is_refused_during_a_rollout_unless_forced_and_needs_the_user
 
 async def test_status_never_calls_a_version_current_when_none_of_its_instances_runs(env):
     await deploy(env, "1.0.0")
-    platform = LocalPlatform(load_spec(env.spec).platform, env.state, env.spec.parent)
+    platform = make_platform(load_spec(env.spec).platform, env.state, env.spec.parent)
     for inst in await platform.instances("shop"):
         os.killpg(inst.pid or 0, signal.SIGKILL)  # a crash, a reboot: nobody took it down (the whole group)
     await eventually(lambda: service.status(env.ctx, "shop")[0]["state"] == "not_running", what="status to notice")

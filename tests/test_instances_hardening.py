@@ -25,6 +25,7 @@ from releasegate import service
 from releasegate.engine import decide, rolling
 from releasegate.engine.state import Health, Outcome, Route, Smoke, Start, Stop
 from releasegate.errors import UserError
+from releasegate.providers.platforms import make_platform
 from releasegate.providers.platforms.local import LocalPlatform
 from releasegate.providers.platforms.local_processes import MARKER, read_record, write_record
 from releasegate.providers.routers.builtin import read_router_state, stop_router
@@ -161,7 +162,7 @@ async def test_an_instance_that_dies_before_traffic_is_restarted_once_and_the_ve
     st = await deploy(env, spec, "2.0.0")
     assert st.status == "promoted", st.reason
     assert env.status()["instances"] == {"1.0.0": 2, "2.0.0": 2}  # not promoted at half capacity
-    live = [i for i in LocalPlatform(load_spec(spec).platform, env.state, spec.parent).running("shop")
+    live = [i for i in make_platform(load_spec(spec).platform, env.state, spec.parent).running("shop")
             if i.version == "2.0.0"]
     assert sorted(await backends(env, "2.0.0")) == sorted(i.address for i in live)
     [restart] = events(env, "restart")
@@ -245,7 +246,7 @@ async def test_resume_adopts_the_process_it_spawned_instead_of_starting_another(
     orphan = kill_after_spawn(env, spec, "2.0.0")
     st = await asyncio.wait_for(service.resume(env.ctx, "shop"), 90)
     assert st.status == "promoted", st.reason
-    live = [i for i in LocalPlatform(load_spec(spec).platform, env.state, spec.parent).running("shop")
+    live = [i for i in make_platform(load_spec(spec).platform, env.state, spec.parent).running("shop")
             if i.version == "2.0.0"]
     assert len(live) == 2 and orphan.pid in {i.pid for i in live}
     assert len({p.pid for p in marked_processes(env.state) if p.pid == os.getpgid(p.pid)}) == 4  # 2 + 2, no more

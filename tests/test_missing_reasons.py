@@ -20,7 +20,7 @@ from releasegate.engine.state import Analyze, RolloutState
 from releasegate.errors import ProviderError
 from releasegate.providers.base import Instance, MetricQuery, MetricSource
 from releasegate.providers.metrics.builtin import RouterMetrics
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.providers.registry import MetricsByName, build_providers
 from releasegate.providers.routers.builtin import BuiltinRouterClient
 from releasegate.spec.models import Spec
@@ -121,7 +121,7 @@ class NoProcess:
 
 
 def providers_with(spec: Spec, tmp_path: Path, metrics: MetricSource) -> Providers:
-    platform = LocalPlatform(spec.platform, tmp_path / "state", tmp_path)
+    platform = make_platform(spec.platform, tmp_path / "state", tmp_path)
 
     async def never(instances: list[Instance], what: Any) -> CheckOutcome:
         raise AssertionError("not part of an analysis")

@@ -21,7 +21,7 @@ import pytest
 
 from releasegate import service
 from releasegate.planning import make_plan
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, router_client
 from releasegate.spec import load_spec
 from tests.support.rollouts import Load, cleanup, free_port
@@ -150,7 +150,7 @@ async def test_a_version_whose_health_fails_under_traffic_is_rolled_back_not_pro
     spec, ctx, port = app
     assert (await deploy(ctx, spec, "1.0.0")).status == "promoted"
     (tmp_path / "migrations" / "001_add_stock_mode.sql").write_text("ALTER TABLE config ADD COLUMN stock_mode TEXT;\n")
-    platform = LocalPlatform(load_spec(spec).platform, ctx.state_dir, spec.parent)
+    platform = make_platform(load_spec(spec).platform, ctx.state_dir, spec.parent)
     async with Load(f"http://127.0.0.1:{port}/api/items") as load:
         await load.wait_for(10)
         rollout = asyncio.create_task(deploy(ctx, spec, "2.0.0"))

@@ -115,11 +115,11 @@ async def test_failed_health_or_smoke_aborts_before_any_user_request_reaches_it(
 
 
 async def _instances(env, spec: Path) -> list[Instance]:
-    from releasegate.providers.platforms.local import LocalPlatform
+    from releasegate.providers.platforms import make_platform
     from releasegate.spec import load_spec
 
     s = load_spec(spec)
-    return await LocalPlatform(s.platform, env.state, spec.parent).instances("shop")
+    return await make_platform(s.platform, env.state, spec.parent).instances("shop")
 
 
 async def test_bluegreen_switch_and_rollback_command_lose_no_request(env):

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from releasegate import service
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.spec import load_spec
 from tests.support.rollouts import Load, RolloutEnv
 from tests.support.wait import eventually
@@ -49,7 +49,7 @@ def env(tmp_path):
 async def _set_faults(spec_path: Path, state: Path, version: str, faults: str) -> None:
     """Change a running version's faults through the demo app's control endpoint (DEMO_CONTROL=1)."""
     spec = load_spec(spec_path)
-    live = [i for i in await LocalPlatform(spec.platform, state, spec_path.parent).instances("shop")
+    live = [i for i in await make_platform(spec.platform, state, spec_path.parent).instances("shop")
             if i.version == version]
     assert live, f"no live instance of {version}"
     async with httpx.AsyncClient(timeout=5.0) as client:

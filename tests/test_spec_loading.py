@@ -12,6 +12,7 @@ import pytest
 
 from releasegate.errors import EXIT_INVALID, UserError
 from releasegate.spec import SpecError, load_spec, load_spec_text
+from releasegate.spec.models import LocalPlatform
 from releasegate.spec.reference import EXAMPLE_SPEC
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "specs"
@@ -45,6 +46,7 @@ def test_canonical_example_is_accepted_as_written() -> None:
     assert spec.service == "shop"
     assert spec.tier == "important"
     p = spec.platform
+    assert isinstance(p, LocalPlatform)
     assert (p.kind, p.instances, p.cwd, p.env) == ("local", 2, ".", {"LOG_LEVEL": "info"})
     assert p.command == "python3 -m http.server {port} --bind 127.0.0.1 --directory site-{version}"
     assert (spec.router.kind, spec.router.listen) == ("builtin", "127.0.0.1:8080")

@@ -112,6 +112,7 @@ def test_literals_json_braces_and_shell_variables_stay_as_written() -> None:
                           '\'{"a": 1}\' --literal {{port}}\n  env: {J: \'{"k": "v"}\', S: "${PATH}"}\n',
                           "shop.yaml")
     p = spec.platform
+    assert isinstance(p, LocalSpec)
     assert p.command_for("shop", "2.0.0", 4000, "127.0.0.1") == (
         'app --port 4000 --home ${HOME} --json \'{"a": 1}\' --literal {port}')
     assert p.env_for("shop", "2.0.0", 4000, "127.0.0.1") == {"J": '{"k": "v"}', "S": "${PATH}"}

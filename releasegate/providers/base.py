@@ -6,6 +6,7 @@ that cannot answer raises ``ProviderError`` (or returns ``None`` for a metric): 
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,10 +23,48 @@ class Instance:
     pid: int | None = None
     log: str | None = None
     started_at: float = 0.0
+    ref: str | None = None  # the platform's own name for it: a container's name, "host:pid" on an SSH host
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class DeadInstance:
+    """An instance that ended without ``stop()``. Platforms keep reporting it (``dead_instances``) until ``stop``
+    is called for it, so a controller that crashes between noticing and acting loses nothing.
+
+    ``exit_code`` is None when the platform cannot know it (a local process we were not the parent of); a negative
+    one is the signal that killed it. ``cause`` is what the platform knows beyond the code (``was OOM-killed``)."""
+
+    instance: Instance
+    exit_code: int | None
+    log_tail: str
+    exited_at: float
+    cause: str | None = None
+
+    def describe(self) -> str:
+        i = self.instance
+        if self.cause is not None:
+            how = self.cause
+        elif self.exit_code is None:
+            how = "exited"
+        elif self.exit_code < 0:
+            how = f"was killed by {_signal_name(-self.exit_code)}"
+        else:
+            how = f"exited with code {self.exit_code}"
+        tail = f": {self.log_tail}" if self.log_tail else ""
+        where = f", pid {i.pid}" if i.pid else f", {i.ref}" if i.ref else ""
+        log = f" (log: {i.log})" if i.log else ""
+        return f"instance {i.service} {i.version} {i.id} ({i.address}{where}) {how}{tail}{log}"
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 @dataclass(frozen=True)
@@ -116,7 +155,7 @@ class Event:
 
 
 class Platform(Protocol):
-    """Runs versions: local processes today; SSH hosts and Kubernetes later."""
+    """Runs versions: local processes, containers through a Docker Engine API, SSH hosts; Kubernetes later."""
 
     async def start(self, service: str, version: str, count: int) -> list[Instance]:
         """Ensure ``count`` live instances of ``version``; idempotent (returns existing live ones first)."""
@@ -131,6 +170,34 @@ class Platform(Protocol):
         ...
 
     async def alive(self, instance: Instance) -> bool:
+        ...
+
+
+class ManagedPlatform(Platform, Protocol):
+    """What the rest of releasegate (status, down, gc, preflight, a resumed controller) asks every platform beyond
+    the controller's four calls. ``releasegate.providers.platforms.make_platform`` builds one for a spec."""
+
+    def running(self, service: str) -> list[Instance]:
+        """``instances()`` for callers without an event loop (``status``); may block briefly on the platform, and
+        raises ProviderError when the platform cannot be reached (status then says so instead of guessing)."""
+        ...
+
+    async def reconcile(self, service: str) -> list[str]:
+        """Match what the platform records with what really runs (adopt the unrecorded, stop duplicates); one line
+        per thing done. A platform whose records are the truth (container labels) returns []."""
+        ...
+
+    async def dead_instances(self, service: str) -> list[DeadInstance]:
+        """Instances that ended without ``stop()``, oldest first, until ``stop`` is called for them."""
+        ...
+
+    async def exit_info(self, instance: Instance) -> DeadInstance | None:
+        """Why ``instance`` no longer runs; None while it runs or when nothing is known about it."""
+        ...
+
+    async def preflight(self, service: str, version: str) -> list[tuple[str, bool, str]]:
+        """(check name, ok, detail) for ``preflight``/``deploy``: can ``version`` start here? (command found, image
+        present or pullable, every host reachable with a trusted key). Starts nothing."""
         ...
 
 

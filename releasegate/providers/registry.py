@@ -18,7 +18,7 @@ from releasegate.providers.base import Instance, MetricQuery, MetricSource, Rout
 from releasegate.providers.metrics.builtin import RouterMetrics
 from releasegate.providers.metrics.process import ProcessMetrics
 from releasegate.providers.metrics.reasons import cannot_measure, explain
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
 from releasegate.spec.models import PROCESS_METRICS, BuiltinRouter, SmokeTest, Spec
 from releasegate.spec.models import Health as HealthSpec
@@ -157,7 +157,7 @@ async def _router(spec: Spec, state_dir: Path) -> tuple[Router, MetricSource, Cl
 
 
 async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Clock) -> Providers:
-    platform = LocalPlatform(spec.platform, state_dir, spec_dir)
+    platform = make_platform(spec.platform, state_dir, spec_dir)
     router, traffic, close = await _router(spec, state_dir)
 
     async def health(instances: list[Instance], h: HealthSpec) -> CheckOutcome:

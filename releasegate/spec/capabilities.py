@@ -23,7 +23,7 @@ ROUTERS: dict[str, tuple[str, ...]] = {
     "haproxy": ROUTER_METRICS,  # show stat totals (errors, rate) and the ring log releasegate renders (latency)
 }
 """Router kind -> the traffic metrics it measures per version."""
-PLATFORMS: dict[str, tuple[str, ...]] = {"local": PROCESS_METRICS}
+PLATFORMS: dict[str, tuple[str, ...]] = {"local": PROCESS_METRICS, "docker": (), "ssh": ()}
 """Platform kind -> the process metrics it measures per version."""
 HOW = {
     "builtin": "per-version counters of the router process",
@@ -87,6 +87,8 @@ def table_markdown() -> str:
     for kind, measured in ROUTERS.items():
         rows.append(f"| `router: {{kind: {kind}}}` | {', '.join(measured)} | {HOW[kind]} |")
     for kind, measured in PLATFORMS.items():
+        if not measured:
+            continue
         rows.append(f"| `platform: {{kind: {kind}}}` | {', '.join(measured)} | {HOW[kind]} |")
     rows.append("| `metrics: {prometheus: ...}` | prometheus (rules with a `query`) | any PromQL, e.g. your "
                 "exporter's latency histogram |")

@@ -41,6 +41,7 @@ from releasegate.spec.common import SpecModel as _Model
 from releasegate.spec.errors import LocatedValueError
 from releasegate.spec.migrations import Migrations
 from releasegate.spec.notify import NotifyTarget
+from releasegate.spec.platforms import DockerPlatform, SshPlatform
 from releasegate.spec.rollback import Rollback
 from releasegate.spec.routers_haproxy import HaproxyRouter
 from releasegate.spec.routers_nginx import NginxRouter
@@ -61,12 +62,14 @@ __all__ = [
     "Analysis",
     "BlueGreen",
     "Canary",
+    "DockerPlatform",
     "Duration",
     "Health",
     "Rollback",
     "Rolling",
     "Rule",
     "SmokeTest",
+    "SshPlatform",
     "Step",
     "Strategy",
     "Threshold",
@@ -138,7 +141,19 @@ def _process(service: str, version: str, port: int, host: str) -> dict[str, obje
     return {"service": service, "version": version, "port": port, "host": host}
 
 
-Platform = LocalPlatform
+def _platform_kind(value: Any) -> str:
+    """``kind`` may be left out: local processes are the default."""
+    kind = value.get("kind", "local") if isinstance(value, dict) else getattr(value, "kind", "local")
+    return kind if isinstance(kind, str) else "?"
+
+
+Platform = Annotated[
+    Annotated[LocalPlatform, Tag("local")] | Annotated[DockerPlatform, Tag("docker")]
+    | Annotated[SshPlatform, Tag("ssh")],
+    Discriminator(_platform_kind, custom_error_type="platform_kind",
+                  custom_error_message="platform kind must be local, docker or ssh",
+                  custom_error_context={"key": "kind"})]
+AnyPlatform = LocalPlatform | DockerPlatform | SshPlatform
 
 
 # --- router -------------------------------------------------------------------------------------------------------

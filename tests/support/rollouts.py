@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import psutil
 
-from releasegate.providers.platforms.local import LocalPlatform
+from releasegate.providers.platforms import make_platform
 from releasegate.providers.platforms.local_processes import MARKER
 from releasegate.providers.routers.builtin import BuiltinRouterClient, read_router_state, router_client, stop_router
 from releasegate.spec import load_spec
@@ -149,7 +149,7 @@ def _closed_before_response(exc: httpx.TransportError, events: list[str]) -> boo
 
 async def cleanup(state_dir: Path, spec_path: Path) -> None:
     spec = load_spec(spec_path)
-    platform = LocalPlatform(spec.platform, state_dir, spec_path.parent)
+    platform = make_platform(spec.platform, state_dir, spec_path.parent)
     for inst in await platform.instances(spec.service):
         await platform.stop(inst, 1.0)
     stop_router(state_dir, spec.service, 5.0)

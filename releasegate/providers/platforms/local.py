@@ -33,7 +33,7 @@ from pathlib import Path
 import psutil
 
 from releasegate.errors import ProviderError
-from releasegate.providers.base import Instance
+from releasegate.providers.base import DeadInstance, Instance
 from releasegate.providers.platforms.local_processes import (
     CHILDREN,
     HOST,
@@ -52,7 +52,6 @@ from releasegate.providers.platforms.local_processes import (
     read_record,
     rebuilt,
     settle,
-    signal_name,
     stop_group,
     terminate,
     this_process,
@@ -62,28 +61,6 @@ from releasegate.spec import models
 
 _PORT_ATTEMPTS = 3
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98")
-
-@dataclasses.dataclass(frozen=True)
-class DeadInstance:
-    """An instance whose process ended without ``stop()``; ``exit_code`` is None unless we were its parent."""
-
-    instance: Instance
-    exit_code: int | None
-    log_tail: str
-    exited_at: float
-
-    def describe(self) -> str:
-        i = self.instance
-        if self.exit_code is None:
-            how = "exited"
-        elif self.exit_code < 0:
-            how = f"was killed by {signal_name(-self.exit_code)}"
-        else:
-            how = f"exited with code {self.exit_code}"
-        tail = f": {self.log_tail}" if self.log_tail else ""
-        return (f"instance {i.service} {i.version} {i.id} ({i.address}, pid {i.pid}) {how}{tail} "
-                f"(log: {i.log})")
-
 
 class LocalPlatform:
     """The ``Platform`` for ``platform: {kind: local}``; see the module docstring for where state lives."""
@@ -193,6 +170,13 @@ class LocalPlatform:
                 line = f"stopped process group {pgid} (pid {leader[0]}) marked as {path.stem}: {why}"
                 await stop_group(pgid, leader, min(self.spec.stop_grace, 5.0))
                 said.append(_note(rec, line) if rec is not None else line)
+
+    async def preflight(self, service: str, version: str) -> list[tuple[str, bool, str]]:
+        """The command resolves and its working directory exists (``releasegate.preflight`` words the check)."""
+        from releasegate.preflight import _command
+
+        check = _command(self.spec, service, self.spec_dir, version)
+        return [(check.name, check.ok, check.detail)]
 
     # --- noticing deaths ------------------------------------------------------------------------------------
 
