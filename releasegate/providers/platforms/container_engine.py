@@ -131,13 +131,39 @@ def instance_of(c: Container) -> Instance:
     """The instance a labelled container is: its backend is 127.0.0.1 and the port chosen for it (host network,
     in the labels) or the one the engine published (bridge: picked by the engine after the labels were set)."""
     labels = c.labels
-    try:
-        started = float(labels.get(STARTED, "0"))
-    except ValueError:
-        started = 0.0
-    port = int(labels.get(PORT, "0") or 0) if labels.get(PORT, "0").isdigit() else 0
     return Instance(labels.get(SERVICE, ""), labels.get(VERSION, ""), labels.get(INSTANCE, ""), HOST,
-                    port or published_port(c), None, None, started, c.name)
+                    _label_port(labels) or published_port(c), None, None, _label_started(labels), c.name)
+
+
+def listed(client: docker.DockerClient, service: str, state_dir: str) -> list[dict[str, Any]]:
+    """The engine's summary of every container of ``service`` in ``state_dir`` (one request; no per-container
+    inspect, which Podman can refuse for a moment while it cleans up a container that just exited), oldest first."""
+    rows = client.api.containers(all=True, filters=filters(service, state_dir))
+    mine = [r for r in rows if (r.get("Labels") or {}).get(STATE_DIR) == state_dir]  # an engine ignoring a filter
+    return sorted(mine, key=lambda r: (summary_instance(r).started_at, summary_instance(r).id))
+
+
+def summary_instance(row: dict[str, Any]) -> Instance:
+    """``instance_of`` for a row of the engine's container list."""
+    labels = row.get("Labels") or {}
+    port = _label_port(labels)
+    if not port:
+        port = next((int(p["PublicPort"]) for p in row.get("Ports") or [] if p.get("PublicPort")), 0)
+    names = row.get("Names") or [""]
+    return Instance(labels.get(SERVICE, ""), labels.get(VERSION, ""), labels.get(INSTANCE, ""), HOST, port, None,
+                    None, _label_started(labels), str(names[0]).lstrip("/"))
+
+
+def _label_port(labels: dict[str, str]) -> int:
+    text = labels.get(PORT, "0")
+    return int(text) if text.isdigit() else 0
+
+
+def _label_started(labels: dict[str, str]) -> float:
+    try:
+        return float(labels.get(STARTED, "0"))
+    except ValueError:
+        return 0.0
 
 
 def published_port(c: Container) -> int:

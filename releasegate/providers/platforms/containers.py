@@ -41,6 +41,7 @@ _PULL_FRESH = 600.0
 _PORT_ATTEMPTS = 3
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98")
 _POLL = 0.05
+_ENDED = ("exited", "dead", "stopped")  # "stopped": Podman's word for exited, in some versions
 
 
 class ContainerPlatform:
@@ -94,7 +95,7 @@ class ContainerPlatform:
 
     def running(self, service: str) -> list[Instance]:
         """``instances()`` without an event loop (``status``): one engine request."""
-        return self._list(service, lambda c: c.status == "running")
+        return self._list(service, lambda row: row.get("State") == "running")
 
     async def alive(self, instance: Instance) -> bool:
         found = await self._call(self._find, instance, doing="inspecting a container")
@@ -124,7 +125,7 @@ class ContainerPlatform:
 
     async def exit_info(self, instance: Instance) -> DeadInstance | None:
         found = await self._call(self._find, instance, doing="inspecting a container")
-        if found is None or found.status not in ("exited", "dead"):
+        if found is None or found.status not in _ENDED:
             return None
         return await asyncio.to_thread(engine.dead_of, found)
 
@@ -159,28 +160,33 @@ class ContainerPlatform:
         except Exception as exc:  # requests' ConnectionError and friends, from inside the SDK
             raise engine.engine_error(self.address, exc, doing) from None
 
-    def _containers(self, service: str) -> list[Container]:
-        found = self.client.containers.list(all=True, filters=engine.filters(service, self.state_dir),
-                                           ignore_removed=True)  # one removed meanwhile is simply gone
-        mine = [c for c in found if c.labels.get(engine.STATE_DIR) == self.state_dir]  # engines that ignore a filter
-        return sorted(mine, key=lambda c: (engine.instance_of(c).started_at, engine.instance_of(c).id))
+    def _rows(self, service: str) -> list[dict[str, Any]]:
+        return engine.listed(self.client, service, self.state_dir)
 
-    def _list(self, service: str, keep: Any) -> list[Instance]:
+    def _list(self, service: str, keep: Callable[[dict[str, Any]], bool]) -> list[Instance]:
         try:
-            return [engine.instance_of(c) for c in self._containers(service) if keep(c)]
+            return [engine.summary_instance(r) for r in self._rows(service) if keep(r)]
         except ProviderError:
             raise
         except Exception as exc:
             raise engine.engine_error(self.address, exc, f"listing the containers of {service}") from None
 
+    def _inspect(self, row: dict[str, Any]) -> Container | None:
+        try:
+            return self.client.containers.get(row["Id"])
+        except docker.errors.NotFound:
+            return None  # removed meanwhile
+
     def _dead(self, service: str) -> list[DeadInstance]:
-        return [engine.dead_of(c) for c in self._containers(service) if c.status in ("exited", "dead")]
+        found = [self._inspect(r) for r in self._rows(service) if r.get("State") in _ENDED]
+        return [engine.dead_of(c) for c in found if c is not None]
 
     def _find(self, instance: Instance) -> Container | None:
-        for c in self._containers(instance.service):
-            if c.name == instance.ref or (c.labels.get(engine.INSTANCE) == instance.id
-                                          and c.labels.get(engine.VERSION) == instance.version):
-                return c
+        for row in self._rows(instance.service):
+            labels = row.get("Labels") or {}
+            if engine.summary_instance(row).ref == instance.ref or (
+                    labels.get(engine.INSTANCE) == instance.id and labels.get(engine.VERSION) == instance.version):
+                return self._inspect(row)
         return None
 
     def _stop(self, instance: Instance, grace: float) -> None:
@@ -196,14 +202,13 @@ class ContainerPlatform:
 
     def _reconcile(self, service: str) -> list[str]:
         said = []
-        for c in self._containers(service):
-            if c.status == "created":
-                inst = engine.instance_of(c)
-                if time.time() - inst.started_at < 60:
-                    continue  # another controller may be about to start it
-                c.remove(force=True)
-                said.append(f"instance {service} {inst.version} {inst.id}: removed container {c.name}, created "
-                            "but never started (its controller ended in between)")
+        for row in self._rows(service):
+            inst = engine.summary_instance(row)
+            if row.get("State") != "created" or time.time() - inst.started_at < 60:
+                continue  # a container created a moment ago: its controller is about to start it
+            self.client.api.remove_container(row["Id"], force=True)
+            said.append(f"instance {service} {inst.version} {inst.id}: removed container {inst.ref}, created "
+                        "but never started (its controller ended in between)")
         return said
 
     def _ensure_image(self, image: str, always: bool) -> str:
@@ -308,7 +313,7 @@ class ContainerPlatform:
         port = engine.instance_of(c).port
         while True:
             await asyncio.to_thread(c.reload)
-            if c.status in ("exited", "dead"):
+            if c.status in _ENDED:
                 code = (c.attrs.get("State") or {}).get("ExitCode")
                 return code if isinstance(code, int) else -1
             if await _accepts(port) or time.monotonic() >= deadline:
