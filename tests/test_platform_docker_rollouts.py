@@ -9,7 +9,10 @@ and ``gc`` act on this state dir's containers only.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -212,3 +215,28 @@ async def test_status_down_and_gc_act_on_this_state_dirs_containers(env: Env, po
         assert sorted(labelled(podman, other.state).values()) == ["1.0.0", "1.0.0"]  # never another state dir's
     finally:
         await asyncio.to_thread(other.close)
+
+
+def rg(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "400"})
+
+
+def test_deploy_refuses_a_missing_image_or_engine_before_anything_starts(podman: PrivatePodman,
+                                                                         tmp_path: Path) -> None:
+    """Through the CLI: the engine's message (or the unreachable address and the fix) on one line, exit 2, and
+    nothing started: no container, no router."""
+    state = tmp_path / "state"
+    spec = docker_spec(tmp_path, podman, 'router: {listen: "127.0.0.1:1", drain_timeout: 5s}', BLUEGREEN)
+    done = rg("deploy", str(spec), "--version", "9.9.9", "--state-dir", str(state))
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if "image:" in line]
+    assert len(lines) == 1 and f"{IMAGE}:9.9.9 is not on the engine at {podman.url}" in lines[0], done.stderr
+    assert labelled(podman, state) == {}
+
+    gone = tmp_path / "gone.sock"
+    spec.write_text(spec.read_text().replace(podman.url, f"unix://{gone}"))
+    done = rg("preflight", str(spec), "--version", "1.0.0", "--state-dir", str(state))
+    assert done.returncode == 2
+    [line] = [line for line in done.stdout.splitlines() if "FAIL" in line]
+    assert f"cannot reach the container engine at unix://{gone}" in line and "podman system service" in line
