@@ -25,6 +25,8 @@ from releasegate.providers.platforms.containers import ContainerPlatform
 from releasegate.spec.models import Health
 from releasegate.spec.platforms import DockerPlatform
 from tests.support.podman import DEMOAPP, HOST_VOLUMES, PYTHON, PrivatePodman, private_podman
+from tests.support.registry import LocalRegistry
+from tests.support.rollouts import free_port
 from tests.support.wait import eventually
 
 APPS = Path(__file__).resolve().parent / "support" / "apps.py"
@@ -35,12 +37,21 @@ SERVE = [PYTHON, "/app/apps.py", "serve", "--port", "{port}"]  # host network: t
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePodman]:
-    with private_podman(tmp_path_factory.mktemp("podman")) as pm:
+    with private_podman(tmp_path_factory.mktemp("podman"), [f"127.0.0.1:{free_port()}"]) as pm:
         base = pm.base_image(f"{IMAGE}:1.0.0")
         pm.podman("tag", base, f"{IMAGE}:2.0.0")
         pm.healthcheck_image(f"{IMAGE}:sick", base, "/bin/false")
         pm.healthcheck_image(f"{IMAGE}:fine", base, "/bin/true")
         yield pm
+
+
+@pytest.fixture(scope="module")
+def registry(podman: PrivatePodman) -> Iterator[str]:
+    """A registry with shop:1.0.0 (the base image), on the port the engine trusts over plain HTTP."""
+    layout = podman.root / "layout"
+    podman.podman("push", f"{IMAGE}:1.0.0", f"oci:{layout}:1.0.0")
+    with LocalRegistry(layout, int(podman.insecure_registries[0].rsplit(":", 1)[1])) as reg:
+        yield reg.address
 
 
 @pytest.fixture
@@ -157,6 +168,25 @@ async def test_preflight_refuses_a_missing_image_with_the_engines_message(clean:
     assert not ok and "\n" not in detail
     assert f"cannot pull image {IMAGE}:9.9.9: the engine at {clean.url} says:" in detail  # the registry is not there
     assert containers(clean) == []
+
+
+async def test_pull_missing_fetches_the_image_in_preflight_with_progress(clean: PrivatePodman, registry: str,
+                                                                          tmp_path: Path) -> None:
+    said: list[str] = []
+    p = platform(clean, tmp_path, image=f"{registry}/shop:{{version}}", pull="missing")
+    p.notify = said.append
+    [(_, ok, detail)] = await p.preflight("shop", "1.0.0")
+    assert ok and detail.startswith(f"{registry}/shop:1.0.0 pulled in "), detail
+    assert said[-1] == f"pulled {registry}/shop:1.0.0" and any("Pulling fs layer" in line for line in said), said
+    said.clear()
+    [(_, ok, detail)] = await p.preflight("shop", "1.0.0")
+    assert ok and "present" in detail and said == []  # missing: not pulled again
+    [inst] = await p.start("shop", "1.0.0", 1)
+    assert (await get(f"http://{inst.address}/health")).status_code == 200
+    [(_, ok, detail)] = await p.preflight("shop", "9.9.9")
+    assert not ok and "\n" not in detail
+    assert f"cannot pull image {registry}/shop:9.9.9: the engine at {clean.url} says:" in detail
+    assert "manifest unknown" in detail
 
 
 async def test_an_engine_that_is_not_there_is_named_with_the_fix(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ and ``gc`` act on this state dir's containers only.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import shutil
 import subprocess
@@ -18,14 +19,17 @@ from pathlib import Path
 
 import docker
 import pytest
+from rich.console import Console
 
 from releasegate import service
 from releasegate.engine.state import Decision, RolloutState
+from releasegate.progress import ProgressPrinter
 from releasegate.providers.platforms import container_engine as engine
 from releasegate.teardown import take_down
 from tests.support.nginx import NGINX, PrivateNginx
 from tests.support.podman import DEMOAPP, HOST_VOLUMES, PYTHON, PrivatePodman, private_podman
-from tests.support.rollouts import Load, RolloutEnv
+from tests.support.registry import LocalRegistry
+from tests.support.rollouts import Load, RolloutEnv, free_port
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
@@ -37,11 +41,20 @@ CANARY = "{canary: {steps: [{weight: 20, pause: 1s}, {weight: 50, pause: 1s}]}}"
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePodman]:
-    with private_podman(tmp_path_factory.mktemp("podman")) as pm:
+    with private_podman(tmp_path_factory.mktemp("podman"), [f"127.0.0.1:{free_port()}"]) as pm:
         base = pm.base_image(f"{IMAGE}:1.0.0")
         for version in ("2.0.0", "3.0.0"):
             pm.podman("tag", base, f"{IMAGE}:{version}")
         yield pm
+
+
+@pytest.fixture(scope="module")
+def registry(podman: PrivatePodman) -> Iterator[str]:
+    """A registry with shop:1.0.0 (the base image), on the port the engine trusts over plain HTTP."""
+    layout = podman.root / "layout"
+    podman.podman("push", f"{IMAGE}:1.0.0", f"oci:{layout}:1.0.0")
+    with LocalRegistry(layout, int(podman.insecure_registries[0].rsplit(":", 1)[1])) as reg:
+        yield reg.address
 
 
 def docker_spec(directory: Path, podman: PrivatePodman, router: str, strategy: str, *, faults: str = "",
@@ -240,3 +253,21 @@ def test_deploy_refuses_a_missing_image_or_engine_before_anything_starts(podman:
     assert done.returncode == 2
     [line] = [line for line in done.stdout.splitlines() if "FAIL" in line]
     assert f"cannot reach the container engine at unix://{gone}" in line and "podman system service" in line
+
+
+async def test_deploy_shows_the_image_pull(env: Env, podman: PrivatePodman, registry: str) -> None:
+    """An image not on the engine yet (pull: missing) is pulled by deploy's preflight, its progress printed in the
+    rollout's layout before the rollout starts."""
+    spec = docker_spec(env.tmp_path, podman, f'router: {{listen: "127.0.0.1:{env.port}", drain_timeout: 5s}}',
+                       BLUEGREEN)
+    spec.write_text(spec.read_text().replace(f'image: "{IMAGE}:', f'image: "{registry}/pulled:')
+                    .replace("pull: never", "pull: missing"))
+    env.made.append(spec)
+    out = io.StringIO()
+    printer = ProgressPrinter(Console(file=out, width=300))
+    st = await asyncio.wait_for(service.deploy(env.ctx, spec, "1.0.0", on_progress=printer), 90)
+    assert st.status == "promoted", st.reason
+    lines = out.getvalue().splitlines()
+    pulled = next(i for i, line in enumerate(lines) if line.endswith(f"pulled {registry}/pulled:1.0.0"))
+    assert any(f"pulling {registry}/pulled:1.0.0: " in line and "Pulling fs layer" in line for line in lines)
+    assert pulled < next(i for i, line in enumerate(lines) if "shop 1.0.0" in line)  # before the rollout's lines

@@ -40,6 +40,7 @@ class PrivatePodman:
     root: Path
     proc: subprocess.Popen[bytes] | None = None
     images: list[str] = field(default_factory=list)
+    insecure_registries: list[str] = field(default_factory=list)  # HOST:PORT reached over plain HTTP
 
     @property
     def socket(self) -> Path:
@@ -52,7 +53,8 @@ class PrivatePodman:
     @property
     def env(self) -> dict[str, str]:
         return {**os.environ, "CONTAINERS_CONF": str(self.root / "containers.conf"),
-                "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf")}
+                "CONTAINERS_STORAGE_CONF": str(self.root / "storage.conf"),
+                "CONTAINERS_REGISTRIES_CONF": str(self.root / "registries.conf")}
 
     def write_config(self) -> None:
         for sub in ("storage", "run", "tmp", "volumes"):
@@ -62,6 +64,8 @@ class PrivatePodman:
             f'[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
             f'tmp_dir = "{self.root / "tmp"}"\nvolume_path = "{self.root / "volumes"}"\n'
             f'lock_type = "file"\n')
+        (self.root / "registries.conf").write_text("".join(
+            f'[[registry]]\nlocation = "{r}"\ninsecure = true\n\n' for r in self.insecure_registries))
         (self.root / "storage.conf").write_text(
             f'[storage]\ndriver = "vfs"\ngraphroot = "{self.root / "storage"}"\nrunroot = "{self.root / "run"}"\n')
 
@@ -127,11 +131,11 @@ class PrivatePodman:
 
 
 @contextlib.contextmanager
-def private_podman(root: Path) -> Iterator[PrivatePodman]:
+def private_podman(root: Path, insecure_registries: list[str] | None = None) -> Iterator[PrivatePodman]:
     """A started engine, stopped (every container removed) at the end; skips the test when podman is missing."""
     if PODMAN is None:
         pytest.skip("podman is not installed (scripts/test installs podman and runc)")
-    engine = PrivatePodman(root)
+    engine = PrivatePodman(root, insecure_registries=insecure_registries or [])
     try:
         engine.start()
         yield engine
