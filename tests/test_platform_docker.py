@@ -19,6 +19,7 @@ from docker.models.containers import Container
 from releasegate.engine.clock import SystemClock
 from releasegate.errors import ProviderError
 from releasegate.providers import checks
+from releasegate.providers.base import MetricQuery, MetricSource
 from releasegate.providers.platforms import container_engine as engine
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.platforms.containers import ContainerPlatform
@@ -252,3 +253,20 @@ def test_podman_is_private(clean: PrivatePodman) -> None:
     """The engine's state lives under the test's directory (nothing of the host's Podman is touched)."""
     info = docker.DockerClient(base_url=clean.url).info()
     assert str(clean.root) in str(info) or os.environ.get("CONTAINERS_CONF") is None
+
+
+async def test_cpu_and_memory_per_container_from_the_engines_stats(clean: PrivatePodman, tmp_path: Path) -> None:
+    burn = [PYTHON, "/app/apps.py", "burn", "--port", "{port}"]
+    p = platform(clean, tmp_path, network="host", args=burn, memory="256m", instances=1)
+    [inst] = await p.start("shop", "1.0.0", 1)
+    metrics = p.metric_source()
+    assert isinstance(metrics, MetricSource)
+    cpu = await metrics.query(MetricQuery("shop", "1.0.0", "cpu", 60.0))
+    assert cpu is not None and cpu > 0  # a busy loop accrues cpu time in any 0.25 s
+    memory = await metrics.query(MetricQuery("shop", "1.0.0", "memory_mb", 60.0))
+    assert memory is not None and memory > 1
+    percent = await metrics.query(MetricQuery("shop", "1.0.0", "memory_percent", 60.0))
+    assert percent is not None and percent == pytest.approx(memory * 100 / 256, rel=0.2)  # of its 256m limit
+    q = MetricQuery("shop", "9.9.9", "cpu", 60.0)
+    assert await metrics.query(q) is None and metrics.explain(q) == "no running container of 9.9.9"
+    await p.stop(inst, 1.0)

@@ -30,6 +30,7 @@ from docker.models.containers import Container
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import DeadInstance, Instance
+from releasegate.providers.metrics.containers import ContainerMetrics
 from releasegate.providers.platforms import container_engine as engine
 from releasegate.providers.platforms.container_engine import HOST, Say
 from releasegate.spec import models, placeholders, secrets
@@ -141,6 +142,21 @@ class ContainerPlatform:
             return engine.engine_health(self.client, found, self._podman)
 
         return await self._call(ask, doing="reading the HEALTHCHECK")
+
+    async def stats(self, instance: Instance) -> dict[str, Any] | None:
+        """The engine's one-shot stats of the instance's container (cpu time, memory); None once it is gone."""
+        def read() -> dict[str, Any] | None:
+            try:
+                found: dict[str, Any] = self.client.api.stats(instance.ref or "", stream=False)
+            except docker.errors.NotFound:
+                return None
+            return found
+
+        return await self._call(read, doing=f"reading the stats of {instance.ref}")
+
+    def metric_source(self) -> ContainerMetrics:
+        """cpu and memory rules on containers read the engine's stats (releasegate.providers.metrics.containers)."""
+        return ContainerMetrics(self)
 
     # --- engine calls (blocking; run in a thread) -----------------------------------------------------------
 
