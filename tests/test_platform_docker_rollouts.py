@@ -24,6 +24,7 @@ from rich.console import Console
 from releasegate import service
 from releasegate.engine.state import Decision, RolloutState
 from releasegate.progress import ProgressPrinter
+from releasegate.providers.routers.builtin import stop_router
 from releasegate.providers.platforms import container_engine as engine
 from releasegate.teardown import take_down
 from tests.support.nginx import NGINX, PrivateNginx
@@ -271,3 +272,26 @@ async def test_deploy_shows_the_image_pull(env: Env, podman: PrivatePodman, regi
     pulled = next(i for i, line in enumerate(lines) if line.endswith(f"pulled {registry}/pulled:1.0.0"))
     assert any(f"pulling {registry}/pulled:1.0.0: " in line and "Pulling fs layer" in line for line in lines)
     assert pulled < next(i for i, line in enumerate(lines) if "shop 1.0.0" in line)  # before the rollout's lines
+
+
+async def test_status_and_down_name_an_engine_that_went_away(tmp_path: Path) -> None:
+    """The engine stops answering after a deploy: `status` and `down` say which engine and how to fix it, in one
+    line, instead of guessing that nothing runs."""
+    env = RolloutEnv(tmp_path)
+    with private_podman(tmp_path / "podman") as engine_gone:
+        engine_gone.base_image(f"{IMAGE}:1.0.0")
+        spec = docker_spec(tmp_path, engine_gone, f'router: {{listen: "127.0.0.1:{env.port}", drain_timeout: 5s}}',
+                           BLUEGREEN)
+        try:
+            assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+        finally:
+            engine_gone.stop()  # every container removed, then the service stops
+        try:
+            for command in (["status", "shop"], ["down", "shop"]):
+                done = await asyncio.to_thread(rg, *command, "--state-dir", str(env.state))
+                said = (done.stdout + done.stderr).strip()
+                assert done.returncode != 0 and "Traceback" not in said, said
+                assert f"cannot reach the container engine at {engine_gone.url}" in said
+                assert len([line for line in said.splitlines() if "cannot reach" in line]) == 1
+        finally:
+            stop_router(env.state, "shop", 5.0)

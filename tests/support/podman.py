@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.support.wait import wait_until
@@ -128,6 +129,20 @@ class PrivatePodman:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+        self._end_leftovers()
+
+    def _end_leftovers(self) -> None:
+        """conmon keeps each finished exec session (``exec_run``, a HEALTHCHECK run) around for its exit delay (5
+        minutes) after the container is gone; those of this engine name its private root on their command line."""
+        mine = []
+        for proc in psutil.process_iter(["cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if any(str(self.root) in arg for arg in proc.info["cmdline"] or []):
+                    mine.append(proc)
+        for proc in mine:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(mine, timeout=5)
 
 
 @contextlib.contextmanager
