@@ -24,8 +24,8 @@ from rich.console import Console
 from releasegate import service
 from releasegate.engine.state import Decision, RolloutState
 from releasegate.progress import ProgressPrinter
-from releasegate.providers.routers.builtin import stop_router
 from releasegate.providers.platforms import container_engine as engine
+from releasegate.providers.routers.builtin import stop_router
 from releasegate.teardown import take_down
 from tests.support.nginx import NGINX, PrivateNginx
 from tests.support.podman import DEMOAPP, HOST_VOLUMES, PYTHON, PrivatePodman, private_podman
