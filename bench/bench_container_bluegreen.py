@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.support, like a test run from the checkout
 
 from releasegate import service  # noqa: E402
+from tests.support.container_specs import BLUEGREEN, IMAGE, docker_spec  # noqa: E402
 from tests.support.podman import PODMAN, private_podman  # noqa: E402
 from tests.support.rollouts import Load, RolloutEnv  # noqa: E402
-from tests.test_platform_docker_rollouts import BLUEGREEN, IMAGE, docker_spec  # noqa: E402
 
 CONCURRENCY = 6
 
