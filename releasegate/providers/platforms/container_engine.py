@@ -45,11 +45,15 @@ def unreachable(address: str, exc: BaseException) -> ProviderError:
                          "at a running engine")
 
 
-def connect(address: str) -> docker.DockerClient:
+def connect(configured: str | None) -> docker.DockerClient:
+    """A client for ``platform.engine``; without one, Docker's own environment (``DOCKER_HOST``, and
+    ``DOCKER_TLS_VERIFY``/``DOCKER_CERT_PATH`` for a TLS engine) as the docker CLI reads it. Connects lazily."""
     try:
-        return docker.DockerClient(base_url=address, version=API_VERSION, timeout=60)
+        if configured is None:
+            return docker.from_env(version=API_VERSION, timeout=60)
+        return docker.DockerClient(base_url=configured, version=API_VERSION, timeout=60)
     except docker.errors.DockerException as exc:
-        raise unreachable(address, exc) from None
+        raise unreachable(engine_address(configured), exc) from None
 
 
 def engine_error(address: str, exc: BaseException, doing: str) -> ProviderError:

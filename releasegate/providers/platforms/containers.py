@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import hashlib
+import math
 import re
 import socket
 import time
@@ -128,7 +129,7 @@ class ContainerPlatform:
         found = await self._call(self._find, instance, doing="inspecting a container")
         if found is None or found.status not in _ENDED:
             return None
-        return await asyncio.to_thread(engine.dead_of, found)
+        return await self._call(engine.dead_of, found, doing=f"reading the exit of {found.name}")
 
     async def engine_health(self, instance: Instance) -> tuple[str, str] | None:
         """The image's HEALTHCHECK verdict (status, last check's line); None when the image has none (or the
@@ -163,7 +164,7 @@ class ContainerPlatform:
     @property
     def client(self) -> docker.DockerClient:
         if self._client is None:
-            self._client = engine.connect(self.address)
+            self._client = engine.connect(self.spec.engine)
         return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, doing: str, **kwargs: Any) -> T:
@@ -171,9 +172,7 @@ class ContainerPlatform:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except ProviderError:
             raise
-        except (docker.errors.DockerException, OSError, ConnectionError) as exc:
-            raise engine.engine_error(self.address, exc, doing) from None
-        except Exception as exc:  # requests' ConnectionError and friends, from inside the SDK
+        except Exception as exc:  # the SDK's errors, and requests' or the socket's from inside it
             raise engine.engine_error(self.address, exc, doing) from None
 
     def _rows(self, service: str) -> list[dict[str, Any]]:
@@ -211,7 +210,7 @@ class ContainerPlatform:
             return
         try:
             if c.status == "running":
-                c.stop(timeout=max(0, round(grace)))
+                c.stop(timeout=max(0, math.ceil(grace)))  # the API counts whole seconds
             c.remove(force=True)
         except docker.errors.NotFound:
             return  # removed meanwhile (another stop): what was asked is done
@@ -254,7 +253,7 @@ class ContainerPlatform:
             inst = engine.instance_of(c)
             if code is None:
                 return inst
-            dead = await asyncio.to_thread(engine.dead_of, c, 5, 600)
+            dead = await self._call(engine.dead_of, c, 5, 600, doing=f"reading the exit of {c.name}")
             await self._call(c.remove, doing=f"removing container {c.name}", force=True)
             if attempt < _PORT_ATTEMPTS and self.spec.network == "host" and \
                     any(s in dead.log_tail.lower() for s in _ADDRESS_IN_USE):
@@ -328,7 +327,7 @@ class ContainerPlatform:
         deadline = time.monotonic() + self.startup_grace
         port = engine.instance_of(c).port
         while True:
-            await asyncio.to_thread(c.reload)
+            await self._call(c.reload, doing=f"watching container {c.name} start")
             if c.status in _ENDED:
                 code = (c.attrs.get("State") or {}).get("ExitCode")
                 return code if isinstance(code, int) else -1
