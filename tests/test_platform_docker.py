@@ -237,6 +237,8 @@ async def test_the_images_healthcheck_counts_beside_the_http_check(clean: Privat
     assert (await get(f"http://{inst.address}/health")).status_code == 200  # HTTP alone would pass
     result = await checks.wait_healthy([inst], health, SystemClock(), platform=sick)
     assert not result.ok and "the image's HEALTHCHECK says unhealthy (exit code 1)" in result.reason
+    probed = await checks.engine_probe(sick)([inst], health)  # the analysis's probe during a rollout, too
+    assert probed == {inst.address: "the image's HEALTHCHECK says unhealthy (exit code 1)"}
     await sick.stop(inst, 1.0)
 
     fine = platform(clean, tmp_path, image=IMAGE + ":fine", instances=1)
@@ -247,6 +249,7 @@ async def test_the_images_healthcheck_counts_beside_the_http_check(clean: Privat
     plain = platform(clean, tmp_path / "plain", instances=1)
     [other] = await plain.start("shop", "1.0.0", 1)
     assert await plain.engine_health(other) is None  # no HEALTHCHECK in the image: the HTTP check alone decides
+    assert await checks.engine_probe(plain)([other], health) == {other.address: None}
 
 
 def test_podman_is_private(clean: PrivatePodman) -> None:

@@ -163,6 +163,22 @@ async def probe_health(instances: list[Instance], health: Health) -> dict[str, s
     return {i.address: None if r.ok else r.reason for i, r in zip(instances, results, strict=True)}
 
 
+def engine_probe(platform: EngineHealth) -> Callable[[list[Instance], Health],
+                                                    Awaitable[dict[str, str | None]]]:
+    """``probe_health`` for a platform whose instances carry their own verdict: an instance that answers HTTP but
+    whose image's HEALTHCHECK says ``unhealthy`` counts as a failed probe, with the engine's last line."""
+    async def probe(instances: list[Instance], health: Health) -> dict[str, str | None]:
+        found = await probe_health(instances, health)
+        for inst in instances:
+            if found.get(inst.address) is None:
+                verdict = await platform.engine_health(inst)
+                if verdict is not None and verdict[0] == "unhealthy":
+                    found[inst.address] = f"the image's HEALTHCHECK says unhealthy ({verdict[1]})"
+        return found
+
+    return probe
+
+
 async def _why_dead(platform: Platform, instance: Instance) -> str | None:
     if await platform.alive(instance):
         return None

@@ -194,4 +194,6 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
                                            "recorded": result.recorded})
 
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
-                     migrate=migrate, probe=checks.probe_health, close=close)
+                     migrate=migrate, close=close,
+                     probe=checks.engine_probe(platform) if isinstance(platform, checks.EngineHealth)
+                     else checks.probe_health)
