@@ -158,6 +158,13 @@ def test_oom_killed_state_is_the_cause() -> None:
     assert "was OOM-killed" in dead.describe() and "allocating" in dead.describe()
 
 
+def test_image_references_split_for_the_pull() -> None:
+    assert engine.split_image("registry:5000/team/shop:1.2") == ("registry:5000/team/shop", "1.2")
+    assert engine.split_image("registry:5000/shop") == ("registry:5000/shop", "latest")
+    assert engine.split_image("shop") == ("shop", "latest")
+    assert engine.split_image("shop@sha256:" + "a" * 64) == ("shop@sha256:" + "a" * 64, None)
+
+
 async def test_preflight_refuses_a_missing_image_with_the_engines_message(clean: PrivatePodman,
                                                                          tmp_path: Path) -> None:
     present = await platform(clean, tmp_path).preflight("shop", "1.0.0")

@@ -109,10 +109,10 @@ def pull(client: docker.DockerClient, image: str, say: Say | None, every: float 
         say(f"pulled {image}")
 
 
-def split_image(image: str) -> tuple[str, str]:
-    """``registry:5000/shop:1.2`` -> (registry:5000/shop, 1.2); no tag -> latest; a digest stays whole."""
+def split_image(image: str) -> tuple[str, str | None]:
+    """``registry:5000/shop:1.2`` -> (registry:5000/shop, 1.2); no tag -> latest; a digest: the SDK splits it."""
     if "@" in image:
-        return image, ""
+        return image, None
     name, _, tag = image.rpartition(":")
     if not name or "/" in tag:
         return image, "latest"
