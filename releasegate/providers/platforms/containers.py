@@ -43,7 +43,7 @@ _PULL_FRESH = 600.0
 _PORT_ATTEMPTS = 3
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98")
 _POLL = 0.05
-_ENDED = ("exited", "dead", "stopped")  # "stopped": Podman's word for exited, in some versions
+_ENDED = ("exited", "dead", "stopped")  # "stopped": libpod's state for a stopped container, should an engine say it
 
 
 class ContainerPlatform:
