@@ -194,7 +194,7 @@ def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
     s = load_spec(spec)
     check_version(version)
     checks = asyncio.run(run_preflight(s, spec, version, _State.state_dir, env,
-                                      allow_breaking=allow_breaking_migration))
+                                      allow_breaking=allow_breaking_migration, say=ProgressPrinter(out).note))
     for c in checks:
         out.print(f"{'[green]pass[/]' if c.ok else '[bold red]FAIL[/]'}  {c.name:<16} {c.detail}")
     if not all(c.ok for c in checks):

@@ -185,6 +185,7 @@ class Controller:
                 return await self._analyze(st, action)
             if isinstance(action, Start):
                 replaced = await self._replace_dead(st.service, action.version)
+                self._tell_platform(st)
                 started = await self.p.platform.start(st.service, action.version, action.count)
                 details: dict[str, object] = {"instances": [i.address for i in started]}
                 return Outcome(True, details={**details, "replaced": replaced} if replaced else details)
@@ -209,6 +210,18 @@ class Controller:
         except ProviderError as exc:
             return Outcome(False, str(exc))
         raise TypeError(f"unknown action {action!r}")
+
+    def _tell_platform(self, st: RolloutState) -> None:
+        """A platform with a ``notify`` hook (the container platform's image pulls) says what takes long in the
+        progress output, as ``pull`` lines that are shown, not stored."""
+        if self.on_progress is None or not hasattr(self.p.platform, "notify"):
+            return
+        on_progress = self.on_progress
+
+        def say(line: str) -> None:
+            on_progress(st, [Decision("pull", line)])
+
+        self.p.platform.notify = say
 
     async def _live(self, service: str, version: str) -> list[Instance]:
         found = [i for i in await self.p.platform.instances(service) if i.version == version]

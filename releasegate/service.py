@@ -153,7 +153,8 @@ async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: Progr
     try:
         store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
         checks = await preflight(spec, spec_path, version, ctx.state_dir, request.env,
-                                 allow_breaking=request.allow_breaking_migration)
+                                 allow_breaking=request.allow_breaking_migration,
+                                 say=getattr(on_progress, "note", None))
         failed = [c for c in checks if not c.ok]
         if failed:
             raise UserError(f"{spec_path}: preflight failed, nothing was started:\n  - "
