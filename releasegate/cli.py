@@ -25,6 +25,7 @@ from releasegate.clihelp import (
     readable_help,
     run_app,
 )
+from releasegate.commands import release_group as group
 from releasegate.commands.router import router_app
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, UserError
 from releasegate.lookup import POINT_ELSEWHERE, shown
@@ -160,7 +161,7 @@ def schema() -> None:
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
+def plan(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
          env: Annotated[str | None, typer.Option(
              "--env", metavar="ENV", show_default=False,
              help="Also show what the stored policy and calendar would decide now for a deploy to ENV.")]
@@ -170,7 +171,9 @@ def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
     from releasegate.planning import make_plan, render_governance
 
     _use(state_dir)
-    made = make_plan(spec, version, _State.state_dir)
+    if group.is_release_file(spec):
+        return group.plan(out, spec, version, _State.state_dir)
+    made = make_plan(spec, group.single_version(version, spec), _State.state_dir)
     render_plan(out, made)
     if env is not None:
         render_governance(out, made, spec, env, _State.state_dir, hotfix)
@@ -212,7 +215,7 @@ def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
     typer.echo(render_alert_rules(load_spec(spec), version=version), nl=False)
 
 @app.command(rich_help_panel=ROLLOUTS)
-def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
+def deploy(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
            env: Annotated[str, typer.Option(metavar="ENV", help="Environment the policy and calendar judge this "
                                                                "deploy for.")] = "prod",
            actor: Annotated[str | None, typer.Option("--as", metavar="USER", show_default=False,
@@ -229,6 +232,7 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
            calendar: Annotated[Path | None, typer.Option(hidden=True)] = None) -> None:
     """Roll VERSION out as the spec says, in the foreground, with live progress.
 
+    SPEC may be a release file: its services roll out as one group (docs/multi-service.md).
     Before anything starts, the stored policy and calendar (`policy apply`, `calendar apply`) must allow it.
     """
     from releasegate.governance.gate import DeployRequest
@@ -244,7 +248,10 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
     request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
                             break_glass=break_glass, reason=reason,
                             allow_breaking_migration=allow_breaking_migration)
-    st = asyncio.run(service.deploy(_ctx(), spec, version, on_progress=printer, request=request))
+    if group.is_release_file(spec):  # a multi-service release (docs/multi-service.md)
+        group.deploy(out, _ctx(), spec, version, request)
+    st = asyncio.run(service.deploy(_ctx(), spec, group.single_version(version, spec), on_progress=printer,
+                                    request=request))
     printer.summary(st)
     _exit_for(st.status)
 
@@ -254,6 +261,7 @@ def resume(name: Service, state_dir: StateDir = None) -> None:
     """Continue an interrupted rollout from its persisted state."""
     _use(state_dir)
     _driving(name)
+    group.handled(out, _ctx(), "resume", name)
     printer = ProgressPrinter(out)
     st = asyncio.run(service.resume(_ctx(), name, on_progress=printer))
     printer.summary(st)
@@ -285,6 +293,8 @@ def _command(name: str, kind: str, actor: str | None) -> None:
     ctx = _ctx()
     _identify(ctx, name, kind, actor)
     _driving(name)  # abort and rollback may apply themselves, as resume would
+    if group.handled(out, ctx, kind, name):
+        return
     res = asyncio.run(service.send_command(ctx, name, kind))
     out.print(res.message)
     if res.needs_resume:
@@ -339,6 +349,8 @@ def status(name: Annotated[str | None, typer.Argument(help="Service; all when om
            as_json: AsJson = False, state_dir: StateDir = None) -> None:
     """What runs (or is down), what is rolling out, and when the kept previous version is retired."""
     _use(state_dir)
+    if group.handled(out, _ctx(), "status", name, as_json):
+        return
     data = service.status(_ctx(), name)
     if as_json:
         out.print_json(service.dumps(data))
@@ -355,6 +367,8 @@ def history(name: Service, as_json: AsJson = False,
             state_dir: StateDir = None) -> None:
     """Past rollouts of a service with every decision and the metric values behind it."""
     _use(state_dir)
+    if group.handled(out, _ctx(), "history", name, as_json, limit):
+        return
     data = service.history(_ctx(), name, limit)
     if as_json:
         out.print_json(service.dumps(data))

@@ -22,6 +22,7 @@ from releasegate.engine.state import (
     Decision,
     Finish,
     Health,
+    Hold,
     Migrate,
     Observation,
     Outcome,
@@ -194,6 +195,9 @@ class Controller:
             if isinstance(action, Smoke):
                 return await self._at_full_strength(st, action.version, action.count, lambda live: self.p.smoke(
                     live, self.spec.smoke_tests))
+            if isinstance(action, Hold):  # no traffic yet: wait briefly for the group, then check nothing died
+                await self._sleep_or_command(st, self.clock.now() + 1.0)
+                return await self._missing(st, action.version, action.count) or Outcome(True)
             if isinstance(action, Route):
                 return await self._route(st, action)
             if isinstance(action, Migrate):
