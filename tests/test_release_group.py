@@ -124,7 +124,7 @@ async def test_an_important_member_pauses_the_group_until_promote(env):
 
 
 async def test_rollback_of_a_paused_group_takes_every_member_back(env):
-    members = [("gateway", "critical", []), ("workflow", "important", [])]
+    members: list[tuple[str, str, list[str]]] = [("gateway", "critical", []), ("workflow", "important", [])]
     await first_release(env, members=members, switch="ordered")
     path = env.release(members, switch="ordered", faults={"workflow": BROKEN})
     deploy = asyncio.create_task(group_service.deploy(env.ctx, path, ["2.0.0"]))
