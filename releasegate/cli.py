@@ -257,8 +257,8 @@ def deploy(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def resume(name: Service, state_dir: StateDir = None) -> None:
-    """Continue an interrupted rollout from its persisted state."""
+def resume(name: group.ServiceOrRelease, state_dir: StateDir = None) -> None:
+    """Continue an interrupted rollout (or release group) from its persisted state."""
     _use(state_dir)
     _driving(name)
     group.handled(out, _ctx(), "resume", name)
@@ -308,21 +308,21 @@ def _command(name: str, kind: str, actor: str | None) -> None:
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def promote(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
+def promote(name: group.ServiceOrRelease, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Skip the remaining steps: send the new version to 100 % (after health and smoke pass)."""
     _use(state_dir)
     _command(name, "promote", actor)
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def abort(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
+def abort(name: group.ServiceOrRelease, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Stop the rollout: traffic back to the previous version at once, new instances stopped."""
     _use(state_dir)
     _command(name, "abort", actor)
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def rollback(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
+def rollback(name: group.ServiceOrRelease, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Roll back now: during a rollout like abort; after one, switch back to the kept previous version."""
     _use(state_dir)
     _command(name, "rollback", actor)
@@ -345,7 +345,8 @@ def down(name: Service, actor: CommandActor = None,
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
+def status(name: Annotated[str | None, typer.Argument(help="Service or release; all services when omitted.",
+                                                       metavar="SERVICE")] = None,
            as_json: AsJson = False, state_dir: StateDir = None) -> None:
     """What runs (or is down), what is rolling out, and when the kept previous version is retired."""
     _use(state_dir)
@@ -362,7 +363,7 @@ def status(name: Annotated[str | None, typer.Argument(help="Service; all when om
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def history(name: Service, as_json: AsJson = False,
+def history(name: group.ServiceOrRelease, as_json: AsJson = False,
             limit: Annotated[int, typer.Option(metavar="N", help="How many rollouts, newest first.")] = 20,
             state_dir: StateDir = None) -> None:
     """Past rollouts of a service with every decision and the metric values behind it."""

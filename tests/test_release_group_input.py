@@ -13,7 +13,7 @@ from releasegate.engine import decide, group
 from releasegate.engine.group import GroupState, Member, Report
 from releasegate.spec import load_spec
 from releasegate.store.sqlite import Store, this_owner
-from tests.support.groups import JUDGIFY, GroupEnv
+from tests.support.groups import JUDGIFY, GroupEnv, member_spec
 from tests.support.rollouts import marked_processes
 
 
@@ -166,3 +166,27 @@ def test_a_failure_does_what_its_tier_says(failing, expected):
         assert gs.reverting is None and not gs.paused
         assert {a.service for a in acts} == {n for n, _, _ in JUDGIFY} - {failing, "api-gateway"}
     assert gs.member(failing).reason == "smoke failed"
+
+
+def test_a_held_member_waits_after_smoke_with_no_traffic_until_promote_and_abort_needs_no_traffic_change(tmp_path):
+    """The engine's hook for `switch: together`: health and smoke pass, then phase held (no Route) until promote."""
+    from releasegate.engine.state import Hold, Outcome, Route, Smoke
+
+    spec = load_spec(member_spec(tmp_path, "solo", 1))
+    st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", 0.0).model_copy(update={"phase": "smoke", "hold": True})
+    action = decide.next_action(st, spec, 1.0)
+    assert isinstance(action, Smoke)
+    st, said = decide.apply(st, spec, action, Outcome(True), 1.0)
+    assert st.phase == "held" and [d.kind for d in said] == ["smoke_passed", "held"]
+    action = decide.next_action(st, spec, 2.0)
+    assert isinstance(action, Hold)
+    assert decide.apply(st, spec, action, Outcome(True), 2.0)[0].phase == "held"
+    promoted, error = decide.command(st, spec, "promote", 3.0)
+    assert error is None and promoted.phase == "promote"
+    route = decide.next_action(promoted, spec, 3.0)
+    assert isinstance(route, Route) and route.weight_of("2.0.0") == 100
+    aborted, error = decide.command(st, spec, "rollback", 3.0)
+    assert error is None and aborted.phase == "abort" and aborted.weight == 0
+    died = decide.apply(st, spec, action, Outcome(False, "gone", {"died": [{"message": "exit 1"}]}), 4.0)[0]
+    assert died.phase == "start" and died.restarts == 1  # before its first traffic: restarted once, as in health
+

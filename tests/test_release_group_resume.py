@@ -44,7 +44,7 @@ async def kill_when(env: GroupEnv, version: str, reached: Callable[[dict[str, An
     proc = subprocess.Popen([sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "deploy", str(path),
                              "--version", version], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        await eventually(lambda: (m := members(env, version)) is not None and reached(m) or proc.poll() is not None,
+        await eventually(lambda: ((m := members(env, version)) is not None and reached(m)) or proc.poll() is not None,
                          within=60, what=f"the group of {version} reaching its kill point", every=0.02)
         assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
     finally:

@@ -21,11 +21,16 @@ from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, UserErr
 from releasegate.governance.gate import DeployRequest
 from releasegate.spec.release import is_release_file, load_release, member_versions
 
-__all__ = ["Versions", "deploy", "handled", "is_release", "is_release_file", "plan", "single_version"]
+__all__ = ["ServiceOrRelease", "Versions", "deploy", "handled", "is_release", "is_release_file", "plan",
+           "single_version"]
 
 Versions = Annotated[list[str], typer.Option(
     "--version", "-v", metavar="VERSION", show_default=False, help="The release's version to roll out, e.g. 1.4.2; "
     "for a release file (docs/multi-service.md): one for every member, or SERVICE=VERSION once per member.")]
+
+ServiceOrRelease = Annotated[str, typer.Argument(
+    help="Service name from the spec, or a release's name (docs/multi-service.md).", show_default=False,
+    metavar="SERVICE")]
 
 TIERS = {"critical": "the whole group goes back to its previous versions",
          "important": "the group pauses: `promote RELEASE` goes on without it, `rollback RELEASE` takes all back",

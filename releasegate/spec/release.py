@@ -33,7 +33,7 @@ class MemberEntry(_Model):
     tier: Tier | None = Field(None, description="critical: its failure rolls the whole group back; important: "
                                                 "pauses the group for an operator; supporting: only it rolls "
                                                 "back. Default: the spec's own tier.")
-    depends_on: list[str] = Field(default_factory=list, description="Members (by their spec's `service` name) "
+    depends_on: list[str] = Field([], description="Members (by their spec's `service` name) "
                                                                     "promoted or switched before this one.")
 
 
