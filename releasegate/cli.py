@@ -143,9 +143,11 @@ def _exit_for(status: str) -> NoReturn:
 
 @app.command(rich_help_panel=ROLLOUTS)
 def validate(spec: SpecFile) -> None:
-    """Check a spec; print every problem as FILE:LINE:COL: message (exit 2), or a summary (exit 0)."""
+    """Check a spec or a release file; print every problem as FILE:LINE:COL: message (exit 2), or a summary."""
     from releasegate.spec import load_spec
 
+    if group.is_release_file(spec):
+        return group.validate(out, spec)
     s = load_spec(spec)
     steps = " -> ".join(f"{st.weight}%" for st in s.strategy.steps) or "direct"
     out.print(f"{spec}: ok: service {s.service} ({s.tier}), {s.strategy.kind} {steps}, "

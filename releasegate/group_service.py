@@ -25,6 +25,7 @@ from releasegate.governance.gate import Admission, DeployRequest
 from releasegate.notifications import build_notifications
 from releasegate.spec import load_spec
 from releasegate.spec.release import LoadedRelease, load_release, member_versions
+from releasegate.store.audit import AuditLog
 from releasegate.store.groups import GroupStore
 from releasegate.store.sqlite import Store, owner_alive, this_owner
 
@@ -187,6 +188,8 @@ class _Driver:
             gs, error = group.command(gs, cmd.kind, cmd.actor, self.ctx.clock.now())
             said = f"{cmd.kind} by {cmd.actor}" + (f" refused: {error}" if error else "")
             self.gstore.save(gs, [("command", said, {"command": cmd.kind, "actor": cmd.actor})], answer=(cmd, error))
+            AuditLog(self.ctx.state_dir).append(cmd.actor, f"group.{cmd.kind}", release=gs.release, decision=said,
+                                                evidence={"group": gs.id}, at=self.ctx.clock.now())
             _say(self.say, said)
         return gs
 

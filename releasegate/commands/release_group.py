@@ -22,7 +22,7 @@ from releasegate.governance.gate import DeployRequest
 from releasegate.spec.release import is_release_file, load_release, member_versions
 
 __all__ = ["ServiceOrRelease", "Versions", "deploy", "handled", "is_release", "is_release_file", "plan",
-           "single_version"]
+           "single_version", "validate"]
 
 Versions = Annotated[list[str], typer.Option(
     "--version", "-v", metavar="VERSION", show_default=False, help="The release's version to roll out, e.g. 1.4.2; "
@@ -64,6 +64,14 @@ def _printer(out: Console) -> group_service.Say:
     def say(line: str) -> None:
         out.print(line, markup=False, highlight=False)
     return say
+
+
+def validate(out: Console, path: Path) -> None:
+    """`validate` of a release file: every member's spec and the file itself, or a one-line summary."""
+    release = load_release(path)
+    out.print(f"{path}: ok: release {release.release}, {len(release.members)} member(s) ("
+              + ", ".join(f"{m.service} {m.tier}" for m in release.members) + f"), switch {release.switch}",
+              markup=False)
 
 
 def plan(out: Console, path: Path, versions: list[str], state_dir: Path) -> None:
