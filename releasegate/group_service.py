@@ -296,11 +296,23 @@ async def _rollback_finished_group(ctx: service.Context, gstore: GroupStore, rel
     if not promoted:
         raise UserError(f"{release}: its last group ({gs.status}) promoted no member; nothing to roll back")
     store = ctx.store()
+    lines, now = [], ctx.clock.now()
     try:
-        lines = [(await service.rollback_finished(ctx, store, m.service)).message for m in promoted]
+        for m in promoted:  # each member on its own: one that cannot go back does not keep the others
+            try:
+                lines.append((await service.rollback_finished(ctx, store, m.service)).message)
+                gs = gs.model_copy(update={"members": [x.model_copy(update={
+                    "status": "reverted", "reason": f"rolled back by {ctx.actor} after the group ended"})
+                    if x.service == m.service else x for x in gs.members]})
+            except UserError as exc:
+                lines.append(f"{m.service} not rolled back: {exc}")
     finally:
         store.close()
-    gstore.save(gs, [("rolled_back", f"rolled back by {ctx.actor}: " + "; ".join(lines), {})])
+    said = f"rolled back by {ctx.actor}: " + "; ".join(lines)
+    gs = gs.model_copy(update={"status": "rolled_back", "reason": said, "updated_at": now})
+    gstore.save(gs, [("rolled_back", said, {})])
+    AuditLog(ctx.state_dir).append(ctx.actor, "group.rollback", release=release, decision=said,
+                                   evidence={"group": gs.id}, at=now)
     return service.CommandResult("; ".join(lines), applied=True)
 
 

@@ -48,19 +48,26 @@ def outcome(gs: GroupState) -> dict[str, str]:
     return {m.service: m.status for m in gs.members}
 
 
-async def test_six_services_switch_together_under_load(env):
+async def test_six_services_switch_together_under_load_and_roll_back_together_after(env):
     await first_release(env, faults={})
     path = env.release()
     async with loads(env) as running:
         gs = await group_service.deploy(env.ctx, path, ["2.0.0"])
         for load in running:
             await load.wait_for(5)
-    assert gs.status == "promoted", gs.reason
-    assert outcome(gs) == dict.fromkeys(NAMES, "promoted")
-    assert env.current() == dict.fromkeys(NAMES, "2.0.0")
-    for name in NAMES:
-        assert await env.routes(name) == {"2.0.0": 100}
+        assert gs.status == "promoted", gs.reason
+        assert outcome(gs) == dict.fromkeys(NAMES, "promoted")
+        assert env.current() == dict.fromkeys(NAMES, "2.0.0")
+        for name in NAMES:
+            assert await env.routes(name) == {"2.0.0": 100}
+        # After the group: `rollback RELEASE` sends every member back to its kept previous version.
+        assert (await group_service.send_command(env.ctx, "judgify-core", "rollback")).applied
+        for load in running:
+            await load.wait_for(5)
     assert [f for load in running for f in load.failures] == []
+    assert env.current() == dict.fromkeys(NAMES, "1.0.0")
+    shown = group_service.status(env.ctx, "judgify-core")
+    assert shown["status"] == "rolled_back" and {m["status"] for m in shown["members"]} == {"reverted"}
     # Every member held with no traffic until all were ready, and the gateway switched after what it needs.
     events = group_service.history(env.ctx, "judgify-core", 1)[0]["events"]
     intents = [e["message"] for e in events if e["kind"] == "intent"]
