@@ -95,6 +95,24 @@ async def test_a_failing_critical_member_takes_all_six_back_with_no_failed_reque
     assert sum(load.by_version.get("2.0.0", 0) for load in running) == 0
 
 
+async def test_a_critical_member_failing_after_the_switch_takes_back_the_switched_and_the_promoted(env):
+    """The gateway's analysis rolls it back during its watch: the member still watching is rolled back through its
+    controller, the one already promoted is switched back to its kept previous version."""
+    members: list[tuple[str, str, list[str]]] = [
+        ("gateway", "critical", []), ("workflow", "important", []), ("logs", "supporting", [])]
+    await first_release(env, members=members)
+    path = env.release(members, faults={"gateway": "2.0.0:error_rate=1,paths=/api/orders"},
+                       watch={"gateway": "30s", "workflow": "30s", "logs": "0s"})
+    orders = env.url("gateway").replace("/api/items", "/api/orders")
+    async with Load(orders, concurrency=2), Load(env.url("workflow"), concurrency=1):
+        gs = await group_service.deploy(env.ctx, path, ["2.0.0"])
+    assert gs.status == "rolled_back" and "critical member gateway failed" in (gs.reason or "")
+    assert outcome(gs) == {"gateway": "rolled_back", "workflow": "reverted", "logs": "reverted"}
+    assert env.current() == {"gateway": "1.0.0", "workflow": "1.0.0", "logs": "1.0.0"}
+    for name in ("gateway", "workflow", "logs"):
+        assert await env.routes(name) == {"1.0.0": 100}
+
+
 async def test_a_failing_supporting_member_goes_back_alone(env):
     await first_release(env)
     path = env.release(faults={"logging": BROKEN})

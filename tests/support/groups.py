@@ -61,15 +61,18 @@ class GroupEnv:
         self.ctx = service.new_context(self.state)
 
     def release(self, members: list[tuple[str, str, list[str]]] = JUDGIFY, *, switch: str = "together",
-                faults: dict[str, str] | None = None, name: str = "judgify-core", **kw: str) -> Path:
-        """The release file (and its members' specs, in services/); ``faults`` by member name."""
+                faults: dict[str, str] | None = None, name: str = "judgify-core",
+                watch: dict[str, str] | None = None, **kw: str) -> Path:
+        """The release file (and its members' specs, in services/); ``faults`` and ``watch`` (post_promotion) by
+        member name."""
         services = self.tmp_path / "services"
         services.mkdir(exist_ok=True)
         lines = [f"release: {name}", "services:"]
         for member, tier, deps in members:
             self.ports.setdefault(member, free_port())
+            more = {"post_promotion": (watch or {})[member]} if member in (watch or {}) else {}
             self.specs[member] = member_spec(services, member, self.ports[member],
-                                             faults=(faults or {}).get(member, ""), **kw)
+                                             faults=(faults or {}).get(member, ""), **kw, **more)
             lines.append(f"  - {{spec: services/{member}.yaml, tier: {tier}, depends_on: [{', '.join(deps)}]}}")
         lines.append(f"switch: {switch}")
         path = self.tmp_path / "release.yaml"
