@@ -146,8 +146,7 @@ def validate(spec: SpecFile) -> None:
     """Check a spec or a release file; print every problem as FILE:LINE:COL: message (exit 2), or a summary."""
     from releasegate.spec import load_spec
 
-    if group.is_release_file(spec):
-        return group.validate(out, spec)
+    group.for_release_file("validate", out, spec)
     s = load_spec(spec)
     steps = " -> ".join(f"{st.weight}%" for st in s.strategy.steps) or "direct"
     out.print(f"{spec}: ok: service {s.service} ({s.tier}), {s.strategy.kind} {steps}, "
@@ -173,9 +172,8 @@ def plan(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
     from releasegate.planning import make_plan, render_governance
 
     _use(state_dir)
-    if group.is_release_file(spec):
-        return group.plan(out, spec, version, _State.state_dir)
-    made = make_plan(spec, group.single_version(version, spec), _State.state_dir)
+    one = group.for_release_file("plan", out, spec, version, state_dir=_State.state_dir)
+    made = make_plan(spec, one, _State.state_dir)
     render_plan(out, made)
     if env is not None:
         render_governance(out, made, spec, env, _State.state_dir, hotfix)
@@ -250,10 +248,8 @@ def deploy(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
     request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
                             break_glass=break_glass, reason=reason,
                             allow_breaking_migration=allow_breaking_migration)
-    if group.is_release_file(spec):  # a multi-service release (docs/multi-service.md)
-        group.deploy(out, _ctx(), spec, version, request)
-    st = asyncio.run(service.deploy(_ctx(), spec, group.single_version(version, spec), on_progress=printer,
-                                    request=request))
+    one = group.for_release_file("deploy", out, spec, version, ctx=_ctx(), request=request)
+    st = asyncio.run(service.deploy(_ctx(), spec, one, on_progress=printer, request=request))
     printer.summary(st)
     _exit_for(st.status)
 
@@ -295,8 +291,7 @@ def _command(name: str, kind: str, actor: str | None) -> None:
     ctx = _ctx()
     _identify(ctx, name, kind, actor)
     _driving(name)  # abort and rollback may apply themselves, as resume would
-    if group.handled(out, ctx, kind, name):
-        return
+    group.handled(out, ctx, kind, name)
     res = asyncio.run(service.send_command(ctx, name, kind))
     out.print(res.message)
     if res.needs_resume:
@@ -352,8 +347,7 @@ def status(name: Annotated[str | None, typer.Argument(help="Service or release; 
            as_json: AsJson = False, state_dir: StateDir = None) -> None:
     """What runs (or is down), what is rolling out, and when the kept previous version is retired."""
     _use(state_dir)
-    if group.handled(out, _ctx(), "status", name, as_json):
-        return
+    group.handled(out, _ctx(), "status", name, as_json)
     data = service.status(_ctx(), name)
     if as_json:
         out.print_json(service.dumps(data))
@@ -370,8 +364,7 @@ def history(name: group.ServiceOrRelease, as_json: AsJson = False,
             state_dir: StateDir = None) -> None:
     """Past rollouts of a service with every decision and the metric values behind it."""
     _use(state_dir)
-    if group.handled(out, _ctx(), "history", name, as_json, limit):
-        return
+    group.handled(out, _ctx(), "history", name, as_json, limit)
     data = service.history(_ctx(), name, limit)
     if as_json:
         out.print_json(service.dumps(data))

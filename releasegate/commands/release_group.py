@@ -1,8 +1,8 @@
 """The CLI side of multi-service releases (docs/multi-service.md): `deploy` and `plan` given a release file, and
 `status`, `promote`, `abort`, `rollback`, `history`, `resume` given a release's name.
 
-cli.py keeps its commands and asks this module first (``is_release_file``, ``is_release``); everything that is
-particular to a group lives here.
+cli.py keeps its commands and hands them here first (``for_release_file``, ``handled``): when SPEC is a release
+file or NAME a release, this module does the command and exits; otherwise cli.py goes on as for one service.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, UserErr
 from releasegate.governance.gate import DeployRequest
 from releasegate.spec.release import is_release_file, load_release, member_versions
 
-__all__ = ["ServiceOrRelease", "Versions", "deploy", "handled", "is_release", "is_release_file", "plan",
+__all__ = ["ServiceOrRelease", "Versions", "deploy", "for_release_file", "handled", "is_release", "plan",
            "single_version", "validate"]
 
 Versions = Annotated[list[str], typer.Option(
@@ -109,11 +109,29 @@ def plan(out: Console, path: Path, versions: list[str], state_dir: Path) -> None
               markup=False)
 
 
+def for_release_file(kind: str, out: Console, path: Path, versions: list[str] | None = None, *,
+                     state_dir: Path | None = None, ctx: service.Context | None = None,
+                     request: DeployRequest | None = None) -> str:
+    """`validate`, `plan` or `deploy` of a release file, then exit; for a service's spec, return its one
+    ``--version`` (refusing SERVICE=VERSION and repeats, which are for release files)."""
+    if not is_release_file(path):
+        return single_version(versions, path) if versions is not None else ""
+    if kind == "validate":
+        validate(out, path)
+    elif kind == "plan":
+        assert versions is not None and state_dir is not None
+        plan(out, path, versions, state_dir)
+    else:
+        assert versions is not None and ctx is not None and request is not None
+        deploy(out, ctx, path, versions, request)
+    raise typer.Exit(EXIT_OK)
+
+
 def handled(out: Console, ctx: service.Context, kind: str, name: str | None, as_json: bool = False,
-            limit: int = 20) -> bool:
-    """Run ``kind`` for the release group ``name`` and say True; False when ``name`` is not a release."""
+            limit: int = 20) -> None:
+    """Run ``kind`` for the release group ``name`` and exit; return at once when ``name`` is not a release."""
     if not is_release(ctx, name):
-        return False
+        return
     assert name is not None
     if kind == "status":
         data = group_service.status(ctx, name)
@@ -131,7 +149,7 @@ def handled(out: Console, ctx: service.Context, kind: str, name: str | None, as_
                 out.print(f"applying it now (as `releasegate resume {name}` would)", markup=False)
                 _exit(asyncio.run(group_service.resume(ctx, name, say=_printer(out))))
             out.print(f"run `releasegate resume {name}` to apply it", markup=False)
-    return True
+    raise typer.Exit(EXIT_OK)
 
 
 def _member_line(m: dict[str, Any]) -> str:
