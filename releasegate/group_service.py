@@ -28,6 +28,7 @@ from releasegate.spec.release import LoadedRelease, load_release, member_version
 from releasegate.store.audit import AuditLog
 from releasegate.store.groups import GroupStore
 from releasegate.store.sqlite import Store, owner_alive, this_owner
+from releasegate.switch_back import rollback_finished
 
 Say = Callable[[str], None]
 """Where the group's and its members' progress lines go (the terminal, or nowhere)."""
@@ -176,7 +177,7 @@ class _Driver:
             error = None
             if current is None or current.current != m.previous:
                 try:
-                    res = await service.rollback_finished(self.ctx, self.store, m.service)
+                    res = await rollback_finished(self.ctx, self.store, m.service)
                     _say(self.say, f"  {m.service}: {res.message}")
                 except UserError as exc:
                     error = str(exc)
@@ -300,7 +301,7 @@ async def _rollback_finished_group(ctx: service.Context, gstore: GroupStore, rel
     try:
         for m in promoted:  # each member on its own: one that cannot go back does not keep the others
             try:
-                lines.append((await service.rollback_finished(ctx, store, m.service)).message)
+                lines.append((await rollback_finished(ctx, store, m.service)).message)
                 gs = gs.model_copy(update={"members": [x.model_copy(update={
                     "status": "reverted", "reason": f"rolled back by {ctx.actor} after the group ended"})
                     if x.service == m.service else x for x in gs.members]})

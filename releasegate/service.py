@@ -24,11 +24,10 @@ from releasegate.lookup import known, unknown_service
 from releasegate.lookup import spec_of as _spec_of
 from releasegate.notifications import Notifications, build_notifications
 from releasegate.preflight import preflight
-from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec, secrets
 from releasegate.spec.models import Spec, check_version
 from releasegate.store.audit import AuditLog
-from releasegate.store.sqlite import RolloutRecord, ServiceRecord, Store, owner_alive, this_owner
+from releasegate.store.sqlite import Store, owner_alive, this_owner
 
 ProviderFactory = Any  # async (spec, spec_dir, state_dir, clock) -> Providers
 
@@ -265,6 +264,8 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
         rec = store.active_rollout(service)
         if rec is None:
             if kind == "rollback":
+                from releasegate.switch_back import rollback_finished
+
                 return await rollback_finished(ctx, store, service)
             if not known(store, service):
                 raise unknown_service(ctx.state_dir, service, f"no rollout to {kind}")
@@ -286,51 +287,6 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
                              applied=False)
     finally:
         store.close()
-
-
-async def rollback_finished(ctx: Context, store: Store, service: str) -> CommandResult:
-    """After a promotion, while the previous version is kept: switch all traffic back to it at once."""
-    rec = store.service(service)
-    if not known(store, service):
-        raise unknown_service(ctx.state_dir, service, "nothing to roll back")
-    if rec is None or not rec.previous or not rec.current:
-        raise UserError(f"{service}: nothing to roll back to: no previous version is kept "
-                        f"(see `releasegate status {service}`)")
-    latest = store.latest_rollout(service)
-    if latest is None:
-        raise UserError(f"{service}: no rollout recorded; nothing to roll back")
-    spec = _spec_of(latest)
-    providers = await ctx.providers(spec, Path(latest.spec_path).parent, ctx.state_dir, ctx.clock)
-    try:
-        return await _switch_back(ctx, store, service, rec, latest, spec, providers)
-    finally:
-        await close_providers(providers)
-
-
-async def _switch_back(ctx: Context, store: Store, service: str, rec: ServiceRecord, latest: RolloutRecord,
-                       spec: Spec, providers: Providers) -> CommandResult:
-    assert rec.previous is not None and rec.current is not None
-    live = sorted((i for i in await providers.platform.instances(service) if i.version == rec.previous),
-                  key=lambda i: (i.started_at, i.id))
-    if not live:
-        raise UserError(f"{service}: the previous version {rec.previous} has no live instance any more; "
-                        f"deploy it again with `releasegate deploy SPEC --version {rec.previous}`")
-    now = ctx.clock.now()
-    store.add_event(service, latest.state.id, now, "intent", f"route {rec.previous} 100% (rollback)")
-    await providers.router.set_routes(service, Routes((VersionRoute(rec.previous, 100,
-                                                                    tuple(i.address for i in live)),)))
-    applied = await providers.router.get_routes(service)
-    if applied.weights() != {rec.previous: 100}:
-        raise UserError(f"{service}: the router did not apply the rollback (it reports {applied.weights()})")
-    store.set_service(service, rec.previous, None, None, None, None, now)
-    said = f"rolled back by {ctx.actor}: {rec.previous} serves 100%, {rec.current} stopping"
-    store.add_event(service, latest.state.id, now, "rolled_back", said)
-    AuditLog(ctx.state_dir).append(ctx.actor, "rollback", release=f"{service}@{rec.current}", decision=said,
-                                   evidence={"to": rec.previous}, at=now)
-    for inst in await providers.platform.instances(service):
-        if inst.version == rec.current:
-            await providers.platform.stop(inst, spec.platform.stop_grace)
-    return CommandResult(f"{service} rolled back to {rec.previous}; {rec.current} stopped", applied=True)
 
 
 @dataclass(frozen=True)
