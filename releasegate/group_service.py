@@ -199,11 +199,15 @@ class _Driver:
         it may not have sent is sent (again), once per process."""
         acts = []
         for m in gs.members:
-            if m.told is None or m.status in group.ENDED or m.told == "switch_back":
+            if m.told == "switch_back" and m.status == "promoted" and (m.service, m.told) not in self.done:
+                acts.append(GroupAction("switch_back", m.service))  # it checks what the router serves first
+            if m.told is None or m.status in group.ENDED:
                 continue
             if m.service not in self.tasks:
                 acts.append(GroupAction("start", m.service))
-            if m.told in ("release", "revert") and (m.service, m.told) not in self.done:
+            # A release only while the member still holds: a second promote in its watch would end the watch.
+            if ((m.told == "release" and m.status == "held") or m.told == "revert") and \
+                    (m.service, m.told) not in self.done:
                 acts.append(GroupAction(m.told, m.service))  # type: ignore[arg-type]
         return acts
 
