@@ -192,3 +192,25 @@ def test_a_held_member_waits_after_smoke_with_no_traffic_until_promote_and_abort
     died = decide.apply(st, spec, action, Outcome(False, "gone", {"died": [{"message": "exit 1"}]}), 4.0)[0]
     assert died.phase == "start" and died.restarts == 1  # before its first traffic: restarted once, as in health
 
+
+
+def test_operator_commands_on_the_group_and_how_it_ends():
+    gs = started(state("ordered"))
+    assert "not paused" in (group.command(gs, "promote", "ops", 1)[1] or "")
+    gs, error = group.command(gs, "abort", "ops", 1)
+    assert error is None and gs.reverting == "aborted"
+    # Members never started are skipped; a started one is rolled back once its rollout shows, then it is back.
+    assert {m.service: m.status for m in gs.members if m.status == "skipped"} == {"api-gateway": "skipped"}
+    assert all(a.kind != "finish" for a in group.next_actions(gs))
+    for name, _, _ in JUDGIFY[1:]:
+        gs = report(gs, name, phase="health")
+    assert {a.service for a in group.next_actions(gs)} == {n for n, _, _ in JUDGIFY[1:]}
+    for a in group.next_actions(gs):
+        gs = group.mark(gs, a, 3)
+    for name, _, _ in JUDGIFY[1:]:
+        gs = group.observe(gs, Report(name, False, "finish", 0, "aborted", "aborted by operator"), 4)[0]
+    [finish] = group.next_actions(gs)
+    done = group.mark(gs, finish, 5)
+    assert done.status == "aborted" and not done.active and done.reason == "aborted by ops"
+    assert {m.status for m in done.members} == {"skipped", "reverted"}
+    assert group.command(done, "rollback", "ops", 6)[1] is not None  # over: refused
