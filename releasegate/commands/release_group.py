@@ -153,7 +153,8 @@ def handled(out: Console, ctx: service.Context, kind: str, name: str | None, as_
 
 
 def _member_line(m: dict[str, Any]) -> str:
-    where = f", {m['phase']} at {m['weight']}%" if m.get("phase") and m["status"] not in ("promoted",) else ""
+    live = m["status"] in ("running", "held", "switching", "switched") and m.get("phase")
+    where = f", {m['phase']} at {m['weight']}%" if live else ""
     reason = f": {m['reason']}" if m.get("reason") and m["status"] != "promoted" else ""
     return (f"  {m['service']:<16} {m['tier']:<10} {m['previous'] or '-'} -> {m['version']:<10} "
             f"{m['status'].replace('_', ' ')}{where}{reason}")

@@ -57,6 +57,7 @@ class GroupState(BaseModel):
     reverting: GroupStatus | None = None  # rolled_back or aborted once the group goes back
     paused: str | None = None
     reason: str | None = None
+    trigger: str | None = None  # what made the group go back, in a few words (shown with each member taken back)
     env: str = "prod"
     actor: str = "cli"
     emergency: bool = False
@@ -122,12 +123,16 @@ def failed_member(gs: GroupState, service: str, status: MemberStatus, reason: st
     """A member ended without its new version (its own rollout rolled back, or it could not start)."""
     m = gs.member(service)
     if gs.reverting is not None:  # the group is going back anyway: this member is back
-        return _set(gs, service, now, status="reverted" if m.told == "revert" else status, reason=reason), []
+        if m.told == "revert":
+            return _set(gs, service, now, status="reverted",
+                        reason=f"back on {m.previous or 'nothing'}: {gs.trigger}"), []
+        return _set(gs, service, now, status=status, reason=reason), []
     gs = _set(gs, service, now, status=status, reason=reason)
     said = f"{m.tier} member {service} {m.version} {status.replace('_', ' ')}: {reason}"
     if m.tier == "critical":
         return revert(gs, f"critical member {service} failed ({reason}): the group goes back to its previous "
-                          "versions", "rolled_back", now), [Decision("group_rollback", said, {"service": service})]
+                          "versions", "rolled_back", now, f"critical member {service} failed"), [
+            Decision("group_rollback", said, {"service": service})]
     if m.tier == "important":
         why = (f"paused: important member {service} failed ({reason}); `releasegate promote {gs.release}` goes "
                f"on without it, `releasegate rollback {gs.release}` takes every member back")
@@ -135,12 +140,12 @@ def failed_member(gs: GroupState, service: str, status: MemberStatus, reason: st
     return gs, [Decision("member_rolled_back", f"{said}; the others go on", {"service": service})]
 
 
-def revert(gs: GroupState, reason: str, outcome: GroupStatus, now: float) -> GroupState:
+def revert(gs: GroupState, reason: str, outcome: GroupStatus, now: float, trigger: str) -> GroupState:
     """Every member goes back to its previous version; members never started are skipped."""
-    members = [m.model_copy(update={"status": "skipped", "reason": "not started: the group went back"})
+    members = [m.model_copy(update={"status": "skipped", "reason": f"not started: {trigger}"})
                if m.status == "pending" and m.told is None else m for m in gs.members]
     return gs.model_copy(update={"members": members, "reverting": outcome, "paused": None, "reason": reason,
-                                 "updated_at": now})
+                                 "trigger": trigger, "updated_at": now})
 
 
 def command(gs: GroupState, kind: str, actor: str, now: float) -> tuple[GroupState, str | None]:
@@ -156,7 +161,8 @@ def command(gs: GroupState, kind: str, actor: str, now: float) -> tuple[GroupSta
         if gs.reverting is not None:
             return gs, None
         outcome: GroupStatus = "aborted" if kind == "abort" else "rolled_back"
-        return revert(gs, f"{'aborted' if kind == 'abort' else 'rolled back'} by {actor}", outcome, now), None
+        said = f"{'aborted' if kind == 'abort' else 'rolled back'} by {actor}"
+        return revert(gs, said, outcome, now, said), None
     return gs, f"unknown command {kind!r}"
 
 
@@ -199,7 +205,8 @@ def switched_back(gs: GroupState, service: str, error: str | None, now: float) -
     m = gs.member(service)
     if error is None:
         said = f"{service} back on {m.previous or 'nothing'}"
-        return _set(gs, service, now, status="reverted", reason=f"{gs.reason}; {said}"), [
+        return _set(gs, service, now, status="reverted",
+                    reason=f"back on {m.previous or 'nothing'}: {gs.trigger}"), [
             Decision("member_reverted", said, {"service": service})]
     said = f"{service} could not be switched back, {m.version} still serves: {error}"
     return _set(gs, service, now, status="failed", reason=said), [Decision("member_stuck", said, {"service": service})]
