@@ -341,7 +341,7 @@ def status(ctx: service.Context, release: str) -> dict[str, Any]:
         members = []
         for m in gs.members:
             rec = store.rollout(m.rollout_id)
-            live = rec.state if rec is not None else None
+            live = rec.state if rec is not None and rec.state.active else None
             members.append({**m.model_dump(), "phase": live.phase if live else None,
                             "weight": live.weight if live else None, "waiting": live.waiting if live else None})
         return {**gs.model_dump(exclude={"members"}), "members": members}
