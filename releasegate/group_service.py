@@ -76,8 +76,11 @@ async def _admit_all(ctx: service.Context, store: Store, release: LoadedRelease,
             out[m.service] = await service.admit_deploy(ctx, store, m.spec_path, wanted[m.service], request, m.spec)
         except UserError as exc:
             why = "; ".join(line.strip(" -") for line in str(exc).splitlines() if line.strip())
-            raise UserError(f"{release.path}: member {m.service} ({m.spec_path.name}): {why}; nothing was "
-                            "started") from None
+            said = f"member {m.service} ({m.spec_path.name}): {why}; nothing was started"
+            if out:  # members admitted before this one are audited as such: the trail says none of them started
+                AuditLog(ctx.state_dir).append(request.actor or ctx.actor, "group.refused", release=release.release,
+                                               decision=said, evidence={"admitted": sorted(out)}, at=ctx.clock.now())
+            raise UserError(f"{release.path}: {said}") from None
     return out
 
 

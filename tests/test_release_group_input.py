@@ -96,6 +96,11 @@ def test_a_member_mid_rollout_or_refused_by_governance_stops_the_whole_group_bef
     (env.specs["action"].parent / "calendar.yaml").write_text("timezone: UTC\nfreezes: []\n")
     line = refused(rg(env.state, "deploy", str(path), "--version", "2.0.0", cwd=env.tmp_path))
     assert "member action (action.yaml)" in line and "nothing was started" in line
+    # The members admitted before the refusal are audited as admitted; the refusal says none of them started.
+    from releasegate.store.audit import AuditLog
+
+    refusals = [e for e in AuditLog(env.state).entries() if e.action == "group.refused"]
+    assert len(refusals) == 2 and "member action" in (refusals[-1].decision or "")
     assert not (env.state / "routers").exists() and not marked_processes(env.state)
 
 
