@@ -248,7 +248,7 @@ async def _drive(ctx: service.Context, store: Store, gstore: GroupStore, gs: Gro
                 seen = gs
                 for x in said:
                     _say(say, x.message)
-            await ctx.clock.sleep(0.1)
+            await ctx.clock.sleep(0.05)
     finally:
         for task in d.tasks.values():
             if not task.done():
