@@ -219,3 +219,19 @@ def test_operator_commands_on_the_group_and_how_it_ends():
     assert done.status == "aborted" and not done.active and done.reason == "aborted by ops"
     assert {m.status for m in done.members} == {"skipped", "reverted"}
     assert group.command(done, "rollback", "ops", 6)[1] is not None  # over: refused
+
+
+def test_plan_shows_the_whole_group_and_changes_nothing(env):
+    path = env.tmp_path / "release.yaml"
+    done = rg(env.state, "plan", str(path), "--version", "2.0.0", cwd=env.tmp_path)
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "release judgify-core: 6 member(s), switch together" in text
+    assert "api-gateway - -> 2.0.0 critical first deploy, after judgment, workflow" in text
+    assert "in depends_on order: judgment, workflow, dashboard, action, logging; then api-gateway" in text
+    assert "critical: the whole group goes back to its previous versions" in text
+    assert not env.state.exists()  # plan looks, it never creates a state dir
+    ordered = write(env, path.read_text().replace("switch: together", "switch: ordered"))
+    done = rg(env.state, "plan", str(ordered), "--version", "2.0.0", cwd=env.tmp_path)
+    assert done.returncode == 0 and "one after another by depends_on" in done.stdout
+    assert done.stdout.count("first deploy)") == 6  # each member's own plan, in depends_on order
