@@ -4,6 +4,7 @@ failed request (the routers and instances never depended on the killed process).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -66,8 +67,12 @@ async def test_sigkill_while_members_hold_and_during_the_switch_then_resume_fini
         assert env.current() == dict.fromkeys(NAMES, "2.0.0")
         # Killed in the middle of the switch: some members released, the gateway not yet.
         await kill_when(env, "3.0.0", lambda m: any(x["told"] == "release" for x in m.values()))
-        gs = await group_service.resume(env.ctx, "judgify-core")
-        assert gs.status == "promoted", gs.reason
+        resumed = await asyncio.create_subprocess_exec(  # this time as an operator would: `releasegate resume`
+            sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "resume", "judgify-core",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(resumed.communicate(), 60)
+        assert resumed.returncode == 0, err.decode()
+        assert "release judgify-core promoted: every member promoted (6)" in out.decode()
         assert env.current() == dict.fromkeys(NAMES, "3.0.0")
         for name in NAMES:
             assert await env.routes(name) == {"3.0.0": 100}
