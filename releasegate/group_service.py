@@ -335,6 +335,17 @@ def known(ctx: service.Context, name: str) -> bool:
         gstore.close()
 
 
+def latest_groups(ctx: service.Context) -> list[GroupState]:
+    """Each release's latest group run (for `status` without a name). Reads only."""
+    if not (ctx.state_dir / "releasegate.db").exists():
+        return []
+    gstore = GroupStore(ctx.state_dir)
+    try:
+        return [g for name in gstore.releases() if (g := gstore.latest(name)) is not None]
+    finally:
+        gstore.close()
+
+
 def status(ctx: service.Context, release: str) -> dict[str, Any]:
     """The group's latest run, one entry per member with its live rollout (phase, weight) when one runs."""
     gstore, store = GroupStore(ctx.state_dir), ctx.store()

@@ -40,6 +40,13 @@ def members(env: GroupEnv, version: str) -> dict[str, Any] | None:
     return {m["service"]: m for m in data["members"]}
 
 
+async def cli(env: GroupEnv, *args: str) -> tuple[int | None, str, str]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "releasegate", "--state-dir", str(env.state),
+                                                *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode, out.decode(), err.decode()
+
+
 async def kill_when(env: GroupEnv, version: str, reached: Callable[[dict[str, Any]], bool]) -> None:
     path = env.tmp_path / "release.yaml"
     proc = subprocess.Popen([sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "deploy", str(path),
@@ -67,12 +74,9 @@ async def test_sigkill_while_members_hold_and_during_the_switch_then_resume_fini
         assert env.current() == dict.fromkeys(NAMES, "2.0.0")
         # Killed in the middle of the switch: some members released, the gateway not yet.
         await kill_when(env, "3.0.0", lambda m: any(x["told"] == "release" for x in m.values()))
-        resumed = await asyncio.create_subprocess_exec(  # this time as an operator would: `releasegate resume`
-            sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "resume", "judgify-core",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(resumed.communicate(), 60)
-        assert resumed.returncode == 0, err.decode()
-        assert "release judgify-core promoted: every member promoted (6)" in out.decode()
+        code, out, err = await cli(env, "resume", "judgify-core")  # this time as an operator would
+        assert code == 0, err
+        assert "release judgify-core promoted: every member promoted (6)" in out
         assert env.current() == dict.fromkeys(NAMES, "3.0.0")
         for name in NAMES:
             assert await env.routes(name) == {"3.0.0": 100}
@@ -84,3 +88,11 @@ async def test_sigkill_while_members_hold_and_during_the_switch_then_resume_fini
     assert [f for load in loads for f in load.failures] == []
     events = group_service.history(env.ctx, "judgify-core", 1)[0]["events"]
     assert any(e["kind"] == "resumed" for e in events)
+    # What an operator reads: the releases first in `status`, one line per member in `status RELEASE`.
+    _, out, err = await cli(env, "status")
+    assert out.startswith("release judgify-core: promoted, 6 member(s)"), out + err
+    _, out, _ = await cli(env, "status", "judgify-core")
+    lines = out.splitlines()
+    assert lines[0].startswith("release judgify-core (") and len(lines) == 7
+    assert all(line.split()[0] == name and "2.0.0 -> 3.0.0" in line and line.rstrip().endswith("promoted")
+               for line, name in zip(lines[1:], NAMES, strict=True)), out

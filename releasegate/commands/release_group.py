@@ -129,7 +129,12 @@ def for_release_file(kind: str, out: Console, path: Path, versions: list[str] | 
 
 def handled(out: Console, ctx: service.Context, kind: str, name: str | None, as_json: bool = False,
             limit: int = 20) -> None:
-    """Run ``kind`` for the release group ``name`` and exit; return at once when ``name`` is not a release."""
+    """Run ``kind`` for the release group ``name`` and exit; return at once when ``name`` is not a release
+    (`status` of everything, as text, first says which releases there are)."""
+    if kind == "status" and name is None and not as_json:
+        for gs in group_service.latest_groups(ctx):
+            out.print(f"release {gs.release}: {gs.status.replace('_', ' ')}, {len(gs.members)} member(s) "
+                      f"(`releasegate status {gs.release}`)", markup=False)
     if not is_release(ctx, name):
         return
     assert name is not None

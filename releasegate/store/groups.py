@@ -103,6 +103,9 @@ class GroupStore:
         found = self._rows("release=? ORDER BY created_at DESC LIMIT 1", (release,))
         return found[0][0] if found else None
 
+    def releases(self) -> list[str]:
+        return [r["release"] for r in self._db.execute("SELECT DISTINCT release FROM release_groups ORDER BY release")]
+
     def runs(self, release: str, limit: int) -> list[GroupState]:
         return [g for g, _ in self._rows("release=? ORDER BY created_at DESC LIMIT ?", (release, limit))]
 
