@@ -22,6 +22,7 @@ from releasegate.engine.state import (
     Decision,
     Finish,
     Health,
+    Hold,
     Migrate,
     Observation,
     Outcome,
@@ -167,7 +168,7 @@ class Controller:
             st = new
         return st
 
-    async def _sleep_or_command(self, st: RolloutState, until: float) -> bool:
+    async def _sleep_or_command(self, st: RolloutState, until: float, poll: float | None = None) -> bool:
         """Sleep until ``until``; True when an operator command cut the wait short."""
         while True:
             left = until - self.clock.now()
@@ -175,7 +176,7 @@ class Controller:
                 return False
             if self.store.has_pending_commands(st.id):
                 return True
-            await self.clock.sleep(min(left, self.command_poll))
+            await self.clock.sleep(min(left, poll or self.command_poll))
 
     # --- performing actions ----------------------------------------------------------------------------------------
 
@@ -195,6 +196,9 @@ class Controller:
             if isinstance(action, Smoke):
                 return await self._at_full_strength(st, action.version, action.count, lambda live: self.p.smoke(
                     live, self.spec.smoke_tests))
+            if isinstance(action, Hold):  # no traffic: wait for the group's promote (polled often: the switch waits)
+                await self._sleep_or_command(st, self.clock.now() + 1.0, poll=0.05)
+                return await self._missing(st, action.version, action.count) or Outcome(True)
             if isinstance(action, Route):
                 return await self._route(st, action)
             if isinstance(action, Migrate):

@@ -90,6 +90,9 @@ class RolloutState(BaseModel):
     health_down_since: float | None = None
     # Instances of the new version found dead before any traffic reached them and restarted (engine/instances.py).
     restarts: int = 0
+    # A member of a multi-service release with `switch: together` (engine/group.py): once health and smoke pass,
+    # it holds in phase "held" with no traffic until the group releases it with `promote` (all switch at once).
+    hold: bool = False
 
     @property
     def active(self) -> bool:
@@ -174,12 +177,21 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Wait a moment (or until an operator command) with no traffic to ``version``; its ``count`` instances must
+    still run (one that died is noticed as in health)."""
+
+    version: str
+    count: int
+
+
+@dataclass(frozen=True)
 class Finish:
     status: Status
     reason: str
 
 
-Action = Start | Health | Smoke | Route | Analyze | Migrate | Stop | Finish
+Action = Start | Health | Smoke | Hold | Route | Analyze | Migrate | Stop | Finish
 
 
 # --- results: what performing an action returned -------------------------------------------------------------
