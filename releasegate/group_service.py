@@ -316,12 +316,13 @@ async def _rollback_finished_group(ctx: service.Context, gstore: GroupStore, rel
                 lines.append(f"{m.service} not rolled back: {exc}")
     finally:
         store.close()
-    said = f"rolled back by {ctx.actor}: " + "; ".join(lines)
+    back = sum(1 for x in gs.members if x.status == "reverted")
+    said = f"rolled back by {ctx.actor}: {back} of {len(promoted)} promoted member(s) back on their previous version"
     gs = gs.model_copy(update={"status": "rolled_back", "reason": said, "updated_at": now})
-    gstore.save(gs, [("rolled_back", said, {})])
+    gstore.save(gs, [("rolled_back", said, {"members": lines})])
     AuditLog(ctx.state_dir).append(ctx.actor, "group.rollback", release=release, decision=said,
-                                   evidence={"group": gs.id}, at=now)
-    return service.CommandResult("; ".join(lines), applied=True)
+                                   evidence={"group": gs.id, "members": lines}, at=now)
+    return service.CommandResult("\n".join([said, *lines]), applied=True)
 
 
 def known(ctx: service.Context, name: str) -> bool:
