@@ -203,7 +203,8 @@ async def test_an_engine_that_is_not_there_is_named_with_the_fix(tmp_path: Path)
     with pytest.raises(ProviderError) as caught:
         await p.instances("shop")
     said = str(caught.value)
-    assert said.startswith(f"cannot reach the container engine at {gone}") and "\n" not in said
+    assert said.startswith(f"cannot reach the container engine at {gone} (No such file or directory)")
+    assert "\n" not in said
     assert "podman system service" in said and "platform.engine" in said
     with pytest.raises(ProviderError, match="cannot reach the container engine"):
         p.running("shop")

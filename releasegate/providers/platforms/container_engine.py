@@ -38,8 +38,27 @@ def engine_address(configured: str | None) -> str:
     return configured or os.environ.get("DOCKER_HOST") or DEFAULT_ENGINE
 
 
+def _root_cause(exc: BaseException) -> str:
+    """The OS's words for why a connection failed ("No such file or directory", "Connection refused"), not the
+    tuple of wrappers requests and urllib3 put around them."""
+    seen: set[int] = set()
+    stack: list[object] = [exc]
+    while stack:
+        item = stack.pop(0)
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, OSError) and item.strerror:
+            return item.strerror
+        if isinstance(item, BaseException):
+            stack += [*item.args, item.__cause__, item.__context__]
+        elif isinstance(item, tuple):
+            stack += list(item)
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
 def unreachable(address: str, exc: BaseException) -> ProviderError:
-    reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+    reason = _root_cause(exc)
     return ProviderError(f"cannot reach the container engine at {address} ({reason}); start Docker or "
                          f"`podman system service --time=0 {address}`, or point platform.engine (or $DOCKER_HOST) "
                          "at a running engine")
