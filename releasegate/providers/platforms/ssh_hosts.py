@@ -1,46 +1,358 @@
-"""Placeholder until the platform lands: every call says it is not available (see issue 10)."""
+"""A fleet of hosts reached over SSH as the platform: each instance is a process on one host, a ``host:port`` backend.
+
+Why the hosts keep the records: a controller may be restarted, or run from another machine with the same state
+dir, and must find what runs without trusting its memory. Each host keeps its instances' records under
+``~/.releasegate/<state-id>/<host>/<service>/`` (ssh_remote.py says which files); the state id comes from the
+controller's state dir, so two installations never read each other's instances, and the host's name is in the
+path because home directories shared over NFS would otherwise mix hosts.
+
+An unreachable host is not a dead instance: its instances are reported as last seen (kept in
+``state_dir/platform/ssh/<service>.json``), ``unreachable`` names the host and why, and anything that must change
+something on it (start, stop) raises ``HostUnreachable``, which the controller retries instead of counting deaths
+(docs/ssh.md).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import re
+import secrets
+import shlex
+import socket
+import time
 from pathlib import Path
 
-from releasegate.errors import ProviderError
+from releasegate.errors import HostUnreachable, ProviderError
+from releasegate.fileio import write_json_atomic
 from releasegate.providers.base import DeadInstance, Instance
-from releasegate.spec import models
+from releasegate.providers.platforms import ssh_remote as sh
+from releasegate.providers.platforms.ssh_connect import HostPool
+from releasegate.spec import models, placeholders
+from releasegate.spec import secrets as spec_secrets
+from releasegate.spec.platforms import split_host
+
+_PORT_ATTEMPTS = 3
+_ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98")
+_STARTING_FOR = 30.0  # a record whose process never recorded itself is dead after this long
 
 
 class SshPlatform:
-    def __init__(self, spec: models.SshPlatform, state_dir: Path, spec_dir: Path) -> None:
-        self.spec = spec
-        self.state_dir = state_dir
-        self.spec_dir = spec_dir
+    """The ``ManagedPlatform`` for ``platform: {kind: ssh, run: command}``; see the module docstring."""
 
-    def _no(self) -> ProviderError:
-        return ProviderError(f"platform kind {self.spec.kind} is not available in this build yet")
+    def __init__(self, spec: models.SshPlatform, state_dir: Path, spec_dir: Path, *,
+                 startup_grace: float = 1.0) -> None:
+        """``startup_grace``: how long a start watches the new process for an early exit (less once it listens)."""
+        self.spec = spec
+        self.state_dir = Path(state_dir)
+        self.spec_dir = Path(spec_dir)
+        self.startup_grace = startup_grace
+        self.pool = HostPool(spec)
+        self.state_id = hashlib.sha256(f"{socket.gethostname()}:{self.state_dir.resolve()}".encode()).hexdigest()[:12]
+        self.unreachable: dict[str, str] = {}  # host entry -> why, as of the last look
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._told: set[str] = set()
+
+    # --- the Platform protocol ------------------------------------------------------------------------------
 
     async def start(self, service: str, version: str, count: int) -> list[Instance]:
-        raise self._no()
+        """Ensure ``count`` live instances of ``version``: the live ones, plus new ones placed on the hosts with the
+        fewest of this version, then the fewest of the service (so fewer than the fleet go on the first hosts, and
+        a host emptied by a rolling batch is refilled first). Nothing starts when a chosen host is unreachable;
+        when one new instance fails, the others this call started are stopped again."""
+        _check_names(service, version)
+        self._runnable()
+        async with self._locks.setdefault(service, asyncio.Lock()):
+            everything = await self.instances(service)
+            live = [i for i in everything if i.version == version]
+            missing = count - len(live)
+            if missing <= 0:
+                return live[:count]
+            plan = self._place(everything, version, missing)
+            blocked = [e for e in plan if e in self.unreachable]
+            if blocked:
+                raise HostUnreachable(blocked[0], f"{self.unreachable[blocked[0]]}; nothing was started")
+            stamp = time.time()
+            token = secrets.token_hex(3)
+            results = await asyncio.gather(*(self._start_on(entry, service, version, n, stamp, token)
+                                             for entry, n in plan.items()), return_exceptions=True)
+            started = [i for r in results if isinstance(r, list) for i in r]
+            failure = next((r for r in results if isinstance(r, BaseException)), None)
+            if failure is not None:
+                for inst in started:
+                    await self.stop(inst, min(self.spec.stop_grace, 5.0))
+                raise failure
+            return live + sorted(started, key=lambda i: i.id)
 
     async def stop(self, instance: Instance, grace: float) -> None:
-        raise self._no()
+        """SIGTERM to the instance's process group on its host, SIGKILL after ``grace``; its record goes. Idempotent;
+        raises HostUnreachable (the controller retries) when the host cannot be reached."""
+        entry = _entry_of(instance)
+        base = f"{instance.version}-{instance.id}"
+        ran = await self.pool.run(entry, sh.STOP, [self._dir(entry, instance.service), base,
+                                                   str(int(grace / sh.STEP))], grace + 20)
+        if ran.status != 0 or "stopped" not in ran.out:
+            raise ProviderError(f"instance {instance.service} {instance.version} {instance.id} on host {entry} "
+                                f"(pid {instance.pid}) still runs after SIGKILL: {ran.out.strip() or ran.err.strip()}")
+        self._forget(instance.service, entry, instance)
 
     async def instances(self, service: str) -> list[Instance]:
-        raise self._no()
+        """Live instances of every version, read from every host; an unreachable host's are its last seen ones."""
+        found = await self._read(service)
+        live: list[Instance] = []
+        for entry in self.spec.hosts:
+            if entry in found:
+                live += [r.instance for r in found[entry] if r.state == "alive"]
+            else:
+                live += self._last_seen(service).get(entry, [])
+        return sorted(live, key=lambda i: (i.started_at, i.id))
 
     async def alive(self, instance: Instance) -> bool:
-        raise self._no()
+        """Unknown counts as alive: an unreachable host's instance is not reported dead (the router's own checks
+        still see whether it answers)."""
+        entry = _entry_of(instance)
+        found = await self._read_one(entry, instance.service)
+        if found is None:
+            return True
+        return any(r.instance.id == instance.id and r.state == "alive" for r in found)
 
     def running(self, service: str) -> list[Instance]:
-        raise self._no()
+        """``instances()`` for callers without an event loop (``status``): a fresh pool in a thread of its own."""
+        other = SshPlatform(self.spec, self.state_dir, self.spec_dir)
+
+        async def look() -> list[Instance]:
+            try:
+                return await other.instances(service)
+            finally:
+                await other.pool.close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            found = pool.submit(asyncio.run, look()).result()
+        self.unreachable = dict(other.unreachable)
+        return found
 
     async def reconcile(self, service: str) -> list[str]:
-        raise self._no()
+        """The hosts' records are the truth (nothing to adopt); what it says is which hosts cannot be reached."""
+        await self._read(service)
+        lines = []
+        for entry, why in self.unreachable.items():
+            if entry not in self._told:
+                seen = len(self._last_seen(service).get(entry, []))
+                lines.append(f"{why}; its {seen} instance(s) last seen there are unknown, not dead")
+                self._told.add(entry)
+        self._told &= set(self.unreachable)
+        return lines
 
     async def dead_instances(self, service: str) -> list[DeadInstance]:
-        raise self._no()
+        """Instances whose process ended without ``stop()`` on a host that answers, until ``stop`` clears them."""
+        found = await self._read(service)
+        return [self._dead(r) for entry in self.spec.hosts for r in found.get(entry, []) if self._is_dead(r)]
 
     async def exit_info(self, instance: Instance) -> DeadInstance | None:
-        raise self._no()
+        found = await self._read_one(_entry_of(instance), instance.service) or []
+        return next((self._dead(r) for r in found if r.instance.id == instance.id and self._is_dead(r)), None)
 
     async def preflight(self, service: str, version: str) -> list[tuple[str, bool, str]]:
-        raise self._no()
+        """Every host, in parallel: reachable with a trusted key and an accepted login, the command's program and
+        working directory there. Starts nothing."""
+        missing = self.spec.missing_for_run()
+        if missing is not None:
+            return [("platform", False, missing)]
+        if self.spec.run == "docker":
+            return [("platform", False, "platform.run: docker on SSH hosts is not available in this build yet; "
+                                        "use run: command (see docs/ssh.md)")]
+        cwd = self._cwd(service, version)
+        command = self._command(service, version, 0, "HOST")
+        try:
+            words = shlex.split(command)
+            program = "-" if any(c in command for c in "|&;<>()$`\\\"'*?[#~=%") else words[0]
+        except (ValueError, IndexError):
+            return [("command", False, f"cannot read platform.command {command!r}: fix its quoting")]
+        results = await asyncio.gather(*(self._preflight_host(e, cwd, program) for e in self.spec.hosts))
+        return list(results)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # --- reading the hosts ----------------------------------------------------------------------------------
+
+    async def _read(self, service: str) -> dict[str, list[sh.Remote]]:
+        got = await asyncio.gather(*(self._read_one(e, service) for e in self.spec.hosts))
+        return {e: r for e, r in zip(self.spec.hosts, got, strict=True) if r is not None}
+
+    async def _read_one(self, entry: str, service: str) -> list[sh.Remote] | None:
+        """The host's records, or None when it cannot be reached (``unreachable`` says why)."""
+        try:
+            ran = await self.pool.run(entry, sh.LIST, [self._dir(entry, service)], self.spec.connect_timeout + 10)
+        except HostUnreachable as exc:
+            self.unreachable[entry] = str(exc)
+            return None
+        self.unreachable.pop(entry, None)
+        found = sh.parse_list(ran.out, entry)
+        self._remember(service, entry, [r.instance for r in found if r.state == "alive"])
+        return found
+
+    def _is_dead(self, r: sh.Remote) -> bool:
+        return r.state == "dead" or (r.state == "starting" and time.time() - r.instance.started_at > _STARTING_FOR)
+
+    def _dead(self, r: sh.Remote) -> DeadInstance:
+        code = r.exit_code
+        if code is not None and code > 128:  # the wrapper shell reports a signal as 128 + its number
+            code = -(code - 128)
+        cause = "never recorded its process (its start was interrupted)" if r.state == "starting" else None
+        return DeadInstance(r.instance, code, r.tail, time.time(), cause)
+
+    # --- last seen: what an unreachable host ran when it last answered ---------------------------------------
+
+    def _seen_path(self, service: str) -> Path:
+        return self.state_dir / "platform" / "ssh" / f"{service}.json"
+
+    def _last_seen(self, service: str) -> dict[str, list[Instance]]:
+        try:
+            data = json.loads(self._seen_path(service).read_text())
+            return {e: [Instance(**i) for i in items] for e, items in data.items()}
+        except (OSError, ValueError, TypeError):
+            return {}
+
+    def _remember(self, service: str, entry: str, live: list[Instance]) -> None:
+        seen = self._last_seen(service)
+        if seen.get(entry, []) == live:
+            return
+        seen[entry] = live
+        self._seen_path(service).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self._seen_path(service),
+                          {e: [dataclasses.asdict(i) for i in items] for e, items in seen.items()})
+
+    def _forget(self, service: str, entry: str, instance: Instance) -> None:
+        seen = self._last_seen(service)
+        if entry in seen:
+            self._remember(service, entry, [i for i in seen[entry] if i.id != instance.id])
+
+    # --- starting -------------------------------------------------------------------------------------------
+
+    def _place(self, everything: list[Instance], version: str, missing: int) -> dict[str, int]:
+        """Host entry -> how many new instances go there."""
+        per_host = self.spec.instances_per_host
+        mine = {e: 0 for e in self.spec.hosts}
+        total = dict(mine)
+        for inst in everything:
+            entry = _entry_of(inst)
+            if entry in total:
+                total[entry] += 1
+                mine[entry] += inst.version == version
+        plan: dict[str, int] = {}
+        order = {e: i for i, e in enumerate(self.spec.hosts)}
+        for _ in range(missing):
+            entry = min(self.spec.hosts, key=lambda e: (mine[e] >= per_host, mine[e], total[e], order[e]))
+            plan[entry] = plan.get(entry, 0) + 1
+            mine[entry] += 1
+            total[entry] += 1
+        return plan
+
+    async def _start_on(self, entry: str, service: str, version: str, n: int, stamp: float,
+                        token: str) -> list[Instance]:
+        index = self.spec.hosts.index(entry) + 1
+        ran = await self.pool.run(entry, sh.PORTS, [str(n * _PORT_ATTEMPTS), str(secrets.randbelow(2**31))],
+                                  self.spec.connect_timeout + 10)
+        ports = [int(p) for p in ran.out.split() if p.isdigit()]
+        if len(ports) < n:
+            raise ProviderError(f"host {entry}: no free port found for {service} {version} ({ran.err.strip()})")
+        started: list[Instance] = []
+        try:
+            for k in range(n):
+                id = f"{token}h{index:03d}i{k + 1}"
+                started.append(await self._start_one(entry, service, version, id, stamp, ports[k::n]))
+        except BaseException:
+            for inst in started:
+                await self.stop(inst, min(self.spec.stop_grace, 5.0))
+            raise
+        return started
+
+    async def _start_one(self, entry: str, service: str, version: str, id: str, stamp: float,
+                         ports: list[int]) -> Instance:
+        host, _ = split_host(entry)
+        directory = self._dir(entry, service)
+        cwd = self._cwd(service, version)
+        for attempt, port in enumerate(ports, 1):
+            command = self._command(service, version, port, host)
+            log = f"~/{directory}/{version}-{id}.log"
+            inst = Instance(service, version, id, host, port, None, f"{entry}:{log}", stamp, None)
+            env = {**self.spec_env(service, version, port, host), "RELEASEGATE_VERSION": version,
+                   "RELEASEGATE_SERVICE": service}
+            ran = await self.pool.run(entry, sh.START, [
+                directory, f"{version}-{id}", str(port), cwd, command, str(max(1, int(self.startup_grace / sh.STEP))),
+                sh.record(inst, command, cwd), sh.WRAPPER], self.startup_grace + self.spec.connect_timeout + 20,
+                input="".join(f"{k}={v}\n" for k, v in env.items()))
+            words = ran.out.split()
+            if ran.status == 0 and words[:1] in (["listening"], ["running"]) and len(words) >= 2:
+                pid = int(words[1])
+                return dataclasses.replace(inst, pid=pid, ref=f"{entry}/{pid}")
+            tail = " | ".join(line.strip() for line in ran.out.splitlines()[1:] if line.strip())
+            if words[:1] == ["exited"] and len(words) >= 3:
+                await self.stop(dataclasses.replace(inst, pid=int(words[2]), ref=f"{entry}/{words[2]}"), 0.0)
+                if attempt < len(ports) and any(s in tail.lower() for s in _ADDRESS_IN_USE):
+                    continue  # someone took the port between our look and the app's bind: another one
+                hint = " (the command must keep running in the foreground)" if words[1] == "0" else ""
+                raise ProviderError(f"instance {service} {version} on host {entry} exited with code {words[1]} "
+                                    f"right after start{hint}: {tail or '(no output)'} (log: {inst.log})")
+            raise ProviderError(f"instance {service} {version} on host {entry} did not start: "
+                                f"{(ran.out + ran.err).strip() or f'exit status {ran.status}'} (log: {inst.log})")
+        raise AssertionError("unreachable")
+
+    def spec_env(self, service: str, version: str, port: int, host: str) -> dict[str, str]:
+        values: dict[str, object] = {"service": service, "version": version, "port": port, "host": host}
+        return {k: spec_secrets.resolve(placeholders.substitute_text(v, values), f"platform.env.{k}")
+                for k, v in self.spec.env.items()}
+
+    async def _preflight_host(self, entry: str, cwd: str, program: str) -> tuple[str, bool, str]:
+        name = f"host {entry}"
+        try:
+            ran = await self.pool.run(entry, sh.PREFLIGHT, [cwd, program], self.spec.connect_timeout + 10)
+        except HostUnreachable as exc:
+            return name, False, str(exc)
+        said = ran.out.strip()
+        if said.startswith("ok"):
+            found = "" if program == "-" else f"; {program} -> {said[3:]}"
+            return name, True, f"reachable, host key trusted, login accepted{found}"
+        if said == "nocwd":
+            return name, False, f"host {entry}: platform.cwd {cwd!r} does not exist there"
+        if said == "noprog":
+            return name, False, f"host {entry}: {program!r} is neither on PATH nor executable in {cwd!r} there"
+        return name, False, f"host {entry}: the check failed: {(ran.out + ran.err).strip()}"
+
+    # --- names and places -----------------------------------------------------------------------------------
+
+    def _runnable(self) -> None:
+        missing = self.spec.missing_for_run()
+        if missing is not None or self.spec.run == "docker":
+            raise ProviderError(missing or "platform.run: docker on SSH hosts is not available in this build yet; "
+                                "use run: command")
+
+    def _dir(self, entry: str, service: str) -> str:
+        """Relative to the login directory (sshd starts every command there)."""
+        return f".releasegate/{self.state_id}/{re.sub(r'[^A-Za-z0-9.-]', '_', entry)}/{service}"
+
+    def _cwd(self, service: str, version: str) -> str:
+        if self.spec.cwd is None:
+            return "."
+        return placeholders.substitute_text(self.spec.cwd, {"service": service, "version": version})
+
+    def _command(self, service: str, version: str, port: int, host: str) -> str:
+        values: dict[str, object] = {"service": service, "version": version, "port": port, "host": host}
+        return placeholders.substitute_text(self.spec.command or "", values)
+
+
+def _entry_of(instance: Instance) -> str:
+    """The host entry an instance runs on: its ``ref`` is ``entry/pid``."""
+    if not instance.ref or "/" not in instance.ref:
+        raise ProviderError(f"instance {instance.service} {instance.version} {instance.id} does not say which "
+                            "host it runs on")
+    return instance.ref.rpartition("/")[0]
+
+
+def _check_names(service: str, version: str) -> None:
+    if not models.SERVICE_NAME.match(service) or not models.VERSION_NAME.match(version):
+        raise ProviderError(f"unsafe service or version name: {service!r} {version!r}")
