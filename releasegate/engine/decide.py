@@ -110,6 +110,8 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
     p = st.phase
     if p in ("health", "smoke", "step", "promote") and instances.deaths(r):
         return _died(st, spec, r, now)
+    if instances.unreachable(r):
+        return st.model_copy(update={"waiting": f"retrying: {r.reason}"}), [Decision("retry", r.reason)]
     if not r.ok:
         if p in ("prepare", "prepare_health"):
             why = f"the running version {st.previous} is not healthy, nothing was changed: {r.reason}"

@@ -19,12 +19,13 @@ import secrets
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.support.wait import wait_until
 
 SSHD = "/usr/sbin/sshd"
 
@@ -55,19 +56,18 @@ class Fleet:
     def entries(self) -> list[str]:
         return [h.entry for h in self.hosts]
 
-    def spec_lines(self, command: str, *, indent: str = "  ") -> str:
-        """The platform block's keys for these hosts (without ``kind``)."""
-        hosts = ", ".join(f'"{e}"' for e in self.entries())
-        return (f"{indent}hosts: [{hosts}]\n{indent}identity: {self.key}\n{indent}known_hosts: {self.known_hosts}\n"
-                f"{indent}connect_timeout: 3s\n{indent}command: \"{command}\"\n")
+    def spec_lines(self, command: str, *, indent: str = "  ", hosts: list[str] | None = None) -> str:
+        """The platform block's keys for these hosts, or for ``hosts`` (without ``kind``)."""
+        hosts_text = ", ".join(f'"{e}"' for e in (self.entries() if hosts is None else hosts))
+        return (f"{indent}hosts: [{hosts_text}]\n{indent}identity: {self.key}\n"
+                f"{indent}known_hosts: {self.known_hosts}\n{indent}connect_timeout: 3s\n"
+                f"{indent}command: \"{command}\"\n")
 
     def start_sshd(self, host: Host) -> None:
         _run("ip", "netns", "exec", host.netns, SSHD, "-f", str(host.directory / "sshd_config"),
              "-E", str(host.directory / "sshd.log"))
         pid_file = host.directory / "sshd.pid"
-        deadline = time.monotonic() + 10
-        while not _listening(host) and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling for a server we just started, not synchronising a test
+        wait_until(lambda: _listening(host), 10, f"sshd of host {host.entry} to listen")
         host.sshd_pid = int(pid_file.read_text()) if pid_file.exists() else 0
 
     def kill_sshd(self, host: Host) -> None:
@@ -82,14 +82,12 @@ class Fleet:
 
     def close(self) -> None:
         for host in self.hosts:
-            for _ in range(3):
-                pids = _netns_pids(host.netns)
-                if not pids:
-                    break
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                time.sleep(0.1)
+            for pid in _netns_pids(host.netns):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            netns = host.netns
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: not _netns_pids(netns), 5, f"processes of {netns} to end")  # noqa: B023
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True)
 
 

@@ -85,6 +85,9 @@ class SshPlatform:
                 for inst in started:
                     await self.stop(inst, min(self.spec.stop_grace, 5.0))
                 raise failure
+            seen = self._last_seen(service)
+            for entry in plan:
+                self._remember(service, entry, seen.get(entry, []) + [i for i in started if _entry_of(i) == entry])
             return live + sorted(started, key=lambda i: i.id)
 
     async def stop(self, instance: Instance, grace: float) -> None:
