@@ -77,8 +77,12 @@ class Fleet:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
+    def sshd_running(self, host: Host) -> bool:
+        return _listening(host)
+
     def app_pids(self, host: Host) -> list[int]:
-        return [p for p in _netns_pids(host.netns) if not _comm(p).startswith("sshd")]
+        """Processes the platform started on the host (they carry its marker; its own shells do not)."""
+        return [p for p in _netns_pids(host.netns) if b"RELEASEGATE_INSTANCE=" in _environ(p)]
 
     def close(self) -> None:
         for host in self.hosts:
@@ -101,6 +105,13 @@ def _run(*argv: str) -> str:
 def _netns_pids(netns: str) -> list[int]:
     done = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True)
     return [int(p) for p in done.stdout.split() if p.isdigit()]
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
 
 
 def _comm(pid: int) -> str:

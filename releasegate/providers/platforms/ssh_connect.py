@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shlex
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import asyncssh
 
 from releasegate.errors import HostUnreachable
+from releasegate.providers.platforms.ssh_shell import Shell, ShellGone
 from releasegate.spec.platforms import SshPlatform, split_host
 
 
@@ -39,34 +39,53 @@ class HostPool:
         self.spec = spec
         self._conns: dict[str, tuple[asyncio.AbstractEventLoop, asyncssh.SSHClientConnection]] = {}
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
+        self._idle: dict[str, list[Shell]] = {}  # shells waiting for a script, per host
 
     async def run(self, entry: str, script: str, args: list[str], limit: float, input: str = "") -> Ran:
-        """``sh -c script rg args...`` on the host. A broken pooled connection is replaced once; a host that
-        cannot be reached (or answers nothing within ``limit`` seconds) raises HostUnreachable naming it. ``input`` goes
-        to the script's stdin (values that must not show in the host's process list, such as resolved secrets)."""
-        line = "sh -c " + shlex.quote(script) + " rg " + " ".join(shlex.quote(a) for a in args)
+        """``script`` with ``args`` as $1... on the host, through one of its long-lived shells (ssh_shell.py). A
+        broken pooled connection is replaced once; a host that cannot be reached (or answers nothing within
+        ``limit`` seconds) raises HostUnreachable naming it. ``input`` goes to the script's stdin (values that must
+        not show in the host's process list, such as resolved secrets)."""
         for attempt in (1, 2):
             conn = await self._connection(entry)
+            shell: Shell | None = None
             try:
-                done = await asyncio.wait_for(conn.run(line, check=False, input=input), limit)
+                shell = await self._shell(entry, conn, limit)
+                status, out, err = await asyncio.wait_for(shell.call(script, args, input), limit)
+            except asyncio.CancelledError:
+                if shell is not None:
+                    shell.close()  # it may be in the middle of the script: never hand it out again
+                raise
             except TimeoutError:
                 self._drop(entry, conn)
                 raise HostUnreachable(entry, f"host {entry} unreachable: no answer within {limit:g}s") from None
-            except (asyncssh.Error, OSError) as exc:
+            except (asyncssh.Error, OSError, ShellGone) as exc:
                 self._drop(entry, conn)
                 if attempt == 2:
                     raise HostUnreachable(entry, f"host {entry} unreachable: {_said(exc)}") from None
                 continue  # the pooled connection died (the host rebooted, sshd restarted): connect again
-            out, err = done.stdout, done.stderr
-            return Ran(done.exit_status if done.exit_status is not None else -1,
-                       out if isinstance(out, str) else "", err if isinstance(err, str) else "")
+            self._idle.setdefault(entry, []).append(shell)
+            return Ran(status, out, err)
         raise AssertionError("unreachable")
+
+    async def _shell(self, entry: str, conn: asyncssh.SSHClientConnection, limit: float) -> Shell:
+        idle = self._idle.setdefault(entry, [])
+        while idle:
+            shell = idle.pop()
+            if shell.conn is conn:
+                return shell
+            shell.close()
+        return await asyncio.wait_for(Shell.open(conn), limit)
 
     async def check(self, entry: str) -> None:
         """Connect (or reuse the connection); raises HostUnreachable with the one-line reason."""
         await self._connection(entry)
 
     async def close(self) -> None:
+        for shells in self._idle.values():
+            for shell in shells:
+                shell.close()
+        self._idle.clear()
         for _, conn in list(self._conns.values()):
             conn.close()
             with contextlib.suppress(Exception):
@@ -74,6 +93,8 @@ class HostPool:
         self._conns.clear()
 
     def _drop(self, entry: str, conn: asyncssh.SSHClientConnection) -> None:
+        for shell in self._idle.pop(entry, []):
+            shell.close()
         if self._conns.get(entry, (None, None))[1] is conn:
             del self._conns[entry]
         conn.abort()
