@@ -99,7 +99,7 @@ class SshPlatform:
                                                    str(int(grace / sh.STEP))], grace + 20)
         if ran.status != 0 or "stopped" not in ran.out:
             raise ProviderError(f"instance {instance.service} {instance.version} {instance.id} on host {entry} "
-                                f"(pid {instance.pid}) still runs after SIGKILL: {ran.out.strip() or ran.err.strip()}")
+                                f"({instance.ref}) still runs after SIGKILL: {ran.out.strip() or ran.err.strip()}")
         self._forget(instance.service, entry, instance)
 
     async def instances(self, service: str) -> list[Instance]:
@@ -291,11 +291,10 @@ class SshPlatform:
                 input="".join(f"{k}={v}\n" for k, v in env.items()))
             words = ran.out.split()
             if ran.status == 0 and words[:1] in (["listening"], ["running"]) and len(words) >= 2:
-                pid = int(words[1])
-                return dataclasses.replace(inst, pid=pid, ref=f"{entry}/{pid}")
+                return dataclasses.replace(inst, ref=f"{entry}/{int(words[1])}")  # pid: local processes only
             tail = " | ".join(line.strip() for line in ran.out.splitlines()[1:] if line.strip())
             if words[:1] == ["exited"] and len(words) >= 3:
-                await self.stop(dataclasses.replace(inst, pid=int(words[2]), ref=f"{entry}/{words[2]}"), 0.0)
+                await self.stop(dataclasses.replace(inst, ref=f"{entry}/{words[2]}"), 0.0)
                 if attempt < len(ports) and any(s in tail.lower() for s in _ADDRESS_IN_USE):
                     continue  # someone took the port between our look and the app's bind: another one
                 hint = " (the command must keep running in the foreground)" if words[1] == "0" else ""

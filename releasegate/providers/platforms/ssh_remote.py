@@ -141,7 +141,7 @@ def parse_list(out: str, entry: str) -> list[Remote]:
         try:
             data = json.loads(text)
             inst = Instance(str(data["service"]), str(data["version"]), str(data["id"]), str(data["host"]),
-                            int(data["port"]), int(pid) if pid.isdigit() else None, str(data["log"]),
+                            int(data["port"]), None, str(data["log"]),  # the pid is the host's: in ref
                             float(data["started_at"]), f"{entry}/{pid}")
         except (ValueError, KeyError, TypeError):
             continue
