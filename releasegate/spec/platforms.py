@@ -138,6 +138,18 @@ class SshPlatform(ContainerRun):
     instances_per_host: int = Field(1, ge=1, le=16, description="Instances of a version on each host.")
     max_parallel_hosts: int = Field(1, ge=1, description="Hosts changed at once by a rolling update.")
     stop_grace: Duration = Field(10.0, description="SIGTERM (or docker stop), then SIGKILL after this long.")
+    remote_dir: str = Field("~/.releasegate", description="Where each host keeps its instances' records and logs "
+                            "(a subdirectory per releasegate state dir, host and service); ~/ is the login "
+                            "directory.")
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, v: str) -> str:
+        if not v.strip() or any(c.isspace() or c in "$`\\\"'" for c in v) or (v.startswith("~") and v != "~" and
+                                                                              not v.startswith("~/")):
+            raise ValueError(f"remote_dir {v!r} must be a path without spaces or quotes, absolute or under ~/, "
+                             "e.g. /var/lib/releasegate")
+        return v
 
     @field_validator("hosts")
     @classmethod

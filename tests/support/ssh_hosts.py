@@ -61,6 +61,7 @@ class Fleet:
         hosts_text = ", ".join(f'"{e}"' for e in (self.entries() if hosts is None else hosts))
         return (f"{indent}hosts: [{hosts_text}]\n{indent}identity: {self.key}\n"
                 f"{indent}known_hosts: {self.known_hosts}\n{indent}connect_timeout: 3s\n"
+                f"{indent}remote_dir: {self.root / 'remote'}\n"
                 f"{indent}command: \"{command}\"\n")
 
     def start_sshd(self, host: Host) -> None:

@@ -281,7 +281,7 @@ class SshPlatform:
         cwd = self._cwd(service, version)
         for attempt, port in enumerate(ports, 1):
             command = self._command(service, version, port, host)
-            log = f"~/{directory}/{version}-{id}.log"
+            log = f"{directory if directory.startswith('/') else '~/' + directory}/{version}-{id}.log"
             inst = Instance(service, version, id, host, port, None, f"{entry}:{log}", stamp, None)
             env = {**self.spec_env(service, version, port, host), "RELEASEGATE_VERSION": version,
                    "RELEASEGATE_SERVICE": service}
@@ -334,8 +334,10 @@ class SshPlatform:
                                 "use run: command")
 
     def _dir(self, entry: str, service: str) -> str:
-        """Relative to the login directory (sshd starts every command there)."""
-        return f".releasegate/{self.state_id}/{re.sub(r'[^A-Za-z0-9.-]', '_', entry)}/{service}"
+        """Absolute, or relative to the login directory (sshd starts every command there)."""
+        root = self.spec.remote_dir.removeprefix("~").removeprefix("/") if self.spec.remote_dir.startswith("~") \
+            else self.spec.remote_dir
+        return f"{root or '.'}/{self.state_id}/{re.sub(r'[^A-Za-z0-9.-]', '_', entry)}/{service}"
 
     def _cwd(self, service: str, version: str) -> str:
         if self.spec.cwd is None:
