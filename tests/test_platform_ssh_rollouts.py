@@ -130,6 +130,9 @@ async def test_blue_green_across_three_hosts_holds_while_a_host_is_unreachable(e
         await eventually(lambda: f"host {down.entry} unreachable" in (rollout(env).waiting or ""), within=20,
                          what="the rollout to wait for the host")
         assert await env.routes() == {"2.0.0": 50, "1.0.0": 50}  # held: no increase while a host is unknown
+        [status] = service.status(env.ctx, "shop")
+        assert status["instances"] == {"1.0.0": 3, "2.0.0": 3}  # the host's instances as last seen, not gone
+        assert [u.split(" unreachable")[0] for u in status["unreachable_hosts"]] == [f"host {down.entry}"]
         await load.wait_for(20)
         fleet.start_sshd(down)
         st = await task

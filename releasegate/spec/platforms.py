@@ -130,13 +130,15 @@ class SshPlatform(ContainerRun):
     strict_host_keys: bool = Field(True, description="Refuse a host whose key is unknown or changed.")
     connect_timeout: Duration = Field(10.0, description="How long to wait for a host to answer.")
     run: Literal["command", "docker"] = Field("command", description="command: a process per instance; docker: a "
-                                              "container per instance (image, port, env, volumes as kind: docker).")
+                                              "container per instance (image, port, env, volumes as kind: docker; "
+                                              "preflight refuses it until this build supports it, see docs/ssh.md).")
     command: str | None = Field(None, description="For run: command: the shell command on the host; {port} "
                                 "(required), {version}, {service} and {host} are substituted.")
     cwd: str | None = Field(None, description="For run: command: working directory on the host; {version} and "
                             "{service} are substituted; default: the login directory.")
     instances_per_host: int = Field(1, ge=1, le=16, description="Instances of a version on each host.")
-    max_parallel_hosts: int = Field(1, ge=1, description="Hosts changed at once by a rolling update.")
+    max_parallel_hosts: int = Field(1, ge=1, description="Hosts changed at once by a rolling update (a batch is at "
+                                    "most this many hosts' instances).")
     stop_grace: Duration = Field(10.0, description="SIGTERM (or docker stop), then SIGKILL after this long.")
     remote_dir: str = Field("~/.releasegate", description="Where each host keeps its instances' records and logs "
                             "(a subdirectory per releasegate state dir, host and service); ~/ is the login "
