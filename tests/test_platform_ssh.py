@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from releasegate import service
-from releasegate.errors import HostUnreachable, UserError
+from releasegate.errors import HostUnreachable, ProviderError, UserError
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.platforms.ssh_hosts import SshPlatform
 from releasegate.spec import load_spec
@@ -108,6 +108,19 @@ async def test_an_instance_that_dies_is_reported_with_its_signal_and_log(tmp_pat
         assert await p.instances("shop") == [] and not await p.alive(inst)
         await p.stop(inst, 0.0)  # forgets it
         assert await p.dead_instances("shop") == []
+    finally:
+        await _stop_all(p)
+
+
+async def test_a_command_that_exits_at_once_fails_the_start_with_its_code_and_output_and_leaves_nothing(tmp_path,
+                                                                                                       fleet):
+    spec = write(tmp_path, fleet, command="echo cannot open the database on {port} >&2; exit 3")
+    p = platform(spec, tmp_path / "state")
+    try:
+        with pytest.raises(ProviderError, match=r"instance shop 1\.0\.0 on host \S+ exited with code 3 right after "
+                                                r"start: .*cannot open the database"):
+            await p.start("shop", "1.0.0", 2)
+        assert await p.instances("shop") == [] and await p.dead_instances("shop") == []
     finally:
         await _stop_all(p)
 

@@ -207,8 +207,6 @@ KbdInteractiveAuthentication no
 PermitRootLogin prohibit-password
 UsePAM no
 StrictModes no
-MaxSessions 64
-MaxStartups 64:30:128
 LogLevel VERBOSE
 """)
     return host

@@ -31,6 +31,10 @@ class Ran:
     err: str
 
 
+SHELLS_PER_HOST = 4
+"""Scripts running at once on one host; well under sshd's default MaxSessions (10) per connection."""
+
+
 class HostPool:
     """Connections keyed by host entry (``app2.internal:2222``), each bound to the event loop that opened it
     (asyncssh connections cannot cross loops: ``status`` runs its own)."""
@@ -40,12 +44,18 @@ class HostPool:
         self._conns: dict[str, tuple[asyncio.AbstractEventLoop, asyncssh.SSHClientConnection]] = {}
         self._locks: dict[tuple[int, str], asyncio.Lock] = {}
         self._idle: dict[str, list[Shell]] = {}  # shells waiting for a script, per host
+        self._slots: dict[tuple[int, str], asyncio.Semaphore] = {}  # at most SHELLS_PER_HOST scripts at once
 
     async def run(self, entry: str, script: str, args: list[str], limit: float, input: str = "") -> Ran:
         """``script`` with ``args`` as $1... on the host, through one of its long-lived shells (ssh_shell.py). A
         broken pooled connection is replaced once; a host that cannot be reached (or answers nothing within
         ``limit`` seconds) raises HostUnreachable naming it. ``input`` goes to the script's stdin (values that must
         not show in the host's process list, such as resolved secrets)."""
+        loop = asyncio.get_running_loop()
+        async with self._slots.setdefault((id(loop), entry), asyncio.Semaphore(SHELLS_PER_HOST)):
+            return await self._run(entry, script, args, limit, input)
+
+    async def _run(self, entry: str, script: str, args: list[str], limit: float, input: str) -> Ran:
         for attempt in (1, 2):
             conn = await self._connection(entry)
             shell: Shell | None = None

@@ -193,6 +193,10 @@ class SshPlatform:
         except HostUnreachable as exc:
             self.unreachable[entry] = str(exc)
             return None
+        if ran.status != 0:  # it answers, but its records cannot be read: unknown, exactly as unreachable
+            why = (ran.err.strip() or ran.out.strip() or f"exit status {ran.status}").splitlines()[-1]
+            self.unreachable[entry] = f"host {entry}: cannot read the records in {self._dir(entry, service)}: {why}"
+            return None
         self.unreachable.pop(entry, None)
         found = sh.parse_list(ran.out, entry)
         self._remember(service, entry, [r.instance for r in found if r.state == "alive"])
@@ -300,6 +304,8 @@ class SshPlatform:
                 hint = " (the command must keep running in the foreground)" if words[1] == "0" else ""
                 raise ProviderError(f"instance {service} {version} on host {entry} exited with code {words[1]} "
                                     f"right after start{hint}: {tail or '(no output)'} (log: {inst.log})")
+            # A start that never ran leaves no record behind (it would be reported as a death later).
+            await self.stop(dataclasses.replace(inst, ref=f"{entry}/-"), 0.0)
             raise ProviderError(f"instance {service} {version} on host {entry} did not start: "
                                 f"{(ran.out + ran.err).strip() or f'exit status {ran.status}'} (log: {inst.log})")
         raise AssertionError("unreachable")
