@@ -215,10 +215,13 @@ async def test_each_way_of_not_getting_in_is_one_line_naming_the_host_and_nothin
     await p.close()
 
 
-async def test_run_docker_is_refused_by_preflight_until_it_exists(tmp_path, fleet):
-    spec = write(tmp_path, fleet, extra="  run: docker\n  image: shop:{version}\n  port: 8000\n")
-    [(_, ok, detail)] = await platform(spec, tmp_path / "state").preflight("shop", "1.0.0")
-    assert not ok and "run: docker on SSH hosts is not available" in detail
+async def test_run_docker_without_an_image_is_refused_by_preflight_and_start(tmp_path, fleet):
+    spec = write(tmp_path, fleet, extra="  run: docker\n  port: 8000\n")
+    p = platform(spec, tmp_path / "state")
+    [(_, ok, detail)] = await p.preflight("shop", "1.0.0")
+    assert not ok and detail.startswith("platform.run: docker needs platform.image")
+    with pytest.raises(ProviderError, match=r"needs platform\.image"):
+        await p.start("shop", "1.0.0", 1)
 
 
 async def _stop_all(p: SshPlatform) -> None:

@@ -130,8 +130,8 @@ class SshPlatform(ContainerRun):
     strict_host_keys: bool = Field(True, description="Refuse a host whose key is unknown or changed.")
     connect_timeout: Duration = Field(10.0, description="How long to wait for a host to answer.")
     run: Literal["command", "docker"] = Field("command", description="command: a process per instance; docker: a "
-                                              "container per instance (image, port, env, volumes as kind: docker; "
-                                              "preflight refuses it until this build supports it, see docs/ssh.md).")
+                                              "container per instance through the hosts' docker_cli (image, port, "
+                                              "env, volumes, pull, network, args as kind: docker).")
     command: str | None = Field(None, description="For run: command: the shell command on the host; {port} "
                                 "(required), {version}, {service} and {host} are substituted.")
     cwd: str | None = Field(None, description="For run: command: working directory on the host; {version} and "
@@ -140,9 +140,18 @@ class SshPlatform(ContainerRun):
     max_parallel_hosts: int = Field(1, ge=1, description="Hosts changed at once by a rolling update (a batch is at "
                                     "most this many hosts' instances).")
     stop_grace: Duration = Field(10.0, description="SIGTERM (or docker stop), then SIGKILL after this long.")
+    docker_cli: str = Field("docker", description="For run: docker: the container CLI on the hosts, as words "
+                            "(docker, podman, sudo docker, env DOCKER_HOST=... docker).")
     remote_dir: str = Field("~/.releasegate", description="Where each host keeps its instances' records and logs "
                             "(a subdirectory per releasegate state dir, host and service); ~/ is the login "
                             "directory.")
+
+    @field_validator("docker_cli")
+    @classmethod
+    def _docker_cli(cls, v: str) -> str:
+        if not v.strip() or any(c in "$`\\\"'*?;&|<>()\n" for c in v):
+            raise ValueError(f"docker_cli {v!r} must be plain words (a program and its options), e.g. podman")
+        return v
 
     @field_validator("remote_dir")
     @classmethod

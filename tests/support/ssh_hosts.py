@@ -65,7 +65,9 @@ class Fleet:
                 f"{indent}command: \"{command}\"\n")
 
     def start_sshd(self, host: Host) -> None:
-        _run("ip", "netns", "exec", host.netns, SSHD, "-f", str(host.directory / "sshd_config"),
+        # nsenter, not `ip netns exec`: only the network is the host's own; the mounts stay this machine's, so a
+        # container engine run over SSH finds /sys/fs/cgroup (ip netns exec remounts /sys without it).
+        _run("nsenter", f"--net=/run/netns/{host.netns}", SSHD, "-f", str(host.directory / "sshd_config"),
              "-E", str(host.directory / "sshd.log"))
         pid_file = host.directory / "sshd.pid"
         wait_until(lambda: _listening(host), 10, f"sshd of host {host.entry} to listen")

@@ -1,10 +1,12 @@
-"""A fleet of hosts reached over SSH as the platform: each instance is a process on one host, a ``host:port`` backend.
+"""A fleet of hosts reached over SSH as the platform: each instance is a process (``run: command``) or a container
+(``run: docker``, ssh_docker.py) on one host, a ``host:port`` backend.
 
 Why the hosts keep the records: a controller may be restarted, or run from another machine with the same state
 dir, and must find what runs without trusting its memory. Each host keeps its instances' records under
 ``~/.releasegate/<state-id>/<host>/<service>/`` (ssh_remote.py says which files); the state id comes from the
 controller's state dir, so two installations never read each other's instances, and the host's name is in the
-path because home directories shared over NFS would otherwise mix hosts.
+path because home directories shared over NFS would otherwise mix hosts. Containers are their own record: their
+labels name the state id and host.
 
 An unreachable host is not a dead instance: its instances are reported as last seen (kept in
 ``state_dir/platform/ssh/<service>.json``), ``unreachable`` names the host and why, and anything that must change
@@ -29,6 +31,7 @@ from pathlib import Path
 from releasegate.errors import HostUnreachable, ProviderError
 from releasegate.fileio import write_json_atomic
 from releasegate.providers.base import DeadInstance, Instance
+from releasegate.providers.platforms import ssh_docker as dk
 from releasegate.providers.platforms import ssh_remote as sh
 from releasegate.providers.platforms.ssh_connect import HostPool
 from releasegate.spec import models, placeholders
@@ -41,7 +44,7 @@ _STARTING_FOR = 30.0  # a record whose process never recorded itself is dead aft
 
 
 class SshPlatform:
-    """The ``ManagedPlatform`` for ``platform: {kind: ssh, run: command}``; see the module docstring."""
+    """The ``ManagedPlatform`` for ``platform: {kind: ssh}``; see the module docstring."""
 
     def __init__(self, spec: models.SshPlatform, state_dir: Path, spec_dir: Path, *,
                  startup_grace: float = 1.0) -> None:
@@ -94,9 +97,13 @@ class SshPlatform:
         """SIGTERM to the instance's process group on its host, SIGKILL after ``grace``; its record goes. Idempotent;
         raises HostUnreachable (the controller retries) when the host cannot be reached."""
         entry = _entry_of(instance)
-        base = f"{instance.version}-{instance.id}"
-        ran = await self.pool.run(entry, sh.STOP, [self._dir(entry, instance.service), base,
-                                                   str(int(grace / sh.STEP))], grace + 20)
+        if self.spec.run == "docker":
+            name = (instance.ref or "").rpartition("/")[2]
+            ran = await self.pool.run(entry, dk.STOP, [self._cli, name, str(int(grace))], grace + 30)
+        else:
+            ran = await self.pool.run(entry, sh.STOP, [self._dir(entry, instance.service),
+                                                       f"{instance.version}-{instance.id}",
+                                                       str(int(grace / sh.STEP))], grace + 20)
         if ran.status != 0 or "stopped" not in ran.out:
             raise ProviderError(f"instance {instance.service} {instance.version} {instance.id} on host {entry} "
                                 f"({instance.ref}) still runs after SIGKILL: {ran.out.strip() or ran.err.strip()}")
@@ -165,8 +172,10 @@ class SshPlatform:
         if missing is not None:
             return [("platform", False, missing)]
         if self.spec.run == "docker":
-            return [("platform", False, "platform.run: docker on SSH hosts is not available in this build yet; "
-                                        "use run: command (see docs/ssh.md)")]
+            image = self.spec.image_for(service, version)
+            limit = self.spec.connect_timeout + 10
+            return list(await asyncio.gather(*(dk.preflight(self.pool, e, self.spec.docker_cli, image, self.spec.pull,
+                                                            limit) for e in self.spec.hosts)))
         cwd = self._cwd(service, version)
         command = self._command(service, version, 0, "HOST")
         try:
@@ -174,8 +183,8 @@ class SshPlatform:
             program = "-" if any(c in command for c in "|&;<>()$`\\\"'*?[#~=%") else words[0]
         except (ValueError, IndexError):
             return [("command", False, f"cannot read platform.command {command!r}: fix its quoting")]
-        results = await asyncio.gather(*(self._preflight_host(e, cwd, program) for e in self.spec.hosts))
-        return list(results)
+        limit = self.spec.connect_timeout + 10
+        return list(await asyncio.gather(*(sh.preflight(self.pool, e, cwd, program, limit) for e in self.spec.hosts)))
 
     async def close(self) -> None:
         await self.pool.close()
@@ -188,28 +197,34 @@ class SshPlatform:
 
     async def _read_one(self, entry: str, service: str) -> list[sh.Remote] | None:
         """The host's records, or None when it cannot be reached (``unreachable`` says why)."""
+        docker = self.spec.run == "docker"
+        script, args = (dk.LIST, [self._cli, self._label(entry), service, dk.TEMPLATE]) if docker else \
+            (sh.LIST, [self._dir(entry, service)])
         try:
-            ran = await self.pool.run(entry, sh.LIST, [self._dir(entry, service)], self.spec.connect_timeout + 10)
+            ran = await self.pool.run(entry, script, args, self.spec.connect_timeout + 10)
         except HostUnreachable as exc:
             self.unreachable[entry] = str(exc)
             return None
         if ran.status != 0:  # it answers, but its records cannot be read: unknown, exactly as unreachable
             why = (ran.err.strip() or ran.out.strip() or f"exit status {ran.status}").splitlines()[-1]
-            self.unreachable[entry] = f"host {entry}: cannot read the records in {self._dir(entry, service)}: {why}"
+            where = f"{self.spec.docker_cli} ps" if docker else f"the records in {self._dir(entry, service)}"
+            self.unreachable[entry] = f"host {entry}: cannot read {where}: {why}"
             return None
         self.unreachable.pop(entry, None)
-        found = sh.parse_list(ran.out, entry)
+        found = dk.parse_list(ran.out, entry, service) if docker else sh.parse_list(ran.out, entry)
         self._remember(service, entry, [r.instance for r in found if r.state == "alive"])
         return found
 
     def _is_dead(self, r: sh.Remote) -> bool:
-        return r.state == "dead" or (r.state == "starting" and time.time() - r.instance.started_at > _STARTING_FOR)
+        late = time.time() - r.instance.started_at > _STARTING_FOR
+        return r.state in ("dead", "oom") or (r.state == "starting" and late)
 
     def _dead(self, r: sh.Remote) -> DeadInstance:
         code = r.exit_code
         if code is not None and code > 128:  # the wrapper shell reports a signal as 128 + its number
             code = -(code - 128)
-        cause = "never recorded its process (its start was interrupted)" if r.state == "starting" else None
+        cause = {"starting": "never recorded its process (its start was interrupted)",
+                 "oom": "was OOM-killed"}.get(r.state)
         return DeadInstance(r.instance, code, r.tail, time.time(), cause)
 
     # --- last seen: what an unreachable host ran when it last answered ---------------------------------------
@@ -280,6 +295,8 @@ class SshPlatform:
 
     async def _start_one(self, entry: str, service: str, version: str, id: str, stamp: float,
                          ports: list[int]) -> Instance:
+        if self.spec.run == "docker":
+            return await self._start_container(entry, service, version, id, stamp, ports)
         host, _ = split_host(entry)
         directory = self._dir(entry, service)
         cwd = self._cwd(service, version)
@@ -310,34 +327,54 @@ class SshPlatform:
                                 f"{(ran.out + ran.err).strip() or f'exit status {ran.status}'} (log: {inst.log})")
         raise AssertionError("unreachable")
 
+    async def _start_container(self, entry: str, service: str, version: str, id: str, stamp: float,
+                               ports: list[int]) -> Instance:
+        host, _ = split_host(entry)
+        spec = self.spec
+        name = dk.container_name(self.state_id, service, version, id)
+        for attempt, port in enumerate(ports, 1):
+            labels = {"state": self._label(entry), "service": service, "version": version, "instance": id,
+                      "host": host, "port": str(port), "started_at": repr(stamp)}
+            run = dk.Run(spec.docker_cli, spec.image_for(service, version), port, spec.port or port, spec.network,
+                         spec.pull, spec.volumes, dk.args_for(spec.args, service, version, port, host),
+                         {dk.PREFIX + k: v for k, v in labels.items()})
+            env = {**self.spec_env(service, version, port, host), "RELEASEGATE_VERSION": version,
+                   "RELEASEGATE_SERVICE": service}
+            outcome, detail = await dk.start(self.pool, entry, run, name, env, self.startup_grace,
+                                             self.startup_grace + spec.connect_timeout + 600)  # a pull takes time
+            inst = Instance(service, version, id, host, port, None, dk.log_of(entry, name), stamp, f"{entry}/{name}")
+            if outcome == "running":
+                return inst
+            await self.stop(inst, 0.0)
+            if attempt < len(ports) and any(s in detail.lower() for s in (*_ADDRESS_IN_USE, "port is already")):
+                continue
+            if outcome == "exited":
+                code, _, tail = detail.partition(": ")
+                raise ProviderError(f"instance {service} {version} on host {entry}: container {name} exited with "
+                                    f"code {code} right after start: {tail}")
+            raise ProviderError(f"instance {service} {version} on host {entry}: {spec.docker_cli} run failed: "
+                                f"{detail}")
+        raise AssertionError("unreachable")
+
     def spec_env(self, service: str, version: str, port: int, host: str) -> dict[str, str]:
         values: dict[str, object] = {"service": service, "version": version, "port": port, "host": host}
         return {k: spec_secrets.resolve(placeholders.substitute_text(v, values), f"platform.env.{k}")
                 for k, v in self.spec.env.items()}
 
-    async def _preflight_host(self, entry: str, cwd: str, program: str) -> tuple[str, bool, str]:
-        name = f"host {entry}"
-        try:
-            ran = await self.pool.run(entry, sh.PREFLIGHT, [cwd, program], self.spec.connect_timeout + 10)
-        except HostUnreachable as exc:
-            return name, False, str(exc)
-        said = ran.out.strip()
-        if said.startswith("ok"):
-            found = "" if program == "-" else f"; {program} -> {said[3:]}"
-            return name, True, f"reachable, host key trusted, login accepted{found}"
-        if said == "nocwd":
-            return name, False, f"host {entry}: platform.cwd {cwd!r} does not exist there"
-        if said == "noprog":
-            return name, False, f"host {entry}: {program!r} is neither on PATH nor executable in {cwd!r} there"
-        return name, False, f"host {entry}: the check failed: {(ran.out + ran.err).strip()}"
-
     # --- names and places -----------------------------------------------------------------------------------
 
     def _runnable(self) -> None:
         missing = self.spec.missing_for_run()
-        if missing is not None or self.spec.run == "docker":
-            raise ProviderError(missing or "platform.run: docker on SSH hosts is not available in this build yet; "
-                                "use run: command")
+        if missing is not None:
+            raise ProviderError(missing)
+
+    @property
+    def _cli(self) -> str:
+        return dk.cli_words(self.spec.docker_cli)
+
+    def _label(self, entry: str) -> str:
+        """The state label of this installation's containers on ``entry``."""
+        return f"{self.state_id}/{re.sub(r'[^A-Za-z0-9.-]', '_', entry)}"
 
     def _dir(self, entry: str, service: str) -> str:
         """Absolute, or relative to the login directory (sshd starts every command there)."""

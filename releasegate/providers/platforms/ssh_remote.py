@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from releasegate.errors import HostUnreachable
 from releasegate.providers.base import Instance
+
+if TYPE_CHECKING:
+    from releasegate.providers.platforms.ssh_connect import HostPool
 
 STEP = 0.05  # seconds between two looks in the remote loops
 
@@ -149,3 +154,21 @@ def parse_list(out: str, entry: str) -> list[Remote]:
         said = "" if tail == "-" else " | ".join(p.strip() for p in tail.split("|"))
         found.append(Remote(inst, state, exit_code, said))
     return found
+
+
+async def preflight(pool: HostPool, entry: str, cwd: str, program: str, limit: float) -> tuple[str, bool, str]:
+    """The host answers and the command's program and working directory are there."""
+    name = f"host {entry}"
+    try:
+        ran = await pool.run(entry, PREFLIGHT, [cwd, program], limit)
+    except HostUnreachable as exc:
+        return name, False, str(exc)
+    said = ran.out.strip()
+    if said.startswith("ok"):
+        found = "" if program == "-" else f"; {program} -> {said[3:]}"
+        return name, True, f"reachable, host key trusted, login accepted{found}"
+    if said == "nocwd":
+        return name, False, f"host {entry}: platform.cwd {cwd!r} does not exist there"
+    if said == "noprog":
+        return name, False, f"host {entry}: {program!r} is neither on PATH nor executable in {cwd!r} there"
+    return name, False, f"host {entry}: the check failed: {(ran.out + ran.err).strip()}"
