@@ -100,8 +100,8 @@ async def test_containers_run_on_every_host_are_found_again_and_a_killed_one_is_
         assert all(ok for _, ok, _ in await p.preflight("shop", "1.0.0"))
         started = await p.start("shop", "1.0.0", 2)
         assert sorted(i.host for i in started) == sorted(h.address for h in fleet.hosts)
-        for inst in started:  # published on a free port of its host, reached over the veth
-            assert await eventually(lambda inst=inst: _answers(inst.address), what=f"{inst.address}") == "1.0.0"
+        for address in [i.address for i in started]:  # published on a free port of its host, reached over the veth
+            assert await eventually(lambda: _answers(address), what=address) == "1.0.0"  # noqa: B023
         again = platform(spec, tmp_path / "state")  # the labels are the record
         assert await again.instances("shop") == started
         victim = started[0]
