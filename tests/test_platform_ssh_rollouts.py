@@ -18,6 +18,7 @@ import pytest
 from releasegate import service
 from releasegate.engine.state import RolloutState
 from releasegate.providers.platforms import make_platform
+from releasegate.providers.platforms.ssh_hosts import SshPlatform
 from releasegate.providers.routers.builtin import stop_router
 from releasegate.spec import load_spec
 from tests.support.rollouts import Load, RolloutEnv
@@ -167,6 +168,32 @@ async def test_rolling_goes_host_by_host_and_waits_for_an_unreachable_host(env, 
     assert list(routed) == ["2.0.0"] and all(on(env, h, routed) == ["2.0.0"] for h in fleet.hosts)
     kinds = events(env, "2.0.0")
     assert kinds.count("batch") == 3 and "restart" not in kinds and "rollback" not in kinds
+
+
+async def test_a_rollback_while_a_host_is_unreachable_moves_traffic_back_at_once_and_finishes_when_it_answers(
+        env, fleet):
+    spec = env.ssh_spec("{canary: {steps: [{weight: 20}]}}")  # the step waits for `promote`
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    down = fleet.hosts[0]
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        task = asyncio.create_task(deploy(env, spec, "2.0.0"))
+        await eventually(lambda: _weights(env, {"2.0.0": 20, "1.0.0": 80}), within=30, what="the canary at 20%")
+        fleet.kill_sshd(down)
+        await service.send_command(env.ctx, "shop", "rollback")
+        await eventually(lambda: _weights(env, {"1.0.0": 100}), within=20, what="traffic back on 1.0.0")
+        await eventually(lambda: f"host {down.entry} unreachable" in (rollout(env).waiting or ""), within=20,
+                         what="the rollback to wait for the host before stopping 2.0.0 there")
+        await load.wait_for(20)
+        fleet.start_sshd(down)
+        st = await task
+        await load.wait_for(20)
+    assert st.status == "rolled_back" and "rolled back by operator" in (st.reason or "")
+    assert load.failures == []
+    platform = make_platform(load_spec(spec).platform, env.state, spec.parent)
+    assert isinstance(platform, SshPlatform)
+    assert sorted(i.version for i in await platform.instances("shop")) == ["1.0.0"] * 3  # 2.0.0 stopped everywhere
+    await platform.close()
 
 
 async def _weights(env: SshEnv, want: dict[str, int]) -> bool:
