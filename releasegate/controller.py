@@ -326,13 +326,11 @@ class Controller:
                            health=await self._probe(st, action.version))
 
     def _held(self, now: float) -> str | None:
-        """Why traffic to the new version may not increase now: the governance gate (a freeze), or a host of the
-        fleet that did not answer at the last look (its instances are unknown; docs/ssh.md)."""
+        """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the
+        last look (an SSH fleet's: its instances are unknown, docs/ssh.md)."""
         held = self.before_increase(now) if self.before_increase is not None else None
         unreachable: dict[str, str] = getattr(self.p.platform, "unreachable", None) or {}
-        if held is None and unreachable:
-            held = f"held until every host answers: {'; '.join(unreachable.values())}"
-        return held
+        return held or (f"held until every host answers: {'; '.join(unreachable.values())}" if unreachable else None)
 
     async def _probe(self, st: RolloutState, version: str) -> dict[str, str | None] | None:
         """The new version's instances, each asked once for its health, directly (not through the router):

@@ -71,7 +71,8 @@ class Fleet:
              "-E", str(host.directory / "sshd.log"))
         pid_file = host.directory / "sshd.pid"
         wait_until(lambda: _listening(host), 10, f"sshd of host {host.entry} to listen")
-        host.sshd_pid = int(pid_file.read_text()) if pid_file.exists() else 0
+        said = pid_file.read_text().strip() if pid_file.exists() else ""
+        host.sshd_pid = int(said) if said.isdigit() else 0  # sshd may write it just after it listens
 
     def kill_sshd(self, host: Host) -> None:
         """The listener and every session process of this host's sshd; the apps it started keep running."""

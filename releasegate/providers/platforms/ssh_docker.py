@@ -12,12 +12,19 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from releasegate.errors import HostUnreachable
+from releasegate.errors import HostUnreachable, ProviderError
 from releasegate.providers.base import Instance
 from releasegate.providers.platforms.ssh_connect import HostPool
 from releasegate.providers.platforms.ssh_remote import STEP, Remote
 from releasegate.spec import placeholders
+from releasegate.spec.platforms import split_host
+
+if TYPE_CHECKING:
+    from releasegate.providers.platforms.ssh_hosts import SshPlatform
+
+ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98", "port is already")
 
 PREFIX = "releasegate."
 
@@ -186,3 +193,34 @@ async def preflight(pool: HostPool, entry: str, cli: str, image: str, pull: str,
         return name, False, f"host {entry}: `{cli} version` failed: {said[6:] or 'no output'}; install it or set " \
                             "platform.docker_cli"
     return name, False, f"host {entry}: the check failed: {(ran.out + ran.err).strip()}"
+
+
+async def start_instance(p: SshPlatform, entry: str, service: str, version: str, id: str, stamp: float,
+                         ports: list[int]) -> Instance:
+    """One container on ``entry``: the first port that is free when docker publishes it."""
+    host, _ = split_host(entry)
+    spec = p.spec
+    name = container_name(p.state_id, service, version, id)
+    for attempt, port in enumerate(ports, 1):
+        labels = {"state": p.label(entry), "service": service, "version": version, "instance": id,
+                  "host": host, "port": str(port), "started_at": repr(stamp)}
+        run = Run(spec.docker_cli, spec.image_for(service, version), port, spec.port or port, spec.network,
+                  spec.pull, spec.volumes, args_for(spec.args, service, version, port, host),
+                  {PREFIX + k: v for k, v in labels.items()})
+        env = {**p.spec_env(service, version, port, host), "RELEASEGATE_VERSION": version,
+               "RELEASEGATE_SERVICE": service}
+        outcome, detail = await start(p.pool, entry, run, name, env, p.startup_grace,
+                                      p.startup_grace + spec.connect_timeout + 600)  # a pull takes time
+        inst = Instance(service, version, id, host, port, None, log_of(entry, name), stamp, f"{entry}/{name}")
+        if outcome == "running":
+            return inst
+        await p.stop(inst, 0.0)
+        if attempt < len(ports) and any(s in detail.lower() for s in ADDRESS_IN_USE):
+            continue
+        if outcome == "exited":
+            code, _, tail = detail.partition(": ")
+            raise ProviderError(f"instance {service} {version} on host {entry}: container {name} exited with "
+                                f"code {code} right after start: {tail}")
+        raise ProviderError(f"instance {service} {version} on host {entry}: {spec.docker_cli} run failed: "
+                            f"{detail}")
+    raise AssertionError("unreachable")

@@ -198,7 +198,7 @@ class SshPlatform:
     async def _read_one(self, entry: str, service: str) -> list[sh.Remote] | None:
         """The host's records, or None when it cannot be reached (``unreachable`` says why)."""
         docker = self.spec.run == "docker"
-        script, args = (dk.LIST, [self._cli, self._label(entry), service, dk.TEMPLATE]) if docker else \
+        script, args = (dk.LIST, [self._cli, self.label(entry), service, dk.TEMPLATE]) if docker else \
             (sh.LIST, [self._dir(entry, service)])
         try:
             ran = await self.pool.run(entry, script, args, self.spec.connect_timeout + 10)
@@ -296,7 +296,7 @@ class SshPlatform:
     async def _start_one(self, entry: str, service: str, version: str, id: str, stamp: float,
                          ports: list[int]) -> Instance:
         if self.spec.run == "docker":
-            return await self._start_container(entry, service, version, id, stamp, ports)
+            return await dk.start_instance(self, entry, service, version, id, stamp, ports)
         host, _ = split_host(entry)
         directory = self._dir(entry, service)
         cwd = self._cwd(service, version)
@@ -327,52 +327,22 @@ class SshPlatform:
                                 f"{(ran.out + ran.err).strip() or f'exit status {ran.status}'} (log: {inst.log})")
         raise AssertionError("unreachable")
 
-    async def _start_container(self, entry: str, service: str, version: str, id: str, stamp: float,
-                               ports: list[int]) -> Instance:
-        host, _ = split_host(entry)
-        spec = self.spec
-        name = dk.container_name(self.state_id, service, version, id)
-        for attempt, port in enumerate(ports, 1):
-            labels = {"state": self._label(entry), "service": service, "version": version, "instance": id,
-                      "host": host, "port": str(port), "started_at": repr(stamp)}
-            run = dk.Run(spec.docker_cli, spec.image_for(service, version), port, spec.port or port, spec.network,
-                         spec.pull, spec.volumes, dk.args_for(spec.args, service, version, port, host),
-                         {dk.PREFIX + k: v for k, v in labels.items()})
-            env = {**self.spec_env(service, version, port, host), "RELEASEGATE_VERSION": version,
-                   "RELEASEGATE_SERVICE": service}
-            outcome, detail = await dk.start(self.pool, entry, run, name, env, self.startup_grace,
-                                             self.startup_grace + spec.connect_timeout + 600)  # a pull takes time
-            inst = Instance(service, version, id, host, port, None, dk.log_of(entry, name), stamp, f"{entry}/{name}")
-            if outcome == "running":
-                return inst
-            await self.stop(inst, 0.0)
-            if attempt < len(ports) and any(s in detail.lower() for s in (*_ADDRESS_IN_USE, "port is already")):
-                continue
-            if outcome == "exited":
-                code, _, tail = detail.partition(": ")
-                raise ProviderError(f"instance {service} {version} on host {entry}: container {name} exited with "
-                                    f"code {code} right after start: {tail}")
-            raise ProviderError(f"instance {service} {version} on host {entry}: {spec.docker_cli} run failed: "
-                                f"{detail}")
-        raise AssertionError("unreachable")
-
     def spec_env(self, service: str, version: str, port: int, host: str) -> dict[str, str]:
-        values: dict[str, object] = {"service": service, "version": version, "port": port, "host": host}
+        values = _values(service, version, port, host)
         return {k: spec_secrets.resolve(placeholders.substitute_text(v, values), f"platform.env.{k}")
                 for k, v in self.spec.env.items()}
 
     # --- names and places -----------------------------------------------------------------------------------
 
     def _runnable(self) -> None:
-        missing = self.spec.missing_for_run()
-        if missing is not None:
+        if (missing := self.spec.missing_for_run()) is not None:
             raise ProviderError(missing)
 
     @property
     def _cli(self) -> str:
         return dk.cli_words(self.spec.docker_cli)
 
-    def _label(self, entry: str) -> str:
+    def label(self, entry: str) -> str:
         """The state label of this installation's containers on ``entry``."""
         return f"{self.state_id}/{re.sub(r'[^A-Za-z0-9.-]', '_', entry)}"
 
@@ -383,13 +353,11 @@ class SshPlatform:
         return f"{root or '.'}/{self.state_id}/{re.sub(r'[^A-Za-z0-9.-]', '_', entry)}/{service}"
 
     def _cwd(self, service: str, version: str) -> str:
-        if self.spec.cwd is None:
-            return "."
-        return placeholders.substitute_text(self.spec.cwd, {"service": service, "version": version})
+        cwd = self.spec.cwd
+        return "." if cwd is None else placeholders.substitute_text(cwd, {"service": service, "version": version})
 
     def _command(self, service: str, version: str, port: int, host: str) -> str:
-        values: dict[str, object] = {"service": service, "version": version, "port": port, "host": host}
-        return placeholders.substitute_text(self.spec.command or "", values)
+        return placeholders.substitute_text(self.spec.command or "", _values(service, version, port, host))
 
 
 def _entry_of(instance: Instance) -> str:
@@ -398,6 +366,10 @@ def _entry_of(instance: Instance) -> str:
         raise ProviderError(f"instance {instance.service} {instance.version} {instance.id} does not say which "
                             "host it runs on")
     return instance.ref.rpartition("/")[0]
+
+
+def _values(service: str, version: str, port: int, host: str) -> dict[str, object]:
+    return {"service": service, "version": version, "port": port, "host": host}
 
 
 def _check_names(service: str, version: str) -> None:
