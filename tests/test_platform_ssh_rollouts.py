@@ -9,6 +9,8 @@ increase, no start on that host) and says which host it waits for, and it finish
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -194,6 +196,29 @@ async def test_a_rollback_while_a_host_is_unreachable_moves_traffic_back_at_once
     assert isinstance(platform, SshPlatform)
     assert sorted(i.version for i in await platform.instances("shop")) == ["1.0.0"] * 3  # 2.0.0 stopped everywhere
     await platform.close()
+
+
+async def test_the_cli_status_names_an_unreachable_host_and_down_stops_every_host(env, fleet):
+    spec = env.ssh_spec("{bluegreen: {}}")
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    down = fleet.hosts[2]
+    fleet.kill_sshd(down)
+    said = await cli(env, "status", "shop")
+    assert said.returncode == 0, said.stderr
+    text = " ".join(said.stdout.split())
+    assert "running 1.0.0 (3 instances)" in text and f"host {down.entry} unreachable" in text
+    fleet.start_sshd(down)
+    said = await cli(env, "down", "shop")
+    assert said.returncode == 0, said.stderr
+    assert all(fleet.app_pids(h) == [] for h in fleet.hosts)
+    assert "down" in (await cli(env, "status", "shop")).stdout
+
+
+async def cli(env: SshEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI in its own process (no event loop of ours: ``status`` reads the hosts synchronously)."""
+    argv = [sys.executable, "-m", "releasegate", "--state-dir", str(env.state), *args]
+    return await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True, timeout=60,
+                                   env={**os.environ, "COLUMNS": "200"})
 
 
 async def _weights(env: SshEnv, want: dict[str, int]) -> bool:
