@@ -147,10 +147,34 @@ async def test_an_unreachable_host_is_named_and_its_instances_are_unknown_not_de
         with pytest.raises(HostUnreachable):
             await p.stop(on_host, 1.0)
         fleet.start_sshd(host)
-        assert len(await p.instances("shop")) == 3 and p.unreachable == {}
+        await eventually(lambda: _answered(p), what="the host to answer again")
     finally:
         fleet.start_sshd(host) if not _listening(host.address, host.port) else None
         await _stop_all(p)
+
+
+async def test_a_host_that_stops_answering_is_unreachable_after_connect_timeout_and_never_dead(tmp_path, fleet):
+    spec = write(tmp_path, fleet)
+    spec.write_text(spec.read_text().replace("connect_timeout: 3s", "connect_timeout: 1s"))
+    p = platform(spec, tmp_path / "state")
+    host = fleet.hosts[2]
+    try:
+        started = await p.start("shop", "1.0.0", 3)
+        fleet.freeze_sshd(host)
+        try:
+            assert [i.id for i in await p.instances("shop")] == [i.id for i in started]  # as last seen
+            assert p.unreachable[host.entry] == f"host {host.entry} unreachable: no answer within 1s"
+            assert await p.dead_instances("shop") == []
+            assert [i.id for i in await p.instances("shop")] == [i.id for i in started]  # asked again later
+        finally:
+            fleet.freeze_sshd(host, frozen=False)
+        await eventually(lambda: _answered(p), what="the host to answer again")
+    finally:
+        await _stop_all(p)
+
+
+async def _answered(p: SshPlatform) -> bool:
+    return len(await p.instances("shop")) == 3 and p.unreachable == {}
 
 
 def _refusing(tmp_path: Path, fleet: Fleet, case: str) -> tuple[Path, str]:

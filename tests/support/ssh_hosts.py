@@ -81,6 +81,14 @@ class Fleet:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
 
+    def freeze_sshd(self, host: Host, frozen: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the host's sshd and its sessions: connections open but nothing answers, as behind
+        a firewall that drops packets; the apps keep serving."""
+        for pid in _netns_pids(host.netns):
+            if _comm(pid).startswith("sshd"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
     def sshd_running(self, host: Host) -> bool:
         return _listening(host)
 

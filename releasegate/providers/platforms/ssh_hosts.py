@@ -40,6 +40,7 @@ from releasegate.spec.platforms import split_host
 
 _PORT_ATTEMPTS = 3
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98")
+_QUIET = 2.0  # seconds a host that just failed is taken as still unreachable without asking it
 _STARTING_FOR = 30.0  # a record whose process never recorded itself is dead after this long
 
 
@@ -58,6 +59,7 @@ class SshPlatform:
         self.unreachable: dict[str, str] = {}  # host entry -> why, as of the last look
         self._locks: dict[str, asyncio.Lock] = {}
         self._told: set[str] = set()
+        self._quiet: dict[str, float] = {}  # host entry -> until when a failed host is not asked again
 
     # --- the Platform protocol ------------------------------------------------------------------------------
 
@@ -173,7 +175,7 @@ class SshPlatform:
             return [("platform", False, missing)]
         if self.spec.run == "docker":
             image = self.spec.image_for(service, version)
-            limit = self.spec.connect_timeout + 10
+            limit = self.spec.connect_timeout * 2
             return list(await asyncio.gather(*(dk.preflight(self.pool, e, self.spec.docker_cli, image, self.spec.pull,
                                                             limit) for e in self.spec.hosts)))
         cwd = self._cwd(service, version)
@@ -183,7 +185,7 @@ class SshPlatform:
             program = "-" if any(c in command for c in "|&;<>()$`\\\"'*?[#~=%") else words[0]
         except (ValueError, IndexError):
             return [("command", False, f"cannot read platform.command {command!r}: fix its quoting")]
-        limit = self.spec.connect_timeout + 10
+        limit = self.spec.connect_timeout * 2
         return list(await asyncio.gather(*(sh.preflight(self.pool, e, cwd, program, limit) for e in self.spec.hosts)))
 
     async def close(self) -> None:
@@ -197,13 +199,16 @@ class SshPlatform:
 
     async def _read_one(self, entry: str, service: str) -> list[sh.Remote] | None:
         """The host's records, or None when it cannot be reached (``unreachable`` says why)."""
+        if time.monotonic() < self._quiet.get(entry, 0.0) and entry in self.unreachable:
+            return None  # it just failed: asking again at once would cost every look connect_timeout
         docker = self.spec.run == "docker"
         script, args = (dk.LIST, [self._cli, self.label(entry), service, dk.TEMPLATE]) if docker else \
             (sh.LIST, [self._dir(entry, service)])
         try:
-            ran = await self.pool.run(entry, script, args, self.spec.connect_timeout + 10)
+            ran = await self.pool.run(entry, script, args, self.spec.connect_timeout)
         except HostUnreachable as exc:
             self.unreachable[entry] = str(exc)
+            self._quiet[entry] = time.monotonic() + min(self.spec.connect_timeout, _QUIET)
             return None
         if ran.status != 0:  # it answers, but its records cannot be read: unknown, exactly as unreachable
             why = (ran.err.strip() or ran.out.strip() or f"exit status {ran.status}").splitlines()[-1]
