@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -195,6 +196,31 @@ async def test_a_rollback_while_a_host_is_unreachable_moves_traffic_back_at_once
     platform = make_platform(load_spec(spec).platform, env.state, spec.parent)
     assert isinstance(platform, SshPlatform)
     assert sorted(i.version for i in await platform.instances("shop")) == ["1.0.0"] * 3  # 2.0.0 stopped everywhere
+    await platform.close()
+
+
+async def test_a_controller_killed_mid_rolling_is_resumed_by_a_new_one_that_reads_the_hosts(env, fleet):
+    spec = env.ssh_spec("{rolling: {max_surge: 1, max_unavailable: 0, pause: 500ms}}")
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    argv = [sys.executable, "-m", "releasegate", "--state-dir", str(env.state)]
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        controller = subprocess.Popen([*argv, "deploy", str(spec), "--version", "2.0.0"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            await eventually(lambda: _batch_done(env), within=30, what="the first host replaced")
+        finally:
+            controller.send_signal(signal.SIGKILL)  # nothing of it survives but the hosts' records and the store
+            await asyncio.to_thread(controller.wait)
+        said = await cli(env, "resume", "shop")
+        await load.wait_for(20)
+    assert said.returncode == 0, said.stdout + said.stderr
+    assert rollout(env).status == "promoted"
+    assert load.failures == []
+    platform = make_platform(load_spec(spec).platform, env.state, spec.parent)
+    assert isinstance(platform, SshPlatform)
+    live = await platform.instances("shop")  # one 2.0.0 per host, nothing of 1.0.0 left anywhere
+    assert sorted((i.host, i.version) for i in live) == sorted((h.address, "2.0.0") for h in fleet.hosts)
     await platform.close()
 
 
