@@ -9,7 +9,7 @@ import pytest
 
 from releasegate.engine import decide, rolling
 from releasegate.engine.simulate import simulate
-from releasegate.engine.state import Outcome, Route, Start, Stop
+from releasegate.engine.state import Health, Outcome, Route, Start, Stop
 from releasegate.spec.models import Spec
 from tests.support.simulated import make_spec
 
@@ -70,3 +70,49 @@ def test_an_unreachable_host_in_a_rolling_batch_is_retried_not_rolled_back(phase
     assert isinstance(action, Start)
     after, [said] = decide.apply(st, spec, action, UNREACHABLE, 1.0)
     assert after.phase == phase and after.rolling == st.rolling and said.kind == "retry"
+
+
+def canary_fleet(hosts: int, per_host: int = 1, steps: str = "20,50") -> Spec:
+    return make_spec(platform={"kind": "ssh", "hosts": [f"app{i}" for i in range(1, hosts + 1)],
+                               "command": "shop --port {port}", "instances_per_host": per_host},
+                     strategy={"canary": {"steps": [{"weight": int(w), "pause": "1m"} for w in steps.split(",")]}})
+
+
+@pytest.mark.parametrize(("hosts", "per_host", "starts"), [(5, 1, [1, 3, 5]), (3, 2, [2, 4, 6]), (2, 1, [1, 1, 2])])
+def test_a_canary_on_a_fleet_starts_hosts_as_its_steps_need_them_and_checks_them_before_traffic(hosts, per_host,
+                                                                                               starts):
+    spec = canary_fleet(hosts, per_host)
+    trace = simulate(spec, "2.0.0", "1.0.0")
+    assert trace.state.status == "promoted"
+    started = checked = 0
+    routed: list[tuple[int, int | None]] = []
+    for _, action in trace.steps:
+        if isinstance(action, Start) and action.version == "2.0.0":
+            started = max(started, action.count)
+        elif isinstance(action, Health) and action.version == "2.0.0":
+            checked = max(checked, action.count or 0)
+        elif isinstance(action, Route) and (share := next((s for s in action.shares if s.version == "2.0.0"), None)):
+            routed.append((share.weight, share.instances))
+            assert (share.instances or hosts * per_host) <= min(started, checked)  # never ahead of its checks
+    assert routed == [(20, starts[0]), (50, starts[1]), (100, None)]
+    assert sorted({a.count for _, a in trace.steps if isinstance(a, Start) and a.version == "2.0.0"}) == \
+        sorted(set(starts))
+
+
+def test_blue_green_and_local_canaries_still_start_everything_first():
+    for spec in (fleet().model_copy(update={"strategy": make_spec(strategy={"bluegreen": {}}).strategy}),
+                 make_spec(platform={"command": "app {port}", "instances": 4},
+                           strategy={"canary": {"steps": [{"weight": 20, "pause": "1m"}]}})):
+        trace = simulate(spec, "2.0.0", "1.0.0")
+        assert {a.count for _, a in trace.steps if isinstance(a, Start) and a.version == "2.0.0"} == \
+            {spec.platform.instances}
+
+
+def test_new_hosts_that_fail_their_health_check_roll_the_canary_back():
+    spec = canary_fleet(4)
+    st = decide.new_rollout("r1", spec, "2.0.0", "1.0.0", 0.0).model_copy(
+        update={"phase": "step", "step": 1, "weight": 20, "grown": 1, "growing": True})
+    action = decide.next_action(st, spec, 1.0)
+    assert action == Health("2.0.0", 2)
+    after, [said] = decide.apply(st, spec, action, Outcome(False, "GET /health: 500"), 1.0)
+    assert said.kind == "rollback" and "on the hosts added" in said.message and after.phase == "rollback"

@@ -148,6 +148,24 @@ async def test_blue_green_across_three_hosts_holds_while_a_host_is_unreachable(e
     assert "restart" not in kinds and "rollback" not in kinds and "retry" in kinds
 
 
+async def test_a_canary_across_three_hosts_adds_hosts_as_its_steps_grow(env, fleet):
+    spec = env.ssh_spec("{canary: {steps: [{weight: 20, pause: 1s}, {weight: 50, pause: 1s}]}}")
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    async with Load(env.url) as load:
+        await load.wait_for(20)
+        st = await deploy(env, spec, "2.0.0")
+        await load.wait_for(20)
+    assert st.status == "promoted", st.reason
+    assert load.failures == []
+    [run] = [h for h in service.history(env.ctx, "shop") if h["version"] == "2.0.0"]
+    intents = [e["message"] for e in run["events"] if e["kind"] == "intent" and "2.0.0" in e["message"]]
+    starts = [m for m in intents if m.startswith("start")]
+    assert starts == [f"start {n} instance(s) of 2.0.0" for n in (1, 2, 3)]  # one host at 20 %, two at 50 %
+    assert intents.index(starts[1]) < intents.index("route 2.0.0 50%, 1.0.0 50%") < intents.index(starts[2])
+    routed = await backends(env)
+    assert list(routed) == ["2.0.0"] and sorted(on(env, h, routed) for h in fleet.hosts) == [["2.0.0"]] * 3
+
+
 async def test_rolling_goes_host_by_host_and_waits_for_an_unreachable_host(env, fleet):
     spec = env.ssh_spec("{rolling: {max_surge: 1, max_unavailable: 0, pause: 500ms}}")
     assert (await deploy(env, spec, "1.0.0")).status == "promoted"

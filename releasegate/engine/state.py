@@ -90,6 +90,10 @@ class RolloutState(BaseModel):
     health_down_since: float | None = None
     # Instances of the new version found dead before any traffic reached them and restarted (engine/instances.py).
     restarts: int = 0
+    # A canary on a fleet of hosts (engine/hosts.py): new-version instances started and checked so far, and whether
+    # the ones a traffic increase needs are started and wait for their health check.
+    grown: int = 0
+    growing: bool = False
 
     @property
     def active(self) -> bool:
