@@ -25,6 +25,7 @@ from releasegate.clihelp import (
     readable_help,
     run_app,
 )
+from releasegate.commands import release_group as group
 from releasegate.commands.router import router_app
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, UserError
 from releasegate.lookup import POINT_ELSEWHERE, shown
@@ -142,9 +143,10 @@ def _exit_for(status: str) -> NoReturn:
 
 @app.command(rich_help_panel=ROLLOUTS)
 def validate(spec: SpecFile) -> None:
-    """Check a spec; print every problem as FILE:LINE:COL: message (exit 2), or a summary (exit 0)."""
+    """Check a spec or a release file; print every problem as FILE:LINE:COL: message (exit 2), or a summary."""
     from releasegate.spec import load_spec
 
+    group.for_release_file("validate", out, spec)
     s = load_spec(spec)
     steps = " -> ".join(f"{st.weight}%" for st in s.strategy.steps) or "direct"
     out.print(f"{spec}: ok: service {s.service} ({s.tier}), {s.strategy.kind} {steps}, "
@@ -160,7 +162,7 @@ def schema() -> None:
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
+def plan(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
          env: Annotated[str | None, typer.Option(
              "--env", metavar="ENV", show_default=False,
              help="Also show what the stored policy and calendar would decide now for a deploy to ENV.")]
@@ -170,7 +172,8 @@ def plan(spec: SpecFile, version: Version, state_dir: StateDir = None,
     from releasegate.planning import make_plan, render_governance
 
     _use(state_dir)
-    made = make_plan(spec, version, _State.state_dir)
+    one = group.for_release_file("plan", out, spec, version, state_dir=_State.state_dir)
+    made = make_plan(spec, one, _State.state_dir)
     render_plan(out, made)
     if env is not None:
         render_governance(out, made, spec, env, _State.state_dir, hotfix)
@@ -194,7 +197,7 @@ def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
     s = load_spec(spec)
     check_version(version)
     checks = asyncio.run(run_preflight(s, spec, version, _State.state_dir, env,
-                                      allow_breaking=allow_breaking_migration))
+                                      allow_breaking=allow_breaking_migration, say=ProgressPrinter(out).note))
     for c in checks:
         out.print(f"{'[green]pass[/]' if c.ok else '[bold red]FAIL[/]'}  {c.name:<16} {c.detail}")
     if not all(c.ok for c in checks):
@@ -212,7 +215,7 @@ def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
     typer.echo(render_alert_rules(load_spec(spec), version=version), nl=False)
 
 @app.command(rich_help_panel=ROLLOUTS)
-def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
+def deploy(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
            env: Annotated[str, typer.Option(metavar="ENV", help="Environment the policy and calendar judge this "
                                                                "deploy for.")] = "prod",
            actor: Annotated[str | None, typer.Option("--as", metavar="USER", show_default=False,
@@ -229,6 +232,7 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
            calendar: Annotated[Path | None, typer.Option(hidden=True)] = None) -> None:
     """Roll VERSION out as the spec says, in the foreground, with live progress.
 
+    SPEC may be a release file: its services roll out as one group (docs/multi-service.md).
     Before anything starts, the stored policy and calendar (`policy apply`, `calendar apply`) must allow it.
     """
     from releasegate.governance.gate import DeployRequest
@@ -244,16 +248,18 @@ def deploy(spec: SpecFile, version: Version, state_dir: StateDir = None,
     request = DeployRequest(env=env, actor=actor, token=os.environ.get("RELEASEGATE_TOKEN"), hotfix=hotfix,
                             break_glass=break_glass, reason=reason,
                             allow_breaking_migration=allow_breaking_migration)
-    st = asyncio.run(service.deploy(_ctx(), spec, version, on_progress=printer, request=request))
+    one = group.for_release_file("deploy", out, spec, version, ctx=_ctx(), request=request)
+    st = asyncio.run(service.deploy(_ctx(), spec, one, on_progress=printer, request=request))
     printer.summary(st)
     _exit_for(st.status)
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def resume(name: Service, state_dir: StateDir = None) -> None:
-    """Continue an interrupted rollout from its persisted state."""
+def resume(name: group.ServiceOrRelease, state_dir: StateDir = None) -> None:
+    """Continue an interrupted rollout (or release group) from its persisted state."""
     _use(state_dir)
     _driving(name)
+    group.handled(out, _ctx(), "resume", name)
     printer = ProgressPrinter(out)
     st = asyncio.run(service.resume(_ctx(), name, on_progress=printer))
     printer.summary(st)
@@ -285,6 +291,7 @@ def _command(name: str, kind: str, actor: str | None) -> None:
     ctx = _ctx()
     _identify(ctx, name, kind, actor)
     _driving(name)  # abort and rollback may apply themselves, as resume would
+    group.handled(out, ctx, kind, name)
     res = asyncio.run(service.send_command(ctx, name, kind))
     out.print(res.message)
     if res.needs_resume:
@@ -298,21 +305,21 @@ def _command(name: str, kind: str, actor: str | None) -> None:
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def promote(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
+def promote(name: group.ServiceOrRelease, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Skip the remaining steps: send the new version to 100 % (after health and smoke pass)."""
     _use(state_dir)
     _command(name, "promote", actor)
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def abort(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
+def abort(name: group.ServiceOrRelease, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Stop the rollout: traffic back to the previous version at once, new instances stopped."""
     _use(state_dir)
     _command(name, "abort", actor)
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def rollback(name: Service, actor: CommandActor = None, state_dir: StateDir = None) -> None:
+def rollback(name: group.ServiceOrRelease, actor: CommandActor = None, state_dir: StateDir = None) -> None:
     """Roll back now: during a rollout like abort; after one, switch back to the kept previous version."""
     _use(state_dir)
     _command(name, "rollback", actor)
@@ -335,10 +342,12 @@ def down(name: Service, actor: CommandActor = None,
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def status(name: Annotated[str | None, typer.Argument(help="Service; all when omitted.", metavar="SERVICE")] = None,
+def status(name: Annotated[str | None, typer.Argument(help="Service or release; all services when omitted.",
+                                                       metavar="SERVICE")] = None,
            as_json: AsJson = False, state_dir: StateDir = None) -> None:
     """What runs (or is down), what is rolling out, and when the kept previous version is retired."""
     _use(state_dir)
+    group.handled(out, _ctx(), "status", name, as_json)
     data = service.status(_ctx(), name)
     if as_json:
         out.print_json(service.dumps(data))
@@ -350,11 +359,12 @@ def status(name: Annotated[str | None, typer.Argument(help="Service; all when om
 
 
 @app.command(rich_help_panel=ROLLOUTS)
-def history(name: Service, as_json: AsJson = False,
+def history(name: group.ServiceOrRelease, as_json: AsJson = False,
             limit: Annotated[int, typer.Option(metavar="N", help="How many rollouts, newest first.")] = 20,
             state_dir: StateDir = None) -> None:
     """Past rollouts of a service with every decision and the metric values behind it."""
     _use(state_dir)
+    group.handled(out, _ctx(), "history", name, as_json, limit)
     data = service.history(_ctx(), name, limit)
     if as_json:
         out.print_json(service.dumps(data))

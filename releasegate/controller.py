@@ -22,6 +22,7 @@ from releasegate.engine.state import (
     Decision,
     Finish,
     Health,
+    Hold,
     Migrate,
     Observation,
     Outcome,
@@ -167,7 +168,7 @@ class Controller:
             st = new
         return st
 
-    async def _sleep_or_command(self, st: RolloutState, until: float) -> bool:
+    async def _sleep_or_command(self, st: RolloutState, until: float, poll: float | None = None) -> bool:
         """Sleep until ``until``; True when an operator command cut the wait short."""
         while True:
             left = until - self.clock.now()
@@ -175,7 +176,7 @@ class Controller:
                 return False
             if self.store.has_pending_commands(st.id):
                 return True
-            await self.clock.sleep(min(left, self.command_poll))
+            await self.clock.sleep(min(left, poll or self.command_poll))
 
     # --- performing actions ----------------------------------------------------------------------------------------
 
@@ -185,6 +186,7 @@ class Controller:
                 return await self._analyze(st, action)
             if isinstance(action, Start):
                 replaced = await self._replace_dead(st.service, action.version)
+                self._tell_platform(st)
                 started = await self.p.platform.start(st.service, action.version, action.count)
                 details: dict[str, object] = {"instances": [i.address for i in started]}
                 return Outcome(True, details={**details, "replaced": replaced} if replaced else details)
@@ -194,6 +196,9 @@ class Controller:
             if isinstance(action, Smoke):
                 return await self._at_full_strength(st, action.version, action.count, lambda live: self.p.smoke(
                     live, self.spec.smoke_tests))
+            if isinstance(action, Hold):  # no traffic: wait for the group's promote (polled often: the switch waits)
+                await self._sleep_or_command(st, self.clock.now() + 1.0, poll=0.05)
+                return await self._missing(st, action.version, action.count) or Outcome(True)
             if isinstance(action, Route):
                 return await self._route(st, action)
             if isinstance(action, Migrate):
@@ -211,6 +216,18 @@ class Controller:
         except ProviderError as exc:
             return Outcome(False, str(exc))
         raise TypeError(f"unknown action {action!r}")
+
+    def _tell_platform(self, st: RolloutState) -> None:
+        """A platform with a ``notify`` hook (the container platform's image pulls) says what takes long in the
+        progress output, as ``pull`` lines that are shown, not stored."""
+        if self.on_progress is None or not hasattr(self.p.platform, "notify"):
+            return
+        on_progress = self.on_progress
+
+        def say(line: str) -> None:
+            on_progress(st, [Decision("pull", line)])
+
+        self.p.platform.notify = say
 
     async def _live(self, service: str, version: str) -> list[Instance]:
         found = [i for i in await self.p.platform.instances(service) if i.version == version]

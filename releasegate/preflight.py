@@ -12,6 +12,7 @@ import shlex
 import shutil
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,13 +81,18 @@ def _port(spec: Spec, state_dir: Path) -> Check:
     return Check("port", True, f"{listen} is free for the router")
 
 
-async def _platform(spec: Spec, spec_dir: Path, state_dir: Path, version: str) -> list[Check]:
-    """The platform's own checks: the local command resolves; an image or a host is there (asked of it)."""
+async def _platform(spec: Spec, spec_dir: Path, state_dir: Path, version: str,
+                    say: Callable[[str], None] | None = None) -> list[Check]:
+    """The platform's own checks: the local command resolves; an image or a host is there (asked of it). ``say``
+    hears what takes long (an image pull's progress) on a platform that has a ``notify`` hook."""
     from releasegate.errors import ProviderError
     from releasegate.providers.platforms import make_platform
 
+    platform = make_platform(spec.platform, state_dir, spec_dir)
+    if say is not None and hasattr(platform, "notify"):
+        platform.notify = say
     try:
-        found = await make_platform(spec.platform, state_dir, spec_dir).preflight(spec.service, version)
+        found = await platform.preflight(spec.service, version)
     except ProviderError as exc:
         return [Check("platform", False, str(exc))]
     return [Check(name, ok, detail) for name, ok, detail in found]
@@ -219,7 +225,8 @@ def _backup_dir(directory: Path) -> Check:
 
 
 async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, env: str = "prod",
-                    now: float | None = None, allow_breaking: bool = False) -> list[Check]:
+                    now: float | None = None, allow_breaking: bool = False,
+                    say: Callable[[str], None] | None = None) -> list[Check]:
     import asyncio
     import time
 
@@ -228,7 +235,7 @@ async def preflight(spec: Spec, spec_path: Path, version: str, state_dir: Path, 
     if unset:  # every later check that reads a referenced value would stop at it: say this one thing
         return [Check("secrets", False, unset)]
     checks = [_disk(state_dir), _writable(state_dir), _port(spec, state_dir)]
-    checks += await _platform(spec, spec_dir, state_dir, version)
+    checks += await _platform(spec, spec_dir, state_dir, version, say)
     if any(not c.ok for c in checks):
         return checks  # e.g. a host that cannot be reached: asking it for the running version would only repeat it
     checks.append(await _running(spec, spec_dir, state_dir))

@@ -120,6 +120,10 @@ class ProgressPrinter:
                 line += f"  [dim]{values}[/dim]"
             self.console.print(f"[{style}]{line}[/{style}]" if style else line)
 
+    def note(self, line: str) -> None:
+        """A line before the rollout exists (deploy's preflight pulling an image), in the decisions' layout."""
+        self.console.print(f"{_clock(dt.datetime.now().timestamp())}  {escape(line)}")
+
     def _say(self, d: Decision) -> str:
         """A decision's message, once: the end of a rollout repeats the reason of the decision that ended it,
         which can be long (a failed migration's error and what was restored), so the repeat points above."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +25,10 @@ from releasegate.lookup import known, unknown_service
 from releasegate.lookup import spec_of as _spec_of
 from releasegate.notifications import Notifications, build_notifications
 from releasegate.preflight import preflight
-from releasegate.providers.base import Routes, VersionRoute
 from releasegate.spec import load_spec, secrets
 from releasegate.spec.models import Spec, check_version
 from releasegate.store.audit import AuditLog
-from releasegate.store.sqlite import RolloutRecord, ServiceRecord, Store, owner_alive, this_owner
+from releasegate.store.sqlite import Store, owner_alive, this_owner
 
 ProviderFactory = Any  # async (spec, spec_dir, state_dir, clock) -> Providers
 
@@ -143,57 +143,88 @@ async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, s
     return final
 
 
-async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: ProgressHook | None = None,
-                 request: DeployRequest | None = None) -> RolloutState:
-    spec = load_spec(spec_path)
+@dataclass
+class Admitted:
+    """A deploy that passed every check and governance: what starting it needs (a release group admits every
+    member before it starts any)."""
+
+    spec: Spec
+    spec_path: Path
+    version: str
+    previous: str | None
+    admission: Admission
+    request: DeployRequest
+    notes: Notifications | None
+
+
+async def admit_deploy(ctx: Context, store: Store, spec_path: Path, version: str, request: DeployRequest,
+                       spec: Spec | None = None, say: Callable[[str], None] | None = None) -> Admitted:
+    """Validate, preflight and admit (policy, calendar) a deploy, starting nothing; a refusal is a UserError.
+    ``say`` hears what preflight does that takes long (an image pull's progress)."""
+    spec = spec or load_spec(spec_path)
     check_version(version)
     secrets.require(spec, "deploy")  # before the state is touched: a reference resolved later must not fail
-    request = request or DeployRequest()
+    store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
+    checks = await preflight(spec, spec_path, version, ctx.state_dir, request.env,
+                             allow_breaking=request.allow_breaking_migration, say=say)
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        raise UserError(f"{spec_path}: preflight failed, nothing was started:\n  - "
+                        + "\n  - ".join(f"{c.name}: {c.detail}" for c in failed))
+    record = store.service(spec.service)
+    previous = record.current if record else None
+    if previous == version:
+        raise UserError(f"{spec.service} {version} is already the running version; nothing to deploy "
+                        f"(see `releasegate status {spec.service}`)")
+    notes = build_notifications(spec, ctx.state_dir)
+    try:
+        admission = admit(ctx.state_dir, spec, spec_path, version, previous, request, ctx.clock.now(),
+                          on_refused=notes.on_refused if notes else None)
+    except UserError:
+        if notes is not None:
+            await notes.drain(5.0)  # the refusal is worth telling before the process exits
+        raise
+    return Admitted(spec, spec_path, version, previous, admission, request, notes)
+
+
+async def start_admitted(ctx: Context, store: Store, a: Admitted, on_progress: ProgressHook | None = None,
+                         rollout_id: str | None = None, hold: bool = False) -> RolloutState:
+    """Create the admitted rollout and drive it to its end; ``hold``: stop before traffic (engine ``held``)."""
+    spec, version, previous, admission = a.spec, a.version, a.previous, a.admission
+    try:
+        providers = await ctx.providers(spec, a.spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
+    except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
+        raise UserError(f"{a.spec_path}: cannot start the rollout: {exc}") from None
+    try:
+        _, retired = await _retire(ctx, store, spec, providers, force=True, replaced_by=version,
+                                   actor=admission.actor)
+        now = ctx.clock.now()
+        st = decide.new_rollout(rollout_id or _rollout_id(spec.service, version), spec, version, previous, now)
+        st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
+                                   "emergency": admission.emergency, "hold": hold,
+                                   "allow_breaking_migration": a.request.allow_breaking_migration})
+        store.create_rollout(st, str(a.spec_path.resolve()), spec.model_dump_json(by_alias=True), this_owner())
+        store.set_service(spec.service, previous, None, None, str(a.spec_path.resolve()), None, now)
+        store.add_event(spec.service, st.id, now, "created",
+                        f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
+                        {"actor": ctx.actor, "spec": str(a.spec_path)})
+        if retired is not None and on_progress is not None:
+            on_progress(st, [Decision("retired", retired.message, {"stopped": retired.stopped})])
+        return await _drive(ctx, store, spec, providers, st, admission, a.notes, on_progress)
+    finally:
+        await close_providers(providers)
+
+
+async def deploy(ctx: Context, spec_path: Path, version: str, on_progress: ProgressHook | None = None,
+                 request: DeployRequest | None = None) -> RolloutState:
+    spec = load_spec(spec_path)  # a bad spec or version is refused before the state dir is touched
+    check_version(version)
+    secrets.require(spec, "deploy")
     store = ctx.store()
     try:
-        store.ensure_no_active(spec.service)  # before touching any provider; create_rollout checks again
-        checks = await preflight(spec, spec_path, version, ctx.state_dir, request.env,
-                                 allow_breaking=request.allow_breaking_migration)
-        failed = [c for c in checks if not c.ok]
-        if failed:
-            raise UserError(f"{spec_path}: preflight failed, nothing was started:\n  - "
-                            + "\n  - ".join(f"{c.name}: {c.detail}" for c in failed))
-        record = store.service(spec.service)
-        previous = record.current if record else None
-        if previous == version:
-            raise UserError(f"{spec.service} {version} is already the running version; nothing to deploy "
-                            f"(see `releasegate status {spec.service}`)")
-        notes = build_notifications(spec, ctx.state_dir)
-        try:
-            admission = admit(ctx.state_dir, spec, spec_path, version, previous, request, ctx.clock.now(),
-                              on_refused=notes.on_refused if notes else None)
-        except UserError:
-            if notes is not None:
-                await notes.drain(5.0)  # the refusal is worth telling before the process exits
-            raise
-        try:
-            providers = await ctx.providers(spec, spec_path.parent.resolve(), ctx.state_dir, ctx.clock)
-        except ProviderError as exc:  # e.g. the router's port is taken: nothing was started, the user can fix it
-            raise UserError(f"{spec_path}: cannot start the rollout: {exc}") from None
-        try:
-            _, retired = await _retire(ctx, store, spec, providers, force=True, replaced_by=version,
-                                        actor=admission.actor)
-            now = ctx.clock.now()
-            st = decide.new_rollout(_rollout_id(spec.service, version), spec, version, previous, now)
-            st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
-                                       "emergency": admission.emergency,
-                                       "allow_breaking_migration": request.allow_breaking_migration})
-            owner = this_owner()
-            store.create_rollout(st, str(spec_path.resolve()), spec.model_dump_json(by_alias=True), owner)
-            store.set_service(spec.service, previous, None, None, str(spec_path.resolve()), None, now)
-            store.add_event(spec.service, st.id, now, "created",
-                            f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
-                            {"actor": ctx.actor, "spec": str(spec_path)})
-            if retired is not None and on_progress is not None:
-                on_progress(st, [Decision("retired", retired.message, {"stopped": retired.stopped})])
-            return await _drive(ctx, store, spec, providers, st, admission, notes, on_progress)
-        finally:
-            await close_providers(providers)
+        admitted = await admit_deploy(ctx, store, spec_path, version, request or DeployRequest(), spec,
+                                      say=getattr(on_progress, "note", None))
+        return await start_admitted(ctx, store, admitted, on_progress)
     finally:
         store.close()
 
@@ -236,7 +267,9 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
         rec = store.active_rollout(service)
         if rec is None:
             if kind == "rollback":
-                return await _rollback_finished(ctx, store, service)
+                from releasegate.switch_back import rollback_finished
+
+                return await rollback_finished(ctx, store, service)
             if not known(store, service):
                 raise unknown_service(ctx.state_dir, service, f"no rollout to {kind}")
             raise UserError(f"{service}: no rollout in progress (see `releasegate status {service}`)")
@@ -257,51 +290,6 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
                              applied=False)
     finally:
         store.close()
-
-
-async def _rollback_finished(ctx: Context, store: Store, service: str) -> CommandResult:
-    """After a promotion, while the previous version is kept: switch all traffic back to it at once."""
-    rec = store.service(service)
-    if not known(store, service):
-        raise unknown_service(ctx.state_dir, service, "nothing to roll back")
-    if rec is None or not rec.previous or not rec.current:
-        raise UserError(f"{service}: nothing to roll back to: no previous version is kept "
-                        f"(see `releasegate status {service}`)")
-    latest = store.latest_rollout(service)
-    if latest is None:
-        raise UserError(f"{service}: no rollout recorded; nothing to roll back")
-    spec = _spec_of(latest)
-    providers = await ctx.providers(spec, Path(latest.spec_path).parent, ctx.state_dir, ctx.clock)
-    try:
-        return await _switch_back(ctx, store, service, rec, latest, spec, providers)
-    finally:
-        await close_providers(providers)
-
-
-async def _switch_back(ctx: Context, store: Store, service: str, rec: ServiceRecord, latest: RolloutRecord,
-                       spec: Spec, providers: Providers) -> CommandResult:
-    assert rec.previous is not None and rec.current is not None
-    live = sorted((i for i in await providers.platform.instances(service) if i.version == rec.previous),
-                  key=lambda i: (i.started_at, i.id))
-    if not live:
-        raise UserError(f"{service}: the previous version {rec.previous} has no live instance any more; "
-                        f"deploy it again with `releasegate deploy SPEC --version {rec.previous}`")
-    now = ctx.clock.now()
-    store.add_event(service, latest.state.id, now, "intent", f"route {rec.previous} 100% (rollback)")
-    await providers.router.set_routes(service, Routes((VersionRoute(rec.previous, 100,
-                                                                    tuple(i.address for i in live)),)))
-    applied = await providers.router.get_routes(service)
-    if applied.weights() != {rec.previous: 100}:
-        raise UserError(f"{service}: the router did not apply the rollback (it reports {applied.weights()})")
-    store.set_service(service, rec.previous, None, None, None, None, now)
-    said = f"rolled back by {ctx.actor}: {rec.previous} serves 100%, {rec.current} stopping"
-    store.add_event(service, latest.state.id, now, "rolled_back", said)
-    AuditLog(ctx.state_dir).append(ctx.actor, "rollback", release=f"{service}@{rec.current}", decision=said,
-                                   evidence={"to": rec.previous}, at=now)
-    for inst in await providers.platform.instances(service):
-        if inst.version == rec.current:
-            await providers.platform.stop(inst, spec.platform.stop_grace)
-    return CommandResult(f"{service} rolled back to {rec.previous}; {rec.current} stopped", applied=True)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ recomputes the same action from the same state on restart, so resuming behaves l
 
 Phases (canary and blue-green; a first deploy skips prepare and steps):
   prepare -> prepare_health -> start -> [migrate] -> health -> smoke -> step[i]... -> promote -> watch -> finish
+  a member of a `switch: together` release group: ... -> smoke -> held -> (the group's promote) -> promote -> ...
   any failure before traffic -> abort -> stop_new -> finish(aborted)
   a breach, a dead instance or `rollback` -> rollback (staircase) -> stop_new -> finish(rolled_back)
   failed health checks during the rollout (engine/health.py) -> rollback straight to 0 %
@@ -30,6 +31,7 @@ from releasegate.engine.state import (
     Decision,
     Finish,
     Health,
+    Hold,
     Migrate,
     Observation,
     Outcome,
@@ -72,6 +74,8 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
         return Smoke(st.version, hosts.first(st, spec))
     if p == "migrate":
         return Migrate(st.allow_breaking_migration)
+    if p == "held":
+        return Hold(st.version, hosts.first(st, spec))
     if p in ("step", "promote") and (growing := hosts.grow(st, spec)) is not None:
         return growing  # a canary on a fleet: more hosts before more traffic
     if p == "step":
@@ -110,7 +114,7 @@ def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: flo
 
 def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: float) -> Applied:
     p = st.phase
-    if p in ("health", "smoke", "step", "promote") and instances.deaths(r):
+    if p in ("health", "smoke", "held", "step", "promote") and instances.deaths(r):
         return _died(st, spec, r, now)
     if instances.unreachable(r):
         return st.model_copy(update={"waiting": f"retrying: {r.reason}"}), [Decision("retry", r.reason)]
@@ -120,7 +124,7 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         if p in ("prepare", "prepare_health"):
             why = f"the running version {st.previous} is not healthy, nothing was changed: {r.reason}"
             return _ending(st, "aborted", why, now), [Decision("aborted", why, r.details)]
-        if p in ("start", "health", "smoke", "migrate"):
+        if p in ("start", "health", "smoke", "migrate", "held"):
             why = f"{p} failed for {st.version}, no user traffic reached it: {r.reason}"
             return _to(st, "abort", now, reason=why, outcome="aborted"), [Decision("abort", why, r.details)]
         # A provider failed while moving traffic or stopping: the action is retried; the state is unchanged.
@@ -144,7 +148,12 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         d = Decision("smoke_passed", f"{st.version} passed its smoke tests", r.details)
         if spec.migrations is not None and not st.migrated:  # a state saved by a release that migrated last
             return _to(st, "migrate", now), [d]
+        if st.hold and not st.promote_requested:
+            why = f"held: {st.version} is ready, no traffic until its release group switches every member at once"
+            return _to(st, "held", now, waiting=why), [d, Decision("held", why)]
         return _first_traffic(st, spec, now), [d]
+    if p == "held":  # still ready; the group (or an operator's promote) ends the hold
+        return st, []
     if p == "migrate":
         d = Decision("migrated", "database migrations applied before any traffic", r.details)
         recorded = r.details.get("recorded")
@@ -349,7 +358,7 @@ def command(st: RolloutState, spec: Spec, kind: str, now: float) -> tuple[Rollou
                         "staircase holds at a stair where the errors stopped")
         if st.phase in ("abort", "stop_new", "roll_back"):
             return st, f"cannot promote: {st.service} is rolling back ({st.reason})"
-        if st.phase == "step":
+        if st.phase in ("step", "held"):
             return _to(st, "promote", now), None
         if st.phase == "watch":
             return _ending(st, "promoted", f"promoted: {st.version} serves 100% (watch ended by operator)", now), None
@@ -360,7 +369,7 @@ def command(st: RolloutState, spec: Spec, kind: str, now: float) -> tuple[Rollou
             return st, None  # already going back
         outcome: Status = "aborted" if kind == "abort" else "rolled_back"
         label = "aborted by operator" if kind == "abort" else "rolled back by operator"
-        if st.phase in ("prepare", "prepare_health", "start", "health", "smoke", "migrate"):
+        if st.phase in ("prepare", "prepare_health", "start", "health", "smoke", "migrate", "held"):
             return _to(st, "abort", now, reason=label, outcome="aborted"), None
         if st.phase == "rollback" and st.reason:
             label = f"{st.reason}; {label} at {st.weight}%"

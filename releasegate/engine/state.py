@@ -94,6 +94,9 @@ class RolloutState(BaseModel):
     # the ones a traffic increase needs are started and wait for their health check.
     grown: int = 0
     growing: bool = False
+    # A member of a multi-service release with `switch: together` (engine/group.py): once health and smoke pass,
+    # it holds in phase "held" with no traffic until the group releases it with `promote` (all switch at once).
+    hold: bool = False
 
     @property
     def active(self) -> bool:
@@ -178,12 +181,21 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Wait a moment (or until an operator command) with no traffic to ``version``; its ``count`` instances must
+    still run (one that died is noticed as in health)."""
+
+    version: str
+    count: int
+
+
+@dataclass(frozen=True)
 class Finish:
     status: Status
     reason: str
 
 
-Action = Start | Health | Smoke | Route | Analyze | Migrate | Stop | Finish
+Action = Start | Health | Smoke | Hold | Route | Analyze | Migrate | Stop | Finish
 
 
 # --- results: what performing an action returned -------------------------------------------------------------

@@ -48,6 +48,14 @@ class ExitReporter(Protocol):
     async def exit_info(self, instance: Instance) -> _Describes | None: ...
 
 
+@runtime_checkable
+class EngineHealth(Protocol):
+    """A platform whose instances may carry their own health verdict (a container image's HEALTHCHECK): an instance
+    is healthy only when the HTTP check and that verdict agree; None means the instance has no such check."""
+
+    async def engine_health(self, instance: Instance) -> tuple[str, str] | None: ...
+
+
 OnAttempt = Callable[[Instance, int, CheckResult], Awaitable[None] | None]
 
 
@@ -155,6 +163,22 @@ async def probe_health(instances: list[Instance], health: Health) -> dict[str, s
     return {i.address: None if r.ok else r.reason for i, r in zip(instances, results, strict=True)}
 
 
+def engine_probe(platform: EngineHealth) -> Callable[[list[Instance], Health],
+                                                    Awaitable[dict[str, str | None]]]:
+    """``probe_health`` for a platform whose instances carry their own verdict: an instance that answers HTTP but
+    whose image's HEALTHCHECK says ``unhealthy`` counts as a failed probe, with the engine's last line."""
+    async def probe(instances: list[Instance], health: Health) -> dict[str, str | None]:
+        found = await probe_health(instances, health)
+        for inst in instances:
+            if found.get(inst.address) is None:
+                verdict = await platform.engine_health(inst)
+                if verdict is not None and verdict[0] == "unhealthy":
+                    found[inst.address] = f"the image's HEALTHCHECK says unhealthy ({verdict[1]})"
+        return found
+
+    return probe
+
+
 async def _why_dead(platform: Platform, instance: Instance) -> str | None:
     if await platform.alive(instance):
         return None
@@ -163,6 +187,21 @@ async def _why_dead(platform: Platform, instance: Instance) -> str | None:
         if info is not None:
             return info.describe()
     return f"instance {instance.service} {instance.version} {instance.id} ({instance.address}) is not running"
+
+
+async def _engine_verdict(platform: EngineHealth, inst: Instance,
+                          result: CheckResult) -> tuple[CheckResult, bool]:
+    """The HTTP check passed: what the image's HEALTHCHECK says too. (result, failed for good): ``starting`` is
+    not healthy yet (polling goes on); ``unhealthy`` fails the check at once with the engine's last line."""
+    verdict = await platform.engine_health(inst)
+    if verdict is None or verdict[0] == "healthy":
+        return result, False
+    status, line = verdict
+    if status == "unhealthy":
+        return CheckResult(False, f"{inst.address}: the image's HEALTHCHECK says unhealthy ({line})",
+                           {**result.details, "engine_health": status}), True
+    return CheckResult(False, f"{inst.address} answers, but the image's HEALTHCHECK is {status} ({line})",
+                       {**result.details, "engine_health": status}), False
 
 
 def _final_reason(instance: Instance, health: Health, attempts: int, history: list[CheckResult]) -> str:
@@ -198,7 +237,12 @@ async def wait_healthy(instances: list[Instance], health: Health, clock: Clock,
             pending = [i for i in instances if i.address not in passed]
             results = await asyncio.gather(*(_probe(client, i, health) for i in pending))
             for inst, result in zip(pending, results, strict=True):
+                failed = False
+                if result.ok and isinstance(platform, EngineHealth):
+                    result, failed = await _engine_verdict(platform, inst, result)
                 history[inst.address].append(result)
+                if failed:
+                    return CheckResult(False, result.reason, details())
                 if on_attempt is not None:
                     maybe = on_attempt(inst, attempt, result)
                     if inspect.isawaitable(maybe):

@@ -173,7 +173,8 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
         from releasegate.providers.metrics.prometheus import PrometheusMetrics
 
         prometheus = PrometheusMetrics(spec.metrics.prometheus)
-    metrics = MetricsByName(traffic, ProcessMetrics(platform), prometheus)
+    own = getattr(platform, "metric_source", None)  # a platform that measures its instances its own way
+    metrics = MetricsByName(traffic, own() if own is not None else ProcessMetrics(platform), prometheus)
     migrate = None
     if spec.migrations is not None:
         migrations = spec.migrations
@@ -201,4 +202,6 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
             await close_platform()
 
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
-                     migrate=migrate, probe=checks.probe_health, close=close_all)
+                     migrate=migrate, close=close_all,
+                     probe=checks.engine_probe(platform) if isinstance(platform, checks.EngineHealth)
+                     else checks.probe_health)

@@ -23,7 +23,7 @@ ROUTERS: dict[str, tuple[str, ...]] = {
     "haproxy": ROUTER_METRICS,  # show stat totals (errors, rate) and the ring log releasegate renders (latency)
 }
 """Router kind -> the traffic metrics it measures per version."""
-PLATFORMS: dict[str, tuple[str, ...]] = {"local": PROCESS_METRICS, "docker": (), "ssh": ()}
+PLATFORMS: dict[str, tuple[str, ...]] = {"local": PROCESS_METRICS, "docker": PROCESS_METRICS, "ssh": ()}
 """Platform kind -> the process metrics it measures per version."""
 HOW = {
     "builtin": "per-version counters of the router process",
@@ -31,6 +31,7 @@ HOW = {
     "haproxy": "show stat totals on the stats socket (error_rate, rps); latency from the per-request ring "
                "log of the rendered configuration (an own configuration adds its lines: docs/integrations.md)",
     "local": "the instances' processes (psutil)",
+    "docker": "the engine's stats of each container (cpu time, memory usage and limit)",
 }
 
 

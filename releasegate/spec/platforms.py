@@ -107,6 +107,15 @@ class DockerPlatform(ContainerRun):
                                "default: $DOCKER_HOST, then the default socket.")
     stop_grace: Duration = Field(10.0, description="The engine's stop timeout (SIGTERM, then SIGKILL), then the "
                                  "container is removed.")
+    memory: str | None = Field(None, description="Memory limit per container, e.g. 256m or 1g (the engine's "
+                               "limit; a container that exceeds it is OOM-killed and reported as such).")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[1-9][0-9]*[bkmg]?$", v.strip().lower()):
+            raise ValueError(f"memory {v!r} must be a size such as 256m or 1g")
+        return v.strip().lower() if v is not None else v
 
     @field_validator("engine")
     @classmethod

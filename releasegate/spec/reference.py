@@ -237,16 +237,36 @@ def render_reference() -> str:
         if anchors[model].endswith(f"-{kinds[model]}"):
             title += f" (kind: {kinds[model]})"
         out += ["", f'<a id="{anchors[model]}"></a>', "", f"## {title}", ""]
-        if model.__doc__:
-            out += [inspect.cleandoc(model.__doc__).split("\n\n")[0].replace("\n", " "), ""]
-        out += ["| Key | Type | Default | Description |", "|---|---|---|---|"]
-        for name, field in model.model_fields.items():
-            key = field.alias or name
-            prop = node["properties"][key]
-            cells = [f"`{key}`", _type(prop, schema["$defs"], anchors), _default(key, prop, node, field),
-                     field.description or ""]
-            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
-    return "\n".join(out) + "\n"
+        out += _table(model, node, schema["$defs"], anchors)
+    return "\n".join(out + _release_sections()) + "\n"
+
+
+def _table(model: type[BaseModel], node: dict[str, Any], defs: dict[str, Any],
+           anchors: dict[type[BaseModel], str]) -> list[str]:
+    """A section's summary and its keys: type, default, description."""
+    out = [inspect.cleandoc(model.__doc__).split("\n\n")[0].replace("\n", " "), ""] if model.__doc__ else []
+    out += ["| Key | Type | Default | Description |", "|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        prop = node["properties"][key]
+        cells = [f"`{key}`", _type(prop, defs, anchors), _default(key, prop, node, field), field.description or ""]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return out
+
+
+def _release_sections() -> list[str]:
+    """The release file of a multi-service release (releasegate/spec/release.py), generated the same way."""
+    from releasegate.spec.release import MemberEntry, ReleaseFile
+
+    schema = ReleaseFile.model_json_schema(by_alias=True)
+    anchors: dict[type[BaseModel], str] = {ReleaseFile: "release-file", MemberEntry: "release-file-services"}
+    out = ["", '<a id="release-file"></a>', "", "## Release file (multi-service releases)", "",
+           "Not a spec: a file that releases several services' specs as one group (`deploy release.yaml --version "
+           "V`); how the group switches, what each tier's failure does, and the commands: docs/multi-service.md.",
+           ""]
+    out += _table(ReleaseFile, schema, schema["$defs"], anchors)
+    out += ["", '<a id="release-file-services"></a>', "", "## Release file: `services[]`", ""]
+    return out + _table(MemberEntry, schema["$defs"]["MemberEntry"], schema["$defs"], anchors)
 
 
 def _kind(model: type[BaseModel]) -> str | None:

@@ -116,6 +116,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["serve", "ignore-term", "spawn-child", "burn", "burn-half", "exit"])
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--host", default="127.0.0.1")  # serve: 0.0.0.0 inside a container (bridge network)
     parser.add_argument("--pidfile")
     parser.add_argument("--code", type=int, default=1)
     parser.add_argument("--message", default="")
@@ -124,7 +125,7 @@ def main() -> int:
         print(args.message, file=sys.stderr, flush=True)
         return int(args.code)
     if args.mode == "serve":
-        server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+        server = ThreadingHTTPServer((args.host, args.port), Handler)
         signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
         print(f"serving on {args.port}", file=sys.stderr, flush=True)
         server.serve_forever(poll_interval=0.05)
