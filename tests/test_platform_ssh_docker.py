@@ -1,9 +1,10 @@
 """``run: docker`` on SSH hosts against real sshds (network namespaces, tests/support/ssh_hosts.py) and a real
 container engine: Debian's podman, called over SSH as the hosts' container CLI (``docker_cli``).
 
-There is no registry here: the image is ``podman import`` of an empty tarball, and the host's /usr, /lib, /etc and
-this checkout are mounted read-only into each container for a Python runtime (``volumes``). podman keeps its store
-under the test's temp dir, with the containers.conf this sandbox needs (runc, cgroupfs, no default ulimits).
+There is no registry here: the image is ``podman import`` of an empty root file system, and the host's /usr, /lib,
+/etc and this checkout are mounted read-only into each container for a Python runtime (``volumes``). podman runs
+with tests/support/podman.py's private configuration (store, locks and temp dir under the test's temp dir; runc,
+cgroupfs, no default ulimits, as this sandbox needs).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.platforms.ssh_hosts import SshPlatform
 from releasegate.spec import load_spec
+from tests.support.podman import PrivatePodman
 from tests.support.rollouts import free_port
 from tests.support.ssh_hosts import Fleet, fleet_of
 from tests.support.wait import eventually
@@ -30,21 +32,19 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The container CLI the hosts use (words, as ``platform.docker_cli`` takes them), with shop:1.0.0 and 2.0.0."""
+    """The container CLI the hosts use (words, as ``platform.docker_cli`` takes them): podman with the private
+    configuration of tests/support/podman.py (its own store, locks and temp dir, so it never meets another test's
+    engine), holding the image shop:1.0.0."""
     if shutil.which("podman") is None or shutil.which("runc") is None:
         pytest.skip("run: docker over SSH needs podman and runc (scripts/test installs them)")
-    root = tmp_path_factory.mktemp("podman")
-    conf = root / "containers.conf"
-    conf.write_text('[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
-                    "[containers]\ndefault_ulimits = []\n")
-    cli = f"env CONTAINERS_CONF={conf} podman --root {root}/storage --runroot {root}/run"
-    subprocess.run(["tar", "cf", str(root / "empty.tar"), "--files-from", "/dev/null"], check=True)
-    for version in ("1.0.0", "2.0.0"):
-        subprocess.run(f"{cli} import {root}/empty.tar shop:{version}", shell=True, check=True, capture_output=True)
+    engine = PrivatePodman(tmp_path_factory.mktemp("podman"))
+    engine.write_config()
+    env = {k: v for k, v in engine.env.items() if k.startswith("CONTAINERS_")}
     try:
-        yield cli
+        engine.base_image("shop:1.0.0")
+        yield "env " + " ".join(f"{k}={v}" for k, v in sorted(env.items())) + " podman"
     finally:
-        subprocess.run(f"{cli} rm -af -t 0; {cli} rmi -af", shell=True, capture_output=True)
+        engine.stop()  # every container removed, leftovers of this engine ended
 
 
 @pytest.fixture(scope="module")
