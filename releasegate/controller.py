@@ -33,7 +33,7 @@ from releasegate.engine.state import (
     Start,
     Stop,
 )
-from releasegate.errors import ProviderError
+from releasegate.errors import HostUnreachable, ProviderError
 from releasegate.providers.base import (
     AtLeast,
     Instance,
@@ -211,6 +211,8 @@ class Controller:
             if isinstance(action, Finish):
                 self._record_outcome(st, action)
                 return Outcome(True)
+        except HostUnreachable as exc:  # unknown, not failed: the engine waits for the host (docs/ssh.md)
+            return Outcome(False, str(exc), {"unreachable": [exc.host]})
         except ProviderError as exc:
             return Outcome(False, str(exc))
         raise TypeError(f"unknown action {action!r}")
@@ -287,10 +289,9 @@ class Controller:
             missing = await self._missing(st, st.version, count)
             if missing is not None:
                 return missing
-        if self.before_increase is not None and increase:
-            held = self.before_increase(self.clock.now())
-            if held:
-                return Outcome(False, held)
+        held = self._held(self.clock.now()) if increase else None
+        if held:
+            return Outcome(False, held)
         versions = []
         for share in action.shares:
             live = await self._live(st.service, share.version)
@@ -336,10 +337,17 @@ class Controller:
         values, missing = await self._measure(st, action, action.window)
         whole, whole_missing = await self._measure(st, action, action.whole) if action.whole is not None \
             else (None, {})
-        held = self.before_increase(at) if self.before_increase is not None else None
+        held = self._held(at)
         return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held,
                            missing=missing, whole_missing=whole_missing,
                            health=await self._probe(st, action.version))
+
+    def _held(self, now: float) -> str | None:
+        """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the
+        last look (an SSH fleet's: its instances are unknown, docs/ssh.md)."""
+        held = self.before_increase(now) if self.before_increase is not None else None
+        unreachable: dict[str, str] = getattr(self.p.platform, "unreachable", None) or {}
+        return held or (f"held until every host answers: {'; '.join(unreachable.values())}" if unreachable else None)
 
     async def _probe(self, st: RolloutState, version: str) -> dict[str, str | None] | None:
         """The new version's instances, each asked once for its health, directly (not through the router):

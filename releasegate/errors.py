@@ -28,3 +28,13 @@ class ProviderError(ReleasegateError):
     """A platform, router or metric source failed; the rollout pauses or aborts with this as the reason."""
 
     exit_code = EXIT_INTERNAL
+
+
+class HostUnreachable(ProviderError):
+    """A host of an SSH fleet could not be reached or would not let us in (refused, timed out, unknown or changed
+    host key). What runs there is unknown, not dead: the controller holds or retries instead of rolling back or
+    restarting (docs/ssh.md)."""
+
+    def __init__(self, host: str, message: str) -> None:
+        super().__init__(message)
+        self.host = host

@@ -179,10 +179,11 @@ def _status_row(item: dict[str, Any]) -> tuple[list[Text], list[str]]:
     svc = item["service"]
     prev = f"{item['previous']} until {_when(item['previous_retire_at'])}" if item.get("previous") else "-"
     r = item.get("rollout")
+    unknown = [f"{why} (its instances are counted as last seen)" for why in item.get("unreachable_hosts") or []]
     if not r:
-        return [Text(svc), Text.from_markup(_state(item)), Text("-"), Text("-"), Text(prev)], []
+        return [Text(svc), Text.from_markup(_state(item)), Text("-"), Text("-"), Text(prev)], unknown
     phase = r["phase"] + (" (paused)" if r.get("paused") else "")
-    below = []
+    below = unknown
     if r.get("reason"):
         below.append(f"going back: {r['reason']}")
     if r.get("waiting"):

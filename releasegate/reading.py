@@ -17,19 +17,22 @@ if TYPE_CHECKING:
     from releasegate.service import Context
 
 
-def _live_versions(ctx: Context, store: Store, service: str) -> dict[str, int]:
+def _live_versions(ctx: Context, store: Store, service: str) -> tuple[dict[str, int], list[str]]:
     """How many instances of each version run right now, read from the platform's records (no provider is
-    started: status may run where nothing runs)."""
+    started: status may run where nothing runs), and the hosts that could not be read (an SSH fleet's: their
+    instances are counted as last seen, docs/ssh.md)."""
     latest = store.latest_rollout(service)
     if latest is None:
-        return {}
+        return {}, []
     from releasegate.providers.platforms import make_platform
 
     spec = spec_of(latest)
     counts: dict[str, int] = {}
-    for inst in make_platform(spec.platform, ctx.state_dir, Path(latest.spec_path).parent).running(service):
+    platform = make_platform(spec.platform, ctx.state_dir, Path(latest.spec_path).parent)
+    for inst in platform.running(service):
         counts[inst.version] = counts.get(inst.version, 0) + 1
-    return counts
+    unreachable: dict[str, str] = getattr(platform, "unreachable", None) or {}
+    return counts, list(unreachable.values())
 
 
 def _service_state(store: Store, rec: ServiceRecord, live: dict[str, int], rolling: bool) -> tuple[str, str | None]:
@@ -66,12 +69,14 @@ def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
         out = []
         for rec in records:
             active = store.active_rollout(rec.service)
-            live = _live_versions(ctx, store, rec.service)
+            live, unreachable = _live_versions(ctx, store, rec.service)
             state, last = _service_state(store, rec, live, active is not None)
             item: dict[str, Any] = {
                 "service": rec.service, "state": state, "current": rec.current if state == "running" else None,
                 "last_version": last, "instances": live, "previous": rec.previous,
                 "previous_retire_at": rec.previous_until, "rollout": None}
+            if unreachable:
+                item["unreachable_hosts"] = unreachable
             if active is not None:
                 st = active.state
                 item["rollout"] = {

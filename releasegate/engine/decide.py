@@ -19,7 +19,7 @@ The staircase is engine/staircase.py; waiting for evidence and pausing for an op
 
 from __future__ import annotations
 
-from releasegate.engine import health, instances, rolling, staircase
+from releasegate.engine import health, hosts, instances, rolling, staircase
 from releasegate.engine.analysis import STEP_PROMISE, WATCH_PROMISE, Verdict, evaluate, gate, record_samples, tick
 from releasegate.engine.pause import no_data_now, track_no_data, wait
 from releasegate.engine.phase import Applied
@@ -67,19 +67,21 @@ def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
     if p in ("roll", "roll_back"):
         return rolling.next_action(st, spec, now)
     if p == "start":
-        return Start(st.version, spec.platform.instances)
+        return Start(st.version, hosts.first(st, spec))
     if p == "health":
-        return Health(st.version, spec.platform.instances)
+        return Health(st.version, hosts.first(st, spec))
     if p == "smoke":
-        return Smoke(st.version, spec.platform.instances)
+        return Smoke(st.version, hosts.first(st, spec))
     if p == "migrate":
         return Migrate(st.allow_breaking_migration)
     if p == "held":
-        return Hold(st.version, spec.platform.instances)
+        return Hold(st.version, hosts.first(st, spec))
+    if p in ("step", "promote") and (growing := hosts.grow(st, spec)) is not None:
+        return growing  # a canary on a fleet: more hosts before more traffic
     if p == "step":
         step = spec.strategy.steps[st.step]
         if not st.routed:
-            return _split(st, step.weight)
+            return _split(st, step.weight, hosts.exposure(st, spec, step.weight))
         return tick(st, spec, now, None if step.pause is None else st.phase_started + step.pause, st.version,
                     st.previous)
     if p == "promote":
@@ -114,6 +116,10 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
     p = st.phase
     if p in ("health", "smoke", "held", "step", "promote") and instances.deaths(r):
         return _died(st, spec, r, now)
+    if instances.unreachable(r):
+        return st.model_copy(update={"waiting": f"retrying: {r.reason}"}), [Decision("retry", r.reason)]
+    if p in ("step", "promote") and isinstance(action, Start | Health):
+        return _grown(st, spec, action, r, now)
     if not r.ok:
         if p in ("prepare", "prepare_health"):
             why = f"the running version {st.previous} is not healthy, nothing was changed: {r.reason}"
@@ -138,6 +144,7 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
     if p == "health":
         return _to(st, "smoke", now), [Decision("healthy", f"{st.version} passed its health check", r.details)]
     if p == "smoke":
+        st = st.model_copy(update={"grown": hosts.first(st, spec)})
         d = Decision("smoke_passed", f"{st.version} passed its smoke tests", r.details)
         if spec.migrations is not None and not st.migrated:  # a state saved by a release that migrated last
             return _to(st, "migrate", now), [d]
@@ -175,6 +182,21 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         return (_ending(st, st.outcome or "rolled_back", st.reason or "rolled back", now),
                 [Decision("stopped", f"{st.version} stopped")])
     raise ValueError(f"unexpected result in phase {p!r}")
+
+
+def _grown(st: RolloutState, spec: Spec, action: Start | Health, r: Outcome, now: float) -> Applied:
+    """A canary on a fleet brought up the instances its next traffic increase needs (engine/hosts.py): started, then
+    health-checked; a start that failed is retried, new instances that fail their health check roll back."""
+    if isinstance(action, Start):
+        if not r.ok:
+            return st.model_copy(update={"waiting": f"retrying: {r.reason}"}), [Decision("retry", r.reason)]
+        return st.model_copy(update={"growing": True}), [
+            Decision("started", f"{st.version} on more hosts: {action.count} instance(s)", r.details)]
+    if not r.ok:
+        why = f"health failed for {st.version} on the hosts added before more traffic: {r.reason}"
+        return start_rollback(st, spec, why, now, immediate=True), [Decision("rollback", why, r.details)]
+    return st.model_copy(update={"growing": False, "grown": action.count}), [
+        Decision("healthy", f"{action.count} instance(s) of {st.version} passed their health check", r.details)]
 
 
 def _died(st: RolloutState, spec: Spec, r: Outcome, now: float) -> Applied:

@@ -29,6 +29,12 @@ def deaths(result: Outcome) -> list[dict[str, object]]:
     return [d for d in died if isinstance(d, dict)] if isinstance(died, list) else []
 
 
+def unreachable(result: Outcome) -> bool:
+    """The action failed because a host could not be reached (an SSH fleet): what runs there is unknown, not dead
+    or failing, so the rollout retries where it is instead of aborting, rolling back or restarting (docs/ssh.md)."""
+    return not result.ok and bool(result.details.get("unreachable"))
+
+
 def may_restart(st: RolloutState) -> bool:
     return st.restarts < RESTARTS
 

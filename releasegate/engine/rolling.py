@@ -31,7 +31,7 @@ from releasegate.engine.state import (
     Status,
     Stop,
 )
-from releasegate.spec.models import Rolling, Spec
+from releasegate.spec.models import Rolling, Spec, SshPlatform
 
 if TYPE_CHECKING:
     Applied = tuple[RolloutState, list[Decision]]
@@ -41,20 +41,31 @@ def _cfg(spec: Spec) -> Rolling:
     return spec.strategy.rolling or Rolling()
 
 
-def _plan(rp: RollingProgress, spec: Spec) -> RollingProgress:
+def limits(spec: Spec) -> tuple[int, int, int]:
+    """(max_surge, max_unavailable, largest batch), in instances. On an SSH fleet the spec counts hosts: each is
+    ``instances_per_host`` instances, and no batch changes more than ``max_parallel_hosts`` hosts at once."""
     cfg = _cfg(spec)
+    if isinstance(spec.platform, SshPlatform):
+        per_host = spec.platform.instances_per_host
+        return cfg.max_surge * per_host, cfg.max_unavailable * per_host, spec.platform.max_parallel_hosts * per_host
+    return cfg.max_surge, cfg.max_unavailable, spec.platform.instances
+
+
+def _plan(rp: RollingProgress, spec: Spec) -> RollingProgress:
+    surge, _, largest = limits(spec)
     if rp.dst_in >= rp.target:
         return rp.model_copy(update={"stage": "trim" if rp.src_in > 0 else "done", "batch": 0})
-    room = rp.target + cfg.max_surge - (rp.src_in + rp.dst_in)
+    room = rp.target + surge - (rp.src_in + rp.dst_in)
     if room <= 0:
         return rp.model_copy(update={"stage": "shrink", "batch": 0})
-    return rp.model_copy(update={"stage": "start", "batch": min(room, rp.target - rp.dst_in)})
+    return rp.model_copy(update={"stage": "start", "batch": min(room, rp.target - rp.dst_in, largest)})
 
 
 def _cut(rp: RollingProgress, spec: Spec) -> int:
     """How many ``src`` instances the current shrink/trim stage takes out of service."""
     if rp.stage == "shrink":
-        return min(_cfg(spec).max_unavailable, rp.src_in)
+        _, unavailable, largest = limits(spec)
+        return min(unavailable, largest, rp.src_in)
     if rp.dst_in >= rp.target:
         return rp.src_in
     return max(0, rp.src_in + rp.dst_in - rp.target)
@@ -195,6 +206,8 @@ def _apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: fl
         # Before its first traffic: restart the dead instances once, and check the whole batch again.
         st, said = instances.restart(st, rp.dst, result)
         return st.model_copy(update={"rolling": rp.model_copy(update={"stage": "start", "smoked": False})}), [said]
+    if instances.unreachable(result):  # an unknown host is waited for, whatever the stage
+        return st.model_copy(update={"waiting": f"retrying: {result.reason}"}), [Decision("retry", result.reason)]
     if not result.ok:
         if stage in ("start", "health", "smoke") or (dead and stage in ("route", "shrink", "trim")):
             reason = instances.gave_up(st, result) if dead else result.reason

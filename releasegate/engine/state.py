@@ -90,6 +90,10 @@ class RolloutState(BaseModel):
     health_down_since: float | None = None
     # Instances of the new version found dead before any traffic reached them and restarted (engine/instances.py).
     restarts: int = 0
+    # A canary on a fleet of hosts (engine/hosts.py): new-version instances started and checked so far, and whether
+    # the ones a traffic increase needs are started and wait for their health check.
+    grown: int = 0
+    growing: bool = False
     # A member of a multi-service release with `switch: together` (engine/group.py): once health and smoke pass,
     # it holds in phase "held" with no traffic until the group releases it with `promote` (all switch at once).
     hold: bool = False

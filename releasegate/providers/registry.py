@@ -193,7 +193,15 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
             return CheckOutcome(True, "", {"applied": result.applied, "backup": str(result.backup or ""),
                                            "recorded": result.recorded})
 
+    async def close_all() -> None:
+        """The router's helpers, then the platform's connections (an SSH fleet's pooled sessions)."""
+        if close is not None:
+            await close()
+        close_platform = getattr(platform, "close", None)
+        if close_platform is not None:
+            await close_platform()
+
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
-                     migrate=migrate, close=close,
+                     migrate=migrate, close=close_all,
                      probe=checks.engine_probe(platform) if isinstance(platform, checks.EngineHealth)
                      else checks.probe_health)

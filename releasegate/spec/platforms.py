@@ -139,14 +139,37 @@ class SshPlatform(ContainerRun):
     strict_host_keys: bool = Field(True, description="Refuse a host whose key is unknown or changed.")
     connect_timeout: Duration = Field(10.0, description="How long to wait for a host to answer.")
     run: Literal["command", "docker"] = Field("command", description="command: a process per instance; docker: a "
-                                              "container per instance (image, port, env, volumes as kind: docker).")
+                                              "container per instance through the hosts' docker_cli (image, port, "
+                                              "env, volumes, pull, network, args as kind: docker).")
     command: str | None = Field(None, description="For run: command: the shell command on the host; {port} "
                                 "(required), {version}, {service} and {host} are substituted.")
     cwd: str | None = Field(None, description="For run: command: working directory on the host; {version} and "
                             "{service} are substituted; default: the login directory.")
     instances_per_host: int = Field(1, ge=1, le=16, description="Instances of a version on each host.")
-    max_parallel_hosts: int = Field(1, ge=1, description="Hosts changed at once by a rolling update.")
+    max_parallel_hosts: int = Field(1, ge=1, description="Hosts changed at once by a rolling update (a batch is at "
+                                    "most this many hosts' instances).")
     stop_grace: Duration = Field(10.0, description="SIGTERM (or docker stop), then SIGKILL after this long.")
+    docker_cli: str = Field("docker", description="For run: docker: the container CLI on the hosts, as words "
+                            "(docker, podman, sudo docker, env DOCKER_HOST=... docker).")
+    remote_dir: str = Field("~/.releasegate", description="Where each host keeps its instances' records and logs "
+                            "(a subdirectory per releasegate state dir, host and service); ~/ is the login "
+                            "directory.")
+
+    @field_validator("docker_cli")
+    @classmethod
+    def _docker_cli(cls, v: str) -> str:
+        if not v.strip() or any(c in "$`\\\"'*?;&|<>()\n" for c in v):
+            raise ValueError(f"docker_cli {v!r} must be plain words (a program and its options), e.g. podman")
+        return v
+
+    @field_validator("remote_dir")
+    @classmethod
+    def _remote_dir(cls, v: str) -> str:
+        if not v.strip() or any(c.isspace() or c in "$`\\\"'" for c in v) or (v.startswith("~") and v != "~" and
+                                                                              not v.startswith("~/")):
+            raise ValueError(f"remote_dir {v!r} must be a path without spaces or quotes, absolute or under ~/, "
+                             "e.g. /var/lib/releasegate")
+        return v
 
     @field_validator("hosts")
     @classmethod

@@ -53,8 +53,10 @@ class BlueGreen(_Model):
 class Rolling(_Model):
     """Replace instances in batches; traffic follows the instance counts."""
 
-    max_unavailable: int = Field(1, ge=0, description="Instances that may be out of service at once.")
-    max_surge: int = Field(1, ge=0, description="Extra instances that may run above the target count.")
+    max_unavailable: int = Field(1, ge=0, description="Instances that may be out of service at once (hosts, on "
+                                 "platform kind ssh).")
+    max_surge: int = Field(1, ge=0, description="Extra instances that may run above the target count (hosts, on "
+                           "platform kind ssh).")
     pause: Duration = Field(0.0, description="Analysis time after each batch.")
 
     @model_validator(mode="after")
