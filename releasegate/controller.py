@@ -32,10 +32,12 @@ from releasegate.engine.state import (
     Smoke,
     Start,
     Stop,
+    describe_intent,
 )
 from releasegate.errors import HostUnreachable, ProviderError
 from releasegate.providers.base import (
     AtLeast,
+    DeadInstance,
     Instance,
     MetricQuery,
     MetricSource,
@@ -102,7 +104,7 @@ class Controller:
             st = self._apply_commands(st)
             now = self.clock.now()
             action = decide.next_action(st, self.spec, now)
-            intent = _intent(action)
+            intent = describe_intent(action)
             if intent:
                 self.store.add_event(st.service, st.id, now, "intent", intent)
             result = await self._perform(st, action)
@@ -235,7 +237,7 @@ class Controller:
 
     # --- every instance the spec asks for, before traffic (engine/instances.py) ------------------------------------
 
-    async def _dead_instances(self, service: str, version: str) -> list[Any]:
+    async def _dead_instances(self, service: str, version: str) -> list[DeadInstance]:
         """The platform's dead instances of ``version`` (processes that ended without being stopped), if it keeps
         them (every ManagedPlatform does; see base.DeadInstance)."""
         dead_instances = getattr(self.p.platform, "dead_instances", None)
@@ -251,7 +253,7 @@ class Controller:
         short = count - len(live)
         if not dead and short <= 0:
             return None
-        died: list[dict[str, object]] = [_death(d) for d in dead]
+        died: list[dict[str, object]] = [d.evidence() for d in dead]
         unexplained = short - len(dead)
         if unexplained > 0:  # gone without a record of why (a platform that keeps none, a record removed)
             died.append({"message": f"{unexplained} instance(s) of {version} gone without a trace"})
@@ -279,7 +281,7 @@ class Controller:
         dead = await self._dead_instances(service, version)
         for d in dead:
             await self.p.platform.stop(d.instance, 0.0)  # an exited instance: only its record goes
-        return [_death(d) for d in dead]
+        return [d.evidence() for d in dead]
 
     async def _route(self, st: RolloutState, action: Route) -> Outcome:
         increase = action.weight_of(st.version) > st.weight
@@ -317,18 +319,9 @@ class Controller:
             while await self.p.router.inflight(st.service, inst.address) > 0 and self.clock.now() < deadline:
                 await self.clock.sleep(0.05)
             await self.p.platform.stop(inst, self.spec.platform.stop_grace)
-        if action.keep == 0:
-            await self._forget_dead(st.service, action.version)
+        if action.keep == 0:  # platforms remember crashed instances until told we are done with them
+            await self._replace_dead(st.service, action.version)
         return Outcome(True, details={"stopped": [i.address for i in victims]})
-
-    async def _forget_dead(self, service: str, version: str) -> None:
-        """Platforms that remember crashed instances (for post-mortems) are told we are done with them."""
-        dead_instances = getattr(self.p.platform, "dead_instances", None)
-        if dead_instances is None:
-            return
-        for dead in await dead_instances(service):
-            if dead.instance.version == version:
-                await self.p.platform.stop(dead.instance, 0.0)
 
     async def _analyze(self, st: RolloutState, action: Analyze) -> Observation:
         if await self._sleep_or_command(st, action.at):
@@ -398,24 +391,3 @@ class Controller:
                                    None, spec_json, now)
         elif rec is None and st.strategy == "initial":
             self.store.set_service(st.service, None, None, None, None, spec_json, now)
-
-
-def _death(dead: Any) -> dict[str, object]:
-    """What a dead instance left (a base.DeadInstance), for the decision that restarts it or gives up."""
-    inst = dead.instance
-    describe = getattr(dead, "describe", None)
-    return {"instance": inst.id, "address": inst.address, "pid": inst.pid,
-            "exit_code": getattr(dead, "exit_code", None), "log_tail": getattr(dead, "log_tail", ""), "log": inst.log,
-            "message": describe() if describe is not None else f"instance {inst.id} ({inst.address}) died"}
-
-
-def _intent(action: Action) -> str | None:
-    """A human line for actions that change the world; recorded before they are performed."""
-    if isinstance(action, Start):
-        return f"start {action.count} instance(s) of {action.version}"
-    if isinstance(action, Route):
-        return "route " + ", ".join(f"{s.version} {s.weight}%" for s in action.shares) if action.shares else \
-            "route nothing"
-    if isinstance(action, Stop):
-        return f"stop instances of {action.version}" + (f" beyond {action.keep}" if action.keep else "")
-    return None

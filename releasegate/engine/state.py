@@ -239,3 +239,15 @@ class Decision:
     kind: str
     message: str
     data: dict[str, object] = field(default_factory=dict)
+
+
+def describe_intent(action: Action) -> str | None:
+    """A human line for actions that change the world; the controller records it before performing them."""
+    if isinstance(action, Start):
+        return f"start {action.count} instance(s) of {action.version}"
+    if isinstance(action, Route):
+        return "route " + ", ".join(f"{s.version} {s.weight}%" for s in action.shares) if action.shares else \
+            "route nothing"
+    if isinstance(action, Stop):
+        return f"stop instances of {action.version}" + (f" beyond {action.keep}" if action.keep else "")
+    return None

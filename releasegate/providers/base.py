@@ -59,6 +59,12 @@ class DeadInstance:
         log = f" (log: {i.log})" if i.log else ""
         return f"instance {i.service} {i.version} {i.id} ({i.address}{where}) {how}{tail}{log}"
 
+    def evidence(self) -> dict[str, object]:
+        """What it left, for the decision that restarts it or gives up (stored with the rollout's events)."""
+        i = self.instance
+        return {"instance": i.id, "address": i.address, "pid": i.pid, "ref": i.ref, "exit_code": self.exit_code,
+                "log_tail": self.log_tail, "log": i.log, "message": self.describe()}
+
 
 def _signal_name(number: int) -> str:
     try:
