@@ -7,7 +7,6 @@ User errors are one line on stderr, never a traceback (set RELEASEGATE_DEBUG=1 t
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from pathlib import Path
@@ -46,6 +45,7 @@ def _mount_governance() -> None:
     from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
     from releasegate.commands.audit import audit_app
     from releasegate.commands.calendar import calendar_app
+    from releasegate.commands.integrations import alerts, schema
     from releasegate.commands.metrics import metrics
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.policy import policy_app
@@ -65,6 +65,8 @@ def _mount_governance() -> None:
     app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
     app.command("receive-alerts")(receive_alerts)
     app.command("metrics")(metrics)
+    app.command(rich_help_panel=INTEGRATIONS)(schema)
+    app.command(rich_help_panel=INTEGRATIONS)(alerts)
 
 
 out = Console(highlight=False, soft_wrap=True)
@@ -153,14 +155,6 @@ def validate(spec: SpecFile) -> None:
               f"{len(s.analysis.rules)} rule(s), rollback {s.rollback_mode}")
 
 
-@app.command(rich_help_panel=INTEGRATIONS)
-def schema() -> None:
-    """Print the spec's JSON Schema (for editor validation and completion)."""
-    from releasegate.spec import json_schema
-
-    out.print_json(json.dumps(json_schema()))
-
-
 @app.command(rich_help_panel=ROLLOUTS)
 def plan(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
          env: Annotated[str | None, typer.Option(
@@ -203,16 +197,6 @@ def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
     if not all(c.ok for c in checks):
         raise typer.Exit(2)
 
-
-@app.command(rich_help_panel=INTEGRATIONS)
-def alerts(spec: SpecFile, version: Annotated[str | None, typer.Option(
-        "--version", "-v", metavar="VERSION", help="Only this version (default: one alert per version).")]
-        = None) -> None:
-    """Print a Prometheus rule group (valid for promtool) from the spec's analysis rules."""
-    from releasegate.alerts import render_alert_rules
-    from releasegate.spec import load_spec
-
-    typer.echo(render_alert_rules(load_spec(spec), version=version), nl=False)
 
 @app.command(rich_help_panel=ROLLOUTS)
 def deploy(spec: SpecFile, version: group.Versions, state_dir: StateDir = None,
