@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from releasegate.providers.platforms import make_platform
 from releasegate.providers.platforms.ssh_hosts import SshPlatform
 from releasegate.providers.routers.builtin import stop_router
 from releasegate.spec import load_spec
+from tests.support.nginx import NGINX, PrivateNginx
 from tests.support.rollouts import Load, RolloutEnv
 from tests.support.ssh_hosts import Fleet, Host, fleet_of
 from tests.support.wait import eventually
@@ -46,14 +48,16 @@ class SshEnv(RolloutEnv):
         super().__init__(tmp_path)
         self.fleet = fleet
 
-    def ssh_spec(self, strategy: str) -> Path:
+    def ssh_spec(self, strategy: str, router: str | None = None) -> Path:
+        """``router``: the spec's router mapping; default the builtin router on this env's port."""
+        router = router or f'{{listen: "127.0.0.1:{self.port}", drain_timeout: 5s}}'
         path = self.tmp_path / "shop.yaml"
         path.write_text(f"""\
 service: shop
 platform:
   kind: ssh
 {self.fleet.spec_lines(APP)}  stop_grace: 2s
-router: {{listen: "127.0.0.1:{self.port}", drain_timeout: 5s}}
+router: {router}
 health: {{path: /health, interval: 100ms, timeout: 1s, attempts: 50}}
 smoke:
   - {{method: GET, path: /api/items, expect_status: [200], max_latency: 1s}}
@@ -164,6 +168,29 @@ async def test_a_canary_across_three_hosts_adds_hosts_as_its_steps_grow(env, fle
     assert intents.index(starts[1]) < intents.index("route 2.0.0 50%, 1.0.0 50%") < intents.index(starts[2])
     routed = await backends(env)
     assert list(routed) == ["2.0.0"] and sorted(on(env, h, routed) for h in fleet.hosts) == [["2.0.0"]] * 3
+
+
+async def test_a_canary_across_three_hosts_through_nginx_loses_no_request(env, fleet, tmp_path):
+    """nginx in the root namespace reaches the hosts' instances over the network (their veth addresses)."""
+    if shutil.which(NGINX) is None:
+        pytest.skip(f"nginx is not installed ({NGINX})")
+    nginx = PrivateNginx(tmp_path / "nginx")
+    nginx.start()
+    try:
+        spec = env.ssh_spec("{canary: {steps: [{weight: 20, pause: 1s}, {weight: 50, pause: 1s}]}}",
+                            nginx.router_yaml(", drain_timeout: 5s, drain_grace: 1s"))
+        assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+        async with Load(f"http://127.0.0.1:{nginx.listen_port}/api/items", concurrency=4) as load:
+            await load.wait_for(20)
+            st = await deploy(env, spec, "2.0.0")
+            await load.wait_for(20)
+        assert st.status == "promoted", st.reason
+        assert load.failures == []
+        assert load.by_version.get("1.0.0", 0) > 0 and load.by_version.get("2.0.0", 0) > 0
+        config = (nginx.conf_dir / "releasegate-shop.conf").read_text()
+        assert all(f"server {h.address}:" in config for h in fleet.hosts)  # every host is a 2.0.0 upstream
+    finally:
+        nginx.stop()
 
 
 async def test_rolling_goes_host_by_host_and_waits_for_an_unreachable_host(env, fleet):
