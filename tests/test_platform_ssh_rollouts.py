@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,10 @@ from releasegate.engine.state import RolloutState
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.platforms.ssh_hosts import SshPlatform
 from releasegate.providers.routers.builtin import stop_router
+from releasegate.providers.routers.haproxy import HaproxyRouter
 from releasegate.spec import load_spec
+from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
+from tests.support.haproxy import HAPROXY, Haproxy, free_port, runtime
 from tests.support.nginx import NGINX, PrivateNginx
 from tests.support.rollouts import Load, RolloutEnv
 from tests.support.ssh_hosts import Fleet, Host, fleet_of
@@ -191,6 +195,34 @@ async def test_a_canary_across_three_hosts_through_nginx_loses_no_request(env, f
         assert all(f"server {h.address}:" in config for h in fleet.hosts)  # every host is a 2.0.0 upstream
     finally:
         nginx.stop()
+
+
+async def test_a_blue_green_across_three_hosts_through_haproxy_loses_no_request(env, fleet, tmp_path):
+    """HAProxy (its runtime API sets the hosts' addresses into its server slots) in front of the fleet."""
+    if shutil.which(HAPROXY) is None:
+        pytest.skip(f"haproxy is not installed ({HAPROXY})")
+    sock_dir = Path(tempfile.mkdtemp(prefix="rg-hap-", dir="/tmp"))  # a unix socket path must stay short
+    router = (f'{{kind: haproxy, listen: "127.0.0.1:{free_port()}", config_file: "{tmp_path / "h.cfg"}", '
+              f'stats_socket: "{sock_dir / "admin.sock"}", drain_timeout: 5s}}')
+    spec = env.ssh_spec("{bluegreen: {}}", router)
+    loaded = load_spec(spec)
+    assert isinstance(loaded.router, HaproxyRouterSpec)
+    HaproxyRouter(loaded.router, "shop").ensure_config()
+    proc = Haproxy(tmp_path / "h.cfg", sock_dir / "admin.sock", tmp_path / "haproxy.pid").start()
+    try:
+        assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+        async with Load(f"http://{loaded.router.listen}/api/items", concurrency=4) as load:
+            await load.wait_for(20)
+            st = await deploy(env, spec, "2.0.0")
+            await load.wait_for(20)
+        assert st.status == "promoted", st.reason
+        assert load.failures == []
+        assert load.by_version.get("1.0.0", 0) > 0 and load.by_version.get("2.0.0", 0) > 0
+        state = runtime(sock_dir / "admin.sock", "show servers state shop")
+        assert all(h.address in state for h in fleet.hosts)
+    finally:
+        proc.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
 async def test_rolling_goes_host_by_host_and_waits_for_an_unreachable_host(env, fleet):
