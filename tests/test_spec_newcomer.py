@@ -277,3 +277,10 @@ def test_progress_lines_and_status_show_units_and_json_keeps_raw_numbers() -> No
                                  "controller_alive": True, "weight": 5, "waiting": None,
                                  "latest": {"0:memory_percent": 0.2019, "1:latency_p95": 1.45467}}}])
     assert "memory_percent=0.202% latency_p95=1.45s" in console.export_text()
+
+
+def test_a_strategy_named_without_a_mapping_says_how_to_write_it() -> None:
+    with pytest.raises(SpecError) as err:
+        load_spec_text('service: shop\nplatform: {command: "app --port {port}"}\nstrategy: bluegreen\n', "s.yaml")
+    assert str(err.value) == ("s.yaml:3:11: expected a mapping, got 'bluegreen' (write strategy: {bluegreen: {}} "
+                              "for bluegreen with its defaults)")

@@ -231,6 +231,9 @@ def _message(err: ErrorDetails, loc: Loc, in_file: Loc, where: Where | None, roo
         if kind == "string_type" and isinstance(value, int | float) and "YAML reads" not in got:
             written = where.raw() if where and where.raw() else _got(value, None)
             hint = f" (write it in quotes: '{written}')"
+        if kind in ("dict_type", "model_type", "model_attributes_type") and isinstance(value, str) \
+                and value in _keys_at(loc, root):  # strategy: bluegreen, meant as the key of a mapping
+            hint = f" (write {name}: {{{value}: {{}}}} for {value} with its defaults)"
         return f"{simple[kind]}, got {got}{hint}"
     bounds = {"greater_than_equal": ("ge", "at least"), "greater_than": ("gt", "greater than"),
               "less_than_equal": ("le", "at most"), "less_than": ("lt", "less than")}
