@@ -50,6 +50,7 @@ def _mount_governance() -> None:
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.policy import policy_app
     from releasegate.commands.release import notes_command, release_app, version_app
+    from releasegate.commands.server import server
 
     release_app.command("new")(release_new)
     app.add_typer(release_app, name="release", help="Cut releases and register them for approval.")
@@ -60,11 +61,12 @@ def _mount_governance() -> None:
                                                       "show, upcoming, history.")
     for command in (approve, reject, withdraw, approvals):
         app.command()(command)
-    app.add_typer(token_app, name="token", help="Issue a user's token (printed once, stored as a hash).")
+    app.add_typer(token_app, name="token", help="Issue a token for --as or the server (printed once, kept hashed).")
     app.add_typer(audit_app, name="audit", help="Verify or export the hash-chained audit log.")
     app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
     app.command("receive-alerts")(receive_alerts)
     app.command("metrics")(metrics)
+    app.command("server", rich_help_panel=INTEGRATIONS)(server)
 
 
 out = Console(highlight=False, soft_wrap=True)

@@ -1,0 +1,150 @@
+"""The server's API surface over real HTTP: auth on every route, problem+json, limits, tokens, the OpenAPI file.
+
+One server (a real ``releasegate server`` subprocess on loopback) serves the module; nothing here starts a
+rollout (tests/test_server_rollouts.py does).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from releasegate.server.openapi import render
+from tests.support.server import ServerProc
+
+ROOT = Path(__file__).resolve().parent.parent
+OPEN = {"/healthz", "/readyz"}
+READING_POSTS = {"/api/v1/specs/validate"}
+"""POST routes that change nothing (a viewer may use them); every other POST must refuse a viewer."""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    base = tmp_path_factory.mktemp("server")
+    proc = ServerProc(base / "state", base).start()
+    yield proc
+    proc.stop()
+
+
+def _routes() -> list[tuple[str, str]]:
+    paths = json.loads(render())["paths"]
+    return [(method.upper(), path) for path, item in paths.items() for method in item]
+
+
+def test_every_route_but_health_refuses_a_missing_or_wrong_token_and_writes_refuse_a_viewer(server):
+    viewer = server.token("vera", "viewer")
+    routes = _routes()
+    assert {p for _, p in routes} >= {"/api/v1/rollouts", "/metrics", "/healthz"}
+    for method, path in routes:
+        url = re.sub(r"\{[^}]+\}", "x", path)
+        for headers in ({}, {"Authorization": "Bearer rg_wrong"}, {"Authorization": "Basic dmVyYQ=="}):
+            with server.client() as c:
+                answer = c.request(method, url, headers=headers, json={} if method == "POST" else None)
+            if path in OPEN:
+                assert answer.status_code == 200, (method, path)
+                continue
+            assert answer.status_code == 401, (method, path, headers, answer.text)
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.headers["www-authenticate"] == "Bearer"
+        if method != "GET" and path not in READING_POSTS:
+            with server.client(viewer) as c:
+                answer = c.request(method, url, json={})
+            assert answer.status_code == 403, (method, path, answer.text)
+            assert answer.json()["detail"].startswith("vera is viewer of *; this needs role")
+
+
+def test_health_needs_no_token_and_metrics_carry_the_server_series(server):
+    with server.client() as c:
+        assert c.get("/healthz").json()["status"] == "ok"
+        assert c.get("/readyz").json()["status"] == "ready"
+    with server.client(server.token("prom", "viewer")) as c:
+        text = c.get("/metrics").text
+    assert "releasegate_server_active_rollouts 0.0" in text
+    assert "releasegate_server_request_seconds_bucket" in text
+    assert "releasegate_store_up" in text
+
+
+def test_errors_are_problem_json_with_the_cli_messages(server):
+    with server.client(server.token("dora", "deployer")) as c:
+        missing = c.get("/api/v1/rollouts/shop-9.9.9-abcdef")
+        bad = c.post("/api/v1/rollouts", json={"version": "1.0.0", "spec_yaml": "service: shop\nplatform: [\n"})
+        both = c.post("/api/v1/rollouts", json={"version": "1.0.0"})
+        outside = c.post("/api/v1/rollouts", json={"version": "1.0.0", "spec_path": "../../etc/passwd"})
+        shape = c.post("/api/v1/rollouts", json={"spec_yaml": 3})
+        checked = c.post("/api/v1/specs/validate", json={"spec_yaml": "service: shop\nstrategy: sideways\n"})
+    assert missing.status_code == 404
+    assert missing.json() == {"type": "urn:releasegate:problem:not-found", "title": "Not Found", "status": 404,
+                              "detail": "rollout shop-9.9.9-abcdef: no such rollout (GET /api/v1/rollouts lists "
+                                        "them)"}
+    assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+    assert re.search(r"\.yaml:\d+:\d+: ", bad.json()["detail"] + "".join(bad.json().get("errors", []))), bad.text
+    assert both.status_code == 400 and "exactly one of spec_path" in both.json()["detail"]
+    assert outside.status_code == 400 and "under the server's spec root" in outside.json()["detail"]
+    assert shape.status_code == 422 and shape.json()["errors"]
+    assert checked.status_code == 200 and checked.json()["ok"] is False
+    assert all(re.match(r"spec\.yaml:\d+:\d+: ", e) for e in checked.json()["errors"]), checked.json()
+
+
+def test_a_body_over_the_limit_is_413_whether_declared_or_not(server):
+    token = server.token("dora", "deployer")
+    big = b'{"spec_yaml": "' + b"x" * (1 << 20) + b'"}'
+    with server.client(token) as c:
+        declared = c.post("/api/v1/specs/validate", content=big, headers={"content-type": "application/json"})
+        chunked = c.post("/api/v1/specs/validate", content=iter([big[:1000], big[1000:]]),
+                         headers={"content-type": "application/json"})
+    for answer in (declared, chunked):
+        assert answer.status_code == 413, answer.text
+        assert answer.json()["title"] == "Content Too Large"
+
+
+def test_admin_tokens_through_the_cli_and_the_api_never_show_a_secret_again(server):
+    made = subprocess.run([sys.executable, "-m", "releasegate", "token", "new", "ada", "--role", "admin",
+                           "--store", f"sqlite:///{server.state}/releasegate.db"],
+                          capture_output=True, text=True, check=True)
+    admin = made.stdout.strip()
+    assert admin.startswith("rg_") and "shown once" in made.stderr
+    with server.client(admin) as c:
+        created = c.post("/api/v1/tokens", json={"name": "dev", "role": "deployer", "service": "shop-*"})
+        listed = c.get("/api/v1/tokens")
+        export = c.get("/api/v1/audit/export").text
+        verified = c.get("/api/v1/audit/verify").json()
+    assert created.status_code == 201 and created.json()["token"].startswith("rg_")
+    dev = created.json()["token"]
+    assert {"name": "ada", "role": "admin", "service": "*"}.items() <= listed.json()[0].items()
+    for secret in (admin, dev):
+        assert secret not in listed.text and secret not in export
+        assert secret not in server.log.read_text()
+        assert secret.encode() not in (server.state / "releasegate.db").read_bytes()
+    assert '"action": "server_token.new"' in export and verified["ok"] is True
+    with server.client(dev) as c:
+        assert c.get("/api/v1/tokens").status_code == 403
+        assert c.post("/api/v1/services/other/promote").status_code == 403
+        assert c.post("/api/v1/services/shop-web/promote").status_code == 400  # allowed; nothing in progress
+
+
+def test_token_new_and_server_refuse_bad_input_in_one_line(tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True,
+                              cwd=tmp_path)
+    cases = [
+        (("token", "new", "x", "--role", "boss"), "--role boss: not a role; use one of viewer, deployer"),
+        (("server", "--listen", "0.0.0.0:8700"), "--listen 0.0.0.0:8700: not a loopback address; serve TLS"),
+        (("server", "--store", "postgresql://db/rg"), "--store postgresql://...: not supported yet"),
+        (("server", "--store", "sqlite:///x/other.db"), "the database file is named releasegate.db"),
+        (("server", "--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
+    ]
+    for args, said in cases:
+        done = run(*args)
+        assert done.returncode == 2, (args, done.stderr)
+        assert done.stderr.count("\n") == 1 and said in done.stderr, (args, done.stderr)
+
+
+def test_the_checked_in_openapi_document_is_the_apps():
+    """Regenerate with `python -m releasegate.server.openapi > docs/openapi.json` (docs/server.md)."""
+    assert (ROOT / "docs" / "openapi.json").read_text() == render()
