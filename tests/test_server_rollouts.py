@@ -1,0 +1,156 @@
+"""Real local-process rollouts driven by a real ``releasegate server`` and steered only through its API.
+
+Each test starts the server (subprocess, loopback), deploys with a deployer's token, follows ``GET /rollouts/{id}``
+and ``/events`` as a client would, and checks what the routers route and what the audit log recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from releasegate import service
+from tests.support.rollouts import Load, RolloutEnv
+from tests.support.server import ServerProc
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.slow
+
+FAST = "{canary: {steps: [{weight: 50, pause: 100ms}], keep_previous: 1h}}"
+HELD = "{canary: {steps: [{weight: 20, pause: 1h}], keep_previous: 1h}}"
+"""A canary that stays at 20 % until someone promotes, aborts or rolls it back (or the test ends)."""
+
+
+@pytest.fixture
+def env(tmp_path) -> Iterator[tuple[RolloutEnv, ServerProc]]:
+    made = RolloutEnv(tmp_path)
+    server = ServerProc(made.state, tmp_path).start()
+    try:
+        yield made, server
+    finally:
+        server.stop()
+        made.close()
+
+
+def deploy(c: httpx.Client, version: str, **extra: Any) -> httpx.Response:
+    return c.post("/api/v1/rollouts", json={"spec_path": "shop.yaml", "version": version}, **extra)
+
+
+async def ended(c: httpx.Client, rollout_id: str) -> dict[str, Any]:
+    """The rollout once it is over (polled as a client would)."""
+    def over() -> dict[str, Any] | None:
+        got: dict[str, Any] = c.get(f"/api/v1/rollouts/{rollout_id}").json()
+        return None if got["active"] else got
+    found: dict[str, Any] = await eventually(over, 60, f"rollout {rollout_id} to end", every=0.1)
+    return found
+
+
+async def at_weight(c: httpx.Client, rollout_id: str, weight: int) -> None:
+    await eventually(lambda: c.get(f"/api/v1/rollouts/{rollout_id}").json()["weight"] == weight, 60,
+                     f"rollout {rollout_id} at {weight}%", every=0.1)
+
+
+async def test_a_deploy_through_the_api_promotes_is_idempotent_and_audited_under_the_token_name(env):
+    made, server = env
+    made.spec(FAST)
+    with server.client(server.token("dora", "deployer", "shop")) as c:
+        first = deploy(c, "1.0.0", headers={"Idempotency-Key": "ci-run-7"})
+        assert first.status_code == 202, first.text
+        rid = first.json()["id"]
+        assert first.headers["location"] == f"/api/v1/rollouts/{rid}"
+        again = deploy(c, "1.0.0", headers={"Idempotency-Key": "ci-run-7"})
+        other = deploy(c, "1.0.1", headers={"Idempotency-Key": "ci-run-7"})
+        assert again.status_code == 202 and again.json()["id"] == rid
+        assert other.status_code == 409 and other.json()["type"] == "urn:releasegate:problem:idempotency-conflict"
+        done = await ended(c, rid)
+        assert done["status"] == "promoted", done["reason"]
+        assert done["actor"] == "dora"
+        kinds = [e["kind"] for e in c.get(f"/api/v1/rollouts/{rid}/events").json()]
+        assert kinds[0] == "created" and kinds[-1] == "promoted"
+        later = c.get(f"/api/v1/rollouts/{rid}/events", params={"after": 10**9}).json()
+        assert later == []
+        listed = c.get("/api/v1/rollouts").json()
+        assert [r["id"] for r in listed] == [rid]
+        [shop] = c.get("/api/v1/services").json()
+        assert shop["state"] == "running" and shop["current"] == "1.0.0"
+    assert await made.routes() == {"1.0.0": 100}
+    with server.client(server.token("ada", "admin")) as c:
+        entries = [json.loads(line) for line in c.get("/api/v1/audit/export").text.splitlines()]
+    actors = {e["action"]: e["actor"] for e in entries if e["release"] == "shop@1.0.0"}
+    assert actors["deploy.admitted"] == "dora" and actors["rollout.promoted"] == "dora", actors
+
+
+async def test_promote_abort_and_rollback_need_a_deployer_of_that_service(env):
+    made, server = env
+    made.spec(FAST)
+    dora = server.token("dora", "deployer", "shop")
+    vera = server.token("vera", "viewer")
+    otto = server.token("otto", "deployer", "billing-*")
+    with server.client(dora) as c:
+        assert (await ended(c, deploy(c, "1.0.0").json()["id"]))["status"] == "promoted"
+    async with Load(made.url) as load:
+        await _steer(made, server, dora, vera, otto)
+    assert load.failures == []
+    assert await made.routes() == {"1.0.0": 100}
+
+
+async def _steer(made: RolloutEnv, server: ServerProc, dora: str, vera: str, otto: str) -> None:
+    with server.client(dora) as c:
+        made.spec(HELD)
+        rid = deploy(c, "2.0.0").json()["id"]
+        await at_weight(c, rid, 20)
+        busy = deploy(c, "2.0.1")
+        assert busy.status_code == 409 and f"rollout {rid} of 2.0.0 is in progress" in busy.json()["detail"]
+    for token, status in ((vera, 403), (otto, 403)):
+        with server.client(token) as c:
+            refused = c.post("/api/v1/services/shop/promote")
+        assert refused.status_code == status, refused.text
+    with server.client(dora) as c:
+        answer = c.post("/api/v1/services/shop/promote").json()
+        assert answer["applied"] is True, answer
+        assert (await ended(c, rid))["status"] == "promoted"
+        assert await made.routes() == {"2.0.0": 100}
+        back = c.post("/api/v1/services/shop/rollback")
+        assert back.status_code == 200, back.text
+        assert await made.routes() == {"1.0.0": 100}
+        rid3 = deploy(c, "3.0.0").json()["id"]
+        await at_weight(c, rid3, 20)
+        assert c.post("/api/v1/services/shop/abort").json()["applied"] is True
+        assert (await ended(c, rid3))["status"] == "aborted"
+
+
+async def test_a_restarted_server_adopts_the_rollout_a_killed_one_left_mid_canary(env):
+    made, server = env
+    made.spec(FAST)
+    token = server.token("dora", "deployer")
+    with server.client(token) as c:
+        assert (await ended(c, deploy(c, "1.0.0").json()["id"]))["status"] == "promoted"
+    async with Load(made.url) as load:
+        await _crash_and_adopt(made, server, token)
+    assert load.failures == []
+    assert await made.routes() == {"2.0.0": 100}
+
+
+async def _crash_and_adopt(made: RolloutEnv, server: ServerProc, token: str) -> None:
+    with server.client(token) as c:
+        made.spec(HELD)
+        rid = deploy(c, "2.0.0").json()["id"]
+        await at_weight(c, rid, 20)
+    server.stop(kill=True)  # a crash: nothing is released
+    [status] = service.status(made.ctx, "shop")
+    assert status["rollout"]["controller_alive"] is False
+    assert await made.routes() == {"2.0.0": 20, "1.0.0": 80}  # the data plane does not need the server
+    server.start()
+    with server.client(token) as c:
+        await eventually(lambda: c.get(f"/api/v1/rollouts/{rid}").json()["controller_alive"], 30,
+                         "the new server to drive the rollout")
+        resumed = c.post("/api/v1/services/shop/resume")
+        assert resumed.status_code == 409 and "being driven already" in resumed.json()["detail"]
+        assert c.post("/api/v1/services/shop/promote").json()["applied"] is True
+        assert (await ended(c, rid))["status"] == "promoted"
+        kinds = [e["kind"] for e in c.get(f"/api/v1/rollouts/{rid}/events").json()]
+    assert "resumed" in kinds
