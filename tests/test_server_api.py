@@ -148,3 +148,14 @@ def test_token_new_and_server_refuse_bad_input_in_one_line(tmp_path):
 def test_the_checked_in_openapi_document_is_the_apps():
     """Regenerate with `python -m releasegate.server.openapi > docs/openapi.json` (docs/server.md)."""
     assert (ROOT / "docs" / "openapi.json").read_text() == render()
+
+
+def test_insecure_http_on_a_non_loopback_address_starts_with_a_warning(tmp_path):
+    server = ServerProc(tmp_path / "state", tmp_path, listen_host="0.0.0.0", extra=("--insecure-http",))
+    try:
+        server.start()
+        with server.client() as c:
+            assert c.get("/healthz").status_code == 200
+    finally:
+        server.stop()
+    assert "warning: serving plain HTTP on 0.0.0.0:" in server.log.read_text()

@@ -154,3 +154,26 @@ async def _crash_and_adopt(made: RolloutEnv, server: ServerProc, token: str) -> 
         assert (await ended(c, rid))["status"] == "promoted"
         kinds = [e["kind"] for e in c.get(f"/api/v1/rollouts/{rid}/events").json()]
     assert "resumed" in kinds
+
+
+async def test_sigterm_releases_the_rollout_at_once_and_the_next_server_aborts_it(env):
+    made, server = env
+    made.spec(FAST)
+    token = server.token("dora", "deployer")
+    with server.client(token) as c:
+        assert (await ended(c, deploy(c, "1.0.0").json()["id"]))["status"] == "promoted"
+        made.spec(HELD)
+        rid = deploy(c, "2.0.0").json()["id"]
+        await at_weight(c, rid, 20)
+    assert server.stop() in (0, -15)  # uvicorn exits through the signal it handled, after a clean shutdown
+    assert "Application shutdown complete" in server.log.read_text()
+    [status] = service.status(made.ctx, "shop")
+    assert status["rollout"]["id"] == rid and status["rollout"]["controller_alive"] is False
+    log = server.log.read_text()
+    assert "Traceback" not in log
+    assert "HTTP Request:" not in log  # httpx logs URLs, and a notification URL may carry a secret
+    server.start()
+    with server.client(token) as c:
+        assert c.post("/api/v1/services/shop/abort").json()["applied"] is True
+        assert (await ended(c, rid))["status"] == "aborted"
+    assert await made.routes() == {"1.0.0": 100}

@@ -94,6 +94,8 @@ async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: P
     from releasegate.server.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("httpx", "httpcore", "apprise"):  # their INFO lines carry URLs, which may carry secrets
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     app = create_app(state_dir, spec_root=spec_root)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True, lifespan="on",
                             timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,

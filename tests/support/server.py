@@ -21,8 +21,9 @@ from tests.support.wait import wait_until
 
 
 class ServerProc:
-    def __init__(self, state: Path, spec_root: Path, port: int | None = None) -> None:
-        self.state, self.spec_root = state, spec_root
+    def __init__(self, state: Path, spec_root: Path, port: int | None = None, listen_host: str = "127.0.0.1",
+                 extra: tuple[str, ...] = ()) -> None:
+        self.state, self.spec_root, self.listen_host, self.extra = state, spec_root, listen_host, extra
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -30,8 +31,8 @@ class ServerProc:
 
     def start(self) -> ServerProc:
         self.state.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "releasegate", "server", "--listen", f"127.0.0.1:{self.port}",
-               "--state-dir", str(self.state), "--spec-root", str(self.spec_root)]
+        cmd = [sys.executable, "-m", "releasegate", "server", "--listen", f"{self.listen_host}:{self.port}",
+               "--state-dir", str(self.state), "--spec-root", str(self.spec_root), *self.extra]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.spec_root)
         wait_until(self._ready, 30, f"the server on port {self.port} to be ready (log: {self.log})", every=0.05)
@@ -46,9 +47,10 @@ class ServerProc:
         except httpx.TransportError:
             return False
 
-    def stop(self, kill: bool = False) -> None:
+    def stop(self, kill: bool = False) -> int | None:
+        """End the server (SIGTERM, or SIGKILL as a crash) and reap it; its exit code."""
         if self.proc is None:
-            return
+            return None
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
         try:
@@ -56,7 +58,8 @@ class ServerProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-        self.proc = None
+        code, self.proc = self.proc.returncode, None
+        return code
 
     def token(self, name: str, role: str, pattern: str = "*") -> str:
         return issue(self.state, name, role, pattern)
