@@ -36,7 +36,9 @@ from releasegate.terminal import announce_lost_output, keep_driving
 app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Declarative progressive delivery: canary, blue-green and rolling releases with automatic rollback.\n\n"
-         "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.")
+         "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.\n\n"
+         "With RELEASEGATE_SERVER=URL (or --server URL) deploy, status, history, promote, abort and rollback go "
+         "to a releasegate server (docs/server.md).")
 app.add_typer(router_app, name="router", rich_help_panel=INTEGRATIONS)
 
 
@@ -410,4 +412,7 @@ readable_help()
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_app(app, sys.argv[1:] if argv is None else argv)
+    from releasegate import client  # RELEASEGATE_SERVER: the CLI as the server's client (docs/server.md)
+
+    server, args = client.split_server(sys.argv[1:] if argv is None else argv)
+    client.run(server, args) if server else run_app(app, args)

@@ -7,6 +7,9 @@ and ``/events`` as a client would, and checks what the routers route and what th
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,3 +180,49 @@ async def test_sigterm_releases_the_rollout_at_once_and_the_next_server_aborts_i
         assert c.post("/api/v1/services/shop/abort").json()["applied"] is True
         assert (await ended(c, rid))["status"] == "aborted"
     assert await made.routes() == {"1.0.0": 100}
+
+
+async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_standalone(env):
+    made, server = env
+    spec = made.spec(FAST)
+    dora, vera = server.token("dora", "deployer"), server.token("vera", "viewer")
+
+    def cli(*args: str, token: str = dora) -> subprocess.CompletedProcess[str]:
+        environ = {**os.environ, "RELEASEGATE_SERVER": server.url, "RELEASEGATE_TOKEN": token}
+        return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True,
+                              env=environ, cwd=made.tmp_path, timeout=120)
+    first = cli("deploy", str(spec), "--version", "1.0.0")
+    assert first.returncode == 0, first.stderr
+    assert "shop 1.0.0: promoted after" in first.stdout
+    [shop] = json.loads(cli("status", "--json").stdout)
+    assert shop["current"] == "1.0.0" and shop["state"] == "running"
+    [past] = json.loads(cli("history", "shop", "--json").stdout)
+    assert past["status"] == "promoted" and past["events"]
+    for args, token, code, said in [
+        (("promote", "shop"), dora, 2, "releasegate: shop: no rollout in progress"),
+        (("deploy", str(spec), "--version", "1.0.1"), vera, 2, "releasegate: vera is viewer of *; this needs role "
+                                                                "deployer"),
+        (("approve", "shop@1.0.0", "--stage", "qa", "--as", "x"), dora, 2, "releasegate: approve: not available "
+                                                                            "through the server"),
+    ]:
+        done = cli(*args, token=token)
+        assert done.returncode == code and done.stderr.startswith(said), (args, done.stderr)
+    made.spec(HELD)
+    async with Load(made.url) as load:
+        environ = {**os.environ, "RELEASEGATE_SERVER": server.url, "RELEASEGATE_TOKEN": dora}
+        following = subprocess.Popen([sys.executable, "-m", "releasegate", "deploy", str(spec), "--version", "2.0.0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
+        try:
+            with server.client(dora) as c:
+                await eventually(lambda: [r for r in c.get("/api/v1/rollouts").json()
+                                          if r["version"] == "2.0.0" and r["weight"] == 20], 60, "2.0.0 at 20%")
+            aborted = cli("abort", "shop")
+            assert aborted.returncode == 0 and "abort applied to rollout" in aborted.stdout, aborted.stderr
+            stdout, _ = following.communicate(timeout=60)
+        finally:
+            if following.poll() is None:
+                following.kill()
+                following.wait()
+    assert following.returncode == 3, stdout
+    assert "shop 2.0.0: aborted after" in stdout
+    assert load.failures == []

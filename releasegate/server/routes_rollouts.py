@@ -144,6 +144,14 @@ def service_state(name: str, request: Request, grant: Grant = Depends(principal)
     return found[0]
 
 
+@router.get("/services/{name}/history", response_model=list[dict[str, Any]])
+def service_history(name: str, request: Request, grant: Grant = Depends(principal),
+                    limit: int = Query(20, ge=1, le=500)) -> list[dict[str, Any]]:
+    """The service's rollouts with their events, newest first, in the ``history --json`` shape (docs/cli.md)."""
+    require(grant, "viewer", name)
+    return reading.history(service.new_context(_state_dir(request)), name, limit)
+
+
 @router.get("/rollouts", response_model=list[Rollout])
 def rollouts(request: Request, grant: Grant = Depends(principal),
              service_name: str | None = Query(None, alias="service"),
