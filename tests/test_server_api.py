@@ -159,3 +159,37 @@ def test_insecure_http_on_a_non_loopback_address_starts_with_a_warning(tmp_path)
     finally:
         server.stop()
     assert "warning: serving plain HTTP on 0.0.0.0:" in server.log.read_text()
+
+
+def test_an_admin_uploads_the_policy_and_calendar_and_approvers_sign_as_themselves(server):
+    from releasegate.governance.approvals import new_release
+
+    examples = ROOT / "examples" / "governance"
+    with server.client(server.token("root", "admin")) as c:
+        assert c.put("/api/v1/policy", json={"text": "users: [\n"}).status_code == 400
+        policy = c.put("/api/v1/policy", json={"text": (examples / "policy.yaml").read_text()})
+        calendar = c.put("/api/v1/calendar", json={"text": (examples / "calendar.yaml").read_text()})
+        again = c.put("/api/v1/calendar", json={"text": (examples / "calendar.yaml").read_text()})
+        check = c.get("/api/v1/calendar/check", params={"change": "minor", "at": "2025-11-04T03:00"})
+    assert policy.status_code == 200 and policy.json()["changed"] is True, policy.text
+    assert calendar.json()["version"] == 1 and again.json() == {**calendar.json(), "changed": False, "diff": ""}
+    assert check.status_code == 200 and check.json()["judged"] == "stored calendar v1"
+    assert check.json()["allowed"] is False  # the example's exam-season freeze
+    new_release(server.state, "shop", "1.4.2", "alice")
+    bob, dave = server.token("bob", "approver", "shop"), server.token("dave", "approver")
+    with server.client(bob) as c:
+        signed = c.post("/api/v1/releases/shop/1.4.2/approvals", json={"stage": "reviewer"})
+        status = c.get("/api/v1/releases/shop/1.4.2").json()
+    assert signed.status_code == 200 and signed.json()["user"] == "bob", signed.text
+    [reviewers] = [st for st in status["stages"] if st["stage"] == "reviewer"]
+    assert [g["user"] for g in reviewers["given"]] == ["bob"]
+    with server.client(dave) as c:
+        refused = c.post("/api/v1/releases/shop/1.4.2/approvals", json={"stage": "reviewer"})
+    assert refused.status_code == 400 and "dave" in refused.json()["detail"], refused.text
+    with server.client(server.token("dora", "deployer")) as c:
+        assert c.post("/api/v1/releases/shop/1.4.2/rejections", json={"stage": "qa", "reason": "x"}).status_code == 403
+        assert c.put("/api/v1/policy", json={"text": "x"}).status_code == 403
+    with server.client(server.token("ada", "admin")) as c:
+        audit = [json.loads(line) for line in c.get("/api/v1/audit/export").text.splitlines()]
+    actors = {e["action"]: e["actor"] for e in audit}
+    assert actors["policy.applied"] == "root" and actors["approval.given"] == "bob"

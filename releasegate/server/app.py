@@ -11,6 +11,7 @@ gets a 413.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -27,7 +28,7 @@ from releasegate.metrics_exporter import registry_for
 from releasegate.server import problems
 from releasegate.server.auth import need
 from releasegate.server.runner import Supervisor
-from releasegate.store.server import Grant
+from releasegate.store.server import Grant, ServerStore
 
 MAX_BODY = 1 << 20
 """A spec, an Alertmanager notification or a policy is far below a megabyte; anything larger is refused (413)."""
@@ -94,6 +95,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ServerStore(state_dir, create=True).close()  # the server's tables, once, before the first request
         if adopt:
             await supervisor.adopt()
         supervisor.ready = True
@@ -108,6 +110,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     app.state.state_dir = state_dir
     app.state.supervisor = supervisor
     app.state.spec_root = (spec_root or Path.cwd()).resolve()
+    app.state.deploy_lock = asyncio.Lock()
     problems.install(app)
     registry = CollectorRegistry(auto_describe=True)
     latency = Histogram("releasegate_server_request_seconds", "Time to answer an API request.",
@@ -133,8 +136,6 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
     def readyz() -> Any:
         """Ready (no auth): the store opens and the rollouts left by a previous run are adopted."""
-        from releasegate.store.server import ServerStore
-
         try:
             ServerStore(state_dir).close()
         except Exception:

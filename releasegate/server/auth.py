@@ -6,9 +6,10 @@ Roles (docs/server.md): ``viewer`` reads; ``deployer`` also deploys, promotes, a
 (``*`` by default); routes that name no service need the role with the pattern ``*`` (or admin).
 
 Every route but ``/healthz`` and ``/readyz`` depends on ``principal`` (401 without a valid token), and every write
-route on ``need(role)`` (403 for a token that holds that role for no service): tests/test_server_auth.py enumerates
-the app's routes so a new route cannot skip this. A refused token is never echoed, logged or audited: the audit
-entry of a refusal records only that a token was given.
+route on ``need(role)`` (403 for a token that holds that role for no service): tests/test_server_api.py enumerates
+the app's routes so a new route cannot skip this. A refused token is never echoed, logged or audited (refusals
+are not audited at all: an unauthenticated client could otherwise grow the log at will; the access log shows the
+401s).
 """
 
 from __future__ import annotations

@@ -54,6 +54,18 @@ class Verified(BaseModel):
     reason: str
 
 
+class DocumentBody(BaseModel):
+    text: str = Field(description="The policy or calendar YAML, as `policy apply FILE` / `calendar apply FILE` read.")
+    dry_run: bool = False
+
+
+class DocumentOut(BaseModel):
+    kind: str
+    changed: bool
+    version: int | None
+    diff: str
+
+
 class TokenBody(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     role: Literal["viewer", "deployer", "approver", "admin"]
@@ -161,6 +173,35 @@ def audit_export(request: Request, grant: Grant = Depends(need("admin")),
     with AuditLog(_state_dir(request)) as log:
         body = "".join(entry.to_json() + "\n" for entry in log.entries(start))
     return PlainTextResponse(body, media_type="application/x-ndjson")
+
+
+def _upload(request: Request, grant: Grant, kind: Literal["policy", "calendar"], body: DocumentBody) -> DocumentOut:
+    """Store the next version of ``kind`` as ``policy apply`` does, applied by the token's admin."""
+    import hashlib
+
+    from releasegate.fileio import private_dir
+    from releasegate.governance.stored import apply
+
+    require(grant, "admin", None)
+    where = _state_dir(request) / "uploads"
+    private_dir(where)
+    path = where / f"{kind}-{hashlib.sha256(body.text.encode()).hexdigest()[:16]}.yaml"
+    path.write_text(body.text, encoding="utf-8")
+    done = apply(_state_dir(request), kind, path, dry_run=body.dry_run, server_admin=grant.name)
+    version = done.document.version if done.document is not None else (done.previous.version if done.previous else None)
+    return DocumentOut(kind=kind, changed=done.changed, version=version, diff=done.diff)
+
+
+@router.put("/policy", tags=["governance"], response_model=DocumentOut)
+def put_policy(body: DocumentBody, request: Request, grant: Grant = Depends(need("admin"))) -> DocumentOut:
+    """Store a new version of the approval policy (as `policy apply`); admins only."""
+    return _upload(request, grant, "policy", body)
+
+
+@router.put("/calendar", tags=["governance"], response_model=DocumentOut)
+def put_calendar(body: DocumentBody, request: Request, grant: Grant = Depends(need("admin"))) -> DocumentOut:
+    """Store a new version of the change calendar (as `calendar apply`); admins only."""
+    return _upload(request, grant, "calendar", body)
 
 
 @router.get("/tokens", tags=["tokens"], response_model=list[TokenOut])

@@ -224,23 +224,23 @@ async def create(body: DeployBody, request: Request, grant: Grant = Depends(need
     """Deploy ``version``: admitted now (preflight, stored policy and calendar), then driven by the server."""
     state_dir = _state_dir(request)
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    if idempotency_key is not None:
-        with ServerStore(state_dir) as store:
-            seen = store.idempotent(idempotency_key)
-        if seen is not None:
-            if seen[0] != digest:
-                raise Problem(409, "idempotency-conflict", "Idempotency-Key was already used for a different "
-                                                           "request body; use a new key for a new deploy")
-            rec = _record(request, seen[1])
-            require(grant, "deployer", rec.state.service)
-            return _created(rec.state.id, rec.state.service, rec.state.version)
-    path = _spec_file(request, body)
-    from releasegate.spec import load_spec
+    lock: asyncio.Lock = request.app.state.deploy_lock
+    async with lock:  # one admission at a time: two racing requests (the same key twice too) cannot both pass
+        if idempotency_key is not None:
+            with ServerStore(state_dir) as store:
+                seen = store.idempotent(idempotency_key)
+            if seen is not None:
+                if seen[0] != digest:
+                    raise Problem(409, "idempotency-conflict", "Idempotency-Key was already used for a different "
+                                                               "request body; use a new key for a new deploy")
+                rec = _record(request, seen[1])
+                require(grant, "deployer", rec.state.service)
+                return _created(rec.state.id, rec.state.service, rec.state.version)
+        path = _spec_file(request, body)
+        from releasegate.spec import load_spec
 
-    spec = load_spec(path)
-    require(grant, "deployer", spec.service)
-    lock: asyncio.Lock = request.app.state.__dict__.setdefault("deploy_lock", asyncio.Lock())
-    async with lock:  # one admission at a time: two racing requests cannot pass the same checks
+        spec = load_spec(path)
+        require(grant, "deployer", spec.service)
         try:
             rollout_id = await _supervisor(request).deploy(path, body.version, grant.name, body.env, body.hotfix)
         except UserError as exc:

@@ -52,9 +52,15 @@ class Grant:
 class ServerStore:
     """Open per use and close (or ``with``)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, create: bool = False) -> None:
+        """``create``: make the tables (the server does once at start; ``token new`` does). Without it, per
+        request, no write transaction is taken just to open the store."""
         self._db = open_db(state_dir)
-        create_schema(self._db, AUDIT_SCHEMA + SCHEMA)
+        if create or not self._has_tables():
+            create_schema(self._db, AUDIT_SCHEMA + SCHEMA)
+
+    def _has_tables(self) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='server_idempotency'").fetchone() is not None
 
     def close(self) -> None:
         self._db.close()
