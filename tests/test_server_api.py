@@ -193,3 +193,15 @@ def test_an_admin_uploads_the_policy_and_calendar_and_approvers_sign_as_themselv
         audit = [json.loads(line) for line in c.get("/api/v1/audit/export").text.splitlines()]
     actors = {e["action"]: e["actor"] for e in audit}
     assert actors["policy.applied"] == "root" and actors["approval.given"] == "bob"
+
+
+def test_the_alertmanager_webhook_answers_with_what_it_did(server):
+    from tests.test_alert_receiver import alert, notification
+
+    with server.client(server.token("am", "deployer")) as c:
+        done = c.post("/api/v1/alerts", json=notification(alert("HighErrorRate", "nowhere")))
+        malformed = c.post("/api/v1/alerts", json={"version": "4"})
+    assert done.status_code == 200 and len(done.json()["results"]) == 1, done.text
+    assert malformed.status_code == 400 and "'alerts' list" in malformed.json()["detail"]
+    with server.client(server.token("shopdev", "deployer", "shop")) as c:
+        assert c.post("/api/v1/alerts", json=notification(alert())).status_code == 403
