@@ -122,8 +122,10 @@ async def _steer(made: RolloutEnv, server: ServerProc, dora: str, vera: str, ott
         assert await made.routes() == {"1.0.0": 100}
         rid3 = deploy(c, "3.0.0").json()["id"]
         await at_weight(c, rid3, 20)
-        assert c.post("/api/v1/services/shop/abort").json()["applied"] is True
+        assert c.post(f"/api/v1/rollouts/{rid3}/abort").json()["applied"] is True  # named by the rollout
         assert (await ended(c, rid3))["status"] == "aborted"
+        over = c.post(f"/api/v1/rollouts/{rid}/promote")
+        assert over.status_code == 409 and over.json()["detail"].startswith(f"rollout {rid} is over (promoted)")
 
 
 async def test_a_restarted_server_adopts_the_rollout_a_killed_one_left_mid_canary(env):

@@ -296,6 +296,43 @@ def resume(name: str, request: Request, grant: Grant = Depends(need("deployer"))
     return CommandAnswer(message=f"resuming rollout {rollout_id}", applied=True, rollout=rollout_id)
 
 
+def _active(request: Request, grant: Grant, rollout_id: str) -> str:
+    """The service of ``rollout_id`` while it is in progress (409 once it is over)."""
+    rec = _record(request, rollout_id)
+    require(grant, "deployer", rec.state.service)
+    if not rec.state.active:
+        raise Problem(409, "conflict", f"rollout {rollout_id} is over ({rec.state.status}); to switch back after a "
+                                       f"promotion: POST /api/v1/services/{rec.state.service}/rollback")
+    return rec.state.service
+
+
+@router.post("/rollouts/{rollout_id}/promote", response_model=CommandAnswer)
+async def promote_rollout(rollout_id: str, request: Request,
+                          grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
+    """As ``/services/{name}/promote``, named by the rollout (409 once it is over)."""
+    return await _command(request, grant, _active(request, grant, rollout_id), "promote")
+
+
+@router.post("/rollouts/{rollout_id}/abort", response_model=CommandAnswer)
+async def abort_rollout(rollout_id: str, request: Request, grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
+    """As ``/services/{name}/abort``, named by the rollout."""
+    return await _command(request, grant, _active(request, grant, rollout_id), "abort")
+
+
+@router.post("/rollouts/{rollout_id}/rollback", response_model=CommandAnswer)
+async def rollback_rollout(rollout_id: str, request: Request,
+                           grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
+    """As ``/services/{name}/rollback`` during the rollout."""
+    return await _command(request, grant, _active(request, grant, rollout_id), "rollback")
+
+
+@router.post("/rollouts/{rollout_id}/resume", response_model=CommandAnswer)
+def resume_rollout(rollout_id: str, request: Request, grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
+    """Drive the interrupted rollout in this server."""
+    resumed = _supervisor(request).resume(_active(request, grant, rollout_id))
+    return CommandAnswer(message=f"resuming rollout {resumed}", applied=True, rollout=resumed)
+
+
 @router.post("/specs/validate", response_model=Validation)
 def validate(body: ValidateBody, request: Request, _: Grant = Depends(need("viewer"))) -> Validation:
     """Check a spec's text: ok with a summary, or every problem as ``spec.yaml:LINE:COL: message``."""
