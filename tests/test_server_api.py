@@ -150,6 +150,45 @@ def test_the_checked_in_openapi_document_is_the_apps():
     assert (ROOT / "docs" / "openapi.json").read_text() == render()
 
 
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "releasegate-test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = where / "cert.pem", where / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_on_a_non_loopback_address_serves_https_without_a_warning(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server = ServerProc(tmp_path / "state", tmp_path, listen_host="0.0.0.0",
+                        extra=("--tls-cert", str(cert), "--tls-key", str(key)), ca=cert)
+    try:
+        server.start()
+        with server.client() as c:
+            assert c.get("/healthz").json()["status"] == "ok"
+            assert c.get("/api/v1/rollouts").status_code == 401
+    finally:
+        server.stop()
+    assert "warning" not in server.log.read_text()
+
+
 def test_insecure_http_on_a_non_loopback_address_starts_with_a_warning(tmp_path):
     server = ServerProc(tmp_path / "state", tmp_path, listen_host="0.0.0.0", extra=("--insecure-http",))
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,12 @@ from tests.support.wait import wait_until
 
 class ServerProc:
     def __init__(self, state: Path, spec_root: Path, port: int | None = None, listen_host: str = "127.0.0.1",
-                 extra: tuple[str, ...] = ()) -> None:
+                 extra: tuple[str, ...] = (), ca: Path | None = None) -> None:
+        """``ca``: the server serves TLS with a certificate this file verifies (clients then use https)."""
         self.state, self.spec_root, self.listen_host, self.extra = state, spec_root, listen_host, extra
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
+        self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state.parent / f"server-{self.port}.log"
 
@@ -43,7 +46,7 @@ class ServerProc:
         if self.proc.poll() is not None:
             raise AssertionError(f"the server exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
         try:
-            return httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200
+            return httpx.get(f"{self.url}/readyz", timeout=2, verify=self.verify).status_code == 200
         except httpx.TransportError:
             return False
 
@@ -66,4 +69,4 @@ class ServerProc:
 
     def client(self, token: str | None = None, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kw)
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60, verify=self.verify, **kw)
