@@ -228,3 +228,36 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
     assert following.returncode == 3, stdout
     assert "shop 2.0.0: aborted after" in stdout
     assert load.failures == []
+
+
+async def test_a_rollout_whose_deploy_process_died_is_resumed_through_the_api(env):
+    made, server = env
+    spec = made.spec(FAST)
+    token = server.token("dora", "deployer")
+    with server.client(token) as c:
+        assert (await ended(c, deploy(c, "1.0.0").json()["id"]))["status"] == "promoted"
+    spec = made.spec(HELD)
+    async with Load(made.url) as load:
+        standalone = subprocess.Popen([sys.executable, "-m", "releasegate", "--state-dir", str(made.state), "deploy",
+                                       str(spec), "--version", "2.0.0"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with server.client(token) as c:
+                [rollout] = await eventually(lambda: [r for r in c.get("/api/v1/rollouts").json()
+                                                      if r["version"] == "2.0.0" and r["weight"] == 20], 60,
+                                             "the standalone deploy at 20%")
+                assert rollout["controller_alive"] is True
+                busy = c.post(f"/api/v1/rollouts/{rollout['id']}/resume")
+                assert busy.status_code == 409, busy.text  # a live `deploy` drives it
+        finally:
+            standalone.kill()
+            standalone.wait()
+        with server.client(token) as c:
+            resumed = c.post(f"/api/v1/rollouts/{rollout['id']}/resume")
+            assert resumed.status_code == 200 and resumed.json()["rollout"] == rollout["id"], resumed.text
+            await eventually(lambda: c.get(f"/api/v1/rollouts/{rollout['id']}").json()["controller_alive"], 30,
+                             "the server to drive it")
+            assert c.post("/api/v1/services/shop/promote").json()["applied"] is True
+            assert (await ended(c, rollout["id"]))["status"] == "promoted"
+    assert load.failures == []
+    assert await made.routes() == {"2.0.0": 100}

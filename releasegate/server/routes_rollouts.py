@@ -289,7 +289,7 @@ async def rollback(name: str, request: Request, grant: Grant = Depends(need("dep
 
 
 @router.post("/services/{name}/resume", response_model=CommandAnswer)
-def resume(name: str, request: Request, grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
+async def resume(name: str, request: Request, grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
     """Drive ``name``'s interrupted rollout in this server."""
     require(grant, "deployer", name)
     rollout_id = _supervisor(request).resume(name)
@@ -327,7 +327,7 @@ async def rollback_rollout(rollout_id: str, request: Request,
 
 
 @router.post("/rollouts/{rollout_id}/resume", response_model=CommandAnswer)
-def resume_rollout(rollout_id: str, request: Request, grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
+async def resume_rollout(rollout_id: str, request: Request, grant: Grant = Depends(need("deployer"))) -> CommandAnswer:
     """Drive the interrupted rollout in this server."""
     resumed = _supervisor(request).resume(_active(request, grant, rollout_id))
     return CommandAnswer(message=f"resuming rollout {resumed}", applied=True, rollout=resumed)

@@ -46,11 +46,21 @@ class Supervisor:
         return task
 
     def _done(self, rollout_id: str, task: asyncio.Task[object]) -> None:
+        """A task that failed leaves its rollout active: release it, so a resume (or a command, which then
+        resumes it) is not refused as "driven by a live process" while this server lives."""
         if task.cancelled():
             return
         exc = task.exception()
-        if exc is not None:
-            log.error("rollout %s stopped: %s: %s", rollout_id, type(exc).__name__, exc)
+        if exc is None:
+            return
+        log.error("rollout %s stopped: %s: %s", rollout_id, type(exc).__name__, exc)
+        store = Store(self.state_dir)
+        try:
+            rec = store.rollout(rollout_id)
+            if rec is not None and rec.state.active:
+                store.release(rollout_id)
+        finally:
+            store.close()
 
     async def adopt(self) -> list[str]:
         """Resume every active rollout no live process drives; returns their ids."""
