@@ -1,6 +1,7 @@
 """The CLI as a client of ``releasegate server``: when ``RELEASEGATE_SERVER`` (or ``--server URL``) is set.
 
-``deploy``, ``status``, ``history``, ``promote``, ``abort`` and ``rollback`` send their request to the server with
+``deploy``, ``resume``, ``status``, ``history``, ``promote``, ``abort``, ``rollback``, ``validate``, ``approve`` and
+``reject`` send their request to the server with
 ``RELEASEGATE_TOKEN`` as the bearer token, print what the standalone command prints (``status`` and ``history``
 render the same JSON shapes with the same code) and exit with the same codes: 0 promoted or done, 2 refused or
 invalid (the server's problem+json ``detail``, one line), 3 rolled back or aborted, 1 the server unreachable or
@@ -25,7 +26,7 @@ from rich.markup import escape
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
 
 SERVER_ENV = "RELEASEGATE_SERVER"
-SUPPORTED = ("deploy", "status", "history", "promote", "abort", "rollback")
+SUPPORTED = ("deploy", "resume", "status", "history", "promote", "abort", "rollback", "validate", "approve", "reject")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 client_app = typer.Typer(name="releasegate", no_args_is_help=True, add_completion=False,
@@ -155,21 +156,82 @@ def deploy(spec: Annotated[Path, typer.Argument(metavar="SPEC", show_default=Fal
            env: Annotated[str, typer.Option(metavar="ENV")] = "prod",
            hotfix: Annotated[bool, typer.Option("--hotfix", show_default=False)] = False) -> None:
     """Send the spec to the server, which rolls VERSION out; follow its progress here (Ctrl-C detaches)."""
-    try:
-        text = spec.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"{spec}: cannot read it ({exc.strerror or exc})") from None
-    created = _call("POST", "/api/v1/rollouts", json={"spec_yaml": text, "version": version, "env": env,
+    created = _call("POST", "/api/v1/rollouts", json={"spec_yaml": _text(spec), "version": version, "env": env,
                                                       "hotfix": hotfix})
     rid = created["id"]
     out.print(f"rollout {rid} started on {_Where.url}", markup=False)
+    _followed(rid, created["service"])
+
+
+@client_app.command()
+def resume(name: Name) -> None:
+    """Have the server continue an interrupted rollout; follow its progress here (Ctrl-C detaches)."""
+    rid = _call("POST", f"/api/v1/services/{name}/resume")["rollout"]
+    out.print(f"rollout {rid} resumed on {_Where.url}", markup=False)
+    _followed(rid, name)
+
+
+def _followed(rid: str, name: str) -> NoReturn:
     try:
         final = _follow(rid)
     except KeyboardInterrupt:
-        err.print(f"releasegate: detached; rollout {rid} goes on in the server (`releasegate status "
-                  f"{created['service']}` follows it)", markup=False)
+        err.print(f"releasegate: detached; rollout {rid} goes on in the server (`releasegate status {name}` "
+                  "follows it)", markup=False)
         raise SystemExit(130) from None
     _summary(final)
+
+
+@client_app.command()
+def validate(spec: Annotated[Path, typer.Argument(metavar="SPEC", show_default=False, help="Release spec (YAML).")]
+             ) -> None:
+    """Check a spec with the server: FILE:LINE:COL: message for every problem (exit 2), or a summary."""
+    answer = _call("POST", "/api/v1/specs/validate", json={"spec_yaml": _text(spec)})
+    if not answer["ok"]:
+        raise UserError("\n".join(e.replace("spec.yaml", str(spec), 1) for e in answer["errors"]))
+    out.print(f"{spec}: ok: {answer['summary']}", markup=False)
+
+
+def _release(text: str) -> tuple[str, str]:
+    from releasegate.governance.approvals import parse_release
+
+    return parse_release(text)
+
+
+Release = Annotated[str, typer.Argument(metavar="SERVICE@VERSION", show_default=False)]
+Stage = Annotated[str, typer.Option("--stage", metavar="ROLE", show_default=False, help="The stage, by its role.")]
+Env = Annotated[str, typer.Option("--env", metavar="ENV", help="The environment whose stages are meant.")]
+
+
+@client_app.command()
+def approve(release: Release, stage: Stage, env: Env = "prod",
+            check: Annotated[list[str] | None, typer.Option("--check", metavar="ITEM")] = None) -> None:
+    """Approve a stage of a release as your token's user."""
+    service, version = _release(release)
+    signed = _call("POST", f"/api/v1/releases/{service}/{version}/approvals",
+                   json={"stage": stage, "env": env, "checks": check or []})
+    status = _call("GET", f"/api/v1/releases/{service}/{version}", params={"env": env})
+    st = next(s for s in status["stages"] if s["stage"] == signed["stage"])
+    done = sum(1 for s in status["stages"] if s["complete"])
+    out.print(f"{release}: {signed['user']} approved stage {signed['stage']} for {env} ({len(st['given'])} of "
+              f"{st['needed']}); {done} of {len(status['stages'])} stages complete", markup=False)
+
+
+@client_app.command()
+def reject(release: Release, stage: Stage,
+           reason: Annotated[str, typer.Option("--reason", metavar="TEXT", show_default=False)],
+           env: Env = "prod") -> None:
+    """Reject a release at a stage as your token's user."""
+    service, version = _release(release)
+    signed = _call("POST", f"/api/v1/releases/{service}/{version}/rejections",
+                   json={"stage": stage, "reason": reason, "env": env})
+    out.print(f"{release}: rejected by {signed['user']} at stage {signed['stage']}", markup=False)
+
+
+def _text(spec: Path) -> str:
+    try:
+        return spec.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"{spec}: cannot read it ({exc.strerror or exc})") from None
 
 
 def _follow(rollout_id: str) -> dict[str, Any]:

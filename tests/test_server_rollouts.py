@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -204,11 +205,18 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
         (("promote", "shop"), dora, 2, "releasegate: shop: no rollout in progress"),
         (("deploy", str(spec), "--version", "1.0.1"), vera, 2, "releasegate: vera is viewer of *; this needs role "
                                                                 "deployer"),
-        (("approve", "shop@1.0.0", "--stage", "qa", "--as", "x"), dora, 2, "releasegate: approve: not available "
-                                                                            "through the server"),
+        (("audit", "verify"), dora, 2, "releasegate: audit: not available through the server"),
     ]:
         done = cli(*args, token=token)
         assert done.returncode == code and done.stderr.startswith(said), (args, done.stderr)
+    bad = made.tmp_path / "bad.yaml"
+    bad.write_text("service: shop\nstrategy: sideways\n")
+    checked = cli("validate", str(bad))
+    alone = subprocess.run([sys.executable, "-m", "releasegate", "validate", str(bad)], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "RELEASEGATE_SERVER"})
+    assert checked.returncode == alone.returncode == 2
+    assert checked.stderr == alone.stderr and f"releasegate: {bad}:2:11: " in checked.stderr
+    assert cli("validate", str(spec)).stdout.startswith(f"{spec}: ok: service shop")
     made.spec(HELD)
     async with Load(made.url) as load:
         environ = {**os.environ, "RELEASEGATE_SERVER": server.url, "RELEASEGATE_TOKEN": dora}
@@ -216,8 +224,10 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environ)
         try:
             with server.client(dora) as c:
-                await eventually(lambda: [r for r in c.get("/api/v1/rollouts").json()
-                                          if r["version"] == "2.0.0" and r["weight"] == 20], 60, "2.0.0 at 20%")
+                await eventually(lambda: following.poll() is not None or [
+                    r for r in c.get("/api/v1/rollouts").json() if r["version"] == "2.0.0" and r["weight"] == 20],
+                    60, "2.0.0 at 20%")
+                assert following.poll() is None, following.communicate()
             aborted = cli("abort", "shop")
             assert aborted.returncode == 0 and "abort applied to rollout" in aborted.stdout, aborted.stderr
             stdout, _ = following.communicate(timeout=60)
@@ -228,6 +238,7 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
     assert following.returncode == 3, stdout
     assert "shop 2.0.0: aborted after" in stdout
     assert load.failures == []
+    await _sign_through_the_cli(server, cli)  # last: the stored policy then judges every deploy
 
 
 async def test_a_rollout_whose_deploy_process_died_is_resumed_through_the_api(env):
@@ -261,3 +272,17 @@ async def test_a_rollout_whose_deploy_process_died_is_resumed_through_the_api(en
             assert (await ended(c, rollout["id"]))["status"] == "promoted"
     assert load.failures == []
     assert await made.routes() == {"2.0.0": 100}
+
+
+async def _sign_through_the_cli(server: ServerProc, cli: Any) -> None:
+    from releasegate.governance.approvals import new_release
+
+    policy = (Path(__file__).resolve().parents[1] / "examples" / "governance" / "policy.yaml").read_text()
+    with server.client(server.token("root", "admin")) as c:
+        assert c.put("/api/v1/policy", json={"text": policy}).status_code == 200
+    new_release(server.state, "shop", "9.0.0", "alice")
+    signed = cli("approve", "shop@9.0.0", "--stage", "reviewer", token=server.token("bob", "approver"))
+    assert signed.returncode == 0, signed.stderr
+    assert signed.stdout.startswith("shop@9.0.0: bob approved stage reviewer for prod (1 of 2); 0 of ")
+    rejected = cli("reject", "shop@9.0.0", "--stage", "qa", "--reason", "flaky", token=server.token("dave", "approver"))
+    assert rejected.returncode == 0 and "rejected by dave at stage qa" in rejected.stdout, rejected.stderr
