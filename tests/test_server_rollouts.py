@@ -194,6 +194,11 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
         environ = {**os.environ, "RELEASEGATE_SERVER": server.url, "RELEASEGATE_TOKEN": token}
         return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True,
                               env=environ, cwd=made.tmp_path, timeout=120)
+
+    def standalone(*args: str) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if k != "RELEASEGATE_SERVER"}
+        return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True,
+                              env=environ, cwd=made.tmp_path, timeout=120)
     first = cli("deploy", str(spec), "--version", "1.0.0")
     assert first.returncode == 0, first.stderr
     assert "shop 1.0.0: promoted after" in first.stdout
@@ -212,8 +217,7 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
     bad = made.tmp_path / "bad.yaml"
     bad.write_text("service: shop\nstrategy: sideways\n")
     checked = cli("validate", str(bad))
-    alone = subprocess.run([sys.executable, "-m", "releasegate", "validate", str(bad)], capture_output=True, text=True,
-                           env={k: v for k, v in os.environ.items() if k != "RELEASEGATE_SERVER"})
+    alone = standalone("validate", str(bad))
     assert checked.returncode == alone.returncode == 2
     assert checked.stderr == alone.stderr and f"releasegate: {bad}:2:11: " in checked.stderr
     assert cli("validate", str(spec)).stdout.startswith(f"{spec}: ok: service shop")
