@@ -244,3 +244,36 @@ def test_the_alertmanager_webhook_answers_with_what_it_did(server):
     assert malformed.status_code == 400 and "'alerts' list" in malformed.json()["detail"]
     with server.client(server.token("shopdev", "deployer", "shop")) as c:
         assert c.post("/api/v1/alerts", json=notification(alert())).status_code == 403
+
+
+async def test_a_release_groups_member_is_not_adopted_alone(tmp_path):
+    """A member moves with its group (switch together or in order): the server leaves it to `resume RELEASE`."""
+    from releasegate.engine import decide
+    from releasegate.engine.group import GroupState, Member
+    from releasegate.server.runner import Supervisor
+    from releasegate.spec import load_spec
+    from releasegate.store.groups import GroupStore
+    from releasegate.store.sqlite import Store
+    from tests.support.rollouts import free_port, write_spec
+
+    state = tmp_path / "state"
+    spec_path = write_spec(tmp_path, free_port(), "{canary: {steps: [{weight: 20, pause: 1h}]}}")
+    spec = load_spec(spec_path)
+    st = decide.new_rollout("shop-2.0.0-abcdef", spec, "2.0.0", "1.0.0", 1.0)
+    dead = {"host": "elsewhere", "pid": 1, "started": 0.0, "lease_until": 0.0}
+    store = Store(state)
+    store.create_rollout(st, str(spec_path), spec.model_dump_json(by_alias=True), dead)
+    store.set_service("shop", "1.0.0", None, None, str(spec_path), None, 1.0)
+    store.close()
+    member = Member(service="shop", spec_path=str(spec_path), tier="important", version="2.0.0",
+                    rollout_id=st.id, status="running")
+    groups = GroupStore(state)
+    groups.create(GroupState(id="g1", release="web", switch="together", release_path=str(tmp_path / "web.yaml"),
+                             members=[member], created_at=1.0, updated_at=1.0), dead)
+    groups.close()
+    supervisor = Supervisor(state)
+    assert await supervisor.adopt() == [] and supervisor.tasks == {}
+    from releasegate.server.problems import Problem
+
+    with pytest.raises(Problem, match="belongs to release web, which moves as one: `releasegate resume web`"):
+        supervisor.resume("shop")

@@ -64,6 +64,7 @@ class Supervisor:
 
     async def adopt(self) -> list[str]:
         """Resume every active rollout no live process drives; returns their ids."""
+        grouped = self.group_members()
         store = Store(self.state_dir)
         try:
             orphans = [rec for rec in (store.active_rollout(s.service) for s in store.services())
@@ -71,10 +72,26 @@ class Supervisor:
         finally:
             store.close()
         for rec in orphans:
+            if rec.state.id in grouped:  # a release group's member moves with its group: `resume RELEASE`
+                log.warning("rollout %s of %s belongs to release %s: not adopted (the server does not drive release"
+                            " groups yet; `releasegate resume %s`)", rec.state.id, rec.state.service,
+                            grouped[rec.state.id], grouped[rec.state.id])
+                continue
             log.info("adopting rollout %s of %s", rec.state.id, rec.state.service)
             self._track(rec.state.id, service.resume(self.context("server"), rec.state.service))
         self.ready = True
-        return [rec.state.id for rec in orphans]
+        return [rec.state.id for rec in orphans if rec.state.id not in grouped]
+
+    def group_members(self) -> dict[str, str]:
+        """Rollout id -> release, for every member of an active release group."""
+        from releasegate.store.groups import GroupStore
+
+        groups = GroupStore(self.state_dir)
+        try:
+            found = [g for g in (groups.active(r) for r in groups.releases()) if g is not None]
+        finally:
+            groups.close()
+        return {m.rollout_id: gs.release for gs, _ in found for m in gs.members}
 
     async def deploy(self, spec_path: Path, version: str, actor: str, env: str, hotfix: bool) -> str:
         """Admit (preflight, policy, calendar: a refusal raises its UserError here) and start a rollout; return
@@ -121,6 +138,11 @@ class Supervisor:
         if rec is None:
             raise Problem(409, "conflict", f"{svc}: no rollout in progress to resume (see GET /api/v1/rollouts?"
                                            f"service={svc})")
+        release = self.group_members().get(rec.state.id)
+        if release is not None:
+            raise Problem(409, "conflict", f"{svc}: rollout {rec.state.id} belongs to release {release}, which moves "
+                                           f"as one: `releasegate resume {release}` (release groups are not driven by "
+                                           "the server yet)")
         task = self.tasks.get(rec.state.id)
         if (task is not None and not task.done()) or owner_alive(rec.owner):
             raise Problem(409, "conflict", f"{svc}: rollout {rec.state.id} is being driven already; follow it with "
