@@ -3,7 +3,7 @@
 Roles (docs/server.md): ``viewer`` reads; ``deployer`` also deploys, promotes, aborts, rolls back and resumes;
 ``approver`` also approves and rejects (the stored policy still decides which stages the user may sign);
 ``admin`` may do everything, including issuing tokens. A role covers the services its fnmatch pattern matches
-(``*`` by default); routes that name no service need the role with the pattern ``*`` (or admin).
+(``*`` by default); routes that name no service need the role with the pattern ``*``.
 
 Every route but ``/healthz`` and ``/readyz`` depends on ``principal`` (401 without a valid token), and every write
 route on ``need(role)`` (403 for a token that holds that role for no service): tests/test_server_api.py enumerates
