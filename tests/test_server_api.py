@@ -33,14 +33,32 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 
 
 def _routes() -> list[tuple[str, str]]:
-    paths = json.loads(render())["paths"]
-    return [(method.upper(), path) for path, item in paths.items() for method in item]
+    """Every (method, path) the app serves, read from the app and its routers (not only what its OpenAPI lists).
+
+    The app's own routes, and those of the two routers it includes under /api/v1; a router included anywhere
+    else makes this fail until it is listed here."""
+    from starlette.routing import Route
+
+    from releasegate.server.app import create_app
+    from releasegate.server.routes_governance import router as governance
+    from releasegate.server.routes_rollouts import router as rollouts
+
+    app = create_app(ROOT / "no-such-state", adopt=False)
+    own = [r for r in app.routes if isinstance(r, Route)]
+    assert len(app.routes) - len(own) == 2, "a router was included that this test does not enumerate"
+    routes = [(r.path, r) for r in own] + [("/api/v1" + r.path, r) for r in (*rollouts.routes, *governance.routes)
+                                           if isinstance(r, Route)]
+    found = [(method, path) for path, r in routes for method in sorted(r.methods or ()) if method != "HEAD"]
+    assert len(found) == len(set(found))
+    return found
 
 
 def test_every_route_but_health_refuses_a_missing_or_wrong_token_and_writes_refuse_a_viewer(server):
     viewer = server.token("vera", "viewer")
     routes = _routes()
-    assert {p for _, p in routes} >= {"/api/v1/rollouts", "/metrics", "/healthz"}
+    assert {p for _, p in routes} >= {"/api/v1/rollouts", "/metrics", "/healthz", "/api/v1/openapi.json"}
+    assert {p for _, p in routes} - OPEN - {"/metrics", "/api/v1/openapi.json"} == {
+        p for p in json.loads(render())["paths"]} - OPEN - {"/metrics"}
     for method, path in routes:
         url = re.sub(r"\{[^}]+\}", "x", path)
         for headers in ({}, {"Authorization": "Bearer rg_wrong"}, {"Authorization": "Basic dmVyYQ=="}):
@@ -63,8 +81,10 @@ def test_health_needs_no_token_and_metrics_carry_the_server_series(server):
     with server.client() as c:
         assert c.get("/healthz").json()["status"] == "ok"
         assert c.get("/readyz").json()["status"] == "ready"
+        assert c.get("/openapi.json").status_code == c.get("/docs").status_code == 404  # nothing public but probes
     with server.client(server.token("prom", "viewer")) as c:
         text = c.get("/metrics").text
+        assert c.get("/api/v1/openapi.json").json() == json.loads(render())
     assert "releasegate_server_active_rollouts 0.0" in text
     assert "releasegate_server_request_seconds_bucket" in text
     assert "releasegate_store_up" in text

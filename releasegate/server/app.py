@@ -104,7 +104,8 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
         finally:
             await supervisor.shutdown()
 
-    app = FastAPI(title="releasegate", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="releasegate", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None,  # no unauthenticated route but the probes: the document is served below
                   description="The releasegate server's API (docs/server.md). Every route but /healthz and /readyz "
                               "needs `Authorization: Bearer TOKEN`; errors are application/problem+json.")
     app.state.state_dir = state_dir
@@ -149,6 +150,11 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
         """Prometheus exposition: the store's series (docs/integrations.md) and the server's own."""
         body = generate_latest(store_metrics) + generate_latest(registry)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False)
+    def openapi(_: Grant = Depends(need("viewer"))) -> JSONResponse:
+        """This API's OpenAPI document (the same as docs/openapi.json)."""
+        return JSONResponse(app.openapi())
 
     from releasegate.server.routes_governance import router as governance
     from releasegate.server.routes_rollouts import router as rollouts
