@@ -6,6 +6,7 @@ and ``/events`` as a client would, and checks what the routers route and what th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -61,9 +62,15 @@ async def at_weight(c: httpx.Client, rollout_id: str, weight: int) -> None:
 async def test_a_deploy_through_the_api_promotes_is_idempotent_and_audited_under_the_token_name(env):
     made, server = env
     made.spec(FAST)
-    with server.client(server.token("dora", "deployer", "shop")) as c:
-        first = deploy(c, "1.0.0", headers={"Idempotency-Key": "ci-run-7"})
-        assert first.status_code == 202, first.text
+    token = server.token("dora", "deployer", "shop")
+    async with httpx.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {token}",
+                                                               "Idempotency-Key": "ci-run-7"}, timeout=60) as ac:
+        body = {"spec_path": "shop.yaml", "version": "1.0.0"}
+        first, racing = await asyncio.gather(ac.post("/api/v1/rollouts", json=body),
+                                             ac.post("/api/v1/rollouts", json=body))  # a CI retry racing the first
+    assert first.status_code == racing.status_code == 202, (first.text, racing.text)
+    assert first.json() == racing.json()
+    with server.client(token) as c:
         rid = first.json()["id"]
         assert first.headers["location"] == f"/api/v1/rollouts/{rid}"
         again = deploy(c, "1.0.0", headers={"Idempotency-Key": "ci-run-7"})

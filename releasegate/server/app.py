@@ -11,7 +11,6 @@ gets a 413.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -111,7 +110,6 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     app.state.state_dir = state_dir
     app.state.supervisor = supervisor
     app.state.spec_root = (spec_root or Path.cwd()).resolve()
-    app.state.deploy_lock = asyncio.Lock()
     problems.install(app)
     registry = CollectorRegistry(auto_describe=True)
     latency = Histogram("releasegate_server_request_seconds", "Time to answer an API request.",

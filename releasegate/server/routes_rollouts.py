@@ -8,7 +8,7 @@ rollout, which ``GET /rollouts/{id}`` and ``/events`` follow.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
 import time
 from pathlib import Path
@@ -224,8 +224,10 @@ async def create(body: DeployBody, request: Request, grant: Grant = Depends(need
     """Deploy ``version``: admitted now (preflight, stored policy and calendar), then driven by the server."""
     state_dir = _state_dir(request)
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    lock: asyncio.Lock = request.app.state.deploy_lock
-    async with lock:  # one admission at a time: two racing requests (the same key twice too) cannot both pass
+    sup = _supervisor(request)
+    # One admission per Idempotency-Key and per service at a time: a retry waits for the first answer, and two
+    # deploys of one service cannot pass the same checks; deploys of different services admit in parallel.
+    async with sup.locks.hold(f"key:{idempotency_key}") if idempotency_key else contextlib.nullcontext():
         if idempotency_key is not None:
             with ServerStore(state_dir) as store:
                 seen = store.idempotent(idempotency_key)
@@ -241,12 +243,13 @@ async def create(body: DeployBody, request: Request, grant: Grant = Depends(need
 
         spec = load_spec(path)
         require(grant, "deployer", spec.service)
-        try:
-            rollout_id = await _supervisor(request).deploy(path, body.version, grant.name, body.env, body.hotfix)
-        except UserError as exc:
-            if "is in progress" in str(exc):
-                raise Problem(409, "conflict", str(exc).splitlines()[0]) from None
-            raise
+        async with sup.locks.hold(f"service:{spec.service}"):
+            try:
+                rollout_id = await sup.deploy(path, body.version, grant.name, body.env, body.hotfix)
+            except UserError as exc:
+                if "is in progress" in str(exc):
+                    raise Problem(409, "conflict", str(exc).splitlines()[0]) from None
+                raise
         if idempotency_key is not None:
             with ServerStore(state_dir) as store:
                 store.remember(idempotency_key, digest, rollout_id, grant.name, time.time())

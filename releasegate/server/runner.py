@@ -10,8 +10,10 @@ tasks are cancelled and their ownership released, so the next server picks them 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from releasegate import service
@@ -23,6 +25,27 @@ from releasegate.store.sqlite import Store, owner_alive
 log = logging.getLogger("releasegate.server")
 
 
+class KeyedLocks:
+    """One asyncio lock per key (a service, an Idempotency-Key), forgotten when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
 class Supervisor:
     """Starts, adopts and tracks the rollout tasks of one server process."""
 
@@ -30,6 +53,7 @@ class Supervisor:
         self.state_dir = state_dir
         self.tasks: dict[str, asyncio.Task[object]] = {}  # rollout id -> its task
         self.ready = False
+        self.locks = KeyedLocks()  # admissions of one service (or one Idempotency-Key) run one at a time
 
     def context(self, actor: str) -> service.Context:
         ctx = service.new_context(self.state_dir, SystemClock())
