@@ -163,21 +163,25 @@ def test_admin_tokens_through_the_cli_and_the_api_never_show_a_secret_again(serv
         assert c.post("/api/v1/services/shop-web/promote").status_code == 400  # allowed; nothing in progress
 
 
-def test_token_new_and_server_refuse_bad_input_in_one_line(tmp_path):
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True,
-                              cwd=tmp_path)
+def test_token_new_and_server_refuse_bad_input_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from releasegate.cli import app
+
+    monkeypatch.chdir(tmp_path)
     cases = [
         (("token", "new", "x", "--role", "boss"), "--role boss: not a role; use one of viewer, deployer"),
         (("server", "--listen", "0.0.0.0:8700"), "--listen 0.0.0.0:8700: not a loopback address; serve TLS"),
         (("server", "--store", "postgresql://db/rg"), "--store postgresql://...: not supported yet"),
         (("server", "--store", "sqlite:///x/other.db"), "the database file is named releasegate.db"),
         (("server", "--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
+        (("server", "--listen", "nowhere"), "--listen: expected HOST:PORT"),
     ]
     for args, said in cases:
-        done = run(*args)
-        assert done.returncode == 2, (args, done.stderr)
-        assert done.stderr.count("\n") == 1 and said in done.stderr, (args, done.stderr)
+        done = CliRunner().invoke(app, list(args))
+        assert done.exit_code == 2, (args, done.output)
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("releasegate: ") and said in done.stderr, (
+            args, done.stderr)
 
 
 def test_the_checked_in_openapi_document_is_the_apps():
