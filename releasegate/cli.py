@@ -35,7 +35,9 @@ from releasegate.terminal import announce_lost_output, keep_driving
 app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Declarative progressive delivery: canary, blue-green and rolling releases with automatic rollback.\n\n"
-         "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.")
+         "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.\n\n"
+         "With RELEASEGATE_SERVER=URL (or --server URL) the rollout commands, validate, approve and reject go to "
+         "a releasegate server (docs/server.md).")
 app.add_typer(router_app, name="router", rich_help_panel=INTEGRATIONS)
 
 
@@ -50,6 +52,7 @@ def _mount_governance() -> None:
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.policy import policy_app
     from releasegate.commands.release import notes_command, release_app, version_app
+    from releasegate.commands.server import server
 
     release_app.command("new")(release_new)
     app.add_typer(release_app, name="release", help="Cut releases and register them for approval.")
@@ -60,13 +63,14 @@ def _mount_governance() -> None:
                                                       "show, upcoming, history.")
     for command in (approve, reject, withdraw, approvals):
         app.command()(command)
-    app.add_typer(token_app, name="token", help="Issue a user's token (printed once, stored as a hash).")
+    app.add_typer(token_app, name="token", help="Issue a token for --as or the server (printed once, kept hashed).")
     app.add_typer(audit_app, name="audit", help="Verify or export the hash-chained audit log.")
     app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
     app.command("receive-alerts")(receive_alerts)
     app.command("metrics")(metrics)
     app.command(rich_help_panel=INTEGRATIONS)(schema)
     app.command(rich_help_panel=INTEGRATIONS)(alerts)
+    app.command("server", rich_help_panel=INTEGRATIONS)(server)
 
 
 out = Console(highlight=False, soft_wrap=True)
@@ -392,4 +396,7 @@ readable_help()
 
 
 def main(argv: list[str] | None = None) -> None:
-    run_app(app, sys.argv[1:] if argv is None else argv)
+    from releasegate import client  # RELEASEGATE_SERVER: the CLI as the server's client (docs/server.md)
+
+    server, args = client.split_server(sys.argv[1:] if argv is None else argv)
+    client.run(server, args) if server else run_app(app, args)

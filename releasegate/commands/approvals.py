@@ -240,25 +240,60 @@ def _as_json(status: gov.ReleaseStatus) -> dict[str, Any]:
     }
 
 
-token_app = typer.Typer(help=f"Identity tokens for --as USER (given in {TOKEN_ENV}).", no_args_is_help=True)
+token_app = typer.Typer(help=f"Tokens: identity tokens for --as USER (given in {TOKEN_ENV}), or with --role the "
+                             "server's bearer tokens.", no_args_is_help=True)
 
 
 @token_app.command("new")
-def token_new(user: Annotated[str, typer.Argument(metavar="USER", show_default=False,
-                                                  help="A user named in the stored policy.")],
+def token_new(user: Annotated[str, typer.Argument(metavar="NAME", show_default=False,
+                                                  help="A user named in the stored policy (the name the audit log "
+                                                       "records).")],
               as_user: Annotated[str | None, typer.Option(
                   "--as", metavar="ADMIN", show_default=False,
                   help=f"The admin issuing it, with their token in {TOKEN_ENV}; needed once an admin holds a token "
                        "(the first admin's own token needs none).")] = None,
+              role: Annotated[str | None, typer.Option(
+                  "--role", metavar="ROLE", show_default=False,
+                  help="A server token (`releasegate server`) with this role: viewer, deployer, approver or "
+                       "admin.")] = None,
+              service: Annotated[str, typer.Option(
+                  "--service", metavar="PATTERN", help="With --role: the services it covers (fnmatch).")] = "*",
+              store: Annotated[str | None, typer.Option("--store", metavar="URL", show_default=False,
+                                                        help="With --role: sqlite:///PATH/releasegate.db.")] = None,
               state_dir: StateDir = None, policy: GonePolicy = None) -> None:
-    """Print a new token for USER of the stored policy, once (only its hash is kept); it replaces the old one."""
+    """Print a new token for NAME, once (only its hash is kept); it replaces NAME's old one.
+
+    Without --role: NAME's identity token for --as (NAME must be in the stored policy). With --role: a bearer
+    token for the server, made where the store is (that is how the first admin is made; admins can also use
+    POST /api/v1/tokens).
+    """
     with reported():
         _gone(policy, "token new")
+        if role is not None:
+            _server_token(user, role, service, store, state_dir, as_user)
+            return
+        if store is not None or service != "*":
+            raise UserError("token new: --store and --service go with --role (a server token); identity tokens "
+                            "for --as have neither")
         where = state_dir_of(state_dir)
         token = new_token(where, _stored(where, "token new"), user, by=as_user, by_token=_token())
         typer.echo(token)
         err.print(f"token for {user} shown once; use it as {TOKEN_ENV}. Any previous token of {user} no longer works.",
                   markup=False)
+
+
+def _server_token(name: str, role: str, service: str, store: str | None, state_dir: Path | None,
+                  as_user: str | None) -> None:
+    from releasegate.commands.server import store_dir
+    from releasegate.server.auth import issue
+
+    if as_user is not None:
+        raise UserError("token new --role: a server token is made where the store is (recorded with your OS login) "
+                        "or by an admin through POST /api/v1/tokens; drop --as")
+    token = issue(store_dir(store, state_dir), name, role, service)
+    typer.echo(token)
+    err.print(f"server token for {name} ({role} of {service}) shown once; clients send it as `Authorization: Bearer` "
+              f"(RELEASEGATE_TOKEN). Any previous server token of {name} no longer works.", markup=False)
 
 
 __all__ = ["approvals", "approve", "reject", "release_new", "reported", "state_dir_of", "token_app", "withdraw"]

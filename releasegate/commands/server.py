@@ -1,0 +1,107 @@
+"""``releasegate server``: the REST API and every active rollout in one long-lived process (docs/server.md).
+
+Loopback by default. Any other address needs TLS (``--tls-cert``/``--tls-key``) or an explicit ``--insecure-http``
+that is warned about at start: bearer tokens must not cross a network in clear text by accident.
+
+Uvicorn's limits that keep one client from stalling the others: every connection is its own task on the event
+loop (a slow sender only holds its own), ``timeout_keep_alive`` closes idle keep-alive connections after 5 s,
+``h11_max_incomplete_event_size`` bounds a request head at 64 KiB, ``limit_concurrency`` answers 503 past 1000
+connections, and the app refuses bodies past 1 MiB (413) however they are sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from releasegate.commands import listen_address, reported
+from releasegate.commands.alerts_receiver import is_loopback
+from releasegate.commands.approvals import StateDir, state_dir_of
+from releasegate.errors import UserError
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def store_dir(store: str | None, state_dir: Path | None) -> Path:
+    """``--store sqlite:///PATH/releasegate.db`` as the state dir holding it (or ``--state-dir``)."""
+    if store is None:
+        return state_dir_of(state_dir)
+    if store.startswith(("postgresql://", "postgres://")):
+        raise UserError("--store postgresql://...: not supported yet (docs/server.md, 'not done yet'); use "
+                        "--store sqlite:///PATH/releasegate.db")
+    prefix = "sqlite:///"
+    if not store.startswith(prefix):
+        raise UserError(f"--store {store}: expected sqlite:///PATH/releasegate.db (e.g. "
+                        "sqlite:///.releasegate/releasegate.db)")
+    path = Path(store[len(prefix):])
+    if path.name != "releasegate.db":
+        raise UserError(f"--store {store}: the database file is named releasegate.db; give sqlite:///"
+                        f"{path.parent / 'releasegate.db'} (its directory is the state dir)")
+    if state_dir is not None and state_dir.resolve() != path.parent.resolve():
+        raise UserError(f"--store {store} and --state-dir {state_dir} name two places; give one")
+    return path.parent
+
+
+Store = Annotated[str | None, typer.Option("--store", metavar="URL", show_default=False,
+                                           help="sqlite:///PATH/releasegate.db (default: the state dir's).")]
+
+
+def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
+                                               help="Where the API listens.")] = "127.0.0.1:8700",
+           store: Store = None, state_dir: StateDir = None,
+           spec_root: Annotated[Path | None, typer.Option(
+               "--spec-root", metavar="DIR", show_default=False,
+               help="Specs named by path in requests must lie under DIR (default: the current directory).")]
+           = None,
+           tls_cert: Annotated[Path | None, typer.Option("--tls-cert", metavar="FILE", show_default=False,
+                                                         help="Serve HTTPS with this certificate (PEM).")] = None,
+           tls_key: Annotated[Path | None, typer.Option("--tls-key", metavar="FILE", show_default=False,
+                                                        help="The certificate's private key (PEM).")] = None,
+           insecure_http: Annotated[bool, typer.Option(
+               "--insecure-http", show_default=False,
+               help="Allow plain HTTP on a non-loopback address (tokens cross the network in clear).")] = False
+           ) -> None:
+    """Serve the REST API and drive every active rollout in this one process (docs/server.md)."""
+    with reported():
+        host, port = listen_address(listen)
+        where = store_dir(store, state_dir)
+        if (tls_cert is None) != (tls_key is None):
+            raise UserError("--tls-cert and --tls-key go together; give both (or neither, on loopback)")
+        for option, path in (("--tls-cert", tls_cert), ("--tls-key", tls_key)):
+            if path is not None and not path.is_file():
+                raise UserError(f"{option} {path}: no such file")
+        if not is_loopback(host) and tls_cert is None and not insecure_http:
+            raise UserError(f"--listen {listen}: not a loopback address; serve TLS with --tls-cert FILE --tls-key "
+                            "FILE, or pass --insecure-http to send tokens in clear text")
+        root = (spec_root or Path.cwd())
+        if not root.is_dir():
+            raise UserError(f"--spec-root {root}: no such directory")
+    if not is_loopback(host) and tls_cert is None:
+        err.print(f"warning: serving plain HTTP on {listen}: bearer tokens cross the network in clear text "
+                  "(--insecure-http)", markup=False)
+    asyncio.run(_serve(where, host, port, root, tls_cert, tls_key))
+
+
+async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: Path | None,
+                 key: Path | None) -> None:
+    import uvicorn
+
+    from releasegate.server.app import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for chatty in ("httpx", "httpcore", "apprise"):  # their INFO lines carry URLs, which may carry secrets
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    app = create_app(state_dir, spec_root=spec_root)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True, lifespan="on",
+                            timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,
+                            limit_concurrency=1000, timeout_graceful_shutdown=10,
+                            ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
+    await uvicorn.Server(config).serve()
+
+
+__all__ = ["server", "store_dir"]

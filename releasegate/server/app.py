@@ -1,0 +1,166 @@
+"""The server's FastAPI app: health, metrics, the Alertmanager webhook, and the routers of the API.
+
+``create_app(state_dir)`` builds everything from the state dir alone (the OpenAPI document and the tests build it
+the same way). The app reaches the state only through the service layer and the store classes, never SQL, so a
+store on PostgreSQL (issue 11, section 5) replaces classes, not routes.
+
+Why a body limit in an ASGI middleware: uvicorn bounds headers, not bodies; the middleware reads the body (at
+most ``MAX_BODY``) before the app runs, so a client that lies in Content-Length (or sends none, chunked) still
+gets a 413.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from pydantic import BaseModel
+
+from releasegate import __version__
+from releasegate.metrics_exporter import registry_for
+from releasegate.server import problems
+from releasegate.server.auth import need
+from releasegate.server.runner import Supervisor
+from releasegate.store.server import Grant, ServerStore
+
+MAX_BODY = 1 << 20
+"""A spec, an Alertmanager notification or a policy is far below a megabyte; anything larger is refused (413)."""
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _replay(body: list[bytes], first: Message | None, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then what the client sends next (disconnect)."""
+    pending: list[Message] = [first] if first is not None else [
+        {"type": "http.request", "body": b"".join(body), "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop(0) if pending else await receive()
+    return replayed
+
+
+class BodyLimit:
+    """Answer 413 (problem+json) to a request whose body exceeds ``limit`` bytes, declared or actually sent."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        body: list[bytes] = []
+        seen, more = 0, True
+        while more:  # read the whole (bounded) body first: the app never sees a request it would have to cut
+            message = await receive()
+            if message["type"] != "http.request":
+                await self.app(scope, _replay([], message, receive), send)
+                return
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            body.append(message.get("body", b""))
+            more = bool(message.get("more_body", False))
+        await self.app(scope, _replay(body, None, receive), send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = problems.response(413, "too-large", f"the request body is larger than {self.limit} bytes")
+        await answer(scope, receive, send)
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = True) -> FastAPI:
+    """The app over ``state_dir``; ``spec_root`` bounds the spec paths a request may name (default: cwd)."""
+    supervisor = Supervisor(state_dir)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ServerStore(state_dir, create=True).close()  # the server's tables, once, before the first request
+        if adopt:
+            await supervisor.adopt()
+        supervisor.ready = True
+        try:
+            yield
+        finally:
+            await supervisor.shutdown()
+
+    app = FastAPI(title="releasegate", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
+                  redoc_url=None,  # no unauthenticated route but the probes: the document is served below
+                  description="The releasegate server's API (docs/server.md). Every route but /healthz and /readyz "
+                              "needs `Authorization: Bearer TOKEN`; errors are application/problem+json.")
+    app.state.state_dir = state_dir
+    app.state.supervisor = supervisor
+    app.state.spec_root = (spec_root or Path.cwd()).resolve()
+    problems.install(app)
+    registry = CollectorRegistry(auto_describe=True)
+    latency = Histogram("releasegate_server_request_seconds", "Time to answer an API request.",
+                        ["method", "route", "status"], registry=registry)
+    Gauge("releasegate_server_active_rollouts", "Rollouts this server drives now.",
+          registry=registry).set_function(lambda: float(supervisor.active()))
+    store_metrics = registry_for(state_dir)
+
+    @app.middleware("http")
+    async def timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        answer = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        latency.labels(request.method, path, str(answer.status_code)).observe(time.perf_counter() - start)
+        return answer
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        """Alive (no auth): the process answers."""
+        return Health(status="ok", version=__version__)
+
+    @app.get("/readyz", response_model=Health, tags=["health"], responses={503: {"model": Health}})
+    def readyz() -> Any:
+        """Ready (no auth): the store opens and the rollouts left by a previous run are adopted."""
+        try:
+            ServerStore(state_dir).close()
+        except Exception:
+            return JSONResponse({"status": "store unavailable", "version": __version__}, status_code=503)
+        if not supervisor.ready:
+            return JSONResponse({"status": "starting", "version": __version__}, status_code=503)
+        return Health(status="ready", version=__version__)
+
+    @app.get("/metrics", response_class=Response, tags=["metrics"])
+    def metrics(_: Grant = Depends(need("viewer"))) -> Response:
+        """Prometheus exposition: the store's series (docs/integrations.md) and the server's own."""
+        body = generate_latest(store_metrics) + generate_latest(registry)
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/api/v1/openapi.json", include_in_schema=False)
+    def openapi(_: Grant = Depends(need("viewer"))) -> JSONResponse:
+        """This API's OpenAPI document (the same as docs/openapi.json)."""
+        return JSONResponse(app.openapi())
+
+    from releasegate.server.routes_governance import router as governance
+    from releasegate.server.routes_rollouts import router as rollouts
+
+    app.include_router(rollouts, prefix="/api/v1")
+    app.include_router(governance, prefix="/api/v1")
+    app.add_middleware(BodyLimit)
+    return app
+
+
+__all__ = ["MAX_BODY", "BodyLimit", "create_app"]
