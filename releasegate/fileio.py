@@ -75,3 +75,19 @@ def write_json_atomic(path: Path, data: object) -> None:
         pass
     finally:
         os.close(dfd)
+
+
+def next_number(path: Path) -> int:
+    """The next number of a counter kept in ``path`` (1 first), under an exclusive lock: two processes never get
+    the same one, and numbers are never reused across restarts (the platforms' instance ids)."""
+    import fcntl
+
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read().strip()
+        n = int(text) if text.isdigit() else 1
+        f.seek(0)
+        f.truncate()
+        f.write(f"{n + 1}\n")
+    return n

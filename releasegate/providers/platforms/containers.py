@@ -15,11 +15,9 @@ here. The SDK blocks, so every engine call runs in ``asyncio.to_thread``.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import hashlib
 import math
 import re
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +28,12 @@ import docker.errors
 from docker.models.containers import Container
 
 from releasegate.errors import ProviderError
+from releasegate.fileio import next_number
 from releasegate.providers.base import DeadInstance, Instance
 from releasegate.providers.metrics.containers import ContainerMetrics
 from releasegate.providers.platforms import container_engine as engine
 from releasegate.providers.platforms.container_engine import HOST, Say
+from releasegate.providers.platforms.local_processes import free_port
 from releasegate.spec import models, placeholders, secrets
 
 T = TypeVar("T")
@@ -268,7 +268,7 @@ class ContainerPlatform:
         id = self._next_id(service)
         name = f"rg-{service}-{re.sub(r'[^A-Za-z0-9_.-]', '_', version)}-{id}-{_short(self.state_dir)}"
         host_network = self.spec.network == "host"
-        port = _free_port() if host_network else self.spec.port
+        port = free_port() if host_network else self.spec.port
         values: dict[str, object] = {"service": service, "version": version, "port": port, "host": HOST}
         env = {key: secrets.resolve(placeholders.substitute_text(value, values), f"platform.env.{key}")
                for key, value in self.spec.env.items()}
@@ -311,15 +311,7 @@ class ContainerPlatform:
         """A per-service counter under a file lock, as the local platform's: ids stay unique across restarts."""
         directory = self.ids_dir / service
         directory.mkdir(parents=True, exist_ok=True)
-        with open(directory / "next-id", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            text = f.read().strip()
-            n = int(text) if text.isdigit() else 1
-            f.seek(0)
-            f.truncate()
-            f.write(f"{n + 1}\n")
-        return f"{n:04d}"
+        return f"{next_number(directory / 'next-id'):04d}"
 
     async def _watch_start(self, c: Container) -> int | None:
         """The exit code if the container ends within the grace; None once its backend accepts connections or the
@@ -343,13 +335,6 @@ async def _accepts(port: int) -> bool:
         return False
     writer.close()
     return True
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _short(text: str) -> str:

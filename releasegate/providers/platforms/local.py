@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import fcntl
 import os
 import subprocess
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import psutil
 
 from releasegate.errors import ProviderError
+from releasegate.fileio import next_number
 from releasegate.providers.base import DeadInstance, Instance
 from releasegate.providers.platforms.local_processes import (
     CHILDREN,
@@ -247,15 +247,7 @@ class LocalPlatform:
 
     def _next_id(self, service: str) -> str:
         """A per-service counter under a file lock: ids stay unique across restarts and processes."""
-        with open(self.service_dir(service) / "next-id", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            text = f.read().strip()
-            n = int(text) if text.isdigit() else 1
-            f.seek(0)
-            f.truncate()
-            f.write(f"{n + 1}\n")
-        return f"{n:04d}"
+        return f"{next_number(self.service_dir(service) / 'next-id'):04d}"
 
     async def _start_one(self, service: str, version: str, cwd: Path) -> Instance:
         self.service_dir(service).mkdir(parents=True, exist_ok=True)
