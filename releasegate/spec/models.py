@@ -8,6 +8,7 @@ previous version 24 hours. docs/spec-reference.md is generated from these models
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -141,16 +142,21 @@ def _process(service: str, version: str, port: int, host: str) -> dict[str, obje
     return {"service": service, "version": version, "port": port, "host": host}
 
 
-def _platform_kind(value: Any) -> str:
-    """``kind`` may be left out: local processes are the default."""
-    kind = value.get("kind", "local") if isinstance(value, dict) else getattr(value, "kind", "local")
-    return kind if isinstance(kind, str) else "?"
+def _kind(default: str) -> Callable[[Any], str]:
+    """The discriminator of a block picked by ``kind``, which may be left out for the default (local processes,
+    the built-in router)."""
+
+    def kind_of(value: Any) -> str:
+        kind = value.get("kind", default) if isinstance(value, dict) else getattr(value, "kind", default)
+        return kind if isinstance(kind, str) else "?"
+
+    return kind_of
 
 
 Platform = Annotated[
     Annotated[LocalPlatform, Tag("local")] | Annotated[DockerPlatform, Tag("docker")]
     | Annotated[SshPlatform, Tag("ssh")],
-    Discriminator(_platform_kind, custom_error_type="platform_kind",
+    Discriminator(_kind("local"), custom_error_type="platform_kind",
                   custom_error_message="platform kind must be local, docker or ssh",
                   custom_error_context={"key": "kind"})]
 AnyPlatform = LocalPlatform | DockerPlatform | SshPlatform
@@ -177,16 +183,10 @@ class BuiltinRouter(_Model):
         return None if v is None else _host_port(v, loopback_only=True)
 
 
-def _router_kind(value: Any) -> str:
-    """``kind`` may be left out: the built-in router is the default."""
-    kind = value.get("kind", "builtin") if isinstance(value, dict) else getattr(value, "kind", "builtin")
-    return kind if isinstance(kind, str) else "?"
-
-
 Router = Annotated[
     Annotated[BuiltinRouter, Tag("builtin")] | Annotated[NginxRouter, Tag("nginx")]
     | Annotated[HaproxyRouter, Tag("haproxy")],
-    Discriminator(_router_kind, custom_error_type="router_kind",
+    Discriminator(_kind("builtin"), custom_error_type="router_kind",
                   custom_error_message="router kind must be builtin, nginx or haproxy",
                   custom_error_context={"key": "kind"})]  # the loader reports a bad kind at this key
 

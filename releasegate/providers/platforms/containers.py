@@ -34,6 +34,7 @@ from releasegate.providers.metrics.containers import ContainerMetrics
 from releasegate.providers.platforms import container_engine as engine
 from releasegate.providers.platforms.container_engine import HOST, Say
 from releasegate.providers.platforms.local_processes import free_port
+from releasegate.providers.platforms.starting import all_or_none, check_names
 from releasegate.spec import models, placeholders, secrets
 
 T = TypeVar("T")
@@ -69,7 +70,7 @@ class ContainerPlatform:
     async def start(self, service: str, version: str, count: int) -> list[Instance]:
         """Ensure ``count`` running containers of ``version``: the oldest running ones, plus new ones. If a new one
         exits at once, the others this call started are removed too and ProviderError says why (its log's tail)."""
-        _check_names(service, version)
+        check_names(service, version)
         async with self._locks.setdefault(service, asyncio.Lock()):
             live = [i for i in await self.instances(service) if i.version == version]
             missing = count - len(live)
@@ -77,14 +78,8 @@ class ContainerPlatform:
                 return live[:count]
             image = self.spec.image_for(service, version)
             await self._call(self._ensure_image, image, self.spec.pull == "always", doing=f"pulling {image}")
-            results = await asyncio.gather(*(self._start_one(service, version, image) for _ in range(missing)),
-                                           return_exceptions=True)
-            started = [r for r in results if isinstance(r, Instance)]
-            failure = next((r for r in results if isinstance(r, BaseException)), None)
-            if failure is not None:
-                for inst in started:
-                    await self.stop(inst, min(self.spec.stop_grace, 5.0))
-                raise failure
+            started = await all_or_none((self._start_one(service, version, image) for _ in range(missing)),
+                                        lambda inst: self.stop(inst, min(self.spec.stop_grace, 5.0)))
             return live + sorted(started, key=lambda i: (i.started_at, i.id))
 
     async def stop(self, instance: Instance, grace: float) -> None:
@@ -339,8 +334,3 @@ async def _accepts(port: int) -> bool:
 
 def _short(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
-
-
-def _check_names(service: str, version: str) -> None:
-    if not models.SERVICE_NAME.match(service) or not models.VERSION_NAME.match(version):
-        raise ProviderError(f"unsafe service or version name: {service!r} {version!r}")

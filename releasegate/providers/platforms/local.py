@@ -57,6 +57,7 @@ from releasegate.providers.platforms.local_processes import (
     this_process,
     write_record,
 )
+from releasegate.providers.platforms.starting import all_or_none, check_names
 from releasegate.spec import models
 
 _PORT_ATTEMPTS = 3
@@ -86,21 +87,15 @@ class LocalPlatform:
         right away, the others this call started are stopped too and ProviderError says why, with the log's
         tail.
         """
-        _check_names(service, version)
+        check_names(service, version)
         async with self._locks.setdefault(service, asyncio.Lock()):
             live = [i for i in await self.instances(service) if i.version == version]
             missing = count - len(live)
             if missing <= 0:
                 return live[:count]
             cwd = self._cwd(service, version)
-            results = await asyncio.gather(*(self._start_one(service, version, cwd) for _ in range(missing)),
-                                           return_exceptions=True)
-            started = [r for r in results if isinstance(r, Instance)]
-            failure = next((r for r in results if isinstance(r, BaseException)), None)
-            if failure is not None:
-                for inst in started:
-                    await self.stop(inst, grace=min(self.spec.stop_grace, 5.0))
-                raise failure
+            started = await all_or_none((self._start_one(service, version, cwd) for _ in range(missing)),
+                                        lambda inst: self.stop(inst, grace=min(self.spec.stop_grace, 5.0)))
             return live + started
 
     async def stop(self, instance: Instance, grace: float) -> None:
@@ -329,12 +324,3 @@ def _note(rec: ProcessRecord, line: str) -> str:
     with contextlib.suppress(OSError), open(rec.log, "a") as log:
         log.write(f"--- releasegate {time.strftime('%Y-%m-%dT%H:%M:%S%z')}: {line}\n")
     return said
-
-
-# --- names ------------------------------------------------------------------------------------------------------
-
-
-def _check_names(service: str, version: str) -> None:
-    """Both end up in file names and commands, so they are held to the spec's safe alphabets here too."""
-    if not models.SERVICE_NAME.match(service) or not models.VERSION_NAME.match(version):
-        raise ProviderError(f"unsafe service or version name: {service!r} {version!r}")

@@ -34,6 +34,7 @@ from releasegate.providers.base import DeadInstance, Instance
 from releasegate.providers.platforms import ssh_docker as dk
 from releasegate.providers.platforms import ssh_remote as sh
 from releasegate.providers.platforms.ssh_connect import HostPool
+from releasegate.providers.platforms.starting import check_names
 from releasegate.spec import models, placeholders
 from releasegate.spec import secrets as spec_secrets
 from releasegate.spec.platforms import split_host
@@ -68,7 +69,7 @@ class SshPlatform:
         fewest of this version, then the fewest of the service (so fewer than the fleet go on the first hosts, and
         a host emptied by a rolling batch is refilled first). Nothing starts when a chosen host is unreachable;
         when one new instance fails, the others this call started are stopped again."""
-        _check_names(service, version)
+        check_names(service, version)
         self._runnable()
         async with self._locks.setdefault(service, asyncio.Lock()):
             everything = await self.instances(service)
@@ -375,8 +376,3 @@ def _entry_of(instance: Instance) -> str:
 
 def _values(service: str, version: str, port: int, host: str) -> dict[str, object]:
     return {"service": service, "version": version, "port": port, "host": host}
-
-
-def _check_names(service: str, version: str) -> None:
-    if not models.SERVICE_NAME.match(service) or not models.VERSION_NAME.match(version):
-        raise ProviderError(f"unsafe service or version name: {service!r} {version!r}")
