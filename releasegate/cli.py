@@ -187,7 +187,7 @@ AllowBreaking = Annotated[bool, _flag("--allow-breaking-migration",
 def preflight(spec: SpecFile, version: Version, state_dir: StateDir = None,
               env: Annotated[str, typer.Option(metavar="ENV", help="Environment (for the next freeze).")] = "prod",
               allow_breaking_migration: AllowBreaking = False) -> None:
-    """The T-60 checks deploy runs first: disk, state dir, port, command, database, migrations, freezes."""
+    """The T-60 checks deploy runs first: disk, port, platform (command, image or hosts), migrations, freezes."""
     from releasegate.preflight import preflight as run_preflight
     from releasegate.spec import load_spec
 
