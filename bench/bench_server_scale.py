@@ -208,7 +208,7 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
     await asyncio.sleep(5)  # every controller reaches its canary step and its analysis rhythm
     if supervisor.active() != rollouts:
         failed = [t.exception() or t.result() for t in supervisor.tasks.values() if t.done() and not t.cancelled()]
-        print(f"first failure: {failed[0] if failed else None!r}")
+        print(f"first one that ended early: {failed[0] if failed else None!r}")
         raise SystemExit(f"only {supervisor.active()} of {rollouts} rollouts are active; see {state}")
 
     proc = psutil.Process()
