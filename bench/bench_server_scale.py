@@ -42,7 +42,7 @@ import uvicorn  # noqa: E402
 
 from releasegate import service  # noqa: E402
 from releasegate.controller import CheckOutcome, Providers  # noqa: E402
-from releasegate.engine.clock import SystemClock  # noqa: E402
+from releasegate.engine.clock import TimedClock  # noqa: E402
 from releasegate.providers.base import Instance, MetricQuery, Routes  # noqa: E402
 from releasegate.server.app import create_app  # noqa: E402
 from releasegate.server.auth import issue  # noqa: E402
@@ -52,18 +52,17 @@ from releasegate.spec.models import Spec  # noqa: E402
 TARGETS = {"lag_p99_ms": 100.0, "rss_mb": 1024.0, "cpu_cores": 1.0, "list_p99_ms": 50.0}
 
 
-class LagClock(SystemClock):
-    """The system clock, noting how late each sleep wakes (only while ``measuring``)."""
+class LagClock(TimedClock):
+    """The server's lag-measuring clock, keeping how late each sleep woke (only while ``measuring``)."""
 
     def __init__(self) -> None:
+        super().__init__(self._note)
         self.lags: list[float] = []
         self.measuring = False
 
-    async def sleep(self, seconds: float) -> None:
-        due = self.now() + max(0.0, seconds)
-        await asyncio.sleep(max(0.0, seconds))
+    def _note(self, late: float) -> None:
         if self.measuring:
-            self.lags.append(max(0.0, self.now() - due))
+            self.lags.append(late)
 
 
 class SimPlatform:
@@ -127,8 +126,7 @@ class SimSupervisor(Supervisor):
     """The server's supervisor, its contexts on the simulated providers and the lag-noting clock."""
 
     def __init__(self, state_dir: Path, clock: LagClock) -> None:
-        super().__init__(state_dir)
-        self.clock = clock
+        super().__init__(state_dir, clock)
 
     def context(self, actor: str) -> service.Context:
         ctx = service.Context(state_dir=self.state_dir, clock=self.clock, providers=sim_factory)
