@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,6 +53,13 @@ async def ended(c: httpx.Client, rollout_id: str) -> dict[str, Any]:
         return None if got["active"] else got
     found: dict[str, Any] = await eventually(over, 60, f"rollout {rollout_id} to end", every=0.1)
     return found
+
+
+def lag_count(c: httpx.Client) -> float:
+    """How many controller wake-ups ``releasegate_scheduling_lag_seconds`` has observed."""
+    found = re.search(r"^releasegate_scheduling_lag_seconds_count (\S+)$", c.get("/metrics").text, re.M)
+    assert found is not None, "no releasegate_scheduling_lag_seconds on /metrics"
+    return float(found.group(1))
 
 
 async def at_weight(c: httpx.Client, rollout_id: str, weight: int) -> None:
@@ -114,6 +122,7 @@ async def _steer(made: RolloutEnv, server: ServerProc, dora: str, vera: str, ott
         made.spec(HELD)
         rid = deploy(c, "2.0.0").json()["id"]
         await at_weight(c, rid, 20)
+        await eventually(lambda: lag_count(c) > 0, 30, "/metrics to count the held canary's wake-ups", every=0.1)
         busy = deploy(c, "2.0.1")
         assert busy.status_code == 409 and f"rollout {rid} of 2.0.0 is in progress" in busy.json()["detail"]
     for token, status in ((vera, 403), (otto, 403)):

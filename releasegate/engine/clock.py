@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -22,6 +23,19 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+
+class TimedClock(SystemClock):
+    """The system clock telling ``late`` how late each sleep woke (now - due): the server's scheduling lag, since
+    a controller sleeps until its next decision is due (``releasegate_scheduling_lag_seconds``)."""
+
+    def __init__(self, late: Callable[[float], None]) -> None:
+        self.late = late
+
+    async def sleep(self, seconds: float) -> None:
+        due = self.now() + max(0.0, seconds)
+        await asyncio.sleep(max(0.0, seconds))
+        self.late(max(0.0, self.now() - due))
 
 
 class FakeClock:

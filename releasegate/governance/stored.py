@@ -109,14 +109,30 @@ def require_policy(state_dir: Path, what: str) -> Policy:
 
 class LiveCalendar:
     """The stored calendar as it is at each call (an admin may add a freeze during a rollout), parsed again only
-    when a new version was applied."""
+    when a new version was applied.
+
+    Why it keeps its read-only connection: it is asked before every analysis of every rollout, and opening one
+    costs far more than the query (with 1,000 rollouts in one server it was a third of the process's time,
+    bench/bench_server_scale.py). Reads outside a transaction see the last commit, so the kept connection sees a
+    calendar applied meanwhile. Only a connection whose file already has the documents table is kept: one opened
+    without it reads an empty stand-in (``_open_readonly``) that would hide a table created later."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
         self._cached: tuple[int, Calendar] | None = None
+        self._store: GovernanceStore | None = None
+
+    def _latest(self) -> StoredDocument | None:
+        if self._store is None:
+            store = GovernanceStore(self.state_dir, readonly=True)
+            if not store.has_table("gov_documents"):
+                with store:
+                    return store.document("calendar")
+            self._store = store
+        return self._store.document("calendar")
 
     def get(self) -> Calendar | None:
-        doc = latest(self.state_dir, "calendar")
+        doc = self._latest()
         if doc is None:
             return None
         if self._cached is None or self._cached[0] != doc.version:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from pydantic import BaseModel
 
 from releasegate import __version__
+from releasegate.engine.clock import TimedClock
 from releasegate.metrics_exporter import registry_for
 from releasegate.server import problems
 from releasegate.server.auth import need
@@ -90,7 +91,11 @@ class Health(BaseModel):
 
 def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = True) -> FastAPI:
     """The app over ``state_dir``; ``spec_root`` bounds the spec paths a request may name (default: cwd)."""
-    supervisor = Supervisor(state_dir)
+    registry = CollectorRegistry(auto_describe=True)
+    lag = Histogram("releasegate_scheduling_lag_seconds", "How late a rollout's controller woke for what was due "
+                    "(its next decision, a command poll).", buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                                                                    1.0, 2.5, 5.0), registry=registry)
+    supervisor = Supervisor(state_dir, TimedClock(lag.observe))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -111,7 +116,6 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     app.state.supervisor = supervisor
     app.state.spec_root = (spec_root or Path.cwd()).resolve()
     problems.install(app)
-    registry = CollectorRegistry(auto_describe=True)
     latency = Histogram("releasegate_server_request_seconds", "Time to answer an API request.",
                         ["method", "route", "status"], registry=registry)
     Gauge("releasegate_server_active_rollouts", "Rollouts this server drives now.",

@@ -159,12 +159,10 @@ def rollouts(request: Request, grant: Grant = Depends(principal),
     """Rollouts, newest first, of every service the caller may see (or of ``service``)."""
     store = Store(_state_dir(request))
     try:
-        names = [s.service for s in store.services() if service_name in (None, s.service)]
-        found = [r for n in names if _sees(grant, n) for r in store.rollouts(n, limit)]
+        found = store.recent_rollouts(lambda n: service_name in (None, n) and _sees(grant, n), limit)
     finally:
         store.close()
-    found.sort(key=lambda r: r.state.created_at, reverse=True)
-    return [_out(r) for r in found[:limit]]
+    return [_out(r) for r in found]
 
 
 @router.get("/rollouts/{rollout_id}", response_model=Rollout)

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from releasegate import service
-from releasegate.engine.clock import SystemClock
+from releasegate.engine.clock import Clock, SystemClock
 from releasegate.governance.gate import DeployRequest
 from releasegate.server.problems import Problem
 from releasegate.store.sqlite import Store, owner_alive
@@ -49,14 +49,15 @@ class KeyedLocks:
 class Supervisor:
     """Starts, adopts and tracks the rollout tasks of one server process."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, clock: Clock | None = None) -> None:
         self.state_dir = state_dir
+        self.clock: Clock = clock or SystemClock()  # the app's measures the scheduling lag
         self.tasks: dict[str, asyncio.Task[object]] = {}  # rollout id -> its task
         self.ready = False
         self.locks = KeyedLocks()  # admissions of one service (or one Idempotency-Key) run one at a time
 
     def context(self, actor: str) -> service.Context:
-        ctx = service.new_context(self.state_dir, SystemClock())
+        ctx = service.new_context(self.state_dir, self.clock)
         ctx.actor = actor
         return ctx
 

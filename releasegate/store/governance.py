@@ -170,6 +170,11 @@ class GovernanceStore:
     def close(self) -> None:
         self._db.close()
 
+    def has_table(self, name: str) -> bool:
+        """Whether the database file itself has ``name`` (not a read-only connection's empty TEMP stand-in)."""
+        return self._db.execute("SELECT 1 FROM main.sqlite_master WHERE type='table' AND name=?",
+                                (name,)).fetchone() is not None
+
     def __enter__(self) -> GovernanceStore:
         return self
 

@@ -12,7 +12,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +211,14 @@ class Store:
         rows = self._db.execute("SELECT * FROM rollouts WHERE service=? ORDER BY created_at DESC, rowid DESC "
                                 "LIMIT ?", (service, limit)).fetchall()
         return [r for r in (self._record(row) for row in rows) if r is not None]
+
+    def recent_rollouts(self, visible: Callable[[str], bool], limit: int = 50) -> list[RolloutRecord]:
+        """The newest ``limit`` rollouts of the services ``visible`` accepts, newest first. Why not ``rollouts``
+        per service: with 1,000 services that parsed every stored rollout to answer one page (the server's list,
+        bench/bench_server_scale.py); here only the rows returned are read and parsed."""
+        ids = [row["id"] for row in self._db.execute("SELECT id, service FROM rollouts ORDER BY created_at DESC, "
+                                                     "rowid DESC") if visible(row["service"])][:limit]
+        return [r for r in (self.rollout(i) for i in ids) if r is not None]
 
     def events(self, service: str, rollout_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         if rollout_id:

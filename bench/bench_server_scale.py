@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""Benchmark: 1,000 concurrent rollouts in one server process (issue 11, section 4).
+
+Why in-process fakes: the question is what the server's own machinery (the supervisor's asyncio tasks, the
+controllers, the store, the API) costs at that size, not what 1,000 real processes and routers cost. So the
+platform, router and metric source are the small in-memory classes below (the provider contracts of
+releasegate/providers/base.py), passed through ``service.Context``'s provider factory; everything else is real:
+admission (preflight, policy), ``service.start_admitted``, the controller, SQLite, and the FastAPI app served by
+uvicorn on a free loopback port in the same event loop.
+
+Each rollout is a canary with one step held long enough (``--seconds`` plus the start-up) that all of them are
+active during the measuring window, analysed every second. Measured in that window:
+
+- scheduling lag: every wake-up of a controller's sleep (``LagClock`` wraps the clock the controller uses), how
+  late it woke: now - due. The analysis that is due runs on such a wake-up.
+- RSS (psutil) at the end of the window, and CPU: the process's CPU time over wall time, minus the HTTP client's
+  thread (it runs in this process only to keep the bench one command).
+- ``GET /api/v1/rollouts`` latency over real HTTP, five requests a second.
+
+The last line is the key figure: ``rollouts: N, lag_p99_ms: X, rss_mb: Y``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import psutil  # noqa: E402
+import uvicorn  # noqa: E402
+
+from releasegate import service  # noqa: E402
+from releasegate.controller import CheckOutcome, Providers  # noqa: E402
+from releasegate.engine.clock import TimedClock  # noqa: E402
+from releasegate.providers.base import Instance, MetricQuery, Routes  # noqa: E402
+from releasegate.server.app import create_app  # noqa: E402
+from releasegate.server.auth import issue  # noqa: E402
+from releasegate.server.runner import Supervisor  # noqa: E402
+from releasegate.spec.models import Spec  # noqa: E402
+
+TARGETS = {"lag_p99_ms": 100.0, "rss_mb": 1024.0, "cpu_cores": 1.0, "list_p99_ms": 50.0}
+
+
+class LagClock(TimedClock):
+    """The server's lag-measuring clock, keeping how late each sleep woke (only while ``measuring``)."""
+
+    def __init__(self) -> None:
+        super().__init__(self._note)
+        self.lags: list[float] = []
+        self.measuring = False
+
+    def _note(self, late: float) -> None:
+        if self.measuring:
+            self.lags.append(late)
+
+
+class SimPlatform:
+    """Instances are records: starting one is remembering it."""
+
+    def __init__(self) -> None:
+        self.live: dict[str, list[Instance]] = {}
+
+    async def start(self, service_name: str, version: str, count: int) -> list[Instance]:
+        have = [i for i in self.live.get(service_name, []) if i.version == version]
+        for n in range(len(have), count):
+            have.append(Instance(service_name, version, f"{version}-{n}", "127.0.0.1", 1 + n, started_at=time.time()))
+        self.live[service_name] = [i for i in self.live.get(service_name, []) if i.version != version] + have
+        return have
+
+    async def stop(self, instance: Instance, grace: float) -> None:
+        self.live[instance.service] = [i for i in self.live.get(instance.service, []) if i != instance]
+
+    async def instances(self, service_name: str) -> list[Instance]:
+        return list(self.live.get(service_name, []))
+
+    async def alive(self, instance: Instance) -> bool:
+        return instance in self.live.get(instance.service, [])
+
+
+class SimRouter:
+    def __init__(self) -> None:
+        self.routes: dict[str, Routes] = {}
+
+    async def set_routes(self, service_name: str, routes: Routes) -> None:
+        self.routes[service_name] = routes
+
+    async def get_routes(self, service_name: str) -> Routes:
+        return self.routes.get(service_name, Routes())
+
+    async def inflight(self, service_name: str, backend: str) -> int:
+        return 0
+
+
+class SimMetrics:
+    """A healthy version: no errors, 50 ms latency."""
+
+    async def query(self, q: MetricQuery) -> float | None:
+        return 0.0 if q.metric == "error_rate" else 0.05
+
+
+async def _ok(*_: Any) -> CheckOutcome:
+    return CheckOutcome(True, "", {})
+
+
+PLATFORM, ROUTER, METRICS = SimPlatform(), SimRouter(), SimMetrics()
+
+
+async def sim_factory(spec: Spec, spec_dir: Path, state_dir: Path, clock: Any) -> Providers:
+    """The simulated platform, router and metric source (shared, keyed by service: a rollout finds what the one
+    before it left running, as on a real platform)."""
+    return Providers(platform=PLATFORM, router=ROUTER, metrics=METRICS, health=_ok, smoke=_ok)
+
+
+class SimSupervisor(Supervisor):
+    """The server's supervisor, its contexts on the simulated providers and the lag-noting clock."""
+
+    def __init__(self, state_dir: Path, clock: LagClock) -> None:
+        super().__init__(state_dir, clock)
+
+    def context(self, actor: str) -> service.Context:
+        ctx = service.Context(state_dir=self.state_dir, clock=self.clock, providers=sim_factory)
+        ctx.actor = actor
+        return ctx
+
+
+def write_spec(root: Path, n: int, hold: float) -> Path:
+    path = root / f"svc{n:04d}.yaml"
+    path.write_text(f"""service: svc{n:04d}
+platform: {{command: "python3 -m http.server {{port}}", instances: 1}}
+router: {{kind: builtin, listen: "127.0.0.1:{free_port()}"}}
+strategy:
+  canary:
+    steps: [{{weight: 50, pause: {int(hold)}s}}]
+analysis:
+  interval: 1s
+  post_promotion: 0s
+  rules: [{{metric: error_rate, max: 0.05, for: 5s}}]
+""")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def poll_list(url: str, token: str, stop: threading.Event, took: list[float], cpu: list[float]) -> None:
+    """``GET /api/v1/rollouts`` five times a second until ``stop``; its own thread CPU goes to ``cpu``."""
+    start_cpu = time.thread_time()
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            answer = client.get("/api/v1/rollouts")
+            took.append(time.perf_counter() - t0)
+            if answer.status_code != 200:
+                raise SystemExit(f"GET /api/v1/rollouts answered {answer.status_code}: {answer.text[:200]}")
+            stop.wait(0.2)
+    cpu.append(time.thread_time() - start_cpu)
+
+
+async def run(rollouts: int, seconds: float, tmp: Path) -> None:
+    state, specs = tmp / "state", tmp / "specs"
+    specs.mkdir()
+    hold = seconds + 60 + rollouts * 0.1  # all still in their canary step when the window ends
+    paths = [write_spec(specs, n, hold) for n in range(rollouts)]
+    clock = LagClock()
+    app = create_app(state, spec_root=specs, adopt=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    supervisor = SimSupervisor(state, clock)
+    token = issue(state, "bench", "viewer")
+
+    gate = asyncio.Semaphore(20)
+
+    async def one(path: Path, version: str) -> str:
+        async with gate:
+            return await supervisor.deploy(path, version, "bench", "production", False)
+    await asyncio.gather(*(one(p, "1.0.0") for p in paths))  # the first deploy of a service: straight to 100 %
+    await asyncio.gather(*supervisor.tasks.values())
+    t0 = time.monotonic()
+    await asyncio.gather(*(one(p, "2.0.0") for p in paths))  # the canaries measured
+    print(f"started {rollouts} rollouts in {time.monotonic() - t0:.1f} s", flush=True)
+    await asyncio.sleep(5)  # every controller reaches its canary step and its analysis rhythm
+    if supervisor.active() != rollouts:
+        failed = [t.exception() or t.result() for t in supervisor.tasks.values() if t.done() and not t.cancelled()]
+        print(f"first one that ended early: {failed[0] if failed else None!r}")
+        raise SystemExit(f"only {supervisor.active()} of {rollouts} rollouts are active; see {state}")
+
+    proc = psutil.Process()
+    took: list[float] = []
+    client_cpu: list[float] = []
+    stop = threading.Event()
+    poller = threading.Thread(target=poll_list, args=(f"http://127.0.0.1:{port}", token, stop, took, client_cpu))
+    cpu0, wall0 = proc.cpu_times(), time.monotonic()
+    clock.measuring = True
+    poller.start()
+    await asyncio.sleep(seconds)
+    clock.measuring = False
+    stop.set()
+    await asyncio.to_thread(poller.join)
+    cpu1, wall = proc.cpu_times(), time.monotonic() - wall0
+    rss_mb = proc.memory_info().rss / 2**20
+    active = supervisor.active()
+    await supervisor.shutdown()
+    server.should_exit = True
+    await serving
+
+    cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system - sum(client_cpu)) / wall
+    figures = {"lag_p99_ms": p99(clock.lags) * 1000, "rss_mb": rss_mb, "cpu_cores": cpu,
+               "list_p99_ms": p99(took) * 1000}
+    print(f"window {seconds:.0f} s, {active} rollouts active at its end, {len(clock.lags)} wake-ups, "
+          f"{len(took)} list requests")
+    for key, value in figures.items():
+        verdict = "ok" if value < TARGETS[key] else "MISSED"
+        print(f"  {key:12} {value:9.1f}   target < {TARGETS[key]:g}   {verdict}")
+    print(f"rollouts: {rollouts}, lag_p99_ms: {figures['lag_p99_ms']:.1f}, rss_mb: {rss_mb:.0f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rollouts", type=int, default=1000, help="concurrent rollouts (default 1000)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="measuring window in seconds (default 60)")
+    args = parser.parse_args()
+    if args.rollouts < 1 or args.seconds <= 0:
+        raise SystemExit("bench_server_scale: --rollouts must be at least 1 and --seconds above 0, e.g. "
+                         "--rollouts 100 --seconds 10")
+    with tempfile.TemporaryDirectory(prefix="rg-scale-") as tmp:
+        os.chdir(tmp)
+        asyncio.run(run(args.rollouts, args.seconds, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
