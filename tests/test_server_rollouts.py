@@ -226,7 +226,7 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
         (("promote", "shop"), dora, 2, "releasegate: shop: no rollout in progress"),
         (("deploy", str(spec), "--version", "1.0.1"), vera, 2, "releasegate: vera is viewer of *; this needs role "
                                                                 "deployer"),
-        (("audit", "verify"), dora, 2, "releasegate: audit: not available through the server"),
+        (("gc",), dora, 2, "releasegate: gc: not available through the server"),
     ]:
         done = cli(*args, token=token)
         assert done.returncode == code and done.stderr.startswith(said), (args, done.stderr)

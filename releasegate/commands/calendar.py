@@ -121,13 +121,14 @@ def _load(calendar: Path | None, state_dir: Path | None) -> tuple[Calendar, str]
     if calendar is not None:
         return load_calendar(calendar), f"calendar file {calendar}, not the stored calendar (a dry look)"
     from releasegate.commands.approvals import state_dir_of
-    from releasegate.governance.stored import latest, parse_calendar
+    from releasegate.commands.policy import Source
+    from releasegate.governance.stored import parse_calendar
 
     where = state_dir_of(state_dir)
-    doc = latest(where, "calendar")
+    doc = Source.documents.latest(where, "calendar")
     if doc is None:
-        raise UserError(f"no calendar is stored in {where}; an admin stores one with `releasegate calendar apply "
-                        "FILE`, or give --calendar FILE for a dry look at a file")
+        raise UserError(f"no calendar is stored in {Source.documents.shown(where)}; an admin stores one with "
+                        "`releasegate calendar apply FILE`, or give --calendar FILE for a dry look at a file")
     return parse_calendar(doc), doc.label
 At = Annotated[str | None, typer.Option(
     "--at", show_default=False, metavar="ISO8601",

@@ -79,6 +79,11 @@ class DeployBody(BaseModel):
     spec_yaml: str | None = None
     env: str = "prod"
     hotfix: bool = False
+    break_glass: bool = Field(False, description="As `deploy --break-glass`: past a freeze or missing stages, with "
+                                                 "`reason` and an approval of the policy's emergency_role; owned by "
+                                                 "the token's user.")
+    reason: str | None = Field(None, max_length=2000)
+    allow_breaking_migration: bool = False
 
 
 class ValidateBody(BaseModel):
@@ -243,7 +248,9 @@ async def create(body: DeployBody, request: Request, grant: Grant = Depends(need
         require(grant, "deployer", spec.service)
         async with sup.locks.hold(f"service:{spec.service}"):
             try:
-                rollout_id = await sup.deploy(path, body.version, grant.name, body.env, body.hotfix)
+                rollout_id = await sup.deploy(path, body.version, grant.name, body.env, body.hotfix,
+                                              break_glass=body.break_glass, reason=body.reason,
+                                              allow_breaking=body.allow_breaking_migration)
             except UserError as exc:
                 if "is in progress" in str(exc):
                     raise Problem(409, "conflict", str(exc).splitlines()[0]) from None
