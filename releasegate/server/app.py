@@ -11,6 +11,7 @@ gets a 413.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -32,6 +33,8 @@ from releasegate.store.server import Grant, ServerStore
 
 MAX_BODY = 1 << 20
 """A spec, an Alertmanager notification or a policy is far below a megabyte; anything larger is refused (413)."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a request's head (releasegate.server.protocol), and then its body, may take to arrive."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,10 +54,12 @@ def _replay(body: list[bytes], first: Message | None, receive: Receive) -> Recei
 
 
 class BodyLimit:
-    """Answer 413 (problem+json) to a request whose body exceeds ``limit`` bytes, declared or actually sent."""
+    """Answer 413 (problem+json) to a request whose body exceeds ``limit`` bytes, declared or actually sent, and
+    408 to one whose body has not all arrived ``timeout`` seconds after its head (a slow client holds its own
+    connection only that long)."""
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,8 +71,15 @@ class BodyLimit:
             return
         body: list[bytes] = []
         seen, more = 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:  # read the whole (bounded) body first: the app never sees a request it would have to cut
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                answer = problems.response(408, "timeout", f"the request body did not arrive within "
+                                                           f"{self.timeout:g} s")
+                await answer(scope, receive, send)
+                return
             if message["type"] != "http.request":
                 await self.app(scope, _replay([], message, receive), send)
                 return
@@ -89,7 +101,8 @@ class Health(BaseModel):
     version: str
 
 
-def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = True) -> FastAPI:
+def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = True,
+               request_timeout: float = REQUEST_TIMEOUT) -> FastAPI:
     """The app over ``state_dir``; ``spec_root`` bounds the spec paths a request may name (default: cwd)."""
     registry = CollectorRegistry(auto_describe=True)
     lag = Histogram("releasegate_scheduling_lag_seconds", "How late a rollout's controller woke for what was due "
@@ -163,8 +176,8 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
 
     app.include_router(rollouts, prefix="/api/v1")
     app.include_router(governance, prefix="/api/v1")
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, timeout=request_timeout)
     return app
 
 
-__all__ = ["MAX_BODY", "BodyLimit", "create_app"]
+__all__ = ["MAX_BODY", "REQUEST_TIMEOUT", "BodyLimit", "create_app"]
