@@ -193,9 +193,12 @@ def deploy(spec: Annotated[Path, typer.Argument(metavar="SPEC", show_default=Fal
     if is_release_file(spec):
         raise UserError(f"deploy {spec}: a release file (a group of services) is not deployed through the server "
                         f"yet; unset {SERVER_ENV} to deploy it standalone where the state is (docs/server.md)")
-    created = _call("POST", "/api/v1/rollouts", json={
-        "spec_yaml": _text(spec), "version": version, "env": env, "hotfix": hotfix, "break_glass": break_glass,
-        "reason": reason, "allow_breaking_migration": allow_breaking_migration})
+    try:
+        created = _call("POST", "/api/v1/rollouts", json={
+            "spec_yaml": _text(spec), "version": version, "env": env, "hotfix": hotfix, "break_glass": break_glass,
+            "reason": reason, "allow_breaking_migration": allow_breaking_migration})
+    except UserError as exc:  # the server names the text it was sent spec.yaml
+        raise UserError(str(exc).replace("spec.yaml:", f"{spec}:")) from None
     rid = created["id"]
     out.print(f"rollout {rid} started on {_Where.url}", markup=False)
     _followed(rid, created["service"])

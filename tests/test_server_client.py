@@ -200,3 +200,12 @@ def test_token_new_through_the_server_by_an_admin_only(server, cli, admin):
         done = cli(*args, token=server.token("dora", "deployer") if "boss" not in args else admin)
         assert done.returncode == 2 and done.stderr.startswith(said) and done.stderr.count("\n") == 1, (
             args, done.stderr)
+
+
+def test_a_deploy_the_server_refuses_names_the_clients_spec_file(server, cli, tmp_path):
+    spec = tmp_path / "shop.yaml"
+    spec.write_text("service: shop\n")
+    done = cli("deploy", str(spec), "--version", "1.0.0", token=server.token("dora", "deployer"))
+    assert done.returncode == 2 and done.stderr.startswith(f"releasegate: {spec}:1:1: missing required key"), (
+        done.stderr)
+    assert str(server.state) not in done.stderr

@@ -100,7 +100,8 @@ def head(state_dir: StateDir = None) -> None:
 
 def parse_anchor(text: str) -> tuple[int, str, str]:
     seq, sep, digest = text.strip().partition(":")
-    if not sep or not seq.isdigit() or len(digest) < 12 or any(c not in "0123456789abcdef" for c in digest):
+    if (not sep or not seq.isdigit() or len(seq) > 18 or len(digest) < 12
+            or any(c not in "0123456789abcdef" for c in digest)):
         raise UserError(f"--expect {text}: write SEQ:HASH as `releasegate audit head` prints it (the hash may be "
                         "cut to its first 12 characters or more)")
     return int(seq), digest, f"--expect {text}"

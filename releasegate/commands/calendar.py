@@ -54,6 +54,8 @@ def parse_at(text: str | None, calendar: Calendar) -> datetime:
     except ValueError:
         raise UserError(f"--at {text!r}: not an ISO 8601 time; write e.g. 2025-11-04T03:00 (in the calendar's "
                         f"timezone, {calendar.timezone}) or 2025-11-04T03:00+09:00") from None
+    if not 1900 <= moment.year <= 9000:  # the freezes around it are computed a year either side
+        raise UserError(f"--at {text!r}: out of range; give a time between the years 1900 and 9000")
     if moment.tzinfo is None:
         return moment.replace(tzinfo=calendar.tz)
     return moment

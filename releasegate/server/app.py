@@ -12,6 +12,8 @@ gets a 413.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -53,6 +55,20 @@ def _replay(body: list[bytes], first: Message | None, receive: Receive) -> Recei
     return replayed
 
 
+def _lone_surrogate(body: bytes) -> bool:
+    """JSON allows ``"\\ud800"``, which decodes to a string no file, database or answer can encode: refused once,
+    here, rather than failing wherever the text goes next."""
+    if b"\\u" not in body or not re.search(rb"\\u[dD][89a-fA-F]", body):
+        return False
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, RecursionError):  # not JSON (or nested past parsing): the app answers that
+        return False
+    return False
+
+
 class BodyLimit:
     """Answer 413 (problem+json) to a request whose body exceeds ``limit`` bytes, declared or actually sent, and
     408 to one whose body has not all arrived ``timeout`` seconds after its head (a slow client holds its own
@@ -89,6 +105,11 @@ class BodyLimit:
                 return
             body.append(message.get("body", b""))
             more = bool(message.get("more_body", False))
+        if _lone_surrogate(b"".join(body)):
+            answer = problems.response(400, "invalid", "the request body holds a \\u escape that is no character "
+                                                       "(a lone UTF-16 surrogate such as \\ud800); send UTF-8 text")
+            await answer(scope, receive, send)
+            return
         await self.app(scope, _replay(body, None, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
