@@ -83,16 +83,28 @@ def verify(expect: Annotated[list[str] | None, typer.Option(
                "--expect", metavar="SEQ:HASH", show_default=False,
                help="A head kept outside the state (what `audit head` printed): entry SEQ must still have HASH.")]
            = None,
-           against: Annotated[Path | None, typer.Option("--against", metavar="FILE", hidden=True)] = None,
-           key_file: Annotated[Path | None, typer.Option("--key-file", metavar="FILE", hidden=True)] = None) -> None:
-    """Check the server's audit log (hash chain and head): exit 0 when intact, exit 2 naming what was altered."""
-    if against is not None or key_file is not None:
-        raise UserError("audit verify --against: a signed export is checked where the store is (unset "
-                        f"{SERVER_ENV}); through the server, give the head it ends with as --expect SEQ:HASH")
-    result = call("GET", "/api/v1/audit/verify", params={"expect": expect or []})
+           against: Annotated[Path | None, typer.Option(
+               "--against", metavar="FILE", show_default=False,
+               help="A signed export (`audit export --signed`): every entry in it must still be in the log.")] = None,
+           key_file: KeyFile = None) -> None:
+    """Check the server's audit log (hash chain and head): exit 0 when intact, exit 2 naming what was altered.
+
+    --against checks the export's signature here (the key stays here) and sends the server the last entry it
+    holds: the chain links every entry to the one before, so that entry unchanged means every earlier one is."""
+    from releasegate.commands.audit import read_key, signed_export
+
+    anchors = list(expect or [])
+    count = len(anchors)
+    if against is not None:
+        entries = signed_export(against, read_key(key_file, "--against", Path.cwd() / ".releasegate"))
+        anchors += [f"{seq}:{digest}" for seq, digest, _ in entries[-1:]]
+        count += len(entries)
+    elif key_file is not None:
+        raise UserError("--key-file: it checks a signed export; give --against FILE with it")
+    result = call("GET", "/api/v1/audit/verify", params={"expect": anchors})
     if not result["ok"]:
         raise UserError(f"audit log: {result['reason']}")
-    typer.echo(f"audit log ok: {result['reason']}" + (f"; {len(expect)} anchored entries match" if expect else ""))
+    typer.echo(f"audit log ok: {result['reason']}" + (f"; {count} anchored entries match" if count else ""))
 
 
 def head() -> None:

@@ -174,6 +174,11 @@ def test_audit_export_is_the_same_and_a_client_signed_export_verifies_standalone
     assert signed.returncode == 0 and signed.stderr.startswith("wrote ") and "(signed)" in signed.stderr
     checked = standalone("audit", "verify", "--against", str(out), "--key-file", str(key))
     assert checked.returncode == 0, checked.stderr
+    remote = cli("audit", "verify", "--against", str(out), "--key-file", str(key), token=admin)
+    assert (remote.returncode, remote.stdout) == (0, checked.stdout), remote.stderr
+    out.write_text(out.read_text().replace('"actor": "erin"', '"actor": "eve"', 1))
+    forged = cli("audit", "verify", "--against", str(out), "--key-file", str(key), token=admin)
+    assert forged.returncode == 2 and "the signature does not match" in forged.stderr, forged.stderr
     top = cli("audit", "head", token=admin).stdout.strip()
     assert cli("audit", "verify", "--expect", top, token=admin).stdout.endswith("; 1 anchored entries match\n")
     wrong = cli("audit", "verify", "--expect", top.split(":")[0] + ":" + "0" * 64, token=admin)

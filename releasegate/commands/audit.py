@@ -74,7 +74,7 @@ def verify(expect: Expect = None, against: Against = None, key_file: KeyFile = N
     with reported():
         anchors = [parse_anchor(text) for text in expect or []]
         if against is not None:
-            anchors += _signed_export(against, read_key(key_file, "--against", state_dir_of(state_dir)))
+            anchors += signed_export(against, read_key(key_file, "--against", state_dir_of(state_dir)))
         elif key_file is not None:
             raise UserError("--key-file: it checks a signed export; give --against FILE with it")
         with _log(state_dir) as log:
@@ -148,7 +148,7 @@ def signature(lines: list[str], key: bytes) -> dict[str, object]:
                           "hmac": _mac(lines, key)}}
 
 
-def _signed_export(path: Path, key: bytes) -> list[tuple[int, str, str]]:
+def signed_export(path: Path, key: bytes) -> list[tuple[int, str, str]]:
     """Every entry of a signed export as an anchor, once its HMAC is right."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -201,4 +201,4 @@ def export(since: Annotated[str | None, typer.Option("--since", metavar="ISO8601
                   markup=False)
 
 
-__all__ = ["audit_app", "check_anchors", "parse_anchor", "parse_since", "read_key", "signature"]
+__all__ = ["audit_app", "check_anchors", "parse_anchor", "parse_since", "read_key", "signature", "signed_export"]
