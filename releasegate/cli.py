@@ -118,6 +118,15 @@ def _main(ctx: typer.Context, state_dir: StateDir = None,
               "--version", callback=_version_callback, is_eager=True, show_default=False,
               help="Print releasegate's own version and exit (deploy --version VERSION names a release's).")]
           = False) -> None:
+    from releasegate.commands.server import store_dir
+    from releasegate.store import pg
+    from releasegate.store.db import STORE_ENV
+
+    store = os.environ.get(STORE_ENV)
+    if store:  # checked here, once, so every command (status, audit verify, token new ...) uses that store
+        where = store_dir(store, state_dir, STORE_ENV)
+        if state_dir is None and not pg.is_url(store):
+            state_dir = where
     _use(state_dir)
     if state_dir is not None:
         # Commands mounted from other modules read --state-dir with env RELEASEGATE_HOME: the global option given

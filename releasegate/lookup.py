@@ -27,7 +27,9 @@ POINT_ELSEWHERE = "to read another state dir: --state-dir DIR or RELEASEGATE_HOM
 def unknown_service(state_dir: Path, service: str, then: str) -> UserError:
     """A service this state dir does not know: say which state dir was read (it may not exist: a directory where
     releasegate never ran) and how to point at the one where the service was deployed."""
-    if (state_dir / "releasegate.db").is_file():
+    from releasegate.store.db import has_store
+
+    if has_store(state_dir):
         where = f"the state dir {shown(state_dir)} has no service {service!r}"
     else:
         where = f"there is no releasegate state in {shown(state_dir)}"
