@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
 
@@ -24,7 +25,7 @@ from releasegate.commands.alerts_receiver import is_loopback
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.errors import UserError
 from releasegate.store import pg
-from releasegate.store.db import open_db, store_url, use_store
+from releasegate.store.db import forget_store, open_db, store_url, use_store
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -36,7 +37,7 @@ def store_dir(store: str | None, state_dir: Path | None, option: str = "--store"
     if store is None:
         return state_dir_of(state_dir)
     if pg.is_url(store):
-        use_store(store)
+        _choose(store)
         return state_dir_of(state_dir)
     prefix = "sqlite:///"
     if not store.startswith(prefix):
@@ -48,8 +49,16 @@ def store_dir(store: str | None, state_dir: Path | None, option: str = "--store"
                         f"{path.parent / 'releasegate.db'} (its directory is the state dir)")
     if state_dir is not None and state_dir.resolve() != path.parent.resolve():
         raise UserError(f"{option} {store} and --state-dir {state_dir} name two places; give one")
-    use_store(None)
+    _choose(None)
     return path.parent
+
+
+def _choose(url: str | None) -> None:
+    """``use_store`` for this command: forgotten when it ends (it matters when commands run in-process)."""
+    use_store(url)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.find_root().call_on_close(forget_store)
 
 
 def check_store(state_dir: Path) -> None:

@@ -15,6 +15,7 @@ Passwords: the URL's password is never put in a message (``redact``); psycopg's 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,7 @@ def _why(exc: Exception, url: str) -> str:
 
 
 _MIGRATED: set[str] = set()
+_MIGRATING = threading.Lock()  # Alembic's context is module-global: one upgrade at a time in a process
 
 
 def connect(url: str, state_dir: Path | None) -> Connection:
@@ -172,11 +174,13 @@ def connect(url: str, state_dir: Path | None) -> Connection:
         from releasegate.store.pg_migrations import upgrade
 
         try:
-            upgrade(url)
+            with _MIGRATING:
+                if url not in _MIGRATED:
+                    upgrade(url)
+                    _MIGRATED.add(url)
         except BaseException:
             raw.close()
             raise
-        _MIGRATED.add(url)
     return Connection(raw, state_dir)
 
 

@@ -12,7 +12,7 @@ the two, so a column added to a SQLite ``SCHEMA`` without a revision here fails 
 
 Adding a column (one file, beside the SQLite ``SCHEMA`` change): ``versions/000N_what.py`` holding::
 
-    """rollouts: lease_until, the fencing lease of the driving server."""
+    # rollouts: lease_until, the fencing lease of the driving server (a docstring saying why)
     from alembic import op
 
     revision = "000N"
