@@ -178,6 +178,13 @@ def connect(url: str, state_dir: Path | None) -> Connection:
                 if url not in _MIGRATED:
                     upgrade(url)
                     _MIGRATED.add(url)
+        except Exception as exc:
+            raw.close()
+            cause = getattr(exc, "orig", None) or exc  # SQLAlchemy wraps psycopg's error
+            raise UserError(f"--store {redact(url)}: cannot bring the store's schema up to date "
+                            f"({_first_line(cause, url)}); the user needs CREATE on the database's schema (make it "
+                            "the database's owner) the first time, and every time releasegate adds a schema "
+                            "version") from None
         except BaseException:
             raw.close()
             raise
