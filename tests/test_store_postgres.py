@@ -217,3 +217,21 @@ def test_bad_urls_are_one_line_naming_the_fix_without_the_password(server: Postg
         message = str(caught.value)
         assert what in message and "RELEASEGATE_STORE" in message and "\n" not in message, message
         assert PASSWORD not in message and json.dumps(PASSWORD)[1:-1] not in message
+
+
+def test_servers_with_state_dirs_of_their_own_append_to_one_chain_each_verifies(url: str, tmp_path: Path) -> None:
+    """Each state dir's head file records what was written there (and what it caught up on); both verify."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for n in range(3):
+        for where in (first, second):
+            where.mkdir(exist_ok=True)
+            with AuditLog(where) as log:
+                log.append(where.name, "test.append", evidence={"n": n})
+    for where in (first, second):
+        with AuditLog(where) as log:
+            assert log.verify() == (True, None, "6 entries"), where
+    with AuditLog(second) as log:  # the state dir that wrote entry 6 (the other's file ends at 5)
+        log._db.execute("DELETE FROM audit_log WHERE seq = 6")
+        log._db.execute("UPDATE audit_head SET seq = 5, hash = (SELECT hash FROM audit_log WHERE seq = 5)")
+        result = log.verify()
+    assert not result.ok and result.first_bad_seq == 6 and "deleted" in result.reason, result

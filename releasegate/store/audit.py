@@ -10,9 +10,10 @@ releases, sign-offs, tokens, stored documents or rollouts an error. What this ca
 the state dir and rewrites the chain, the head record and the head file consistently (docs/security.md, section 6);
 for that, keep the head somewhere they cannot write (``audit head``, ``audit export --signed``).
 
-The log lives in the same SQLite file as the rest of the state (``state_dir/releasegate.db``). An append reads the
-head and writes the entry inside one ``BEGIN IMMEDIATE`` transaction, so processes appending at the same time
-queue on SQLite's write lock instead of forking the chain. ``append_entry`` takes an open transaction so that a
+The log lives in the same SQLite file as the rest of the state (``state_dir/releasegate.db``), or in the PostgreSQL
+store. An append reads the head and writes the entry inside one ``BEGIN IMMEDIATE`` transaction (on PostgreSQL:
+after the store's advisory write lock), so processes appending at the same time queue on that lock instead of
+forking the chain. ``append_entry`` takes an open transaction so that a
 state change and its audit entry commit together (``releasegate.store.governance`` uses it).
 """
 
@@ -228,7 +229,7 @@ class AuditLog:
         chain = _walk(self._db, rows, head)
         if not chain.ok:
             return chain
-        found = _against_file(rows, lines, int(since[0]) if since else None)
+        found = _against_file(rows, lines, int(since[0]) if since else None, shared=is_pg(self._db))
         if found is not None:
             return found
         if not rows and state:
@@ -274,9 +275,16 @@ def _walk(db: DB, rows: list[Any], head: Any) -> Verification:
     return Verification(True, None, f"{len(rows)} entries")
 
 
-def _against_file(rows: list[Any], lines: list[anchor.Line] | None, since: int | None) -> Verification | None:
-    """The head file against an intact chain: None when they agree, else what is missing or rewritten."""
+def _against_file(rows: list[Any], lines: list[anchor.Line] | None, since: int | None, *,
+                  shared: bool = False) -> Verification | None:
+    """The head file against an intact chain: None when they agree, else what is missing or rewritten.
+
+    ``shared``: a PostgreSQL store, which servers with state dirs of their own append to; each state dir's file
+    starts when its first entry was written there and lags the entries others wrote since, so only what it does
+    record is checked: every line's hash, and no line beyond the chain's end (a cut tail)."""
     name = anchor.FILE
+    if shared and lines is None:
+        return None
     if lines is None:
         if since is not None:
             return Verification(False, since, f"{name} is missing (the log has been anchored in it since entry "
@@ -288,7 +296,7 @@ def _against_file(rows: list[Any], lines: list[anchor.Line] | None, since: int |
         return Verification(False, None, f"the database's record of {name} (audit_anchor) is missing: the "
                                          "database was edited")
     first = min(line.seq for line in lines)
-    if first > since:
+    if first > since and not shared:
         return Verification(False, since, f"{name} starts at entry {first} but was started at entry {since}: it "
                                           "was deleted or cut at its start")
     hashes = {int(row["seq"]): str(row["hash"]) for row in rows}
@@ -303,7 +311,7 @@ def _against_file(rows: list[Any], lines: list[anchor.Line] | None, since: int |
         ends = f"the log ends at entry {last}" if last else "the log is empty"
         return Verification(False, last + 1, f"{gone} {'was' if top == last + 1 else 'were'} deleted ({name} "
                                              f"records entry {top}, {ends})")
-    if top < last:
+    if top < last and not shared:
         extra = f"entry {last} is" if last == top + 1 else f"entries {top + 1} to {last} are"
         return Verification(False, top + 1, f"{extra} not in {name} (it ends at entry {top}): added to the "
                                             "database directly, or the file was cut")
