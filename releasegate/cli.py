@@ -393,8 +393,10 @@ def demo(state_dir: Annotated[Path, typer.Option(
          port: Annotated[int, typer.Option(metavar="PORT", help="Where the demo's router listens.")] = 18080,
          fast: Annotated[bool, _flag("--fast", "Shorter pauses (for tests).")] = False) -> None:
     """The tour in a minute: 1.0.0, a canary of 2.0.0 to 100 %, then a 3.0.0 rolled back by analysis."""
+    from releasegate.commands.server import choose_store
     from releasegate.demo import run_demo
 
+    choose_store(None)  # the demo's own SQLite in its own state dir, never the store RELEASEGATE_STORE names
     raise typer.Exit(run_demo(out, state_dir, port, fast))
 
 

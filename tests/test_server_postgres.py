@@ -106,3 +106,19 @@ def test_a_wrong_password_is_one_line_naming_the_fix_and_never_the_password(post
         assert done.returncode == 2, (args, done.stderr)
         assert done.stderr.count("\n") == 1 and "authentication failed" in done.stderr, done.stderr
         assert "not-" + PASSWORD not in done.stderr and "***" in done.stderr, done.stderr
+
+
+def test_releasegate_store_may_name_a_sqlite_file_and_a_bad_one_is_refused_naming_it(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELEASEGATE_")}
+
+    def run(store: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "releasegate", *args], cwd=tmp_path,
+                              env=env | {"RELEASEGATE_STORE": store}, capture_output=True, text=True, timeout=60,
+                              check=False)
+
+    made = run(f"sqlite:///{tmp_path}/elsewhere/releasegate.db", "token", "new", "ada", "--role", "admin")
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "elsewhere" / "releasegate.db").is_file() and not (tmp_path / ".releasegate").exists()
+    bad = run("mysql://u:hunter2@db/x", "status")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert bad.stderr.startswith("releasegate: RELEASEGATE_STORE mysql://u:***@db/x: expected sqlite:///"), bad.stderr

@@ -37,7 +37,7 @@ def store_dir(store: str | None, state_dir: Path | None, option: str = "--store"
     if store is None:
         return state_dir_of(state_dir)
     if pg.is_url(store):
-        _choose(store)
+        choose_store(store)
         return state_dir_of(state_dir)
     prefix = "sqlite:///"
     if not store.startswith(prefix):
@@ -49,11 +49,11 @@ def store_dir(store: str | None, state_dir: Path | None, option: str = "--store"
                         f"{path.parent / 'releasegate.db'} (its directory is the state dir)")
     if state_dir is not None and state_dir.resolve() != path.parent.resolve():
         raise UserError(f"{option} {store} and --state-dir {state_dir} name two places; give one")
-    _choose(None)
+    choose_store(None)
     return path.parent
 
 
-def _choose(url: str | None) -> None:
+def choose_store(url: str | None) -> None:
     """``use_store`` for this command: forgotten when it ends (it matters when commands run in-process)."""
     use_store(url)
     ctx = click.get_current_context(silent=True)
@@ -128,4 +128,4 @@ async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: P
     await uvicorn.Server(config).serve()
 
 
-__all__ = ["check_store", "server", "store_dir"]
+__all__ = ["check_store", "choose_store", "server", "store_dir"]
