@@ -56,7 +56,6 @@ async def test_a_rollout_through_a_server_on_postgres_and_the_cli_on_the_same_st
     with postgres.connect() as conn:
         conn.execute(f"CREATE DATABASE e2e OWNER {PASSWORD_USER}")
     postgres_url = postgres.url("e2e", PASSWORD_USER, PASSWORD)
-    made.state.mkdir(parents=True)
     issued = cli("token", "new", "dora", "--role", "deployer", "--service", "shop", "--store", postgres_url,
                  state=made.state)
     assert issued.returncode == 0, issued.stderr

@@ -111,17 +111,16 @@ class Connection(sqlite3.Connection):
 def open_db(state_dir: Path) -> DB:
     url = store_url()
     if url is not None:
+        if _READING.get() and not state_dir.is_dir():
+            return pg.connect(url, None)  # looking creates nothing; no head file to read or write here
+        _private_dir(state_dir)  # the audit head file lives there
         return pg.connect(url, state_dir)
     if _READING.get() and not (state_dir / "releasegate.db").exists():
         empty = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False, factory=Connection)
         empty.row_factory = sqlite3.Row
         return empty
     path = state_dir / "releasegate.db"
-    try:
-        private_dir(state_dir)
-    except OSError as exc:
-        raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
-                        "directory or set RELEASEGATE_HOME") from None
+    _private_dir(state_dir)
     db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False, factory=Connection)
     # Tightened by path, right after SQLite created the (still empty) file and before WAL mode creates the -wal and
     # -shm (which take the database's mode). Never open and close the database file here: closing any descriptor
@@ -134,6 +133,14 @@ def open_db(state_dir: Path) -> DB:
     _wal(db)
     db.execute("PRAGMA synchronous=NORMAL")
     return db
+
+
+def _private_dir(state_dir: Path) -> None:
+    try:
+        private_dir(state_dir)
+    except OSError as exc:
+        raise UserError(f"--state-dir {state_dir}: cannot create it ({exc.strerror}); choose a writable "
+                        "directory or set RELEASEGATE_HOME") from None
 
 
 def _wal(db: sqlite3.Connection) -> None:
