@@ -120,8 +120,10 @@ def _main(ctx: typer.Context, state_dir: StateDir = None,
           = False) -> None:
     from releasegate.commands.server import store_dir
     from releasegate.store import pg
-    from releasegate.store.db import STORE_ENV
+    from releasegate.store.db import STORE_ENV, forget_store
 
+    forget_store()  # each command chooses its store afresh (--store, RELEASEGATE_STORE), and forgets it at its end
+    ctx.call_on_close(forget_store)
     store = os.environ.get(STORE_ENV)
     if store:  # checked here, once, so every command (status, audit verify, token new ...) uses that store
         where = store_dir(store, state_dir, STORE_ENV)

@@ -16,7 +16,6 @@ import logging
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 from rich.console import Console
 
@@ -25,7 +24,7 @@ from releasegate.commands.alerts_receiver import is_loopback
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.errors import UserError
 from releasegate.store import pg
-from releasegate.store.db import forget_store, open_db, store_url, use_store
+from releasegate.store.db import open_db, store_url, use_store
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -54,11 +53,9 @@ def store_dir(store: str | None, state_dir: Path | None, option: str = "--store"
 
 
 def choose_store(url: str | None) -> None:
-    """``use_store`` for this command: forgotten when it ends (it matters when commands run in-process)."""
+    """``use_store`` for this command; ``releasegate.cli`` forgets it when the command ends (which matters when
+    commands run in-process, as under typer's CliRunner)."""
     use_store(url)
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None:
-        ctx.find_root().call_on_close(forget_store)
 
 
 def check_store(state_dir: Path) -> None:
