@@ -16,7 +16,9 @@ import pytest
 from releasegate.engine import decide
 from releasegate.engine.group import GroupState, Member
 from releasegate.errors import UserError
+from releasegate.lookup import unknown_service
 from releasegate.metrics_exporter import StoreCollector
+from releasegate.planning import _running_version
 from releasegate.spec.models import Spec
 from releasegate.store import audit
 from releasegate.store.audit import AuditLog
@@ -91,6 +93,8 @@ def test_rollouts_events_commands_and_services(url: str, tmp_path: Path) -> None
         store.set_service("shop", "2.0.0", "1.0.0", 2000.0, None, None, 1004.0)
         [svc] = store.services()
         assert (svc.current, svc.previous, svc.spec_path) == ("2.0.0", "1.0.0", "shop.yaml")
+        assert _running_version(tmp_path, "shop") == "2.0.0"  # what `plan` starts from
+        assert "the store postgresql://" in str(unknown_service(tmp_path, "nope", "nothing to do"))
     finally:
         store.close()
 
@@ -167,6 +171,8 @@ def test_governance_server_tokens_idempotency_and_groups(url: str, tmp_path: Pat
 
 
 def test_the_audit_chain_stays_one_chain_with_several_processes_appending(url: str, tmp_path: Path) -> None:
+    """Four processes open a fresh database at once (so they also race to apply the migrations: one does, under its
+    advisory lock, the others find them done) and append 20 entries each."""
     script = ("import sys; from pathlib import Path; from releasegate.store.audit import AuditLog\n"
               "with AuditLog(Path(sys.argv[1])) as log:\n"
               "    for n in range(20): log.append(sys.argv[2], 'test.append', evidence={'n': n})\n")
