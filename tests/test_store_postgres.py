@@ -241,3 +241,13 @@ def test_servers_with_state_dirs_of_their_own_append_to_one_chain_each_verifies(
         log._db.execute("UPDATE audit_head SET seq = 5, hash = (SELECT hash FROM audit_log WHERE seq = 5)")
         result = log.verify()
     assert not result.ok and result.first_bad_seq == 6 and "deleted" in result.reason, result
+
+
+def test_redact_hides_the_password_wherever_the_url_carries_it() -> None:
+    from releasegate.store.pg import redact
+
+    assert redact("postgresql://ada:s3cret@db:5432/rg") == "postgresql://ada:***@db:5432/rg"
+    assert redact("postgresql://ada:p@ss@db/rg") == "postgresql://ada:***@db/rg"
+    assert redact("postgresql://ada@db/rg?sslmode=require&password=s3cret") == \
+        "postgresql://ada@db/rg?sslmode=require&password=***"
+    assert redact("postgresql://ada@db/rg") == "postgresql://ada@db/rg"

@@ -35,16 +35,18 @@ def is_url(store: str) -> bool:
 
 
 def redact(url: str) -> str:
-    """The URL with its password replaced by ``***`` (what every message shows)."""
+    """The URL with its password (in the authority or as libpq's ``?password=``) replaced by ``***``: what every
+    message shows."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
-        return url.split("@", 1)[-1] if "@" in url else url
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+        return url.rsplit("@", 1)[-1] if "@" in url else url
+    if password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        parts = parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    query = re.sub(r"(^|&)password=[^&]*", r"\1password=***", parts.query)
+    return urlunsplit(parts._replace(query=query))
 
 
 class Row(tuple[Any, ...]):
@@ -144,9 +146,20 @@ def connect_raw(url: str) -> Any:
 
 
 def _first_line(exc: Exception, url: str) -> str:
+    """The first line of psycopg's message (which does not quote the password; replaced anyway, should it)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    password = urlsplit(url).password if "://" in url else None
-    return text.replace(password, "***") if password else text
+    for password in _passwords(url):
+        text = text.replace(password, "***")
+    return text
+
+
+def _passwords(url: str) -> list[str]:
+    try:
+        parts = urlsplit(url)
+        found = [parts.password] if parts.password else []
+    except ValueError:
+        return []
+    return found + [m[1] for m in re.finditer(r"(?:^|&)password=([^&]+)", parts.query)]
 
 
 def _why(exc: Exception, url: str) -> str:
