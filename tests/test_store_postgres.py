@@ -251,3 +251,21 @@ def test_redact_hides_the_password_wherever_the_url_carries_it() -> None:
     assert redact("postgresql://ada@db/rg?sslmode=require&password=s3cret") == \
         "postgresql://ada@db/rg?sslmode=require&password=***"
     assert redact("postgresql://ada@db/rg") == "postgresql://ada@db/rg"
+
+
+def test_idle_connections_are_reused_but_never_one_left_inside_a_transaction(url: str, tmp_path: Path) -> None:
+    from releasegate.store.db import open_db
+
+    first = open_db(tmp_path)
+    raw = first._raw
+    first.close()
+    again = open_db(tmp_path)
+    assert again._raw is raw  # the server opens a store per request: no new connection each time
+    again.execute("BEGIN")
+    again.close()
+    assert raw.closed
+    fresh = open_db(tmp_path)
+    try:
+        assert fresh._raw is not raw and fresh.execute("SELECT 1").fetchone()[0] == 1
+    finally:
+        fresh.close()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,8 +109,8 @@ class Connection:
 
     dialect = "postgresql"
 
-    def __init__(self, raw: Any, state_dir: Path | None) -> None:
-        self._raw = raw
+    def __init__(self, raw: Any, state_dir: Path | None, url: str = "") -> None:
+        self._raw, self._url = raw, url
         self.state_dir = state_dir
         self.on_end: list[Callable[[bool], None]] = []
 
@@ -130,7 +131,10 @@ class Connection:
             return Cursor(None, [], cur.rowcount)
 
     def close(self) -> None:
-        self._raw.close()
+        """Back to the idle pool (``_IDLE``) when it is healthy and outside a transaction, else closed."""
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            _give_back(self._url, raw)
 
 
 def connect_raw(url: str) -> Any:
@@ -176,12 +180,49 @@ def _why(exc: Exception, url: str) -> str:
             "RELEASEGATE_STORE right?")
 
 
+_IDLE: dict[str, list[tuple[float, Any]]] = {}
+"""Open connections no store object holds, per URL, newest last. Why: the server opens a store per request, and a
+new PostgreSQL connection costs milliseconds (authentication, a backend process) where SQLite's costs microseconds."""
+_IDLE_MAX, _IDLE_SECONDS = 8, 30.0
+_IDLE_LOCK = threading.Lock()
+
+
+def _give_back(url: str, raw: Any) -> None:
+    import psycopg
+
+    healthy = url and not raw.closed and raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if healthy:
+        with _IDLE_LOCK:
+            idle = _IDLE.setdefault(url, [])
+            if len(idle) < _IDLE_MAX:
+                idle.append((time.monotonic(), raw))
+                return
+    raw.close()
+
+
+def _take(url: str) -> Any | None:
+    """A pooled connection used within the last ``_IDLE_SECONDS`` (older ones are closed: the server may have
+    dropped them), or None."""
+    while True:
+        with _IDLE_LOCK:
+            idle = _IDLE.get(url)
+            if not idle:
+                return None
+            since, raw = idle.pop()
+        if time.monotonic() - since < _IDLE_SECONDS and not raw.closed:
+            return raw
+        raw.close()
+
+
 _MIGRATED: set[str] = set()
 _MIGRATING = threading.Lock()  # Alembic's context is module-global: one upgrade at a time in a process
 
 
 def connect(url: str, state_dir: Path | None) -> Connection:
     """Open the store's database, bringing its schema to the newest version first (once per process)."""
+    raw = _take(url)
+    if raw is not None:
+        return Connection(raw, state_dir, url)
     raw = connect_raw(url)
     if url not in _MIGRATED:
         from releasegate.store.pg_migrations import upgrade
@@ -201,7 +242,7 @@ def connect(url: str, state_dir: Path | None) -> Connection:
         except BaseException:
             raw.close()
             raise
-    return Connection(raw, state_dir)
+    return Connection(raw, state_dir, url)
 
 
 __all__ = ["MIGRATION_LOCK", "SCHEMES", "WRITE_LOCK", "Connection", "Cursor", "Row", "connect", "connect_raw",
