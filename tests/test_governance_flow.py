@@ -259,7 +259,7 @@ def test_the_documented_walkthrough_runs(tmp_path):
 
     env = {**os.environ, "RELEASEGATE_HOME": str(tmp_path / "state")}
     r = subprocess.run(["bash", str(EXAMPLES / "walkthrough.sh")], capture_output=True, text=True, env=env,
-                       timeout=120)
+                       timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "stored policy v1 from" in r.stdout and "stored calendar v1 from" in r.stdout
     assert "judged by stored policy v1, stored calendar v1" in r.stdout and "would be refused:" in r.stdout
