@@ -129,7 +129,7 @@ class SimSupervisor(Supervisor):
         super().__init__(state_dir, clock)
 
     def context(self, actor: str) -> service.Context:
-        ctx = service.Context(state_dir=self.state_dir, clock=self.clock, providers=sim_factory)
+        ctx = service.Context(state_dir=self.state_dir, clock=self.clock, providers=sim_factory, bells=self.bells)
         ctx.actor = actor
         return ctx
 

@@ -262,6 +262,12 @@ class Store:
         return self._db.execute("SELECT 1 FROM commands WHERE rollout_id=? AND state='pending' LIMIT 1",
                                 (rollout_id,)).fetchone() is not None
 
+    def pending_rollouts(self) -> set[str]:
+        """The rollouts with a command pending, in one query: what the server's bell watcher rings
+        (releasegate/wakeups.py) instead of every controller asking for its own."""
+        return {row["rollout_id"] for row in self._db.execute("SELECT DISTINCT rollout_id FROM commands "
+                                                              "WHERE state='pending'")}
+
     def command_state(self, command_id: int) -> tuple[str, str | None]:
         row = self._db.execute("SELECT state, note FROM commands WHERE id=?", (command_id,)).fetchone()
         return (row["state"], row["note"]) if row else ("missing", None)
