@@ -15,7 +15,7 @@ active during the measuring window, analysed every second. Measured in that wind
   late it woke: now - due. The analysis that is due runs on such a wake-up.
 - RSS (psutil) at the end of the window, and CPU: the process's CPU time over wall time, minus the HTTP client's
   thread (it runs in this process only to keep the bench one command).
-- ``GET /api/v1/rollouts`` latency over real HTTP, five requests a second.
+- ``GET /api/v1/rollouts`` latency over real HTTP, five requests a second, and ``GET /metrics`` every 2 s.
 
 The last line is the key figure: ``rollouts: N, lag_p99_ms: X, rss_mb: Y``.
 """
@@ -43,6 +43,7 @@ import uvicorn  # noqa: E402
 from releasegate import service  # noqa: E402
 from releasegate.controller import CheckOutcome, Providers  # noqa: E402
 from releasegate.engine.clock import TimedClock  # noqa: E402
+from releasegate.errors import UserError  # noqa: E402
 from releasegate.providers.base import Instance, MetricQuery, Routes  # noqa: E402
 from releasegate.server.app import create_app  # noqa: E402
 from releasegate.server.auth import issue  # noqa: E402
@@ -164,16 +165,22 @@ def p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def poll_list(url: str, token: str, stop: threading.Event, took: list[float], cpu: list[float]) -> None:
-    """``GET /api/v1/rollouts`` five times a second until ``stop``; its own thread CPU goes to ``cpu``."""
+def poll_list(url: str, token: str, stop: threading.Event, took: list[float], scraped: list[float],
+              cpu: list[float]) -> None:
+    """``GET /api/v1/rollouts`` five times a second until ``stop``, and ``GET /metrics`` every 2 s (into
+    ``scraped``); its own thread CPU goes to ``cpu``."""
     start_cpu = time.thread_time()
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as client:
+        n = 0
         while not stop.is_set():
-            t0 = time.perf_counter()
-            answer = client.get("/api/v1/rollouts")
-            took.append(time.perf_counter() - t0)
-            if answer.status_code != 200:
-                raise SystemExit(f"GET /api/v1/rollouts answered {answer.status_code}: {answer.text[:200]}")
+            n += 1
+            for path, into in (("/api/v1/rollouts", took), ("/metrics", scraped)) if n % 10 == 0 else \
+                    (("/api/v1/rollouts", took),):
+                t0 = time.perf_counter()
+                answer = client.get(path)
+                into.append(time.perf_counter() - t0)
+                if answer.status_code != 200:
+                    raise SystemExit(f"GET {path} answered {answer.status_code}: {answer.text[:200]}")
             stop.wait(0.2)
     cpu.append(time.thread_time() - start_cpu)
 
@@ -197,7 +204,14 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
 
     async def one(path: Path, version: str) -> str:
         async with gate:
-            return await supervisor.deploy(path, version, "bench", "production", False)
+            for _ in range(5):
+                try:
+                    return await supervisor.deploy(path, version, "bench", "production", False)
+                except UserError as exc:  # another program took the (unused) router port meanwhile: a new one
+                    if "is taken by another program" not in str(exc):
+                        raise
+                    write_spec(path.parent, int(path.stem[3:]), hold)
+            raise SystemExit(f"{path}: no free router port after 5 tries")
     await asyncio.gather(*(one(p, "1.0.0") for p in paths))  # the first deploy of a service: straight to 100 %
     await asyncio.gather(*supervisor.tasks.values())
     t0 = time.monotonic()
@@ -211,9 +225,11 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
 
     proc = psutil.Process()
     took: list[float] = []
+    scraped: list[float] = []
     client_cpu: list[float] = []
     stop = threading.Event()
-    poller = threading.Thread(target=poll_list, args=(f"http://127.0.0.1:{port}", token, stop, took, client_cpu))
+    poller = threading.Thread(target=poll_list, args=(f"http://127.0.0.1:{port}", token, stop, took, scraped,
+                                                      client_cpu))
     cpu0, wall0 = proc.cpu_times(), time.monotonic()
     clock.measuring = True
     poller.start()
@@ -236,6 +252,8 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
     for key, value in figures.items():
         verdict = "ok" if value < TARGETS[key] else "MISSED"
         print(f"  {key:12} {value:9.1f}   target < {TARGETS[key]:g}   {verdict}")
+    print(f"  {'metrics_p99_ms':12} {p99(scraped) * 1000:7.1f}   (GET /metrics, every 2 s; no target)")
+    print(f"cpu: {figures['cpu_cores']:.2f} cores (process CPU time / wall time, without the HTTP client's thread)")
     print(f"rollouts: {rollouts}, lag_p99_ms: {figures['lag_p99_ms']:.1f}, rss_mb: {rss_mb:.0f}")
 
 
