@@ -72,10 +72,12 @@ class Ear:
             return True
         self.sleeper = asyncio.get_running_loop().create_task(clock.sleep(seconds))
         try:
-            await asyncio.wait({self.sleeper})
+            await self.sleeper
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # this controller itself is cancelled (its sleep with it)
+                raise
         finally:
-            if not self.sleeper.done():  # this controller itself was cancelled
-                self.sleeper.cancel()
             self.sleeper = None
         return self.rang
 
