@@ -8,6 +8,7 @@ controller recomputes from the same state and performs again.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ from releasegate.providers.metrics.reasons import explain
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.models import SmokeTest, Spec
 from releasegate.store.sqlite import Store, this_owner
+from releasegate.wakeups import Bells, Ear
 
 ProgressHook = Callable[[RolloutState, list[Decision]], None]
 IncreaseGate = Callable[[float], str | None]
@@ -85,7 +87,8 @@ class Providers:
 class Controller:
     def __init__(self, store: Store, spec: Spec, providers: Providers, clock: Clock,
                  on_progress: ProgressHook | None = None, command_poll: float = 0.25,
-                 before_increase: IncreaseGate | None = None, audit: AuditHook | None = None) -> None:
+                 before_increase: IncreaseGate | None = None, audit: AuditHook | None = None,
+                 bells: Bells | None = None) -> None:
         self.store = store
         self.spec = spec
         self.p = providers
@@ -94,11 +97,17 @@ class Controller:
         self.command_poll = command_poll
         self.before_increase = before_increase
         self.audit = audit
+        self.bells = bells  # the server's: commands ring, not polled (releasegate/wakeups.py)
+        self._ear: Ear | None = None
         self.owner = this_owner()
         self._failures = 0
         self._last_retry: str | None = None
 
     async def run(self, st: RolloutState) -> RolloutState:
+        with self.bells.listening(st.id) if self.bells else contextlib.nullcontext() as self._ear:
+            return await self._run(st)
+
+    async def _run(self, st: RolloutState) -> RolloutState:
         await self._reconcile(st)
         while True:
             st = self._apply_commands(st)
@@ -158,6 +167,8 @@ class Controller:
         return out
 
     def _apply_commands(self, st: RolloutState) -> RolloutState:
+        if self._ear is not None and not self._ear.due(self.clock.now()):
+            return st  # no bell since the last look, and the fallback look is not due
         for cmd in self.store.pending_commands(st.id):
             new, error = decide.command(st, self.spec, cmd.kind, self.clock.now())
             self.store.apply_command(new, cmd, error)
@@ -176,6 +187,10 @@ class Controller:
             left = until - self.clock.now()
             if left <= 0:
                 return False
+            if self._ear is not None and poll is None:
+                if await self._ear.wait(self.clock, left, lambda: self.store.has_pending_commands(st.id)):
+                    return True
+                continue
             if self.store.has_pending_commands(st.id):
                 return True
             await self.clock.sleep(min(left, poll or self.command_poll))

@@ -29,6 +29,7 @@ from releasegate.spec import load_spec, secrets
 from releasegate.spec.models import Spec, check_version
 from releasegate.store.audit import AuditLog
 from releasegate.store.sqlite import Store, owner_alive, this_owner
+from releasegate.wakeups import Bells
 
 ProviderFactory = Any  # async (spec, spec_dir, state_dir, clock) -> Providers
 
@@ -47,6 +48,7 @@ class Context:
     clock: Clock
     providers: ProviderFactory = _default_factory
     actor: str = "cli"
+    bells: Bells | None = None  # the server's: its controllers hear its commands at once (releasegate/wakeups.py)
 
     def store(self) -> Store:
         return Store(self.state_dir)
@@ -132,7 +134,7 @@ async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, s
     if use_spec is not None:
         use_spec(spec)
     controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
-                            **_hooks(ctx, spec, st, admission))
+                            **_hooks(ctx, spec, st, admission), bells=ctx.bells)
     try:
         final = await controller.run(st)
     finally:
@@ -274,6 +276,8 @@ async def send_command(ctx: Context, service: str, kind: str, wait: float = 30.0
                 raise unknown_service(ctx.state_dir, service, f"no rollout to {kind}")
             raise UserError(f"{service}: no rollout in progress (see `releasegate status {service}`)")
         cid = store.add_command(service, rec.state.id, kind, ctx.actor, ctx.clock.now())
+        if ctx.bells is not None:
+            ctx.bells.ring(rec.state.id)
         if not owner_alive(rec.owner):
             return CommandResult(f"{kind} queued for rollout {rec.state.id}; no controller is running it",
                                  applied=False, needs_resume=True)

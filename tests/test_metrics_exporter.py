@@ -332,6 +332,39 @@ def test_triggers_outcomes_and_weights_come_from_the_stored_history(tmp_path: Pa
     assert value(after, "releasegate_decisions_total", service="api", decision="rolled_back") == 4
 
 
+def test_the_kept_states_follow_every_change_even_within_one_clock_tick(tmp_path: Path) -> None:
+    """The collector keeps each service's parsed latest state between scrapes (a scrape at 1,000 rollouts parses
+    only what changed); a change must still show at the next scrape: a save with the same ``updated_at``, a new
+    rollout of the service, a second service, a finished rollout."""
+    store = Store(tmp_path)
+    seed = Seeder(store)
+    collector = StoreCollector(tmp_path)
+    try:
+        first = seed.save(seed.start("api", "2.0.0", "1.0.0"), "step", weight=20, phase="step")
+        assert weights(collect(collector), "api") == {"2.0.0": 20, "1.0.0": 80}
+        same_tick = first.model_copy(update={"weight": 50, "step": 1})  # updated_at unchanged
+        store.save(same_tick, [("step", "step (2.0.0)", {})])
+        seen = collect(collector)
+        assert weights(seen, "api") == {"2.0.0": 50, "1.0.0": 50}
+        assert value(seen, "releasegate_rollout_step", service="api") == 1
+        assert collect(collector) == seen  # nothing changed: the same answer from the kept state
+        assert parse(collector.render().decode()) == seen  # the server's writer says what prometheus_client says
+        seed.end(same_tick, "aborted", "abort", weight=0)
+        seed.save(seed.start("web", "1.0.0", None), "step", weight=10, phase="step")
+        after = collect(collector)
+        assert value(after, "releasegate_rollouts_total", service="api", outcome="aborted") == 1
+        assert value(after, "releasegate_rollout_active", service="api") == 0
+        assert weights(after, "web") == {"1.0.0": 10}
+        again = seed.save(seed.start("api", "3.0.0", "1.0.0"), "step", weight=5, phase="step")
+        newest = collect(collector)
+        assert parse(collector.render().decode()) == newest
+        assert weights(newest, "api") == {"3.0.0": 5, "1.0.0": 95}
+        assert series(newest, "releasegate_rollout_phase", service="api") == {
+            (("phase", "step"), ("rollout", again.id), ("service", "api"), ("version", "3.0.0")): 1.0}
+    finally:
+        store.close()
+
+
 def test_a_replaced_or_missing_database_is_read_afresh(tmp_path: Path) -> None:
     collector = StoreCollector(tmp_path / "state")
     assert collect(collector) == {"releasegate_store_up": {(): 0.0}}

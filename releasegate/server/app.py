@@ -27,9 +27,10 @@ from pydantic import BaseModel
 
 from releasegate import __version__
 from releasegate.engine.clock import TimedClock
-from releasegate.metrics_exporter import registry_for
+from releasegate.metrics_exporter import StoreCollector
 from releasegate.server import problems
 from releasegate.server.auth import need
+from releasegate.server.reads import Reads
 from releasegate.server.runner import Supervisor
 from releasegate.store.server import Grant, ServerStore
 
@@ -141,6 +142,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
             yield
         finally:
             await supervisor.shutdown()
+            app.state.reads.close()
 
     app = FastAPI(title="releasegate", version=__version__, lifespan=lifespan, openapi_url=None, docs_url=None,
                   redoc_url=None,  # no unauthenticated route but the probes: the document is served below
@@ -148,13 +150,14 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
                               "needs `Authorization: Bearer TOKEN`; errors are application/problem+json.")
     app.state.state_dir = state_dir
     app.state.supervisor = supervisor
+    app.state.reads = Reads(state_dir)  # the loop's kept connections for the hot reads
     app.state.spec_root = (spec_root or Path.cwd()).resolve()
     problems.install(app)
     latency = Histogram("releasegate_server_request_seconds", "Time to answer an API request.",
                         ["method", "route", "status"], registry=registry)
     Gauge("releasegate_server_active_rollouts", "Rollouts this server drives now.",
           registry=registry).set_function(lambda: float(supervisor.active()))
-    store_metrics = registry_for(state_dir)
+    store_metrics = StoreCollector(state_dir)  # keeps what it parsed and wrote; a scrape redoes what changed
 
     @app.middleware("http")
     async def timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -184,7 +187,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     @app.get("/metrics", response_class=Response, tags=["metrics"])
     def metrics(_: Grant = Depends(need("viewer"))) -> Response:
         """Prometheus exposition: the store's series (docs/integrations.md) and the server's own."""
-        body = generate_latest(store_metrics) + generate_latest(registry)
+        body = store_metrics.render() + generate_latest(registry)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/v1/openapi.json", include_in_schema=False)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import Depends, Request
@@ -25,6 +25,7 @@ from fastapi import Depends, Request
 from releasegate.errors import UserError
 from releasegate.governance.identity import TOKEN_PREFIX, hash_token, os_user
 from releasegate.server.problems import Problem
+from releasegate.server.reads import Reads
 from releasegate.store.server import Grant, ServerStore
 
 ROLES = ("viewer", "deployer", "approver", "admin")
@@ -64,16 +65,17 @@ def allowed(grant: Grant, role: str, service: str | None) -> bool:
     return fnmatch.fnmatchcase(service, grant.pattern) if service is not None else grant.pattern == "*"
 
 
-def principal(request: Request) -> Grant:
-    """The caller's grant from ``Authorization: Bearer TOKEN``, or 401 (the same answer for missing and wrong)."""
+async def principal(request: Request) -> Grant:
+    """The caller's grant from ``Authorization: Bearer TOKEN``, or 401 (the same answer for missing and wrong).
+    In the event loop, on the app's kept connection (releasegate/server/reads.py): one indexed query, no thread
+    hop for every request."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "unauthenticated", "this route needs `Authorization: Bearer TOKEN` (a token from "
                                               "`releasegate token new NAME --role ROLE`)")
-    state_dir: Path = request.app.state.state_dir
-    with ServerStore(state_dir) as store:
-        grant = store.grant_for(hash_token(token.strip()))
+    reads: Reads = request.app.state.reads
+    grant = reads.server.grant_for(hash_token(token.strip()))
     if grant is None:
         raise Problem(401, "unauthenticated", "the bearer token is not a current server token (a new token "
                                               "replaces the old one); ask an admin for one")
@@ -81,10 +83,10 @@ def principal(request: Request) -> Grant:
     return grant
 
 
-def need(role: str) -> Callable[[Grant], Grant]:
+def need(role: str) -> Callable[[Grant], Awaitable[Grant]]:
     """A dependency: 403 unless the caller holds ``role`` (or a role including it) for some service."""
 
-    def check(grant: Grant = Depends(principal)) -> Grant:
+    async def check(grant: Grant = Depends(principal)) -> Grant:
         if role not in _CAN[grant.role]:
             raise Problem(403, "forbidden", f"{grant.name} is {grant.role} of {grant.pattern}; this needs role "
                                             f"{role}")

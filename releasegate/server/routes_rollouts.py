@@ -9,8 +9,10 @@ rollout, which ``GET /rollouts/{id}`` and ``/events`` follow.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ from releasegate import reading, service
 from releasegate.errors import UserError
 from releasegate.server.auth import need, principal, require
 from releasegate.server.problems import Problem
+from releasegate.server.reads import Reads
 from releasegate.server.runner import Supervisor
 from releasegate.store.server import Grant, ServerStore
 from releasegate.store.sqlite import RolloutRecord, Store, owner_alive
@@ -96,12 +99,12 @@ class Validation(BaseModel):
     errors: list[str] = []
 
 
-def _out(rec: RolloutRecord) -> Rollout:
+def _out(rec: RolloutRecord, alive: Callable[[dict[str, Any] | None], bool] = owner_alive) -> Rollout:
     st = rec.state
     return Rollout(id=st.id, service=st.service, version=st.version, previous=st.previous, strategy=st.strategy,
                    status=st.status, phase=st.phase, active=st.active, step=st.step, weight=st.weight,
                    reason=st.reason, waiting=st.waiting, actor=st.actor, created_at=st.created_at,
-                   updated_at=st.updated_at, finished_at=st.finished_at, controller_alive=owner_alive(rec.owner))
+                   updated_at=st.updated_at, finished_at=st.finished_at, controller_alive=alive(rec.owner))
 
 
 def _state_dir(request: Request) -> Path:
@@ -114,12 +117,15 @@ def _supervisor(request: Request) -> Supervisor:
     return sup
 
 
-def _record(request: Request, rollout_id: str) -> RolloutRecord:
-    store = Store(_state_dir(request))
-    try:
-        rec = store.rollout(rollout_id)
-    finally:
-        store.close()
+def _reads(request: Request) -> Reads:
+    reads = request.app.state.reads
+    assert isinstance(reads, Reads)
+    return reads
+
+
+def _record(request: Request, rollout_id: str, store: Store | None = None) -> RolloutRecord:
+    """One rollout, or 404; on the loop's kept connection unless ``store`` (a worker thread's) is given."""
+    rec = (store or _reads(request).store).rollout(rollout_id)
     if rec is None:
         raise Problem(404, "not-found", f"rollout {rollout_id}: no such rollout (GET /api/v1/rollouts lists them)")
     return rec
@@ -158,20 +164,19 @@ def service_history(name: str, request: Request, grant: Grant = Depends(principa
 
 
 @router.get("/rollouts", response_model=list[Rollout])
-def rollouts(request: Request, grant: Grant = Depends(principal),
-             service_name: str | None = Query(None, alias="service"),
-             limit: int = Query(50, ge=1, le=500)) -> list[Rollout]:
+async def rollouts(request: Request, grant: Grant = Depends(principal),
+                   service_name: str | None = Query(None, alias="service"),
+                   limit: int = Query(50, ge=1, le=500)) -> list[Rollout]:
     """Rollouts, newest first, of every service the caller may see (or of ``service``)."""
-    store = Store(_state_dir(request))
-    try:
-        found = store.recent_rollouts(lambda n: service_name in (None, n) and _sees(grant, n), limit)
-    finally:
-        store.close()
-    return [_out(r) for r in found]
+    # In the event loop, never waiting for a worker thread: it reads only the page (Store.recent_rollouts) and
+    # asks once per owner whether it lives (the server's 1,000 rollouts have one owner), so it is short.
+    found = _reads(request).store.recent_rollouts(lambda n: service_name in (None, n) and _sees(grant, n), limit)
+    alive = functools.lru_cache(maxsize=None)(lambda key: owner_alive(dict(key)))
+    return [_out(r, lambda owner: owner is not None and alive(tuple(sorted(owner.items())))) for r in found]
 
 
 @router.get("/rollouts/{rollout_id}", response_model=Rollout)
-def rollout(rollout_id: str, request: Request, grant: Grant = Depends(principal)) -> Rollout:
+async def rollout(rollout_id: str, request: Request, grant: Grant = Depends(principal)) -> Rollout:
     rec = _record(request, rollout_id)
     require(grant, "viewer", rec.state.service)
     return _out(rec)
@@ -182,10 +187,10 @@ def events(rollout_id: str, request: Request, grant: Grant = Depends(principal),
            after: int = Query(0, ge=0, description="Only events with a larger seq (poll with the last seen).")
            ) -> list[Event]:
     """The rollout's decisions and progress, oldest first (what ``history`` shows)."""
-    rec = _record(request, rollout_id)
-    require(grant, "viewer", rec.state.service)
-    store = Store(_state_dir(request))
+    store = Store(_state_dir(request))  # a worker thread's: a long rollout has many events
     try:
+        rec = _record(request, rollout_id, store)
+        require(grant, "viewer", rec.state.service)
         found = store.events(rec.state.service, rollout_id=rollout_id, limit=100_000)
     finally:
         store.close()

@@ -21,6 +21,7 @@ from releasegate.engine.clock import Clock, SystemClock
 from releasegate.governance.gate import DeployRequest
 from releasegate.server.problems import Problem
 from releasegate.store.sqlite import Store, owner_alive
+from releasegate.wakeups import Bells
 
 log = logging.getLogger("releasegate.server")
 
@@ -55,11 +56,19 @@ class Supervisor:
         self.tasks: dict[str, asyncio.Task[object]] = {}  # rollout id -> its task
         self.ready = False
         self.locks = KeyedLocks()  # admissions of one service (or one Idempotency-Key) run one at a time
+        self.bells = Bells(self._pending_commands)  # commands wake the controllers, not their polling
+        self._watch_store: Store | None = None
 
     def context(self, actor: str) -> service.Context:
         ctx = service.new_context(self.state_dir, self.clock)
-        ctx.actor = actor
+        ctx.actor, ctx.bells = actor, self.bells
         return ctx
+
+    def _pending_commands(self) -> set[str]:
+        """For the bells' watcher: rollouts with a command pending, whichever process posted it."""
+        if self._watch_store is None:
+            self._watch_store = Store(self.state_dir)
+        return self._watch_store.pending_rollouts()
 
     def active(self) -> int:
         return sum(1 for t in self.tasks.values() if not t.done())
@@ -183,6 +192,10 @@ class Supervisor:
         for task in running.values():
             task.cancel()
         await asyncio.gather(*running.values(), return_exceptions=True)
+        await self.bells.close()
+        if self._watch_store is not None:
+            self._watch_store.close()
+            self._watch_store = None
         store = Store(self.state_dir)
         try:
             for rid in running:

@@ -87,6 +87,9 @@ class Cursor:
     def __iter__(self) -> Iterator[Row]:
         return self._rows
 
+    def close(self) -> None:
+        """Nothing to end: the rows were fetched whole (kept for the sqlite3 cursor's shape)."""
+
 
 def _placeholders(sql: str) -> str:
     """``?`` to ``%s`` and ``%`` to ``%%`` outside quoted text (the stores' SQL has no other dialect in it)."""

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS rollouts (
 );
 CREATE UNIQUE INDEX IF NOT EXISTS one_active_rollout ON rollouts(service) WHERE active = 1;
 CREATE INDEX IF NOT EXISTS rollouts_by_service ON rollouts(service, created_at);
+CREATE INDEX IF NOT EXISTS rollouts_by_created ON rollouts(created_at);
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     rollout_id TEXT,
@@ -214,10 +215,24 @@ class Store:
     def recent_rollouts(self, visible: Callable[[str], bool], limit: int = 50) -> list[RolloutRecord]:
         """The newest ``limit`` rollouts of the services ``visible`` accepts, newest first. Why not ``rollouts``
         per service: with 1,000 services that parsed every stored rollout to answer one page (the server's list,
-        bench/bench_server_scale.py); here only the rows returned are read and parsed."""
-        ids = [row["id"] for row in self._db.execute(f"SELECT id, service FROM rollouts ORDER BY created_at DESC, "
-                                                     f"{tiebreak(self._db)} DESC") if visible(row["service"])][:limit]
-        return [r for r in (self.rollout(i) for i in ids) if r is not None]
+        bench/bench_server_scale.py); here the index on ``created_at`` is walked only until the page is full, and
+        only the rows returned are read and parsed, in one query."""
+        ids: list[str] = []
+        cursor = self._db.execute(f"SELECT id, service FROM rollouts ORDER BY created_at DESC, "
+                                  f"{tiebreak(self._db)} DESC")
+        try:
+            for row in cursor:
+                if len(ids) == limit:
+                    break
+                if visible(row["service"]):
+                    ids.append(row["id"])
+        finally:
+            cursor.close()  # ends the read at once (a statement left open would hold its snapshot)
+        if not ids:
+            return []
+        rows = self._db.execute(f"SELECT * FROM rollouts WHERE id IN ({','.join('?' * len(ids))})", ids).fetchall()
+        found = {r.state.id: r for r in (self._record(row) for row in rows) if r is not None}
+        return [found[i] for i in ids if i in found]
 
     def events(self, service: str, rollout_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         if rollout_id:
@@ -260,6 +275,12 @@ class Store:
     def has_pending_commands(self, rollout_id: str) -> bool:
         return self._db.execute("SELECT 1 FROM commands WHERE rollout_id=? AND state='pending' LIMIT 1",
                                 (rollout_id,)).fetchone() is not None
+
+    def pending_rollouts(self) -> set[str]:
+        """The rollouts with a command pending, in one query: what the server's bell watcher rings
+        (releasegate/wakeups.py) instead of every controller asking for its own."""
+        return {row["rollout_id"] for row in self._db.execute("SELECT DISTINCT rollout_id FROM commands "
+                                                              "WHERE state='pending'")}
 
     def command_state(self, command_id: int) -> tuple[str, str | None]:
         row = self._db.execute("SELECT state, note FROM commands WHERE id=?", (command_id,)).fetchone()
