@@ -1,0 +1,243 @@
+"""Several real ``releasegate server`` processes on one store, and servers dying under them (issue 11, section 5).
+
+Three servers share the store; each active rollout is driven by the one holding its lease. The chaos test starts
+rollouts of real local processes behind real built-in routers, SIGKILLs a random server every few seconds and
+restarts it, and checks that every rollout ends as it should (healthy versions promoted, versions that turn
+unhealthy under traffic rolled back), that no decision was recorded twice, that no router ever sends more traffic
+to a version after it turned unhealthy and ends on the right one, and that the audit chain verifies.
+
+The pause test SIGSTOPs the server driving a rollout past its lease, lets another take it over and finish it, and
+SIGCONTs the old one: it must not write or move traffic any more (fencing, releasegate/store/leases.py).
+
+Parametrised by the store: SQLite (several servers on one state dir, one host) here; PostgreSQL joins the list once
+the PostgreSQL store lands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from releasegate.providers.routers.builtin import read_router_state, router_client
+from releasegate.store.sqlite import Store
+from tests.support.rollouts import PY, cleanup, free_port
+from tests.support.server import ServerProc
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.slow
+
+TTL = "3s"
+"""Short leases keep the test short; the default (10 s) changes only how long a rollout waits for a new driver."""
+
+STORES = [pytest.param("sqlite", id="sqlite")]
+
+
+def spec_text(service: str, port: int, steps: str) -> str:
+    return f"""\
+service: {service}
+platform:
+  command: "{PY} -m releasegate.demoapp --port {{port}}"
+  instances: 1
+  env: {{DEMO_CONTROL: "1"}}
+  stop_grace: 2s
+router: {{listen: "127.0.0.1:{port}", drain_timeout: 1s}}
+health: {{path: /health, interval: 100ms, timeout: 1s, attempts: 50, failure_threshold: 2}}
+smoke:
+  - {{method: GET, path: /api/items, expect_status: [200], max_latency: 2s}}
+strategy: {{canary: {{steps: {steps}, keep_previous: 1h}}}}
+analysis: {{interval: 300ms, post_promotion: 1s, rules: []}}
+"""
+
+
+@dataclass
+class Fleet:
+    """The servers, the services' specs, and what the test saw of the routers."""
+
+    root: Path
+    state: Path
+    servers: list[ServerProc]
+    specs: dict[str, Path] = field(default_factory=dict)
+    token: str = ""
+
+    def service(self, name: str, steps: str) -> Path:
+        path = self.root / f"{name}.yaml"
+        path.write_text(spec_text(name, free_port(), steps))
+        self.specs[name] = path
+        return path
+
+    def deploy(self, server: ServerProc, name: str, version: str) -> str:
+        with server.client(self.token) as c:
+            answer = c.post("/api/v1/rollouts", json={"spec_path": f"{name}.yaml", "version": version})
+        assert answer.status_code == 202, answer.text
+        return str(answer.json()["id"])
+
+    def rollout(self, rollout_id: str) -> Any:
+        store = Store(self.state)
+        try:
+            return store.rollout(rollout_id)
+        finally:
+            store.close()
+
+    def events(self, name: str, rollout_id: str) -> list[dict[str, Any]]:
+        store = Store(self.state)
+        try:
+            return store.events(name, rollout_id)
+        finally:
+            store.close()
+
+    async def routes(self, name: str) -> dict[str, tuple[int, tuple[str, ...]]]:
+        info = read_router_state(self.state, name)
+        assert info is not None, f"the router of {name} is not running"
+        got = await router_client(self.state, name, str(info["admin"])).get_routes(name)
+        return {v.version: (v.weight, v.backends) for v in got.versions}
+
+    async def ended(self, rollout_id: str, within: float) -> str:
+        def over() -> str | None:
+            rec = self.rollout(rollout_id)
+            return None if rec is None or rec.state.active else str(rec.state.status)
+        found: str = await eventually(over, within, f"rollout {rollout_id} to end", every=0.2)
+        return found
+
+
+@pytest.fixture(params=STORES)
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    state = tmp_path / "state"
+    servers = [ServerProc(state, tmp_path, extra=("--lease-ttl", TTL)) for _ in range(3)]
+    made = Fleet(tmp_path, state, servers)
+    try:
+        for server in servers:
+            server.start()
+        made.token = servers[0].token("dora", "deployer")
+        yield made
+    finally:
+        for server in servers:
+            if server.proc is not None and server.proc.poll() is None:
+                os.kill(server.proc.pid, signal.SIGCONT)  # a test that failed while one was stopped
+            server.stop()
+        for path in made.specs.values():
+            asyncio.run(cleanup(state, path))
+
+
+def decisions_recorded_twice(events: list[dict[str, Any]]) -> list[str]:
+    """Decisions (not intents, which a new driver may repeat by design) that appear more than once."""
+    counted = Counter((e["kind"], e["message"]) for e in events if e["kind"] not in ("intent", "resumed", "reconciled",
+                                                                                   "analysis", "waiting", "command"))
+    return [f"{kind}: {message} (x{n})" for (kind, message), n in counted.items() if n > 1]
+
+
+async def _unhealthy(fleet: Fleet, name: str, rollout_id: str, turned: dict[str, int]) -> None:
+    """Once ``name``'s canary has traffic, its new version stops passing health checks (DEMO_CONTROL)."""
+    def routed() -> tuple[int, tuple[str, ...]] | None:
+        rec = fleet.rollout(rollout_id)
+        return None if rec is None or rec.state.weight == 0 else (rec.state.weight, ())
+    await eventually(routed, 60, f"{name}'s canary to get traffic", every=0.2)
+    weight, backends = (await fleet.routes(name))["2.0.0"]
+    async with httpx.AsyncClient(timeout=5) as c:
+        for address in backends:
+            answer = await c.put(f"http://{address}/_faults", content="health=fail")
+            assert answer.status_code == 200, answer.text
+    turned[name] = weight
+
+
+async def _watch(fleet: Fleet, turned: dict[str, int], bad: list[str], stop: asyncio.Event) -> None:
+    """Routes never move more traffic to a version after it turned unhealthy, and always add up to 100 %."""
+    while not stop.is_set():
+        for name in list(fleet.specs):
+            try:
+                routes = await fleet.routes(name)
+            except Exception:  # noqa: BLE001 - a router being restarted by its service's next action
+                continue
+            if sum(w for w, _ in routes.values()) != 100:
+                bad.append(f"{name}: routes {routes} do not add up to 100 %")
+            if name in turned and routes.get("2.0.0", (0, ()))[0] > turned[name]:
+                bad.append(f"{name}: {routes['2.0.0'][0]} % to 2.0.0 after it turned unhealthy at {turned[name]} %")
+        await asyncio.sleep(0.3)
+
+
+async def _chaos(fleet: Fleet, stop: asyncio.Event, kills: list[float], every: float = 3.0) -> None:
+    """SIGKILL a random server every few seconds and start it again (a new process, new leases)."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(11)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every)
+            return
+        except TimeoutError:
+            pass
+        victim = rng.choice(fleet.servers)
+        victim.stop(kill=True)
+        kills.append(loop.time())
+        await asyncio.to_thread(victim.start)
+
+
+@pytest.mark.parametrize("count", [int(os.environ.get("FAILOVER_ROLLOUTS", "30"))])
+async def test_rollouts_reach_the_right_end_while_servers_are_killed_and_restarted(fleet: Fleet, count: int):
+    names = [f"svc{n:02d}" for n in range(count)]
+    failing = set(names[::3])  # a third turn unhealthy under traffic and must roll back
+    for name in names:
+        fleet.service(name, "[{weight: 20, pause: 2s}, {weight: 50, pause: 2s}]")
+    firsts = [fleet.deploy(fleet.servers[i % 3], name, "1.0.0") for i, name in enumerate(names)]
+    for rid in firsts:
+        assert await fleet.ended(rid, 120) == "promoted"
+    ids = {name: fleet.deploy(fleet.servers[i % 3], name, "2.0.0") for i, name in enumerate(names)}
+    stop, turned, bad, kills = asyncio.Event(), dict[str, int](), list[str](), list[float]()
+    background = [asyncio.create_task(_chaos(fleet, stop, kills)), asyncio.create_task(_watch(fleet, turned, bad, stop))]
+    try:
+        await asyncio.gather(*(_unhealthy(fleet, name, ids[name], turned) for name in sorted(failing)))
+        ends = {name: await fleet.ended(rid, 120) for name, rid in ids.items()}
+    finally:
+        stop.set()
+        await asyncio.gather(*background)
+    assert kills, "no server was killed while the rollouts ran"
+    wrong = {n: e for n, e in ends.items() if e != ("rolled_back" if n in failing else "promoted")}
+    assert wrong == {}, wrong
+    assert bad == []
+    for name, rid in ids.items():
+        assert decisions_recorded_twice(fleet.events(name, rid)) == [], name
+        routes = await fleet.routes(name)
+        assert {v: w for v, (w, _) in routes.items() if w} == {("1.0.0" if name in failing else "2.0.0"): 100}, name
+    audit = subprocess.run([sys.executable, "-m", "releasegate", "audit", "verify", "--state-dir", str(fleet.state)],
+                           capture_output=True, text=True, cwd=fleet.root)
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+
+
+async def test_a_server_paused_past_its_lease_writes_nothing_and_moves_no_traffic_when_it_wakes(fleet: Fleet):
+    fleet.service("shop", "[{weight: 20, pause: 1h}]")
+    a, b, _ = fleet.servers
+    assert await fleet.ended(fleet.deploy(a, "shop", "1.0.0"), 60) == "promoted"
+    rid = fleet.deploy(a, "shop", "2.0.0")
+    await eventually(lambda: fleet.rollout(rid).state.weight == 20, 60, "the canary at 20 %", every=0.1)
+    assert a.proc is not None
+    holder = fleet.rollout(rid).owner
+    assert holder["pid"] == a.proc.pid
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        await eventually(lambda: fleet.rollout(rid).owner["pid"] != a.proc.pid, 30,  # type: ignore[union-attr]
+                         "another server to take the rollout over", every=0.1)
+        with b.client(fleet.token) as c:
+            answer = c.post("/api/v1/services/shop/promote").json()
+        assert answer["applied"] is True, answer
+        assert await fleet.ended(rid, 60) == "promoted"
+        seen = (fleet.rollout(rid), fleet.events("shop", rid), await fleet.routes("shop"))
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    await eventually(lambda: "this server stops driving it" in a.log.read_text(), 30,
+                     "the woken server to notice it lost the lease", every=0.1)
+    assert a.proc.poll() is None  # it lives on, serving the API
+    with a.client(fleet.token) as c:
+        assert c.get(f"/api/v1/rollouts/{rid}").json()["status"] == "promoted"
+    assert (fleet.rollout(rid), fleet.events("shop", rid), await fleet.routes("shop")) == seen
+    assert {v: w for v, (w, _) in seen[2].items() if w} == {"2.0.0": 100}
+    assert seen[0].owner is None
