@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -61,10 +62,12 @@ def test_a_writer_whose_lease_was_taken_over_writes_nothing_and_cannot_renew(tmp
     new.lease = new.claim(st.id, this_owner(), new_holder())
     before = (new.rollout(st.id), new.events("shop", st.id))
     moved = st.model_copy(update={"weight": 50, "phase": "step"})
-    for write in (lambda: old.save(moved, [("step", "to 50 %", {})]),
-                  lambda: old.add_event("shop", st.id, 2.0, "intent", "route 50 %"),
-                  lambda: old.set_service("shop", "2.0.0", None, None, None, None, 2.0),
-                  old.hold_lease):
+    writes: list[Callable[[], None]] = [
+        lambda: old.save(moved, [("step", "to 50 %", {})]),
+        lambda: old.add_event("shop", st.id, 2.0, "intent", "route 50 %"),
+        lambda: old.set_service("shop", "2.0.0", None, None, None, None, 2.0),
+        old.hold_lease]
+    for write in writes:
         with pytest.raises(LeaseLost):
             write()
     assert (new.rollout(st.id), new.events("shop", st.id)) == before
@@ -132,7 +135,7 @@ def test_an_older_state_dir_gets_the_lease_columns(tmp_path):
                    "NOT NULL, spec_path TEXT NOT NULL, spec_json TEXT NOT NULL, state_json TEXT NOT NULL, owner TEXT, "
                    "created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL)")
     store = Store(state)
-    st, _, lease = _rollout(store, new_holder())
+    _, _, lease = _rollout(store, new_holder())
     assert lease is not None and lease.token == 1
     with sqlite3.connect(state / "releasegate.db") as db:
         names = {row[1] for row in db.execute("PRAGMA table_info(rollouts)")}
