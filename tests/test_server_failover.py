@@ -296,3 +296,29 @@ async def test_a_server_paused_past_its_lease_writes_nothing_and_moves_no_traffi
     assert (fleet.rollout(rid), fleet.events("shop", rid), await fleet.routes("shop")) == seen
     assert {v: w for v, (w, _) in seen[2].items() if w} == {"2.0.0": 100}
     assert seen[0].owner is None
+
+
+async def test_a_standalone_deploy_that_dies_while_the_servers_run_is_adopted_by_one_of_them(fleet: Fleet):
+    fleet.service("shop", "[{weight: 20, pause: 1h}]")
+    assert await fleet.ended(await fleet.deploy(fleet.servers[0], "shop", "1.0.0"), 60) == "promoted"
+    cli = subprocess.Popen([sys.executable, "-m", "releasegate", "--state-dir", str(fleet.state), "deploy",
+                            str(fleet.specs["shop"]), "--version", "2.0.0"], cwd=fleet.root,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def at_20() -> str | None:
+            rec = fleet.look().active_rollout("shop")
+            return rec.state.id if rec is not None and rec.state.weight == 20 else None
+        rid: str = await eventually(at_20, 60, "the CLI's canary at 20 %", every=0.1)
+        rec = fleet.rollout(rid)
+        assert rec.owner["pid"] == cli.pid and rec.owner["holder"]  # the CLI holds a lease as a server does
+    finally:
+        cli.kill()
+        cli.wait()
+    pids = {s.proc.pid for s in fleet.servers if s.proc is not None}
+    await eventually(lambda: (fleet.rollout(rid).owner or {}).get("pid") in pids, 30,
+                     "a server to adopt the rollout its deploy left", every=0.1)
+    with fleet.servers[1].client(fleet.token) as c:
+        assert c.get(f"/api/v1/rollouts/{rid}").json()["controller_alive"] is True
+        assert c.post("/api/v1/services/shop/promote").json()["applied"] is True
+    assert await fleet.ended(rid, 60) == "promoted"
+    assert {v: w for v, (w, _) in (await fleet.routes("shop")).items() if w} == {"2.0.0": 100}
