@@ -141,3 +141,18 @@ def test_an_older_state_dir_gets_the_lease_columns(tmp_path):
         names = {row[1] for row in db.execute("PRAGMA table_info(rollouts)")}
     assert {"lease_holder", "lease_token", "lease_until"} <= names
     store.close()
+
+
+def test_server_refuses_a_bad_lease_ttl_in_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from releasegate.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    for ttl, said in (("10", "--lease-ttl 10: cannot read duration '10': use a number with a unit"),
+                      ("0s", "--lease-ttl 0s: give between 1s and 1h (e.g. 10s)"),
+                      ("2h", "--lease-ttl 2h: give between 1s and 1h")):
+        done = CliRunner().invoke(app, ["server", "--lease-ttl", ttl])
+        assert done.exit_code == 2, (ttl, done.output)
+        assert done.stderr.count("\n") == 1 and done.stderr.startswith("releasegate: ") and said in done.stderr, (
+            ttl, done.stderr)
