@@ -1,13 +1,15 @@
 """The CLI as a client of ``releasegate server``: when ``RELEASEGATE_SERVER`` (or ``--server URL``) is set.
 
 ``deploy``, ``resume``, ``status``, ``history``, ``promote``, ``abort``, ``rollback``, ``validate``, ``approve`` and
-``reject`` send their request to the server with
+``reject`` (and, from releasegate.client_governance, ``approvals``, ``withdraw``, ``audit``, ``policy``, ``calendar``
+and ``token new``) send their request to the server with
 ``RELEASEGATE_TOKEN`` as the bearer token, print what the standalone command prints (``status`` and ``history``
 render the same JSON shapes with the same code) and exit with the same codes: 0 promoted or done, 2 refused or
 invalid (the server's problem+json ``detail``, one line), 3 rolled back or aborted, 1 the server unreachable or
 an internal error. ``deploy`` sends the spec's text and follows the rollout's events until it ends; Ctrl-C detaches
 (exit 130) and the rollout goes on in the server. Other commands refuse in one line rather than silently working
-on a local store the server does not use.
+on a local store the server does not use. ``--as`` is refused: the token says who acts, and the server records
+that user.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from rich.markup import escape
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, ReleasegateError, UserError
 
 SERVER_ENV = "RELEASEGATE_SERVER"
-SUPPORTED = ("deploy", "resume", "status", "history", "promote", "abort", "rollback", "validate", "approve", "reject")
+SUPPORTED = ("deploy", "resume", "status", "history", "promote", "abort", "rollback", "validate", "approve", "reject",
+             "withdraw", "approvals", "audit", "policy", "calendar", "token")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 client_app = typer.Typer(name="releasegate", no_args_is_help=True, add_completion=False,
@@ -69,11 +72,28 @@ def run(url: str, args: list[str]) -> NoReturn:
     if not url.startswith(("http://", "https://")):
         err.print(f"releasegate: --server {url}: expected a URL such as http://127.0.0.1:8700", markup=False)
         raise SystemExit(2)
+    if any(a == "--as" or a.startswith("--as=") for a in args):
+        err.print(f"releasegate: --as: through the server ({SERVER_ENV}={url}) you act as your token's user, whom "
+                  "the server records; drop --as (RELEASEGATE_TOKEN says who you are)", markup=False)
+        raise SystemExit(2)
     _Where.url = url.rstrip("/")
+    from releasegate import client_governance
+
+    client_governance.mount(client_app)
     run_app(client_app, args)
 
 
-def _call(method: str, path: str, **kw: Any) -> Any:
+def call(method: str, path: str, *, absent_ok: bool = False, **kw: Any) -> Any:
+    """The server's answer to one request (JSON, or text), or a refusal as the server's one-line ``detail``;
+    ``absent_ok``: None for a 404 (a document not stored yet)."""
+    return _call(method, path, absent_ok=absent_ok, **kw)
+
+
+def where() -> str:
+    return _Where.url
+
+
+def _call(method: str, path: str, *, absent_ok: bool = False, **kw: Any) -> Any:
     token = os.environ.get("RELEASEGATE_TOKEN")
     if not token:
         raise UserError(f"{SERVER_ENV} is set: put your server token in RELEASEGATE_TOKEN (an admin makes one with "
@@ -83,6 +103,8 @@ def _call(method: str, path: str, **kw: Any) -> Any:
             answer = c.request(method, path, **kw)
     except httpx.HTTPError as exc:
         raise Unreachable(f"{SERVER_ENV} {_Where.url}: cannot reach the server ({type(exc).__name__}: {exc})") from None
+    if answer.status_code == 404 and absent_ok:
+        return None
     if answer.status_code >= 400:
         try:
             problem = answer.json()
@@ -154,10 +176,29 @@ def rollback(name: Name) -> None:
 def deploy(spec: Annotated[Path, typer.Argument(metavar="SPEC", show_default=False, help="Release spec (YAML).")],
            version: Annotated[str, typer.Option("--version", "-v", metavar="VERSION", show_default=False)],
            env: Annotated[str, typer.Option(metavar="ENV")] = "prod",
-           hotfix: Annotated[bool, typer.Option("--hotfix", show_default=False)] = False) -> None:
+           hotfix: Annotated[bool, typer.Option("--hotfix", show_default=False)] = False,
+           break_glass: Annotated[bool, typer.Option("--break-glass", show_default=False,
+                                                     help="Emergency change past a freeze or missing stages: needs "
+                                                          "--reason and an approval of the policy's "
+                                                          "emergency_role; owned by your token's user.")] = False,
+           reason: Annotated[str | None, typer.Option(metavar="TEXT", show_default=False,
+                                                      help="Why, with --break-glass.")] = None,
+           allow_breaking_migration: Annotated[bool, typer.Option(
+               "--allow-breaking-migration", show_default=False,
+               help="Apply migrations the lint refuses (the release registered with it, and approved since).")]
+           = False) -> None:
     """Send the spec to the server, which rolls VERSION out; follow its progress here (Ctrl-C detaches)."""
-    created = _call("POST", "/api/v1/rollouts", json={"spec_yaml": _text(spec), "version": version, "env": env,
-                                                      "hotfix": hotfix})
+    from releasegate.spec.release import is_release_file
+
+    if is_release_file(spec):
+        raise UserError(f"deploy {spec}: a release file (a group of services) is not deployed through the server "
+                        f"yet; unset {SERVER_ENV} to deploy it standalone where the state is (docs/server.md)")
+    try:
+        created = _call("POST", "/api/v1/rollouts", json={
+            "spec_yaml": _text(spec), "version": version, "env": env, "hotfix": hotfix, "break_glass": break_glass,
+            "reason": reason, "allow_breaking_migration": allow_breaking_migration})
+    except UserError as exc:  # the server names the text it was sent spec.yaml
+        raise UserError(str(exc).replace("spec.yaml:", f"{spec}:")) from None
     rid = created["id"]
     out.print(f"rollout {rid} started on {_Where.url}", markup=False)
     _followed(rid, created["service"])
@@ -224,7 +265,8 @@ def reject(release: Release, stage: Stage,
     service, version = _release(release)
     signed = _call("POST", f"/api/v1/releases/{service}/{version}/rejections",
                    json={"stage": stage, "reason": reason, "env": env})
-    out.print(f"{release}: rejected by {signed['user']} at stage {signed['stage']}", markup=False)
+    out.print(f"{release}: rejected by {signed['user']} at stage {signed['stage']}; blocked until "
+              f"`releasegate withdraw {release}`", markup=False)
 
 
 def _text(spec: Path) -> str:
@@ -259,4 +301,4 @@ def _summary(st: dict[str, Any]) -> NoReturn:
         "rolled_back", "aborted") else EXIT_INTERNAL)
 
 
-__all__ = ["SERVER_ENV", "client_app", "run", "split_server"]
+__all__ = ["SERVER_ENV", "call", "client_app", "err", "out", "run", "split_server", "where"]

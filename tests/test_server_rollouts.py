@@ -226,7 +226,7 @@ async def test_the_cli_with_releasegate_server_deploys_follows_and_exits_as_stan
         (("promote", "shop"), dora, 2, "releasegate: shop: no rollout in progress"),
         (("deploy", str(spec), "--version", "1.0.1"), vera, 2, "releasegate: vera is viewer of *; this needs role "
                                                                 "deployer"),
-        (("audit", "verify"), dora, 2, "releasegate: audit: not available through the server"),
+        (("gc",), dora, 2, "releasegate: gc: not available through the server"),
     ]:
         done = cli(*args, token=token)
         assert done.returncode == code and done.stderr.startswith(said), (args, done.stderr)
@@ -306,3 +306,39 @@ async def _sign_through_the_cli(server: ServerProc, cli: Any) -> None:
     assert signed.stdout.startswith("shop@9.0.0: bob approved stage reviewer for prod (1 of 2); 0 of ")
     rejected = cli("reject", "shop@9.0.0", "--stage", "qa", "--reason", "flaky", token=server.token("dave", "approver"))
     assert rejected.returncode == 0 and "rejected by dave at stage qa" in rejected.stdout, rejected.stderr
+
+
+async def test_break_glass_through_the_server_is_owned_by_the_tokens_user(env):
+    from releasegate.governance.approvals import new_release
+
+    made, server = env
+    spec = made.spec(FAST)
+    policy = (Path(__file__).resolve().parents[1] / "examples" / "governance" / "policy.yaml").read_text()
+    with server.client(server.token("root", "admin")) as c:
+        assert c.put("/api/v1/policy", json={"text": policy}).status_code == 200
+    new_release(server.state, "shop", "1.0.0", "alice")
+    dora, erin = server.token("dora", "deployer"), server.token("erin", "approver")
+
+    def cli(*args: str, token: str = dora) -> subprocess.CompletedProcess[str]:
+        environ = {**os.environ, "RELEASEGATE_SERVER": server.url, "RELEASEGATE_TOKEN": token}
+        return subprocess.run([sys.executable, "-m", "releasegate", *args], capture_output=True, text=True,
+                              env=environ, cwd=made.tmp_path, timeout=120)
+    deploy_args = ("deploy", str(spec), "--version", "1.0.0")
+    for extra, said in [((), "policy (prod): "),
+                        (("--break-glass",), "--break-glass needs --reason TEXT"),
+                        (("--break-glass", "--reason", "outage"), "--break-glass needs an approval of stage sre"),
+                        (("--allow-breaking-migration",), "--allow-breaking-migration: shop@1.0.0 was not "
+                                                          "registered as carrying a breaking migration")]:
+        refused = cli(*deploy_args, *extra)
+        assert refused.returncode == 2, refused.stdout
+        assert refused.stderr.startswith("releasegate: shop@1.0.0 refused for prod:") and said in refused.stderr, (
+            extra, refused.stderr)
+    signed = cli("approve", "shop@1.0.0", "--stage", "sre", "--check", "deployment window checked", "--check",
+                 "rollback plan verified", token=erin)
+    assert signed.returncode == 0, signed.stderr
+    done = cli(*deploy_args, "--break-glass", "--reason", "outage")
+    assert done.returncode == 0 and "shop 1.0.0: promoted after" in done.stdout, done.stdout + done.stderr
+    with server.client(server.token("ada", "admin")) as c:
+        entries = [json.loads(line) for line in c.get("/api/v1/audit/export").text.splitlines()]
+    [emergency] = [e for e in entries if e["action"] == "deploy.emergency"]
+    assert emergency["actor"] == "dora" and emergency["decision"].startswith("break-glass: outage; bypassed: ")

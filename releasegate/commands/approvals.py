@@ -194,29 +194,35 @@ def approvals(release: ReleaseRef, env: Env = "prod", policy: PolicyFile = None,
 
 
 def _render(status: gov.ReleaseStatus, judged: str) -> None:
-    rel, env = status.release, status.env
+    render_release(_as_json(status), judged)
+
+
+def render_release(data: dict[str, Any], judged: str) -> None:
+    """``approvals`` as text, drawn from its JSON shape (the CLI as the server's client draws the API's)."""
+    env = data["env"]
     out.print(f"judged by {judged}", markup=False)
-    out.print(f"{status.service}@{status.version} for {env}: " + (
-        f"by {rel.author}, digest {rel.digest or 'none'}, commit {rel.commit or 'none'}"
-        + (", breaking migration allowed" if rel.breaking_migration else "") if rel
+    out.print(f"{data['release']} for {env}: " + (
+        f"by {data['author']}, digest {data['digest'] or 'none'}, commit {data['commit'] or 'none'}"
+        + (", breaking migration allowed" if data["breaking_migration"] else "") if data["registered"]
         else "not registered"), markup=False)
     table = Table(show_edge=False, pad_edge=False)
     for column in ("stage", "needed", "given", "missing checklist", "not counted"):
         table.add_column(column, overflow="fold")
-    for st in status.stages:
-        table.add_row(st.role, str(st.needed), ", ".join(f"{s.user} {_when(s.at)}" for s in st.counted) or "-",
-                      ", ".join(st.missing_checklist) or "-",
-                      ", ".join(f"{s.user} ({why})" for s, why in st.ignored) or "-")
-    if status.stages:
+    for st in data["stages"]:
+        table.add_row(st["stage"], str(st["needed"]),
+                      ", ".join(f"{s['user']} {_when(s['at'])}" for s in st["given"]) or "-",
+                      ", ".join(st["missing_checklist"]) or "-",
+                      ", ".join(f"{s['user']} ({s['why']})" for s in st["not_counted"]) or "-")
+    if data["stages"]:
         out.print(table)
-    for s in status.rejections:
-        out.print(f"rejected by {s.user} at stage {s.stage} ({_when(s.at)}): {s.reason}", markup=False)
-    for s in status.voided:
-        out.print(f"void: {s.stage} by {s.user} ({_when(s.at)}): {s.void_reason}", markup=False)
-    if status.gate.allowed:
+    for s in data["rejections"]:
+        out.print(f"rejected by {s['user']} at stage {s['stage']} ({_when(s['at'])}): {s['reason']}", markup=False)
+    for s in data["voided"]:
+        out.print(f"void: {s['stage']} by {s['user']} ({_when(s['at'])}): {s['void_reason']}", markup=False)
+    if data["gate"]["allowed"]:
         out.print(f"deploy to {env}: allowed", markup=False)
     else:
-        out.print(f"deploy to {env}: refused\n  - " + "\n  - ".join(status.gate.missing), markup=False)
+        out.print(f"deploy to {env}: refused\n  - " + "\n  - ".join(data["gate"]["missing"]), markup=False)
 
 
 def _signoff_json(s: Signoff) -> dict[str, Any]:
@@ -296,4 +302,5 @@ def _server_token(name: str, role: str, service: str, store: str | None, state_d
               f"(RELEASEGATE_TOKEN). Any previous server token of {name} no longer works.", markup=False)
 
 
-__all__ = ["approvals", "approve", "reject", "release_new", "reported", "state_dir_of", "token_app", "withdraw"]
+__all__ = ["approvals", "approve", "reject", "release_new", "render_release", "reported", "state_dir_of", "token_app",
+           "withdraw"]

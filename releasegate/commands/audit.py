@@ -72,15 +72,15 @@ def verify(expect: Expect = None, against: Against = None, key_file: KeyFile = N
            state_dir: StateDir = None) -> None:
     """Check the hash chain and its head file: exit 0 when intact, exit 2 naming what was altered or deleted."""
     with reported():
-        anchors = [_parse_anchor(text) for text in expect or []]
+        anchors = [parse_anchor(text) for text in expect or []]
         if against is not None:
-            anchors += _signed_export(against, _read_key(key_file, "--against", state_dir_of(state_dir)))
+            anchors += signed_export(against, read_key(key_file, "--against", state_dir_of(state_dir)))
         elif key_file is not None:
             raise UserError("--key-file: it checks a signed export; give --against FILE with it")
         with _log(state_dir) as log:
             result = log.verify()
             if result.ok:
-                result = _check_anchors(log, anchors) or result
+                result = check_anchors(log, anchors) or result
         if not result.ok:
             raise UserError(f"audit log: {result.reason}")
         out.print(f"audit log ok: {result.reason}" + (f"; {len(anchors)} anchored entries match" if anchors
@@ -98,15 +98,16 @@ def head(state_dir: StateDir = None) -> None:
         out.print(f"{top[0]}:{top[1]}", markup=False)
 
 
-def _parse_anchor(text: str) -> tuple[int, str, str]:
+def parse_anchor(text: str) -> tuple[int, str, str]:
     seq, sep, digest = text.strip().partition(":")
-    if not sep or not seq.isdigit() or len(digest) < 12 or any(c not in "0123456789abcdef" for c in digest):
+    if (not sep or not seq.isdigit() or len(seq) > 18 or len(digest) < 12
+            or any(c not in "0123456789abcdef" for c in digest)):
         raise UserError(f"--expect {text}: write SEQ:HASH as `releasegate audit head` prints it (the hash may be "
                         "cut to its first 12 characters or more)")
     return int(seq), digest, f"--expect {text}"
 
 
-def _check_anchors(log: AuditLog, anchors: list[tuple[int, str, str]]) -> Verification | None:
+def check_anchors(log: AuditLog, anchors: list[tuple[int, str, str]]) -> Verification | None:
     for seq, digest, source in anchors:
         found = log.hash_of(seq)
         if found is None:
@@ -118,7 +119,7 @@ def _check_anchors(log: AuditLog, anchors: list[tuple[int, str, str]]) -> Verifi
     return None
 
 
-def _read_key(key_file: Path | None, option: str, state: Path) -> bytes:
+def read_key(key_file: Path | None, option: str, state: Path) -> bytes:
     if key_file is None:
         raise UserError(f"{option}: give --key-file FILE, the HMAC key kept outside the state dir")
     if key_file.resolve().is_relative_to(state.resolve()):
@@ -139,7 +140,7 @@ def _mac(lines: list[str], key: bytes) -> str:
     return hmac.new(key, "".join(lines).encode("utf-8"), hashlib.sha256).hexdigest()
 
 
-def _signature(lines: list[str], key: bytes) -> dict[str, object]:
+def signature(lines: list[str], key: bytes) -> dict[str, object]:
     """The trailer of a signed export: the HMAC, and what it covers (for people reading the file)."""
     last = json.loads(lines[-1]) if lines else {}
     return {"signature": {"algorithm": "hmac-sha256", "key_id": hashlib.sha256(key).hexdigest()[:16],
@@ -147,7 +148,7 @@ def _signature(lines: list[str], key: bytes) -> dict[str, object]:
                           "hmac": _mac(lines, key)}}
 
 
-def _signed_export(path: Path, key: bytes) -> list[tuple[int, str, str]]:
+def signed_export(path: Path, key: bytes) -> list[tuple[int, str, str]]:
     """Every entry of a signed export as an anchor, once its HMAC is right."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
@@ -181,13 +182,13 @@ def export(since: Annotated[str | None, typer.Option("--since", metavar="ISO8601
     """Write the audit log as JSON lines, one entry per line, for auditors."""
     with reported():
         start = parse_since(since, time.time()) if since is not None else None
-        key = _read_key(key_file, "--signed", state_dir_of(state_dir)) if signed else None
+        key = read_key(key_file, "--signed", state_dir_of(state_dir)) if signed else None
         if key_file is not None and not signed:
             raise UserError("--key-file: it signs the export; give --signed with it")
         with _log(state_dir) as log:
             lines = [entry.to_json() + "\n" for entry in log.entries(start)]
         if key is not None:
-            lines.append(json.dumps(_signature(lines, key), sort_keys=True) + "\n")
+            lines.append(json.dumps(signature(lines, key), sort_keys=True) + "\n")
         if output is None:
             typer.echo("".join(lines), nl=False)
             return
@@ -200,4 +201,4 @@ def export(since: Annotated[str | None, typer.Option("--since", metavar="ISO8601
                   markup=False)
 
 
-__all__ = ["audit_app", "parse_since"]
+__all__ = ["audit_app", "check_anchors", "parse_anchor", "parse_since", "read_key", "signature", "signed_export"]

@@ -54,6 +54,8 @@ def parse_at(text: str | None, calendar: Calendar) -> datetime:
     except ValueError:
         raise UserError(f"--at {text!r}: not an ISO 8601 time; write e.g. 2025-11-04T03:00 (in the calendar's "
                         f"timezone, {calendar.timezone}) or 2025-11-04T03:00+09:00") from None
+    if not 1900 <= moment.year <= 9000:  # the freezes around it are computed a year either side
+        raise UserError(f"--at {text!r}: out of range; give a time between the years 1900 and 9000")
     if moment.tzinfo is None:
         return moment.replace(tzinfo=calendar.tz)
     return moment
@@ -121,13 +123,14 @@ def _load(calendar: Path | None, state_dir: Path | None) -> tuple[Calendar, str]
     if calendar is not None:
         return load_calendar(calendar), f"calendar file {calendar}, not the stored calendar (a dry look)"
     from releasegate.commands.approvals import state_dir_of
-    from releasegate.governance.stored import latest, parse_calendar
+    from releasegate.commands.policy import Source
+    from releasegate.governance.stored import parse_calendar
 
     where = state_dir_of(state_dir)
-    doc = latest(where, "calendar")
+    doc = Source.documents.latest(where, "calendar")
     if doc is None:
-        raise UserError(f"no calendar is stored in {where}; an admin stores one with `releasegate calendar apply "
-                        "FILE`, or give --calendar FILE for a dry look at a file")
+        raise UserError(f"no calendar is stored in {Source.documents.shown(where)}; an admin stores one with "
+                        "`releasegate calendar apply FILE`, or give --calendar FILE for a dry look at a file")
     return parse_calendar(doc), doc.label
 At = Annotated[str | None, typer.Option(
     "--at", show_default=False, metavar="ISO8601",

@@ -20,6 +20,7 @@ from releasegate.commands.approvals import state_dir_of
 from releasegate.errors import UserError
 from releasegate.governance import stored
 from releasegate.governance.identity import TOKEN_ENV
+from releasegate.store.governance import StoredDocument
 
 policy_app = typer.Typer(help="The approval policy in force: users, roles (admin among them) and the stages of each "
                               "environment, stored in the state and versioned.", no_args_is_help=True)
@@ -34,6 +35,27 @@ DryRun = Annotated[bool, typer.Option("--dry-run", help="Validate and show the d
 VersionOpt = Annotated[int | None, typer.Option("--version", metavar="N", min=1, show_default=False,
                                                 help="A past version (default: the one in force).")]
 Diff = Annotated[bool, typer.Option("--diff", help="The diff against the version before it, instead of the text.")]
+
+
+class Documents:
+    """Where ``show``, ``history`` and the calendar's views read the stored documents: the state dir.
+
+    Why a seam: the CLI as the server's client (releasegate.client_governance) runs these same commands with the
+    documents read through the API, so their output cannot drift from standalone's."""
+
+    def latest(self, where: Path, kind: stored.Kind, version: int | None = None) -> StoredDocument | None:
+        return stored.latest(where, kind, version)
+
+    def history(self, where: Path, kind: stored.Kind) -> list[StoredDocument]:
+        return stored.history(where, kind)
+
+    def shown(self, where: Path) -> str:
+        """How messages name where the documents are."""
+        return str(where)
+
+
+class Source:
+    documents: Documents = Documents()
 
 
 def _when(ts: float) -> str:
@@ -75,28 +97,29 @@ def show_document(kind: stored.Kind, version: int | None, diff: bool, state_dir:
     """``policy show`` (and ``calendar show --yaml``): the stored text on stdout, what it is on stderr."""
     with reported():
         where = state_dir_of(state_dir)
-        doc = stored.latest(where, kind, version)
+        doc = Source.documents.latest(where, kind, version)
         if doc is None:
             raise UserError(_missing(kind, where, version))
     typer.echo(f"{doc.label}, {doc.sha256}, applied by {doc.actor} at {_when(doc.at)} from {doc.source}", err=True)
     if diff:
-        previous = stored.latest(where, kind, doc.version - 1) if doc.version > 1 else None
+        previous = Source.documents.latest(where, kind, doc.version - 1) if doc.version > 1 else None
         typer.echo(stored.unified_diff(kind, previous, doc.content, f"{kind} v{doc.version}"), nl=False)
         return
     typer.echo(doc.content, nl=not doc.content.endswith("\n"))
 
 
 def _missing(kind: str, where: Path, version: int | None) -> str:
+    shown = Source.documents.shown(where)
     if version is None:
-        return f"no {kind} is stored in {where}; an admin stores one with `releasegate {kind} apply FILE`"
-    return f"--version {version}: there is no {kind} v{version} in {where} (see `releasegate {kind} history`)"
+        return f"no {kind} is stored in {shown}; an admin stores one with `releasegate {kind} apply FILE`"
+    return f"--version {version}: there is no {kind} v{version} in {shown} (see `releasegate {kind} history`)"
 
 
 def history_of(kind: stored.Kind, state_dir: Path | None) -> None:
     """``policy history`` and ``calendar history``: every version, who applied it, when, from where."""
     with reported():
         where = state_dir_of(state_dir)
-        docs = stored.history(where, kind)
+        docs = Source.documents.history(where, kind)
         if not docs:
             raise UserError(_missing(kind, where, None))
     rows = [("version", "applied", "by", "sha256", "from")]
@@ -131,4 +154,4 @@ def policy_history(state_dir: StateDir = None) -> None:
     history_of("policy", state_dir)
 
 
-__all__ = ["apply_file", "history_of", "policy_app", "show_document"]
+__all__ = ["Documents", "Source", "apply_file", "history_of", "policy_app", "show_document"]

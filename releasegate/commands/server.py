@@ -4,7 +4,9 @@ Loopback by default. Any other address needs TLS (``--tls-cert``/``--tls-key``) 
 that is warned about at start: bearer tokens must not cross a network in clear text by accident.
 
 Uvicorn's limits that keep one client from stalling the others: every connection is its own task on the event
-loop (a slow sender only holds its own), ``timeout_keep_alive`` closes idle keep-alive connections after 5 s,
+loop (a slow sender only holds its own), ``--request-timeout`` (10 s) closes a connection whose request head has
+not arrived (releasegate.server.protocol) and answers 408 to a body that has not, ``timeout_keep_alive`` closes
+idle keep-alive connections after 5 s,
 ``h11_max_incomplete_event_size`` bounds a request head at 64 KiB, ``limit_concurrency`` answers 503 past 1000
 connections, and the app refuses bodies past 1 MiB (413) however they are sent.
 """
@@ -66,6 +68,10 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
            insecure_http: Annotated[bool, typer.Option(
                "--insecure-http", show_default=False,
                help="Allow plain HTTP on a non-loopback address (tokens cross the network in clear).")] = False,
+           request_timeout: Annotated[float, typer.Option(
+               "--request-timeout", metavar="SECONDS", min=0.1, max=3600,
+               help="A request's head, then its body, must arrive within SECONDS (slow clients are cut off).")]
+           = 10.0,
            lease_ttl: Annotated[str, typer.Option(
                "--lease-ttl", metavar="DURATION",
                help="How long a rollout's lease lasts unrenewed: the longest a rollout pauses when its server "
@@ -95,20 +101,22 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
     if not is_loopback(host) and tls_cert is None:
         err.print(f"warning: serving plain HTTP on {listen}: bearer tokens cross the network in clear text "
                   "(--insecure-http)", markup=False)
-    asyncio.run(_serve(where, host, port, root, tls_cert, tls_key, ttl))
+    asyncio.run(_serve(where, host, port, root, tls_cert, tls_key, request_timeout, ttl))
 
 
 async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: Path | None,
-                 key: Path | None, lease_ttl: float) -> None:
+                 key: Path | None, request_timeout: float, lease_ttl: float) -> None:
     import uvicorn
 
     from releasegate.server.app import create_app
+    from releasegate.server.protocol import with_head_timeout
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for chatty in ("httpx", "httpcore", "apprise"):  # their INFO lines carry URLs, which may carry secrets
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    app = create_app(state_dir, spec_root=spec_root, lease_ttl=lease_ttl)
+    app = create_app(state_dir, spec_root=spec_root, request_timeout=request_timeout, lease_ttl=lease_ttl)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True, lifespan="on",
+                            http=with_head_timeout(request_timeout),
                             timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,
                             limit_concurrency=1000, timeout_graceful_shutdown=10,
                             ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)

@@ -246,11 +246,13 @@ def _keeps_an_admin(state_dir: Path, path: Path, new: Policy) -> None:
 
 
 def apply(state_dir: Path, kind: Kind, path: Path, *, actor: str | None = None, token: str | None = None,
-          dry_run: bool = False, now: float | None = None, server_admin: str | None = None) -> Applied:
+          dry_run: bool = False, now: float | None = None, server_admin: str | None = None,
+          source: str | None = None) -> Applied:
     """Validate ``path`` and store it as the next version of ``kind``; nothing is stored on any error.
 
     ``server_admin``: an admin the server authenticated with its bearer token (docs/server.md) applies it; the
-    policy's own admins and their identity tokens are then not asked for.
+    policy's own admins and their identity tokens are then not asked for. ``source``: where the text came from
+    when ``path`` is only the server's copy of an upload (the client's file name, recorded and shown in the diff).
 
     The same text as the stored version changes nothing and needs no admin (re-running a script is harmless).
     """
@@ -258,7 +260,8 @@ def apply(state_dir: Path, kind: Kind, path: Path, *, actor: str | None = None, 
     text, parsed = read_file(kind, path, storing=True)
     force = in_force(state_dir)
     previous = force.policy_doc if kind == "policy" else force.calendar_doc
-    diff = unified_diff(kind, previous, text, str(path))
+    source = source or str(path)
+    diff = unified_diff(kind, previous, text, source)
     if previous is not None and previous.content == text:
         return Applied(kind, None, previous, "", changed=False)
     if dry_run:
@@ -272,13 +275,13 @@ def apply(state_dir: Path, kind: Kind, path: Path, *, actor: str | None = None, 
         if stored_now != (previous.version if previous else 0):
             raise UserError(f"{kind} apply: the stored {kind} changed meanwhile (now v{stored_now}); look at "
                             f"`releasegate {kind} history` and apply again")
-        doc = store.add_document(kind, text, sha256_of(text), who, os_user(), str(path), at)
+        doc = store.add_document(kind, text, sha256_of(text), who, os_user(), source, at)
         result = Applied(kind, doc, previous, diff, changed=True)
         added, removed = result.counts()
         append_entry(db, who, f"{kind}.applied",
-                     decision=f"{doc.label} from {path} (+{added} -{removed} lines"
+                     decision=f"{doc.label} from {source} (+{added} -{removed} lines"
                               + (f" against v{previous.version})" if previous else ", the first)"),
-                     evidence={"version": doc.version, "sha256": doc.sha256, "source": str(path),
+                     evidence={"version": doc.version, "sha256": doc.sha256, "source": source,
                                "previous": previous.version if previous else None,
                                "previous_sha256": previous.sha256 if previous else None, "os_user": os_user(),
                                "diff": diff}, at=at)

@@ -11,6 +11,9 @@ gets a 413.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
@@ -33,6 +36,8 @@ from releasegate.store.server import Grant, ServerStore
 
 MAX_BODY = 1 << 20
 """A spec, an Alertmanager notification or a policy is far below a megabyte; anything larger is refused (413)."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a request's head (releasegate.server.protocol), and then its body, may take to arrive."""
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -51,11 +56,27 @@ def _replay(body: list[bytes], first: Message | None, receive: Receive) -> Recei
     return replayed
 
 
-class BodyLimit:
-    """Answer 413 (problem+json) to a request whose body exceeds ``limit`` bytes, declared or actually sent."""
+def _lone_surrogate(body: bytes) -> bool:
+    """JSON allows ``"\\ud800"``, which decodes to a string no file, database or answer can encode: refused once,
+    here, rather than failing wherever the text goes next."""
+    if b"\\u" not in body or not re.search(rb"\\u[dD][89a-fA-F]", body):
+        return False
+    try:
+        json.dumps(json.loads(body), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    except (ValueError, RecursionError):  # not JSON (or nested past parsing): the app answers that
+        return False
+    return False
 
-    def __init__(self, app: ASGIApp, limit: int = MAX_BODY) -> None:
-        self.app, self.limit = app, limit
+
+class BodyLimit:
+    """Answer 413 (problem+json) to a request whose body exceeds ``limit`` bytes, declared or actually sent, and
+    408 to one whose body has not all arrived ``timeout`` seconds after its head (a slow client holds its own
+    connection only that long)."""
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_BODY, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.app, self.limit, self.timeout = app, limit, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,8 +88,15 @@ class BodyLimit:
             return
         body: list[bytes] = []
         seen, more = 0, True
+        deadline = asyncio.get_running_loop().time() + self.timeout
         while more:  # read the whole (bounded) body first: the app never sees a request it would have to cut
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+            except TimeoutError:
+                answer = problems.response(408, "timeout", f"the request body did not arrive within "
+                                                           f"{self.timeout:g} s")
+                await answer(scope, receive, send)
+                return
             if message["type"] != "http.request":
                 await self.app(scope, _replay([], message, receive), send)
                 return
@@ -78,6 +106,11 @@ class BodyLimit:
                 return
             body.append(message.get("body", b""))
             more = bool(message.get("more_body", False))
+        if _lone_surrogate(b"".join(body)):
+            answer = problems.response(400, "invalid", "the request body holds a \\u escape that is no character "
+                                                       "(a lone UTF-16 surrogate such as \\ud800); send UTF-8 text")
+            await answer(scope, receive, send)
+            return
         await self.app(scope, _replay(body, None, receive), send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,7 +124,7 @@ class Health(BaseModel):
 
 
 def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = True,
-               lease_ttl: float = DEFAULT_TTL) -> FastAPI:
+               request_timeout: float = REQUEST_TIMEOUT, lease_ttl: float = DEFAULT_TTL) -> FastAPI:
     """The app over ``state_dir``; ``spec_root`` bounds the spec paths a request may name (default: cwd);
     ``lease_ttl``: how long a rollout's lease lasts unrenewed (the longest failover, docs/server.md)."""
     registry = CollectorRegistry(auto_describe=True)
@@ -167,8 +200,8 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
 
     app.include_router(rollouts, prefix="/api/v1")
     app.include_router(governance, prefix="/api/v1")
-    app.add_middleware(BodyLimit)
+    app.add_middleware(BodyLimit, timeout=request_timeout)
     return app
 
 
-__all__ = ["MAX_BODY", "BodyLimit", "create_app"]
+__all__ = ["MAX_BODY", "REQUEST_TIMEOUT", "BodyLimit", "create_app"]

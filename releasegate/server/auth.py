@@ -42,7 +42,7 @@ def check_role(role: str, where: str = "--role") -> str:
 def issue(state_dir: Path, name: str, role: str, pattern: str = "*", by: str | None = None) -> str:
     """A new server token for ``name`` (replacing theirs), returned once; only its hash is stored."""
     check_role(role)
-    if not name.strip() or any(c.isspace() for c in name):
+    if not name.strip() or any(c.isspace() or not c.isprintable() for c in name):
         raise UserError(f"token new {name!r}: a token's name is the user the audit log records; use one word")
     if not pattern.strip():
         raise UserError("--service: give a service name or pattern such as 'shop-*' (default '*')")

@@ -30,7 +30,8 @@ class Problem(Exception):
 
 
 TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-          409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content", 500: "Internal Server Error"}
+          408: "Request Timeout", 409: "Conflict", 413: "Content Too Large", 422: "Unprocessable Content",
+          500: "Internal Server Error"}
 
 
 def response(status: int, slug: str, detail: str, errors: list[str] | None = None) -> JSONResponse:

@@ -14,8 +14,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
+from releasegate.errors import UserError
 from releasegate.server.auth import ROLES, issue, need, principal, require
 from releasegate.server.problems import Problem
+from releasegate.store.governance import StoredDocument
 from releasegate.store.server import Grant, ServerStore
 
 router = APIRouter()
@@ -57,6 +59,8 @@ class Verified(BaseModel):
 class DocumentBody(BaseModel):
     text: str = Field(description="The policy or calendar YAML, as `policy apply FILE` / `calendar apply FILE` read.")
     dry_run: bool = False
+    source: str | None = Field(None, max_length=500, description="Where the text came from (the client's file "
+                                                                 "name): recorded, and named in errors and the diff.")
 
 
 class DocumentOut(BaseModel):
@@ -64,6 +68,33 @@ class DocumentOut(BaseModel):
     changed: bool
     version: int | None
     diff: str
+    previous: int | None = Field(None, description="The version it replaced (or would replace).")
+    sha256: str | None = None
+    actor: str | None = None
+
+
+class StoredOut(BaseModel):
+    """One stored version of the policy or calendar, its exact text included."""
+
+    kind: str
+    version: int
+    label: str
+    content: str
+    sha256: str
+    actor: str
+    source: str | None
+    at: float
+
+
+class Withdrawn(BaseModel):
+    release: str
+    user: str
+    stages: list[str]
+
+
+class Head(BaseModel):
+    seq: int
+    hash: str
 
 
 class TokenBody(BaseModel):
@@ -103,7 +134,8 @@ def release(service: str, version: str, request: Request, grant: Grant = Depends
 
     require(grant, "viewer", service)
     where = _state_dir(request)
-    return _as_json(release_status(where, _policy(where, "approvals"), service, version, env))
+    policy = _policy(where, "approvals")
+    return dict(_as_json(release_status(where, policy, service, version, env)), judged_by=policy.source)
 
 
 @router.post("/releases/{service}/{version}/approvals", tags=["releases"], response_model=Signed)
@@ -130,6 +162,17 @@ def reject(service: str, version: str, body: RejectBody, request: Request,
     return Signed(release=f"{service}@{version}", user=s.user, stage=s.stage, env=s.env, kind="rejection")
 
 
+@router.delete("/releases/{service}/{version}/rejections", tags=["releases"], response_model=Withdrawn)
+def withdraw(service: str, version: str, request: Request,
+             grant: Grant = Depends(need("approver"))) -> Withdrawn:
+    """Withdraw the token's user's rejection of the release (as ``withdraw``)."""
+    from releasegate.governance.approvals import withdraw as unblock
+
+    require(grant, "approver", service)
+    gone = unblock(_state_dir(request), service, version, grant.name)
+    return Withdrawn(release=f"{service}@{version}", user=grant.name, stages=[s.stage for s in gone])
+
+
 @router.get("/calendar/check", tags=["calendar"], response_model=CalendarAnswer)
 def calendar_check(request: Request, _: Grant = Depends(principal),
                    change: Literal["major", "minor", "patch", "hotfix", "config"] = "major",
@@ -150,14 +193,35 @@ def calendar_check(request: Request, _: Grant = Depends(principal),
 
 
 @router.get("/audit/verify", tags=["audit"], response_model=Verified)
-def audit_verify(request: Request, grant: Grant = Depends(principal)) -> Verified:
-    """Check the hash chain (as ``audit verify``)."""
+def audit_verify(request: Request, grant: Grant = Depends(principal),
+                 expect: list[str] = Query([], max_length=1000,
+                                           description="SEQ:HASH heads kept elsewhere (`audit head`), as "
+                                                       "`audit verify --expect`.")) -> Verified:
+    """Check the hash chain (as ``audit verify``), and that each ``expect``ed entry still has its hash."""
+    from releasegate.commands.audit import check_anchors, parse_anchor
+    from releasegate.store.audit import AuditLog
+
+    require(grant, "viewer", None)
+    anchors = [parse_anchor(text) for text in expect]
+    with AuditLog(_state_dir(request)) as log:
+        v = log.verify()
+        if v.ok:
+            v = check_anchors(log, anchors) or v
+    return Verified(ok=v.ok, first_bad_seq=v.first_bad_seq, reason=v.reason)
+
+
+@router.get("/audit/head", tags=["audit"], response_model=Head,
+            responses={404: {"description": "the audit log is empty"}})
+def audit_head(request: Request, grant: Grant = Depends(principal)) -> Head:
+    """The last entry as SEQ and HASH (as ``audit head``), to keep where the state's writers cannot."""
     from releasegate.store.audit import AuditLog
 
     require(grant, "viewer", None)
     with AuditLog(_state_dir(request)) as log:
-        v = log.verify()
-    return Verified(ok=v.ok, first_bad_seq=v.first_bad_seq, reason=v.reason)
+        top = log.head()
+    if top is None:
+        raise Problem(404, "not-found", "audit log: it is empty; there is no head to keep yet")
+    return Head(seq=top[0], hash=top[1])
 
 
 @router.get("/audit/export", tags=["audit"], response_class=PlainTextResponse)
@@ -187,9 +251,65 @@ def _upload(request: Request, grant: Grant, kind: Literal["policy", "calendar"],
     private_dir(where)
     path = where / f"{kind}-{hashlib.sha256(body.text.encode()).hexdigest()[:16]}.yaml"
     path.write_text(body.text, encoding="utf-8")
-    done = apply(_state_dir(request), kind, path, dry_run=body.dry_run, server_admin=grant.name)
-    version = done.document.version if done.document is not None else (done.previous.version if done.previous else None)
-    return DocumentOut(kind=kind, changed=done.changed, version=version, diff=done.diff)
+    source = body.source or f"{kind}.yaml"
+    try:
+        done = apply(_state_dir(request), kind, path, dry_run=body.dry_run, server_admin=grant.name, source=source)
+    except UserError as exc:  # name the client's file, not the server's copy of it
+        raise UserError(str(exc).replace(str(path), source)) from None
+    doc, previous = done.document, done.previous
+    version = doc.version if doc is not None else (previous.version if previous else None)
+    shown = doc or (previous if not done.changed else None)  # unchanged: the stored version it equals
+    return DocumentOut(kind=kind, changed=done.changed, version=version, diff=done.diff,
+                       previous=previous.version if previous else None, sha256=shown.sha256 if shown else None,
+                       actor=shown.actor if shown else None)
+
+
+def _stored_out(doc: StoredDocument) -> StoredOut:
+    return StoredOut(kind=doc.kind, version=doc.version, label=doc.label, content=doc.content, sha256=doc.sha256,
+                     actor=doc.actor, source=doc.source, at=doc.at)
+
+
+def _document(request: Request, kind: Literal["policy", "calendar"], version: int | None) -> StoredOut:
+    from releasegate.governance.stored import latest
+
+    doc = latest(_state_dir(request), kind, version)
+    if doc is None:
+        raise Problem(404, "not-found", f"no {kind} is stored" + (f" as v{version}" if version else "") +
+                      f"; an admin stores one with `releasegate {kind} apply FILE`")
+    return _stored_out(doc)
+
+
+def _documents(request: Request, kind: Literal["policy", "calendar"]) -> list[StoredOut]:
+    from releasegate.governance.stored import history
+
+    return [_stored_out(d) for d in history(_state_dir(request), kind)]
+
+
+Version = Query(None, ge=1, le=1_000_000, description="A past version (default: the one in force).")
+
+
+@router.get("/policy", tags=["governance"], response_model=StoredOut)
+def get_policy(request: Request, _: Grant = Depends(principal), version: int | None = Version) -> StoredOut:
+    """The stored policy's text as applied, and who applied it when (as `policy show`)."""
+    return _document(request, "policy", version)
+
+
+@router.get("/policy/history", tags=["governance"], response_model=list[StoredOut])
+def policy_history(request: Request, _: Grant = Depends(principal)) -> list[StoredOut]:
+    """Every version of the stored policy, oldest first (as `policy history`)."""
+    return _documents(request, "policy")
+
+
+@router.get("/calendar", tags=["governance"], response_model=StoredOut)
+def get_calendar(request: Request, _: Grant = Depends(principal), version: int | None = Version) -> StoredOut:
+    """The stored calendar's text as applied (`calendar show --yaml`; the CLI's views are drawn from it)."""
+    return _document(request, "calendar", version)
+
+
+@router.get("/calendar/history", tags=["governance"], response_model=list[StoredOut])
+def calendar_history(request: Request, _: Grant = Depends(principal)) -> list[StoredOut]:
+    """Every version of the stored calendar, oldest first (as `calendar history`)."""
+    return _documents(request, "calendar")
 
 
 @router.put("/policy", tags=["governance"], response_model=DocumentOut)

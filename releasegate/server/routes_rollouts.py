@@ -79,6 +79,11 @@ class DeployBody(BaseModel):
     spec_yaml: str | None = None
     env: str = "prod"
     hotfix: bool = False
+    break_glass: bool = Field(False, description="As `deploy --break-glass`: past a freeze or missing stages, with "
+                                                 "`reason` and an approval of the policy's emergency_role; owned by "
+                                                 "the token's user.")
+    reason: str | None = Field(None, max_length=2000)
+    allow_breaking_migration: bool = False
 
 
 class ValidateBody(BaseModel):
@@ -195,8 +200,12 @@ def _spec_file(request: Request, body: DeployBody) -> Path:
     if body.spec_yaml is not None:
         return _inline(_state_dir(request), body.spec_yaml)
     root: Path = request.app.state.spec_root
-    path = (root / body.spec_path).resolve() if body.spec_path else root
-    if not path.is_relative_to(root) or not path.is_file():
+    try:
+        path = (root / body.spec_path).resolve() if body.spec_path else root
+        usable = path.is_relative_to(root) and path.is_file()
+    except (OSError, ValueError):  # a NUL byte, a name too long for the file system
+        usable = False
+    if not usable:
         raise Problem(400, "invalid", f"spec_path {body.spec_path}: no such spec file under the server's spec root "
                                       f"{root} (start the server with --spec-root DIR, or send spec_yaml)")
     return path
@@ -239,11 +248,17 @@ async def create(body: DeployBody, request: Request, grant: Grant = Depends(need
         path = _spec_file(request, body)
         from releasegate.spec import load_spec
 
-        spec = load_spec(path)
+        try:
+            spec = load_spec(path)
+        except UserError as exc:  # spec_yaml's problems name spec.yaml, not the server's copy of it
+            raise UserError(str(exc).replace(str(path), "spec.yaml") if body.spec_yaml is not None else str(exc)
+                            ) from None
         require(grant, "deployer", spec.service)
         async with sup.locks.hold(f"service:{spec.service}"):
             try:
-                rollout_id = await sup.deploy(path, body.version, grant.name, body.env, body.hotfix)
+                rollout_id = await sup.deploy(path, body.version, grant.name, body.env, body.hotfix,
+                                              break_glass=body.break_glass, reason=body.reason,
+                                              allow_breaking=body.allow_breaking_migration)
             except UserError as exc:
                 if "is in progress" in str(exc):
                     raise Problem(409, "conflict", str(exc).splitlines()[0]) from None

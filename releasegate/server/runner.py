@@ -163,11 +163,13 @@ class Supervisor:
             groups.close()
         return {m.rollout_id: gs.release for gs, _ in found for m in gs.members}
 
-    async def deploy(self, spec_path: Path, version: str, actor: str, env: str, hotfix: bool) -> str:
+    async def deploy(self, spec_path: Path, version: str, actor: str, env: str, hotfix: bool, *,
+                     break_glass: bool = False, reason: str | None = None, allow_breaking: bool = False) -> str:
         """Admit (preflight, policy, calendar: a refusal raises its UserError here) and start a rollout; return
         its id once it is recorded, so a 202 always names a rollout that exists."""
         ctx = self.context(actor)
-        request = DeployRequest(env=env, actor=actor, hotfix=hotfix, verified=True)
+        request = DeployRequest(env=env, actor=actor, hotfix=hotfix, verified=True, break_glass=break_glass,
+                                reason=reason, allow_breaking_migration=allow_breaking)
         store = Store(self.state_dir)
         try:
             admitted = await service.admit_deploy(ctx, store, spec_path, version, request)
