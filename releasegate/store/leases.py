@@ -63,7 +63,10 @@ class Lease:
 
 
 def upgrade(db: sqlite3.Connection) -> None:
-    """Add the lease columns to an SQLite ``rollouts`` table made by an older releasegate."""
+    """Add the lease columns to an SQLite ``rollouts`` table made by an older releasegate (a PostgreSQL store's
+    schema is its migrations')."""
+    if getattr(db, "dialect", "sqlite") == "postgresql":
+        return
     have = {row["name"] for row in db.execute("PRAGMA table_info(rollouts)")}
     missing = [(name, kind) for name, kind in COLUMNS if name not in have]
     if not have or not missing:
