@@ -85,7 +85,7 @@ async def _watch(fleet: Fleet, turned: dict[str, int], bad: list[str], stop: asy
         await asyncio.sleep(1.0)
 
 
-async def _chaos(fleet: Fleet, stop: asyncio.Event, kills: list[float], every: float = 3.0) -> None:
+async def _chaos(fleet: Fleet, stop: asyncio.Event, kills: list[float], every: float = 2.0) -> None:
     """Every few seconds SIGKILL a random running server (never the last one running) and start it again in the
     background (a new process: new leases); the next kill does not wait for that restart."""
     rng = random.Random(11)
