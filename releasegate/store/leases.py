@@ -32,6 +32,9 @@ from releasegate.errors import UserError
 DEFAULT_TTL = 10.0
 """Seconds a lease lasts without renewal: the longest a rollout pauses when its driver dies."""
 
+DB = sqlite3.Connection
+"""The store's connection (with the PostgreSQL store: ``releasegate.store.db.DB``, which also has ``rowcount``)."""
+
 COLUMNS = (("lease_holder", "TEXT"), ("lease_token", "INTEGER NOT NULL DEFAULT 0"), ("lease_until", "REAL"))
 """The columns on ``rollouts`` (in the schema, and added by ``upgrade`` to state dirs made before them)."""
 
@@ -62,7 +65,7 @@ class Lease:
         return self.valid_until - time.monotonic()
 
 
-def upgrade(db: sqlite3.Connection) -> None:
+def upgrade(db: DB) -> None:
     """Add the lease columns to an SQLite ``rollouts`` table made by an older releasegate (a PostgreSQL store's
     schema is its migrations')."""
     if getattr(db, "dialect", "sqlite") == "postgresql":
@@ -101,7 +104,7 @@ def is_free(holder: str | None, until: float | None, owner: dict[str, Any] | Non
     return holder is None or (until or 0.0) <= now or process_gone(owner)
 
 
-def acquire(db: sqlite3.Connection, rollout_id: str, holder: str, owner_json: str, ttl: float,
+def acquire(db: DB, rollout_id: str, holder: str, owner_json: str, ttl: float,
             taken: dict[str, Any]) -> Lease | None:
     """Take the lease of an active rollout when it is free (inside the caller's write transaction): the token is
     incremented with a compare-and-set on the token read, so of two racing takers one wins. None when it is held
@@ -139,7 +142,7 @@ def _legacy_alive(owner: dict[str, Any] | None, now: float) -> bool:
     return not process_gone(owner)
 
 
-def fence(db: sqlite3.Connection, lease: Lease) -> None:
+def fence(db: DB, lease: Lease) -> None:
     """Inside a write transaction: fail it (LeaseLost) unless ``lease`` still holds the rollout. The no-op UPDATE
     also locks the row on PostgreSQL, so a taker's UPDATE waits for this transaction to end."""
     cur = db.execute("UPDATE rollouts SET lease_token=lease_token WHERE id=? AND lease_token=?",
@@ -150,7 +153,7 @@ def fence(db: sqlite3.Connection, lease: Lease) -> None:
                         "no longer current); follow it with `releasegate status`")
 
 
-def renew_one(db: sqlite3.Connection, lease: Lease) -> None:
+def renew_one(db: DB, lease: Lease) -> None:
     """Extend one lease (only with its current token); LeaseLost when it is gone."""
     mono = time.monotonic()
     cur = db.execute("UPDATE rollouts SET lease_until=? WHERE id=? AND lease_token=? AND lease_holder=?",
@@ -162,21 +165,21 @@ def renew_one(db: sqlite3.Connection, lease: Lease) -> None:
     lease.valid_until = mono + lease.ttl
 
 
-def renew_all(db: sqlite3.Connection, holder: str, ttl: float) -> dict[str, int]:
+def renew_all(db: DB, holder: str, ttl: float) -> dict[str, int]:
     """Extend every lease ``holder`` holds in one statement; rollout id -> the token it still holds."""
     db.execute("UPDATE rollouts SET lease_until=? WHERE lease_holder=? AND active=1", (time.time() + ttl, holder))
     return {str(r["id"]): int(r["lease_token"]) for r in
             db.execute("SELECT id, lease_token FROM rollouts WHERE lease_holder=? AND active=1", (holder,))}
 
 
-def release(db: sqlite3.Connection, lease: Lease) -> None:
+def release(db: DB, lease: Lease) -> None:
     """Give the lease up (only with its current token), so the next driver need not wait for its expiry."""
     lease.ended = True
     db.execute("UPDATE rollouts SET lease_holder=NULL, lease_until=NULL, owner=NULL WHERE id=? AND lease_token=?",
                (lease.rollout_id, lease.token))
 
 
-def release_all(db: sqlite3.Connection, holder: str, rollout_id: str | None = None) -> None:
+def release_all(db: DB, holder: str, rollout_id: str | None = None) -> None:
     """Give up every lease ``holder`` holds (a server shutting down), in one statement; or only ``rollout_id``'s
     (its task failed), if ``holder`` still holds it."""
     if rollout_id is None:
@@ -187,7 +190,7 @@ def release_all(db: sqlite3.Connection, holder: str, rollout_id: str | None = No
                    "lease_holder=?", (rollout_id, holder))
 
 
-def adoptable(db: sqlite3.Connection, now: float) -> list[tuple[str, str]]:
+def adoptable(db: DB, now: float) -> list[tuple[str, str]]:
     """(rollout id, service) of the active rollouts no live process holds a lease on."""
     import json
 
