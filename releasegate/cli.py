@@ -118,6 +118,17 @@ def _main(ctx: typer.Context, state_dir: StateDir = None,
               "--version", callback=_version_callback, is_eager=True, show_default=False,
               help="Print releasegate's own version and exit (deploy --version VERSION names a release's).")]
           = False) -> None:
+    from releasegate.commands.server import store_dir
+    from releasegate.store import pg
+    from releasegate.store.db import STORE_ENV, forget_store
+
+    forget_store()  # each command chooses its store afresh (--store, RELEASEGATE_STORE), and forgets it at its end
+    ctx.call_on_close(forget_store)
+    store = os.environ.get(STORE_ENV)
+    if store:  # checked here, once, so every command (status, audit verify, token new ...) uses that store
+        where = store_dir(store, state_dir, STORE_ENV)
+        if state_dir is None and not pg.is_url(store):
+            state_dir = where
     _use(state_dir)
     if state_dir is not None:
         # Commands mounted from other modules read --state-dir with env RELEASEGATE_HOME: the global option given
@@ -384,8 +395,10 @@ def demo(state_dir: Annotated[Path, typer.Option(
          port: Annotated[int, typer.Option(metavar="PORT", help="Where the demo's router listens.")] = 18080,
          fast: Annotated[bool, _flag("--fast", "Shorter pauses (for tests).")] = False) -> None:
     """The tour in a minute: 1.0.0, a canary of 2.0.0 to 100 %, then a 3.0.0 rolled back by analysis."""
+    from releasegate.commands.server import choose_store
     from releasegate.demo import run_demo
 
+    choose_store(None)  # the demo's own SQLite in its own state dir, never the store RELEASEGATE_STORE names
     raise typer.Exit(run_demo(out, state_dir, port, fast))
 
 

@@ -26,6 +26,7 @@ from releasegate.notifications import build_notifications
 from releasegate.spec import load_spec
 from releasegate.spec.release import LoadedRelease, load_release, member_versions
 from releasegate.store.audit import AuditLog
+from releasegate.store.db import has_store
 from releasegate.store.groups import GroupStore
 from releasegate.store.sqlite import Store, owner_alive, this_owner
 from releasegate.switch_back import rollback_finished
@@ -327,7 +328,7 @@ async def _rollback_finished_group(ctx: service.Context, gstore: GroupStore, rel
 
 def known(ctx: service.Context, name: str) -> bool:
     """Is ``name`` a release group (rather than a service)? Reads only."""
-    if not (ctx.state_dir / "releasegate.db").exists():
+    if not has_store(ctx.state_dir):
         return False
     gstore = GroupStore(ctx.state_dir)
     try:
@@ -338,7 +339,7 @@ def known(ctx: service.Context, name: str) -> bool:
 
 def latest_groups(ctx: service.Context) -> list[GroupState]:
     """Each release's latest group run (for `status` without a name). Reads only."""
-    if not (ctx.state_dir / "releasegate.db").exists():
+    if not has_store(ctx.state_dir):
         return []
     gstore = GroupStore(ctx.state_dir)
     try:

@@ -27,7 +27,15 @@ POINT_ELSEWHERE = "to read another state dir: --state-dir DIR or RELEASEGATE_HOM
 def unknown_service(state_dir: Path, service: str, then: str) -> UserError:
     """A service this state dir does not know: say which state dir was read (it may not exist: a directory where
     releasegate never ran) and how to point at the one where the service was deployed."""
-    if (state_dir / "releasegate.db").is_file():
+    from releasegate.store import pg
+    from releasegate.store.db import has_store, store_url
+
+    url = store_url()
+    if url is not None:
+        where = f"the store {pg.redact(url)} has no service {service!r}"
+        return UserError(f"{service}: unknown service: {where}; {then}; to read another store: --store URL or "
+                         "RELEASEGATE_STORE=URL")
+    if has_store(state_dir):
         where = f"the state dir {shown(state_dir)} has no service {service!r}"
     else:
         where = f"there is no releasegate state in {shown(state_dir)}"

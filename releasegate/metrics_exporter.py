@@ -8,7 +8,8 @@ reading the same SQLite file, whichever process happens to drive a rollout.
 
 How it reads: a read-only connection (``mode=ro``: it never creates, migrates or locks anything for writing) and
 one deferred transaction per scrape, so every number comes from one consistent snapshot. The store is in WAL
-mode, so that read never blocks a controller writing meanwhile. Events are append-only (``AUTOINCREMENT`` seq),
+mode, so that read never blocks a controller writing meanwhile. On a PostgreSQL store (``RELEASEGATE_STORE``) the
+same queries run in one REPEATABLE READ transaction per scrape. Events are append-only (``AUTOINCREMENT`` seq),
 so they are folded into the counters once: a scrape reads only the events written since the previous one.
 
 What it yields (the metric names and labels are documented in docs/integrations.md):
@@ -31,12 +32,15 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import CollectorRegistry
 
 from releasegate.alert_receiver import ACTOR as ALERT_ACTOR
 from releasegate.engine.state import RolloutState
+from releasegate.errors import UserError
+from releasegate.store.db import open_db, store_url, tables, tiebreak
 
 DECISIONS = ("step", "analysis_passed", "held", "waiting", "paused", "switched", "watch_passed", "rollback",
              "rollback_step", "errors_persist", "incident", "abort", "promoted", "rolled_back", "aborted", "failed")
@@ -59,7 +63,7 @@ class _Tally:
     rollbacks: Counter[tuple[str, str]] = field(default_factory=Counter)
     counted: set[str] = field(default_factory=set)  # rollout ids whose rollback is already counted
 
-    def fold(self, rows: list[sqlite3.Row]) -> None:
+    def fold(self, rows: list[Any]) -> None:
         """Events are append-only, so every counter here only grows (a rollback is counted once, at its first
         sign, and stays counted even when an operator aborts it half-way)."""
         for row in rows:
@@ -111,6 +115,7 @@ class StoreCollector:
     """A ``prometheus_client`` collector over ``state_dir/releasegate.db``; safe for concurrent scrapes."""
 
     def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
         self.path = state_dir / "releasegate.db"
         self.last_error: str | None = None
         self._tally = _Tally()
@@ -121,7 +126,7 @@ class StoreCollector:
             with self._lock:
                 snap = self._read()
             self.last_error = None
-        except (sqlite3.Error, OSError, ValueError) as exc:
+        except (sqlite3.Error, OSError, ValueError, UserError) as exc:
             self.last_error = f"{self.path}: {type(exc).__name__}: {exc}"
             snap = None
         up = GaugeMetricFamily("releasegate_store_up", "1 when the releasegate store could be read at this scrape.")
@@ -131,6 +136,8 @@ class StoreCollector:
             yield from _families(snap)
 
     def _read(self) -> _Snapshot:
+        if store_url() is not None:
+            return self._read_pg()
         stat = os.stat(self.path)  # before connecting: mode=ro fails on a missing file, but say it plainly
         uri = self.path.resolve().as_uri() + "?mode=ro"
         db = sqlite3.connect(uri, uri=True, timeout=5, isolation_level=None, check_same_thread=False)
@@ -144,9 +151,25 @@ class StoreCollector:
         finally:
             db.close()
 
-    def _query(self, db: sqlite3.Connection, file: tuple[int, int]) -> _Snapshot:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"rollouts", "events", "services"} <= tables:
+    def _read_pg(self) -> _Snapshot:
+        """The PostgreSQL store: the same queries in one REPEATABLE READ snapshot (``BEGIN`` there)."""
+        import psycopg
+
+        try:
+            db = open_db(self.state_dir)
+        except psycopg.Error as exc:
+            raise OSError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        try:
+            db.execute("BEGIN")
+            try:
+                return self._query(db, (0, 0))
+            finally:
+                db.execute("COMMIT")
+        finally:
+            db.close()
+
+    def _query(self, db: Any, file: tuple[int, int]) -> _Snapshot:
+        if not {"rollouts", "events", "services"} <= tables(db):
             return _Snapshot()  # a state dir whose database has no rollout yet (e.g. only the audit log)
         top = int(db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
         tally = self._tally
@@ -158,8 +181,9 @@ class StoreCollector:
         tally.seq = top
         snap = _Snapshot(decisions=Counter(tally.decisions), rollbacks=Counter(tally.rollbacks))
         current = {r["service"]: r["current"] for r in db.execute("SELECT service, current FROM services")}
-        for row in db.execute("SELECT service, state_json FROM rollouts AS r WHERE rowid = (SELECT rowid FROM "
-                              "rollouts WHERE service = r.service ORDER BY created_at DESC, rowid DESC LIMIT 1)"):
+        order = tiebreak(db)
+        for row in db.execute(f"SELECT service, state_json FROM rollouts AS r WHERE {order} = (SELECT {order} FROM "
+                              f"rollouts WHERE service = r.service ORDER BY created_at DESC, {order} DESC LIMIT 1)"):
             st = RolloutState.model_validate_json(row["state_json"])
             snap.latest[row["service"]] = _Latest(st, current.get(row["service"]))
         for row in db.execute("SELECT service, status FROM rollouts"):

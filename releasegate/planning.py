@@ -33,6 +33,15 @@ class Plan:
 
 
 def _running_version(state_dir: Path, service: str) -> str | None:
+    from releasegate.store.db import open_db, store_url
+
+    if store_url() is not None:
+        pgdb = open_db(state_dir)
+        try:
+            row = pgdb.execute("SELECT current FROM services WHERE service=?", (service,)).fetchone()
+            return str(row[0]) if row and row[0] is not None else None
+        finally:
+            pgdb.close()
     db = state_dir / "releasegate.db"
     if not db.exists():
         return None

@@ -172,7 +172,9 @@ def test_token_new_and_server_refuse_bad_input_in_one_line(tmp_path, monkeypatch
     cases = [
         (("token", "new", "x", "--role", "boss"), "--role boss: not a role; use one of viewer, deployer"),
         (("server", "--listen", "0.0.0.0:8700"), "--listen 0.0.0.0:8700: not a loopback address; serve TLS"),
-        (("server", "--store", "postgresql://db/rg"), "--store postgresql://...: not supported yet"),
+        (("server", "--store", "mysql://db/rg"), "expected sqlite:///PATH/releasegate.db (e.g. "),
+        (("server", "--store", "postgresql://rg:pw@127.0.0.1:1/rg"), "--store postgresql://rg:***@127.0.0.1:1/rg: "
+                                                                      "cannot reach the PostgreSQL server"),
         (("server", "--store", "sqlite:///x/other.db"), "the database file is named releasegate.db"),
         (("server", "--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
         (("server", "--listen", "nowhere"), "--listen: expected HOST:PORT"),

@@ -265,7 +265,8 @@ def token_new(user: Annotated[str, typer.Argument(metavar="NAME", show_default=F
               service: Annotated[str, typer.Option(
                   "--service", metavar="PATTERN", help="With --role: the services it covers (fnmatch).")] = "*",
               store: Annotated[str | None, typer.Option("--store", metavar="URL", show_default=False,
-                                                        help="With --role: sqlite:///PATH/releasegate.db.")] = None,
+                                                        help="With --role: sqlite:///PATH/releasegate.db or "
+                                                             "postgresql://USER@HOST:PORT/DB.")] = None,
               state_dir: StateDir = None, policy: GonePolicy = None) -> None:
     """Print a new token for NAME, once (only its hash is kept); it replaces NAME's old one.
 

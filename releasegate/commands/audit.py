@@ -27,6 +27,7 @@ from releasegate.commands.approvals import StateDir, reported, state_dir_of
 from releasegate.durations import parse_duration
 from releasegate.errors import UserError
 from releasegate.store.audit import AuditLog, Verification
+from releasegate.store.db import has_store
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -36,7 +37,7 @@ audit_app = typer.Typer(help="Check and export the tamper-evident audit log.", n
 
 def _log(state_dir: Path | None) -> AuditLog:
     where = state_dir_of(state_dir)
-    if not (where / "releasegate.db").is_file():
+    if not has_store(where):
         raise UserError(f"audit log: no state in {where}; pass --state-dir DIR (or set RELEASEGATE_HOME) where "
                         "releasegate ran")
     return AuditLog(where)

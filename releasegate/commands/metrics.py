@@ -27,6 +27,7 @@ from releasegate.commands.alerts_receiver import SecretEnv, SecretFile, read_sec
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.errors import UserError
 from releasegate.router.config import join_host_port
+from releasegate.store.db import has_store
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -105,7 +106,7 @@ def metrics(
         require_secret_off_loopback("metrics (read every rollout)", listen, host, secret)
         server = bind(where, host, port, secret)
         bound = join_host_port(host, int(server.server_address[1]))
-        if not (where / "releasegate.db").exists():
+        if not has_store(where):
             err.print(f"releasegate: warning: no store in {where} yet (releasegate_store_up is 0 until a deploy "
                       "creates it); is --state-dir right?", markup=False)
         auth = "; bearer secret required" if secret else ""

@@ -26,32 +26,52 @@ from releasegate.commands.alerts_receiver import is_loopback
 from releasegate.commands.approvals import StateDir, state_dir_of
 from releasegate.durations import parse_duration
 from releasegate.errors import UserError
+from releasegate.store import pg
+from releasegate.store.db import open_db, store_url, use_store
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def store_dir(store: str | None, state_dir: Path | None) -> Path:
-    """``--store sqlite:///PATH/releasegate.db`` as the state dir holding it (or ``--state-dir``)."""
+def store_dir(store: str | None, state_dir: Path | None, option: str = "--store") -> Path:
+    """``--store sqlite:///PATH/releasegate.db`` as the state dir holding it (or ``--state-dir``);
+    ``--store postgresql://...`` chooses that database for every store this process opens (``use_store``) and
+    leaves the state dir (local files: router configs, logs, the audit head file) to ``--state-dir``."""
     if store is None:
         return state_dir_of(state_dir)
-    if store.startswith(("postgresql://", "postgres://")):
-        raise UserError("--store postgresql://...: not supported yet (docs/server.md, 'not done yet'); use "
-                        "--store sqlite:///PATH/releasegate.db")
+    if pg.is_url(store):
+        choose_store(store)
+        return state_dir_of(state_dir)
     prefix = "sqlite:///"
     if not store.startswith(prefix):
-        raise UserError(f"--store {store}: expected sqlite:///PATH/releasegate.db (e.g. "
-                        "sqlite:///.releasegate/releasegate.db)")
+        raise UserError(f"{option} {pg.redact(store)}: expected sqlite:///PATH/releasegate.db (e.g. "
+                        "sqlite:///.releasegate/releasegate.db) or postgresql://USER[:PASSWORD]@HOST:PORT/DATABASE")
     path = Path(store[len(prefix):])
     if path.name != "releasegate.db":
-        raise UserError(f"--store {store}: the database file is named releasegate.db; give sqlite:///"
+        raise UserError(f"{option} {store}: the database file is named releasegate.db; give sqlite:///"
                         f"{path.parent / 'releasegate.db'} (its directory is the state dir)")
     if state_dir is not None and state_dir.resolve() != path.parent.resolve():
-        raise UserError(f"--store {store} and --state-dir {state_dir} name two places; give one")
+        raise UserError(f"{option} {store} and --state-dir {state_dir} name two places; give one")
+    choose_store(None)
     return path.parent
 
 
+def choose_store(url: str | None) -> None:
+    """``use_store`` for this command; ``releasegate.cli`` forgets it when the command ends (which matters when
+    commands run in-process, as under typer's CliRunner)."""
+    use_store(url)
+
+
+def check_store(state_dir: Path) -> None:
+    """Open the store once (a PostgreSQL one: connect and bring its schema up to date), so a wrong URL, an
+    unreachable server or a failed login is one line at start rather than an error per request."""
+    if store_url() is None:
+        return
+    open_db(state_dir).close()
+
+
 Store = Annotated[str | None, typer.Option("--store", metavar="URL", show_default=False,
-                                           help="sqlite:///PATH/releasegate.db (default: the state dir's).")]
+                                           help="sqlite:///PATH/releasegate.db (default: the state dir's) or "
+                                                "postgresql://USER@HOST:PORT/DATABASE; also RELEASEGATE_STORE.")]
 
 
 def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
@@ -98,6 +118,7 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
         root = (spec_root or Path.cwd())
         if not root.is_dir():
             raise UserError(f"--spec-root {root}: no such directory")
+        check_store(where)
     if not is_loopback(host) and tls_cert is None:
         err.print(f"warning: serving plain HTTP on {listen}: bearer tokens cross the network in clear text "
                   "(--insecure-http)", markup=False)
@@ -123,4 +144,4 @@ async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: P
     await uvicorn.Server(config).serve()
 
 
-__all__ = ["server", "store_dir"]
+__all__ = ["check_store", "choose_store", "server", "store_dir"]

@@ -10,9 +10,10 @@ releases, sign-offs, tokens, stored documents or rollouts an error. What this ca
 the state dir and rewrites the chain, the head record and the head file consistently (docs/security.md, section 6);
 for that, keep the head somewhere they cannot write (``audit head``, ``audit export --signed``).
 
-The log lives in the same SQLite file as the rest of the state (``state_dir/releasegate.db``). An append reads the
-head and writes the entry inside one ``BEGIN IMMEDIATE`` transaction, so processes appending at the same time
-queue on SQLite's write lock instead of forking the chain. ``append_entry`` takes an open transaction so that a
+The log lives in the same SQLite file as the rest of the state (``state_dir/releasegate.db``), or in the PostgreSQL
+store. An append reads the head and writes the entry inside one ``BEGIN IMMEDIATE`` transaction (on PostgreSQL:
+after the store's advisory write lock), so processes appending at the same time queue on that lock instead of
+forking the chain. ``append_entry`` takes an open transaction so that a
 state change and its audit entry commit together (``releasegate.store.governance`` uses it).
 """
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 
 from releasegate.store import anchor
-from releasegate.store.db import create_schema, immediate, open_db
+from releasegate.store.db import DB, create_schema, immediate, is_pg, open_db, tables
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first entry."""
@@ -108,7 +108,7 @@ def entry_hash(seq: int, at: float, actor: str, action: str, release: str | None
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def append_entry(db: sqlite3.Connection, actor: str, action: str, release: str | None = None,
+def append_entry(db: DB, actor: str, action: str, release: str | None = None,
                  commit: str | None = None, decision: str | None = None,
                  evidence: Mapping[str, Any] | None = None, *, at: float | None = None) -> Entry:
     """Append inside the caller's open transaction (which must hold the write lock: BEGIN IMMEDIATE)."""
@@ -131,12 +131,12 @@ def append_entry(db: sqlite3.Connection, actor: str, action: str, release: str |
     db.execute("INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET "
                "seq=excluded.seq, hash=excluded.hash", (seq, digest))
     if pending is not None:
-        db.execute("INSERT OR IGNORE INTO audit_anchor (id, since_seq) VALUES (1, ?)", (seq,))
+        db.execute("INSERT INTO audit_anchor (id, since_seq) VALUES (1, ?) ON CONFLICT DO NOTHING", (seq,))
         pending.lines.append(anchor.Line(seq, digest))
     return Entry(seq, when, actor, action, release, commit, decision, data, prev, digest)
 
 
-def _pending(db: sqlite3.Connection) -> anchor.Pending | None:
+def _pending(db: DB) -> anchor.Pending | None:
     """This transaction's head-file lines (taking the head file's lock on the first entry); None in memory."""
     state_dir: Path | None = getattr(db, "state_dir", None)
     hooks = getattr(db, "on_end", None)
@@ -151,7 +151,7 @@ def _pending(db: sqlite3.Connection) -> anchor.Pending | None:
     return pending
 
 
-def _catch_up(db: sqlite3.Connection, pending: anchor.Pending, top: anchor.Line | None) -> None:
+def _catch_up(db: DB, pending: anchor.Pending, top: anchor.Line | None) -> None:
     """Lines for entries the database has beyond the file (a writer killed between its commit and its line)."""
     on_file = pending.on_file
     if pending.lines or on_file is None or top is None or top.seq <= on_file.seq:
@@ -169,7 +169,8 @@ class AuditLog:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self._db = open_db(self.state_dir)
-        self._db.execute("PRAGMA synchronous=FULL")  # an entry is durable before its head-file line is written
+        if not is_pg(self._db):
+            self._db.execute("PRAGMA synchronous=FULL")  # an entry is durable before its head-file line is written
         create_schema(self._db, SCHEMA)
 
     def close(self) -> None:
@@ -228,7 +229,7 @@ class AuditLog:
         chain = _walk(self._db, rows, head)
         if not chain.ok:
             return chain
-        found = _against_file(rows, lines, int(since[0]) if since else None)
+        found = _against_file(rows, lines, int(since[0]) if since else None, shared=is_pg(self._db))
         if found is not None:
             return found
         if not rows and state:
@@ -240,7 +241,7 @@ class AuditLog:
         return Verification(True, None, f"{len(rows)} entries")
 
 
-def _walk(db: sqlite3.Connection, rows: list[sqlite3.Row], head: sqlite3.Row | None) -> Verification:
+def _walk(db: DB, rows: list[Any], head: Any) -> Verification:
     """The chain itself, and its last entry against the head record."""
     expected, prev = 1, GENESIS
     for row in rows:
@@ -274,9 +275,16 @@ def _walk(db: sqlite3.Connection, rows: list[sqlite3.Row], head: sqlite3.Row | N
     return Verification(True, None, f"{len(rows)} entries")
 
 
-def _against_file(rows: list[sqlite3.Row], lines: list[anchor.Line] | None, since: int | None) -> Verification | None:
-    """The head file against an intact chain: None when they agree, else what is missing or rewritten."""
+def _against_file(rows: list[Any], lines: list[anchor.Line] | None, since: int | None, *,
+                  shared: bool = False) -> Verification | None:
+    """The head file against an intact chain: None when they agree, else what is missing or rewritten.
+
+    ``shared``: a PostgreSQL store, which servers with state dirs of their own append to; each state dir's file
+    starts when its first entry was written there and lags the entries others wrote since, so only what it does
+    record is checked: every line's hash, and no line beyond the chain's end (a cut tail)."""
     name = anchor.FILE
+    if shared and lines is None:
+        return None
     if lines is None:
         if since is not None:
             return Verification(False, since, f"{name} is missing (the log has been anchored in it since entry "
@@ -288,7 +296,7 @@ def _against_file(rows: list[sqlite3.Row], lines: list[anchor.Line] | None, sinc
         return Verification(False, None, f"the database's record of {name} (audit_anchor) is missing: the "
                                          "database was edited")
     first = min(line.seq for line in lines)
-    if first > since:
+    if first > since and not shared:
         return Verification(False, since, f"{name} starts at entry {first} but was started at entry {since}: it "
                                           "was deleted or cut at its start")
     hashes = {int(row["seq"]): str(row["hash"]) for row in rows}
@@ -303,7 +311,7 @@ def _against_file(rows: list[sqlite3.Row], lines: list[anchor.Line] | None, sinc
         ends = f"the log ends at entry {last}" if last else "the log is empty"
         return Verification(False, last + 1, f"{gone} {'was' if top == last + 1 else 'were'} deleted ({name} "
                                              f"records entry {top}, {ends})")
-    if top < last:
+    if top < last and not shared:
         extra = f"entry {last} is" if last == top + 1 else f"entries {top + 1} to {last} are"
         return Verification(False, top + 1, f"{extra} not in {name} (it ends at entry {top}): added to the "
                                             "database directly, or the file was cut")
@@ -314,24 +322,24 @@ _STATE = (("gov_releases", "release"), ("gov_signoffs", "sign-off"), ("gov_token
           ("gov_documents", "stored policy or calendar version"), ("rollouts", "rollout"))
 
 
-def _state_rows(db: sqlite3.Connection) -> str:
+def _state_rows(db: DB) -> str:
     """What the state dir holds that an audit entry was written for ("2 releases, 1 rollout"); "" when nothing."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    present = tables(db)
     held = []
     for table, noun in _STATE:
-        if table in tables:
+        if table in present:
             count = int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
             if count:
                 held.append(f"{count} {noun}{'' if count == 1 else 's'}")
     return ", ".join(held)
 
 
-def _entry(row: sqlite3.Row, evidence: dict[str, Any]) -> Entry:
+def _entry(row: Any, evidence: dict[str, Any]) -> Entry:
     return Entry(int(row["seq"]), float(row["at"]), row["actor"], row["action"], row["release"], row["commit_sha"],
                  row["decision"], evidence, row["prev_hash"], row["hash"])
 
 
-def _check_row(db: sqlite3.Connection, row: sqlite3.Row, total: int) -> str | None:
+def _check_row(db: DB, row: Any, total: int) -> str | None:
     """None when the row's hash is right; else whether it was altered or moved from another position."""
     seq = int(row["seq"])
     try:

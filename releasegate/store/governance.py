@@ -26,8 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from releasegate.store import audit
+from releasegate.store.db import DB, is_pg, store_url, tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS gov_releases (
@@ -150,10 +152,13 @@ class GovernanceStore:
     """Open per use case and close (or use ``with``); reads outside ``tx`` see the last committed state."""
 
     def __init__(self, state_dir: Path, *, readonly: bool = False) -> None:
-        if readonly:
+        self._db: DB
+        if readonly and store_url() is None:
             self._db = _open_readonly(Path(state_dir))
             return
         self._db = audit.open_db(Path(state_dir))
+        if is_pg(self._db):
+            return  # the schema is the migrations' (releasegate.store.pg_migrations), brought up to date at open
         self._db.execute("PRAGMA synchronous=FULL")  # audit entries are durable before their head-file lines
         audit.create_schema(self._db, audit.SCHEMA + SCHEMA)
         self._upgrade()
@@ -172,6 +177,8 @@ class GovernanceStore:
 
     def has_table(self, name: str) -> bool:
         """Whether the database file itself has ``name`` (not a read-only connection's empty TEMP stand-in)."""
+        if is_pg(self._db):
+            return name in tables(self._db)
         return self._db.execute("SELECT 1 FROM main.sqlite_master WHERE type='table' AND name=?",
                                 (name,)).fetchone() is not None
 
@@ -183,7 +190,7 @@ class GovernanceStore:
         self.close()
 
     @contextmanager
-    def tx(self) -> Iterator[sqlite3.Connection]:
+    def tx(self) -> Iterator[DB]:
         """BEGIN IMMEDIATE ... COMMIT; pass the connection to ``audit.append_entry`` to log in the same commit."""
         with audit.immediate(self._db) as db:
             yield db
@@ -224,12 +231,12 @@ class GovernanceStore:
 
     def add_signoff(self, release: Release, env: str, stage: str, user: str, kind: str, at: float,
                     checks: tuple[str, ...] = (), reason: str | None = None) -> Signoff:
-        cur = self._db.execute(
+        row = self._db.execute(
             "INSERT INTO gov_signoffs (service, version, env, stage, user_name, kind, checks, reason, digest, "
-            "commit_sha, at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "commit_sha, at) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id",
             (release.service, release.version, env, stage, user, kind, json.dumps(list(checks)), reason,
-             release.digest, release.commit, at))
-        return Signoff(int(cur.lastrowid or 0), release.service, release.version, env, stage, user, kind, checks,
+             release.digest, release.commit, at)).fetchone()
+        return Signoff(int(row[0]), release.service, release.version, env, stage, user, kind, checks,
                        reason, release.digest, release.commit, at, None, None)
 
     def void(self, ids: list[int], at: float, reason: str) -> None:
@@ -311,12 +318,12 @@ def _open_readonly(state_dir: Path) -> sqlite3.Connection:
     return db
 
 
-def _document(row: sqlite3.Row) -> StoredDocument:
+def _document(row: Any) -> StoredDocument:
     return StoredDocument(row["kind"], int(row["version"]), row["content"], row["sha256"], row["actor"],
                           row["os_user"], row["source"], float(row["at"]))
 
 
-def _signoff(row: sqlite3.Row) -> Signoff:
+def _signoff(row: Any) -> Signoff:
     return Signoff(int(row["id"]), row["service"], row["version"], row["env"], row["stage"], row["user_name"],
                    row["kind"], tuple(json.loads(row["checks"])), row["reason"], row["digest"], row["commit_sha"],
                    float(row["at"]), row["void_at"], row["void_reason"])

@@ -118,9 +118,9 @@ class GroupStore:
 
     def add_command(self, release: str, group_id: str, kind: str, actor: str, at: float) -> int:
         with immediate(self._db) as db:
-            cur = db.execute("INSERT INTO commands (service, rollout_id, kind, actor, at) VALUES (?,?,?,?,?)",
-                             (release, group_id, kind, actor, at))
-            return int(cur.lastrowid or 0)
+            row = db.execute("INSERT INTO commands (service, rollout_id, kind, actor, at) VALUES (?,?,?,?,?) "
+                             "RETURNING id", (release, group_id, kind, actor, at)).fetchone()
+            return int(row[0])
 
     def pending_commands(self, group_id: str) -> list[Command]:
         rows = self._db.execute("SELECT id, kind, actor, at FROM commands WHERE rollout_id=? AND state='pending' "

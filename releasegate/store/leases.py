@@ -21,19 +21,16 @@ from __future__ import annotations
 
 import os
 import socket
-import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from releasegate.errors import UserError
+from releasegate.store.db import DB, is_pg
 
 DEFAULT_TTL = 10.0
 """Seconds a lease lasts without renewal: the longest a rollout pauses when its driver dies."""
-
-DB = sqlite3.Connection
-"""The store's connection (with the PostgreSQL store: ``releasegate.store.db.DB``, which also has ``rowcount``)."""
 
 COLUMNS = (("lease_holder", "TEXT"), ("lease_token", "INTEGER NOT NULL DEFAULT 0"), ("lease_until", "REAL"))
 """The columns on ``rollouts`` (in the schema, and added by ``upgrade`` to state dirs made before them)."""
@@ -68,7 +65,7 @@ class Lease:
 def upgrade(db: DB) -> None:
     """Add the lease columns to an SQLite ``rollouts`` table made by an older releasegate (a PostgreSQL store's
     schema is its migrations')."""
-    if getattr(db, "dialect", "sqlite") == "postgresql":
+    if is_pg(db):
         return
     have = {row["name"] for row in db.execute("PRAGMA table_info(rollouts)")}
     missing = [(name, kind) for name, kind in COLUMNS if name not in have]

@@ -5,19 +5,19 @@ Why a table of its own and not the identity tokens of ``--as``: a server token c
 pattern (``deployer`` of ``shop-*``), an identity token only names a user of the stored policy. The hash is the same
 (``releasegate.governance.identity.hash_token``: SHA-256 of a 256-bit random secret, compared in constant time),
 and a token's name is the user the audit log records and the policy's stage roles judge. The tables live in the
-state's database beside the rest, behind this class, so another store (PostgreSQL, later) replaces one class.
+state's database beside the rest, behind this class, on SQLite or PostgreSQL alike (``releasegate.store.db``).
 """
 
 from __future__ import annotations
 
 import hmac
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from releasegate.store.audit import SCHEMA as AUDIT_SCHEMA
 from releasegate.store.audit import append_entry
-from releasegate.store.db import create_schema, immediate, open_db
+from releasegate.store.db import create_schema, immediate, open_db, tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS server_tokens (
@@ -60,7 +60,7 @@ class ServerStore:
             create_schema(self._db, AUDIT_SCHEMA + SCHEMA)
 
     def _has_tables(self) -> bool:
-        return self._db.execute("SELECT 1 FROM sqlite_master WHERE name='server_idempotency'").fetchone() is not None
+        return "server_idempotency" in tables(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -102,11 +102,11 @@ class ServerStore:
 
     def remember(self, key: str, body_sha: str, rollout_id: str, actor: str, at: float) -> None:
         with immediate(self._db) as db:
-            db.execute("INSERT OR IGNORE INTO server_idempotency (key, body_sha, rollout_id, actor, at) "
-                       "VALUES (?,?,?,?,?)", (key, body_sha, rollout_id, actor, at))
+            db.execute("INSERT INTO server_idempotency (key, body_sha, rollout_id, actor, at) "
+                       "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", (key, body_sha, rollout_id, actor, at))
 
 
-def _grant(row: sqlite3.Row) -> Grant:
+def _grant(row: Any) -> Grant:
     return Grant(row["name"], row["role"], row["pattern"], row["created_at"], row["created_by"])
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -21,7 +20,7 @@ from typing import Any
 from releasegate.engine.state import RolloutState
 from releasegate.errors import UserError
 from releasegate.store import leases
-from releasegate.store.db import create_schema, immediate, open_db
+from releasegate.store.db import DB, create_schema, immediate, open_db, tiebreak
 from releasegate.store.leases import Lease
 
 SCHEMA = """
@@ -145,13 +144,13 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def tx(self) -> AbstractContextManager[sqlite3.Connection]:
+    def tx(self) -> AbstractContextManager[DB]:
         """An IMMEDIATE transaction: takes the write lock up front, so check-then-write cannot interleave."""
         return immediate(self._db)
 
     # --- rollouts ------------------------------------------------------------------------------------------------
 
-    def _refuse_if_active(self, db: sqlite3.Connection, service: str) -> None:
+    def _refuse_if_active(self, db: DB, service: str) -> None:
         row = db.execute("SELECT id, version, phase, owner FROM rollouts WHERE service=? AND active=1",
                          (service,)).fetchone()
         if row is None:
@@ -181,7 +180,7 @@ class Store:
         return Lease(st.id, holder, 1, ttl, mono + ttl) if holder else None
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self) -> Iterator[DB]:
         """A write transaction, fenced by this store's lease when a controller drives a rollout with it: once
         another process has taken the rollout over, the write fails (LeaseLost) and nothing of it lands."""
         with self.tx() as db:
@@ -246,7 +245,7 @@ class Store:
         """(id, service) of the active rollouts no live process holds."""
         return leases.adoptable(self._db, time.time())
 
-    def _record(self, row: sqlite3.Row | None) -> RolloutRecord | None:
+    def _record(self, row: Any) -> RolloutRecord | None:
         if row is None:
             return None
         owner = json.loads(row["owner"]) if row["owner"] else None
@@ -265,20 +264,20 @@ class Store:
 
     def latest_rollout(self, service: str) -> RolloutRecord | None:
         return self._record(self._db.execute(
-            "SELECT * FROM rollouts WHERE service=? ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            f"SELECT * FROM rollouts WHERE service=? ORDER BY created_at DESC, {tiebreak(self._db)} DESC LIMIT 1",
             (service,)).fetchone())
 
     def rollouts(self, service: str, limit: int = 50) -> list[RolloutRecord]:
-        rows = self._db.execute("SELECT * FROM rollouts WHERE service=? ORDER BY created_at DESC, rowid DESC "
-                                "LIMIT ?", (service, limit)).fetchall()
+        rows = self._db.execute(f"SELECT * FROM rollouts WHERE service=? ORDER BY created_at DESC, "
+                                f"{tiebreak(self._db)} DESC LIMIT ?", (service, limit)).fetchall()
         return [r for r in (self._record(row) for row in rows) if r is not None]
 
     def recent_rollouts(self, visible: Callable[[str], bool], limit: int = 50) -> list[RolloutRecord]:
         """The newest ``limit`` rollouts of the services ``visible`` accepts, newest first. Why not ``rollouts``
         per service: with 1,000 services that parsed every stored rollout to answer one page (the server's list,
         bench/bench_server_scale.py); here only the rows returned are read and parsed."""
-        ids = [row["id"] for row in self._db.execute("SELECT id, service FROM rollouts ORDER BY created_at DESC, "
-                                                     "rowid DESC") if visible(row["service"])][:limit]
+        ids = [row["id"] for row in self._db.execute(f"SELECT id, service FROM rollouts ORDER BY created_at DESC, "
+                                                     f"{tiebreak(self._db)} DESC") if visible(row["service"])][:limit]
         return [r for r in (self.rollout(i) for i in ids) if r is not None]
 
     def events(self, service: str, rollout_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
@@ -287,7 +286,7 @@ class Store:
                                     (rollout_id, limit)).fetchall()
         else:
             rows = self._db.execute("SELECT * FROM (SELECT * FROM events WHERE service=? ORDER BY seq DESC "
-                                    "LIMIT ?) ORDER BY seq", (service, limit)).fetchall()
+                                    "LIMIT ?) AS recent ORDER BY seq", (service, limit)).fetchall()
         return [{"seq": r["seq"], "rollout": r["rollout_id"], "at": r["at"], "kind": r["kind"],
                  "message": r["message"], "data": json.loads(r["data"])} for r in rows]
 
@@ -310,9 +309,9 @@ class Store:
 
     def add_command(self, service: str, rollout_id: str, kind: str, actor: str, at: float) -> int:
         with self.tx() as db:
-            cur = db.execute("INSERT INTO commands (service, rollout_id, kind, actor, at) VALUES (?,?,?,?,?)",
-                             (service, rollout_id, kind, actor, at))
-            return int(cur.lastrowid or 0)
+            row = db.execute("INSERT INTO commands (service, rollout_id, kind, actor, at) VALUES (?,?,?,?,?) "
+                             "RETURNING id", (service, rollout_id, kind, actor, at)).fetchone()
+            return int(row[0])
 
     def pending_commands(self, rollout_id: str) -> list[Command]:
         rows = self._db.execute("SELECT id, kind, actor, at FROM commands WHERE rollout_id=? AND state='pending' "
@@ -354,6 +353,6 @@ class Store:
             db.execute("INSERT INTO services (service, current, previous, previous_until, spec_path, spec_json, "
                        "updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(service) DO UPDATE SET current=excluded."
                        "current, previous=excluded.previous, previous_until=excluded.previous_until, "
-                       "spec_path=COALESCE(excluded.spec_path, spec_path), spec_json=COALESCE(excluded.spec_json,"
-                       " spec_json), updated_at=excluded.updated_at",
+                       "spec_path=COALESCE(excluded.spec_path, services.spec_path), spec_json=COALESCE(excluded."
+                       "spec_json, services.spec_json), updated_at=excluded.updated_at",
                        (service, current, previous, previous_until, spec_path, spec_json, at))

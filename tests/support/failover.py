@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from releasegate.providers.routers.builtin import read_router_state, router_client
+from releasegate.store.db import forget_store, use_store
 from releasegate.store.sqlite import Store
 from tests.support.rollouts import PY, cleanup
 from tests.support.server import ServerProc
@@ -53,6 +54,7 @@ class Fleet:
     admins: dict[str, str] = field(default_factory=dict)
     store: Store | None = None
     ports: set[int] = field(default_factory=set)
+    url: str | None = None  # the servers' --store (a PostgreSQL database); None: the state dir's SQLite
 
     def service(self, name: str, steps: str) -> Path:
         path = self.root / f"{name}.yaml"
@@ -87,8 +89,14 @@ class Fleet:
         """One connection for all the test's reads: opening a store takes the write lock (its schema), which
         the servers need."""
         if self.store is None:
+            use_store(self.url)
             self.store = Store(self.state)
         return self.store
+
+    def env(self) -> dict[str, str]:
+        """The environment for a CLI command on the fleet's store."""
+        env = {k: v for k, v in os.environ.items() if k != "RELEASEGATE_STORE"}
+        return {**env, "RELEASEGATE_STORE": self.url} if self.url else env
 
     def rollout(self, rollout_id: str) -> Any:
         return self.look().rollout(rollout_id)
@@ -114,13 +122,14 @@ class Fleet:
 
 
 @contextmanager
-def fleet_of(root: Path, servers: int = 3, ttl: str = "3s") -> Iterator[Fleet]:
-    """``servers`` servers on one state dir under ``root`` (``--lease-ttl ttl``), stopped (and every process the
-    services started) at the end."""
+def fleet_of(root: Path, servers: int = 3, ttl: str = "3s", url: str | None = None) -> Iterator[Fleet]:
+    """``servers`` servers on one state dir under ``root`` (``--lease-ttl ttl``), on the store at ``url`` (a
+    PostgreSQL database; None: the state dir's SQLite), stopped (and every process the services started) at the
+    end. The servers share the state dir for the routers' and instances' files, as servers on one host do."""
     state = root / "state"
-    made = Fleet(root, state, [])
+    made = Fleet(root, state, [], url=url)
     try:
-        made.servers += [ServerProc(state, root, port=made.port(), extra=("--lease-ttl", ttl))
+        made.servers += [ServerProc(state, root, port=made.port(), extra=("--lease-ttl", ttl), store=url)
                          for _ in range(servers)]
         for server in made.servers:
             server.start()
@@ -133,5 +142,6 @@ def fleet_of(root: Path, servers: int = 3, ttl: str = "3s") -> Iterator[Fleet]:
             server.stop()
         if made.store is not None:
             made.store.close()
+        forget_store()
         for path in made.specs.values():
             asyncio.run(cleanup(state, path))

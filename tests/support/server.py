@@ -17,15 +17,18 @@ from typing import Any
 import httpx
 
 from releasegate.server.auth import issue
+from releasegate.store.db import forget_store, use_store
 from tests.support.rollouts import free_port
 from tests.support.wait import wait_until
 
 
 class ServerProc:
     def __init__(self, state: Path, spec_root: Path, port: int | None = None, listen_host: str = "127.0.0.1",
-                 extra: tuple[str, ...] = (), ca: Path | None = None) -> None:
-        """``ca``: the server serves TLS with a certificate this file verifies (clients then use https)."""
+                 extra: tuple[str, ...] = (), ca: Path | None = None, store: str | None = None) -> None:
+        """``ca``: the server serves TLS with a certificate this file verifies (clients then use https).
+        ``store``: a ``--store`` URL (e.g. a PostgreSQL database); tokens are then issued there too."""
         self.state, self.spec_root, self.listen_host, self.extra = state, spec_root, listen_host, extra
+        self.store = store
         self.port = port or free_port()
         self.verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca)) if ca else True
         self.url = f"{'https' if ca else 'http'}://127.0.0.1:{self.port}"
@@ -35,7 +38,8 @@ class ServerProc:
     def start(self) -> ServerProc:
         self.state.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "releasegate", "server", "--listen", f"{self.listen_host}:{self.port}",
-               "--state-dir", str(self.state), "--spec-root", str(self.spec_root), *self.extra]
+               "--state-dir", str(self.state), "--spec-root", str(self.spec_root), *self.extra,
+               *(("--store", self.store) if self.store else ())]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.spec_root)
         wait_until(self._ready, 30, f"the server on port {self.port} to be ready (log: {self.log})", every=0.05)
@@ -65,7 +69,13 @@ class ServerProc:
         return code
 
     def token(self, name: str, role: str, pattern: str = "*") -> str:
-        return issue(self.state, name, role, pattern)
+        if self.store is None:
+            return issue(self.state, name, role, pattern)
+        use_store(self.store)
+        try:
+            return issue(self.state, name, role, pattern)
+        finally:
+            forget_store()
 
     def client(self, token: str | None = None, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
