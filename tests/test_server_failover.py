@@ -81,11 +81,12 @@ async def _unhealthy(fleet: Fleet, name: str, rollout_id: str, turned: dict[str,
         rec = fleet.rollout(rollout_id)
         return None if rec is None or rec.state.weight == 0 else (rec.state.weight, ())
     try:
-        await eventually(routed, 60, f"{name}'s canary to get traffic", every=0.2)
+        await eventually(routed, 120, f"{name}'s canary to get traffic", every=0.2)
     except AssertionError as exc:
         rec = fleet.rollout(rollout_id)
         said = [(e["kind"], e["message"][:160]) for e in fleet.events(name, rollout_id)]
-        raise AssertionError(f"{exc}; {rec.state.status if rec else None} {rec.owner if rec else None} {said}") from None
+        where = (rec.state.status, rec.owner) if rec else None
+        raise AssertionError(f"{exc}; {where} {said}") from None
     weight, backends = (await fleet.routes(name))["2.0.0"]
     async with httpx.AsyncClient(timeout=5) as c:
         for address in backends:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -62,7 +63,7 @@ class Supervisor:
         self.locks = KeyedLocks()  # admissions of one service (or one Idempotency-Key) run one at a time
         self.keeper = LeaseKeeper(state_dir, lease_ttl, on_lost=self._lost)
         self._loops: list[asyncio.Task[None]] = []
-        self._failed: set[str] = set()  # rollouts whose task failed here: left to an explicit resume
+        self._failed: dict[str, float] = {}  # rollout id -> when this server may adopt it again (its task failed)
         self._told: set[str] = set()  # release groups' members said to be left (once each, not every scan)
 
     def context(self, actor: str) -> service.Context:
@@ -111,14 +112,20 @@ class Supervisor:
         if isinstance(exc, LeaseLost):
             log.info("rollout %s: another process took it over; this server stopped driving it", rollout_id)
             return
-        log.error("rollout %s stopped: %s: %s", rollout_id, type(exc).__name__, exc)
-        self._failed.add(rollout_id)  # not adopted again by the scan: `resume` (or a command) retries it
+        retry = 5 * self.keeper.ttl  # another server may adopt it at once; this one waits, not to fail in a loop
+        log.error("rollout %s stopped: %s: %s (released; this server adopts it again after %.0f s at the earliest)",
+                  rollout_id, type(exc).__name__, exc, retry)
+        self._failed[rollout_id] = time.monotonic() + retry
         self.keeper.leases.pop(rollout_id, None)
-        store = Store(self.state_dir)
-        try:
-            store.release_leases(self.keeper.holder, rollout_id)
-        finally:
-            store.close()
+        try:  # the store may be what failed (unreachable, out of connections): then the lease simply expires
+            store = Store(self.state_dir)
+            try:
+                store.release_leases(self.keeper.holder, rollout_id)
+            finally:
+                store.close()
+        except Exception as release_failed:
+            log.warning("rollout %s: releasing its lease failed (%s); it expires within %.0f s", rollout_id,
+                        release_failed, self.keeper.ttl)
 
     async def adopt(self) -> list[str]:
         """Drive every active rollout whose lease is free or expired (taken here before its task starts, so two
@@ -128,7 +135,8 @@ class Supervisor:
         adopted: list[str] = []
         try:
             for rollout_id, svc in store.adoptable():
-                if rollout_id in self._failed or (rollout_id in self.tasks and not self.tasks[rollout_id].done()):
+                if self._failed.get(rollout_id, 0.0) > time.monotonic() or (
+                        rollout_id in self.tasks and not self.tasks[rollout_id].done()):
                     continue
                 if rollout_id in grouped:  # a release group's member moves with its group: `resume RELEASE`
                     self._left(rollout_id, svc, grouped[rollout_id])
@@ -219,7 +227,7 @@ class Supervisor:
         if (task is not None and not task.done()) or owner_alive(rec.owner):
             raise Problem(409, "conflict", f"{svc}: rollout {rec.state.id} is being driven already; follow it with "
                                            f"GET /api/v1/rollouts/{rec.state.id}")
-        self._failed.discard(rec.state.id)
+        self._failed.pop(rec.state.id, None)
         self._track(rec.state.id, service.resume(self.context("server"), svc))
         return rec.state.id
 
