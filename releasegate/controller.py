@@ -143,6 +143,7 @@ class Controller:
         reconcile = getattr(self.p.platform, "reconcile", None)
         if reconcile is None:
             return
+        self.store.hold_lease()  # reconciling starts and stops instances: only with the lease held
         try:
             lines: list[str] = await reconcile(st.service)
         except ProviderError as exc:
@@ -198,6 +199,8 @@ class Controller:
     # --- performing actions ----------------------------------------------------------------------------------------
 
     async def _perform(self, st: RolloutState, action: Action) -> Result:
+        if isinstance(action, Start | Route | Stop | Migrate):  # the data plane moves only with the lease held
+            self.store.hold_lease()
         try:
             if isinstance(action, Analyze):
                 return await self._analyze(st, action)
@@ -317,6 +320,7 @@ class Controller:
                 return Outcome(False, f"no live instance of {share.version} to send {share.weight}% to")
             versions.append(VersionRoute(share.version, share.weight, tuple(i.address for i in chosen)))
         routes = Routes(tuple(versions))
+        self.store.hold_lease()  # checking instances took a while: the lease again, right before traffic moves
         await self.p.router.set_routes(st.service, routes)
         applied = await self.p.router.get_routes(st.service)
         if applied.weights() != routes.weights():
@@ -333,6 +337,7 @@ class Controller:
             deadline = self.clock.now() + self.spec.router.drain_timeout
             while await self.p.router.inflight(st.service, inst.address) > 0 and self.clock.now() < deadline:
                 await self.clock.sleep(0.05)
+            self.store.hold_lease()
             await self.p.platform.stop(inst, self.spec.platform.stop_grace)
         if action.keep == 0:  # platforms remember crashed instances until told we are done with them
             await self._replace_dead(st.service, action.version)

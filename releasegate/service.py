@@ -21,6 +21,7 @@ from releasegate.errors import ProviderError, UserError
 from releasegate.governance.approvals import record_env_success
 from releasegate.governance.calendar_models import Calendar
 from releasegate.governance.gate import Admission, DeployRequest, admit, before_increase, release_commit
+from releasegate.leasing import LeaseKeeper, kept
 from releasegate.lookup import known, unknown_service
 from releasegate.lookup import spec_of as _spec_of
 from releasegate.notifications import Notifications, build_notifications
@@ -49,6 +50,10 @@ class Context:
     providers: ProviderFactory = _default_factory
     actor: str = "cli"
     bells: Bells | None = None  # the server's: its controllers hear its commands at once (releasegate/wakeups.py)
+    leases: LeaseKeeper | None = None  # a server's keeper; None: each deploy/resume keeps its own lease
+
+    def keeper(self) -> LeaseKeeper:
+        return self.leases or LeaseKeeper(self.state_dir)
 
     def store(self) -> Store:
         return Store(self.state_dir)
@@ -127,7 +132,7 @@ def _readmit(st: RolloutState) -> Admission:
 
 async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, st: RolloutState,
                  admission: Admission, notes: Notifications | None,
-                 on_progress: ProgressHook | None) -> RolloutState:
+                 on_progress: ProgressHook | None, keeper: LeaseKeeper) -> RolloutState:
     """Run the controller to the end (deploy and resume alike): notifications get a bounded chance to flush, and a
     promotion is recorded as the version's success in its environment (what the next one `requires`)."""
     use_spec = getattr(on_progress, "use_spec", None)  # e.g. the terminal printer judges values by the rules
@@ -136,7 +141,8 @@ async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, s
     controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
                             **_hooks(ctx, spec, st, admission), bells=ctx.bells)
     try:
-        final = await controller.run(st)
+        async with kept(keeper, store.lease, local=keeper is not ctx.leases):
+            final = await controller.run(st)
     finally:
         if notes is not None:
             await notes.drain(10.0)
@@ -205,14 +211,16 @@ async def start_admitted(ctx: Context, store: Store, a: Admitted, on_progress: P
         st = st.model_copy(update={"env": admission.env, "change": admission.change, "actor": admission.actor,
                                    "emergency": admission.emergency, "hold": hold,
                                    "allow_breaking_migration": a.request.allow_breaking_migration})
-        store.create_rollout(st, str(a.spec_path.resolve()), spec.model_dump_json(by_alias=True), this_owner())
+        keeper = ctx.keeper()
+        store.lease = store.create_rollout(st, str(a.spec_path.resolve()), spec.model_dump_json(by_alias=True),
+                                           this_owner(), keeper.holder, keeper.ttl)
         store.set_service(spec.service, previous, None, None, str(a.spec_path.resolve()), None, now)
         store.add_event(spec.service, st.id, now, "created",
                         f"deploy {version} ({st.strategy}" + (f", replacing {previous})" if previous else ")"),
                         {"actor": ctx.actor, "spec": str(a.spec_path)})
         if retired is not None and on_progress is not None:
             on_progress(st, [Decision("retired", retired.message, {"stopped": retired.stopped})])
-        return await _drive(ctx, store, spec, providers, st, admission, a.notes, on_progress)
+        return await _drive(ctx, store, spec, providers, st, admission, a.notes, on_progress, keeper)
     finally:
         await close_providers(providers)
 
@@ -241,14 +249,14 @@ async def resume(ctx: Context, service: str, on_progress: ProgressHook | None = 
             raise UserError(f"{service}: no rollout in progress to resume (see `releasegate history {service}`)")
         spec = _spec_of(rec)
         secrets.require(spec, "resume")  # another shell may lack a variable the deploy had: change nothing
-        owner = this_owner()
-        store.claim(rec.state.id, owner)
+        keeper = ctx.keeper()
+        store.lease = keeper.claim(store, rec.state.id)
         providers = await ctx.providers(spec, Path(rec.spec_path).parent, ctx.state_dir, ctx.clock)
         try:
-            store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {owner['pid']}")
+            store.add_event(service, rec.state.id, ctx.clock.now(), "resumed", f"resumed by pid {this_owner()['pid']}")
             st = rec.state
             notes = build_notifications(spec, ctx.state_dir)
-            return await _drive(ctx, store, spec, providers, st, _readmit(st), notes, on_progress)
+            return await _drive(ctx, store, spec, providers, st, _readmit(st), notes, on_progress, keeper)
         finally:
             await close_providers(providers)
     finally:

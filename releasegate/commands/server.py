@@ -24,6 +24,7 @@ from rich.console import Console
 from releasegate.commands import listen_address, reported
 from releasegate.commands.alerts_receiver import is_loopback
 from releasegate.commands.approvals import StateDir, state_dir_of
+from releasegate.durations import parse_duration
 from releasegate.errors import UserError
 from releasegate.store import pg
 from releasegate.store.db import open_db, store_url, use_store
@@ -90,7 +91,12 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
            request_timeout: Annotated[float, typer.Option(
                "--request-timeout", metavar="SECONDS", min=0.1, max=3600,
                help="A request's head, then its body, must arrive within SECONDS (slow clients are cut off).")]
-           = 10.0) -> None:
+           = 10.0,
+           lease_ttl: Annotated[str, typer.Option(
+               "--lease-ttl", metavar="DURATION",
+               help="How long a rollout's lease lasts unrenewed: the longest a rollout pauses when its server "
+                    "dies.")] = "10s"
+           ) -> None:
     """Serve the REST API and drive every active rollout in this one process (docs/server.md)."""
     with reported():
         host, port = listen_address(listen)
@@ -103,6 +109,12 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
         if not is_loopback(host) and tls_cert is None and not insecure_http:
             raise UserError(f"--listen {listen}: not a loopback address; serve TLS with --tls-cert FILE --tls-key "
                             "FILE, or pass --insecure-http to send tokens in clear text")
+        try:
+            ttl = parse_duration(lease_ttl)
+        except ValueError as exc:
+            raise UserError(f"--lease-ttl {lease_ttl}: {exc}") from None
+        if not 1.0 <= ttl <= 3600.0:
+            raise UserError(f"--lease-ttl {lease_ttl}: give between 1s and 1h (e.g. 10s)")
         root = (spec_root or Path.cwd())
         if not root.is_dir():
             raise UserError(f"--spec-root {root}: no such directory")
@@ -110,11 +122,11 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
     if not is_loopback(host) and tls_cert is None:
         err.print(f"warning: serving plain HTTP on {listen}: bearer tokens cross the network in clear text "
                   "(--insecure-http)", markup=False)
-    asyncio.run(_serve(where, host, port, root, tls_cert, tls_key, request_timeout))
+    asyncio.run(_serve(where, host, port, root, tls_cert, tls_key, request_timeout, ttl))
 
 
 async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: Path | None,
-                 key: Path | None, request_timeout: float) -> None:
+                 key: Path | None, request_timeout: float, lease_ttl: float) -> None:
     import uvicorn
 
     from releasegate.server.app import create_app
@@ -123,7 +135,7 @@ async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: P
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for chatty in ("httpx", "httpcore", "apprise"):  # their INFO lines carry URLs, which may carry secrets
         logging.getLogger(chatty).setLevel(logging.WARNING)
-    app = create_app(state_dir, spec_root=spec_root, request_timeout=request_timeout)
+    app = create_app(state_dir, spec_root=spec_root, request_timeout=request_timeout, lease_ttl=lease_ttl)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True, lifespan="on",
                             http=with_head_timeout(request_timeout),
                             timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,

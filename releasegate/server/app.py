@@ -32,6 +32,7 @@ from releasegate.server import problems
 from releasegate.server.auth import need
 from releasegate.server.reads import Reads
 from releasegate.server.runner import Supervisor
+from releasegate.store.leases import DEFAULT_TTL
 from releasegate.store.server import Grant, ServerStore
 
 MAX_BODY = 1 << 20
@@ -124,19 +125,21 @@ class Health(BaseModel):
 
 
 def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = True,
-               request_timeout: float = REQUEST_TIMEOUT) -> FastAPI:
-    """The app over ``state_dir``; ``spec_root`` bounds the spec paths a request may name (default: cwd)."""
+               request_timeout: float = REQUEST_TIMEOUT, lease_ttl: float = DEFAULT_TTL) -> FastAPI:
+    """The app over ``state_dir``; ``spec_root`` bounds the spec paths a request may name (default: cwd);
+    ``lease_ttl``: how long a rollout's lease lasts unrenewed (the longest failover, docs/server.md)."""
     registry = CollectorRegistry(auto_describe=True)
     lag = Histogram("releasegate_scheduling_lag_seconds", "How late a rollout's controller woke for what was due "
                     "(its next decision, a command poll).", buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                                                                     1.0, 2.5, 5.0), registry=registry)
-    supervisor = Supervisor(state_dir, TimedClock(lag.observe))
+    supervisor = Supervisor(state_dir, TimedClock(lag.observe), lease_ttl)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ServerStore(state_dir, create=True).close()  # the server's tables, once, before the first request
         if adopt:
             await supervisor.adopt()
+            supervisor.start()
         supervisor.ready = True
         try:
             yield

@@ -11,15 +11,17 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from releasegate.engine.state import RolloutState
 from releasegate.errors import UserError
+from releasegate.store import leases
 from releasegate.store.db import DB, create_schema, immediate, open_db, tiebreak
+from releasegate.store.leases import Lease
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rollouts (
@@ -35,6 +37,9 @@ CREATE TABLE IF NOT EXISTS rollouts (
     spec_json TEXT NOT NULL,
     state_json TEXT NOT NULL,
     owner TEXT,
+    lease_holder TEXT,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    lease_until REAL,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL
@@ -110,10 +115,15 @@ def this_owner() -> dict[str, Any]:
 
 
 def owner_alive(owner: dict[str, Any] | None) -> bool:
+    """Whether a live process drives the rollout: a lease (``holder``) must not have expired and, on this host,
+    its process must run; an owner without a lease (a release group's, an older releasegate's) is judged by its
+    pid here and by its ``lease_until`` elsewhere."""
     if not owner:
         return False
+    if "holder" in owner and float(owner.get("lease_until") or 0) <= time.time():
+        return False
     if owner.get("host") != socket.gethostname():
-        return float(owner.get("lease_until", 0)) > time.time()
+        return float(owner.get("lease_until") or 0) > time.time()
     import psutil
 
     try:
@@ -129,6 +139,8 @@ class Store:
         self.path = state_dir / "releasegate.db"
         self._db = open_db(state_dir)
         create_schema(self._db, SCHEMA)
+        leases.upgrade(self._db)
+        self.lease: Lease | None = None  # set while a controller drives a rollout with this store: writes are fenced
 
     def close(self) -> None:
         self._db.close()
@@ -154,19 +166,33 @@ class Store:
         """Refuse early, before any provider is touched, when ``service`` already has a rollout in progress."""
         self._refuse_if_active(self._db, service)
 
-    def create_rollout(self, st: RolloutState, spec_path: str, spec_json: str, owner: dict[str, Any]) -> None:
+    def create_rollout(self, st: RolloutState, spec_path: str, spec_json: str, owner: dict[str, Any],
+                       holder: str | None = None, ttl: float = leases.DEFAULT_TTL) -> Lease | None:
+        """Record a new active rollout; with ``holder``, that process holds its lease (token 1) from the start."""
+        mono, until = time.monotonic(), time.time() + ttl
         with self.tx() as db:
             self._refuse_if_active(db, st.service)
             db.execute("INSERT INTO rollouts (id, service, version, previous, strategy, status, phase, active, "
-                       "spec_path, spec_json, state_json, owner, created_at, updated_at) "
-                       "VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?,?)",
+                       "spec_path, spec_json, state_json, owner, lease_holder, lease_token, lease_until, created_at, "
+                       "updated_at) VALUES (?,?,?,?,?,?,?,1,?,?,?,?,?,?,?,?,?)",
                        (st.id, st.service, st.version, st.previous, st.strategy, st.status, st.phase, spec_path,
-                        spec_json, st.model_dump_json(), json.dumps(owner), st.created_at, st.updated_at))
+                        spec_json, st.model_dump_json(), json.dumps(owner), holder, 1 if holder else 0,
+                        until if holder else None, st.created_at, st.updated_at))
+        return Lease(st.id, holder, 1, ttl, mono + ttl) if holder else None
+
+    @contextmanager
+    def _write(self) -> Iterator[DB]:
+        """A write transaction, fenced by this store's lease when a controller drives a rollout with it: once
+        another process has taken the rollout over, the write fails (LeaseLost) and nothing of it lands."""
+        with self.tx() as db:
+            if self.lease is not None:
+                leases.fence(db, self.lease)
+            yield db
 
     def save(self, st: RolloutState, events: Sequence[tuple[str, str, dict[str, Any]]] = (),
              owner: dict[str, Any] | None = None) -> None:
         """Persist the state and its events in one transaction: a decision is never half-recorded."""
-        with self.tx() as db:
+        with self._write() as db:
             db.execute("UPDATE rollouts SET status=?, phase=?, active=?, state_json=?, updated_at=?, "
                        "finished_at=?, owner=COALESCE(?, owner) WHERE id=?",
                        (st.status, st.phase, 1 if st.active else 0, st.model_dump_json(), st.updated_at,
@@ -175,25 +201,60 @@ class Store:
                 db.execute("INSERT INTO events (rollout_id, service, at, kind, message, data) VALUES (?,?,?,?,?,?)",
                            (st.id, st.service, st.updated_at, kind, message, json.dumps(data, default=str)))
 
-    def claim(self, rollout_id: str, owner: dict[str, Any]) -> None:
-        """Take over driving a rollout whose controller is gone; refuse while it is alive."""
+    def claim(self, rollout_id: str, owner: dict[str, Any], holder: str,
+              ttl: float = leases.DEFAULT_TTL) -> Lease:
+        """Take over driving a rollout whose controller is gone (its lease free or expired); refuse while a live
+        process holds it."""
+        taken: dict[str, Any] = {}
         with self.tx() as db:
-            row = db.execute("SELECT owner, service FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
-            current = json.loads(row["owner"]) if row and row["owner"] else None
-            if current and current.get("pid") != owner["pid"] and owner_alive(current):
-                raise UserError(f"{row['service']}: rollout {rollout_id} is being driven by pid {current['pid']} "
-                                f"on {current['host']}; use `releasegate status {row['service']}` to follow it")
-            db.execute("UPDATE rollouts SET owner=? WHERE id=?", (json.dumps(owner), rollout_id))
+            lease = leases.acquire(db, rollout_id, holder, json.dumps(owner), ttl, taken)
+        if lease is not None:
+            return lease
+        row = self._db.execute("SELECT service FROM rollouts WHERE id=?", (rollout_id,)).fetchone()
+        service = row["service"] if row else rollout_id
+        who = f"pid {taken['pid']} on {taken['host']}" if taken.get("pid") else "another process"
+        raise UserError(f"{service}: rollout {rollout_id} is being driven by {who}; use `releasegate status "
+                        f"{service}` to follow it")
 
     def release(self, rollout_id: str) -> None:
+        """Give up driving ``rollout_id``: with this store's lease only while that is still current."""
         with self.tx() as db:
-            db.execute("UPDATE rollouts SET owner=NULL WHERE id=?", (rollout_id,))
+            if self.lease is not None and self.lease.rollout_id == rollout_id:
+                leases.release(db, self.lease)
+            else:
+                db.execute("UPDATE rollouts SET owner=NULL, lease_holder=NULL, lease_until=NULL WHERE id=?",
+                           (rollout_id,))
+
+    def hold_lease(self) -> None:
+        """Before touching the data plane: renew this store's lease (only with its current token), so what follows
+        runs with a full TTL ahead; LeaseLost when another process took the rollout over."""
+        if self.lease is not None:
+            with self.tx() as db:
+                leases.renew_one(db, self.lease)
+
+    def renew_leases(self, holder: str, ttl: float) -> dict[str, int]:
+        """Extend every lease ``holder`` holds (one statement); rollout id -> the token still held."""
+        with self.tx() as db:
+            return leases.renew_all(db, holder, ttl)
+
+    def release_leases(self, holder: str, rollout_id: str | None = None) -> None:
+        """Give up every lease ``holder`` holds (or only the one on ``rollout_id``), in one statement."""
+        with self.tx() as db:
+            leases.release_all(db, holder, rollout_id)
+
+    def adoptable(self) -> list[tuple[str, str]]:
+        """(id, service) of the active rollouts no live process holds."""
+        return leases.adoptable(self._db, time.time())
 
     def _record(self, row: Any) -> RolloutRecord | None:
         if row is None:
             return None
+        owner = json.loads(row["owner"]) if row["owner"] else None
+        if owner is not None and row["lease_holder"] is not None:  # owner_alive judges the lease
+            owner = {**owner, "holder": row["lease_holder"], "token": row["lease_token"],
+                     "lease_until": row["lease_until"]}
         return RolloutRecord(RolloutState.model_validate_json(row["state_json"]), row["spec_path"],
-                             row["spec_json"], json.loads(row["owner"]) if row["owner"] else None)
+                             row["spec_json"], owner)
 
     def active_rollout(self, service: str) -> RolloutRecord | None:
         return self._record(self._db.execute("SELECT * FROM rollouts WHERE service=? AND active=1",
@@ -255,7 +316,7 @@ class Store:
 
     def add_event(self, service: str, rollout_id: str | None, at: float, kind: str, message: str,
                   data: dict[str, Any] | None = None) -> None:
-        with self.tx() as db:
+        with self._write() as db:
             db.execute("INSERT INTO events (rollout_id, service, at, kind, message, data) VALUES (?,?,?,?,?,?)",
                        (rollout_id, service, at, kind, message, json.dumps(data or {}, default=str)))
 
@@ -288,7 +349,7 @@ class Store:
 
     def apply_command(self, st: RolloutState, command: Command, error: str | None) -> None:
         """Mark the command and save the state it produced, atomically."""
-        with self.tx() as db:
+        with self._write() as db:
             db.execute("UPDATE commands SET state=?, note=? WHERE id=?",
                        ("rejected" if error else "applied", error, command.id))
             db.execute("UPDATE rollouts SET status=?, phase=?, state_json=?, updated_at=? WHERE id=?",
@@ -309,7 +370,7 @@ class Store:
 
     def set_service(self, service: str, current: str | None, previous: str | None, previous_until: float | None,
                     spec_path: str | None, spec_json: str | None, at: float) -> None:
-        with self.tx() as db:
+        with self._write() as db:
             db.execute("INSERT INTO services (service, current, previous, previous_until, spec_path, spec_json, "
                        "updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(service) DO UPDATE SET current=excluded."
                        "current, previous=excluded.previous, previous_until=excluded.previous_until, "

@@ -126,7 +126,7 @@ class PostgresServer:
             self.proc = subprocess.Popen(
                 [str(self.bindir / "postgres"), "-D", str(self.data), "-k", str(self.sockets), "-h", "127.0.0.1",
                  "-p", str(self.port), "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off"],
+                 "-c", "full_page_writes=off", "-c", "max_connections=300"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=self.root, **_as_server_user())
         wait_until(self._ready, timeout=START_DEADLINE, what="the PostgreSQL server to accept connections")
         with self.connect() as conn:
