@@ -132,8 +132,9 @@ class SimSupervisor(Supervisor):
         super().__init__(state_dir, clock)
 
     def context(self, actor: str) -> service.Context:
-        ctx = service.Context(state_dir=self.state_dir, clock=self.clock, providers=sim_factory, bells=self.bells)
-        ctx.actor = actor
+        """The server's own context (its bells, its one lease keeper, ...) with the simulated providers."""
+        ctx = super().context(actor)
+        ctx.providers = sim_factory
         return ctx
 
 
@@ -204,6 +205,7 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
     while not server.started:
         await asyncio.sleep(0.05)
     supervisor = SimSupervisor(state, clock)
+    supervisor.start()  # its lease keeper renews and its scan looks for rollouts to adopt, as a server's do
     token = issue(state, "bench", "viewer")
 
     gate = asyncio.Semaphore(20)
