@@ -36,6 +36,10 @@ COLUMNS = (("lease_holder", "TEXT"), ("lease_token", "INTEGER NOT NULL DEFAULT 0
 """The columns on ``rollouts`` (in the schema, and added by ``upgrade`` to state dirs made before them)."""
 
 
+LEASED_INDEX = "CREATE INDEX IF NOT EXISTS rollouts_leased ON rollouts(lease_holder) WHERE active = 1"
+"""What a keeper's renewal and a server's scan look up every few seconds (not a scan of every rollout ever made)."""
+
+
 class LeaseLost(UserError):
     """This process no longer holds the rollout's lease: another one took it over and drives it now."""
 
@@ -69,7 +73,11 @@ def upgrade(db: DB) -> None:
         return
     have = {row["name"] for row in db.execute("PRAGMA table_info(rollouts)")}
     missing = [(name, kind) for name, kind in COLUMNS if name not in have]
-    if not have or not missing:
+    if not have:
+        return
+    if not missing:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type='index' AND name='rollouts_leased'").fetchone() is None:
+            db.execute(LEASED_INDEX)
         return
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -77,6 +85,7 @@ def upgrade(db: DB) -> None:
         for name, kind in missing:
             if name not in have:
                 db.execute(f"ALTER TABLE rollouts ADD COLUMN {name} {kind}")
+        db.execute(LEASED_INDEX)
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

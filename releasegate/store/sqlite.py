@@ -57,6 +57,7 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_by_service ON events(service, seq);
+CREATE INDEX IF NOT EXISTS events_by_rollout ON events(rollout_id, seq);
 CREATE TABLE IF NOT EXISTS commands (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     service TEXT NOT NULL,
@@ -67,6 +68,7 @@ CREATE TABLE IF NOT EXISTS commands (
     state TEXT NOT NULL DEFAULT 'pending',
     note TEXT
 );
+CREATE INDEX IF NOT EXISTS commands_by_rollout ON commands(rollout_id, state);
 CREATE TABLE IF NOT EXISTS services (
     service TEXT PRIMARY KEY,
     current TEXT,

@@ -36,7 +36,7 @@ platform:
 router: {{listen: "127.0.0.1:{port}", drain_timeout: 1s}}
 health: {{path: /health, interval: 200ms, timeout: 5s, attempts: 100, failure_threshold: 2}}
 smoke:
-  - {{method: GET, path: /api/items, expect_status: [200], max_latency: 10s}}
+  - {{method: GET, path: /api/items, expect_status: [200], max_latency: 10s, timeout: 30s}}
 strategy: {{canary: {{steps: {steps}, keep_previous: 1h}}}}
 analysis: {{interval: 1s, post_promotion: 1s, rules: []}}
 """

@@ -1,0 +1,21 @@
+"""Suite-wide collection order: the longest test files first.
+
+Why: scripts/test runs the suite on four workers with ``--dist loadfile`` (a file's tests stay on one worker), and
+xdist hands files out in collection order. A file of several minutes collected last (the alphabet puts
+test_server_failover.py near the end) would run alone after every other worker is done; started first, it
+overlaps the rest, and the suite's wall time stays within its 10-minute budget.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+FIRST = ("test_server_failover.py", "test_governance_flow.py")
+"""The files that take a minute or more of one worker, in the order they should start."""
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return FIRST.index(name) if name in FIRST else len(FIRST)
+    items.sort(key=rank)  # stable: within a rank, the collection order stays
