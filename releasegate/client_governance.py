@@ -124,24 +124,13 @@ def export(since: Annotated[str | None, typer.Option("--since", metavar="ISO8601
                                                      "server).")] = False,
            key_file: KeyFile = None) -> None:
     """Write the server's audit log as JSON lines, one entry per line (admins)."""
-    from releasegate.commands.audit import read_key, signature
+    from releasegate.commands.audit import read_key, write_export
 
     if key_file is not None and not signed:
         raise UserError("--key-file: it signs the export; give --signed with it")
     key = read_key(key_file, "--signed", Path.cwd() / ".releasegate") if signed else None
     text = call("GET", "/api/v1/audit/export", params={"since": since} if since is not None else None)
-    lines = str(text).splitlines(keepends=True)
-    if key is not None:
-        lines.append(json.dumps(signature(lines, key), sort_keys=True) + "\n")
-    if output is None:
-        typer.echo("".join(lines), nl=False)
-        return
-    try:
-        output.write_text("".join(lines), encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"--output {output}: cannot write it ({exc.strerror or exc})") from None
-    count = len(lines) - (1 if key is not None else 0)
-    err.print(f"wrote {count} audit entries to {output}" + (" (signed)" if key is not None else ""), markup=False)
+    write_export(str(text).splitlines(keepends=True), key, output)
 
 
 def _apply(kind: Kind, file: Path, dry_run: bool) -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from releasegate import service
 from tests.support.rollouts import Load, RolloutEnv
-from tests.support.server import ServerProc
+from tests.support.server import ServerProc, served
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
@@ -33,13 +33,8 @@ HELD = "{canary: {steps: [{weight: 20, pause: 1h}], keep_previous: 1h}}"
 
 @pytest.fixture
 def env(tmp_path) -> Iterator[tuple[RolloutEnv, ServerProc]]:
-    made = RolloutEnv(tmp_path)
-    server = ServerProc(made.state, tmp_path).start()
-    try:
-        yield made, server
-    finally:
-        server.stop()
-        made.close()
+    with served(tmp_path) as pair:
+        yield pair
 
 
 def deploy(c: httpx.Client, version: str, **extra: Any) -> httpx.Response:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.receiver import Receiver
 from tests.support.rollouts import RolloutEnv
-from tests.support.server import ServerProc
+from tests.support.server import ServerProc, served
 from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
@@ -27,13 +27,8 @@ DEAD_PASSWORD = "dead-Pw-1a2b3c4d"
 
 @pytest.fixture
 def env(tmp_path) -> Iterator[tuple[RolloutEnv, ServerProc]]:
-    made = RolloutEnv(tmp_path)
-    server = ServerProc(made.state, tmp_path).start()
-    try:
-        yield made, server
-    finally:
-        server.stop()
-        made.close()
+    with served(tmp_path) as pair:
+        yield pair
 
 
 def test_no_answer_log_line_or_audit_export_holds_a_token_or_a_notification_url(env):

@@ -188,18 +188,24 @@ def export(since: Annotated[str | None, typer.Option("--since", metavar="ISO8601
             raise UserError("--key-file: it signs the export; give --signed with it")
         with _log(state_dir) as log:
             lines = [entry.to_json() + "\n" for entry in log.entries(start)]
-        if key is not None:
-            lines.append(json.dumps(signature(lines, key), sort_keys=True) + "\n")
-        if output is None:
-            typer.echo("".join(lines), nl=False)
-            return
-        try:
-            output.write_text("".join(lines), encoding="utf-8")
-        except OSError as exc:
-            raise UserError(f"--output {output}: cannot write it ({exc.strerror or exc})") from None
-        count = len(lines) - (1 if key is not None else 0)
-        err.print(f"wrote {count} audit entries to {output}" + (" (signed)" if key is not None else ""),
-                  markup=False)
+        write_export(lines, key, output)
 
 
-__all__ = ["audit_app", "check_anchors", "parse_anchor", "parse_since", "read_key", "signature", "signed_export"]
+def write_export(lines: list[str], key: bytes | None, output: Path | None) -> None:
+    """The export as JSON lines (signed when ``key``), to ``output`` or standard output: one shape whether the
+    entries came from the state dir or from the server (client mode)."""
+    if key is not None:
+        lines = [*lines, json.dumps(signature(lines, key), sort_keys=True) + "\n"]
+    if output is None:
+        typer.echo("".join(lines), nl=False)
+        return
+    try:
+        output.write_text("".join(lines), encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"--output {output}: cannot write it ({exc.strerror or exc})") from None
+    count = len(lines) - (1 if key is not None else 0)
+    err.print(f"wrote {count} audit entries to {output}" + (" (signed)" if key is not None else ""), markup=False)
+
+
+__all__ = ["audit_app", "check_anchors", "parse_anchor", "parse_since", "read_key", "signature", "signed_export",
+           "write_export"]

@@ -6,11 +6,13 @@ crash) and always reaps it, so no test leaks a server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import httpx
 
 from releasegate.server.auth import issue
 from releasegate.store.db import forget_store, use_store
-from tests.support.rollouts import free_port
+from tests.support.rollouts import RolloutEnv, free_port
 from tests.support.wait import wait_until
 
 
@@ -80,3 +82,15 @@ class ServerProc:
     def client(self, token: str | None = None, **kw: Any) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, verify=self.verify, **kw)
+
+
+@contextlib.contextmanager
+def served(tmp_path: Path) -> Iterator[tuple[RolloutEnv, ServerProc]]:
+    """A rollout environment (apps, specs, a state dir) and a server over its state dir, both cleaned up after."""
+    made = RolloutEnv(tmp_path)
+    server = ServerProc(made.state, tmp_path).start()
+    try:
+        yield made, server
+    finally:
+        server.stop()
+        made.close()
