@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from releasegate.client import SERVER_ENV, call, err, where
+from releasegate.commands.audit import Output, Since
 from releasegate.commands.policy import Documents, Source
 from releasegate.errors import UserError
 from releasegate.governance.stored import Kind
@@ -113,11 +114,7 @@ def head() -> None:
     typer.echo(f"{top['seq']}:{top['hash']}")
 
 
-def export(since: Annotated[str | None, typer.Option("--since", metavar="ISO8601|DURATION", show_default=False,
-                                                     help="Only entries from this time on, e.g. 2025-11-01 or "
-                                                          "7d.")] = None,
-           output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", show_default=False,
-                                                       help="Write here instead of standard output.")] = None,
+def export(since: Since = None, output: Output = None,
            signed: Annotated[bool, typer.Option("--signed", show_default=False,
                                                 help="End with an HMAC-SHA256 line over the entries, keyed with "
                                                      "--key-file (signed here: the key never goes to the "

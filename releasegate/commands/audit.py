@@ -169,12 +169,15 @@ def signed_export(path: Path, key: bytes) -> list[tuple[int, str, str]]:
     return [(int(e["seq"]), str(e["hash"]), f"the signed export {path}") for e in entries]
 
 
+Since = Annotated[str | None, typer.Option("--since", metavar="ISO8601|DURATION", show_default=False,
+                                          help="Only entries from this time on, e.g. 2025-11-01 or 7d.")]
+Output = Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", show_default=False,
+                                             help="Write here instead of standard output.")]
+"""``audit export``'s options, shared with the server's client (client_governance.py)."""
+
+
 @audit_app.command()
-def export(since: Annotated[str | None, typer.Option("--since", metavar="ISO8601|DURATION", show_default=False,
-                                                     help="Only entries from this time on, e.g. 2025-11-01 or "
-                                                          "7d.")] = None,
-           output: Annotated[Path | None, typer.Option("--output", "-o", metavar="FILE", show_default=False,
-                                                       help="Write here instead of standard output.")] = None,
+def export(since: Since = None, output: Output = None,
            signed: Annotated[bool, typer.Option("--signed", show_default=False,
                                                 help="End with an HMAC-SHA256 line over the entries, keyed with "
                                                      "--key-file (check it with verify --against).")] = False,
@@ -207,5 +210,15 @@ def write_export(lines: list[str], key: bytes | None, output: Path | None) -> No
     err.print(f"wrote {count} audit entries to {output}" + (" (signed)" if key is not None else ""), markup=False)
 
 
-__all__ = ["audit_app", "check_anchors", "parse_anchor", "parse_since", "read_key", "signature", "signed_export",
-           "write_export"]
+__all__ = [
+    "Output",
+    "Since",
+    "audit_app",
+    "check_anchors",
+    "parse_anchor",
+    "parse_since",
+    "read_key",
+    "signature",
+    "signed_export",
+    "write_export",
+]
