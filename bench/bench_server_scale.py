@@ -18,6 +18,11 @@ active during the measuring window, analysed every second. Measured in that wind
   client in a process of its own (a client thread in the server's process would fight its event loop for the GIL,
   which no real client does).
 
+And why, when a figure is missed: where the event loop stalled (``StallWatch``: the loop thread's stack sampled
+whenever a heartbeat is over 100 ms late), the garbage collector's pauses per generation (``GcWatch``: a full
+collection holds the GIL, so no sampler sees it), when the wake-ups over 100 ms late happened (in bursts: a
+periodic cause shows as a period), and the list's median and slowest requests.
+
 The last line is the key figure: ``rollouts: N, lag_p99_ms: X, rss_mb: Y``.
 """
 
@@ -25,14 +30,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import multiprocessing
 import os
 import socket
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,11 +70,14 @@ class LagClock(TimedClock):
     def __init__(self) -> None:
         super().__init__(self._note)
         self.lags: list[float] = []
+        self.late_at: list[tuple[float, float]] = []  # (when, how late) of the wake-ups over 100 ms late
         self.measuring = False
 
     def _note(self, late: float) -> None:
         if self.measuring:
             self.lags.append(late)
+            if late > 0.1:
+                self.late_at.append((time.monotonic(), late))
 
 
 class SimPlatform:
@@ -138,6 +150,72 @@ class SimSupervisor(Supervisor):
         return ctx
 
 
+class StallWatch:
+    """Where the event loop stalls: a 10 ms heartbeat task in the loop, and a thread that, whenever the heartbeat
+    is more than 100 ms late, samples the loop thread's stack (every 20 ms while the stall lasts). Each sample is
+    counted under the innermost releasegate frames, so the report says which calls block the loop and for how
+    long in all (samples x 20 ms). Why built in: a lag p99 is a symptom; this names the cause."""
+
+    def __init__(self) -> None:
+        self.beat = time.monotonic()
+        self.sites: Counter[str] = Counter()
+        self.measuring = False
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="stall-watch")
+
+    async def heartbeat(self) -> None:
+        self._thread.start()
+        try:
+            while True:
+                self.beat = time.monotonic()
+                await asyncio.sleep(0.01)
+        finally:
+            self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            if not self.measuring or time.monotonic() - self.beat < 0.1:
+                continue
+            frame = sys._current_frames().get(self._loop_thread)
+            here: list[str] = []
+            while frame is not None and len(here) < 3:
+                name = frame.f_code.co_filename
+                if "/releasegate/" in name:
+                    here.append(f"{Path(name).parent.name}/{Path(name).name}:{frame.f_lineno} "
+                                f"{frame.f_code.co_name}")
+                frame = frame.f_back
+            self.sites[" < ".join(here) or "(outside releasegate)"] += 1
+
+    def report(self, top: int = 8) -> None:
+        total = sum(self.sites.values())
+        print(f"loop stalls over 100 ms: {total * 20} ms sampled in all; where (innermost releasegate frames):")
+        for site, n in self.sites.most_common(top):
+            print(f"  {n * 20:7d} ms  {site}")
+
+
+class GcWatch:
+    """How long the garbage collector stopped everything, per generation (only while ``measuring``): a full
+    collection holds the GIL throughout, so no thread, not even StallWatch's, runs meanwhile."""
+
+    def __init__(self) -> None:
+        self.pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+        self.measuring = False
+        self._began = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+        elif self.measuring:
+            self.pauses[info["generation"]].append(time.perf_counter() - self._began)
+
+    def report(self) -> None:
+        print("garbage collections: " + ", ".join(
+            f"gen{g} {len(v)} x, max {max(v, default=0) * 1000:.0f} ms, total {sum(v) * 1000:.0f} ms"
+            for g, v in self.pauses.items()))
+
+
 def write_spec(root: Path, n: int, hold: float) -> Path:
     path = root / f"svc{n:04d}.yaml"
     path.write_text(f"""service: svc{n:04d}
@@ -173,6 +251,7 @@ def client(url: str, token: str, seconds: float, out: str, ready: Any) -> None:
     with the event loop for the GIL): ``GET /api/v1/rollouts`` five times a second for ``seconds``, and ``GET
     /metrics`` every 2 s; the latencies go to the JSON file ``out``."""
     took: list[float] = []
+    at: list[float] = []  # when each list request began (time.monotonic(): one clock for both processes)
     scraped: list[float] = []
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
         for path in ("/api/v1/rollouts", "/metrics"):  # the first of each opens what it keeps: not measured
@@ -184,12 +263,14 @@ def client(url: str, token: str, seconds: float, out: str, ready: Any) -> None:
             for path, into in (("/api/v1/rollouts", took), ("/metrics", scraped)) if n % 10 == 0 else \
                     (("/api/v1/rollouts", took),):
                 t0 = time.perf_counter()
+                if into is took:
+                    at.append(time.monotonic())
                 answer = http.get(path)
                 into.append(time.perf_counter() - t0)
                 if answer.status_code != 200:
                     raise SystemExit(f"GET {path} answered {answer.status_code}: {answer.text[:200]}")
             time.sleep(0.2)
-    Path(out).write_text(json.dumps({"took": took, "scraped": scraped}))
+    Path(out).write_text(json.dumps({"took": took, "at": at, "scraped": scraped}))
 
 
 async def run(rollouts: int, seconds: float, tmp: Path) -> None:
@@ -198,9 +279,19 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
     hold = seconds + 60 + rollouts * 0.1  # all still in their canary step when the window ends
     paths = [write_spec(specs, n, hold) for n in range(rollouts)]
     clock = LagClock()
+    stalls = StallWatch()
+    collections = GcWatch()
+    beating = asyncio.create_task(stalls.heartbeat())
     app = create_app(state, spec_root=specs, adopt=False)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    served: list[float] = []  # how long the app took for each list request, inside the server (no network)
+
+    async def timed(scope: Any, receive: Any, send: Any) -> None:
+        t0 = time.perf_counter()
+        await app(scope, receive, send)
+        if clock.measuring and scope["type"] == "http" and scope["path"] == "/api/v1/rollouts":
+            served.append(time.perf_counter() - t0)
+    server = uvicorn.Server(uvicorn.Config(timed, host="127.0.0.1", port=port, log_level="warning"))
     serving = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.05)
@@ -240,9 +331,11 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
     if not await asyncio.to_thread(ready.wait, 120):
         raise SystemExit("the API client process did not start within 120 s")
     cpu0, wall0 = proc.cpu_times(), time.monotonic()
-    clock.measuring = True
+    start = wall0
+    clock.measuring = stalls.measuring = collections.measuring = True
     await asyncio.sleep(seconds)
-    clock.measuring = False
+    clock.measuring = stalls.measuring = collections.measuring = False
+    beating.cancel()
     cpu1, wall = proc.cpu_times(), time.monotonic() - wall0
     await asyncio.to_thread(child.join, 120)
     if child.exitcode != 0 or not out.exists():
@@ -264,6 +357,24 @@ async def run(rollouts: int, seconds: float, tmp: Path) -> None:
         verdict = "ok" if value < TARGETS[key] else "MISSED"
         print(f"  {key:12} {value:9.1f}   target < {TARGETS[key]:g}   {verdict}")
     print(f"  {'metrics_p99_ms':12} {p99(scraped) * 1000:7.1f}   (GET /metrics, every 2 s; no target)")
+    print(f"  list in the app ms: p50 {median(served) * 1000:.1f}, p99 {p99(served) * 1000:.1f}, max "
+          f"{max(served) * 1000:.1f} (the rest of the client's figure is the network, the client and the loop's "
+          "queue)")
+    print(f"  list latency ms: p50 {median(took) * 1000:.1f}, max {max(took) * 1000:.1f}; the five slowest at "
+          "s into the window: " + ", ".join(f"{at - start:.1f}" for _, at in sorted(
+              zip(took, answers["at"], strict=True))[-5:]))
+    stalls.report()
+    collections.report()
+    bursts: list[list[tuple[float, float]]] = []
+    for at, late in clock.late_at:
+        if bursts and at - bursts[-1][-1][0] < 0.5:
+            bursts[-1].append((at, late))
+        else:
+            bursts.append([(at, late)])
+    print(f"wake-ups over 100 ms late: {len(clock.late_at)}, in {len(bursts)} burst(s) (at s into the window: "
+          "count, worst ms):")
+    print("  " + ", ".join(f"{b[0][0] - start:.1f}: {len(b)}, {max(x for _, x in b) * 1000:.0f}"
+                           for b in bursts[:30]))
     print(f"cpu: {figures['cpu_cores']:.2f} cores (the server process's CPU time / wall time)")
     print(f"rollouts: {rollouts}, lag_p99_ms: {figures['lag_p99_ms']:.1f}, rss_mb: {rss_mb:.0f}")
 

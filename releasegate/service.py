@@ -29,6 +29,7 @@ from releasegate.preflight import preflight
 from releasegate.spec import load_spec, secrets
 from releasegate.spec.models import Spec, check_version
 from releasegate.store.audit import AuditLog
+from releasegate.store.shared import SharedHandles
 from releasegate.store.sqlite import Store, owner_alive, this_owner
 from releasegate.wakeups import Bells
 
@@ -51,11 +52,14 @@ class Context:
     actor: str = "cli"
     bells: Bells | None = None  # the server's: its controllers hear its commands at once (releasegate/wakeups.py)
     leases: LeaseKeeper | None = None  # a server's keeper; None: each deploy/resume keeps its own lease
+    shared: SharedHandles | None = None  # a server's: one connection set for all its controllers (store/shared.py)
 
     def keeper(self) -> LeaseKeeper:
         return self.leases or LeaseKeeper(self.state_dir)
 
     def store(self) -> Store:
+        if self.shared is not None and self.shared.here():
+            return self.shared.store()
         return Store(self.state_dir)
 
 
@@ -81,7 +85,8 @@ def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission) -> 
     at that moment), and the audit trail."""
     from releasegate.governance.stored import LiveCalendar
 
-    audit = AuditLog(ctx.state_dir)
+    shared = ctx.shared if ctx.shared is not None and ctx.shared.here() else None
+    audit = shared.audit() if shared else AuditLog(ctx.state_dir)
     release = f"{spec.release_name}@{st.version}"
     commit = release_commit(ctx.state_dir, spec.release_name, st.version)
 
@@ -89,7 +94,7 @@ def _hooks(ctx: Context, spec: Spec, st: RolloutState, admission: Admission) -> 
         audit.append(state.actor, f"rollout.{d.kind}", release=release, commit=commit, decision=d.message,
                      evidence=dict(d.data), at=state.updated_at)
 
-    calendar = LiveCalendar(ctx.state_dir)
+    calendar = shared.calendar() if shared else LiveCalendar(ctx.state_dir)
     legacy = _legacy_calendar(st)
 
     def held(now: float) -> str | None:

@@ -102,6 +102,8 @@ def test_health_needs_no_token_and_metrics_carry_the_server_series(server):
         assert c.get("/api/v1/openapi.json").json() == json.loads(render())
     assert "releasegate_server_active_rollouts 0.0" in text
     assert "releasegate_server_request_seconds_bucket" in text
+    for labels in ('method="GET",route="/healthz",status="200"', 'method="GET",route="unmatched",status="404"'):
+        assert re.search(r"releasegate_server_request_seconds_count\{" + labels + r"\} [1-9]", text), labels
     assert "releasegate_store_up" in text
 
 

@@ -17,11 +17,10 @@ import pytest
 from fastapi import FastAPI
 
 from releasegate import service
-from releasegate.server.app import create_app
 from releasegate.server.auth import issue
 from releasegate.server.runner import Supervisor
-from releasegate.store.server import ServerStore
 from tests.support.rollouts import RolloutEnv
+from tests.support.server import app_in_this_loop
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
@@ -42,15 +41,8 @@ def made(tmp_path: Path) -> Iterator[RolloutEnv]:
 
 @pytest.fixture
 async def app(made: RolloutEnv) -> AsyncIterator[FastAPI]:
-    """The server's app over ``made``'s state, without its lifespan (the test's loop drives it): the tables it
-    would make at start, and its rollouts cancelled and released at the end."""
-    ServerStore(made.state, create=True).close()
-    built = create_app(made.state, spec_root=made.tmp_path, adopt=False)
-    try:
+    async with app_in_this_loop(made.state, made.tmp_path) as built:
         yield built
-    finally:
-        await built.state.supervisor.shutdown()
-        built.state.reads.close()
 
 
 def client(app: FastAPI, made: RolloutEnv) -> httpx.AsyncClient:

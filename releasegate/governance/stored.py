@@ -131,6 +131,11 @@ class LiveCalendar:
             self._store = store
         return self._store.document("calendar")
 
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def get(self) -> Calendar | None:
         doc = self._latest()
         if doc is None:

@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from pydantic import BaseModel
@@ -30,6 +30,7 @@ from releasegate.engine.clock import TimedClock
 from releasegate.metrics_exporter import StoreCollector
 from releasegate.server import problems
 from releasegate.server.auth import need
+from releasegate.server.gc_pauses import shorten_gc_pauses
 from releasegate.server.reads import Reads
 from releasegate.server.runner import Supervisor
 from releasegate.store.leases import DEFAULT_TTL
@@ -92,7 +93,8 @@ class BodyLimit:
         deadline = asyncio.get_running_loop().time() + self.timeout
         while more:  # read the whole (bounded) body first: the app never sees a request it would have to cut
             try:
-                message = await asyncio.wait_for(receive(), deadline - asyncio.get_running_loop().time())
+                async with asyncio.timeout_at(deadline):  # not wait_for: that runs receive() in a task of its own
+                    message = await receive()
             except TimeoutError:
                 answer = problems.response(408, "timeout", f"the request body did not arrive within "
                                                            f"{self.timeout:g} s")
@@ -119,6 +121,33 @@ class BodyLimit:
         await answer(scope, receive, send)
 
 
+class Timed:
+    """Each answer's latency into ``latency`` (by method, route template, status). A plain ASGI wrapper rather
+    than ``@app.middleware("http")``, which runs every endpoint in a task of its own behind memory streams: several
+    more turns of the event loop per request, each one a wait behind every controller that is due
+    (bench/bench_server_scale.py)."""
+
+    def __init__(self, app: ASGIApp, latency: Histogram) -> None:
+        self.app, self.latency = app, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500  # 500 unless an answer starts (an error escaping the app)
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")  # the router sets it on this scope
+            self.latency.labels(scope["method"], path, str(status)).observe(time.perf_counter() - start)
+
+
 class Health(BaseModel):
     status: str
     version: str
@@ -137,6 +166,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ServerStore(state_dir, create=True).close()  # the server's tables, once, before the first request
+        shorten_gc_pauses()
         if adopt:
             await supervisor.adopt()
             supervisor.start()
@@ -162,14 +192,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
           registry=registry).set_function(lambda: float(supervisor.active()))
     store_metrics = StoreCollector(state_dir)  # keeps what it parsed and wrote; a scrape redoes what changed
 
-    @app.middleware("http")
-    async def timed(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        start = time.perf_counter()
-        answer = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        latency.labels(request.method, path, str(answer.status_code)).observe(time.perf_counter() - start)
-        return answer
+    app.add_middleware(Timed, latency=latency)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:

@@ -26,6 +26,7 @@ from releasegate.governance.gate import DeployRequest
 from releasegate.leasing import LeaseKeeper
 from releasegate.server.problems import Problem
 from releasegate.store.leases import DEFAULT_TTL, Lease, LeaseLost
+from releasegate.store.shared import SharedHandles
 from releasegate.store.sqlite import Store, owner_alive
 from releasegate.wakeups import Bells
 
@@ -68,10 +69,15 @@ class Supervisor:
         self._loops: list[asyncio.Task[None]] = []
         self._failed: dict[str, float] = {}  # rollout id -> when this server may adopt it again (its task failed)
         self._told: set[str] = set()  # release groups' members said to be left (once each, not every scan)
+        self._shared: SharedHandles | None = None
 
     def context(self, actor: str) -> service.Context:
         ctx = service.new_context(self.state_dir, self.clock)
         ctx.actor, ctx.bells, ctx.leases = actor, self.bells, self.keeper
+        if _in_loop():  # the loop's controllers share one connection set; a worker thread opens its own
+            if self._shared is None:
+                self._shared = SharedHandles(self.state_dir)
+            ctx.shared = self._shared
         return ctx
 
     def _pending_commands(self) -> set[str]:
@@ -186,7 +192,7 @@ class Supervisor:
         ctx = self.context(actor)
         request = DeployRequest(env=env, actor=actor, hotfix=hotfix, verified=True, break_glass=break_glass,
                                 reason=reason, allow_breaking_migration=allow_breaking)
-        store = Store(self.state_dir)
+        store = ctx.store()
         try:
             admitted = await service.admit_deploy(ctx, store, spec_path, version, request)
         except BaseException:
@@ -251,7 +257,18 @@ class Supervisor:
         if self._watch_store is not None:
             self._watch_store.close()
             self._watch_store = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
         self.keeper.release_all()
+
+
+def _in_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 __all__ = ["Supervisor"]

@@ -136,16 +136,25 @@ def owner_alive(owner: dict[str, Any] | None) -> bool:
 
 
 class Store:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, db: DB | None = None) -> None:
+        """``db``: a connection another store opened and keeps (releasegate/store/shared.py); ``close`` then
+        leaves it open."""
         self.state_dir = state_dir
         self.path = state_dir / "releasegate.db"
-        self._db = open_db(state_dir)
-        create_schema(self._db, SCHEMA)
-        leases.upgrade(self._db)
+        self._owned = db is None
+        if db is None:
+            db = open_db(state_dir)
+            create_schema(db, SCHEMA)
+            leases.upgrade(db)
+        self._db = db
         self.lease: Lease | None = None  # set while a controller drives a rollout with this store: writes are fenced
 
+    def connection(self) -> DB:
+        return self._db
+
     def close(self) -> None:
-        self._db.close()
+        if self._owned:
+            self._db.close()
 
     def tx(self) -> AbstractContextManager[DB]:
         """An IMMEDIATE transaction: takes the write lock up front, so check-then-write cannot interleave."""

@@ -12,14 +12,17 @@ import signal
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI
 
+from releasegate.server.app import create_app
 from releasegate.server.auth import issue
 from releasegate.store.db import forget_store, use_store
+from releasegate.store.server import ServerStore
 from tests.support.rollouts import RolloutEnv, free_port
 from tests.support.wait import wait_until
 
@@ -94,3 +97,16 @@ def served(tmp_path: Path) -> Iterator[tuple[RolloutEnv, ServerProc]]:
     finally:
         server.stop()
         made.close()
+
+
+@contextlib.asynccontextmanager
+async def app_in_this_loop(state: Path, spec_root: Path) -> AsyncIterator[FastAPI]:
+    """The server's app over ``state`` without its lifespan (the test's event loop drives it, through httpx's ASGI
+    transport): the tables it would make at start, and its rollouts cancelled and released at the end."""
+    ServerStore(state, create=True).close()
+    built = create_app(state, spec_root=spec_root, adopt=False)
+    try:
+        yield built
+    finally:
+        await built.state.supervisor.shutdown()
+        built.state.reads.close()
