@@ -47,6 +47,7 @@ def _mount_governance() -> None:
     from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
     from releasegate.commands.audit import audit_app
     from releasegate.commands.calendar import calendar_app
+    from releasegate.commands.dora import dora
     from releasegate.commands.integrations import alerts, schema
     from releasegate.commands.metrics import metrics
     from releasegate.commands.migrations import migrations_app
@@ -68,6 +69,7 @@ def _mount_governance() -> None:
     app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
     app.command("receive-alerts")(receive_alerts)
     app.command("metrics")(metrics)
+    app.command("dora")(dora)
     app.command(rich_help_panel=INTEGRATIONS)(schema)
     app.command(rich_help_panel=INTEGRATIONS)(alerts)
     app.command("server", rich_help_panel=INTEGRATIONS)(server)

@@ -191,6 +191,7 @@ def token_new(name: Annotated[str, typer.Argument(metavar="NAME", show_default=F
 def mount(app: typer.Typer) -> None:
     """Add these commands to the client's app, and read the stored documents through the server."""
     from releasegate.commands.calendar import calendar_history, check, show, upcoming_command
+    from releasegate.commands.dora import dora_client
     from releasegate.commands.policy import policy_history, policy_show
 
     Source.documents = RemoteDocuments()
@@ -216,6 +217,7 @@ def mount(app: typer.Typer) -> None:
     token = typer.Typer(help="Server tokens, issued by the server (admins).", no_args_is_help=True)
     token.command("new")(token_new)
     app.add_typer(token, name="token")
+    app.command("dora")(dora_client)
 
 
 __all__ = ["RemoteDocuments", "mount"]

@@ -245,7 +245,8 @@ def release_cut(component: Component, repo: RepoDir = Path("."), path: SubPath =
             authenticate(where, stored_policy(where), as_user, os.environ.get(TOKEN_ENV), action="release cut")
 
             def register(cut: CutResult) -> None:
-                new_release(where, name, cut.version, as_user, commit=cut.commit)
+                new_release(where, name, cut.version, as_user, commit=cut.commit,
+                            commit_at=GitRepo(repo).commit_time(cut.commit))
 
         result = cut_release(repo, component, path=path, notes_dir=notes_dir, spec=spec, template=template,
                              pre_1_0=pre_1_0, start=start, on_cut=register)

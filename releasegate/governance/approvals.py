@@ -21,7 +21,7 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from releasegate.durations import format_duration
@@ -157,12 +157,13 @@ def _check_checklist(stage: Stage, env: str, checks: Sequence[str]) -> tuple[str
 
 def new_release(state_dir: Path, service: str, version: str, author: str, digest: str | None = None,
                 commit: str | None = None, *, breaking_migration: bool | None = None,
-                now: float | None = None) -> ReleaseChange:
+                now: float | None = None, commit_at: float | None = None) -> ReleaseChange:
     """Register ``SERVICE@VERSION``; again with another digest or commit, change its artifact and void approvals.
 
     A digest, commit or ``breaking_migration`` left out (None) on a later call keeps the registered one. Allowing a
     breaking migration voids the approvals too: they were given for a release that could be rolled back safely.
-    Only the author re-registers: the author rule depends on who that is.
+    Only the author re-registers: the author rule depends on who that is. ``commit_at``: when ``commit`` was made
+    (``release cut`` knows it), the start of the DORA lead time; a changed commit without it forgets the old time.
     """
     at = _now(now)
     name = f"{service}@{version}"
@@ -176,7 +177,8 @@ def new_release(state_dir: Path, service: str, version: str, author: str, digest
     with _audited(state_dir, author, "release", service, version, at) as store, store.tx() as db:
         old = store.release(service, version)
         if old is None:
-            release = Release(service, version, author, digest, commit, at, at, bool(breaking_migration))
+            release = Release(service, version, author, digest, commit, at, at, bool(breaking_migration),
+                              commit_at if commit is not None else None)
             store.put_release(release)
             append_entry(db, author, "release.new", release=name, commit=commit, decision="registered",
                          evidence={"digest": digest, "commit": commit,
@@ -185,10 +187,13 @@ def new_release(state_dir: Path, service: str, version: str, author: str, digest
         if old.author != author:
             raise UserError(f"{name} was registered by {old.author}; only {old.author} can register it again")
         breaking = old.breaking_migration if breaking_migration is None else breaking_migration
+        kept_at = old.commit_at if commit in (None, old.commit) else None
         release = Release(service, version, author, digest or old.digest, commit or old.commit, old.created_at, at,
-                          breaking)
+                          breaking, commit_at if commit is not None and commit_at is not None else kept_at)
         if (release.digest, release.commit, release.breaking_migration) == (old.digest, old.commit,
                                                                             old.breaking_migration):
+            if release.commit_at != old.commit_at:  # the same artifact, its commit time learnt now
+                store.put_release(replace(old, commit_at=release.commit_at))
             return ReleaseChange(old, False, [])
         reasons = []
         if (release.digest, release.commit) != (old.digest, old.commit):

@@ -106,6 +106,10 @@ class GitRepo:
     def commit_of(self, rev: str) -> str:
         return self.run("rev-parse", "--verify", f"{rev}^{{commit}}")
 
+    def commit_time(self, rev: str) -> float:
+        """When ``rev`` was committed (committer date, Unix time): the start of the DORA lead time."""
+        return float(self.run("show", "-s", "--format=%ct", f"{rev}^{{commit}}"))
+
     def object_type(self, rev: str) -> str:
         return self.run("cat-file", "-t", rev)
 

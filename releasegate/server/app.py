@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_late
 from pydantic import BaseModel
 
 from releasegate import __version__
+from releasegate.dora_metrics import DoraCollector
 from releasegate.engine.clock import TimedClock
 from releasegate.metrics_exporter import StoreCollector
 from releasegate.server import problems
@@ -191,6 +192,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     Gauge("releasegate_server_active_rollouts", "Rollouts this server drives now.",
           registry=registry).set_function(lambda: float(supervisor.active()))
     store_metrics = StoreCollector(state_dir)  # keeps what it parsed and wrote; a scrape redoes what changed
+    dora_metrics = DoraCollector(state_dir)  # the DORA gauges over 30 days, recomputed when a rollout finished
 
     app.add_middleware(Timed, latency=latency)
 
@@ -213,7 +215,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     @app.get("/metrics", response_class=Response, tags=["metrics"])
     def metrics(_: Grant = Depends(need("viewer"))) -> Response:
         """Prometheus exposition: the store's series (docs/integrations.md) and the server's own."""
-        body = store_metrics.render() + generate_latest(registry)
+        body = store_metrics.render() + dora_metrics.render() + generate_latest(registry)
         return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/api/v1/openapi.json", include_in_schema=False)
@@ -221,11 +223,13 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
         """This API's OpenAPI document (the same as docs/openapi.json)."""
         return JSONResponse(app.openapi())
 
+    from releasegate.server.routes_dora import router as dora
     from releasegate.server.routes_governance import router as governance
     from releasegate.server.routes_rollouts import router as rollouts
 
     app.include_router(rollouts, prefix="/api/v1")
     app.include_router(governance, prefix="/api/v1")
+    app.include_router(dora, prefix="/api/v1")
     app.add_middleware(BodyLimit, timeout=request_timeout)
     return app
 

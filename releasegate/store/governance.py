@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS gov_releases (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     breaking_migration INTEGER NOT NULL DEFAULT 0,
+    commit_at REAL,
     PRIMARY KEY (service, version)
 );
 CREATE TABLE IF NOT EXISTS gov_signoffs (
@@ -99,6 +100,8 @@ class Release:
     updated_at: float
     breaking_migration: bool = False
     """Registered with ``--allow-breaking-migration``: its approvals cover a backward-incompatible migration."""
+    commit_at: float | None = None
+    """When ``commit`` was committed (Unix time), where known: the start of the DORA lead time (docs/dora.md)."""
 
     @property
     def name(self) -> str:
@@ -165,12 +168,15 @@ class GovernanceStore:
 
     def _upgrade(self) -> None:
         """State dirs written before a column existed get it (with its default) on first open."""
+        added = {"breaking_migration": "INTEGER NOT NULL DEFAULT 0", "commit_at": "REAL"}
         columns = {row["name"] for row in self._db.execute("PRAGMA table_info(gov_releases)")}
-        if "breaking_migration" in columns:
+        if set(added) <= columns:
             return
         with audit.immediate(self._db) as db:
-            if "breaking_migration" not in {row["name"] for row in db.execute("PRAGMA table_info(gov_releases)")}:
-                db.execute("ALTER TABLE gov_releases ADD COLUMN breaking_migration INTEGER NOT NULL DEFAULT 0")
+            columns = {row["name"] for row in db.execute("PRAGMA table_info(gov_releases)")}
+            for name, kind in added.items():
+                if name not in columns:
+                    db.execute(f"ALTER TABLE gov_releases ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -204,17 +210,18 @@ class GovernanceStore:
             return None
         columns = row.keys()  # a read-only look at an old state dir may lack the column; `in row` checks values
         breaking = bool(row["breaking_migration"]) if "breaking_migration" in columns else False
+        commit_at = row["commit_at"] if "commit_at" in columns else None
         return Release(row["service"], row["version"], row["author"], row["digest"], row["commit_sha"],
-                       row["created_at"], row["updated_at"], breaking)
+                       row["created_at"], row["updated_at"], breaking, commit_at)
 
     def put_release(self, release: Release) -> None:
         self._db.execute(
             "INSERT INTO gov_releases (service, version, author, digest, commit_sha, created_at, updated_at, "
-            "breaking_migration) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(service, version) DO UPDATE SET "
+            "breaking_migration, commit_at) VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(service, version) DO UPDATE SET "
             "digest=excluded.digest, commit_sha=excluded.commit_sha, updated_at=excluded.updated_at, "
-            "breaking_migration=excluded.breaking_migration",
+            "breaking_migration=excluded.breaking_migration, commit_at=excluded.commit_at",
             (release.service, release.version, release.author, release.digest, release.commit, release.created_at,
-             release.updated_at, int(release.breaking_migration)))
+             release.updated_at, int(release.breaking_migration), release.commit_at))
 
     # --- sign-offs -----------------------------------------------------------------------------------------------
 

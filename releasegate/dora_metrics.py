@@ -1,0 +1,121 @@
+"""The DORA metrics as Prometheus gauges on the server's ``/metrics`` (docs/dora.md), over a fixed 30-day window.
+
+Why gauges over a fixed window and not counters: lead time and time to restore are distributions over changes,
+and the change failure rate is a ratio with a look-ahead (a promotion becomes a failure when a rollback follows
+within 24 h), so they cannot be folded into ever-growing counters as metrics_exporter.py folds decisions. A dashboard
+wants "the last 30 days" anyway; other periods are ``releasegate dora --since`` or ``GET /api/v1/dora``.
+
+Why it stays cheap at 1,000 services: a scrape first reads a three-number fingerprint of the finished rollouts
+(how many, the newest finish, the services table's newest change, which a switch-back moves) and serves the text
+it wrote last time when that is unchanged and the text is younger than ``REFRESH`` seconds (the window slides by
+at most that much). A recomputation reads only the columns it needs and parses the stored state (env, emergency
+flag) only of rollouts it has not seen: a finished rollout's env never changes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from releasegate.dora import DEFAULT_WINDOW, Metrics, compute, deploys_from
+from releasegate.store.db import open_db, reading_only, tables
+
+PERIOD = 30 * 86400.0
+REFRESH = 300.0
+"""Seconds a rendering is served while nothing finished: the 30-day window slides by at most five minutes."""
+
+Row = tuple[str, float]
+
+
+def _families(g: Metrics) -> dict[str, list[Row]]:
+    """The lines of one (service, env), keyed by family; labels written after service and env."""
+    s = g.summary()
+    out: dict[str, list[Row]] = {
+        "releasegate_dora_deployments": [("", float(s["deployments"]))],
+        "releasegate_dora_change_failures": [("", float(s["change_failures"]))],
+        "releasegate_dora_change_failure_ratio": ([("", float(s["change_failure_rate"]))]
+                                                  if s["change_failure_rate"] is not None else []),
+        "releasegate_dora_lead_time_seconds": [],
+        "releasegate_dora_time_to_restore_seconds": []}
+    for family, spread in (("releasegate_dora_lead_time_seconds", s["lead_time"]),
+                           ("releasegate_dora_time_to_restore_seconds", s["time_to_restore"])):
+        if spread["count"]:
+            out[family] = [(',quantile="0.5"', float(spread["median_seconds"])),
+                           (',quantile="0.9"', float(spread["p90_seconds"]))]
+    return out
+
+
+HELP = {
+    "releasegate_dora_deployments": "Deployments (rollouts that reached users and ended) in the last 30 days.",
+    "releasegate_dora_change_failures": "Deployments of the last 30 days that failed (rolled back, aborted after "
+                                        "traffic, or followed within 24h by a rollback or a hotfix).",
+    "releasegate_dora_change_failure_ratio": "Change failures / deployments over the last 30 days.",
+    "releasegate_dora_lead_time_seconds": "Commit to promotion, median (0.5) and p90 (0.9), last 30 days.",
+    "releasegate_dora_time_to_restore_seconds": "Failure start to healthy again, median (0.5) and p90 (0.9), "
+                                                "last 30 days."}
+
+
+def render(groups: list[Metrics]) -> str:
+    """Prometheus text format 0.0.4: every family's header, then its samples per (service, env)."""
+    lines: dict[str, list[str]] = {name: [] for name in HELP}
+    for g in groups:
+        where = f'service="{_escaped(g.service)}",env="{_escaped(g.env)}"'
+        for family, rows in _families(g).items():
+            lines[family] += [f"{family}{{{where}{extra}}} {value!r}\n" for extra, value in rows]
+    text = "".join(f"# HELP {name} {doc}\n# TYPE {name} gauge\n" + "".join(lines[name]) for name, doc in HELP.items())
+    return text + f"# HELP releasegate_dora_period_seconds The window the DORA gauges cover.\n" \
+                  f"# TYPE releasegate_dora_period_seconds gauge\nreleasegate_dora_period_seconds {PERIOD!r}\n"
+
+
+def _escaped(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class DoraCollector:
+    """Renders the DORA gauges of ``state_dir``'s store; safe for concurrent scrapes (one computes, one waits)."""
+
+    def __init__(self, state_dir: Path, clock: Callable[[], float] = time.time) -> None:
+        self.state_dir = state_dir
+        self.clock = clock
+        self.last_error: str | None = None
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[str, bool]] = {}
+        self._kept: tuple[tuple[object, ...], float, str] | None = None  # (fingerprint, when, text)
+
+    def render(self) -> bytes:
+        try:
+            with self._lock:
+                text = self._text()
+            self.last_error = None
+        except Exception as exc:  # a scrape must not fail the server's other series: say it, serve nothing
+            self.last_error = f"{self.state_dir}: {type(exc).__name__}: {exc}"
+            text = ""
+        return text.encode()
+
+    def _text(self) -> str:
+        now = self.clock()
+        with reading_only():
+            db = open_db(self.state_dir)
+        try:
+            if not {"rollouts", "events", "services"} <= tables(db):
+                return render([])
+            finished = db.execute("SELECT COUNT(*), MAX(finished_at) FROM rollouts WHERE finished_at IS NOT "
+                                  "NULL").fetchone()
+            changed = db.execute("SELECT MAX(updated_at) FROM services").fetchone()
+            fingerprint = (finished[0], finished[1], changed[0])
+            kept = self._kept
+            if kept is not None and kept[0] == fingerprint and now - kept[1] < REFRESH:
+                return kept[2]
+            since = now - PERIOD
+            deploys = deploys_from(db, since, known=self._known)
+        finally:
+            db.close()
+        self._known = {d.id: (d.env, d.emergency) for d in deploys}  # what slid out of the window is forgotten
+        text = render(compute(deploys, since, now, DEFAULT_WINDOW))
+        self._kept = (fingerprint, now, text)
+        return text
+
+
+__all__ = ["PERIOD", "REFRESH", "DoraCollector", "render"]
