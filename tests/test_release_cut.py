@@ -199,3 +199,5 @@ def test_cut_with_as_registers_the_release_for_approval_and_a_bad_token_cuts_not
     with GovernanceStore(state) as store:
         release = store.release("shop", "1.2.1")
     assert release is not None and release.author == "alice" and release.commit == tagged
+    # its commit time is kept: where the DORA lead time starts (docs/dora.md)
+    assert release.commit_at == float(git(repo, "show", "-s", "--format=%ct", tagged).strip())

@@ -1,0 +1,190 @@
+"""DORA delivery metrics (docs/dora.md) over a store with a known history, through the CLI, the API and /metrics.
+
+The history is made by the real engine (``decide`` driven in simulated time by ``engine.simulate``: the canary
+steps, the automatic rollback of a breach, the abort of a health check that fails before traffic) and written
+through the real ``Store`` and ``new_release`` (the commit times); only the clock is shifted, so that twenty days
+of rollouts exist in a second. Every expected number below is worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from releasegate.dora import DAY
+from releasegate.engine.simulate import Trace, simulate
+from releasegate.governance.approvals import new_release
+from releasegate.store.sqlite import Store
+from tests.support.server import ServerProc
+from tests.support.simulated import errors_when, make_spec
+
+SPEC = make_spec(strategy={"canary": {"steps": [{"weight": 20, "pause": "10m"}, {"weight": 50, "pause": "10m"}]}})
+PROMOTED = 3000.0  # a passing rollout of SPEC: first traffic at +0, 100 % at +1200, promoted at +3000
+BREACHED = 900.0  # errors from the first step: rollback decided at +300, rolled back at +900
+HOUR = 3600.0
+
+
+def _record(store: Store, trace: Trace, *, env: str = "prod", emergency: bool = False) -> str:
+    """Persist one simulated rollout as a controller would have: its state, and each decision at its time."""
+    st = trace.state.model_copy(update={"env": env, "emergency": emergency, "id": f"{trace.state.service}-"
+                                        f"{trace.state.version}-{trace.state.created_at:.0f}"})
+    store.create_rollout(st, "spec.yaml", SPEC.model_dump_json(), {})
+    for at, d in trace.decisions:
+        store.add_event(st.service, st.id, st.created_at + at, d.kind, d.message, d.data)
+    store.save(st)
+    return st.id
+
+
+def _run(store: Store, service: str, version: str, previous: str, start: float, *, env: str = "prod",
+         emergency: bool = False, breach: bool = False, dead: bool = False) -> str:
+    spec = SPEC.model_copy(update={"service": service})
+    trace = simulate(spec, version, previous, t0=start, metric=errors_when(lambda t, w: w > 0) if breach else None,
+                     failing=frozenset({f"health:{version}"}) if dead else frozenset())
+    return _record(store, trace, env=env, emergency=emergency)
+
+
+def _history(state: Path, now: float) -> float:
+    """Twenty days back from ``now``; returns the base time B (every time below is B + something)."""
+    b = now - 20 * DAY
+    store = Store(state)
+    try:
+        # shop/prod
+        _run(store, "shop", "1.0.0", "0.9.0", b)  # promoted B+3000; committed 2 days before: lead 172800
+        _run(store, "shop", "1.1.0", "1.0.0", b + DAY)  # promoted B+1d+3000; lead 6h = 21600 ...
+        # ... and a hotfix 4 h after that promotion: 1.1.0 failed; restored when 1.1.1 is promoted, 4h+3000 later
+        _run(store, "shop", "1.1.1", "1.1.0", b + DAY + PROMOTED + 4 * HOUR, emergency=True)  # lead unknown
+        _run(store, "shop", "1.2.0", "1.1.1", b + 3 * DAY, breach=True)  # failed after traffic: restore 900
+        promoted_130 = b + 4 * DAY + PROMOTED
+        bad = _run(store, "shop", "1.3.0", "1.2.0", b + 4 * DAY)  # lead 1 day; switched back an hour later
+        store.add_event("shop", bad, promoted_130 + HOUR, "rolled_back", "rolled back by ops: 1.1.1 serves 100%")
+        _run(store, "shop", "1.4.0", "1.3.0", b + 5 * DAY, dead=True)  # aborted before traffic: not a deploy
+        late = _run(store, "shop", "1.5.0", "1.1.1", b + 6 * DAY)  # lead 3h; switched back after 2 days: no failure
+        store.add_event("shop", late, b + 6 * DAY + PROMOTED + 48 * HOUR, "rolled_back", "rolled back by ops")
+        # api/staging: 2.0.0 promoted, then its previous version deployed again 2 h later (a rollback by deploy)
+        _run(store, "api", "2.0.0", "1.9.0", b + 2 * DAY, env="staging")
+        _run(store, "api", "1.9.0", "2.0.0", b + 2 * DAY + PROMOTED + 2 * HOUR, env="staging")
+    finally:
+        store.close()
+    for version, start, lead in (("1.0.0", b, 2 * DAY), ("1.1.0", b + DAY, 6 * HOUR), ("1.3.0", b + 4 * DAY, DAY),
+                                 ("1.5.0", b + 6 * DAY, 3 * HOUR)):
+        new_release(state, "shop", version, "dev", commit="abc1234", commit_at=start + PROMOTED - lead, now=start)
+    return b
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("dora") / "state"
+    _history(where, float(int(time.time())))  # whole seconds: every difference below is exact
+    return where
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "releasegate", "dora", *args], capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+def _group(data: dict[str, Any], service: str) -> dict[str, Any]:
+    return next(g for g in data["groups"] if g["service"] == service)
+
+
+def _check_numbers(data: dict[str, Any]) -> None:
+    shop, api, total = _group(data, "shop"), _group(data, "api"), data["total"]
+    # shop/prod: 1.0.0, 1.1.0, 1.1.1, 1.2.0 (rolled back after traffic), 1.3.0, 1.5.0; 1.4.0 never got traffic
+    assert (shop["env"], shop["deployments"], shop["stopped_before_traffic"]) == ("prod", 6, 1)
+    assert shop["deployments_per_day"] == pytest.approx(6 / 90) and shop["deployment_frequency_band"] == "medium"
+    # failures: 1.1.0 (hotfix within 24h), 1.2.0 (rolled back), 1.3.0 (switched back after 1h); not 1.5.0 (48h)
+    assert (shop["change_failures"], shop["change_failure_rate"], shop["change_failure_band"]) == (3, 0.5, "low")
+    # lead times 3h, 6h, 1d, 2d: median (6h + 1d) / 2 = 15h (elite, under a day), p90 = 4th of 4 = 2d
+    assert shop["lead_time"] == {"count": 4, "median_seconds": 54000.0, "p90_seconds": 172800.0, "band": "elite",
+                                 "unknown": 1}
+    # restores 900 (1.2.0), 3600 (1.3.0), 4h + 3000 = 17400 (1.1.0 until 1.1.1 was promoted): median 3600
+    assert shop["time_to_restore"] == {"count": 3, "median_seconds": 3600.0, "p90_seconds": 17400.0,
+                                       "band": "high", "not_restored": 0}
+    # api/staging: 2.0.0 failed (its previous version deployed 2h later), restored at 1.9.0's promotion: 2h + 3000
+    assert (api["env"], api["deployments"], api["change_failures"], api["change_failure_rate"]) == \
+        ("staging", 2, 1, 0.5)
+    assert api["lead_time"]["unknown"] == 2 and api["lead_time"]["count"] == 0
+    assert api["time_to_restore"]["median_seconds"] == 10200.0
+    assert (total["deployments"], total["change_failures"], total["change_failure_rate"]) == (8, 4, 0.5)
+    assert total["time_to_restore"]["median_seconds"] == (3600.0 + 10200.0) / 2  # of 900, 3600, 10200, 17400
+    assert data["window_seconds"] == DAY
+
+
+def test_the_cli_reports_each_metric_per_service_and_env_with_its_band(state: Path) -> None:
+    as_json = _cli("--state-dir", str(state), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    _check_numbers(json.loads(as_json.stdout))
+    table = _cli("--state-dir", str(state), env=os.environ | {"COLUMNS": "200"})  # a wide terminal: one line a row
+    assert table.returncode == 0, table.stderr
+    shop = next(line for line in table.stdout.splitlines() if "shop" in line)
+    for shown in ("prod", "6 (+1 stopped before traffic)", "0.07 medium", "3 (50%) low", "15h / 48h elite",
+                  "1h / 4h50m high"):
+        assert shown in shop, (shown, table.stdout)
+    assert any(line.lstrip("│ ").startswith("total") and "4 (50%)" in line for line in table.stdout.splitlines())
+
+
+def test_filters_and_a_shorter_window_change_what_counts(state: Path) -> None:
+    only = json.loads(_cli("--state-dir", str(state), "--json", "--env", "staging").stdout)
+    assert [g["service"] for g in only["groups"]] == ["api"] and only["total"]["deployments"] == 2
+    # with a 3 h window the hotfix (4 h after 1.1.0) no longer makes 1.1.0 a failed change
+    short = json.loads(_cli("--state-dir", str(state), "--json", "--service", "shop", "--window", "3h").stdout)
+    assert _group(short, "shop")["change_failures"] == 2
+    # the last 10 days hold only 1.5.0 (promoted B+6d+3000 = 14 days ago is outside): nothing to measure
+    recent = _cli("--state-dir", str(state), "--since", "10d")
+    assert recent.returncode == 0 and "nothing to measure" in recent.stdout
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (("--since", "ninety days"), "--since ninety days: write an ISO 8601 time"),
+    (("--since", "2999-01-01"), "--since 2999-01-01: that is in the future"),
+    (("--window", "24"), "--window 24: cannot read duration '24': use a number with a unit"),
+    (("--window", "0s"), "--window 0s: give a positive duration"),
+])
+def test_bad_input_is_one_line_and_exit_2(state: Path, args: tuple[str, ...], says: str) -> None:
+    answer = _cli("--state-dir", str(state), *args)
+    assert answer.returncode == 2 and answer.stdout == ""
+    assert answer.stderr.startswith(f"releasegate: {says}") and answer.stderr.count("\n") == 1, answer.stderr
+
+
+def test_a_state_dir_without_a_store_is_named(tmp_path: Path) -> None:
+    answer = _cli("--state-dir", str(tmp_path / "nowhere"))
+    assert answer.returncode == 2 and "dora: no state in" in answer.stderr and "--state-dir" in answer.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_server_serves_the_same_numbers_to_the_api_the_client_and_metrics(state: Path, tmp_path: Path) -> None:
+    server = ServerProc(state, tmp_path).start()
+    try:
+        viewer = server.token("vera", "viewer")
+        with server.client(viewer) as c:
+            answer = c.get("/api/v1/dora", params={"since": "90d"})
+            assert answer.status_code == 200, answer.text
+            _check_numbers(answer.json())
+            bad = c.get("/api/v1/dora", params={"window": "soon"})
+            assert bad.status_code == 400 and bad.json()["detail"].startswith("--window soon:")
+            scraped = c.get("/metrics").text
+        with server.client(server.token("apiteam", "viewer", "api*")) as c:
+            scoped = c.get("/api/v1/dora").json()  # a token for api* sees api only, totals included
+            assert [g["service"] for g in scoped["groups"]] == ["api"] and scoped["total"]["deployments"] == 2
+            assert c.get("/api/v1/dora", params={"service": "shop"}).status_code == 403
+        env = {"PATH": "/usr/bin:/bin", "RELEASEGATE_SERVER": server.url, "RELEASEGATE_TOKEN": viewer}
+        through = _cli("--json", env=env)
+        assert through.returncode == 0, through.stderr
+        _check_numbers(json.loads(through.stdout))
+        refused = _cli("--since", "later", env=env)
+        assert refused.returncode == 2 and refused.stderr.startswith("releasegate: --since later:")
+    finally:
+        server.stop()
+    # the last 30 days hold the whole history: the same numbers as gauges
+    assert 'releasegate_dora_deployments{service="shop",env="prod"} 6.0' in scraped
+    assert 'releasegate_dora_change_failure_ratio{service="api",env="staging"} 0.5' in scraped
+    assert 'releasegate_dora_lead_time_seconds{service="shop",env="prod",quantile="0.5"} 54000.0' in scraped
+    assert 'releasegate_dora_time_to_restore_seconds{service="shop",env="prod",quantile="0.9"} 17400.0' in scraped
+    assert "releasegate_dora_period_seconds 2592000.0" in scraped
