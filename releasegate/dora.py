@@ -1,8 +1,8 @@
 """DORA delivery metrics from the store's own history (docs/dora.md): deployment frequency, lead time for changes,
 change failure rate and time to restore, per service and environment.
 
-Why from the store and nothing else: every rollout releasegate ran is there with its outcome, its environment, its
-emergency flag and its decisions as events, and the release registry holds the commit each version was built from
+Why from the store and nothing else: every rollout releasegate ran is there with its outcome, its environment, whether
+it was a hotfix and its decisions as events, and the release registry holds the commit each version was built from
 (with its commit time since ``release cut`` records it). No ticketing or incident system is asked, so the numbers
 say what the deploy tool saw, no more: an incident fixed by a config change outside releasegate is invisible here.
 
@@ -40,7 +40,8 @@ class Deploy:
     version: str
     previous: str | None
     status: str
-    emergency: bool
+    hotfix: bool
+    """Started as a hotfix (``deploy --hotfix``: change kind ``hotfix``) or under ``--break-glass``."""
     created_at: float
     finished_at: float
     first_traffic: float | None = None
@@ -164,7 +165,7 @@ def _count(m: Metrics, d: Deploy, later: list[Deploy], window: float) -> None:
         m.change_failures += 1
         m.restores.append(d.switched_back - d.finished_at)
         return
-    if not any(n.created_at <= end and (n.emergency or n.version == d.previous) for n in later):
+    if not any(n.created_at <= end and (n.hotfix or n.version == d.previous) for n in later):
         return
     m.change_failures += 1
     # restored by the next promotion (the hotfix, the old version again) or a switch back after the window
@@ -208,8 +209,8 @@ def read_deploys(state_dir: Path, since: float, service: str | None = None, env:
 
 def deploys_from(db: DB, since: float, service: str | None = None, env: str | None = None,
                  known: dict[str, tuple[str, bool]] | None = None) -> list[Deploy]:
-    """The deploys read from ``db``; ``known`` (rollout id -> (env, emergency)) is a cache the caller keeps: a
-    finished rollout's env and flag never change, so only rollouts not in it have their stored state parsed (a
+    """The deploys read from ``db``; ``known`` (rollout id -> (env, hotfix)) is a cache the caller keeps: a
+    finished rollout's env and kind never change, so only rollouts not in it have their stored state parsed (a
     state holds every analysis sample, so parsing is what costs at 1,000 services)."""
     have = tables(db)
     if not {"rollouts", "events"} <= have:
@@ -235,18 +236,19 @@ def deploys_from(db: DB, since: float, service: str | None = None, env: str | No
             for st in db.execute(f"SELECT id, state_json FROM rollouts WHERE id IN ({','.join('?' * len(new))})",
                                  new):
                 state = json.loads(st["state_json"])
-                known[st["id"]] = (str(state.get("env") or "prod"), bool(state.get("emergency")))
+                hotfix = state.get("change") == "hotfix" or bool(state.get("emergency"))
+                known[st["id"]] = (str(state.get("env") or "prod"), hotfix)
     commits = _commit_times(db, have)
     out = []
     for row in rows:
-        where, emergency = known.get(row["id"], ("prod", False))
+        where, hotfix = known.get(row["id"], ("prod", False))
         if env is not None and where != env:
             continue
         seen = marks.get(row["id"], {})
         first = min((seen[k] for k in TRAFFIC_KINDS if k in seen), default=None)
         back = seen.get("rolled_back") if row["status"] == "promoted" else None
         out.append(Deploy(row["id"], row["service"], where, row["version"], row["previous"], row["status"],
-                          emergency, float(row["created_at"]), float(row["finished_at"]), first, back,
+                          hotfix, float(row["created_at"]), float(row["finished_at"]), first, back,
                           commits.get((row["service"], row["version"]))))
     return out
 

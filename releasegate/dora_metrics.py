@@ -8,8 +8,8 @@ wants "the last 30 days" anyway; other periods are ``releasegate dora --since`` 
 Why it stays cheap at 1,000 services: a scrape first reads a three-number fingerprint of the finished rollouts
 (how many, the newest finish, the services table's newest change, which a switch-back moves) and serves the text
 it wrote last time when that is unchanged and the text is younger than ``REFRESH`` seconds (the window slides by
-at most that much). A recomputation reads only the columns it needs and parses the stored state (env, emergency
-flag) only of rollouts it has not seen: a finished rollout's env never changes.
+at most that much). A recomputation reads only the columns it needs and parses the stored state (env, hotfix
+or not) only of rollouts it has not seen: a finished rollout's env never changes.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class DoraCollector:
             deploys = deploys_from(db, since, known=self._known)
         finally:
             db.close()
-        self._known = {d.id: (d.env, d.emergency) for d in deploys}  # what slid out of the window is forgotten
+        self._known = {d.id: (d.env, d.hotfix) for d in deploys}  # what slid out of the window is forgotten
         text = render(compute(deploys, since, now, DEFAULT_WINDOW))
         self._kept = (fingerprint, now, text)
         return text

@@ -31,10 +31,12 @@ BREACHED = 900.0  # errors from the first step: rollback decided at +300, rolled
 HOUR = 3600.0
 
 
-def _record(store: Store, trace: Trace, *, env: str = "prod", emergency: bool = False) -> str:
-    """Persist one simulated rollout as a controller would have: its state, and each decision at its time."""
-    st = trace.state.model_copy(update={"env": env, "emergency": emergency, "id": f"{trace.state.service}-"
-                                        f"{trace.state.version}-{trace.state.created_at:.0f}"})
+def _record(store: Store, trace: Trace, *, env: str = "prod", hotfix: bool = False) -> str:
+    """Persist one simulated rollout as a controller would have: its state (with what admission decided: the
+    env, the change kind ``hotfix`` of ``deploy --hotfix``), and each decision at its time."""
+    made = trace.state
+    st = made.model_copy(update={"env": env, "change": "hotfix" if hotfix else "minor",
+                                 "id": f"{made.service}-{made.version}-{made.created_at:.0f}"})
     store.create_rollout(st, "spec.yaml", SPEC.model_dump_json(), {})
     for at, d in trace.decisions:
         store.add_event(st.service, st.id, st.created_at + at, d.kind, d.message, d.data)
@@ -43,11 +45,11 @@ def _record(store: Store, trace: Trace, *, env: str = "prod", emergency: bool = 
 
 
 def _run(store: Store, service: str, version: str, previous: str, start: float, *, env: str = "prod",
-         emergency: bool = False, breach: bool = False, dead: bool = False) -> str:
+         hotfix: bool = False, breach: bool = False, dead: bool = False) -> str:
     spec = SPEC.model_copy(update={"service": service})
     trace = simulate(spec, version, previous, t0=start, metric=errors_when(lambda t, w: w > 0) if breach else None,
                      failing=frozenset({f"health:{version}"}) if dead else frozenset())
-    return _record(store, trace, env=env, emergency=emergency)
+    return _record(store, trace, env=env, hotfix=hotfix)
 
 
 def _history(state: Path, now: float) -> float:
@@ -59,7 +61,7 @@ def _history(state: Path, now: float) -> float:
         _run(store, "shop", "1.0.0", "0.9.0", b)  # promoted B+3000; committed 2 days before: lead 172800
         _run(store, "shop", "1.1.0", "1.0.0", b + DAY)  # promoted B+1d+3000; lead 6h = 21600 ...
         # ... and a hotfix 4 h after that promotion: 1.1.0 failed; restored when 1.1.1 is promoted, 4h+3000 later
-        _run(store, "shop", "1.1.1", "1.1.0", b + DAY + PROMOTED + 4 * HOUR, emergency=True)  # lead unknown
+        _run(store, "shop", "1.1.1", "1.1.0", b + DAY + PROMOTED + 4 * HOUR, hotfix=True)  # lead unknown
         _run(store, "shop", "1.2.0", "1.1.1", b + 3 * DAY, breach=True)  # failed after traffic: restore 900
         promoted_130 = b + 4 * DAY + PROMOTED
         bad = _run(store, "shop", "1.3.0", "1.2.0", b + 4 * DAY)  # lead 1 day; switched back an hour later
