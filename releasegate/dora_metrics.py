@@ -5,11 +5,12 @@ and the change failure rate is a ratio with a look-ahead (a promotion becomes a 
 within 24 h), so they cannot be folded into ever-growing counters as metrics_exporter.py folds decisions. A dashboard
 wants "the last 30 days" anyway; other periods are ``releasegate dora --since`` or ``GET /api/v1/dora``.
 
-Why it stays cheap at 1,000 services: a scrape first reads a three-number fingerprint of the finished rollouts
-(how many, the newest finish, the services table's newest change, which a switch-back moves) and serves the text
-it wrote last time when that is unchanged and the text is younger than ``REFRESH`` seconds (the window slides by
-at most that much). A recomputation reads only the columns it needs and parses the stored state (env, hotfix
-or not) only of rollouts it has not seen: a finished rollout's env never changes.
+Why it stays cheap at 1,000 services: a scrape serves the text it wrote last time while that is younger than
+``REFRESH`` seconds (a 30-day figure a minute old is as true as a fresh one), so most scrapes read nothing. A
+recomputation reads only the columns it needs, lets the database pick the env and hotfix marks out of the stored
+states, and does even that only for rollouts it has not seen (a finished rollout's env never changes).
+bench/bench_dora.py measures it: with 8,000 rollouts of 1,000 services, about 0.6 s for the first scrape and 0.3 s
+for a recomputation, in a worker thread once a minute at most; a scrape in between costs nothing.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from releasegate.dora import DEFAULT_WINDOW, Metrics, compute, deploys_from
-from releasegate.store.db import open_db, reading_only, tables
+from releasegate.store.db import open_db, reading_only
 
 PERIOD = 30 * 86400.0
-REFRESH = 300.0
-"""Seconds a rendering is served while nothing finished: the 30-day window slides by at most five minutes."""
+REFRESH = 60.0
+"""Seconds a rendering is served before it is computed again: what a scrape shows is at most a minute old."""
 
 Row = tuple[str, float]
 
@@ -82,7 +83,7 @@ class DoraCollector:
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._known: dict[str, tuple[str, bool]] = {}
-        self._kept: tuple[tuple[object, ...], float, str] | None = None  # (fingerprint, when, text)
+        self._kept: tuple[float, str] | None = None  # (when, the text written then)
 
     def render(self) -> bytes:
         try:
@@ -96,25 +97,19 @@ class DoraCollector:
 
     def _text(self) -> str:
         now = self.clock()
+        kept = self._kept
+        if kept is not None and now - kept[0] < REFRESH:
+            return kept[1]
+        since = now - PERIOD
         with reading_only():
             db = open_db(self.state_dir)
         try:
-            if not {"rollouts", "events", "services"} <= tables(db):
-                return render([])
-            finished = db.execute("SELECT COUNT(*), MAX(finished_at) FROM rollouts WHERE finished_at IS NOT "
-                                  "NULL").fetchone()
-            changed = db.execute("SELECT MAX(updated_at) FROM services").fetchone()
-            fingerprint = (finished[0], finished[1], changed[0])
-            kept = self._kept
-            if kept is not None and kept[0] == fingerprint and now - kept[1] < REFRESH:
-                return kept[2]
-            since = now - PERIOD
             deploys = deploys_from(db, since, known=self._known)
         finally:
             db.close()
         self._known = {d.id: (d.env, d.hotfix) for d in deploys}  # what slid out of the window is forgotten
         text = render(compute(deploys, since, now, DEFAULT_WINDOW))
-        self._kept = (fingerprint, now, text)
+        self._kept = (now, text)
         return text
 
 
