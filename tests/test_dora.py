@@ -3,7 +3,8 @@
 The history is made by the real engine (``decide`` driven in simulated time by ``engine.simulate``: the canary
 steps, the automatic rollback of a breach, the abort of a health check that fails before traffic) and written
 through the real ``Store`` and ``new_release`` (the commit times); only the clock is shifted, so that twenty days
-of rollouts exist in a second. Every expected number below is worked out by hand in the comments.
+of rollouts exist in a second. Every expected number below is worked out by hand in the comments. The same history
+written to a PostgreSQL store (when one can run here) gives the same numbers.
 """
 
 from __future__ import annotations
@@ -13,15 +14,19 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from releasegate.dora import DAY
+from releasegate.dora import DAY, read_deploys, report
+from releasegate.dora_metrics import DoraCollector
 from releasegate.engine.simulate import Trace, simulate
 from releasegate.governance.approvals import new_release
 from releasegate.store.sqlite import Store
+from tests.support.pgstore import on_postgres
+from tests.support.postgres import PostgresServer, missing_reason, running_postgres
 from tests.support.server import ServerProc
 from tests.support.simulated import errors_when, make_spec
 
@@ -190,3 +195,22 @@ def test_the_server_serves_the_same_numbers_to_the_api_the_client_and_metrics(st
     assert 'releasegate_dora_lead_time_seconds{service="shop",env="prod",quantile="0.5"} 54000.0' in scraped
     assert 'releasegate_dora_time_to_restore_seconds{service="shop",env="prod",quantile="0.9"} 17400.0' in scraped
     assert "releasegate_dora_period_seconds 2592000.0" in scraped
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_postgres() as srv:
+        yield srv
+
+
+def test_the_same_history_on_a_postgres_store_gives_the_same_numbers(postgres: PostgresServer,
+                                                                      tmp_path: Path) -> None:
+    now = float(int(time.time()))
+    with on_postgres(postgres, "dora"):
+        _history(tmp_path, now)
+        _check_numbers(report(read_deploys(tmp_path, now - 90 * DAY), now - 90 * DAY, now))
+        scraped = DoraCollector(tmp_path, clock=lambda: now).render().decode()
+    assert 'releasegate_dora_change_failures{service="shop",env="prod"} 3.0' in scraped
