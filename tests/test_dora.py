@@ -214,3 +214,22 @@ def test_the_same_history_on_a_postgres_store_gives_the_same_numbers(postgres: P
         _check_numbers(report(read_deploys(tmp_path, now - 90 * DAY), now - 90 * DAY, now))
         scraped = DoraCollector(tmp_path, clock=lambda: now).render().decode()
     assert 'releasegate_dora_change_failures{service="shop",env="prod"} 3.0' in scraped
+
+
+def test_release_new_records_the_commit_time_given_and_refuses_one_it_cannot_read(tmp_path: Path) -> None:
+    from releasegate.governance.identity import new_token
+    from releasegate.governance.policy import load_policy
+    from releasegate.store.governance import GovernanceStore
+
+    state = tmp_path / "state"
+    policy = load_policy(Path(__file__).resolve().parent.parent / "examples" / "governance" / "policy.yaml")
+    env = os.environ | {"RELEASEGATE_TOKEN": new_token(state, policy, "alice")}
+    base = [sys.executable, "-m", "releasegate", "release", "new", "shop", "3.0.0", "--as", "alice", "--state-dir",
+            str(state), "--commit", "abc1234", "--commit-time"]
+    bad = subprocess.run([*base, "last tuesday"], capture_output=True, text=True, timeout=60, env=env)
+    assert bad.returncode == 2 and bad.stderr.startswith("releasegate: --commit-time last tuesday: write an ISO 8601")
+    done = subprocess.run([*base, "2026-12-01T09:30:00+09:00"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    with GovernanceStore(state) as store:
+        release = store.release("shop", "3.0.0")
+    assert release is not None and release.commit_at == 1796085000.0  # 2026-12-01 00:30 UTC

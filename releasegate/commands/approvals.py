@@ -107,6 +107,10 @@ def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_d
                 = None,
                 commit: Annotated[str | None, typer.Option("--commit", metavar="SHA",
                                                            help="The commit the artifact was built from.")] = None,
+                commit_time: Annotated[str | None, typer.Option(
+                    "--commit-time", metavar="ISO8601", show_default=False,
+                    help="When --commit was made, e.g. \"$(git show -s --format=%cI SHA)\": where the DORA lead "
+                         "time starts (docs/dora.md).")] = None,
                 allow_breaking: Annotated[bool, typer.Option(
                     "--allow-breaking-migration", show_default=False,
                     help="The release carries a backward-incompatible migration; its approvals then cover it "
@@ -120,9 +124,11 @@ def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_d
         raise UserError("release new: give --allow-breaking-migration or --no-breaking-migration, not both")
     breaking = True if allow_breaking else False if no_breaking else None
     with reported():
+        committed = _commit_time(commit, commit_time)
         where = state_dir_of(state_dir)
         authenticate(where, _known(where), as_user, _token(), action="release new", release=f"{service}@{version}")
-        change = gov.new_release(where, service, version, as_user, digest, commit, breaking_migration=breaking)
+        change = gov.new_release(where, service, version, as_user, digest, commit, breaking_migration=breaking,
+                                 commit_at=committed)
         rel = change.release
         artifact = f"digest {rel.digest or 'none'}, commit {rel.commit or 'none'}" + (
             ", breaking migration allowed" if rel.breaking_migration else "")
@@ -135,6 +141,22 @@ def release_new(service: Annotated[str, typer.Argument(metavar="SERVICE", show_d
             out.print(f"{rel.name}: changed ({artifact})", markup=False)
         else:
             out.print(f"{rel.name}: already registered by {rel.author} ({artifact}); nothing changed", markup=False)
+
+
+def _commit_time(commit: str | None, text: str | None) -> float | None:
+    """``--commit-time`` as Unix time (UTC when it has no offset), or a one-line error naming the fix."""
+    if text is None:
+        return None
+    if commit is None:
+        raise UserError(f"--commit-time {text}: give --commit SHA too (the time is the commit's)")
+    import datetime as dt
+
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UserError(f"--commit-time {text}: write an ISO 8601 time such as 2026-12-01T09:30:00+09:00, e.g. "
+                        "from `git show -s --format=%cI SHA`") from None
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def approve(release: ReleaseRef, stage: StageRole, as_user: AsUser,
