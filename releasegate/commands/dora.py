@@ -12,6 +12,7 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -88,30 +89,45 @@ def show(data: dict[str, Any], as_json: bool) -> None:
                   "history`)")
         return
     table = Table(title=f"DORA metrics, last {days:.1f} days (change failure window "
-                        f"{format_duration(data['window_seconds'])})")
-    for name, justify in (("service", "left"), ("env", "left"), ("deploys", "right"), ("per day", "right"),
-                          ("change failures", "right"), ("lead time (median / p90)", "right"),
-                          ("time to restore (median / p90)", "right")):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+                        f"{format_duration(data['window_seconds'])})", box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("service", "env", "deploys", "per day", "failures", "lead time\np50 / p90",
+                 "restore\np50 / p90"):
+        figure = name not in ("service", "env")
+        table.add_column(name, justify="right" if figure else "left", no_wrap=figure)
     rows = [*data["groups"], data["total"]] if len(data["groups"]) > 1 else data["groups"]
     for i, g in enumerate(rows):
         table.add_row(*_row(g), end_section=i == len(rows) - 2 and len(rows) > 1)
     out.print(table)
-    out.print("bands: DORA 2019 thresholds (docs/dora.md); '-' = nothing to measure")
+    for line in _notes(data):
+        out.print(line, markup=False)
+    out.print("under each figure its DORA band (docs/dora.md); p50 = median; '-' = nothing to measure", markup=False)
 
 
 def _row(g: dict[str, Any]) -> list[str]:
+    """Each figure with its band on the line below it, so a row fits 80 columns."""
     total = g["service"] == "*"
-    name = "total" if total else g["service"]
-    deploys = str(g["deployments"]) + (f" (+{g['stopped_before_traffic']} stopped before traffic)"
-                                       if g["stopped_before_traffic"] else "")
-    freq = f"{g['deployments_per_day']:.2f}" + _band(g["deployment_frequency_band"])
     rate = g["change_failure_rate"]
-    failures = "-" if rate is None else (f"{g['change_failures']} ({rate:.0%})" + _band(g["change_failure_band"]))
-    lead = _spread(g["lead_time"]) + (f", {g['lead_time']['unknown']} unknown" if g["lead_time"]["unknown"] else "")
-    restore = _spread(g["time_to_restore"]) + (f", {g['time_to_restore']['not_restored']} not restored"
-                                               if g["time_to_restore"]["not_restored"] else "")
-    return [name, "" if total else g["env"], deploys, freq, failures, lead, restore]
+    return ["total" if total else g["service"], "" if total else g["env"], str(g["deployments"]),
+            f"{g['deployments_per_day']:.2f}" + _band(g["deployment_frequency_band"]),
+            "-" if rate is None else f"{g['change_failures']} ({rate:.0%})" + _band(g["change_failure_band"]),
+            _spread(g["lead_time"]), _spread(g["time_to_restore"])]
+
+
+def _notes(data: dict[str, Any]) -> list[str]:
+    """What the table leaves out, each with what to do about it."""
+    notes = []
+    for g in data["groups"]:
+        if g["stopped_before_traffic"]:
+            notes.append(f"{g['service']} {g['env']}: {g['stopped_before_traffic']} rollout(s) stopped before any "
+                         "traffic, not counted as deployments")
+        if g["time_to_restore"]["not_restored"]:
+            notes.append(f"{g['service']} {g['env']}: {g['time_to_restore']['not_restored']} failed change(s) not "
+                         "restored yet (no rollback or later promotion)")
+    unknown = data["total"]["lead_time"]["unknown"]
+    if unknown:
+        notes.append(f"lead time unknown for {unknown} promotion(s): no commit time recorded (`release cut --as "
+                     "USER` records it; `release new --commit SHA --commit-time TIME`)")
+    return notes
 
 
 def _spread(s: dict[str, Any]) -> str:
@@ -126,7 +142,7 @@ def _dur(seconds: float) -> str:
 
 
 def _band(band: str | None) -> str:
-    return f" {band}" if band else ""
+    return f"\n{band}" if band else ""
 
 
 __all__ = ["dora", "dora_client", "period", "show"]
