@@ -197,10 +197,15 @@ def report(deploys: Iterable[Deploy], since: float, until: float, window: float 
 
 def read_deploys(state_dir: Path, since: float, service: str | None = None, env: str | None = None) -> list[Deploy]:
     """The rollouts that finished at or after ``since`` (with what followed them), read-only: a state dir without
-    a database reads as empty and none is created."""
+    a database reads as empty and none is created; a ``service`` that never had a rollout is a ``UserError``."""
     with reading_only():
         db = open_db(state_dir)
     try:
+        if service is not None and ("rollouts" not in tables(db) or db.execute(
+                "SELECT 1 FROM rollouts WHERE service = ? LIMIT 1", (service,)).fetchone() is None):
+            from releasegate.lookup import unknown_service  # a typo must not read as "nothing to measure"
+
+            raise unknown_service(state_dir, service, "--service names a service that has had rollouts")
         return deploys_from(db, since, service, env)
     finally:
         db.close()

@@ -158,6 +158,7 @@ def test_filters_and_a_shorter_window_change_what_counts(state: Path) -> None:
     (("--since", "2999-01-01"), "--since 2999-01-01: that is in the future"),
     (("--window", "24"), "--window 24: cannot read duration '24': use a number with a unit"),
     (("--window", "0s"), "--window 0s: give a positive duration"),
+    (("--service", "shpo"), "shpo: unknown service: the state dir "),
 ])
 def test_bad_input_is_one_line_and_exit_2(state: Path, args: tuple[str, ...], says: str) -> None:
     answer = _cli("--state-dir", str(state), *args)
