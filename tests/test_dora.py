@@ -9,6 +9,7 @@ written to a PostgreSQL store (when one can run here) gives the same numbers.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from releasegate.governance.approvals import new_release
 from releasegate.store.sqlite import Store
 from tests.support.pgstore import on_postgres
 from tests.support.postgres import PostgresServer, missing_reason, running_postgres
+from tests.support.rollouts import Load, RolloutEnv
 from tests.support.server import ServerProc
 from tests.support.simulated import errors_when, make_spec
 
@@ -239,3 +241,40 @@ def test_release_new_records_the_commit_time_given_and_refuses_one_it_cannot_rea
     with GovernanceStore(state) as store:
         release = store.release("shop", "3.0.0")
     assert release is not None and release.commit_at == 1796085000.0  # 2026-12-01 00:30 UTC
+
+
+@pytest.fixture
+def real(tmp_path: Path) -> Iterator[RolloutEnv]:
+    made = RolloutEnv(tmp_path)
+    yield made
+    made.close()  # stops every process the rollouts started
+
+
+async def test_real_rollouts_a_promotion_and_a_rollback_after_it_count_as_a_deploy_that_failed(
+        real: RolloutEnv) -> None:
+    """Two real blue-green rollouts of the demo app behind the built-in router (under load: the analysis needs
+    requests), then `rollback` after the second's promotion: the controller's own events and times feed the same
+    numbers."""
+    from releasegate import service
+
+    spec = real.spec("{bluegreen: {keep_previous: 1h}}")
+    async with Load(real.url, concurrency=2) as load:
+        await load.wait_for(5)
+        assert (await asyncio.wait_for(service.deploy(real.ctx, spec, "1.0.0"), 60)).status == "promoted"
+        assert (await asyncio.wait_for(service.deploy(real.ctx, spec, "2.0.0"), 60)).status == "promoted"
+        assert (await service.send_command(real.ctx, "shop", "rollback")).applied
+    store = Store(real.state)
+    try:
+        second = store.latest_rollout("shop")
+        assert second is not None and second.state.finished_at is not None
+        back = store.last_event("shop", ["rolled_back"])
+    finally:
+        store.close()
+    assert back is not None and back["rollout"] == second.state.id
+    answer = _cli("--state-dir", str(real.state), "--json")
+    assert answer.returncode == 0, answer.stderr
+    shop = _group(json.loads(answer.stdout), "shop")
+    assert (shop["env"], shop["deployments"], shop["change_failures"], shop["stopped_before_traffic"]) == \
+        ("prod", 2, 1, 0)
+    assert shop["time_to_restore"]["median_seconds"] == pytest.approx(back["at"] - second.state.finished_at)
+    assert shop["lead_time"]["unknown"] == 2  # neither version was registered with a commit time
