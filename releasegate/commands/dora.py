@@ -8,6 +8,7 @@ renderer prints it, so the two cannot drift apart. Definitions and limits: docs/
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Annotated, Any
 
@@ -38,6 +39,8 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print the numbers as JSON 
 def period(since: str, window: str, now: float) -> tuple[float, float]:
     """(since as Unix time, window in seconds), or a one-line error naming the option and the forms it takes."""
     start = parse_since(since, now)
+    if not math.isfinite(start):
+        raise UserError(f"--since {since}: too far back; give a duration such as 90d or a date")
     if start > now:
         raise UserError(f"--since {since}: that is in the future; give a duration back from now (90d) or a past "
                         "time")
@@ -45,7 +48,7 @@ def period(since: str, window: str, now: float) -> tuple[float, float]:
         seconds = parse_duration(window)
     except ValueError as exc:
         raise UserError(f"--window {window}: {exc}") from None
-    if seconds <= 0:
+    if seconds <= 0 or not math.isfinite(seconds):
         raise UserError(f"--window {window}: give a positive duration, e.g. 24h")
     return start, seconds
 
