@@ -319,7 +319,8 @@ class Controller:
             if not chosen:
                 return Outcome(False, f"no live instance of {share.version} to send {share.weight}% to")
             versions.append(VersionRoute(share.version, share.weight, tuple(i.address for i in chosen)))
-        routes = Routes(tuple(versions))
+        lease = self.store.lease
+        routes = Routes(tuple(versions), fence=(lease.rollout_id, lease.token) if lease is not None else None)
         self.store.hold_lease()  # checking instances took a while: the lease again, right before traffic moves
         await self.p.router.set_routes(st.service, routes)
         applied = await self.p.router.get_routes(st.service)
