@@ -56,6 +56,7 @@ def build(state_dir: Path, store: Store, rec: RolloutRecord) -> Report:
     audit = _audit(state_dir, release, st.created_at, st.finished_at)
     timeline = _preflight(approvals, audit, st.created_at) + _timeline(events, spec, st.created_at)
     timeline += [e for e in (_audited(a, st.created_at) for a in audit if a["at"] > st.created_at) if e]
+    timeline += _planned_retirement(store, st.service, st.version, st.previous, events, st.created_at)
     timeline.sort(key=lambda e: e.at)
     traffic, note = _traffic(events)
     report = Report(
@@ -66,7 +67,7 @@ def build(state_dir: Path, store: Store, rec: RolloutRecord) -> Report:
         commit=registered.get("commit"), digest=registered.get("digest"), author=registered.get("author"),
         steps=_steps(spec, st.strategy), rules=[r.describe() for r in spec.analysis.rules], approvals=approvals,
         freezes=_freezes(events, audit), timeline=timeline, traffic=traffic, traffic_note=note,
-        evaluations=sum(1 for e in events if e["kind"] in ("analysis", "analysis_passed", "waiting")))
+        evaluations=sum(1 for e in events if isinstance(e["data"].get("values"), dict)))
     if st.status in FAILED:
         report.postmortem = _postmortem(report, events, spec)
     return report
@@ -129,6 +130,19 @@ def _timeline(events: list[dict[str, Any]], spec: Spec, start: float) -> list[En
                          "deployment", kind=kind, message=e["message"], actor=str(actor) if actor else None,
                          weight=_weight(e), values=_values(e["data"], spec)))
     return out
+
+
+def _planned_retirement(store: Store, service: str, version: str, previous: str | None,
+                        events: list[dict[str, Any]], start: float) -> list[Entry]:
+    """The last step of the runbook's timeline not taken yet: the previous version, kept for an instant rollback,
+    is retired by `releasegate gc` once ``keep_previous`` has passed (then a ``retired`` event replaces this)."""
+    rec = store.service(service)
+    if rec is None or rec.current != version or rec.previous != previous or rec.previous_until is None or \
+            any(e["kind"] == "retired" for e in events):
+        return []
+    return [Entry(at=rec.previous_until, t=relative(rec.previous_until, start), stage="cleanup",
+                  kind="retirement (planned)", message=f"{previous} is kept for an instant rollback until then; "
+                                                       "`releasegate gc` retires it after that")]
 
 
 def _governance(state_dir: Path, name: str, version: str) -> tuple[list[Approval], dict[str, str | None]]:
