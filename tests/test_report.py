@@ -16,12 +16,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from releasegate import service
 from releasegate.engine.state import RolloutState
+from releasegate.governance import approvals as gov
+from releasegate.governance.identity import os_user
+from releasegate.governance.policy import load_policy
 from tests.support.rollouts import Load, RolloutEnv
 from tests.support.server import ServerProc
 from tests.support.wait import eventually
@@ -31,6 +35,9 @@ pytestmark = pytest.mark.slow
 CONCURRENCY = 4
 FAILING = "{canary: {steps: [{weight: 50, pause: 5s}]}}"
 MANUAL = "{canary: {steps: [{weight: 20}]}}"  # no pause: waits for an operator's promote
+POLICY = Path(__file__).resolve().parents[1] / "examples" / "governance" / "policy.yaml"
+DIGEST = "sha256:" + "a" * 64
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
 @dataclass
@@ -53,6 +60,8 @@ async def _run(env: RolloutEnv) -> Scenario:
         assert (await service.send_command(env.ctx, "shop", "promote")).applied
         promoted = await first
     spec.write_text(spec.read_text().replace(MANUAL, FAILING))
+    gov.new_release(env.state, "shop", "3.0.0", "alice", DIGEST, COMMIT)  # its author, and bob's approval
+    gov.approve(env.state, load_policy(POLICY), "shop", "3.0.0", "reviewer", "bob")
     async with Load(env.url, concurrency=CONCURRENCY) as load:
         await load.wait_for(10)
         failed = await asyncio.wait_for(service.deploy(env.ctx, spec, "3.0.0"), 60)
@@ -95,6 +104,13 @@ def test_a_rolled_back_canary_reports_its_timeline_trigger_and_impact_as_the_loa
     assert stages["rollback"]["values"]["error_rate"] == "100%" and stages["rollback"]["stage"] == "rollback"
     assert [e["weight"] for e in report["timeline"] if e["kind"] == "rollback_step"][-1] == 0
     assert all(e["t"].startswith("T+") for e in report["timeline"] if e["stage"] != "preflight")
+    assert report["author"] == "alice" and report["commit"] == COMMIT and report["digest"] == DIGEST
+    [approval] = report["approvals"]
+    assert (approval["user"], approval["kind"], approval["env"], approval["stage"]) == ("bob", "approval", "prod",
+                                                                                      "reviewer")
+    preflight = [(e["kind"], e["actor"]) for e in report["timeline"] if e["stage"] == "preflight"]
+    assert preflight == [("release.new", "alice"), ("approval (prod/reviewer)", "bob"),
+                         ("deploy.admitted", f"{os_user()} (os login)")]
 
     pm = report["postmortem"]
     trigger = pm["trigger"]
