@@ -46,6 +46,7 @@ class Scenario:
     promoted: RolloutState
     failed: RolloutState
     load: Load  # the load that ran through the failing canary
+    aborted: RolloutState  # 4.0.0: failed its smoke test, no user request reached it
 
 
 async def _run(env: RolloutEnv) -> Scenario:
@@ -65,7 +66,10 @@ async def _run(env: RolloutEnv) -> Scenario:
     async with Load(env.url, concurrency=CONCURRENCY) as load:
         await load.wait_for(10)
         failed = await asyncio.wait_for(service.deploy(env.ctx, spec, "3.0.0"), 60)
-    return Scenario(env, promoted, failed, load)
+    spec.write_text(spec.read_text().replace("path: /health, expect_status", "path: /api/items, expect_status")
+                    .replace('FAULTS: "3.0.0:error_rate=1"', 'FAULTS: "3.0.0:error_rate=1;4.0.0:error_rate=1"'))
+    aborted = await asyncio.wait_for(service.deploy(env.ctx, spec, "4.0.0"), 60)
+    return Scenario(env, promoted, failed, load, aborted)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +101,7 @@ def as_json(s: Scenario, ref: str) -> dict[str, Any]:
 def test_a_rolled_back_canary_reports_its_timeline_trigger_and_impact_as_the_load_saw_it(scenario):
     s = scenario
     assert s.failed.status == "rolled_back", s.failed.reason
-    report = as_json(s, "shop")  # a service name: its latest rollout
+    report = as_json(s, s.failed.id)
     assert report["id"] == s.failed.id and report["status"] == "rolled_back" and report["previous"] == "2.0.0"
     stages = {e["kind"]: e for e in report["timeline"]}
     assert stages["step"]["weight"] == 50 and stages["step"]["stage"] == "traffic"
@@ -126,7 +130,7 @@ def test_a_rolled_back_canary_reports_its_timeline_trigger_and_impact_as_the_loa
     counts = {t["version"]: t for t in report["traffic"]}
     assert counts["3.0.0"]["requests"] == impact["requests"]
     assert counts["2.0.0"]["requests"] > 0 and counts["2.0.0"]["errors"] == 0  # the stable version never failed
-    assert f"{impact['requests']} requests reached it at up to 50% of traffic" in pm["summary"]
+    assert f". {impact['requests']} requests reached it at up to 50% of traffic" in pm["summary"]
 
 
 def test_the_post_mortem_draft_follows_the_template_in_markdown_and_html(scenario, tmp_path):
@@ -195,7 +199,7 @@ def test_the_api_serves_the_same_report_and_the_client_fetches_it(scenario, tmp_
             assert c.get(f"/api/v1/rollouts/{s.failed.id}/report").status_code == 403
         fetched = cli(s, "report", "shop", "--format", "json", server=server, token=viewer)
         assert fetched.returncode == 0, fetched.stderr
-        assert json.loads(fetched.stdout) == as_json(s, s.failed.id)
+        assert json.loads(fetched.stdout) == as_json(s, s.aborted.id)  # a service name: its latest rollout
         unknown = cli(s, "report", "nosuch", server=server, token=viewer)
         assert unknown.returncode == 2 and unknown.stderr.startswith("releasegate: rollout nosuch: no rollout")
     finally:
@@ -219,4 +223,17 @@ def test_a_rollout_recorded_before_counts_were_says_not_recorded(scenario, tmp_p
     report = report_for(old, s.failed.id)
     assert report.traffic is None and report.postmortem is not None
     assert report.postmortem.impact.requests is None and report.postmortem.impact.errors is None
-    assert "how many requests reached it was not recorded" in report.postmortem.summary
+    assert "How many requests reached it was not recorded" in report.postmortem.summary
+
+
+def test_an_abort_before_any_traffic_says_no_request_reached_it(scenario):
+    s = scenario
+    assert s.aborted.status == "aborted", s.aborted.reason
+    report = as_json(s, "shop")  # a service name: its latest rollout
+    assert report["id"] == s.aborted.id
+    pm = report["postmortem"]
+    assert pm["impact"]["requests"] == 0 and pm["impact"]["errors"] == 0 and pm["impact"]["exposed_from"] is None
+    assert ". No user request reached it; 2.0.0 kept serving the rest." in pm["summary"]
+    assert pm["trigger"]["message"].startswith("smoke failed for 4.0.0, no user traffic reached it: smoke GET "
+                                               "/api/items")
+    assert pm["trigger"]["rule"] is None and pm["trigger"]["actor"] is None

@@ -204,9 +204,9 @@ def _traffic(events: list[dict[str, Any]]) -> tuple[list[VersionTraffic] | None,
     counts = [VersionTraffic(version=v, requests=int(c.get("requests", 0)), errors=int(c.get("errors", 0)))
               for v, c in last["data"]["traffic"].items() if isinstance(c, dict)]
     window = float(last["data"].get("traffic_window") or 0.0)
-    note = "as the router counted them, from the rollout's start to its last traffic change or analysis"
+    note = "the router's, from the rollout's start to its last traffic change or analysis"
     if window >= ROUTER_HISTORY:
-        note = "the last hour only: the router keeps one hour of statistics, and this rollout ran longer"
+        note = "the router's, of the last hour only: it keeps one hour of statistics, and this rollout ran longer"
     return counts, note
 
 
@@ -246,8 +246,9 @@ def _postmortem(report: Report, events: list[dict[str, Any]], spec: Spec) -> Pos
         if impact.exposed_seconds is not None:
             reached += f", for {span_text(impact.exposed_seconds)}"
     kept = f"; {report.previous} kept serving the rest" if report.previous else ""
-    summary = (f"{report.release} ({report.strategy}) was {words} in {report.env}: {report.reason or words}. "
-               f"{reached}{kept}.")
+    why = (report.reason or words).rstrip(".")
+    summary = f"{report.release} ({report.strategy}) was {words} in {report.env}: {why}. {reached[0].upper()}" \
+              f"{reached[1:]}{kept}."
     failing = [e for e in report.timeline if e.stage not in ("preflight",)]
     return PostMortem(title=f"Post-mortem (draft): {report.release} {words}", summary=summary, impact=impact,
                       trigger=trigger, timeline=failing)
