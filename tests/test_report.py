@@ -191,6 +191,8 @@ def test_the_api_serves_the_same_report_and_the_client_fetches_it(scenario, tmp_
             html = c.get(f"/api/v1/rollouts/{s.failed.id}/report", params={"format": "html"})
             assert html.status_code == 200 and html.headers["content-type"].startswith("text/html")
             assert "<h1>Post-mortem (draft): shop@3.0.0 rolled back</h1>" in html.text
+            aborted = c.get(f"/api/v1/rollouts/{s.aborted.id}/report", params={"format": "html"}).text
+            assert '"injected fault"' not in aborted and "&#34;injected fault&#34;" in aborted  # recorded text escaped
             missing = c.get("/api/v1/rollouts/nosuch/report")
             assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
             no_draft = c.get(f"/api/v1/rollouts/{s.promoted.id}/report", params={"postmortem": "true"})
