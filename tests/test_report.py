@@ -131,6 +131,12 @@ def test_a_rolled_back_canary_reports_its_timeline_trigger_and_impact_as_the_loa
     assert counts["3.0.0"]["requests"] == impact["requests"]
     assert counts["2.0.0"]["requests"] > 0 and counts["2.0.0"]["errors"] == 0  # the stable version never failed
     assert f". {impact['requests']} requests reached it at up to 50% of traffic" in pm["summary"]
+    # The recorded shape the dashboard reads too: every analysed decision has cumulative counts per version.
+    [run] = [h for h in service.history(s.env.ctx, "shop") if h["id"] == s.failed.id]
+    analysed = [e["data"] for e in run["events"] if "values" in e["data"]]
+    assert analysed and all(set(d["traffic"]) == {"3.0.0", "2.0.0"} and d["traffic_window"] > 0 for d in analysed)
+    served = [d["traffic"]["3.0.0"]["requests"] for d in analysed]
+    assert served == sorted(served) and served[-1] <= impact["requests"]  # cumulative, up to the final count
 
 
 def test_the_post_mortem_draft_follows_the_template_in_markdown_and_html(scenario, tmp_path):
