@@ -52,6 +52,7 @@ def _mount_governance() -> None:
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.policy import policy_app
     from releasegate.commands.release import notes_command, release_app, version_app
+    from releasegate.commands.report import report
     from releasegate.commands.server import server
 
     release_app.command("new")(release_new)
@@ -71,6 +72,7 @@ def _mount_governance() -> None:
     app.command(rich_help_panel=INTEGRATIONS)(schema)
     app.command(rich_help_panel=INTEGRATIONS)(alerts)
     app.command("server", rich_help_panel=INTEGRATIONS)(server)
+    app.command("report", rich_help_panel=ROLLOUTS)(report)
 
 
 out = Console(highlight=False, soft_wrap=True)
