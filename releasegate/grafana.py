@@ -192,7 +192,7 @@ def _rollout_panels() -> list[gd.Panel | gts.Panel | gstate.Panel]:
     decisions = _series("Decisions", "short",
                         [_query(f"sum by (decision) (increase(releasegate_decisions_total{{service={SERVICE}}}"
                                 f"[{WINDOW}])) > 0", "{{decision}}")],
-                        description="Decisions the controller recorded (releasegate history), by kind.")
+                        description="Decisions the controller recorded (releasegate history), by kind.", width=24)
     return [weight, triggers, phase, decisions]
 
 
