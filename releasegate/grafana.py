@@ -55,6 +55,12 @@ _TITLES = {"error_rate": "Error rate (5xx / all) per version", "rps": "Requests 
 _METRIC_NAME = re.compile(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*[{\[]")
 """A metric name in PromQL: a name followed by its selector's brace or a range."""
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"')
+NEW_VERSION = f"releasegate_rollout_phase{{service={SERVICE}}}"
+"""The ``version`` variable: the version of the service's latest rollout, read at the end of the time range
+(``query_result`` is an instant query, so older rollouts' series, stale by then, are not offered)."""
+BASELINE = f'releasegate_route_weight{{service={SERVICE},version!="$version"}}'
+"""The ``baseline`` variable: the other version of that rollout (the exporter lists both of its weights)."""
+VERSION_LABEL = '/version="([^"]+)"/'
 UNEXPORTED = ("cpu", "memory_mb", "memory_percent")
 """Rule metrics measured from the processes by the controller: no Prometheus series has them."""
 
@@ -200,15 +206,13 @@ def _variables(spec: Spec, datasource: str | None) -> list[cogbuilder.Builder[gm
     source = gd.DatasourceVariable("datasource").label("Data source").type("prometheus")
     if datasource is not None:
         source = source.current(gm.VariableOption(selected=True, text=datasource, value=datasource))
-    versions = f"label_values(releasegate_route_weight{{service={SERVICE}}}, version)"
     return [
         source,
         gd.ConstantVariable("service").value(spec.service),
         gd.QueryVariable("version").label("New version").datasource(DATASOURCE)
-        .query(f"label_values(releasegate_rollout_phase{{service={SERVICE}}}, version)")
-        .refresh(gm.VariableRefresh.ON_TIME_RANGE_CHANGED),
-        gd.QueryVariable("baseline").label("Baseline version").datasource(DATASOURCE).query(versions)
-        .refresh(gm.VariableRefresh.ON_TIME_RANGE_CHANGED),
+        .query(f"query_result({NEW_VERSION})").regex(VERSION_LABEL).refresh(gm.VariableRefresh.ON_TIME_RANGE_CHANGED),
+        gd.QueryVariable("baseline").label("Baseline version").datasource(DATASOURCE)
+        .query(f"query_result({BASELINE})").regex(VERSION_LABEL).refresh(gm.VariableRefresh.ON_TIME_RANGE_CHANGED),
     ]
 
 
