@@ -224,6 +224,8 @@ def build_dashboard(spec: Spec, *, title: str | None = None, datasource: str | N
              "the spec's analysis rules.")
     if unexported:
         about += f" Not shown (measured from the processes, not exported to Prometheus): {'; '.join(unexported)}."
+    if router_note(spec):
+        about += f" {router_note(spec)}"
     board = (gd.Dashboard(title or f"Release Health - {spec.service}").uid(f"releasegate-{spec.service}"[:40])
              .description(about).tags(["releasegate", spec.service]).editable().time("now-30m", "now")
              .refresh("30s").timezone("browser").variables(_variables(spec, datasource))
@@ -245,6 +247,15 @@ def build_dashboard(spec: Spec, *, title: str | None = None, datasource: str | N
     for panel in _rollout_panels():
         board = board.with_panel(panel)
     return board.build()
+
+
+def router_note(spec: Spec) -> str | None:
+    """What a user of an nginx or HAProxy router must know: those export no per-version Prometheus series."""
+    if spec.router.kind == "builtin":
+        return None
+    return (f"router kind {spec.router.kind} exports no Prometheus series of its own, so the error rate, latency "
+            "and requests panels (the built-in router's http_requests_total and http_request_duration_seconds) "
+            "stay empty; point them at your exporter's series in Grafana")
 
 
 def _conform(data: dict[str, Any]) -> dict[str, Any]:
@@ -270,4 +281,4 @@ def render_dashboard(spec: Spec, *, title: str | None = None, datasource: str | 
     return json.dumps(_conform(json.loads(JSONEncoder().encode(model))), indent=2, sort_keys=True) + "\n"
 
 
-__all__ = ["build_dashboard", "render_dashboard", "thresholds"]
+__all__ = ["build_dashboard", "render_dashboard", "router_note", "thresholds"]

@@ -162,6 +162,17 @@ def test_defaults_print_to_stdout_and_a_title_is_taken(tmp_path: Path) -> None:
     assert steps(shown["Error rate (5xx / all) per version"])[-1] == (0.05, "red")  # the seeds' defaults
     assert steps(shown["Latency p95 per version"])[-1] == (2.5, "red")
     assert "current" not in data["templating"]["list"][0]  # Grafana's default Prometheus
+    assert run.stderr == ""
+
+
+def test_an_nginx_router_is_told_its_router_panels_stay_empty(tmp_path: Path) -> None:
+    spec = tmp_path / "shop.yaml"
+    spec.write_text("service: shop\nplatform: {command: 'app --port {port}'}\nrouter: {kind: nginx}\n")
+    run = rg("grafana", str(spec))
+    assert run.returncode == 0 and json.loads(run.stdout)["title"] == "Release Health - shop"
+    assert run.stderr.startswith("note: router kind nginx exports no Prometheus series of its own") and \
+        len(run.stderr.splitlines()) == 1, run.stderr
+    assert "router kind nginx exports no Prometheus series" in json.loads(run.stdout)["description"]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:

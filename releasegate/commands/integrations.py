@@ -45,7 +45,7 @@ def grafana(spec: SpecFile,
                                                       "(default: Release Health - SERVICE).")] = None) -> None:
     """Print a Grafana dashboard (JSON) for the spec's service, its thresholds the spec's rules."""
     from releasegate.errors import UserError
-    from releasegate.grafana import render_dashboard
+    from releasegate.grafana import render_dashboard, router_note
     from releasegate.spec import load_spec
 
     if datasource is not None and not _UID.match(datasource):
@@ -53,7 +53,11 @@ def grafana(spec: SpecFile,
                         "or '_' (Connections > Data sources > your Prometheus: the UID is the last part of its URL)")
     if title is not None and not title.strip():
         raise UserError("--title: give a non-empty title, or leave --title out for 'Release Health - SERVICE'")
-    text = render_dashboard(load_spec(spec), title=title.strip() if title else None, datasource=datasource)
+    loaded = load_spec(spec)
+    text = render_dashboard(loaded, title=title.strip() if title else None, datasource=datasource)
+    note = router_note(loaded)
+    if note is not None:  # the dashboard is still written: the controller and custom panels work
+        Console(stderr=True, highlight=False, soft_wrap=True).print(f"note: {note} (docs/grafana.md)", markup=False)
     if output is None:
         typer.echo(text, nl=False)
         return
