@@ -47,7 +47,7 @@ def _mount_governance() -> None:
     from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
     from releasegate.commands.audit import audit_app
     from releasegate.commands.calendar import calendar_app
-    from releasegate.commands.integrations import alerts, schema
+    from releasegate.commands.integrations import alerts, grafana, schema
     from releasegate.commands.metrics import metrics
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.policy import policy_app
@@ -71,6 +71,7 @@ def _mount_governance() -> None:
     app.command("metrics")(metrics)
     app.command(rich_help_panel=INTEGRATIONS)(schema)
     app.command(rich_help_panel=INTEGRATIONS)(alerts)
+    app.command(rich_help_panel=INTEGRATIONS)(grafana)
     app.command("server", rich_help_panel=INTEGRATIONS)(server)
     app.command("report", rich_help_panel=ROLLOUTS)(report)
 
