@@ -1,0 +1,22 @@
+"""The browser dashboard served by ``releasegate server`` at ``/`` (docs/dashboard.md).
+
+``mount(app)`` is the one hook ``create_app`` calls: the dashboard's routes and its session store. Everything it
+shows comes from the same store and role checks as the API; everything it serves (templates, script, styles,
+uPlot) is in this package.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from releasegate.server.dashboard.sessions import Sessions
+
+
+def mount(app: FastAPI) -> None:
+    from releasegate.server.dashboard.routes import router
+
+    app.state.sessions = Sessions()
+    app.include_router(router)
+
+
+__all__ = ["mount"]

@@ -1,0 +1,141 @@
+"""The browser dashboard over real HTTP, without a browser: sign-in sessions, cookie flags, CSRF and Origin checks,
+role checks, the static files and the server-sent events' framing.
+
+One real ``releasegate server`` serves the module; the browser itself (real Chromium, a live canary) is
+tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from releasegate.server.dashboard.sessions import COOKIE
+from tests.support.server import ServerProc
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
+    base = tmp_path_factory.mktemp("dashboard")
+    proc = ServerProc(base / "state", base).start()
+    yield proc
+    proc.stop()
+
+
+def browser(server: ServerProc) -> httpx.Client:
+    """A client that sends what a browser's same-origin form POST sends (Origin), without following redirects."""
+    return httpx.Client(base_url=server.url, timeout=30, headers={"Origin": server.url})
+
+
+@contextlib.contextmanager
+def signed_in(server: ServerProc, token: str) -> Iterator[httpx.Client]:
+    with browser(server) as c:
+        answer = c.post("/signin", data={"token": token, "next": "/"})
+        assert answer.status_code == 303 and answer.headers["location"] == "/", answer.text
+        yield c
+
+
+def csrf_of(page: str) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page)
+    assert found is not None, "no CSRF field on the page"
+    return found.group(1)
+
+
+def test_pages_need_a_session_and_the_sign_in_page_and_static_files_are_public(server):
+    with browser(server) as c:
+        for path in ("/", "/rollouts/r-1"):
+            answer = c.get(path)
+            assert answer.status_code == 303 and answer.headers["location"] == f"/signin?next={path}"
+        for path in ("/rollouts/r-1/promote", "/rollouts/r-1/abort", "/rollouts/r-1/rollback", "/signout"):
+            answer = c.post(path, data={"csrf": "x"})
+            assert answer.status_code in (303, 403), (path, answer.status_code)
+            if path != "/signout":
+                assert "not signed in" in answer.text
+        for path in ("/live", "/rollouts/r-1/live"):
+            assert c.get(path).status_code == 401
+        page = c.get("/signin")
+        assert page.status_code == 200 and 'type="password"' in page.text
+        assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self': no inline script
+        assert "default-src 'self'" in page.headers["content-security-policy"]
+        js = c.get("/static/uPlot.iife.min.js")
+        assert js.status_code == 200 and js.headers["content-type"].startswith("text/javascript")
+        assert "MIT" in c.get("/static/uPlot.LICENSE").text
+        assert c.get("/static/../app.py").status_code == 404
+        assert c.get("/static/routes.py").status_code == 404
+
+
+def test_signing_in_sets_a_session_cookie_that_is_not_the_token_and_signing_out_ends_it(server):
+    token = server.token("dora", "deployer")
+    with browser(server) as c:
+        answer = c.post("/signin", data={"token": token, "next": "/rollouts/x"})
+        assert answer.status_code == 303 and answer.headers["location"] == "/rollouts/x"
+        cookie = answer.headers["set-cookie"]
+        assert cookie.startswith(f"{COOKIE}=")
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        assert "Secure" not in cookie  # plain http on loopback; over TLS the cookie is Secure
+        assert token not in cookie and token.removeprefix("rg_") not in cookie
+        page = c.get("/")
+        assert page.status_code == 200 and "dora (deployer of *)" in page.text
+        assert "No service has been deployed yet" in page.text
+        csrf = csrf_of(page.text)
+        assert c.post("/signout", data={}).status_code == 403  # no CSRF token
+        assert c.post("/signout", data={"csrf": csrf}, headers={"Origin": "http://evil.example"}).status_code == 403
+        assert c.post("/signout", data={"csrf": csrf}, headers={"Origin": ""}).status_code == 403
+        assert c.get("/").status_code == 200  # none of the refused sign-outs ended the session
+        gone = c.post("/signout", data={"csrf": csrf})
+        assert gone.status_code == 303 and gone.headers["location"] == "/signin"
+        assert f'{COOKIE}=""' in gone.headers["set-cookie"] or "Max-Age=0" in gone.headers["set-cookie"]
+    with browser(server) as stale:  # the old session id, replayed after sign-out, is refused
+        stale.cookies.set(COOKIE, answer.cookies[COOKIE])
+        assert stale.get("/").status_code == 303
+
+
+def test_a_bad_token_or_a_cross_site_sign_in_is_refused_in_one_line(server):
+    with browser(server) as c:
+        for token in ("", "rg_wrong", "x" * 500):
+            answer = c.post("/signin", data={"token": token})
+            assert answer.status_code == 401 and "set-cookie" not in answer.headers
+            error = re.search(r'id="error">([^<]+)<', answer.text)
+            assert error is not None and "\n" not in error.group(1)
+            assert "not a current server token" in error.group(1)
+        forged = c.post("/signin", data={"token": server.token("eve", "admin")},
+                        headers={"Origin": "http://evil.example"})
+        assert forged.status_code == 403 and "set-cookie" not in forged.headers
+        assert c.post("/signin", data={"token": "x", "next": "//evil.example/"}).status_code == 401
+        good = c.post("/signin", data={"token": server.token("otto", "viewer"), "next": "//evil.example/"})
+        assert good.headers["location"] == "/"  # only a path on this server may follow a sign-in
+
+
+def test_a_replaced_token_ends_its_sessions(server):
+    with signed_in(server, server.token("rita", "viewer")) as c:
+        assert c.get("/").status_code == 200
+        server.token("rita", "viewer")  # a new token for rita replaces the old one
+        assert c.get("/").status_code == 303
+
+
+def test_a_viewer_is_refused_a_forged_action_and_a_scoped_grant_sees_only_its_services(server):
+    with signed_in(server, server.token("vera", "viewer")) as c:
+        csrf = csrf_of(c.get("/").text)
+        for data in ({}, {"csrf": csrf}):
+            answer = c.post("/rollouts/no-such/promote", data=data)
+            assert answer.status_code in (403, 404), answer.text
+            assert answer.status_code == 403 or "no such rollout" in answer.text
+        assert c.post("/rollouts/no-such/reboot", data={"csrf": csrf}).status_code == 404
+
+
+def test_the_live_streams_are_server_sent_events_with_json_updates(server):
+    with signed_in(server, server.token("sam", "viewer")) as c, c.stream("GET", "/live") as live:
+        assert live.status_code == 200
+        assert live.headers["content-type"].startswith("text/event-stream")
+        lines = live.iter_lines()
+        assert next(lines) == "retry: 2000"
+        assert next(lines) == ""
+        assert next(lines) == "event: update"
+        data = next(lines)
+        assert data.startswith("data: ") and json.loads(data.removeprefix("data: ")) == {"rows": []}
+        assert next(lines) == ""
