@@ -116,7 +116,7 @@ def charts(spec: Spec, events: list[dict[str, Any]], now: float | None = None) -
     for i, rule in enumerate(spec.analysis.rules):
         key = rule_key(i, rule)
         points = [(e["at"], e["data"]["values"].get(key)) for e in ticks if key in e["data"]["values"]]
-        out.append({"key": key, "title": rule.describe(), "metric": rule.metric,
+        out.append({"key": key, "title": f"rolls back when {rule.describe()}", "metric": rule.metric,
                     "max": rule.max, "min": rule.min,
                     "x": [p[0] for p in points], "y": [p[1] for p in points]})
     traffic = [e for e in ticks if isinstance(e["data"].get("traffic"), dict)]

@@ -89,9 +89,11 @@ function renderCharts(charts) {
     const width = Math.max(260, Math.min(holder.clientWidth || 600, 720));
     if (plots[c.key]) plots[c.key].setData(chartData(c));
     else plots[c.key] = new uPlot(chartOptions(c, width), chartData(c), box);
-    box.dataset.points = String(c.x.length);
-    const y = c.y || [];
-    box.querySelector(".latest").textContent = y.length ? `latest: ${y[y.length - 1]}` : "no analysis yet";
+    const y = (c.y || []).filter((v) => v !== null);
+    box.dataset.points = String(c.series ? c.x.length : y.length);  // analyses with data
+    const last = c.y && c.y.length ? c.y[c.y.length - 1] : undefined;
+    box.querySelector(".latest").textContent = last === undefined ? "no analysis yet"
+      : last === null ? "latest analysis: no data (no traffic to the new version)" : `latest: ${last}`;
   }
 }
 
