@@ -139,3 +139,16 @@ def test_the_live_streams_are_server_sent_events_with_json_updates(server):
         data = next(lines)
         assert data.startswith("data: ") and json.loads(data.removeprefix("data: ")) == {"rows": []}
         assert next(lines) == ""
+
+
+def test_a_stopping_server_ends_its_live_streams_with_a_closing_event(tmp_path):
+    own = ServerProc(tmp_path / "state", tmp_path).start()
+    try:
+        with signed_in(own, own.token("sam", "viewer")) as c, c.stream("GET", "/live") as live:
+            lines = live.iter_lines()
+            assert [next(lines) for _ in range(3)] == ["retry: 2000", "", "event: update"]
+            own.stop()  # SIGTERM, as an operator's stop
+            rest = list(lines)
+        assert "event: closing" in rest  # the stream ended itself, not cut by the shutdown's deadline
+    finally:
+        own.stop()

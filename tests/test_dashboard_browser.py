@@ -39,6 +39,7 @@ from selenium import webdriver  # noqa: E402  (only once the browser is known to
 from selenium.common.exceptions import WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 
 
 @pytest.fixture
@@ -121,7 +122,11 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     _forged_posts_are_refused(server, cookie["value"], viewer.page_source, rid)
 
     deployer = browsers("deployer")
-    await sign_in(deployer, server.url, dora, page)
+    await sign_in(deployer, server.url, dora, "/")
+    row = deployer.find_element(By.CSS_SELECTOR, "#services tr[data-service='shop']")
+    assert "2.0.0: canary step 1, 20%" in row.text and "1.0.0 promoted" in row.text
+    row.find_element(By.PARTIAL_LINK_TEXT, "2.0.0: canary").send_keys(Keys.ENTER)  # the keyboard way in
+    await eventually(lambda: deployer.current_url == f"{server.url}{page}", 30, "the rollout page from the overview")
     await eventually(lambda: points(deployer) > 3, 30, "the deployer's charts with data", every=0.1)
     shot = tmp_path / "rollout-page.png"
     deployer.save_screenshot(str(shot))

@@ -141,7 +141,9 @@ async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: P
                             timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,
                             limit_concurrency=1000, timeout_graceful_shutdown=10,
                             ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
-    await uvicorn.Server(config).serve()
+    served = uvicorn.Server(config)
+    app.state.closing = lambda: served.should_exit  # the dashboard's live streams end at once on SIGTERM
+    await served.serve()
 
 
 __all__ = ["check_store", "choose_store", "server", "store_dir"]

@@ -204,7 +204,8 @@ def _stream(request: Request, every: float, look: Callable[[Grant], Awaitable[tu
             ) -> Response:
     """Server-sent events: ``look`` returns (a change key, the data); an ``update`` event is sent whenever the key
     changes, a comment line otherwise (keeps proxies from closing the stream); the session is checked every
-    time, so signing out or revoking the token ends the stream."""
+    time, so signing out or revoking the token ends the stream, and so does the server's stop (the browser
+    reconnects to the next server)."""
     if _sessions(request).find(request) is None:
         return Response("not signed in: sign in at /signin\n", status_code=401, media_type="text/plain")
 
@@ -212,7 +213,11 @@ def _stream(request: Request, every: float, look: Callable[[Grant], Awaitable[tu
         loop = asyncio.get_running_loop()
         ends, last = loop.time() + STREAM_LIFETIME, None
         yield "retry: 2000\n\n"
+        closing: Callable[[], bool] = getattr(request.app.state, "closing", lambda: False)
         while loop.time() < ends:
+            if closing():  # the server stops: end now rather than hold its graceful shutdown for 10 s
+                yield "event: closing\ndata: {}\n\n"
+                return
             found = _sessions(request).find(request)
             if found is None:
                 yield "event: signed-out\ndata: {}\n\n"
@@ -223,7 +228,11 @@ def _stream(request: Request, every: float, look: Callable[[Grant], Awaitable[tu
                 yield f"event: update\ndata: {json.dumps(data, default=str)}\n\n"
             else:
                 yield ": unchanged\n\n"
-            await asyncio.sleep(every)
+            naps = max(1, round(every / 0.25))  # a stop is noticed within a quarter second
+            for _ in range(naps):
+                if closing():
+                    break
+                await asyncio.sleep(every / naps)
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
