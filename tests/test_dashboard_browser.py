@@ -125,6 +125,7 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     await sign_in(deployer, server.url, dora, "/")
     row = deployer.find_element(By.CSS_SELECTOR, "#services tr[data-service='shop']")
     assert "2.0.0: canary step 1, 20%" in row.text and "1.0.0 promoted" in row.text
+    assert "1.0.0 (2), 2.0.0 (2)" in row.text  # the instances of each version (the spec runs two)
     row.find_element(By.PARTIAL_LINK_TEXT, "2.0.0: canary").send_keys(Keys.ENTER)  # the keyboard way in
     await eventually(lambda: deployer.current_url == f"{server.url}{page}", 30, "the rollout page from the overview")
     await eventually(lambda: points(deployer) > 3, 30, "the deployer's charts with data", every=0.1)

@@ -97,7 +97,8 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
                help="How long a rollout's lease lasts unrenewed: the longest a rollout pauses when its server "
                     "dies.")] = "10s"
            ) -> None:
-    """Serve the REST API and drive every active rollout in this one process (docs/server.md)."""
+    """Serve the REST API and the browser dashboard (at /), and drive every active rollout in this one process
+    (docs/server.md, docs/dashboard.md)."""
     with reported():
         host, port = listen_address(listen)
         where = store_dir(store, state_dir)

@@ -13,9 +13,11 @@ from releasegate.server.dashboard.sessions import Sessions
 
 
 def mount(app: FastAPI) -> None:
-    from releasegate.server.dashboard.routes import router
+    from releasegate.server.dashboard.routes import OVERVIEW_POLL, router
+    from releasegate.server.dashboard.views import Overview
 
     app.state.sessions = Sessions()
+    app.state.overview = Overview(app.state.state_dir, OVERVIEW_POLL)
     app.include_router(router)
 
 

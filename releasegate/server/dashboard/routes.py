@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from releasegate import __version__
+from releasegate.errors import UserError
 from releasegate.governance.identity import hash_token
 from releasegate.server.auth import allowed
 from releasegate.server.dashboard import views
@@ -54,6 +55,12 @@ templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=
 def _sessions(request: Request) -> Sessions:
     held = request.app.state.sessions
     assert isinstance(held, Sessions)
+    return held
+
+
+def _overview(request: Request) -> views.Overview:
+    held = request.app.state.overview
+    assert isinstance(held, views.Overview)
     return held
 
 
@@ -147,7 +154,7 @@ async def overview(request: Request) -> Response:
     if found is None:
         return _to_signin(request)
     session, grant = found
-    rows = await run_in_threadpool(views.overview, request.app.state.state_dir, grant)
+    rows = await run_in_threadpool(_overview(request).rows, grant)
     return _page("overview.html", rows=rows, grant=grant, session=session)
 
 
@@ -196,6 +203,8 @@ async def act(rollout_id: str, action: str, request: Request) -> Response:
         answer = await _command(request, grant, _active(request, grant, rollout_id), action)
     except Problem as exc:
         return _refused(exc.status, exc.detail, session)
+    except UserError as exc:  # what the CLI would say (e.g. the rollout ended meanwhile): one line, as the API's 400
+        return _refused(400, str(exc).splitlines()[0], session)
     return RedirectResponse(f"/rollouts/{quote(rollout_id)}?said={quote(answer.message)}", status_code=303,
                             headers=SECURITY)
 
@@ -241,7 +250,7 @@ def _stream(request: Request, every: float, look: Callable[[Grant], Awaitable[tu
 async def overview_live(request: Request) -> Response:
     """The overview's rows whenever they change."""
     async def look(grant: Grant) -> tuple[Any, Any]:
-        rows = await run_in_threadpool(views.overview, request.app.state.state_dir, grant)
+        rows = await run_in_threadpool(_overview(request).rows, grant)
         return json.dumps(rows, sort_keys=True, default=str), {"rows": rows}
     return _stream(request, OVERVIEW_POLL, look)
 

@@ -9,7 +9,10 @@ the report work) adds a request-count chart when present.
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from releasegate import reading, service
@@ -27,10 +30,29 @@ _TICKS = {"analysis", "waiting", "held"}
 """Decision kinds recorded at every analysis interval: charted, and listed only when their reason changes."""
 
 
-def overview(state_dir: Any, grant: Grant) -> list[dict[str, Any]]:
-    """One row per service the grant may see, the ones needing attention first (then by name)."""
+class Overview:
+    """Every service's row, computed at most once per ``every`` seconds for all the server's sessions: a row asks
+    the platform's records which instances run (an SSH fleet's hosts), which open tabs must not multiply."""
+
+    def __init__(self, state_dir: Path, every: float) -> None:
+        self.state_dir, self.every = state_dir, every
+        self._rows: list[dict[str, Any]] = []
+        self._at = -every
+        self._lock = threading.Lock()
+
+    def rows(self, grant: Grant) -> list[dict[str, Any]]:
+        """The rows ``grant`` may see, the ones needing attention first (then by name)."""
+        with self._lock:  # one computation at a time; the others wait for it and share it
+            if time.monotonic() - self._at >= self.every:
+                self._rows = overview(self.state_dir)
+                self._at = time.monotonic()
+            return [copy.deepcopy(r) for r in self._rows if allowed(grant, "viewer", r["service"])]
+
+
+def overview(state_dir: Path) -> list[dict[str, Any]]:
+    """One row per service, the ones needing attention first (then by name)."""
     ctx = service.new_context(state_dir)
-    rows = [s for s in reading.status(ctx) if allowed(grant, "viewer", s["service"])]
+    rows = reading.status(ctx)
     store = Store(state_dir)
     try:
         for row in rows:
@@ -38,6 +60,7 @@ def overview(state_dir: Any, grant: Grant) -> list[dict[str, Any]]:
             row["last"] = None if last is None else {"id": last.id, "version": last.version, "status": last.status,
                                                      "finished_at": last.finished_at, "reason": last.reason}
             row["attention"] = _attention(row)
+            row["running"] = ", ".join(f"{v} ({n})" for v, n in sorted(row["instances"].items())) or "none"
     finally:
         store.close()
     return sorted(rows, key=lambda r: (r["attention"] is None, r["service"]))
@@ -129,4 +152,4 @@ def charts(spec: Spec, events: list[dict[str, Any]], now: float | None = None) -
     return out
 
 
-__all__ = ["WINDOW", "charts", "decisions", "overview", "rollout"]
+__all__ = ["WINDOW", "Overview", "charts", "decisions", "overview", "rollout"]

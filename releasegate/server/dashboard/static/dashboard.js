@@ -40,7 +40,7 @@ function renderRows(rows) {
   for (const r of rows) {
     const tr = cell("tr", null, { "data-service": r.service });
     if (r.attention) tr.className = "attention";
-    tr.append(cell("th", r.service, { scope: "row" }), cell("td", r.state), cell("td", r.current || "—"));
+    tr.append(cell("th", r.service, { scope: "row" }), cell("td", r.state), cell("td", r.current || "—"), cell("td", r.running));
     const ro = cell("td");
     if (r.rollout) ro.append(link("/rollouts/" + r.rollout.id, `${r.rollout.version}: ${r.rollout.strategy} step ${r.rollout.step + 1}, ${r.rollout.weight}%`));
     else ro.textContent = "—";
