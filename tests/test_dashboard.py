@@ -46,18 +46,33 @@ def csrf_of(page: str) -> str:
     return found.group(1)
 
 
-def test_pages_need_a_session_and_the_sign_in_page_and_static_files_are_public(server):
+def test_every_dashboard_route_but_sign_in_and_static_needs_a_session(server):
+    """Enumerated from the router, so a new page cannot skip the session (the API's own check skips these)."""
+    from starlette.routing import Route
+
+    from releasegate.server.dashboard.routes import router
+
+    public = {("GET", "/signin"), ("POST", "/signin"), ("GET", "/static/{name}")}
+    routes = [(m, r.path) for r in router.routes if isinstance(r, Route)
+              for m in sorted(r.methods or ()) if m != "HEAD"]
+    assert {p for _, p in routes} >= {"/", "/rollouts/{rollout_id}", "/live", "/governance", "/signout"}
     with browser(server) as c:
-        for path in ("/", "/rollouts/r-1"):
-            answer = c.get(path)
-            assert answer.status_code == 303 and answer.headers["location"] == f"/signin?next={path}"
-        for path in ("/rollouts/r-1/promote", "/rollouts/r-1/abort", "/rollouts/r-1/rollback", "/signout"):
-            answer = c.post(path, data={"csrf": "x"})
-            assert answer.status_code in (303, 403), (path, answer.status_code)
-            if path != "/signout":
-                assert "not signed in" in answer.text
-        for path in ("/live", "/rollouts/r-1/live"):
-            assert c.get(path).status_code == 401
+        for method, path in routes:
+            if (method, path) in public:
+                continue
+            url = re.sub(r"\{[^}]+\}", "x", path)
+            answer = c.request(method, url, data={"csrf": "x"} if method == "POST" else None)
+            if path.endswith("/live"):
+                assert answer.status_code == 401, (method, path)
+            elif method == "GET" or path == "/signout":
+                assert answer.status_code == 303, (method, path)
+                assert answer.headers["location"] == f"/signin?next={url}"
+            else:
+                assert answer.status_code == 403 and "not signed in" in answer.text, (method, path)
+
+
+def test_the_sign_in_page_and_the_static_files_are_public_and_nothing_else_of_the_package(server):
+    with browser(server) as c:
         page = c.get("/signin")
         assert page.status_code == 200 and 'type="password"' in page.text
         assert "script-src" not in page.headers["content-security-policy"]  # default-src 'self': no inline script
@@ -152,3 +167,27 @@ def test_a_stopping_server_ends_its_live_streams_with_a_closing_event(tmp_path):
         assert "event: closing" in rest  # the stream ended itself, not cut by the shutdown's deadline
     finally:
         own.stop()
+
+
+def test_the_governance_page_shows_the_stored_calendar_and_the_audit_log_by_role(server):
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parent.parent / "examples" / "governance"
+    root = server.token("root", "admin")
+    with signed_in(server, root) as c:
+        empty = c.get("/governance")
+    assert empty.status_code == 200 and "No calendar is stored" in empty.text
+    with server.client(root) as api:
+        assert api.put("/api/v1/calendar", json={"text": (examples / "calendar.yaml").read_text()}).status_code == 200
+    with signed_in(server, root) as c:
+        page = c.get("/governance").text
+    assert "stored calendar v1, applied by root" in page
+    for change in ("major", "minor", "patch", "hotfix", "config"):
+        assert f'data-change="{change}"' in page
+    assert "The hash chain verifies" in page and 'id="entries"' in page and "calendar.applied" in page
+    with signed_in(server, server.token("sid", "viewer")) as c:
+        viewer = c.get("/governance").text
+    assert "The hash chain verifies" in viewer and 'id="entries"' not in viewer  # entries: admins only
+    with signed_in(server, server.token("shopper", "viewer", "shop")) as c:
+        scoped = c.get("/governance").text
+    assert "needs a viewer of every service" in scoped and "hash chain" not in scoped

@@ -184,6 +184,19 @@ def _rollout_view(state_dir: Path, rollout_id: str, grant: Grant) -> dict[str, A
         store.close()
 
 
+@router.get("/governance", response_class=HTMLResponse)
+async def governance_page(request: Request) -> Response:
+    """The stored calendar now, and the audit log's check (viewer of every service) and entries (admin)."""
+    from releasegate.server.dashboard import governance
+
+    found = _sessions(request).find(request)
+    if found is None:
+        return _to_signin(request)
+    session, grant = found
+    data = await run_in_threadpool(governance.page, request.app.state.state_dir, grant)
+    return _page("governance.html", data=data, grant=grant, session=session)
+
+
 @router.post("/rollouts/{rollout_id}/{action}", response_class=HTMLResponse)
 async def act(rollout_id: str, action: str, request: Request) -> Response:
     """A button: the API's promote/abort/rollback of this rollout, for a deployer of its service."""
