@@ -111,6 +111,7 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     viewer = browsers("viewer")
     await sign_in(viewer, server.url, vera, page)
     assert text(viewer, "weight") == "20%" and text(viewer, "status") == "running"
+    assert text(viewer, "reported") == "1.0.0 80%, 2.0.0 20%"  # the router's own view, beside the weight set
     assert "vera (viewer of *)" in text(viewer, "who")
     assert viewer.find_elements(By.ID, "promote") == [] and viewer.find_elements(By.ID, "actions") == []
     viewer.execute_script("window.notReloaded = true;")
@@ -141,10 +142,17 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
 
     await eventually(lambda: text(viewer, "weight") == "100%", 60, "the viewer's weight to reach 100 % live", every=0.1)
     await eventually(lambda: text(viewer, "status") == "promoted", 60, "the viewer's status to change live", every=0.1)
+    await eventually(lambda: "2.0.0 100%" in text(viewer, "reported"), 30, "the router's weights live", every=0.1)
     assert viewer.execute_script("return window.notReloaded === true;")  # all of it without a reload
     assert "step 1: 20%" in text(viewer, "timeline")
     decisions = text(viewer, "decisions")
     assert "promote by dora" in decisions and "error_rate=" in decisions
+
+    deployer.set_window_size(390, 844)  # a phone: the page reflows, only tables scroll sideways in their box
+    deployer.get(f"{server.url}{page}")
+    await eventually(lambda: points(deployer) > 3, 30, "the charts on a phone-sized page", every=0.1)
+    fits = "return document.documentElement.scrollWidth <= document.documentElement.clientWidth;"
+    assert deployer.execute_script(fits), "the rollout page is wider than a phone's screen"
 
     viewer.find_element(By.ID, "signout").click()
     await eventually(lambda: viewer.current_url.endswith("/signin"), 30, "the sign-in page after signing out")

@@ -164,12 +164,22 @@ async def rollout_page(rollout_id: str, request: Request, said: str | None = Non
     if found is None:
         return _to_signin(request)
     session, grant = found
-    view = await run_in_threadpool(_rollout_view, request.app.state.state_dir, rollout_id, grant)
+    view = await _with_data_plane(request, rollout_id, grant)
     if isinstance(view, str):
         return _refused(404, view, session)
     may_act = allowed(grant, "deployer", view["state"]["service"])
     return _page("rollout.html", view=view, grant=grant, session=session, may_act=may_act, actions=ACTIONS,
                  said=said)
+
+
+async def _with_data_plane(request: Request, rollout_id: str, grant: Grant) -> dict[str, Any] | str:
+    """The page's data with the weights the router itself reports (``reported``)."""
+    state_dir = request.app.state.state_dir
+    view = await run_in_threadpool(_rollout_view, state_dir, rollout_id, grant)
+    rec = request.app.state.reads.store.rollout(rollout_id)
+    if not isinstance(view, str) and rec is not None:
+        view["reported"] = await views.data_plane(state_dir, rec)
+    return view
 
 
 def _rollout_view(state_dir: Path, rollout_id: str, grant: Grant) -> dict[str, Any] | str:
@@ -282,7 +292,7 @@ async def rollout_live(rollout_id: str, request: Request) -> Response:
         if key == seen[0]:
             return key, None  # unchanged: the events are not read again
         seen[0] = key
-        view = await run_in_threadpool(_rollout_view, request.app.state.state_dir, rollout_id, grant)
+        view = await _with_data_plane(request, rollout_id, grant)
         return key, view if not isinstance(view, str) else {"error": view}
     return _stream(request, POLL, look)
 

@@ -152,4 +152,27 @@ def charts(spec: Spec, events: list[dict[str, Any]], now: float | None = None) -
     return out
 
 
-__all__ = ["WINDOW", "Overview", "charts", "decisions", "overview", "rollout"]
+__all__ = ["WINDOW", "Overview", "charts", "data_plane", "decisions", "overview", "rollout"]
+
+
+async def data_plane(state_dir: Path, rec: RolloutRecord) -> str:
+    """The weights the service's router itself reports, as one line (``1.0.0 80%, 2.0.0 20%``), read without
+    starting anything: the built-in router's admin API when it runs; other router kinds are not read yet."""
+    import httpx
+    from fastapi.concurrency import run_in_threadpool
+
+    from releasegate.errors import ProviderError
+    from releasegate.providers.routers.builtin import read_router_state, router_client
+    from releasegate.spec.models import BuiltinRouter
+
+    spec = Spec.model_validate_json(rec.spec_json)
+    if not isinstance(spec.router, BuiltinRouter):
+        return f"not read for router kind {spec.router.kind} yet"
+    info = await run_in_threadpool(read_router_state, state_dir, spec.service)
+    if info is None:
+        return "the router is not running"
+    try:
+        routes = await router_client(state_dir, spec.service, str(info["admin"]), timeout=2.0).get_routes(spec.service)
+    except (ProviderError, OSError, httpx.HTTPError) as exc:
+        return f"the router did not answer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return ", ".join(f"{v} {w}%" for v, w in sorted(routes.weights().items())) or "no routes"

@@ -86,9 +86,8 @@ function renderCharts(charts) {
       box.append(cell("h3", c.title), cell("p", "", { class: "latest" }));
       holder.append(box);
     }
-    const width = Math.max(260, Math.min(holder.clientWidth || 600, 720));
     if (plots[c.key]) plots[c.key].setData(chartData(c));
-    else plots[c.key] = new uPlot(chartOptions(c, width), chartData(c), box);
+    else plots[c.key] = new uPlot(chartOptions(c, chartWidth()), chartData(c), box);
     const y = (c.y || []).filter((v) => v !== null);
     box.dataset.points = String(c.series ? c.x.length : y.length);  // analyses with data
     const last = c.y && c.y.length ? c.y[c.y.length - 1] : undefined;
@@ -97,12 +96,22 @@ function renderCharts(charts) {
   }
 }
 
+function chartWidth() {
+  const holder = document.getElementById("charts");
+  return Math.max(260, Math.min(holder.clientWidth || 600, 720));
+}
+
+window.addEventListener("resize", () => {
+  for (const plot of Object.values(plots)) plot.setSize({ width: chartWidth(), height: 220 });
+});
+
 function renderRollout(view) {
   if (view.error) return;
   const st = view.state;
   document.getElementById("status").textContent = st.status;
   document.getElementById("phase").textContent = st.phase;
   document.getElementById("weight").textContent = st.weight + "%";
+  document.getElementById("reported").textContent = view.reported || "—";
   document.getElementById("waiting").textContent = st.paused || st.waiting || st.reason || "—";
   const timeline = document.getElementById("timeline");
   timeline.replaceChildren(...view.timeline.map((s) => {
