@@ -174,5 +174,13 @@ def _forged_posts_are_refused(server: ServerProc, session: str, page: str, rid: 
         assert with_token.status_code == 403, with_token.text
         assert "vera is viewer of *; this needs role deployer for service shop" in with_token.text
         assert c.get(f"/rollouts/{rid}").status_code == 200
+    with httpx.Client(base_url=server.url, headers={"Origin": server.url}) as other:  # a deployer of other services
+        assert other.post("/signin", data={"token": server.token("olga", "deployer", "billing-*")}).status_code == 303
+        hidden = other.get(f"/rollouts/{rid}")
+        assert hidden.status_code == 404 and "no such rollout you may see" in hidden.text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', other.get("/").text)
+        assert csrf is not None
+        refused = other.post(f"/rollouts/{rid}/abort", data={"csrf": csrf.group(1)})
+        assert refused.status_code == 403 and "this needs role deployer for service shop" in refused.text
     with server.client(server.token("ops", "viewer")) as api:
         assert api.get(f"/api/v1/rollouts/{rid}").json()["status"] == "running"
