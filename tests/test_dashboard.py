@@ -191,3 +191,28 @@ def test_the_governance_page_shows_the_stored_calendar_and_the_audit_log_by_role
     with signed_in(server, server.token("shopper", "viewer", "shop")) as c:
         scoped = c.get("/governance").text
     assert "needs a viewer of every service" in scoped and "hash chain" not in scoped
+
+
+def test_a_release_page_shows_its_stages_and_sign_offs_to_viewers_of_its_service(server):
+    from pathlib import Path
+
+    from releasegate.governance.approvals import new_release
+
+    with signed_in(server, server.token("rae", "viewer", "shop")) as c:
+        none = c.get("/releases/shop/9.9.9")
+    assert none.status_code == 200 and "no policy" in none.text.lower(), none.text
+    examples = Path(__file__).resolve().parent.parent / "examples" / "governance"
+    with server.client(server.token("root", "admin")) as api:
+        assert api.put("/api/v1/policy", json={"text": (examples / "policy.yaml").read_text()}).status_code == 200
+    new_release(server.state, "shop", "1.4.2", "alice")
+    with server.client(server.token("bob", "approver", "shop")) as api:
+        assert api.post("/api/v1/releases/shop/1.4.2/approvals", json={"stage": "reviewer"}).status_code == 200
+    with signed_in(server, server.token("rae", "viewer", "shop")) as c:
+        page = c.get("/releases/shop/1.4.2").text
+    row = re.search(r'<tr data-stage="reviewer"[^>]*>(.*?)</tr>', page, re.S)
+    assert row is not None and "bob" in row.group(1)
+    assert "Not yet approved for prod (judged by stored policy v1); missing:" in page and "Author alice" in page
+    assert "<li>stage qa: 0 of 1 approvals</li>" in page
+    with signed_in(server, server.token("bill", "viewer", "billing-*")) as c:
+        hidden = c.get("/releases/shop/1.4.2")
+    assert hidden.status_code == 404 and "no such release you may see" in hidden.text

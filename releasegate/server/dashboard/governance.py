@@ -62,4 +62,20 @@ def audit(state_dir: Path, grant: Grant) -> dict[str, Any]:
             "head": None if head is None else {"seq": head[0], "hash": head[1]}, "entries": shown}
 
 
-__all__ = ["ENTRIES", "page"]
+
+def release(state_dir: Path, service: str, version: str, env: str = "prod") -> dict[str, Any] | str:
+    """The release's stages, sign-offs and gate (the ``approvals --json`` shape), or the one line saying why not
+    (no stored policy)."""
+    from releasegate.commands.approvals import _as_json
+    from releasegate.errors import UserError
+    from releasegate.governance.approvals import release_status
+    from releasegate.governance.stored import require_policy
+
+    try:
+        policy = require_policy(state_dir, "approvals")
+        return dict(_as_json(release_status(state_dir, policy, service, version, env)), judged_by=policy.source)
+    except UserError as exc:
+        return str(exc).splitlines()[0]
+
+
+__all__ = ["ENTRIES", "page", "release"]
