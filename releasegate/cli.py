@@ -48,11 +48,12 @@ def _mount_governance() -> None:
     from releasegate.commands.audit import audit_app
     from releasegate.commands.calendar import calendar_app
     from releasegate.commands.dora import dora
-    from releasegate.commands.integrations import alerts, schema
+    from releasegate.commands.integrations import alerts, grafana, schema
     from releasegate.commands.metrics import metrics
     from releasegate.commands.migrations import migrations_app
     from releasegate.commands.policy import policy_app
     from releasegate.commands.release import notes_command, release_app, version_app
+    from releasegate.commands.report import report
     from releasegate.commands.server import server
 
     release_app.command("new")(release_new)
@@ -72,7 +73,9 @@ def _mount_governance() -> None:
     app.command("dora")(dora)
     app.command(rich_help_panel=INTEGRATIONS)(schema)
     app.command(rich_help_panel=INTEGRATIONS)(alerts)
+    app.command(rich_help_panel=INTEGRATIONS)(grafana)
     app.command("server", rich_help_panel=INTEGRATIONS)(server)
+    app.command("report", rich_help_panel=ROLLOUTS)(report)
 
 
 out = Console(highlight=False, soft_wrap=True)

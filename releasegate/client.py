@@ -1,8 +1,8 @@
 """The CLI as a client of ``releasegate server``: when ``RELEASEGATE_SERVER`` (or ``--server URL``) is set.
 
 ``deploy``, ``resume``, ``status``, ``history``, ``promote``, ``abort``, ``rollback``, ``validate``, ``approve`` and
-``reject`` (and, from releasegate.client_governance, ``approvals``, ``withdraw``, ``audit``, ``policy``, ``calendar``,
-``token new`` and ``dora``) send their request to the server with
+``reject`` (and ``report`` from releasegate.commands.report; from releasegate.client_governance, ``approvals``,
+``withdraw``, ``audit``, ``policy``, ``calendar``, ``token new`` and ``dora``) send their request to the server with
 ``RELEASEGATE_TOKEN`` as the bearer token, print what the standalone command prints (``status`` and ``history``
 render the same JSON shapes with the same code) and exit with the same codes: 0 promoted or done, 2 refused or
 invalid (the server's problem+json ``detail``, one line), 3 rolled back or aborted, 1 the server unreachable or
@@ -29,7 +29,7 @@ from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, Release
 
 SERVER_ENV = "RELEASEGATE_SERVER"
 SUPPORTED = ("deploy", "resume", "status", "history", "promote", "abort", "rollback", "validate", "approve", "reject",
-             "withdraw", "approvals", "audit", "policy", "calendar", "token", "dora")
+             "withdraw", "approvals", "audit", "policy", "calendar", "token", "report", "dora")
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 client_app = typer.Typer(name="releasegate", no_args_is_help=True, add_completion=False,
@@ -78,8 +78,10 @@ def run(url: str, args: list[str]) -> NoReturn:
         raise SystemExit(2)
     _Where.url = url.rstrip("/")
     from releasegate import client_governance
+    from releasegate.commands.report import mount_client
 
     client_governance.mount(client_app)
+    mount_client(client_app)
     run_app(client_app, args)
 
 

@@ -32,7 +32,7 @@ INTEGRATION_COMMANDS = frozenset({"router", "alerts", "receive-alerts", "metrics
 READ_ONLY = frozenset({
     "status", "history", "plan", "preflight", "validate", "alerts", "approvals", "gc", "promote", "abort",
     "rollback", "resume", "down", "calendar check", "calendar show", "calendar upcoming", "calendar history",
-    "policy show", "policy history", "audit verify", "audit export", "router status", "router stop"})
+    "policy show", "policy history", "audit verify", "audit export", "router status", "router stop", "report"})
 """Commands that never need to create state: in a directory where releasegate never ran they find nothing (and
 say so) rather than leave an empty ``.releasegate`` behind. Writers (deploy, approve, token new, ...) create it."""
 

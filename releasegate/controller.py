@@ -48,6 +48,7 @@ from releasegate.providers.base import (
     VersionRoute,
 )
 from releasegate.providers.metrics.reasons import explain
+from releasegate.reports.traffic import with_traffic
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.models import SmokeTest, Spec
 from releasegate.store.sqlite import Store, this_owner
@@ -82,6 +83,9 @@ class Providers:
     probe: Callable[[list[Instance], HealthSpec], Awaitable[dict[str, str | None]]] | None = None
     # Stops what the providers started (e.g. HAProxy's ring reader); the use case that built them calls it.
     close: Callable[[], Awaitable[None]] | None = None
+    # Requests and errors per version over the last N seconds, as the router counted them (the built-in router's
+    # statistics); None where the router cannot say. Recorded for reports (docs/reports.md), never decides.
+    traffic: Callable[[float], Awaitable[dict[str, dict[str, int]]]] | None = None
 
 
 class Controller:
@@ -120,6 +124,8 @@ class Controller:
             failed = isinstance(result, Outcome) and not result.ok
             st, decisions = decide.apply(st, self.spec, action, result, self.clock.now())
             decisions = self._quiet_repeats(decisions)
+            if isinstance(action, Route) or (isinstance(result, Observation) and not result.interrupted):
+                decisions = await with_traffic(self.p.traffic, st, self.clock.now(), decisions)
             self.owner["lease_until"] = time.time() + 60
             self.store.save(st, [(d.kind, d.message, d.data) for d in decisions], owner=self.owner)
             if self.audit is not None:
@@ -319,7 +325,8 @@ class Controller:
             if not chosen:
                 return Outcome(False, f"no live instance of {share.version} to send {share.weight}% to")
             versions.append(VersionRoute(share.version, share.weight, tuple(i.address for i in chosen)))
-        routes = Routes(tuple(versions))
+        lease = self.store.lease
+        routes = Routes(tuple(versions), fence=(lease.rollout_id, lease.token) if lease is not None else None)
         self.store.hold_lease()  # checking instances took a while: the lease again, right before traffic moves
         await self.p.router.set_routes(st.service, routes)
         applied = await self.p.router.get_routes(st.service)

@@ -7,6 +7,7 @@ user would notice: which version answered, whether any request failed, where tra
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from releasegate import service
 from releasegate.errors import UserError
 from releasegate.providers.base import Instance
-from releasegate.providers.routers.builtin import read_router_state, router_client
+from releasegate.providers.routers.builtin import changes_path, read_router_state, router_client
 from tests.support.rollouts import Load, RolloutEnv, free_port, write_spec
 from tests.support.wait import eventually
 
@@ -64,6 +65,10 @@ async def test_canary_promotes_under_load_with_zero_failed_requests(env):
     [status] = service.status(env.ctx, "shop")
     assert status["current"] == "2.0.0" and status["previous"] == "1.0.0"
     assert status["previous_retire_at"] > st.finished_at + 23 * 3600  # kept 24 h for instant rollback
+    # Every move the controller made carries its lease's fencing token: a router refuses a stale one.
+    moves = [json.loads(line) for line in changes_path(env.state, "shop").read_text().splitlines()]
+    assert {m["fence"]["rollout"] for m in moves if "2.0.0" in m["fence"]["rollout"]} == {st.id}
+    assert all(m["fence"]["token"] == 1 for m in moves)  # driven by one process from start to end
 
 
 async def test_error_rate_breach_rolls_back_and_records_the_evidence(env):

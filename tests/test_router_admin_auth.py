@@ -275,6 +275,37 @@ def test_a_restarted_router_still_refuses_and_keeps_its_token_routes_and_last_ch
         r.stop()
 
 
+def test_a_change_with_a_stale_lease_token_is_refused_even_after_a_restart(
+        tmp_path: Path, backends: tuple[KeepAliveBackend, KeepAliveBackend]) -> None:
+    """A controller that lost its rollout's lease (another server took it over, token 3) and wakes up with token 2
+    cannot move traffic, though it holds the router's admin token; a change for another rollout, or without a
+    fence (an operator's `router set`), is not judged by that rollout's fence."""
+    good, evil = backends
+    r = start_router(tmp_path, "--sticky", "none")
+
+    def put(version: str, backend: str, fence: dict[str, Any] | None) -> httpx.Response:
+        body: dict[str, Any] = routes_body((version, 100, [backend]))
+        if fence is not None:
+            body["fence"] = fence
+        return httpx.put(f"http://{r.admin}/routes", json=body, headers=r.auth("server-b"), trust_env=False)
+    try:
+        assert put("v1", good.address, {"rollout": "shop-2.0.0-aaaaaa", "token": 3}).status_code == 200
+        stale = put("v2", evil.address, {"rollout": "shop-2.0.0-aaaaaa", "token": 2})
+        assert stale.status_code == 409 and "lost the lease" in stale.json()["error"]
+        assert put("v2", evil.address, {"rollout": "shop-2.0.0-aaaaaa", "token": "3"}).status_code == 400
+        assert answers(r.listen) == {"good"} and evil.total() == 0
+        assert r.stop() == 0
+        r = start_router(tmp_path, "--sticky", "none")
+        assert put("v2", evil.address, {"rollout": "shop-2.0.0-aaaaaa", "token": 2}).status_code == 409
+        assert answers(r.listen) == {"good"} and evil.total() == 0
+        assert r.admin_get("/routes")["generation"] == 1
+        assert put("v1", good.address, {"rollout": "shop-2.0.0-aaaaaa", "token": 3}).status_code == 200  # the holder
+        assert put("v1", good.address, {"rollout": "shop-3.0.0-bbbbbb", "token": 1}).status_code == 200  # the next
+        assert put("v1", good.address, None).status_code == 200
+    finally:
+        r.stop()
+
+
 # --- a router from before admin tokens ---------------------------------------------------------------------------
 
 

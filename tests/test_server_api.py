@@ -35,19 +35,22 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
 def _routes() -> list[tuple[str, str]]:
     """Every (method, path) the app serves, read from the app and its routers (not only what its OpenAPI lists).
 
-    The app's own routes, and those of the routers it includes under /api/v1; a router included anywhere
+    The app's own routes, and those of the routers it includes under /api/v1 (the dashboard's, at /, is signed in
+    with a session cookie, and tests/test_dashboard.py enumerates it); a router included anywhere
     else makes this fail until it is listed here."""
     from starlette.routing import Route
 
     from releasegate.server.app import create_app
+    from releasegate.server.dashboard.routes import router as dashboard
     from releasegate.server.routes_dora import router as dora
     from releasegate.server.routes_governance import router as governance
     from releasegate.server.routes_rollouts import router as rollouts
 
     app = create_app(ROOT / "no-such-state", adopt=False)
     own = [r for r in app.routes if isinstance(r, Route)]
+    assert dashboard.routes, "the dashboard's routes need a session, not a token: tests/test_dashboard.py"
     included = (rollouts, governance, dora)
-    assert len(app.routes) - len(own) == len(included), "a router was included that this test does not enumerate"
+    assert len(app.routes) - len(own) == len(included) + 1, "a router was included that this test does not enumerate"
     routes = [(r.path, r) for r in own] + [("/api/v1" + r.path, r) for router in included for r in router.routes
                                            if isinstance(r, Route)]
     found = [(method, path) for path, r in routes for method in sorted(r.methods or ()) if method != "HEAD"]

@@ -97,7 +97,8 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
                help="How long a rollout's lease lasts unrenewed: the longest a rollout pauses when its server "
                     "dies.")] = "10s"
            ) -> None:
-    """Serve the REST API and drive every active rollout in this one process (docs/server.md)."""
+    """Serve the REST API and the browser dashboard (at /), and drive every active rollout in this one process
+    (docs/server.md, docs/dashboard.md)."""
     with reported():
         host, port = listen_address(listen)
         where = store_dir(store, state_dir)
@@ -141,7 +142,9 @@ async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: P
                             timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,
                             limit_concurrency=1000, timeout_graceful_shutdown=10,
                             ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
-    await uvicorn.Server(config).serve()
+    served = uvicorn.Server(config)
+    app.state.closing = lambda: served.should_exit  # the dashboard's live streams end at once on SIGTERM
+    await served.serve()
 
 
 __all__ = ["check_store", "choose_store", "server", "store_dir"]

@@ -91,6 +91,9 @@ class Routes:
     """
 
     versions: tuple[VersionRoute, ...] = ()
+    # (rollout id, lease token) of the controller that sets these routes: a router that keeps fences (the built-in
+    # one) refuses a lower token for the same rollout, so a controller that lost its lease cannot move traffic.
+    fence: tuple[str, int] | None = field(default=None, compare=False)
 
     def weight_of(self, version: str) -> int:
         return next((v.weight for v in self.versions if v.version == version), 0)

@@ -203,5 +203,6 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
 
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
                      migrate=migrate, close=close_all,
+                     traffic=traffic.counts if isinstance(traffic, RouterMetrics) else None,
                      probe=checks.engine_probe(platform) if isinstance(platform, checks.EngineHealth)
                      else checks.probe_health)

@@ -54,10 +54,13 @@ class Admin:
         self.started_at = time.time()
         self.lock = asyncio.Lock()
         self.last_change: dict[str, Any] | None = None
+        self.fence: tuple[str, int] | None = None  # the newest change's (rollout, lease token): see put_routes
         for record in reversed(recent_changes(core.config.changes_path, 50)):
-            if record.get("generation") == core.table.generation and "failed" not in record:
+            if self.fence is None and "failed" not in record:
+                self.fence = _fence(record.get("fence"))
+            if self.last_change is None and record.get("generation") == core.table.generation and \
+                    "failed" not in record:
                 self.last_change = _summary(record)
-                break
 
     def _unauthorized(self) -> dict[str, Any]:
         return {"error": "this admin API needs the router's token: send 'Authorization: Bearer TOKEN' with the "
@@ -173,7 +176,15 @@ class Admin:
         service = data.get("service")
         if service is not None and service != self.core.service:
             return 409, {"error": f"this router serves {self.core.service!r}, not {service!r}"}
+        fence = _fence(data.get("fence"))
+        if data.get("fence") is not None and fence is None:
+            return 400, {"error": "invalid routes: fence must be {\"rollout\": ID, \"token\": N} with N >= 1"}
         async with self.lock:
+            held = self.fence
+            if fence is not None and held is not None and fence[0] == held[0] and fence[1] < held[1]:
+                return 409, {"error": f"fenced: rollout {fence[0]} is driven under lease token {held[1]} now; this "
+                                      f"change carries token {fence[1]}, so its sender lost the lease (nothing "
+                                      "changed)"}
             before = self.core.table
             generation = before.generation + 1
             uid = await asyncio.to_thread(who.uid)
@@ -182,6 +193,8 @@ class Admin:
                 "user": user_name(uid), **routes.to_json(),
                 "replaced": {"generation": before.generation, "weights": before.routes.weights(),
                              "actor": (self.last_change or {}).get("actor")}}
+            if fence is not None:
+                record["fence"] = {"rollout": fence[0], "token": fence[1]}
             config = self.core.config
             try:
                 await asyncio.to_thread(append_change, config.changes_path, record)
@@ -198,10 +211,28 @@ class Admin:
                                       f"{exc.strerror or exc}; nothing changed"}
             self.core.apply(routes, generation)
             self.last_change = _summary(record)
+            if fence is not None:
+                self.fence = fence
         print(f"router: routes generation {generation} set by {describe(record)}: "
               f"{', '.join(f'{v.version} {v.weight}%' for v in routes.versions) or 'no routes'}",
               file=sys.stderr, flush=True)
         return 200, self.routes()
+
+
+def _fence(raw: object) -> tuple[str, int] | None:
+    """A change's ``fence`` ({"rollout": ID, "token": N}) as (ID, N); None when absent or malformed.
+
+    Why a router keeps it: a controller renews its lease right before it moves traffic, but a process paused
+    between that renewal and its request (SIGSTOP, a VM stall) could still arrive after another server took the
+    rollout over. The router refuses a token lower than the newest one it saw for the same rollout; a new rollout
+    (another id) starts its own sequence. Kept in the change log, so a restarted router still knows it."""
+    if not isinstance(raw, dict):
+        return None
+    rollout, token = raw.get("rollout"), raw.get("token")
+    if not isinstance(rollout, str) or not rollout or isinstance(token, bool) or not isinstance(token, int) \
+            or token < 1:
+        return None
+    return rollout, token
 
 
 class Caller:

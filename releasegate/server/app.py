@@ -230,6 +230,9 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     app.include_router(rollouts, prefix="/api/v1")
     app.include_router(governance, prefix="/api/v1")
     app.include_router(dora, prefix="/api/v1")
+    from releasegate.server.dashboard import mount
+
+    mount(app)  # the browser dashboard at / (docs/dashboard.md): its own session sign-in, the API's roles
     app.add_middleware(BodyLimit, timeout=request_timeout)
     return app
 

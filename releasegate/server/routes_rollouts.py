@@ -14,9 +14,9 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -195,6 +195,18 @@ def events(rollout_id: str, request: Request, grant: Grant = Depends(principal),
     finally:
         store.close()
     return [Event(**e) for e in found if e["seq"] > after]
+
+
+@router.get("/rollouts/{rollout_id}/report", response_class=Response, responses={200: {"content": {
+    "text/markdown": {}, "text/html": {}, "application/json": {}}}})
+def rollout_report(rollout_id: str, request: Request, grant: Grant = Depends(principal),
+                   fmt: Literal["md", "html", "json"] = Query("md", alias="format"),
+                   postmortem: bool = Query(False, description="Only the post-mortem draft (failed rollouts).")
+                   ) -> Response:
+    """The deployment report (docs/reports.md) as `releasegate report` prints it; a service name: its latest."""
+    from releasegate.reports.serve import report_answer
+
+    return report_answer(_state_dir(request), rollout_id, fmt, postmortem, lambda s: require(grant, "viewer", s))
 
 
 def _spec_file(request: Request, body: DeployBody) -> Path:

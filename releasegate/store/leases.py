@@ -197,15 +197,23 @@ def release_all(db: DB, holder: str, rollout_id: str | None = None) -> None:
 
 
 def adoptable(db: DB, now: float) -> list[tuple[str, str]]:
-    """(rollout id, service) of the active rollouts no live process holds a lease on."""
+    """(rollout id, service) of the active rollouts no live process holds a lease on. Whether a holder's process
+    is gone is asked once per holder, not per rollout: a server holds hundreds, and a scan runs every TTL/2."""
     import json
 
     out = []
+    gone: dict[str, bool] = {}
     for row in db.execute("SELECT id, service, owner, lease_holder, lease_until FROM rollouts WHERE active=1"):
         owner = json.loads(row["owner"]) if row["owner"] else None
-        if row["lease_holder"] is None and owner is not None and _legacy_alive(owner, now):
+        holder, until = row["lease_holder"], row["lease_until"]
+        if holder is None and owner is not None and _legacy_alive(owner, now):
             continue  # driven by a process of an older releasegate, or a release group's member
-        if is_free(row["lease_holder"], row["lease_until"], owner, now):
+        if holder is None or (until or 0.0) <= now:
+            out.append((str(row["id"]), str(row["service"])))
+            continue
+        if holder not in gone:
+            gone[holder] = process_gone(owner)
+        if gone[holder]:
             out.append((str(row["id"]), str(row["service"])))
     return out
 

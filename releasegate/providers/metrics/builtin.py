@@ -57,3 +57,14 @@ class RouterMetrics(ExplainedSource):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"the built-in router at {self.client.admin} sent no number for {q.metric}"
         return float(value), None
+
+    async def counts(self, window: float) -> dict[str, dict[str, int]]:
+        """Requests and 5xx errors per version over the last ``window`` seconds (the router keeps an hour), as
+        the router proxied them: what a report says reached each version (docs/reports.md)."""
+        data = await self.client.stats(window)
+        out: dict[str, dict[str, int]] = {}
+        for version, entry in data.items():
+            if isinstance(entry, dict):
+                out[str(version)] = {"requests": int(entry.get("requests") or 0),
+                                     "errors": int(entry.get("errors") or 0)}
+        return out

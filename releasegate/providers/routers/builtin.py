@@ -127,6 +127,8 @@ class BuiltinRouterClient:
 
     async def set_routes(self, service: str, routes: Routes) -> None:
         body = {"service": service, **routes.to_json()}
+        if routes.fence is not None:
+            body["fence"] = {"rollout": routes.fence[0], "token": routes.fence[1]}
         self._check_service(await self._call("PUT", "/routes", json=body), service)
 
     async def get_routes_info(self, service: str) -> dict[str, Any]:

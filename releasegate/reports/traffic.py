@@ -1,0 +1,37 @@
+"""Per-version request and error counts, recorded with the decisions for reports (docs/reports.md).
+
+Why at decision time: the router keeps its per-second statistics for an hour, and a report may be asked for days
+later; what reached the bad version, and how much of it failed, must be in the store when the post-mortem is
+written. The counts never decide anything: the engine stays pure, the controller adds them to what it records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from releasegate.engine.state import Decision, RolloutState
+from releasegate.errors import ProviderError
+
+Counter = Callable[[float], Awaitable[dict[str, dict[str, int]]]]
+"""Requests and 5xx errors per version over the last N seconds (the built-in router's ``counts``)."""
+
+ROUTER_HISTORY = 3600.0
+"""The built-in router answers windows of at most an hour (releasegate/router/admin.py MAX_WINDOW)."""
+
+
+async def with_traffic(counter: Counter | None, st: RolloutState, now: float,
+                       decisions: list[Decision]) -> list[Decision]:
+    """Each decision gets ``traffic``: ``{version: {"requests": n, "errors": n}}`` for the new and the previous
+    version, cumulative since the rollout started, and ``traffic_window``: the seconds those counts cover (capped
+    at the router's hour). A router that cannot count, or does not answer, leaves the decisions as they were:
+    "not recorded" in a report, never a made-up 0."""
+    if counter is None or not decisions:
+        return decisions
+    window = max(now - st.created_at, 1.0)
+    try:
+        counts = await counter(window)
+    except ProviderError:
+        return decisions
+    wanted = {v: counts.get(v, {"requests": 0, "errors": 0}) for v in (st.version, st.previous) if v}
+    covered = min(window, ROUTER_HISTORY)
+    return [Decision(d.kind, d.message, {**d.data, "traffic": wanted, "traffic_window": covered}) for d in decisions]

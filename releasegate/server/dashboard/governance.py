@@ -1,0 +1,81 @@
+"""The dashboard's governance page: the stored change calendar (may each kind of change start now?) and the audit
+log (its hash chain checked; the latest entries).
+
+Why the same rules as the API: the calendar is readable by every signed-in user (``/api/v1/calendar/check``),
+the chain's check and head need a viewer of every service (``/api/v1/audit/verify``, ``/head``), and the entries
+themselves an admin (``/api/v1/audit/export``), because they name every service's releases and people.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from releasegate.server.auth import allowed
+from releasegate.store.server import Grant
+
+ENTRIES = 50
+"""Audit entries shown to an admin, newest first (the export has them all)."""
+RECENT = 30 * 86400.0
+"""Only the last 30 days' entries are read for the page (a long-lived log holds years)."""
+
+
+def page(state_dir: Path, grant: Grant, env: str = "prod") -> dict[str, Any]:
+    return {"calendar": calendar(state_dir, env), "env": env,
+            "audit": audit(state_dir, grant) if allowed(grant, "viewer", None) else None}
+
+
+def calendar(state_dir: Path, env: str) -> dict[str, Any] | None:
+    """The stored calendar's label and, per kind of change, whether it may start now and when it next may."""
+    from releasegate.governance.calendar import decide, format_local
+    from releasegate.governance.calendar_models import CHANGES
+    from releasegate.governance.stored import latest, parse_calendar
+
+    doc = latest(state_dir, "calendar")
+    if doc is None:
+        return None
+    cal = parse_calendar(doc)
+    now = datetime.now(UTC).astimezone(cal.tz)
+    rows = []
+    for change in CHANGES:
+        d = decide(cal, now, change, env)
+        rows.append({"change": change, "allowed": d.allowed, "reason": d.reason,
+                     "next": format_local(d.next_allowed, cal.tz) if d.next_allowed is not None else None})
+    return {"label": doc.label, "actor": doc.actor, "at": doc.at, "changes": rows}
+
+
+def audit(state_dir: Path, grant: Grant) -> dict[str, Any]:
+    """The chain's check and head for a viewer of every service; the newest entries for an admin."""
+    from releasegate.store.audit import AuditLog
+
+    with AuditLog(state_dir) as log:
+        v = log.verify()
+        head = log.head()
+        recent = time.time() - RECENT
+        entries = list(log.entries(recent)) if allowed(grant, "admin", None) else None
+    shown = None if entries is None else [
+        {"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "release": e.release,
+         "decision": e.decision} for e in entries[::-1][:ENTRIES]]
+    return {"ok": v.ok, "reason": v.reason, "first_bad_seq": v.first_bad_seq,
+            "head": None if head is None else {"seq": head[0], "hash": head[1]}, "entries": shown}
+
+
+
+def release(state_dir: Path, service: str, version: str, env: str = "prod") -> dict[str, Any] | str:
+    """The release's stages, sign-offs and gate (the ``approvals --json`` shape), or the one line saying why not
+    (no stored policy)."""
+    from releasegate.commands.approvals import _as_json
+    from releasegate.errors import UserError
+    from releasegate.governance.approvals import release_status
+    from releasegate.governance.stored import require_policy
+
+    try:
+        policy = require_policy(state_dir, "approvals")
+        return dict(_as_json(release_status(state_dir, policy, service, version, env)), judged_by=policy.source)
+    except UserError as exc:
+        return str(exc).splitlines()[0]
+
+
+__all__ = ["ENTRIES", "page", "release"]

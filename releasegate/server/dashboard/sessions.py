@@ -1,0 +1,94 @@
+"""The dashboard's sign-in sessions: a random id in the cookie, everything else kept in the server.
+
+Why server-side: the cookie must not carry the token (a copied cookie would then be a copied API token, valid
+until revoked). The cookie holds a random session id; the server maps it to the token's *hash* (never the token)
+and looks the grant up again on every request, so revoking or replacing the token ends its sessions at once, and
+the role is always the API's current one. Sessions live in the server's memory: a restart signs everyone out,
+which is the safe side (docs/dashboard.md).
+
+CSRF: each session has its own random token, put in every form and checked (in constant time) on every POST,
+together with the request's Origin (or Referer) against the server's own address.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from fastapi import Request
+
+from releasegate.governance.identity import hash_token
+from releasegate.server.reads import Reads
+from releasegate.store.server import Grant
+
+COOKIE = "releasegate_session"
+LIFETIME = 8 * 3600.0
+"""Seconds a session lasts from sign-in (a working day); then the user signs in again."""
+
+
+@dataclass
+class Session:
+    token_hash: str
+    csrf: str
+    expires: float
+
+
+@dataclass
+class Sessions:
+    """Session id -> session, in this server's memory (``lifetime`` seconds each)."""
+
+    lifetime: float = LIFETIME
+    held: dict[str, Session] = field(default_factory=dict)
+
+    def open(self, token: str) -> str:
+        """A new session for ``token`` (already checked); its id, for the cookie."""
+        self._forget_expired()
+        sid = secrets.token_urlsafe(32)
+        self.held[sid] = Session(hash_token(token), secrets.token_urlsafe(32), time.time() + self.lifetime)
+        return sid
+
+    def close(self, sid: str | None) -> None:
+        if sid is not None:
+            self.held.pop(sid, None)
+
+    def find(self, request: Request) -> tuple[Session, Grant] | None:
+        """The request's live session and its token's current grant, or None (no, unknown, expired or revoked)."""
+        sid = request.cookies.get(COOKIE)
+        found = self.held.get(sid) if sid else None
+        if found is None or sid is None:
+            return None
+        if found.expires <= time.time():
+            self.held.pop(sid, None)
+            return None
+        reads: Reads = request.app.state.reads
+        grant = reads.server.grant_for(found.token_hash)
+        if grant is None:  # the token was revoked or replaced: so is every session it opened
+            self.held.pop(sid, None)
+            return None
+        request.state.user = grant.name
+        return found, grant
+
+    def _forget_expired(self) -> None:
+        now = time.time()
+        for sid in [s for s, held in self.held.items() if held.expires <= now]:
+            del self.held[sid]
+
+
+def same_origin(request: Request) -> bool:
+    """Does the POST come from a page of this server? Browsers send Origin on form POSTs (Referer as a fallback);
+    a request with neither is refused too, so a forged cross-site form cannot pass by omitting them."""
+    claimed = request.headers.get("origin") or request.headers.get("referer")
+    if not claimed or claimed == "null":
+        return False
+    parts = urlsplit(claimed)
+    host = request.headers.get("host", "")
+    return parts.scheme == request.url.scheme and parts.netloc == host
+
+
+def csrf_ok(session: Session, sent: str | None) -> bool:
+    return sent is not None and secrets.compare_digest(session.csrf.encode(), sent.encode())
+
+
+__all__ = ["COOKIE", "LIFETIME", "Session", "Sessions", "csrf_ok", "same_origin"]
