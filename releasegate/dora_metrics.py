@@ -19,8 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from releasegate.dora import DEFAULT_WINDOW, Metrics, compute, deploys_from
+from releasegate.dora import DEFAULT_WINDOW, Metrics, compute, deploys_from, total
+from releasegate.durations import format_duration
 from releasegate.store.db import open_db, reading_only
 
 PERIOD = 30 * 86400.0
@@ -83,34 +85,63 @@ class DoraCollector:
         self.last_error: str | None = None
         self._lock = threading.Lock()
         self._known: dict[str, tuple[str, bool]] = {}
-        self._kept: tuple[float, str] | None = None  # (when, the text written then)
+        self._kept: tuple[float, list[Metrics]] | None = None  # (when, what was computed then)
 
     def render(self) -> bytes:
         try:
-            with self._lock:
-                text = self._text()
+            text = render(self.groups())
             self.last_error = None
         except Exception as exc:  # a scrape must not fail the server's other series: say it, serve nothing
             self.last_error = f"{self.state_dir}: {type(exc).__name__}: {exc}"
             text = ""
         return text.encode()
 
-    def _text(self) -> str:
-        now = self.clock()
-        kept = self._kept
-        if kept is not None and now - kept[0] < REFRESH:
-            return kept[1]
-        since = now - PERIOD
-        with reading_only():
-            db = open_db(self.state_dir)
-        try:
-            deploys = deploys_from(db, since, known=self._known)
-        finally:
-            db.close()
-        self._known = {d.id: (d.env, d.hotfix) for d in deploys}  # what slid out of the window is forgotten
-        text = render(compute(deploys, since, now, DEFAULT_WINDOW))
-        self._kept = (now, text)
-        return text
+    def groups(self) -> list[Metrics]:
+        """Every (service, env) of the last 30 days, computed at most once per ``REFRESH`` (the dashboard's panel
+        reads the same)."""
+        with self._lock:
+            now = self.clock()
+            kept = self._kept
+            if kept is not None and now - kept[0] < REFRESH:
+                return kept[1]
+            since = now - PERIOD
+            with reading_only():
+                db = open_db(self.state_dir)
+            try:
+                deploys = deploys_from(db, since, known=self._known)
+            finally:
+                db.close()
+            self._known = {d.id: (d.env, d.hotfix) for d in deploys}  # what slid out of the window is forgotten
+            groups = compute(deploys, since, now, DEFAULT_WINDOW)
+            self._kept = (now, groups)
+            return groups
 
 
-__all__ = ["PERIOD", "REFRESH", "DoraCollector", "render"]
+def panel(collector: DoraCollector, visible: Callable[[str], bool]) -> dict[str, Any]:
+    """The dashboard's "Delivery" panel: the 30-day figures of the services ``visible`` accepts, ready to show
+    (durations written out, bands named), with their total; ``error`` when the store could not be read."""
+    try:
+        groups = [g for g in collector.groups() if visible(g.service)]
+    except Exception as exc:  # the overview must still show the services
+        return {"rows": [], "error": f"{type(exc).__name__}: {exc}"}
+    shown = [*groups, total(groups, PERIOD / 86400)] if len(groups) > 1 else groups
+    return {"rows": [_shown(g.summary()) for g in shown], "error": None}
+
+
+def _shown(s: dict[str, Any]) -> dict[str, str]:
+    rate = s["change_failure_rate"]
+
+    def spread(d: dict[str, Any]) -> str:
+        return "—" if not d["count"] else f"{_duration(d['median_seconds'])} ({d['band']})"
+    return {"service": "total" if s["service"] == "*" else s["service"], "env": "" if s["env"] == "*" else s["env"],
+            "deployments": f"{s['deployments']}, {s['deployments_per_day']:.2f}/day "
+                           f"({s['deployment_frequency_band'] or '—'})",
+            "failures": "—" if rate is None else f"{s['change_failures']}, {rate:.0%} ({s['change_failure_band']})",
+            "lead_time": spread(s["lead_time"]), "restore": spread(s["time_to_restore"])}
+
+
+def _duration(seconds: float) -> str:
+    return format_duration(round(seconds / 60) * 60 if seconds >= 3600 else round(seconds))
+
+
+__all__ = ["PERIOD", "REFRESH", "DoraCollector", "panel", "render"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from releasegate.dora import DAY, read_deploys, report
@@ -189,6 +191,9 @@ def test_the_server_serves_the_same_numbers_to_the_api_the_client_and_metrics(st
             scoped = c.get("/api/v1/dora").json()  # a token for api* sees api only, totals included
             assert [g["service"] for g in scoped["groups"]] == ["api"] and scoped["total"]["deployments"] == 2
             assert c.get("/api/v1/dora", params={"service": "shop"}).status_code == 403
+        with httpx.Client(base_url=server.url, timeout=30, headers={"Origin": server.url}) as browser:
+            assert browser.post("/signin", data={"token": viewer, "next": "/"}).status_code == 303
+            page = browser.get("/").text  # the dashboard's overview: the same 30-day figures, written out
         env = {"PATH": "/usr/bin:/bin", "RELEASEGATE_SERVER": server.url, "RELEASEGATE_TOKEN": viewer}
         through = _cli("--json", env=env)
         assert through.returncode == 0, through.stderr
@@ -203,6 +208,12 @@ def test_the_server_serves_the_same_numbers_to_the_api_the_client_and_metrics(st
     assert 'releasegate_dora_lead_time_seconds{service="shop",env="prod",quantile="0.5"} 54000.0' in scraped
     assert 'releasegate_dora_time_to_restore_seconds{service="shop",env="prod",quantile="0.9"} 17400.0' in scraped
     assert "releasegate_dora_period_seconds 2592000.0" in scraped
+    shop_row = re.search(r'<tr data-service="shop" data-env="prod">(.*?)</tr>', page, re.S)
+    assert shop_row is not None, page
+    cells = [re.sub(r"\s+", " ", c).strip() for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", shop_row[1], re.S)]
+    # over 30 days rather than 90, the same six deploys are 0.2 a day: at least weekly, "high"
+    assert cells == ["shop", "prod", "6, 0.20/day (high)", "3, 50% (low)", "15h (elite)", "1h (high)"]
+    assert '<tr data-service="total" data-env="">' in page
 
 
 @pytest.fixture(scope="module")

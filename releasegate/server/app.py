@@ -192,7 +192,7 @@ def create_app(state_dir: Path, *, spec_root: Path | None = None, adopt: bool = 
     Gauge("releasegate_server_active_rollouts", "Rollouts this server drives now.",
           registry=registry).set_function(lambda: float(supervisor.active()))
     store_metrics = StoreCollector(state_dir)  # keeps what it parsed and wrote; a scrape redoes what changed
-    dora_metrics = DoraCollector(state_dir)  # the DORA gauges over 30 days, recomputed when a rollout finished
+    dora_metrics = app.state.dora = DoraCollector(state_dir)  # 30-day DORA figures, at most once a minute
 
     app.add_middleware(Timed, latency=latency)
 

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response, Streamin
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from releasegate import __version__
+from releasegate.dora_metrics import panel
 from releasegate.errors import UserError
 from releasegate.governance.identity import hash_token
 from releasegate.server.auth import allowed
@@ -155,7 +156,8 @@ async def overview(request: Request) -> Response:
         return _to_signin(request)
     session, grant = found
     rows = await run_in_threadpool(_overview(request).rows, grant)
-    return _page("overview.html", rows=rows, grant=grant, session=session)
+    delivery = await run_in_threadpool(panel, request.app.state.dora, lambda s: allowed(grant, "viewer", s))
+    return _page("overview.html", rows=rows, grant=grant, session=session, delivery=delivery)
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
