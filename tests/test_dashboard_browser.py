@@ -36,7 +36,7 @@ if not (CHROMIUM.exists() and DRIVER.exists()):
     pytest.skip("needs Debian's chromium and chromium-driver (scripts/test installs them)", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402  (only once the browser is known to be there)
-from selenium.common.exceptions import WebDriverException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
@@ -124,10 +124,18 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
 
     deployer = browsers("deployer")
     await sign_in(deployer, server.url, dora, "/")
-    row = deployer.find_element(By.CSS_SELECTOR, "#services tr[data-service='shop']")
-    assert "2.0.0: canary step 1, 20%" in row.text and "1.0.0 promoted" in row.text
-    assert "1.0.0 (2), 2.0.0 (2)" in row.text  # the instances of each version (the spec runs two)
-    row.find_element(By.PARTIAL_LINK_TEXT, "2.0.0: canary").send_keys(Keys.ENTER)  # the keyboard way in
+    def enter_from_overview() -> bool:
+        """The row's checks, then the keyboard way in; again when a live update replaced the row meanwhile (its
+        first one arrives just after the page loads, and replaces every row)."""
+        try:
+            row = deployer.find_element(By.CSS_SELECTOR, "#services tr[data-service='shop']")
+            assert "2.0.0: canary step 1, 20%" in row.text and "1.0.0 promoted" in row.text
+            assert "1.0.0 (2), 2.0.0 (2)" in row.text  # the instances of each version (the spec runs two)
+            row.find_element(By.PARTIAL_LINK_TEXT, "2.0.0: canary").send_keys(Keys.ENTER)
+        except StaleElementReferenceException:
+            return False
+        return True
+    await eventually(enter_from_overview, 10, "the rollout's link on the overview", every=0.1)
     await eventually(lambda: deployer.current_url == f"{server.url}{page}", 30, "the rollout page from the overview")
     await eventually(lambda: points(deployer) > 3, 30, "the deployer's charts with data", every=0.1)
     shot = tmp_path / "rollout-page.png"
