@@ -8,9 +8,13 @@ own after the rest: its load would starve the others.)
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-FIRST = ("test_governance_flow.py",)
+from tests.support.postgres import PostgresServer, missing_reason, running_postgres
+
+FIRST = ("test_demo.py", "test_crash_resume.py", "test_governance_flow.py")
 """The files that take a minute or more of one worker, in the order they should start."""
 
 
@@ -19,3 +23,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         name = item.path.name
         return FIRST.index(name) if name in FIRST else len(FIRST)
     items.sort(key=rank)  # stable: within a rank, the collection order stays
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL on loopback for one test file (skipped, with the reason, where none can run)."""
+    reason = missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with running_postgres() as srv:
+        yield srv

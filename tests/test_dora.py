@@ -29,7 +29,7 @@ from releasegate.engine.simulate import Trace, simulate
 from releasegate.governance.approvals import new_release
 from releasegate.store.sqlite import Store
 from tests.support.pgstore import on_postgres
-from tests.support.postgres import PostgresServer, missing_reason, running_postgres
+from tests.support.postgres import PostgresServer
 from tests.support.rollouts import Load, RolloutEnv
 from tests.support.server import ServerProc
 from tests.support.simulated import errors_when, make_spec
@@ -214,15 +214,6 @@ def test_the_server_serves_the_same_numbers_to_the_api_the_client_and_metrics(st
     # over 30 days rather than 90, the same six deploys are 0.2 a day: at least weekly, "high"
     assert cells == ["shop", "prod", "6, 0.20/day (high)", "3, 50% (low)", "15h (elite)", "1h (high)"]
     assert '<tr data-service="total" data-env="">' in page
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_postgres() as srv:
-        yield srv
 
 
 def test_the_same_history_on_a_postgres_store_gives_the_same_numbers(postgres: PostgresServer,

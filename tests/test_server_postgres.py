@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import PASSWORD, PASSWORD_USER, PostgresServer, missing_reason, running_postgres
+from tests.support.postgres import PASSWORD, PASSWORD_USER, PostgresServer
 from tests.support.rollouts import RolloutEnv
 from tests.support.server import ServerProc
 from tests.support.wait import eventually
@@ -22,15 +22,6 @@ pytestmark = pytest.mark.slow
 
 FAST = "{canary: {steps: [{weight: 50, pause: 100ms}], keep_previous: 1h}}"
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[PostgresServer]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_postgres() as srv:
-        yield srv
 
 
 def cli(*args: str, store: str | None = None, state: Path) -> subprocess.CompletedProcess[str]:
