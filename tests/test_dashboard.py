@@ -216,3 +216,22 @@ def test_a_release_page_shows_its_stages_and_sign_offs_to_viewers_of_its_service
     with signed_in(server, server.token("bill", "viewer", "billing-*")) as c:
         hidden = c.get("/releases/shop/1.4.2")
     assert hidden.status_code == 404 and "no such release you may see" in hidden.text
+
+
+def test_behind_a_tls_proxy_the_public_url_is_the_origin_and_the_cookie_is_secure(tmp_path):
+    """A reverse proxy terminates TLS and forwards plain HTTP: with `--public-url`, a form from the public page
+    signs in (Secure cookie), and one claiming the server's own plain-HTTP address is refused."""
+    public = "https://releases.example.test"
+    proc = ServerProc(tmp_path / "state", tmp_path, extra=("--public-url", public)).start()
+    try:
+        token = proc.token("pat", "viewer")
+        with httpx.Client(base_url=proc.url, timeout=30, headers={"Origin": public}) as c:
+            answer = c.post("/signin", data={"token": token, "next": "/"})
+            assert answer.status_code == 303, answer.text
+            cookie = answer.headers["set-cookie"]
+            assert "secure" in cookie.lower() and "httponly" in cookie.lower()
+        with browser(proc) as c:  # Origin: the server's own http://127.0.0.1:PORT, not what browsers see
+            refused = c.post("/signin", data={"token": token, "next": "/"})
+            assert refused.status_code == 403 and "Origin" in refused.text
+    finally:
+        proc.stop()

@@ -185,6 +185,9 @@ def test_token_new_and_server_refuse_bad_input_in_one_line(tmp_path, monkeypatch
         (("server", "--store", "sqlite:///x/other.db"), "the database file is named releasegate.db"),
         (("server", "--tls-cert", "c.pem"), "--tls-cert and --tls-key go together"),
         (("server", "--listen", "nowhere"), "--listen: expected HOST:PORT"),
+        (("server", "--public-url", "releases.example.com"), "--public-url releases.example.com: give the address "
+                                                             "browsers open, scheme and host only"),
+        (("server", "--public-url", "https://releases.example.com/rg"), "scheme and host only, e.g. https://"),
     ]
     for args, said in cases:
         done = CliRunner().invoke(app, list(args))

@@ -95,7 +95,12 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
            lease_ttl: Annotated[str, typer.Option(
                "--lease-ttl", metavar="DURATION",
                help="How long a rollout's lease lasts unrenewed: the longest a rollout pauses when its server "
-                    "dies.")] = "10s"
+                    "dies.")] = "10s",
+           public_url: Annotated[str | None, typer.Option(
+               "--public-url", metavar="URL", show_default=False,
+               help="The address browsers use when a reverse proxy serves the dashboard (e.g. "
+                    "https://releases.example.com): its forms' Origin is checked against it, and its session "
+                    "cookie is Secure when it is https.")] = None
            ) -> None:
     """Serve the REST API and the browser dashboard (at /), and drive every active rollout in this one process
     (docs/server.md, docs/dashboard.md)."""
@@ -116,6 +121,7 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
             raise UserError(f"--lease-ttl {lease_ttl}: {exc}") from None
         if not 1.0 <= ttl <= 3600.0:
             raise UserError(f"--lease-ttl {lease_ttl}: give between 1s and 1h (e.g. 10s)")
+        public = public_origin(public_url) if public_url is not None else None
         root = (spec_root or Path.cwd())
         if not root.is_dir():
             raise UserError(f"--spec-root {root}: no such directory")
@@ -123,11 +129,23 @@ def server(listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
     if not is_loopback(host) and tls_cert is None:
         err.print(f"warning: serving plain HTTP on {listen}: bearer tokens cross the network in clear text "
                   "(--insecure-http)", markup=False)
-    asyncio.run(_serve(where, host, port, root, tls_cert, tls_key, request_timeout, ttl))
+    asyncio.run(_serve(where, host, port, root, tls_cert, tls_key, request_timeout, ttl, public))
+
+
+def public_origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``--public-url``, or a one-line error saying what it must look like."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") or \
+            parts.query or parts.fragment or parts.username or parts.password:
+        raise UserError(f"--public-url {url}: give the address browsers open, scheme and host only, e.g. "
+                        "https://releases.example.com")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: Path | None,
-                 key: Path | None, request_timeout: float, lease_ttl: float) -> None:
+                 key: Path | None, request_timeout: float, lease_ttl: float, public: str | None = None) -> None:
     import uvicorn
 
     from releasegate.server.app import create_app
@@ -137,6 +155,7 @@ async def _serve(state_dir: Path, host: str, port: int, spec_root: Path, cert: P
     for chatty in ("httpx", "httpcore", "apprise"):  # their INFO lines carry URLs, which may carry secrets
         logging.getLogger(chatty).setLevel(logging.WARNING)
     app = create_app(state_dir, spec_root=spec_root, request_timeout=request_timeout, lease_ttl=lease_ttl)
+    app.state.public_origin = public  # the dashboard's forms (releasegate/server/dashboard/sessions.py)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", access_log=True, lifespan="on",
                             http=with_head_timeout(request_timeout),
                             timeout_keep_alive=5, h11_max_incomplete_event_size=64 * 1024,

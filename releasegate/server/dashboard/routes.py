@@ -27,7 +27,7 @@ from releasegate.errors import UserError
 from releasegate.governance.identity import hash_token
 from releasegate.server.auth import allowed
 from releasegate.server.dashboard import views
-from releasegate.server.dashboard.sessions import COOKIE, Session, Sessions, csrf_ok, same_origin
+from releasegate.server.dashboard.sessions import COOKIE, Session, Sessions, csrf_ok, same_origin, secure_cookie
 from releasegate.server.problems import Problem
 from releasegate.server.reads import Reads
 from releasegate.store.server import Grant
@@ -120,7 +120,7 @@ async def signin(request: Request) -> Response:
                            "--role ROLE` (ask an admin)")
     answer = RedirectResponse(target, status_code=303, headers=SECURITY)
     answer.set_cookie(COOKIE, _sessions(request).open(token), max_age=int(_sessions(request).lifetime),
-                      httponly=True, samesite="strict", secure=request.url.scheme == "https", path="/")
+                      httponly=True, samesite="strict", secure=secure_cookie(request), path="/")
     return answer
 
 
@@ -134,7 +134,7 @@ async def signout(request: Request) -> Response:
         return refused
     _sessions(request).close(request.cookies.get(COOKIE))
     answer = RedirectResponse("/signin", status_code=303, headers=SECURITY)
-    answer.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    answer.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=secure_cookie(request))
     return answer
 
 

@@ -76,6 +76,18 @@ class Sessions:
             del self.held[sid]
 
 
+def public_origin(request: Request) -> str:
+    """``scheme://host`` browsers see: ``--public-url`` behind a reverse proxy (which terminates TLS, so the server
+    itself sees plain HTTP and the proxy's Host may differ), else this request's own scheme and Host."""
+    public: str | None = getattr(request.app.state, "public_origin", None)
+    return public or f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+def secure_cookie(request: Request) -> bool:
+    """Whether the session cookie gets ``Secure``: the browser's side of the connection is HTTPS."""
+    return public_origin(request).startswith("https://")
+
+
 def same_origin(request: Request) -> bool:
     """Does the POST come from a page of this server? Browsers send Origin on form POSTs (Referer as a fallback);
     a request with neither is refused too, so a forged cross-site form cannot pass by omitting them."""
@@ -83,12 +95,11 @@ def same_origin(request: Request) -> bool:
     if not claimed or claimed == "null":
         return False
     parts = urlsplit(claimed)
-    host = request.headers.get("host", "")
-    return parts.scheme == request.url.scheme and parts.netloc == host
+    return f"{parts.scheme}://{parts.netloc.lower()}" == public_origin(request).lower()
 
 
 def csrf_ok(session: Session, sent: str | None) -> bool:
     return sent is not None and secrets.compare_digest(session.csrf.encode(), sent.encode())
 
 
-__all__ = ["COOKIE", "LIFETIME", "Session", "Sessions", "csrf_ok", "same_origin"]
+__all__ = ["COOKIE", "LIFETIME", "Session", "Sessions", "csrf_ok", "public_origin", "same_origin", "secure_cookie"]
