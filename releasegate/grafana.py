@@ -202,6 +202,27 @@ def _rollout_panels() -> list[gd.Panel | gts.Panel | gstate.Panel]:
     return [weight, triggers, phase, decisions]
 
 
+def _delivery_panels() -> list[gstat.Panel]:
+    """The DORA figures of the last 30 days per environment, as `releasegate server` exports them on /metrics
+    (docs/dora.md): the same numbers as `releasegate dora --since 30d`."""
+    where = f"service={SERVICE}"
+    served = " From the releasegate server's /metrics (30 days); empty without a server."
+    return [
+        _stat("Deployments, 30 days", "short", _query(f"releasegate_dora_deployments{{{where}}}", "{{env}}"),
+              description="Rollouts that reached users and ended." + served),
+        _stat("Change failure rate, 30 days", "percentunit",
+              _query(f"releasegate_dora_change_failure_ratio{{{where}}}", "{{env}}"), steps(0.15, None),
+              "Rolled back, aborted after traffic, or followed within 24h by a rollback or hotfix, over all "
+              "deployments; red above 15 % (the DORA elite band)." + served),
+        _stat("Lead time (median), 30 days", "s",
+              _query(f'releasegate_dora_lead_time_seconds{{{where},quantile="0.5"}}', "{{env}}"),
+              description="Release commit to promotion." + served),
+        _stat("Time to restore (median), 30 days", "s",
+              _query(f'releasegate_dora_time_to_restore_seconds{{{where},quantile="0.5"}}', "{{env}}"),
+              description="From a failed change reaching users to service restored." + served),
+    ]
+
+
 def _variables(spec: Spec, datasource: str | None) -> list[cogbuilder.Builder[gm.VariableModel]]:
     source = gd.DatasourceVariable("datasource").label("Data source").type("prometheus")
     if datasource is not None:
@@ -246,6 +267,9 @@ def build_dashboard(spec: Spec, *, title: str | None = None, datasource: str | N
     board = board.with_row(gd.Row("Rollout (releasegate controller)"))
     for panel in _rollout_panels():
         board = board.with_panel(panel)
+    board = board.with_row(gd.Row("Delivery (DORA, releasegate server)"))
+    for stat in _delivery_panels():
+        board = board.with_panel(stat)
     return board.build()
 
 

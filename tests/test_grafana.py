@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from releasegate.dora_metrics import HELP as DORA_GAUGES
 from releasegate.metrics_exporter import COUNTERS, GAUGES
 from releasegate.router.exposition import render_metrics
 from releasegate.router.stats import Stats
@@ -138,12 +139,19 @@ def test_panels_queries_and_thresholds_are_the_specs(board: dict[str, Any]) -> N
     assert shown["Rollout phase"]["type"] == "state-timeline"
     assert board["annotations"]["list"][0]["target"]["expr"].startswith("sum by (trigger) (increase(releasegate_")
 
+    failures = shown["Change failure rate, 30 days"]
+    assert exprs(failures) == ['releasegate_dora_change_failure_ratio{service="$service"}']
+    assert steps(failures) == [(None, "green"), (0.15, "red")]
+    assert exprs(shown["Lead time (median), 30 days"]) == [
+        'releasegate_dora_lead_time_seconds{service="$service",quantile="0.5"}']
+
 
 def test_every_builtin_series_is_one_releasegate_exports(board: dict[str, Any]) -> None:
     """The router's and the controller's series, by name; custom rules read whatever their query names."""
     exposed = set(re.findall(r"^# TYPE (\S+) (\S+)", render_metrics("s", Stats(), {}), re.M))
     names = {n for n, kind in exposed} | {f"{n}_bucket" for n, kind in exposed if kind == "histogram"}
     names |= {name for name, _, _ in GAUGES} | {f"{name}_total" for name, _, _, _ in COUNTERS}
+    names |= set(DORA_GAUGES)  # the server's /metrics (releasegate/dora_metrics.py)
     queries = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
     queries += [v["query"] for v in board["templating"]["list"] if v["type"] == "query"]
     queries += [a["target"]["expr"] for a in board["annotations"]["list"]]
