@@ -206,7 +206,7 @@ def _delivery_panels() -> list[gstat.Panel]:
     """The DORA figures of the last 30 days per environment, as `releasegate server` exports them on /metrics
     (docs/dora.md): the same numbers as `releasegate dora --since 30d`."""
     where = f"service={SERVICE}"
-    served = " From the releasegate server's /metrics (30 days); empty without a server."
+    served = " From `releasegate server`'s or `releasegate metrics`' /metrics (30 days)."
     return [
         _stat("Deployments, 30 days", "short", _query(f"releasegate_dora_deployments{{{where}}}", "{{env}}"),
               description="Rollouts that reached users and ended." + served),
@@ -267,7 +267,7 @@ def build_dashboard(spec: Spec, *, title: str | None = None, datasource: str | N
     board = board.with_row(gd.Row("Rollout (releasegate controller)"))
     for panel in _rollout_panels():
         board = board.with_panel(panel)
-    board = board.with_row(gd.Row("Delivery (DORA, releasegate server)"))
+    board = board.with_row(gd.Row("Delivery (DORA)"))
     for stat in _delivery_panels():
         board = board.with_panel(stat)
     return board.build()

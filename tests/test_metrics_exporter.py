@@ -173,7 +173,8 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
 
 @pytest.mark.slow
 def test_an_empty_state_dir_is_store_down_not_an_error(story: Story) -> None:
-    assert story.scrapes["empty"] == {"releasegate_store_up": {(): 0.0}}
+    assert story.scrapes["empty"] == {"releasegate_store_up": {(): 0.0},
+                                      "releasegate_dora_period_seconds": {(): 30 * 86400.0}}
     assert "warning: no store in" in story.exporter.log.read_text()
 
 
@@ -224,6 +225,9 @@ def test_an_automatic_rollback(story: Story) -> None:
     decided = {dict(k)["decision"]: v for k, v in series(done, "releasegate_decisions_total").items()}
     assert decided == {kind: story.events[kind] for kind in DECISIONS}
     assert decided["rollback"] >= 1 and decided["rolled_back"] == 1
+    # The 30-day DORA gauges (docs/dora.md) are served too, recomputed at most once a minute (so this scrape, seconds
+    # after the first, still shows the first one's figures; their values are tests/test_dora.py's).
+    assert value(done, "releasegate_dora_period_seconds") == 30 * 86400.0
 
 
 @pytest.mark.slow

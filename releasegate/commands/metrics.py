@@ -52,14 +52,20 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 def exporter_app(state_dir: Path, secret: str | None = None) -> WSGIApp:
-    """``/metrics`` from the store collector (with ``secret``, only for ``Authorization: Bearer <secret>``),
-    ``/healthz`` for probes, 404 elsewhere."""
-    from prometheus_client import make_wsgi_app
+    """``/metrics`` from the store collector and the 30-day DORA gauges (with ``secret``, only for
+    ``Authorization: Bearer <secret>``), ``/healthz`` for probes, 404 elsewhere."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from releasegate.alert_receiver import authorized
+    from releasegate.dora_metrics import DoraCollector
     from releasegate.metrics_exporter import registry_for
 
-    metrics = make_wsgi_app(registry_for(state_dir))
+    registry, dora = registry_for(state_dir), DoraCollector(state_dir)
+
+    def metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        body = generate_latest(registry) + dora.render()
+        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
+        return [body]
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO") or "/"
@@ -68,7 +74,7 @@ def exporter_app(state_dir: Path, secret: str | None = None) -> WSGIApp:
                 start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
                                                     ("WWW-Authenticate", "Bearer")])
                 return [b"unauthorized: scrape with Authorization: Bearer <secret>\n"]
-            return metrics(environ, start_response)  # type: ignore[no-any-return]
+            return metrics(environ, start_response)
         ok = path == "/healthz"
         start_response("200 OK" if ok else "404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"ok\n" if ok else b"not found; try /metrics\n"]
