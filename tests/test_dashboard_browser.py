@@ -112,6 +112,10 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     await sign_in(viewer, server.url, vera, page)
     assert text(viewer, "weight") == "20%" and text(viewer, "status") == "running"
     assert text(viewer, "reported") == "1.0.0 80%, 2.0.0 20%"  # the router's own view, beside the weight set
+    rows = [[c.text for c in r.find_elements(By.TAG_NAME, "td")]
+            for r in viewer.find_elements(By.CSS_SELECTOR, "#instances tbody tr")]
+    assert {(r[0], r[2], r[3]) for r in rows} == {("1.0.0", "80%", "ok"), ("2.0.0", "20%", "ok")}, rows
+    assert len(rows) == 4  # two instances of each version, each asked for its health by the server
     assert "vera (viewer of *)" in text(viewer, "who")
     assert viewer.find_elements(By.ID, "promote") == [] and viewer.find_elements(By.ID, "actions") == []
     viewer.execute_script("window.notReloaded = true;")

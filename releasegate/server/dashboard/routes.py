@@ -180,7 +180,7 @@ async def _with_data_plane(request: Request, rollout_id: str, grant: Grant) -> d
     view = await run_in_threadpool(_rollout_view, state_dir, rollout_id, grant)
     rec = request.app.state.reads.store.rollout(rollout_id)
     if not isinstance(view, str) and rec is not None:
-        view["reported"] = await views.data_plane(state_dir, rec)
+        view["reported"], view["instances"] = await views.data_plane(state_dir, rec)
     return view
 
 

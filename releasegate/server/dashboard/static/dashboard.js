@@ -112,6 +112,14 @@ function renderRollout(view) {
   document.getElementById("phase").textContent = st.phase;
   document.getElementById("weight").textContent = st.weight + "%";
   document.getElementById("reported").textContent = view.reported || "—";
+  const instances = document.querySelector("#instances tbody");
+  if (instances) {
+    instances.replaceChildren(...(view.instances || []).map((i) => {
+      const tr = cell("tr");
+      tr.append(cell("td", i.version), cell("td", i.address), cell("td", i.weight + "%"), cell("td", i.health));
+      return tr;
+    }));
+  }
   document.getElementById("waiting").textContent = st.paused || st.waiting || st.reason || "—";
   const timeline = document.getElementById("timeline");
   timeline.replaceChildren(...view.timeline.map((s) => {
