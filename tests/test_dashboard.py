@@ -235,3 +235,28 @@ def test_behind_a_tls_proxy_the_public_url_is_the_origin_and_the_cookie_is_secur
             assert refused.status_code == 403 and "Origin" in refused.text
     finally:
         proc.stop()
+
+
+def test_per_version_charts_are_rates_between_analyses_from_the_recorded_counts():
+    """The counts the controller records are cumulative since the rollout began (docs/reports.md): the charts
+    show what happened between two analyses, per version, not the running totals; past the router's hour of
+    history there is no since-the-start count, so no point."""
+    from releasegate.server.dashboard.views import charts
+    from releasegate.spec.models import Spec
+
+    spec = Spec.model_validate({"service": "shop", "platform": {"command": "app --port {port}"},
+                                "analysis": {"rules": [{"metric": "error_rate", "max": 0.05, "for": "2s"}]}})
+
+    def tick(at: float, new: tuple[int, int], old: tuple[int, int], window: float) -> dict[str, object]:
+        return {"at": at, "kind": "analysis", "data": {
+            "values": {"0:error_rate": 0.0}, "traffic_window": window,
+            "traffic": {"2.0.0": {"requests": new[0], "errors": new[1]},
+                        "1.0.0": {"requests": old[0], "errors": old[1]}}}}
+    events = [tick(100.0, (10, 0), (90, 1), 10.0), tick(102.0, (30, 5), (170, 1), 12.0),
+              tick(104.0, (30, 5), (250, 3), 14.0), tick(106.0, (99, 9), (999, 9), 3600.0)]
+    shown = {c["key"]: c for c in charts(spec, events, now=106.0)}
+    rps, errors = shown["rps"], shown["errors"]
+    assert rps["x"] == errors["x"] == [102.0, 104.0, 106.0]
+    assert rps["series"] == {"1.0.0": [40.0, 40.0, None], "2.0.0": [10.0, 0.0, None]}
+    assert errors["series"] == {"1.0.0": [0.0, 0.025, None], "2.0.0": [0.25, None, None]}
+    assert errors["title"].endswith("the rule's max is 0.05")

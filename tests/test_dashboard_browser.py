@@ -112,8 +112,8 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     await sign_in(viewer, server.url, vera, page)
     assert text(viewer, "weight") == "20%" and text(viewer, "status") == "running"
     assert text(viewer, "reported") == "1.0.0 80%, 2.0.0 20%"  # the router's own view, beside the weight set
-    rows = [[c.text for c in r.find_elements(By.TAG_NAME, "td")]
-            for r in viewer.find_elements(By.CSS_SELECTOR, "#instances tbody tr")]
+    rows = viewer.execute_script(  # in one go: a live update may replace the rows between two element reads
+        "return [...document.querySelectorAll('#instances tbody tr')].map(r => [...r.cells].map(c => c.textContent))")
     assert {(r[0], r[2], r[3]) for r in rows} == {("1.0.0", "80%", "ok"), ("2.0.0", "20%", "ok")}, rows
     assert len(rows) == 4  # two instances of each version, each asked for its health by the server
     assert "vera (viewer of *)" in text(viewer, "who")
@@ -121,6 +121,9 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     viewer.execute_script("window.notReloaded = true;")
     seen = points(viewer)
     await eventually(lambda: points(viewer) > seen, 30, "the error-rate chart to grow live", every=0.1)
+    await eventually(lambda: viewer.find_elements(By.ID, "chart-rps") and "1.0.0" in text(viewer, "chart-rps")
+                     and "2.0.0" in text(viewer, "chart-rps"), 30, "requests per second of both versions",
+                     every=0.1)
     cookie = viewer.get_cookie(COOKIE)
     assert cookie is not None and cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     assert viewer.execute_script("return document.cookie;") == ""  # HttpOnly: no script reads the session

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from releasegate import reading, service
 from releasegate.engine.analysis import rule_key
+from releasegate.reports.traffic import ROUTER_HISTORY
 from releasegate.server.auth import allowed
 from releasegate.spec.models import Spec
 from releasegate.store.server import Grant
@@ -144,13 +146,35 @@ def charts(spec: Spec, events: list[dict[str, Any]], now: float | None = None) -
                     "max": rule.max, "min": rule.min,
                     "x": [p[0] for p in points], "y": [p[1] for p in points]})
     traffic = [e for e in ticks if isinstance(e["data"].get("traffic"), dict)]
-    if traffic:
-        versions = sorted({v for e in traffic for v in e["data"]["traffic"]})
-        out.append({"key": "traffic", "title": "requests per analysis, by version", "metric": "requests",
-                    "max": None, "min": None, "x": [e["at"] for e in traffic],
-                    "series": {v: [(e["data"]["traffic"].get(v) or {}).get("requests") for e in traffic]
-                               for v in versions}})
+    if len(traffic) > 1:
+        out += _per_version(traffic, spec)
     return out
+
+
+def _per_version(traffic: list[dict[str, Any]], spec: Spec) -> list[dict[str, Any]]:
+    """Request rate and error rate of every version between consecutive analyses, from the cumulative counts the
+    controller records (``data.traffic``, docs/reports.md): the previous version's beside the new one's. The counts
+    cover the rollout since its start only for its first hour (the router keeps an hour); later points have none."""
+    def since_start(e: dict[str, Any]) -> bool:
+        return float(e["data"].get("traffic_window") or 0.0) < ROUTER_HISTORY
+
+    versions = sorted({v for e in traffic for v in e["data"]["traffic"]})
+    x, rates, errors = [], {v: list[float | None]() for v in versions}, {v: list[float | None]() for v in versions}
+    for before, after in itertools.pairwise(traffic):
+        x.append(after["at"])
+        for v in versions:
+            a, b = before["data"]["traffic"].get(v) or {}, after["data"]["traffic"].get(v) or {}
+            ok = since_start(before) and since_start(after) and "requests" in a and "requests" in b
+            sent = b["requests"] - a["requests"] if ok else None
+            took = after["at"] - before["at"]
+            rates[v].append(sent / took if sent is not None and took > 0 else None)
+            errors[v].append((b.get("errors", 0) - a.get("errors", 0)) / sent if sent else None)
+    bound = next((r.max for r in spec.analysis.rules if r.metric == "error_rate" and r.max is not None), None)
+    return [{"key": "rps", "title": "requests per second, by version", "metric": "rps", "max": None, "min": None,
+             "x": x, "series": rates},
+            {"key": "errors", "title": "error rate (5xx), by version" + (f"; the rule's max is {bound}" if bound
+                                                                          is not None else ""),
+             "metric": "error_rate", "max": None, "min": None, "x": x, "series": errors}]
 
 
 __all__ = ["WINDOW", "Overview", "charts", "data_plane", "decisions", "overview", "rollout"]
