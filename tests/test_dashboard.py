@@ -185,6 +185,13 @@ def test_the_governance_page_shows_the_stored_calendar_and_the_audit_log_by_role
     for change in ("major", "minor", "patch", "hotfix", "config"):
         assert f'data-change="{change}"' in page
     assert "The hash chain verifies" in page and 'id="entries"' in page and "calendar.applied" in page
+    with signed_in(server, root) as c:  # the entries filtered (a part of the actor, action or release; days back)
+        mine = c.get("/governance", params={"actor": "ROO", "action": "calendar"}).text
+        nobody = c.get("/governance", params={"actor": "nobody-at-all"}).text
+        bad = c.get("/governance", params={"days": "soon"})
+    assert re.search(r'id="matched">1 entry of the last 30 day', mine) and "calendar.applied" in mine, mine
+    assert 'id="matched">0 entries' in nobody and "calendar.applied" not in nobody
+    assert bad.status_code == 200 and "days soon: give a number of days between 1 and 3650" in bad.text
     with signed_in(server, server.token("sid", "viewer")) as c:
         viewer = c.get("/governance").text
     assert "The hash chain verifies" in viewer and 'id="entries"' not in viewer  # entries: admins only

@@ -22,9 +22,27 @@ RECENT = 30 * 86400.0
 """Only the last 30 days' entries are read for the page (a long-lived log holds years)."""
 
 
-def page(state_dir: Path, grant: Grant, env: str = "prod") -> dict[str, Any]:
-    return {"calendar": calendar(state_dir, env), "env": env,
-            "audit": audit(state_dir, grant) if allowed(grant, "viewer", None) else None}
+FIELDS = ("actor", "action", "release")
+"""What the audit entries can be filtered by (a case-insensitive part of it), with ``days`` back."""
+
+
+def filters(query: dict[str, str]) -> tuple[dict[str, str], float, str | None]:
+    """The page's filters from its query: (field -> text, days back, the one-line error of a bad ``days``)."""
+    chosen = {f: query[f].strip() for f in FIELDS if query.get(f, "").strip()}
+    raw = query.get("days", "").strip() or str(int(RECENT // 86400))
+    try:
+        days = float(raw)
+    except ValueError:
+        days = float("nan")
+    if not 0 < days <= 3650:
+        return chosen, RECENT / 86400, f"days {raw}: give a number of days between 1 and 3650 (e.g. 30)"
+    return chosen, days, None
+
+
+def page(state_dir: Path, grant: Grant, env: str = "prod", query: dict[str, str] | None = None) -> dict[str, Any]:
+    chosen, days, error = filters(query or {})
+    return {"calendar": calendar(state_dir, env), "env": env, "filters": chosen, "days": days, "error": error,
+            "audit": audit(state_dir, grant, chosen, days) if allowed(grant, "viewer", None) else None}
 
 
 def calendar(state_dir: Path, env: str) -> dict[str, Any] | None:
@@ -46,20 +64,25 @@ def calendar(state_dir: Path, env: str) -> dict[str, Any] | None:
     return {"label": doc.label, "actor": doc.actor, "at": doc.at, "changes": rows}
 
 
-def audit(state_dir: Path, grant: Grant) -> dict[str, Any]:
-    """The chain's check and head for a viewer of every service; the newest entries for an admin."""
+def audit(state_dir: Path, grant: Grant, chosen: dict[str, str] | None = None,
+          days: float = RECENT / 86400) -> dict[str, Any]:
+    """The chain's check and head for a viewer of every service; for an admin, the newest ``ENTRIES`` entries of
+    the last ``days`` whose actor, action and release contain the ``chosen`` texts, and how many matched."""
     from releasegate.store.audit import AuditLog
 
     with AuditLog(state_dir) as log:
         v = log.verify()
         head = log.head()
-        recent = time.time() - RECENT
-        entries = list(log.entries(recent)) if allowed(grant, "admin", None) else None
-    shown = None if entries is None else [
+        entries = list(log.entries(time.time() - days * 86400)) if allowed(grant, "admin", None) else None
+    wanted = {f: t.lower() for f, t in (chosen or {}).items()}
+    matched = None if entries is None else [
+        e for e in entries if all(t in str(getattr(e, f) or "").lower() for f, t in wanted.items())]
+    shown = None if matched is None else [
         {"seq": e.seq, "at": e.at, "actor": e.actor, "action": e.action, "release": e.release,
-         "decision": e.decision} for e in entries[::-1][:ENTRIES]]
+         "decision": e.decision} for e in matched[::-1][:ENTRIES]]
     return {"ok": v.ok, "reason": v.reason, "first_bad_seq": v.first_bad_seq,
-            "head": None if head is None else {"seq": head[0], "hash": head[1]}, "entries": shown}
+            "head": None if head is None else {"seq": head[0], "hash": head[1]}, "entries": shown,
+            "matched": None if matched is None else len(matched)}
 
 
 

@@ -205,7 +205,8 @@ async def governance_page(request: Request) -> Response:
     if found is None:
         return _to_signin(request)
     session, grant = found
-    data = await run_in_threadpool(governance.page, request.app.state.state_dir, grant)
+    data = await run_in_threadpool(governance.page, request.app.state.state_dir, grant, "prod",
+                                   dict(request.query_params))
     return _page("governance.html", data=data, grant=grant, session=session)
 
 
