@@ -267,3 +267,33 @@ def test_per_version_charts_are_rates_between_analyses_from_the_recorded_counts(
     assert rps["series"] == {"1.0.0": [40.0, 40.0, None], "2.0.0": [10.0, 0.0, None]}
     assert errors["series"] == {"1.0.0": [0.0, 0.025, None], "2.0.0": [0.25, None, None]}
     assert errors["title"].endswith("the rule's max is 0.05")
+
+
+def test_a_session_outlives_a_restart_and_the_store_holds_only_hashes(tmp_path):
+    """Sessions are kept in the store (hashed ids): a restarted server, or another one on the same store, keeps the
+    browser signed in; signing out ends it for every server."""
+    import sqlite3
+
+    state = tmp_path / "state"
+    first = ServerProc(state, tmp_path).start()
+    try:
+        token = first.token("pat", "viewer")
+        with browser(first) as c:
+            answer = c.post("/signin", data={"token": token, "next": "/"})
+            assert answer.status_code == 303, answer.text
+            sid = c.cookies[COOKIE]
+    finally:
+        first.stop()
+    with sqlite3.connect(state / "releasegate.db") as db:
+        kept = db.execute("SELECT id_hash, token_hash FROM server_sessions").fetchall()
+    assert len(kept) == 1 and sid not in kept[0] and token not in kept[0]
+    second = ServerProc(state, tmp_path).start()
+    try:
+        with browser(second) as c:
+            c.cookies.set(COOKIE, sid)
+            page = c.get("/")
+            assert page.status_code == 200 and "pat (viewer of *)" in page.text
+            assert c.post("/signout", data={"csrf": csrf_of(page.text)}).status_code == 303
+            assert c.get("/").status_code == 303  # ended: to the sign-in page
+    finally:
+        second.stop()

@@ -28,6 +28,12 @@ CREATE TABLE IF NOT EXISTS server_tokens (
     created_at REAL NOT NULL,
     created_by TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS server_sessions (
+    id_hash TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS server_idempotency (
     key TEXT PRIMARY KEY,
     body_sha TEXT NOT NULL,
@@ -104,6 +110,24 @@ class ServerStore:
         with immediate(self._db) as db:
             db.execute("INSERT INTO server_idempotency (key, body_sha, rollout_id, actor, at) "
                        "VALUES (?,?,?,?,?) ON CONFLICT DO NOTHING", (key, body_sha, rollout_id, actor, at))
+
+
+    def open_session(self, id_hash: str, token_hash: str, csrf: str, expires: float, now: float) -> None:
+        """Keep a dashboard session (its id only as a hash, like the tokens), forgetting the expired ones."""
+        with immediate(self._db) as db:
+            db.execute("DELETE FROM server_sessions WHERE expires <= ?", (now,))
+            db.execute("INSERT INTO server_sessions (id_hash, token_hash, csrf, expires) VALUES (?,?,?,?)",
+                       (id_hash, token_hash, csrf, expires))
+
+    def session(self, id_hash: str) -> tuple[str, str, float] | None:
+        """(token hash, CSRF token, expiry) of the session whose id hashes to ``id_hash``."""
+        row = self._db.execute("SELECT token_hash, csrf, expires FROM server_sessions WHERE id_hash=?",
+                               (id_hash,)).fetchone()
+        return None if row is None else (str(row["token_hash"]), str(row["csrf"]), float(row["expires"]))
+
+    def close_session(self, id_hash: str) -> None:
+        with immediate(self._db) as db:
+            db.execute("DELETE FROM server_sessions WHERE id_hash=?", (id_hash,))
 
 
 def _grant(row: Any) -> Grant:

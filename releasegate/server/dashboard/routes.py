@@ -119,7 +119,7 @@ async def signin(request: Request) -> Response:
                      error="that is not a current server token; paste a token from `releasegate token new NAME "
                            "--role ROLE` (ask an admin)")
     answer = RedirectResponse(target, status_code=303, headers=SECURITY)
-    answer.set_cookie(COOKIE, _sessions(request).open(token), max_age=int(_sessions(request).lifetime),
+    answer.set_cookie(COOKIE, _sessions(request).open(request, token), max_age=int(_sessions(request).lifetime),
                       httponly=True, samesite="strict", secure=secure_cookie(request), path="/")
     return answer
 
@@ -132,7 +132,7 @@ async def signout(request: Request) -> Response:
     refused = await _checked_post(request, found[0])
     if refused is not None:
         return refused
-    _sessions(request).close(request.cookies.get(COOKIE))
+    _sessions(request).close(request, request.cookies.get(COOKIE))
     answer = RedirectResponse("/signin", status_code=303, headers=SECURITY)
     answer.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict", secure=secure_cookie(request))
     return answer

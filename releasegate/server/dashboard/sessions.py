@@ -1,10 +1,11 @@
-"""The dashboard's sign-in sessions: a random id in the cookie, everything else kept in the server.
+"""The dashboard's sign-in sessions: a random id in the cookie, everything else kept in the store.
 
 Why server-side: the cookie must not carry the token (a copied cookie would then be a copied API token, valid
-until revoked). The cookie holds a random session id; the server maps it to the token's *hash* (never the token)
-and looks the grant up again on every request, so revoking or replacing the token ends its sessions at once, and
-the role is always the API's current one. Sessions live in the server's memory: a restart signs everyone out,
-which is the safe side (docs/dashboard.md).
+until revoked). The cookie holds a random session id; the store maps the id's *hash* to the token's *hash* (never
+the token, never the id: a copy of the database opens no session) and the grant is looked up again on every
+request, so revoking or replacing the token ends its sessions at once, and the role is always the API's current
+one. Why in the store and not in memory: a session then outlives a server's restart, and every server sharing the
+store (docs/server.md, failover) honours it, so a browser behind a load balancer stays signed in.
 
 CSRF: each session has its own random token, put in every form and checked (in constant time) on every POST,
 together with the request's Origin (or Referer) against the server's own address.
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from fastapi import Request
@@ -37,43 +38,46 @@ class Session:
 
 @dataclass
 class Sessions:
-    """Session id -> session, in this server's memory (``lifetime`` seconds each)."""
+    """Sessions of ``lifetime`` seconds each, in the store's ``server_sessions`` (through the app's kept
+    connection: ``request.app.state.reads``)."""
 
     lifetime: float = LIFETIME
-    held: dict[str, Session] = field(default_factory=dict)
 
-    def open(self, token: str) -> str:
+    def open(self, request: Request, token: str) -> str:
         """A new session for ``token`` (already checked); its id, for the cookie."""
-        self._forget_expired()
-        sid = secrets.token_urlsafe(32)
-        self.held[sid] = Session(hash_token(token), secrets.token_urlsafe(32), time.time() + self.lifetime)
+        sid, now = secrets.token_urlsafe(32), time.time()
+        _reads(request).server.open_session(hash_token(sid), hash_token(token), secrets.token_urlsafe(32),
+                                            now + self.lifetime, now)
         return sid
 
-    def close(self, sid: str | None) -> None:
+    def close(self, request: Request, sid: str | None) -> None:
         if sid is not None:
-            self.held.pop(sid, None)
+            _reads(request).server.close_session(hash_token(sid))
 
     def find(self, request: Request) -> tuple[Session, Grant] | None:
         """The request's live session and its token's current grant, or None (no, unknown, expired or revoked)."""
         sid = request.cookies.get(COOKIE)
-        found = self.held.get(sid) if sid else None
-        if found is None or sid is None:
+        if not sid:
             return None
+        store = _reads(request).server
+        kept = store.session(hash_token(sid))
+        if kept is None:
+            return None
+        found = Session(*kept)
         if found.expires <= time.time():
-            self.held.pop(sid, None)
+            store.close_session(hash_token(sid))
             return None
-        reads: Reads = request.app.state.reads
-        grant = reads.server.grant_for(found.token_hash)
+        grant = store.grant_for(found.token_hash)
         if grant is None:  # the token was revoked or replaced: so is every session it opened
-            self.held.pop(sid, None)
+            store.close_session(hash_token(sid))
             return None
         request.state.user = grant.name
         return found, grant
 
-    def _forget_expired(self) -> None:
-        now = time.time()
-        for sid in [s for s, held in self.held.items() if held.expires <= now]:
-            del self.held[sid]
+
+def _reads(request: Request) -> Reads:
+    reads: Reads = request.app.state.reads
+    return reads
 
 
 def public_origin(request: Request) -> str:
