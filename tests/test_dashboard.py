@@ -184,6 +184,11 @@ def test_the_governance_page_shows_the_stored_calendar_and_the_audit_log_by_role
     assert "stored calendar v1, applied by root" in page
     for change in ("major", "minor", "patch", "hotfix", "config"):
         assert f'data-change="{change}"' in page
+    # The freezes in force or ahead, and the deploy window's next openings (the weekend freeze recurs every week,
+    # the window every Tuesday: both are within 30 days whatever today is).
+    freezes = page[page.index('id="freezes"'):page.index('id="windows"')]
+    assert "<strong>weekend</strong> (full): " in freezes and ("starts in" in freezes or "in force" in freezes)
+    assert re.search(r'id="windows">\s*<li>tue: \d{4}-\d\d-\d\d 02:00 \u2013 06:00 KST</li>', page), page
     assert "The hash chain verifies" in page and 'id="entries"' in page and "calendar.applied" in page
     with signed_in(server, root) as c:  # the entries filtered (a part of the actor, action or release; days back)
         mine = c.get("/governance", params={"actor": "ROO", "action": "calendar"}).text

@@ -61,7 +61,34 @@ def calendar(state_dir: Path, env: str) -> dict[str, Any] | None:
         d = decide(cal, now, change, env)
         rows.append({"change": change, "allowed": d.allowed, "reason": d.reason,
                      "next": format_local(d.next_allowed, cal.tz) if d.next_allowed is not None else None})
-    return {"label": doc.label, "actor": doc.actor, "at": doc.at, "changes": rows}
+    return {"label": doc.label, "actor": doc.actor, "at": doc.at, "changes": rows,
+            "freezes": freezes(cal, now, env), "windows": windows(cal, now, env)}
+
+
+AHEAD = 30
+"""Days ahead the page lists freezes and deploy windows for (``calendar upcoming --days`` looks further)."""
+
+
+def freezes(cal: Any, now: datetime, env: str) -> list[dict[str, str]]:
+    """The freezes in force now and those starting within ``AHEAD`` days (as ``calendar upcoming``)."""
+    from releasegate.governance.calendar import format_span
+    from releasegate.governance.calendar_views import relative, upcoming
+
+    return [{"name": o.freeze.name, "mode": o.freeze.mode, "span": format_span(o.start, o.end, cal.tz),
+             "when": (f"in force, ends in {relative(o.end - now)}" if o.contains(now)
+                      else f"starts in {relative(o.start - now)}")}
+            for o in upcoming(cal, now, AHEAD, env)]
+
+
+def windows(cal: Any, now: datetime, env: str) -> list[dict[str, str]]:
+    """The next openings of the deploy windows within ``AHEAD`` days (at most five): when deploys may start."""
+    from datetime import timedelta
+
+    from releasegate.governance.calendar import format_span, window_occurrences
+
+    found = window_occurrences(cal, now, now + timedelta(days=AHEAD), env)[:5]
+    return [{"name": o.window.name or ", ".join(o.window.days), "span": format_span(o.start, o.end, cal.tz)}
+            for o in found]
 
 
 def audit(state_dir: Path, grant: Grant, chosen: dict[str, str] | None = None,
