@@ -85,7 +85,7 @@ class Providers:
     close: Callable[[], Awaitable[None]] | None = None
     # Requests and errors per version over the last N seconds, as the router counted them (the built-in router's
     # statistics); None where the router cannot say. Recorded for reports (docs/reports.md), never decides.
-    traffic: Callable[[float], Awaitable[dict[str, dict[str, int]]]] | None = None
+    traffic: Callable[[float, float | None], Awaitable[dict[str, dict[str, float | None]]]] | None = None
 
 
 class Controller:
@@ -125,7 +125,8 @@ class Controller:
             st, decisions = decide.apply(st, self.spec, action, result, self.clock.now())
             decisions = self._quiet_repeats(decisions)
             if isinstance(action, Route) or (isinstance(result, Observation) and not result.interrupted):
-                decisions = await with_traffic(self.p.traffic, st, self.clock.now(), decisions)
+                decisions = await with_traffic(self.p.traffic, st, self.clock.now(), decisions,
+                                               self.spec.analysis.interval)
             self.owner["lease_until"] = time.time() + 60
             self.store.save(st, [(d.kind, d.message, d.data) for d in decisions], owner=self.owner)
             if self.audit is not None:

@@ -262,8 +262,8 @@ def test_per_version_charts_are_rates_between_analyses_from_the_recorded_counts(
     def tick(at: float, new: tuple[int, int], old: tuple[int, int], window: float) -> dict[str, object]:
         return {"at": at, "kind": "analysis", "data": {
             "values": {"0:error_rate": 0.0}, "traffic_window": window,
-            "traffic": {"2.0.0": {"requests": new[0], "errors": new[1]},
-                        "1.0.0": {"requests": old[0], "errors": old[1]}}}}
+            "traffic": {"2.0.0": {"requests": new[0], "errors": new[1], "p95": at / 1000},
+                        "1.0.0": {"requests": old[0], "errors": old[1], "p95": None}}}}
     events = [tick(100.0, (10, 0), (90, 1), 10.0), tick(102.0, (30, 5), (170, 1), 12.0),
               tick(104.0, (30, 5), (250, 3), 14.0), tick(106.0, (99, 9), (999, 9), 3600.0)]
     shown = {c["key"]: c for c in charts(spec, events, now=106.0)}
@@ -272,6 +272,7 @@ def test_per_version_charts_are_rates_between_analyses_from_the_recorded_counts(
     assert rps["series"] == {"1.0.0": [40.0, 40.0, None], "2.0.0": [10.0, 0.0, None]}
     assert errors["series"] == {"1.0.0": [0.0, 0.025, None], "2.0.0": [0.25, None, None]}
     assert errors["title"].endswith("the rule's max is 0.05")
+    assert shown["p95"]["series"] == {"1.0.0": [None, None, None], "2.0.0": [0.102, 0.104, 0.106]}
 
 
 def test_a_session_outlives_a_restart_and_the_store_holds_only_hashes(tmp_path):

@@ -124,6 +124,7 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     await eventually(lambda: viewer.find_elements(By.ID, "chart-rps") and "1.0.0" in text(viewer, "chart-rps")
                      and "2.0.0" in text(viewer, "chart-rps"), 30, "requests per second of both versions",
                      every=0.1)
+    await eventually(lambda: viewer.find_elements(By.ID, "chart-p95"), 30, "p95 latency per version", every=0.1)
     cookie = viewer.get_cookie(COOKIE)
     assert cookie is not None and cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
     assert viewer.execute_script("return document.cookie;") == ""  # HttpOnly: no script reads the session

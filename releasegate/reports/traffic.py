@@ -12,26 +12,29 @@ from collections.abc import Awaitable, Callable
 from releasegate.engine.state import Decision, RolloutState
 from releasegate.errors import ProviderError
 
-Counter = Callable[[float], Awaitable[dict[str, dict[str, int]]]]
-"""Requests and 5xx errors per version over the last N seconds (the built-in router's ``counts``)."""
+Counter = Callable[[float, float | None], Awaitable[dict[str, dict[str, float | None]]]]
+"""Requests and 5xx errors per version over the last N seconds, and p95 latency over the last M (the built-in
+router's ``counts``)."""
 
 ROUTER_HISTORY = 3600.0
 """The built-in router answers windows of at most an hour (releasegate/router/admin.py MAX_WINDOW)."""
 
 
 async def with_traffic(counter: Counter | None, st: RolloutState, now: float,
-                       decisions: list[Decision]) -> list[Decision]:
+                       decisions: list[Decision], recent: float | None = None) -> list[Decision]:
     """Each decision gets ``traffic``: ``{version: {"requests": n, "errors": n}}`` for the new and the previous
     version, cumulative since the rollout started, and ``traffic_window``: the seconds those counts cover (capped
     at the router's hour). A router that cannot count, or does not answer, leaves the decisions as they were:
-    "not recorded" in a report, never a made-up 0."""
+    "not recorded" in a report, never a made-up 0. With ``recent`` (the analysis interval), each version's
+    ``p95`` latency over that interval too (seconds; None without requests): the dashboard's per-version chart."""
     if counter is None or not decisions:
         return decisions
     window = max(now - st.created_at, 1.0)
     try:
-        counts = await counter(window)
+        counts = await counter(window, recent)
     except ProviderError:
         return decisions
-    wanted = {v: counts.get(v, {"requests": 0, "errors": 0}) for v in (st.version, st.previous) if v}
+    none: dict[str, float | None] = {"requests": 0, "errors": 0}
+    wanted = {v: counts.get(v, none) for v in (st.version, st.previous) if v}
     covered = min(window, ROUTER_HISTORY)
     return [Decision(d.kind, d.message, {**d.data, "traffic": wanted, "traffic_window": covered}) for d in decisions]

@@ -58,13 +58,21 @@ class RouterMetrics(ExplainedSource):
             return None, f"the built-in router at {self.client.admin} sent no number for {q.metric}"
         return float(value), None
 
-    async def counts(self, window: float) -> dict[str, dict[str, int]]:
+    async def counts(self, window: float, recent: float | None = None) -> dict[str, dict[str, float | None]]:
         """Requests and 5xx errors per version over the last ``window`` seconds (the router keeps an hour), as
-        the router proxied them: what a report says reached each version (docs/reports.md)."""
+        the router proxied them: what a report says reached each version (docs/reports.md); with ``recent``, also
+        each version's p95 latency over the last ``recent`` seconds (``p95``, seconds; None without requests), so
+        the dashboard charts the previous version's latency beside the new one's."""
         data = await self.client.stats(window)
-        out: dict[str, dict[str, int]] = {}
+        out: dict[str, dict[str, float | None]] = {}
         for version, entry in data.items():
             if isinstance(entry, dict):
                 out[str(version)] = {"requests": int(entry.get("requests") or 0),
                                      "errors": int(entry.get("errors") or 0)}
+        if recent is not None:
+            latest = await self.client.stats(recent)
+            for version, counted in out.items():
+                entry = latest.get(version)
+                p95 = entry.get("latency_p95") if isinstance(entry, dict) else None
+                counted["p95"] = float(p95) if isinstance(p95, int | float) else None
         return out

@@ -159,22 +159,30 @@ def _per_version(traffic: list[dict[str, Any]], spec: Spec) -> list[dict[str, An
         return float(e["data"].get("traffic_window") or 0.0) < ROUTER_HISTORY
 
     versions = sorted({v for e in traffic for v in e["data"]["traffic"]})
-    x, rates, errors = [], {v: list[float | None]() for v in versions}, {v: list[float | None]() for v in versions}
+    x, rates, errors, p95 = [], {v: list[float | None]() for v in versions}, \
+        {v: list[float | None]() for v in versions}, {v: list[float | None]() for v in versions}
     for before, after in itertools.pairwise(traffic):
         x.append(after["at"])
         for v in versions:
             a, b = before["data"]["traffic"].get(v) or {}, after["data"]["traffic"].get(v) or {}
+            p95[v].append(b.get("p95"))  # measured over the last analysis interval: no difference to take
             ok = since_start(before) and since_start(after) and "requests" in a and "requests" in b
             sent = b["requests"] - a["requests"] if ok else None
             took = after["at"] - before["at"]
             rates[v].append(sent / took if sent is not None and took > 0 else None)
             errors[v].append((b.get("errors", 0) - a.get("errors", 0)) / sent if sent else None)
-    bound = next((r.max for r in spec.analysis.rules if r.metric == "error_rate" and r.max is not None), None)
-    return [{"key": "rps", "title": "requests per second, by version", "metric": "rps", "max": None, "min": None,
-             "x": x, "series": rates},
-            {"key": "errors", "title": "error rate (5xx), by version" + (f"; the rule's max is {bound}" if bound
-                                                                          is not None else ""),
-             "metric": "error_rate", "max": None, "min": None, "x": x, "series": errors}]
+    def bound(metric: str) -> str:
+        found = next((r.max for r in spec.analysis.rules if r.metric == metric and r.max is not None), None)
+        return "" if found is None else f"; the rule's max is {found}"
+
+    charted = [{"key": "rps", "title": "requests per second, by version", "metric": "rps", "max": None,
+                "min": None, "x": x, "series": rates},
+               {"key": "errors", "title": "error rate (5xx), by version" + bound("error_rate"),
+                "metric": "error_rate", "max": None, "min": None, "x": x, "series": errors}]
+    if any(value is not None for values in p95.values() for value in values):
+        charted.append({"key": "p95", "title": "p95 latency (seconds), by version" + bound("latency_p95"),
+                        "metric": "latency_p95", "max": None, "min": None, "x": x, "series": p95})
+    return charted
 
 
 __all__ = ["WINDOW", "Overview", "charts", "data_plane", "decisions", "overview", "rollout"]
