@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,14 @@ from releasegate.preflight import preflight
 from releasegate.spec import load_spec
 from releasegate.spec.migrations import Migrations
 from tests.support.migrations import write_migrations
-from tests.support.postgres import PASSWORD, PASSWORD_USER, PostgresServer, missing_reason, running_postgres
+from tests.support.postgres import PASSWORD, PASSWORD_USER, PostgresServer
 from tests.support.rollouts import Load, cleanup, free_port, write_spec
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresServer]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_postgres() as server:
-        yield server
+def pg(postgres: PostgresServer) -> PostgresServer:
+    """The suite's private PostgreSQL (tests/conftest.py), under this file's short name."""
+    return postgres
 
 
 @pytest.fixture

@@ -27,23 +27,14 @@ from releasegate.store.groups import GroupStore
 from releasegate.store.server import Grant, ServerStore
 from releasegate.store.sqlite import Store
 from tests.support.pgstore import all_columns, on_postgres
-from tests.support.postgres import PASSWORD, PASSWORD_USER, PostgresServer, missing_reason, running_postgres
+from tests.support.postgres import PASSWORD, PASSWORD_USER, PostgresServer
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    reason = missing_reason()
-    if reason:
-        pytest.skip(reason)
-    with running_postgres() as srv:
-        yield srv
-
-
 @pytest.fixture
-def url(server: PostgresServer) -> Iterator[str]:
-    with on_postgres(server) as chosen:
+def url(postgres: PostgresServer) -> Iterator[str]:
+    with on_postgres(postgres) as chosen:
         yield chosen
 
 
@@ -205,12 +196,13 @@ def test_the_metrics_collector_reads_the_postgres_store(url: str, tmp_path: Path
     assert [s.labels["phase"] for s in families["releasegate_rollout_phase"].samples] == ["finish"]
 
 
-def test_bad_urls_are_one_line_naming_the_fix_without_the_password(server: PostgresServer, tmp_path: Path) -> None:
+def test_bad_urls_are_one_line_naming_the_fix_without_the_password(postgres: PostgresServer,
+                                                                    tmp_path: Path) -> None:
     from releasegate.store.db import forget_store, use_store
 
     cases = {
-        server.url("postgres", PASSWORD_USER, "wrong-" + PASSWORD): "authentication failed",
-        server.url("no_such_db"): "no such database",
+        postgres.url("postgres", PASSWORD_USER, "wrong-" + PASSWORD): "authentication failed",
+        postgres.url("no_such_db"): "no such database",
         f"postgresql://rg:{PASSWORD}@127.0.0.1:1/x": "cannot reach the PostgreSQL server",
     }
     for bad, what in cases.items():
