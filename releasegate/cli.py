@@ -36,8 +36,8 @@ app = typer.Typer(
     name="releasegate", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Declarative progressive delivery: canary, blue-green and rolling releases with automatic rollback.\n\n"
          "Exit codes: 0 promoted/ok, 1 internal error, 2 invalid input or refused, 3 rolled back or aborted.\n\n"
-         "With RELEASEGATE_SERVER=URL (or --server URL) the rollout commands, validate, approvals, policy, "
-         "calendar, audit and token new go to a releasegate server (docs/server.md).")
+         "With RELEASEGATE_SERVER=URL (or --server URL) the rollout commands, validate, report, dora, approvals, "
+         "policy, calendar, audit and token new go to a releasegate server (docs/server.md).")
 app.add_typer(router_app, name="router", rich_help_panel=INTEGRATIONS)
 
 
