@@ -23,6 +23,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,9 +106,10 @@ def process_gone(owner: dict[str, Any] | None) -> bool:
         return True
 
 
-def is_free(holder: str | None, until: float | None, owner: dict[str, Any] | None, now: float) -> bool:
-    """No live holder: none, an expired lease, or a holder on this host whose process is gone."""
-    return holder is None or (until or 0.0) <= now or process_gone(owner)
+def is_free(holder: str | None, until: float | None, owner: dict[str, Any] | None, now: float,
+            gone: Callable[[dict[str, Any] | None], bool] = process_gone) -> bool:
+    """No live holder: none, an expired lease, or a holder on this host whose process is ``gone``."""
+    return holder is None or (until or 0.0) <= now or gone(owner)
 
 
 def acquire(db: DB, rollout_id: str, holder: str, owner_json: str, ttl: float,
@@ -202,18 +204,18 @@ def adoptable(db: DB, now: float) -> list[tuple[str, str]]:
     import json
 
     out = []
-    gone: dict[str, bool] = {}
+    asked: dict[str, bool] = {}  # lease holder -> whether its process is gone (one holder, one process)
     for row in db.execute("SELECT id, service, owner, lease_holder, lease_until FROM rollouts WHERE active=1"):
         owner = json.loads(row["owner"]) if row["owner"] else None
-        holder, until = row["lease_holder"], row["lease_until"]
+        holder = row["lease_holder"]
         if holder is None and owner is not None and _legacy_alive(owner, now):
             continue  # driven by a process of an older releasegate, or a release group's member
-        if holder is None or (until or 0.0) <= now:
-            out.append((str(row["id"]), str(row["service"])))
-            continue
-        if holder not in gone:
-            gone[holder] = process_gone(owner)
-        if gone[holder]:
+
+        def gone(owner: dict[str, Any] | None, holder: str = holder) -> bool:
+            if holder not in asked:
+                asked[holder] = process_gone(owner)
+            return asked[holder]
+        if is_free(holder, row["lease_until"], owner, now, gone):
             out.append((str(row["id"]), str(row["service"])))
     return out
 
