@@ -156,8 +156,11 @@ async def overview(request: Request) -> Response:
         return _to_signin(request)
     session, grant = found
     rows = await run_in_threadpool(_overview(request).rows, grant)
+    envs = sorted({r["env"] for r in rows if r["env"]})
+    env = request.query_params.get("env", "")
     delivery = await run_in_threadpool(panel, request.app.state.dora, lambda s: allowed(grant, "viewer", s))
-    return _page("overview.html", rows=rows, grant=grant, session=session, delivery=delivery)
+    return _page("overview.html", rows=views.in_env(rows, env), envs=envs, env=env, grant=grant, session=session,
+                 delivery=delivery, live=f"/live?env={quote(env)}" if env else "/live")
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
@@ -291,7 +294,8 @@ def _stream(request: Request, every: float, look: Callable[[Grant], Awaitable[tu
 async def overview_live(request: Request) -> Response:
     """The overview's rows whenever they change."""
     async def look(grant: Grant) -> tuple[Any, Any]:
-        rows = await run_in_threadpool(_overview(request).rows, grant)
+        rows = views.in_env(await run_in_threadpool(_overview(request).rows, grant),
+                            request.query_params.get("env", ""))
         return json.dumps(rows, sort_keys=True, default=str), {"rows": rows}
     return _stream(request, OVERVIEW_POLL, look)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from releasegate import reading, service
-from releasegate.engine.analysis import rule_key
+from releasegate.engine.analysis import rule_key, span_text
+from releasegate.engine.state import RolloutState
 from releasegate.reports.traffic import ROUTER_HISTORY
 from releasegate.server.auth import allowed
 from releasegate.spec.models import Spec
@@ -52,24 +53,116 @@ class Overview:
             return [copy.deepcopy(r) for r in self._rows if allowed(grant, "viewer", r["service"])]
 
 
+HISTORY = 20
+"""Rollouts per service read for its environments' rows (an environment deployed to longer ago is not shown)."""
+
+
 def overview(state_dir: Path) -> list[dict[str, Any]]:
-    """One row per service, the ones needing attention first (then by name)."""
+    """One row per service and environment, the ones needing attention first (then by release, environment in
+    the stored policy's pipeline order, service).
+
+    Why a service can have several rows: the environment is what a deploy was admitted for (``deploy --env``), so
+    one service deployed to ``stage`` and then ``prod`` has a row for each. Only the environment of its latest
+    rollout has live instances, an active rollout and health; another environment's row says which version last
+    went out there and how it ended, and that the instances now serve the newer one. Specs of several
+    environments with their own service names (``shop-stage``, ``shop``) sharing ``governance.release`` sort
+    next to each other under that release."""
     ctx = service.new_context(state_dir)
     rows = reading.status(ctx)
+    order = _pipeline(state_dir)
     store = Store(state_dir)
+    out: list[dict[str, Any]] = []
     try:
         for row in rows:
-            last = next((r.state for r in store.rollouts(row["service"], 5) if not r.state.active), None)
-            row["last"] = None if last is None else {"id": last.id, "version": last.version, "status": last.status,
-                                                     "finished_at": last.finished_at, "reason": last.reason}
-            row["attention"] = _attention(row)
-            row["running"] = ", ".join(f"{v} ({n})" for v, n in sorted(row["instances"].items())) or "none"
+            recent = store.rollouts(row["service"], HISTORY)
+            here = recent[0].state.env if recent else None
+            release = _release_name(recent[0].spec_json, row["service"]) if recent else row["service"]
+            mine = [r.state for r in recent if r.state.env == here]
+            last = next((s for s in mine if not s.active), None)
+            row.update(env=here or "", release=release, live=True, last=_last(last),
+                       running=", ".join(f"{v} ({n})" for v, n in sorted(row["instances"].items())) or "none")
+            row["attention"] = _attention(row, _breaching(recent[0]) if recent and recent[0].state.active else None)
+            out.append(row)
+            for env in dict.fromkeys(r.state.env for r in recent if r.state.env != here):
+                out.append(_elsewhere(row["service"], release, env, here or "",
+                                      [r.state for r in recent if r.state.env == env]))
     finally:
         store.close()
-    return sorted(rows, key=lambda r: (r["attention"] is None, r["service"]))
+    return sorted(out, key=lambda r: (_urgency(r), r["release"], order.get(r["env"], len(order)), r["env"],
+                                      r["service"]))
 
 
-def _attention(row: dict[str, Any]) -> str | None:
+def _urgency(row: dict[str, Any]) -> int:
+    """A rollout in trouble now, then a last rollout that failed, then a service that is not running, then the
+    rest."""
+    if row["attention"] is None:
+        return 3
+    return 0 if row.get("rollout") else 1 if row.get("last") and row["last"]["status"] in ("rolled_back",
+                                                                                         "failed") else 2
+
+
+def in_env(rows: list[dict[str, Any]], env: str) -> list[dict[str, Any]]:
+    """The rows of one environment (``?env=prod``); every row for an empty choice."""
+    return [r for r in rows if r["env"] == env] if env else rows
+
+
+def _last(st: RolloutState | None) -> dict[str, Any] | None:
+    return None if st is None else {"id": st.id, "version": st.version, "status": st.status,
+                                    "finished_at": st.finished_at, "reason": st.reason}
+
+
+def _elsewhere(name: str, release: str, env: str, here: str, states: list[RolloutState]) -> dict[str, Any]:
+    """The row of an environment ``name`` was deployed to before its latest rollout (in ``here``)."""
+    promoted = next((s for s in states if s.status == "promoted"), None)
+    return {"service": name, "env": env, "release": release, "live": False, "state": "superseded",
+            "current": None, "last_version": promoted.version if promoted else None,
+            "running": f"none for {env}: the instances now serve the {here} rollout", "rollout": None,
+            "last": _last(states[0]), "attention": None}
+
+
+def _release_name(spec_json: str, name: str) -> str:
+    """``governance.release`` of a stored spec, without validating the whole spec (every row, every 2 s)."""
+    import json
+
+    try:
+        release = (json.loads(spec_json).get("governance") or {}).get("release")
+    except (ValueError, AttributeError):
+        return name
+    return str(release) if release else name
+
+
+def _pipeline(state_dir: Path) -> dict[str, int]:
+    """Environment -> its place in the stored policy (dev, stage, prod as written); empty without a policy."""
+    from releasegate.errors import ReleasegateError
+    from releasegate.governance.stored import latest, parse_policy
+
+    try:
+        doc = latest(state_dir, "policy")
+        return {} if doc is None else {env: i for i, env in enumerate(parse_policy(doc).environments)}
+    except ReleasegateError:
+        return {}
+
+
+def _breaching(rec: RolloutRecord) -> str | None:
+    """A rule whose latest value breaks its bound, not yet for long enough to roll back: the rollout is about to
+    roll back unless it recovers."""
+    st = rec.state
+    if st.phase == "rollback":
+        return None
+    spec = Spec.model_validate_json(rec.spec_json)
+    for i, rule in enumerate(spec.analysis.rules):
+        history = st.samples.get(rule_key(i, rule))
+        value = history[-1].value if history else None
+        if value is not None and rule.broken_by(value):
+            above = rule.max is not None and value > rule.max
+            bound = f"> {rule.show(rule.max, exact=True)}" if rule.max is not None and above \
+                else f"< {rule.show(rule.min or 0.0, exact=True)}"
+            return (f"breaching: {rule.metric} {rule.show(value)} {bound}; rolls back if it holds for "
+                    f"{span_text(rule.for_)}")
+    return None
+
+
+def _attention(row: dict[str, Any], breaching: str | None = None) -> str | None:
     """Why a person should look at this service now, or None."""
     ro = row.get("rollout")
     if ro is not None:
@@ -79,6 +172,10 @@ def _attention(row: dict[str, Any]) -> str | None:
             return f"paused: {ro['paused']['reason']}"
         if ro["phase"] == "rollback":
             return "rolling back"
+        if breaching:
+            return breaching
+        if ro.get("waiting") and not str(ro["waiting"]).startswith("retrying"):
+            return str(ro["waiting"])
         return None
     last = row.get("last")
     if last is not None and last["status"] in ("rolled_back", "failed"):
@@ -185,7 +282,7 @@ def _per_version(traffic: list[dict[str, Any]], spec: Spec) -> list[dict[str, An
     return charted
 
 
-__all__ = ["WINDOW", "Overview", "charts", "data_plane", "decisions", "overview", "rollout"]
+__all__ = ["WINDOW", "Overview", "charts", "data_plane", "decisions", "in_env", "overview", "rollout"]
 
 
 async def data_plane(state_dir: Path, rec: RolloutRecord) -> tuple[str, list[dict[str, Any]]]:

@@ -38,9 +38,13 @@ function renderRows(rows) {
   const body = document.querySelector("#services tbody");
   body.replaceChildren();
   for (const r of rows) {
-    const tr = cell("tr", null, { "data-service": r.service });
+    const tr = cell("tr", null, { "data-service": r.service, "data-env": r.env });
     if (r.attention) tr.className = "attention";
-    tr.append(cell("th", r.service, { scope: "row" }), cell("td", r.state), cell("td", r.current || "—"), cell("td", r.running));
+    else if (!r.live) tr.className = "superseded";
+    const name = cell("th", r.service, { scope: "row" });
+    if (r.release !== r.service) name.append(" ", cell("small", `(${r.release})`));
+    const current = r.current || (!r.live && r.last_version ? "last " + r.last_version : "—");
+    tr.append(name, cell("td", r.env || "—"), cell("td", r.state), cell("td", current), cell("td", r.running));
     const ro = cell("td");
     if (r.rollout) ro.append(link("/rollouts/" + r.rollout.id, `${r.rollout.version}: ${r.rollout.strategy} step ${r.rollout.step + 1}, ${r.rollout.weight}%`));
     else ro.textContent = "—";
