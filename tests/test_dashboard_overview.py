@@ -116,6 +116,8 @@ def test_each_service_has_a_row_per_environment_with_what_went_out_there(viewer:
     assert "1.0.0 promoted" in stage[6]
     assert by["shop", "prod"][1] == "prod" and "1.0.0 promoted" in by["shop", "prod"][6]
     assert by["shop", "prod"][-1] == "not running"
+    rollout = viewer.get("/rollouts/shop-1.0.0-stage").text
+    assert re.search(r"<dt>Environment</dt><dd id=\"env\">stage</dd>", rollout), rollout
     assert by["web-stage", "stage"][0] == "web-stage (web)"  # its release, for the one in prod beside it
 
 

@@ -170,6 +170,8 @@ def test_a_promoted_rollout_reports_who_promoted_it_and_has_no_post_mortem(scena
     assert command["actor"] == "alice" and command["message"] == "promote by alice"
     assert [e["weight"] for e in report["timeline"] if e["kind"] in ("step", "switched")] == [20, 100]
     assert {t["version"] for t in report["traffic"]} == {"1.0.0", "2.0.0"}
+    [outcome] = [line for line in cli(s, "report", s.promoted.id).stdout.splitlines() if line.startswith("| Outcome")]
+    assert outcome.startswith("| Outcome | promoted: 2.0.0 serves 100%"), outcome  # the status said once
     refused = cli(s, "report", s.promoted.id, "--postmortem")
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().splitlines() == [

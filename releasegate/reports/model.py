@@ -118,3 +118,11 @@ class Report(BaseModel):
     evaluations: int = Field(0, description="Analysis evaluations recorded (each tick; the timeline keeps the "
                                             "ones that decided something).")
     postmortem: PostMortem | None = None
+
+    @property
+    def outcome(self) -> str:
+        """The status and its reason, without saying the status twice (a reason often starts with it)."""
+        status = self.status.replace("_", " ")
+        if not self.reason:
+            return status
+        return self.reason if self.reason.lower().startswith(f"{status}:") else f"{status}: {self.reason}"

@@ -197,7 +197,7 @@ def rollout(rec: RolloutRecord, events: list[dict[str, Any]]) -> dict[str, Any]:
                   "strategy": st.strategy, "status": st.status, "phase": st.phase, "step": st.step,
                   "weight": st.weight, "active": st.active, "waiting": st.waiting, "reason": st.reason,
                   "paused": st.paused.reason if st.paused else None, "updated_at": st.updated_at,
-                  "created_at": st.created_at, "finished_at": st.finished_at, "actor": st.actor,
+                  "created_at": st.created_at, "finished_at": st.finished_at, "actor": st.actor, "env": st.env,
                   "controller_alive": owner_alive(rec.owner) if st.active else None},
         "timeline": timeline,
         "decisions": decisions(events),
