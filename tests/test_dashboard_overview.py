@@ -14,6 +14,7 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,16 +45,13 @@ def _record(store: Store, service: str, version: str, previous: str, start: floa
         store.set_service(service, version, previous, None, "spec.yaml", spec.model_dump_json(), st.finished_at or 0)
 
 
-def _breaching(store: Store, start: float) -> None:
-    """An active canary of ``pay`` whose latest error rate breaks its bound, for less than the rule's 5 minutes."""
-    spec = make_spec(service="pay")
-    rule = spec.analysis.rules[0]
+def _troubled(store: Store, name: str, start: float, **trouble: Any) -> None:
+    """An active canary of ``name`` at 25 % with ``trouble`` in its state (breaching samples, failing checks)."""
+    spec = make_spec(service=name)
     st = simulate(spec, "3.1.0", "3.0.0", t0=start).state
-    now = time.time()
-    st = st.model_copy(update={"id": "pay-3.1.0", "status": "running", "phase": "canary", "step": 1, "weight": 25,
-                               "finished_at": None, "outcome": None, "env": "prod",
-                               "samples": {rule_key(0, rule): [Sample(at=now, start=now - 60, value=0.07)]}})
-    store.set_service("pay", "3.0.0", None, None, "spec.yaml", spec.model_dump_json(), start)
+    st = st.model_copy(update={"id": f"{name}-3.1.0", "status": "running", "phase": "canary", "step": 1,
+                               "weight": 25, "finished_at": None, "outcome": None, "env": "prod", **trouble})
+    store.set_service(name, "3.0.0", None, None, "spec.yaml", spec.model_dump_json(), start)
     store.create_rollout(st, "spec.yaml", spec.model_dump_json(), this_owner())  # this process drives it
 
 
@@ -69,7 +67,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
         _record(store, "web-stage", "2.0.0", "1.9.0", b, "stage", release="web")  # one spec per environment
         _record(store, "web", "1.9.0", "1.8.0", b, "prod", release="web")
         _record(store, "web", "2.0.0", "1.9.0", b + DAY, "prod", breach=True, release="web")  # rolled back
-        _breaching(store, b)
+        rule = make_spec().analysis.rules[0]  # error_rate > 5% for 5m
+        now = time.time()
+        _troubled(store, "pay", b, samples={rule_key(0, rule): [Sample(at=now, start=now - 60, value=0.07)]})
+        _troubled(store, "cart", b, health_failures={"127.0.0.1:9": 2, "127.0.0.1:8": 1})
     finally:
         store.close()
     apply(state, "policy", EXAMPLE_POLICY)  # its pipeline orders the environments: dev, stage, prod
@@ -100,15 +101,17 @@ def _rows(page: str) -> list[tuple[str, str, list[str]]]:
 def test_each_service_has_a_row_per_environment_with_what_went_out_there(viewer: httpx.Client) -> None:
     rows = _rows(viewer.get("/").text)
     keys = [(s, e) for s, e, _ in rows]
-    # Needing attention first: the breaching canary, then web's rollback, then what is not running (nothing runs
-    # here: the history is recorded, no instance was started); then by release, environment in the policy's
-    # pipeline order (stage before prod), service.
-    assert keys == [("pay", "prod"), ("web", "prod"), ("shop", "prod"), ("web-stage", "stage"),
+    # Needing attention first: the canaries in trouble (failing health checks, a breaching rule), then web's
+    # rollback, then what is not running (nothing runs here: the history is recorded, no instance was started);
+    # then by release, environment in the policy's pipeline order (stage before prod), service.
+    assert keys == [("cart", "prod"), ("pay", "prod"), ("web", "prod"), ("shop", "prod"), ("web-stage", "stage"),
                     ("shop", "stage")], keys
     by = {(s, e): cells for s, e, cells in rows}
     pay = by["pay", "prod"]
     assert pay[-1].startswith("breaching: error_rate 7% &gt; 5%") and "holds for 5m" in pay[-1], pay
     assert "3.1.0: canary step 2, 25%" in pay[5]
+    assert by["cart", "prod"][-1] == ("health checks failing: 127.0.0.1:9 (2 in a row), 127.0.0.1:8 (1 in a row); "
+                                      "rolls back at 3 in a row")
     assert by["web", "prod"][-1].startswith("last rollout rolled back"), by["web", "prod"]
     # shop went to stage, then to prod: stage's row says what went out there and that the instances moved on.
     stage = by["shop", "stage"]

@@ -144,12 +144,19 @@ def _pipeline(state_dir: Path) -> dict[str, int]:
 
 
 def _breaching(rec: RolloutRecord) -> str | None:
-    """A rule whose latest value breaks its bound, not yet for long enough to roll back: the rollout is about to
-    roll back unless it recovers."""
+    """New instances failing their health checks under traffic, or a rule whose latest value breaks its bound,
+    not yet for long enough to roll back: the rollout is about to roll back unless it recovers."""
     st = rec.state
     if st.phase == "rollback":
         return None
     spec = Spec.model_validate_json(rec.spec_json)
+    if st.health_failures:
+        worst = sorted(st.health_failures.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{address} ({n} in a row)" for address, n in worst[:3])
+        return (f"health checks failing: {shown}; rolls back at {spec.health.failure_threshold} in a row"
+                + (f"; every new instance down since {span_text(max(0.0, time.time() - st.health_down_since))} ago "
+                   f"(rolls back at {span_text(spec.health.down_after)})" if st.health_down_since is not None
+                   else ""))
     for i, rule in enumerate(spec.analysis.rules):
         history = st.samples.get(rule_key(i, rule))
         value = history[-1].value if history else None
