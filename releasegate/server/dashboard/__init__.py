@@ -13,12 +13,14 @@ from releasegate.server.dashboard.sessions import Sessions
 
 
 def mount(app: FastAPI) -> None:
+    from releasegate.server.dashboard.releases import router as releases
     from releasegate.server.dashboard.routes import OVERVIEW_POLL, router
     from releasegate.server.dashboard.views import Overview
 
     app.state.sessions = Sessions()
     app.state.overview = Overview(app.state.state_dir, OVERVIEW_POLL)
     app.include_router(router)
+    app.include_router(releases)  # the release list, release pages and their forms, the calendar page
 
 
 __all__ = ["mount"]
