@@ -3,8 +3,9 @@
 A viewer watches the canary's page while a deployer, in a second browser, promotes it with the button: the
 viewer's page shows the weight and the charts change without a reload (a marker set in the page survives), has
 no buttons, and a forged POST with the viewer's session is refused with and without the CSRF token; signing out
-ends the session; an approver then approves a release's stage by clicking. Selenium never downloads a driver or a browser (SE_OFFLINE, explicit paths); scripts/test
-installs the Debian packages when missing, and the test is skipped without them.
+ends the session; an approver then approves a release's stage by clicking. Selenium never downloads a driver or a
+browser (SE_OFFLINE, explicit paths); scripts/test installs the Debian packages when missing, and the test is
+skipped without them.
 """
 
 from __future__ import annotations

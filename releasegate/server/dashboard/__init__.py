@@ -7,7 +7,7 @@ uPlot) is in this package.
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 
 from releasegate.server.dashboard.sessions import Sessions
 
@@ -19,8 +19,10 @@ def mount(app: FastAPI) -> None:
 
     app.state.sessions = Sessions()
     app.state.overview = Overview(app.state.state_dir, OVERVIEW_POLL)
-    app.include_router(router)
-    app.include_router(releases)  # the release list, release pages and their forms, the calendar page
+    dashboard = APIRouter(include_in_schema=False)  # one router for the app: the pages, and the release pages
+    dashboard.include_router(router)
+    dashboard.include_router(releases)
+    app.include_router(dashboard)
 
 
 __all__ = ["mount"]
