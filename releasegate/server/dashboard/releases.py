@@ -10,6 +10,7 @@ whatever the page showed: a forged POST from a viewer changes nothing. Every ref
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,22 @@ from releasegate.server.dashboard import governance
 from releasegate.server.dashboard.routes import SECURITY, _checked_post, _page, _refused, _sessions, _to_signin
 from releasegate.server.dashboard.sessions import Session
 from releasegate.store.server import Grant
+
+_FORM_WORDS = ((re.compile(r"^--stage "), "stage "), (re.compile(r"^--check "), "checklist item "),
+               (re.compile(r"^--env "), "environment "), (re.compile(r"--reason TEXT"), "the reason"),
+               (re.compile(r" \(add --check 'ITEM' for each once it is true\)"), "; tick each once it is true"),
+               (re.compile(r"\(`releasegate withdraw \S+ --as \S+`\)"), "(the Withdraw button on this page)"),
+               (re.compile(r"`releasegate withdraw \S+ --as \S+` first"), "withdraw it first (the Withdraw button)"))
+"""The governance rules' refusals name the CLI's options (the API's say the same); on a page they name its form."""
+
+
+def on_the_page(refusal: UserError) -> str:
+    """The rule's one line, in the page's words (``--stage qa:`` is the stage picked, ``--check`` an item ticked)."""
+    line = str(refusal).splitlines()[0] if str(refusal) else type(refusal).__name__
+    for pattern, words in _FORM_WORDS:
+        line = pattern.sub(words, line)
+    return line
+
 
 LISTED = 100
 """Releases on the list page, newest first (``releasegate approvals SERVICE@VERSION`` reads any other)."""
@@ -178,8 +195,7 @@ async def sign(service: str, version: str, sign: str, request: Request) -> Respo
         said = await run_in_threadpool(_signed, request.app.state.state_dir, sign, service, version, grant.name,
                                        env, form)
     except UserError as exc:  # the rule that refused it, as the API's 400: the page again, with that line
-        return await _release(request, session, grant, service, version, env, error=str(exc).splitlines()[0],
-                              status=400)
+        return await _release(request, session, grant, service, version, env, error=on_the_page(exc), status=400)
     target = f"/releases/{quote(service)}/{quote(version)}?" + urlencode({"env": env, "said": said})
     return RedirectResponse(target, status_code=303, headers=SECURITY)
 
@@ -205,4 +221,4 @@ def _signed(state_dir: Path, sign: str, service: str, version: str, user: str, e
     return f"{user} rejected {name} at stage {s.stage}: it is blocked until {user} withdraws"
 
 
-__all__ = ["LISTED", "environments", "listing", "router", "when"]
+__all__ = ["LISTED", "environments", "listing", "on_the_page", "router", "when"]
