@@ -50,12 +50,14 @@ def test_every_dashboard_route_but_sign_in_and_static_needs_a_session(server):
     """Enumerated from the router, so a new page cannot skip the session (the API's own check skips these)."""
     from starlette.routing import Route
 
+    from releasegate.server.dashboard.releases import router as releases
     from releasegate.server.dashboard.routes import router
 
     public = {("GET", "/signin"), ("POST", "/signin"), ("GET", "/static/{name}")}
-    routes = [(m, r.path) for r in router.routes if isinstance(r, Route)
+    routes = [(m, r.path) for r in router.routes + releases.routes if isinstance(r, Route)
               for m in sorted(r.methods or ()) if m != "HEAD"]
-    assert {p for _, p in routes} >= {"/", "/rollouts/{rollout_id}", "/live", "/governance", "/signout"}
+    assert {p for _, p in routes} >= {"/", "/rollouts/{rollout_id}", "/live", "/governance", "/signout", "/releases",
+                                      "/releases/{service}/{version}/{sign}"}
     with browser(server) as c:
         for method, path in routes:
             if (method, path) in public:

@@ -3,8 +3,9 @@
 A viewer watches the canary's page while a deployer, in a second browser, promotes it with the button: the
 viewer's page shows the weight and the charts change without a reload (a marker set in the page survives), has
 no buttons, and a forged POST with the viewer's session is refused with and without the CSRF token; signing out
-ends the session. Selenium never downloads a driver or a browser (SE_OFFLINE, explicit paths); scripts/test
-installs the Debian packages when missing, and the test is skipped without them.
+ends the session; an approver then approves a release's stage by clicking. Selenium never downloads a driver or a
+browser (SE_OFFLINE, explicit paths); scripts/test installs the Debian packages when missing, and the test is
+skipped without them.
 """
 
 from __future__ import annotations
@@ -173,6 +174,26 @@ async def _watch_and_promote(server: ServerProc, browsers: Callable[[str], Any],
     viewer.find_element(By.ID, "signout").click()
     await eventually(lambda: viewer.current_url.endswith("/signin"), 30, "the sign-in page after signing out")
     assert _status_with(server, cookie["value"], page) == 303  # the session is gone server-side, not only here
+    await _approve_by_clicking(server, viewer)
+
+
+async def _approve_by_clicking(server: ServerProc, browser: Any) -> None:
+    """An approver ticks a stage's checklist and approves it on the release page (confirmed), in the same browser."""
+    from releasegate.governance.approvals import new_release
+
+    examples = Path(__file__).resolve().parent.parent / "examples" / "governance"
+    with server.client(server.token("root", "admin")) as api:
+        assert api.put("/api/v1/policy", json={"text": (examples / "policy.yaml").read_text()}).status_code == 200
+    new_release(server.state, "shop", "2.0.0", "alice")
+    await sign_in(browser, server.url, server.token("erin", "approver", "shop"), "/releases/shop/2.0.0")
+    for box in browser.find_elements(By.CSS_SELECTOR, "form[data-stage='sre'] input[type=checkbox]"):
+        box.click()
+    browser.find_element(By.ID, "approve-sre").click()
+    browser.switch_to.alert.accept()
+    await eventually(lambda: "said=" in browser.current_url, 30, "the approval's answer")
+    assert text(browser, "said") == "erin approved stage sre of shop@2.0.0 for prod"
+    sre = browser.find_element(By.CSS_SELECTOR, "tr[data-stage='sre']").text
+    assert "erin" in sre and "UTC" not in sre and "yes" in sre  # the sign-off's time in the browser's local time
 
 
 def _status_with(server: ServerProc, session: str, path: str) -> int:

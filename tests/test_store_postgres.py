@@ -132,6 +132,7 @@ def test_governance_server_tokens_idempotency_and_groups(url: str, tmp_path: Pat
         assert [d.version for d in gov.documents("policy")] == [1, 2] and gov.has_table("gov_documents")
     with GovernanceStore(tmp_path, readonly=True) as looking:
         assert looking.release("shop", "2.0.0") == release
+        assert looking.releases() == [release]  # the dashboard's list of releases
     with ServerStore(tmp_path, create=True) as srv:
         assert not srv.put_token(Grant("ada", "admin", "*", 1.0), "a" * 64, "root", {})
         assert srv.put_token(Grant("ada", "deployer", "shop-*", 2.0), "b" * 64, "root", {})

@@ -206,13 +206,13 @@ class GovernanceStore:
     def release(self, service: str, version: str) -> Release | None:
         row = self._db.execute("SELECT * FROM gov_releases WHERE service=? AND version=?",
                                (service, version)).fetchone()
-        if row is None:
-            return None
-        columns = row.keys()  # a read-only look at an old state dir may lack the column; `in row` checks values
-        breaking = bool(row["breaking_migration"]) if "breaking_migration" in columns else False
-        commit_at = row["commit_at"] if "commit_at" in columns else None
-        return Release(row["service"], row["version"], row["author"], row["digest"], row["commit_sha"],
-                       row["created_at"], row["updated_at"], breaking, commit_at)
+        return None if row is None else _release(row)
+
+    def releases(self, limit: int = 200) -> list[Release]:
+        """The ``limit`` most recently registered releases, newest first (the dashboard's list of releases)."""
+        rows = self._db.execute("SELECT * FROM gov_releases ORDER BY created_at DESC, service, version LIMIT ?",
+                                (limit,))
+        return [_release(row) for row in rows]
 
     def put_release(self, release: Release) -> None:
         self._db.execute(
@@ -323,6 +323,14 @@ def _open_readonly(state_dir: Path) -> sqlite3.Connection:
         if match is not None and match[1] not in existing:
             db.execute(statement.replace("CREATE TABLE", "CREATE TEMP TABLE", 1))
     return db
+
+
+def _release(row: Any) -> Release:
+    columns = row.keys()  # a read-only look at an old state dir may lack the column; `in row` checks values
+    breaking = bool(row["breaking_migration"]) if "breaking_migration" in columns else False
+    commit_at = row["commit_at"] if "commit_at" in columns else None
+    return Release(row["service"], row["version"], row["author"], row["digest"], row["commit_sha"],
+                   row["created_at"], row["updated_at"], breaking, commit_at)
 
 
 def _document(row: Any) -> StoredDocument:

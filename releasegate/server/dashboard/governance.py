@@ -113,9 +113,10 @@ def audit(state_dir: Path, grant: Grant, chosen: dict[str, str] | None = None,
 
 
 
-def release(state_dir: Path, service: str, version: str, env: str = "prod") -> dict[str, Any] | str:
-    """The release's stages, sign-offs and gate (the ``approvals --json`` shape), or the one line saying why not
-    (no stored policy)."""
+def release(state_dir: Path, service: str, version: str, env: str = "prod",
+            user: str | None = None) -> dict[str, Any] | str:
+    """The release's stages, sign-offs and gate (the ``approvals --json`` shape) with ``user``'s roles in the policy
+    (``my_roles``: the stages the page offers them), or the one line saying why not (no stored policy)."""
     from releasegate.commands.approvals import _as_json
     from releasegate.errors import UserError
     from releasegate.governance.approvals import release_status
@@ -123,7 +124,8 @@ def release(state_dir: Path, service: str, version: str, env: str = "prod") -> d
 
     try:
         policy = require_policy(state_dir, "approvals")
-        return dict(_as_json(release_status(state_dir, policy, service, version, env)), judged_by=policy.source)
+        return dict(_as_json(release_status(state_dir, policy, service, version, env)), judged_by=policy.source,
+                    my_roles=policy.roles_of(user) if user is not None else [])
     except UserError as exc:
         return str(exc).splitlines()[0]
 

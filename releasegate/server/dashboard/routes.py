@@ -199,35 +199,6 @@ def _rollout_view(state_dir: Path, rollout_id: str, grant: Grant) -> dict[str, A
         store.close()
 
 
-@router.get("/governance", response_class=HTMLResponse)
-async def governance_page(request: Request) -> Response:
-    """The stored calendar now, and the audit log's check (viewer of every service) and entries (admin)."""
-    from releasegate.server.dashboard import governance
-
-    found = _sessions(request).find(request)
-    if found is None:
-        return _to_signin(request)
-    session, grant = found
-    data = await run_in_threadpool(governance.page, request.app.state.state_dir, grant, "prod",
-                                   dict(request.query_params))
-    return _page("governance.html", data=data, grant=grant, session=session)
-
-
-@router.get("/releases/{service}/{version}", response_class=HTMLResponse)
-async def release_page(service: str, version: str, request: Request) -> Response:
-    """A release's approval stages, sign-offs and gate for prod (read-only), for a viewer of its service."""
-    from releasegate.server.dashboard import governance
-
-    found = _sessions(request).find(request)
-    if found is None:
-        return _to_signin(request)
-    session, grant = found
-    if not allowed(grant, "viewer", service):
-        return _refused(404, f"release {service}@{version}: no such release you may see", session)
-    data = await run_in_threadpool(governance.release, request.app.state.state_dir, service, version)
-    return _page("release.html", data=data, service=service, release_version=version, grant=grant, session=session)
-
-
 @router.post("/rollouts/{rollout_id}/{action}", response_class=HTMLResponse)
 async def act(rollout_id: str, action: str, request: Request) -> Response:
     """A button: the API's promote/abort/rollback of this rollout, for a deployer of its service."""
