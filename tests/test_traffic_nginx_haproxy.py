@@ -30,12 +30,14 @@ from releasegate.providers.routers.haproxy import HaproxyRouter
 from releasegate.reports.build import build
 from releasegate.reports.model import Report
 from releasegate.reports.render import render
+from releasegate.server.auth import issue
 from releasegate.server.dashboard.data_plane import data_plane
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
 from releasegate.store.sqlite import Store
 from tests.support.haproxy import HAPROXY, Haproxy
 from tests.support.nginx import NGINX, PrivateNginx
 from tests.support.rollouts import Load, cleanup, free_port, write_spec
+from tests.support.server import app_in_this_loop
 from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.slow,
@@ -72,6 +74,18 @@ def _latest_traffic(state: Path, rollout_id: str) -> dict[str, Any]:
     return next((e["data"] for e in reversed(events) if isinstance(e["data"].get("traffic"), dict)), {})
 
 
+async def _rollout_page(state: Path, tmp: Path, rollout_id: str) -> str:
+    """The dashboard's rollout page, from the server's app in this event loop, for a signed-in viewer."""
+    async with app_in_this_loop(state, tmp) as app, httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://releasegate", timeout=30) as c:
+        signed = await c.post("/signin", data={"token": issue(state, "vera", "viewer"), "next": "/"},
+                              headers={"Origin": "http://releasegate"})  # as a browser sends it
+        assert signed.status_code == 303, signed.text
+        answer = await c.get(f"/rollouts/{rollout_id}")
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+
 async def _scenario(tmp: Path, port: int, router_yaml: str, stop_proxy: Callable[[], None],
                     during_hold: Callable[[], Awaitable[dict[str, tuple[int, int]]]] | None = None) -> Seen:
     """The rollout described in the module docstring, behind the router ``router_yaml`` configures."""
@@ -106,6 +120,7 @@ async def _scenario(tmp: Path, port: int, router_yaml: str, stop_proxy: Callable
                              "load on both versions")
             await eventually(p95_recorded, 10, "a p95 per version recorded under load")
         holding = await data_plane(state, rec)
+        page = await _rollout_page(state, tmp, rec.state.id)
         extra = await during_hold() if during_hold is not None else {}
         sent = {v: load.by_version.get(v, 0) + extra.get(v, (0, 0))[0] for v in ("1.0.0", "2.0.0")}
         failed = {v: sum(f.endswith(f"from {v}") for f in load.failures) + extra.get(v, (0, 0))[1]
@@ -137,7 +152,7 @@ async def _scenario(tmp: Path, port: int, router_yaml: str, stop_proxy: Callable
 
         down = await eventually(gone, 10, "the stopped proxy to refuse connections")
         return Seen(sent, failed, recorded["traffic"], p95, holding, final, report, render(report, "md"),
-                    down, extra={"window": recorded.get("traffic_window")})
+                    down, extra={"window": recorded.get("traffic_window"), "page": page})
     finally:
         await cleanup(state, path)
 
@@ -229,6 +244,9 @@ def test_the_data_plane_reports_its_weights_and_instances_while_the_rollout_hold
     assert sorted((i["version"], i["weight"], i["health"]) for i in instances) == [
         ("1.0.0", 50, "ok"), ("1.0.0", 50, "ok"), ("2.0.0", 50, "ok"), ("2.0.0", 50, "ok")]
     assert all(i["address"].startswith("127.0.0.1:") for i in instances)
+    page = seen.extra["page"]  # what the dashboard's rollout page shows of it
+    assert '<dd id="reported">1.0.0 50%, 2.0.0 50%</dd>' in page and "not read for router kind" not in page
+    assert all(f"<td>{i['address']}</td><td>50%</td><td>ok</td>" in page for i in instances)
 
 
 def test_a_stopped_proxy_is_a_one_line_reason_in_place_of_the_weights(seen: Seen) -> None:
