@@ -24,14 +24,17 @@ import httpx
 import pytest
 
 from releasegate import service
+from releasegate.engine.clock import SystemClock
 from releasegate.engine.state import RolloutState
 from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
+from releasegate.providers.registry import build_providers
 from releasegate.providers.routers.haproxy import HaproxyRouter
 from releasegate.reports.build import build
 from releasegate.reports.model import Report
 from releasegate.reports.render import render
 from releasegate.server.auth import issue
 from releasegate.server.dashboard.data_plane import data_plane
+from releasegate.spec import load_spec_text
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
 from releasegate.store.sqlite import Store
 from tests.support.haproxy import HAPROXY, Haproxy
@@ -254,3 +257,23 @@ def test_a_stopped_proxy_is_a_one_line_reason_in_place_of_the_weights(seen: Seen
     assert instances == [] and "\n" not in line
     assert line.startswith(("nginx did not answer: nginx does not serve the routes file",
                             "HAProxy did not answer: HAProxy does not answer on")), line
+
+
+@pytest.mark.parametrize(("router", "counted"), [
+    ("nginx", True), ("nginx_without_log", False), ("haproxy", True)])
+async def test_the_registry_hands_each_counting_source_to_the_controller(tmp_path: Path, router: str,
+                                                                           counted: bool) -> None:
+    """What makes a report's counts "not recorded": only nginx with ``access_log: off`` cannot count. Building
+    the providers starts nothing (nginx and HAProxy are not running here)."""
+    nginx = PrivateNginx(tmp_path / "nginx")
+    yaml = {"nginx": nginx.router_yaml(), "nginx_without_log": nginx.router_yaml(', access_log: "off"'),
+            "haproxy": (f'{{kind: haproxy, listen: "127.0.0.1:{free_port()}", config_file: "{tmp_path / "h.cfg"}", '
+                        f'stats_socket: "{tmp_path / "admin.sock"}"}}')}[router]
+    spec = load_spec_text(f"service: shop\nplatform: {{command: 'true {{port}}'}}\nrouter: {yaml}\n"
+                          "analysis: {rules: []}\n", "shop.yaml")
+    providers = await build_providers(spec, tmp_path, tmp_path / "state", SystemClock())
+    try:
+        assert (providers.traffic is not None) is counted
+    finally:
+        if providers.close is not None:  # HAProxy's ring reader is a thread
+            await providers.close()
