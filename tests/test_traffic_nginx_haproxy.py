@@ -3,11 +3,12 @@
 Before, only the built-in router recorded what reached each version (``data.traffic``): a report of a rollout
 behind nginx or HAProxy said "not recorded", and the dashboard's rollout page said "not read for router kind
 nginx yet". One scenario per router (module fixtures, real demo-app instances, real load): 1.0.0, then a canary of
-2.0.0 held at 50 % by a manual step, under load whose every third request to 2.0.0 fails (FAULTS, counted, not
-random); the load is stopped while the rollout holds, so the counts the controller records must come to what the
-load received per version, errors included. The data plane is read while it holds (weights and instances), the
-operator rolls it back, the report shows the counts, and with the proxy stopped the data plane gives its one-line
-reason.
+2.0.0 held at 50 % by a manual step, under load of which 3 in 10 requests to 2.0.0 fail (FAULTS, counted, not
+random); the load is stopped while the rollout holds, so the counts the controller records must come to exactly
+what the load received per version, errors included. The data plane is read while it holds (weights and
+instances, directly and on the dashboard's rollout page), HAProxy's counters are checked without the ring, the
+operator rolls the canary back, the report shows the counts, and with the proxy stopped the data plane gives its
+one-line reason.
 """
 
 from __future__ import annotations
