@@ -83,8 +83,8 @@ class Providers:
     probe: Callable[[list[Instance], HealthSpec], Awaitable[dict[str, str | None]]] | None = None
     # Stops what the providers started (e.g. HAProxy's ring reader); the use case that built them calls it.
     close: Callable[[], Awaitable[None]] | None = None
-    # Requests and errors per version over the last N seconds, as the router counted them (the built-in router's
-    # statistics); None where the router cannot say. Recorded for reports (docs/reports.md), never decides.
+    # Requests and errors per version over the last N seconds, as the router counted them (a TrafficCounter's
+    # counts: built-in, nginx, HAProxy); None where the router cannot say. Recorded for reports, never decides.
     traffic: Callable[[float, float | None], Awaitable[dict[str, dict[str, float | None]]]] | None = None
 
 

@@ -11,8 +11,12 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.nginx_log import LogTail, NginxLogMetrics
+from releasegate.reports.traffic import TrafficCounter
 
 NOW = 1_800_000_000.0
 
@@ -159,3 +163,23 @@ def test_the_cost_of_a_thousand_lines(tmp_path: Path) -> None:
     cost = (time.perf_counter() - started) / 50
     print(f"\nnginx log tail: {cost * 1000:.2f} ms per 1,000 lines")
     assert tail.versions["2.0.0"].window(120, NOW, NOW - 120)["requests"] == 37_500
+
+
+async def test_counts_for_reports_follow_the_built_in_routers_rules(tmp_path: Path) -> None:
+    """``counts`` (what the controller records for reports and the dashboard's per-version charts): requests and
+    errors are counts (0, not None, for a version without requests in the window), p95 only over ``recent`` and
+    None without a request there; a log that cannot be read is an error, so nothing is recorded."""
+    log = tmp_path / "access.log"
+    metrics = NginxLogMetrics(log, "shop", clock=lambda: NOW)
+    assert isinstance(metrics, TrafficCounter)
+    with pytest.raises(ProviderError, match="has not written its access log"):
+        await metrics.counts(60.0, 1.0)
+    append(log, line("1.0.0", at=NOW - 300) + line("1.0.0", at=NOW - 30) + line("1.0.0", 502, at=NOW - 20)
+           + line("2.0.0", took=0.2, at=NOW - 0.5) + line("2.0.0", 500, took=0.2, at=NOW - 0.4)
+           + line("2.0.0", at=NOW - 0.3, service="billing"))
+    assert await metrics.counts(60.0) == {"1.0.0": {"requests": 2, "errors": 1}, "2.0.0": {"requests": 2, "errors": 1}}
+    counts = await metrics.counts(60.0, 1.0)
+    assert counts["1.0.0"] == {"requests": 2, "errors": 1, "p95": None}  # none in the last second
+    p95 = counts["2.0.0"]["p95"]
+    assert p95 is not None and 0.15 < p95 < 0.25
+    assert (await metrics.counts(10.0))["1.0.0"] == {"requests": 0, "errors": 0}

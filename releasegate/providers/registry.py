@@ -20,6 +20,7 @@ from releasegate.providers.metrics.process import ProcessMetrics
 from releasegate.providers.metrics.reasons import cannot_measure, explain
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
+from releasegate.reports.traffic import TrafficCounter
 from releasegate.spec.models import PROCESS_METRICS, BuiltinRouter, SmokeTest, Spec
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
@@ -203,6 +204,6 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
 
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
                      migrate=migrate, close=close_all,
-                     traffic=traffic.counts if isinstance(traffic, RouterMetrics) else None,
+                     traffic=traffic.counts if isinstance(traffic, TrafficCounter) else None,
                      probe=checks.engine_probe(platform) if isinstance(platform, checks.EngineHealth)
                      else checks.probe_health)

@@ -3,7 +3,8 @@
 
 Why only records: a report is read after the fact, when the router's one-hour statistics and the instances may be
 gone. Every number comes from a recorded event; what was never recorded (per-version counts of a rollout from
-before they were recorded, or behind a router that cannot count) is said to be "not recorded".
+before they were recorded, or behind a router that could not count: nginx with ``access_log: off``, a router
+that did not answer) is said to be "not recorded".
 """
 
 from __future__ import annotations
@@ -199,8 +200,9 @@ def _traffic(events: list[dict[str, Any]]) -> tuple[list[VersionTraffic] | None,
     """Per-version counts from the last event that recorded them (they are cumulative since the rollout began)."""
     last = next((e for e in reversed(events) if isinstance(e["data"].get("traffic"), dict)), None)
     if last is None:
-        return None, ("not recorded: this rollout's router did not count requests per version (counts are "
-                      "recorded by the built-in router, since releasegate recorded them)")
+        return None, ("not recorded: this rollout's router did not count requests per version (the built-in "
+                      "router, nginx with its access log and HAProxy record them; a rollout run by an older "
+                      "releasegate, or whose router never answered, has none)")
     counts = [VersionTraffic(version=v, requests=int(c.get("requests", 0)), errors=int(c.get("errors", 0)))
               for v, c in last["data"]["traffic"].items() if isinstance(c, dict)]
     window = float(last["data"].get("traffic_window") or 0.0)

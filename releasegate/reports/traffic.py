@@ -8,16 +8,36 @@ written. The counts never decide anything: the engine stays pure, the controller
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 from releasegate.engine.state import Decision, RolloutState
 from releasegate.errors import ProviderError
 
-Counter = Callable[[float, float | None], Awaitable[dict[str, dict[str, float | None]]]]
-"""Requests and 5xx errors per version over the last N seconds, and p95 latency over the last M (the built-in
-router's ``counts``)."""
+Counts = dict[str, dict[str, float | None]]
+Counter = Callable[[float, float | None], Awaitable[Counts]]
+"""Requests and 5xx errors per version over the last N seconds, and p95 latency over the last M (a
+``TrafficCounter``'s ``counts``)."""
+
+
+@runtime_checkable
+class TrafficCounter(Protocol):
+    """A metric source that can say how many requests each version got: the built-in router's statistics
+    (``RouterMetrics``), nginx's access log (``NginxLogMetrics``) and HAProxy's ring log or counters
+    (``HaproxyStatsMetrics``). The registry hands ``counts`` to the controller when the source has it.
+
+    The contract, as ``RouterMetrics.counts`` defines it: ``{version: {"requests": n, "errors": n}}`` over the last
+    ``window`` seconds (ints, 0 when a version had none: a count, not a rate), for every version the source saw
+    in that hour; with ``recent``, each version's ``p95`` latency (seconds) over the last ``recent`` seconds, None
+    without a completed request there. ``ProviderError`` when the source cannot answer at all, so nothing is
+    recorded ("not recorded", never a made-up 0)."""
+
+    async def counts(self, window: float, recent: float | None = None) -> Counts: ...
+
 
 ROUTER_HISTORY = 3600.0
-"""The built-in router answers windows of at most an hour (releasegate/router/admin.py MAX_WINDOW)."""
+"""Every counting router answers windows of at most an hour: the built-in router (releasegate/router/admin.py
+MAX_WINDOW) and the nginx and HAProxy sources keep the same 1-second slots (``releasegate.router.stats.SLOTS``,
+an hour and two seconds), and HAProxy's counter readings are kept an hour and a minute (``KEEP``)."""
 
 
 async def with_traffic(counter: Counter | None, st: RolloutState, now: float,

@@ -128,18 +128,57 @@ class HaproxyStatsMetrics(ExplainedSource):
             return None, (f"HAProxy keeps running totals: this is the first reading of {q.version}'s counters "
                           "(a baseline); values follow from the next evaluation")
         then_at, then = base
-        requests = errors = 0
-        for slot, (req, err) in now.items():
-            if slot not in then:
-                continue
-            req0, err0 = then[slot]
-            reset = req < req0 or err < err0  # a reload started the counters again
-            requests += req if reset else req - req0
-            errors += err if reset else err - err0
+        requests, errors = _delta(then, now)
         if q.metric == "rps":
             return requests / (at - then_at), None
         return (min(1.0, errors / requests), None) if requests else (None, no_traffic(q.version, q.window))
 
+    async def counts(self, window: float, recent: float | None = None) -> dict[str, dict[str, float | None]]:
+        """Requests and 5xx answers per version over the last ``window`` seconds, and with ``recent`` each
+        version's p95 over the last ``recent`` seconds: ``RouterMetrics.counts``'s contract
+        (``releasegate.reports.traffic.TrafficCounter``).
+
+        From the ring log when the reader follows it: every request HAProxy logged (when it finished), counted
+        only since the reader started (when the rollout's providers were built), attributed by server slot.
+        Without a ring (an operator's configuration), from the ``show stat`` counters: the change since the
+        oldest reading kept of each version (readings are taken at each route change, ``baseline``, and each
+        query), so a version's requests before its first reading in this process are not in it; a version no
+        longer routed keeps its count up to its last reading. p95 only comes from the ring (None without it).
+        Raises ``ProviderError`` when HAProxy answers neither way (nothing is recorded then)."""
+        ring = self.ring
+        if ring is not None and ring.error is None and ring.since is not None:
+            now = self.wall()
+            stats = await asyncio.to_thread(ring.windows, window, now)
+            out: dict[str, dict[str, float | None]] = {
+                name: {"requests": s["requests"], "errors": s["errors"]} for name, s in stats.items()}
+        else:
+            out = await self._counted(window)
+        if recent is not None:
+            latest = await asyncio.to_thread(ring.windows, recent, self.wall()) if ring is not None else {}
+            for name, counted in out.items():
+                s = latest.get(name)
+                p95 = s["latency_p95"] if s is not None and s["requests"] else None
+                counted["p95"] = float(p95) if p95 is not None else None
+        return out
+
+    async def _counted(self, window: float) -> dict[str, dict[str, float | None]]:
+        """Per-version counts from the running totals (no ring): now (or, for a version no longer routed, its
+        last reading) minus the reading at or before ``window`` ago, else the oldest one."""
+        out: dict[str, dict[str, float | None]] = {}
+        versions = set(self._history) | set(self.router.slot_versions().values())
+        for version in sorted(versions):
+            history = self._history.setdefault(version, deque())
+            reading = await self.reading(version)
+            at = self.clock()
+            if reading is not None:
+                history.append((at, reading))
+                _prune(history, at)
+            if not history:
+                continue
+            base = _baseline(history, at, window) or history[0]
+            requests, errors = _delta(base[1], history[-1][1])
+            out[version] = {"requests": requests, "errors": errors}
+        return out
 
     async def _latency(self, q: MetricQuery) -> tuple[float | None, str | None]:
         ring = self.ring
@@ -177,6 +216,20 @@ def _baseline(history: deque[tuple[float, _Reading]], at: float,
     if found is None or at - found[0] < min(MIN_SPAN, window) or at - found[0] <= 0:
         return None
     return found
+
+
+def _delta(then: _Reading, now: _Reading) -> tuple[int, int]:
+    """Requests and errors between two readings, per slot present in both; a slot whose totals went down was
+    reset by a reload and counts from 0."""
+    requests = errors = 0
+    for slot, (req, err) in now.items():
+        if slot not in then:
+            continue
+        req0, err0 = then[slot]
+        reset = req < req0 or err < err0  # a reload started the counters again
+        requests += req if reset else req - req0
+        errors += err if reset else err - err0
+    return requests, errors
 
 
 def _prune(history: deque[tuple[float, _Reading]], at: float) -> None:

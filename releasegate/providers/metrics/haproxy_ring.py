@@ -128,6 +128,12 @@ class RingReader:
             vs = self.versions.get(version)
             return vs.window(seconds, now, self.since if self.since is not None else now) if vs else None
 
+    def windows(self, seconds: float, now: float) -> dict[str, WindowStats]:
+        """Every version's statistics over the last ``seconds`` as of ``now`` (the versions seen since start)."""
+        with self._lock:
+            since = self.since if self.since is not None else now
+            return {name: vs.window(seconds, now, since) for name, vs in self.versions.items()}
+
     # --- the thread --------------------------------------------------------------------------------------------
 
     def _run(self) -> None:

@@ -44,7 +44,7 @@ from typing import Protocol
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
-from releasegate.router.stats import SLOTS, VersionStats
+from releasegate.router.stats import SLOTS, VersionStats, WindowStats
 from releasegate.spec.capabilities import ROUTERS
 
 SUPPORTED = ROUTERS["nginx"]  # the capability table validate checks rules against
@@ -107,6 +107,13 @@ class LogTail:
             if self.since is None and self._files:
                 self.since = now
             return self.lines - before
+
+    def windows(self, seconds: float, now: float) -> dict[str, WindowStats]:
+        """Every version's statistics over the last ``seconds`` as of ``now``, read under the lock (``pump`` may
+        be counting in another thread)."""
+        with self._lock:
+            since = self.since if self.since is not None else now
+            return {name: vs.window(seconds, now, since) for name, vs in self.versions.items()}
 
     def size(self) -> int | None:
         """Size of the file at the path, None when there is none."""
@@ -244,3 +251,34 @@ class NginxLogMetrics(ExplainedSource):
         value = {"error_rate": stats["error_rate"], "rps": stats["rps"], "latency_p50": stats["latency_p50"],
                  "latency_p95": stats["latency_p95"], "latency_p99": stats["latency_p99"]}[q.metric]
         return (None, no_traffic(q.version, q.window)) if value is None else (float(value), None)
+
+    async def counts(self, window: float, recent: float | None = None) -> dict[str, dict[str, float | None]]:
+        """Requests and 5xx answers per version over the last ``window`` seconds, and with ``recent`` each
+        version's p95 over the last ``recent`` seconds: ``RouterMetrics.counts``'s contract
+        (``releasegate.reports.traffic.TrafficCounter``), from the access log's lines.
+
+        What it covers: the lines the log still holds. The tail reads the file at the path from its start (at
+        most its last ``backlog`` bytes) when it first looks, so a rollout's counts reach back to its start even
+        though the tail is created with the rollout's providers; lines older than the hour kept are skipped, and
+        lines in a file rotated away before the tail first looked (``access_log_max_mb``, logrotate) are not
+        read. Requests are counted when nginx logs them, i.e. when they finished. Raises ``ProviderError`` when
+        the log cannot be read (nothing is recorded then)."""
+        return await asyncio.to_thread(self._counts, window, recent)
+
+    def _counts(self, window: float, recent: float | None) -> dict[str, dict[str, float | None]]:
+        """``counts`` in a thread: the pump parses what was appended, and the lock it shares with the windows
+        may be held while another thread pumps."""
+        self.tail.pump()
+        if self.tail.error is not None:
+            raise ProviderError(self.tail.error)
+        now = self.clock()
+        out: dict[str, dict[str, float | None]] = {
+            name: {"requests": stats["requests"], "errors": stats["errors"]}
+            for name, stats in self.tail.windows(window, now).items()}
+        if recent is not None:
+            latest = self.tail.windows(recent, now)
+            for name, counted in out.items():
+                stats = latest.get(name)
+                p95 = stats["latency_p95"] if stats is not None and stats["requests"] else None
+                counted["p95"] = float(p95) if p95 is not None else None
+        return out

@@ -327,9 +327,9 @@ class HaproxyRouter:
 
     async def get_routes(self, service: str) -> Routes:
         """What HAProxy applies: each version's ready servers (from the state file's slots), their weights
-        summed and normalised to 100."""
+        summed and normalised to 100. The state file is read in a thread: the server's event loop calls this too."""
         self._check_service(service)
-        state = self._load_state()
+        state = await asyncio.to_thread(self._load_state)
         live = await self.servers()
         raw: dict[str, int] = {}
         backends: dict[str, tuple[str, ...]] = {}

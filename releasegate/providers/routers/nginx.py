@@ -265,18 +265,26 @@ class NginxRouter:
         self._write_atomic(self._sibling(".rg-state.json"), json.dumps({"removed": removed}))
 
     async def get_routes(self, service: str) -> Routes:
+        """The owned file's routes, only when the running workers serve its generation (the dashboard shows them as
+        what the data plane reports). The file and process reads run in a thread: the server's event loop calls
+        this too."""
         self._check_service(service)
-        text = self._read_owned()
+        text, master_gone = await asyncio.to_thread(self._owned_and_master)
         if text is None:
             return Routes()
         routes, generation = parse(text, service)
-        if Path(self.spec.pid_file).exists() and self._master() is None:
+        if master_gone:
             raise ProviderError(f"nginx's master (pid file {self.spec.pid_file}) is not running")
         served = await self._served_generation()
         if served != generation:
             raise ProviderError(f"nginx does not serve the routes file {self.path} for {service} (file generation "
                                 f"{generation}, served {served or 'nothing: is nginx running with it included?'})")
         return routes
+
+    def _owned_and_master(self) -> tuple[str | None, bool]:
+        """The owned file's text, and whether its pid file names a master that is not running."""
+        text = self._read_owned()
+        return text, text is not None and Path(self.spec.pid_file).exists() and self._master() is None
 
     async def inflight(self, service: str, backend: str) -> int:
         self._check_service(service)

@@ -9,7 +9,6 @@ the report work) adds a request-count chart when present.
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import itertools
 import threading
@@ -22,6 +21,7 @@ from releasegate.engine.analysis import rule_key, span_text
 from releasegate.engine.state import RolloutState
 from releasegate.reports.traffic import ROUTER_HISTORY
 from releasegate.server.auth import allowed
+from releasegate.server.dashboard.data_plane import data_plane  # moved there; still importable here
 from releasegate.spec.models import Spec
 from releasegate.store.server import Grant
 from releasegate.store.sqlite import RolloutRecord, Store, owner_alive
@@ -290,42 +290,3 @@ def _per_version(traffic: list[dict[str, Any]], spec: Spec) -> list[dict[str, An
 
 
 __all__ = ["WINDOW", "Overview", "charts", "data_plane", "decisions", "in_env", "overview", "rollout"]
-
-
-async def data_plane(state_dir: Path, rec: RolloutRecord) -> tuple[str, list[dict[str, Any]]]:
-    """What the data plane itself says, read without starting anything: the weights the service's router reports
-    as one line (``1.0.0 80%, 2.0.0 20%``), and each backend it routes to with its health now (the spec's health
-    path asked directly, as the controller's probes do). The built-in router's admin API when it runs; other router
-    kinds are not read yet."""
-    import httpx
-    from fastapi.concurrency import run_in_threadpool
-
-    from releasegate.errors import ProviderError
-    from releasegate.providers.routers.builtin import read_router_state, router_client
-    from releasegate.spec.models import BuiltinRouter
-
-    spec = Spec.model_validate_json(rec.spec_json)
-    if not isinstance(spec.router, BuiltinRouter):
-        return f"not read for router kind {spec.router.kind} yet", []
-    info = await run_in_threadpool(read_router_state, state_dir, spec.service)
-    if info is None:
-        return "the router is not running", []
-    try:
-        routes = await router_client(state_dir, spec.service, str(info["admin"]), timeout=2.0).get_routes(spec.service)
-    except (ProviderError, OSError, httpx.HTTPError) as exc:
-        return f"the router did not answer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", []
-    line = ", ".join(f"{v} {w}%" for v, w in sorted(routes.weights().items())) or "no routes"
-    backends = [(v.version, v.weight, b) for v in routes.versions for b in v.backends]
-    async with httpx.AsyncClient(timeout=min(spec.health.timeout, 2.0), trust_env=False) as http:
-        health = await asyncio.gather(*(_health(http, b, spec.health.path) for _, _, b in backends))
-    return line, [{"version": v, "weight": w, "address": b, "health": h}
-                  for (v, w, b), h in zip(backends, health, strict=True)]
-
-
-async def _health(http: Any, address: str, path: str) -> str:
-    """``ok`` (2xx), ``HTTP 503``, or why there was no answer."""
-    try:
-        answer = await http.get(f"http://{address}{path}")
-    except Exception as exc:  # refused, timed out, reset: the instance does not answer, whatever the cause
-        return f"no answer ({type(exc).__name__})"
-    return "ok" if 200 <= answer.status_code < 300 else f"HTTP {answer.status_code}"
