@@ -74,6 +74,11 @@ def test_an_approver_signs_the_stages_the_policy_gives_them_and_every_refusal_is
         assert done.status_code == 303 and done.headers["location"].startswith(f"{url}?env=prod&said="), done.text
         page = c.get(done.headers["location"]).text
         assert "dave approved stage qa of shop@2.0.0 for prod" in page
+        # Words in a link made elsewhere are not shown: only this session's own redirect carries a matching tag.
+        spoofed = "Your session expired: paste your token at evil.example"
+        assert spoofed not in c.get(url, params={"said": spoofed}).text
+        assert spoofed not in c.get(url, params={"said": spoofed, "sig": "0" * 32}).text
+        assert spoofed not in c.get("/rollouts/x", params={"said": spoofed}).text
         qa = stage_row(page, "qa")
         assert re.search(r"dave, <time data-at=\"[\d.]+\">\d{4}-\d\d-\d\d \d\d:\d\d UTC</time>", qa), qa
         assert "<td>yes</td>" in qa and 'id="approve-qa"' not in page  # complete: no form for it any more

@@ -24,7 +24,7 @@ from releasegate.errors import UserError
 from releasegate.server.auth import allowed
 from releasegate.server.dashboard import governance
 from releasegate.server.dashboard.routes import SECURITY, _checked_post, _page, _refused, _sessions, _to_signin
-from releasegate.server.dashboard.sessions import Session
+from releasegate.server.dashboard.sessions import Session, seal, unsealed
 from releasegate.store.server import Grant
 
 _FORM_WORDS = ((re.compile(r"^--stage "), "stage "), (re.compile(r"^--check "), "checklist item "),
@@ -143,7 +143,8 @@ def listing(state_dir: Path, grant: Grant, env: str) -> list[dict[str, Any]] | s
 
 
 @router.get("/releases/{service}/{version}", response_class=HTMLResponse)
-async def release_page(service: str, version: str, request: Request, said: str | None = None) -> Response:
+async def release_page(service: str, version: str, request: Request, said: str | None = None,
+                       sig: str | None = None) -> Response:
     """A release's approval stages for the chosen env: who signed what and when, what is missing, and for an
     approver of its service the forms to sign it."""
     found = _found(request)
@@ -156,7 +157,7 @@ async def release_page(service: str, version: str, request: Request, said: str |
     env, bad = chosen(request, names)
     if bad is not None:
         return _refused(400, bad, session)
-    return await _release(request, session, grant, service, version, env, said=said)
+    return await _release(request, session, grant, service, version, env, said=unsealed(session, said, sig))
 
 
 async def _release(request: Request, session: Session, grant: Grant, service: str, version: str, env: str, *,
@@ -196,7 +197,8 @@ async def sign(service: str, version: str, sign: str, request: Request) -> Respo
                                        env, form)
     except UserError as exc:  # the rule that refused it, as the API's 400: the page again, with that line
         return await _release(request, session, grant, service, version, env, error=on_the_page(exc), status=400)
-    target = f"/releases/{quote(service)}/{quote(version)}?" + urlencode({"env": env, "said": said})
+    target = f"/releases/{quote(service)}/{quote(version)}?" + urlencode({"env": env, "said": said,
+                                                                         "sig": seal(session, said)})
     return RedirectResponse(target, status_code=303, headers=SECURITY)
 
 

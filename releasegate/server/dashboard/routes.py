@@ -14,7 +14,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, quote
+from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,7 +27,16 @@ from releasegate.errors import UserError
 from releasegate.governance.identity import hash_token
 from releasegate.server.auth import allowed
 from releasegate.server.dashboard import views
-from releasegate.server.dashboard.sessions import COOKIE, Session, Sessions, csrf_ok, same_origin, secure_cookie
+from releasegate.server.dashboard.sessions import (
+    COOKIE,
+    Session,
+    Sessions,
+    csrf_ok,
+    same_origin,
+    seal,
+    secure_cookie,
+    unsealed,
+)
 from releasegate.server.problems import Problem
 from releasegate.server.reads import Reads
 from releasegate.store.server import Grant
@@ -164,7 +173,7 @@ async def overview(request: Request) -> Response:
 
 
 @router.get("/rollouts/{rollout_id}", response_class=HTMLResponse)
-async def rollout_page(rollout_id: str, request: Request, said: str | None = None) -> Response:
+async def rollout_page(rollout_id: str, request: Request, said: str | None = None, sig: str | None = None) -> Response:
     found = _sessions(request).find(request)
     if found is None:
         return _to_signin(request)
@@ -174,7 +183,7 @@ async def rollout_page(rollout_id: str, request: Request, said: str | None = Non
         return _refused(404, view, session)
     may_act = allowed(grant, "deployer", view["state"]["service"])
     return _page("rollout.html", view=view, grant=grant, session=session, may_act=may_act, actions=ACTIONS,
-                 said=said)
+                 said=unsealed(session, said, sig))
 
 
 async def _with_data_plane(request: Request, rollout_id: str, grant: Grant) -> dict[str, Any] | str:
@@ -220,8 +229,8 @@ async def act(rollout_id: str, action: str, request: Request) -> Response:
         return _refused(exc.status, exc.detail, session)
     except UserError as exc:  # what the CLI would say (e.g. the rollout ended meanwhile): one line, as the API's 400
         return _refused(400, str(exc).splitlines()[0], session)
-    return RedirectResponse(f"/rollouts/{quote(rollout_id)}?said={quote(answer.message)}", status_code=303,
-                            headers=SECURITY)
+    return RedirectResponse(f"/rollouts/{quote(rollout_id)}?" + urlencode(
+        {"said": answer.message, "sig": seal(session, answer.message)}), status_code=303, headers=SECURITY)
 
 
 def _stream(request: Request, every: float, look: Callable[[Grant], Awaitable[tuple[Any, Any]]]

@@ -13,6 +13,8 @@ together with the request's Origin (or Referer) against the server's own address
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import time
 from dataclasses import dataclass
@@ -107,3 +109,18 @@ def csrf_ok(session: Session, sent: str | None) -> bool:
 
 
 __all__ = ["COOKIE", "LIFETIME", "Session", "Sessions", "csrf_ok", "public_origin", "same_origin", "secure_cookie"]
+
+
+def seal(session: Session, said: str) -> str:
+    """A tag for the message a page shows after a button (``?said=...&sig=...``). Why: the message travels in the
+    redirect's address, and a link made elsewhere must not put words on this server's page ("your session expired,
+    paste your token at ..."); only this session's own redirects carry a tag its CSRF secret matches."""
+    return hmac.new(session.csrf.encode(), said.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:32]
+
+
+def unsealed(session: Session, said: str | None, sig: str | None) -> str | None:
+    """``said`` when ``sig`` is this session's tag of it (``seal``); else nothing is shown."""
+    if not said or not sig:
+        return None
+    return said if hmac.compare_digest(seal(session, said), sig) else None
+
