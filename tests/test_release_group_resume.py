@@ -62,7 +62,8 @@ async def kill_when(env: GroupEnv, version: str, reached: Callable[[dict[str, An
 
 async def test_sigkill_while_members_hold_and_during_the_switch_then_resume_finishes(env):
     path = env.release()
-    assert (await group_service.deploy(env.ctx, path, ["1.0.0"])).status == "promoted"
+    first = await group_service.deploy(env.ctx, path, ["1.0.0"])
+    assert first.status == "promoted", first.reason
     loads = [Load(env.url(name), concurrency=1) for name in NAMES]
     for load in loads:
         await load.__aenter__()

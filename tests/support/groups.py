@@ -34,9 +34,9 @@ platform:
   env: {{FAULTS: "{faults}"}}
   stop_grace: 3s
 router: {{listen: "127.0.0.1:{port}", drain_timeout: 5s}}
-health: {{path: /health, interval: 50ms, timeout: 1s, attempts: 100}}
+health: {{path: /health, interval: 50ms, timeout: 5s, attempts: 100}}
 smoke:
-  - {{method: GET, path: /api/items, expect_status: [200], max_latency: 1s}}
+  - {{method: GET, path: /api/items, expect_status: [200], max_latency: 5s}}
 strategy: {strategy}
 analysis:
   interval: 200ms
