@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from bisect import bisect_right
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,9 @@ import pytest
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.nginx_log import LogTail, NginxLogMetrics
+from releasegate.providers.metrics.totals import increments
 from releasegate.reports.traffic import TrafficCounter
+from releasegate.router.stats import BOUNDS
 
 NOW = 1_800_000_000.0
 
@@ -183,3 +186,22 @@ async def test_counts_for_reports_follow_the_built_in_routers_rules(tmp_path: Pa
     p95 = counts["2.0.0"]["p95"]
     assert p95 is not None and 0.15 < p95 < 0.25
     assert (await metrics.counts(10.0))["1.0.0"] == {"requests": 0, "errors": 0}
+
+
+async def test_totals_are_every_line_since_the_tail_started_and_each_look_gets_only_the_new_ones(
+        tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    clock = [NOW]
+    metrics = NginxLogMetrics(log, "shop", clock=lambda: clock[0])
+    with pytest.raises(ProviderError, match="has not written its access log"):
+        await metrics.totals()
+    append(log, line("2.0.0", 500, 0.2, at=NOW - 0.5) + line("2.0.0", at=NOW - 0.4) + line("1.0.0", at=NOW - 0.3))
+    first = await metrics.totals()
+    assert first.versions["2.0.0"]["requests"] == 2 and first.versions["2.0.0"]["errors"] == 1
+    append(log, line("2.0.0", 502, at=NOW + 0.2))
+    clock[0] = NOW + 1
+    second = await metrics.totals()
+    assert second.epoch == first.epoch
+    bucket = str(bisect_right(BOUNDS, 0.004))  # the line's 4 ms, in the router's buckets
+    assert increments(first, second) == {"2.0.0": {"requests": 1, "errors": 1, "hist": {bucket: 1}},
+                                         "1.0.0": {"requests": 0, "errors": 0, "hist": {}}}

@@ -100,7 +100,7 @@ def test_changes_without_this_routers_token_are_refused_and_traffic_does_not_mov
             assert r.headers["www-authenticate"].startswith("Bearer") and "token" in r.json()["error"], what
         # Reading the routes (internal addresses) and the statistics needs the token too; a liveness probe and
         # the Prometheus scrape do not, and change nothing.
-        for path in ("/routes", "/stats", "/nope"):
+        for path in ("/routes", "/stats", "/totals", "/nope"):
             assert httpx.get(f"http://{a.admin}{path}", trust_env=False).status_code == 401, path
         health = httpx.get(f"http://{a.admin}/health", trust_env=False).json()
         assert health["ok"] is True and health["admin_auth"] == "bearer" and "versions" not in health

@@ -17,6 +17,7 @@ import pytest
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery, Routes, VersionRoute
 from releasegate.providers.metrics.builtin import RouterMetrics
+from releasegate.providers.metrics.totals import increments
 from releasegate.providers.routers.builtin import (
     BuiltinRouterClient,
     admin_token_path,
@@ -100,6 +101,17 @@ async def test_client_metrics_and_process_helpers(tmp_path: Path, backend: KeepA
             for path in ("/", "/", "/", "/status/500"):
                 await http.get(f"http://{listen}{path}")
         assert await metrics.query(q) == pytest.approx(0.25)
+        first = await metrics.totals()  # a judge's look: totals since each version's first request
+        assert first.versions["v1"]["requests"] == 4 and first.versions["v1"]["errors"] == 1
+        assert sum(first.versions["v1"]["hist"].values()) == 4
+        assert first.versions["v2"] == {"requests": 0, "errors": 0, "hist": {}}  # routed, never asked
+        async with httpx.AsyncClient(trust_env=False) as http:
+            for path in ("/", "/status/503"):
+                await http.get(f"http://{listen}{path}")
+        second = await metrics.totals()
+        assert second.epoch == first.epoch  # the same router process: the counts go on
+        new = increments(first, second)["v1"]
+        assert (new["requests"], new["errors"], sum(new["hist"].values())) == (2, 1, 2)  # only what came since
         p95 = await metrics.query(MetricQuery("shop", "v1", "latency_p95", 60))
         assert p95 is not None and 0 < p95 < 5
         rps = await metrics.query(MetricQuery("shop", "v1", "rps", 60))

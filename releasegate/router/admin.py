@@ -128,15 +128,19 @@ class Admin:
         url = urlsplit(target)
         path = _path(target)
         query = parse_qs(url.query)
-        allowed = {"/health": ("GET",), "/routes": ("GET", "PUT"), "/stats": ("GET",), "/metrics": ("GET",)}
+        allowed = {"/health": ("GET",), "/routes": ("GET", "PUT"), "/stats": ("GET",), "/totals": ("GET",),
+                   "/metrics": ("GET",)}
         if path not in allowed:
-            return 404, {"error": f"no such endpoint {path}; try /health, /routes, /stats or /metrics"}
+            return 404, {"error": f"no such endpoint {path}; try /health, /routes, /stats, /totals or /metrics"}
         if method not in allowed[path]:
             return 405, {"error": f"{method} is not allowed on {path}"}
         if path == "/health":
             return 200, self.health()
         if path == "/stats":
             return self.stats(query)
+        if path == "/totals":  # counts since each version's first request; ``started_at`` tells a restart apart
+            return 200, {"started_at": self.started_at,
+                         "versions": self.core.stats.totals(self.core.table.version_names())}
         if path == "/metrics":
             return 200, PlainText(render_metrics(self.core.service, self.core.stats, self.core.inflight()))
         if method == "GET":

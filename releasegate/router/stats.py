@@ -236,6 +236,16 @@ class Stats:
         for name in [n for n, vs in self.versions.items() if n not in keep and vs.last < horizon]:
             del self.versions[name]
 
+    def totals(self, known: tuple[str, ...] = (), now: float | None = None) -> dict[str, VersionTotals]:
+        """Every version's counts since its first request (``known`` ones with zeros): what a judge differences
+        between two looks, so consecutive intervals never share or miss a request as overlapping windows would."""
+        at = time.perf_counter() if now is None else now
+        out: dict[str, VersionTotals] = {}
+        for name in sorted(set(self.versions) | set(known)):
+            vs = self.versions.get(name)
+            out[name] = sparse_totals(*vs.totals(at)) if vs is not None else sparse_totals(0, 0, [])
+        return out
+
     def snapshot(self, seconds: float, version: str | None = None, known: tuple[str, ...] = (),
                  waiting: Mapping[str, Sequence[float]] | None = None) -> dict[str, WindowStats]:
         """Window statistics per version; ``known`` versions (those in the routes) appear even without traffic.
@@ -252,6 +262,16 @@ class Stats:
             else:
                 out[name] = _window_stats(0, 0, 0.0, [0] * NBUCKETS, _ages(pending, now, seconds))
         return out
+
+
+class VersionTotals(TypedDict):
+    requests: int
+    errors: int
+    hist: dict[str, int]  # latency bucket index (as text, for JSON) -> requests; only non-empty buckets
+
+
+def sparse_totals(requests: int, errors: int, hist: list[int]) -> VersionTotals:
+    return {"requests": requests, "errors": errors, "hist": {str(i): n for i, n in enumerate(hist) if n}}
 
 
 def empty_window() -> WindowStats:

@@ -18,7 +18,9 @@ from releasegate.durations import format_duration
 from releasegate.errors import ProviderError
 from releasegate.providers.base import AtLeast, MetricQuery
 from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
+from releasegate.providers.metrics.totals import Snapshot
 from releasegate.providers.routers.builtin import BuiltinRouterClient
+from releasegate.router.stats import VersionTotals
 from releasegate.spec.capabilities import ROUTERS
 
 SUPPORTED = ROUTERS["builtin"]  # the capability table validate checks rules against
@@ -57,6 +59,20 @@ class RouterMetrics(ExplainedSource):
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"the built-in router at {self.client.admin} sent no number for {q.metric}"
         return float(value), None
+
+    async def totals(self) -> Snapshot:
+        """Each version's requests, 5xx errors and latency histogram since its first request through this router
+        process (releasegate/providers/metrics/totals.py): the judge differences two of these."""
+        data = await self.client.totals()
+        versions: dict[str, VersionTotals] = {}
+        for version, entry in data["versions"].items():
+            if isinstance(entry, dict):
+                raw = entry.get("hist")
+                hist: dict[Any, Any] = raw if isinstance(raw, dict) else {}
+                versions[str(version)] = {"requests": int(entry.get("requests") or 0),
+                                          "errors": int(entry.get("errors") or 0),
+                                          "hist": {str(b): int(n) for b, n in hist.items()}}
+        return Snapshot(f"builtin:{data.get('started_at')}", versions)
 
     async def counts(self, window: float, recent: float | None = None) -> dict[str, dict[str, float | None]]:
         """Requests and 5xx errors per version over the last ``window`` seconds (the router keeps an hour), as

@@ -40,6 +40,7 @@ from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.haproxy_ring import RingReader
 from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
+from releasegate.providers.metrics.totals import Snapshot
 from releasegate.providers.routers.haproxy import HaproxyRouter
 from releasegate.providers.routers.haproxy_config import frontend_log_lines, missing_ring, ring_lines
 from releasegate.spec.capabilities import ROUTERS
@@ -63,6 +64,7 @@ class HaproxyStatsMetrics(ExplainedSource):
         self.router = router
         self.clock = clock
         self.wall = wall
+        self.started = wall()
         self._history: dict[str, deque[tuple[float, _Reading]]] = {}
         self.ring = RingReader(router.socket, router.ring, router.backend, router.slot_versions,
                                router.state_stamp, functools.partial(missing_ring, router.spec, router.service),
@@ -93,6 +95,17 @@ class HaproxyStatsMetrics(ExplainedSource):
             undelivered = n("econ") + n("wredis")  # could not connect: failed (503), or sent to another server
             out[name] = (n("req_tot") + undelivered, n("hrsp_5xx") + n("eresp") + undelivered)
         return out
+
+    async def totals(self) -> Snapshot:
+        """Each version's counts since the ring reader started (totals.py): the ring's lines carry the latency
+        the counters lack. Without a ring (an operator's own configuration) there is no histogram: an error."""
+        ring = self.ring
+        if ring is None:
+            raise ProviderError("this HAProxy metric source was built without its ring reader")
+        versions = await asyncio.to_thread(ring.totals, self.wall())
+        if not versions and ring.error is not None:
+            raise ProviderError(ring.error)
+        return Snapshot(f"haproxy-ring:{self.started}", versions)
 
     async def baseline(self, versions: list[str]) -> None:
         """Read the versions' totals now (right after a route change), so the first analysis window of a step

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 
 from releasegate.providers.routers.haproxy_config import ring_listed
-from releasegate.router.stats import SLOTS, VersionStats, WindowStats
+from releasegate.router.stats import SLOTS, VersionStats, VersionTotals, WindowStats, sparse_totals
 
 LINE = re.compile(rb"(?:^| )rg1 ([^ \n]+) ([^ \n]+) (-?\d+) (-?\d+) (\d+) (\d+) (\d+)$", re.M)
 """``LOG_FORMAT``'s fields at the end of a line (alone, or after an operator's own fields)."""
@@ -127,6 +127,11 @@ class RingReader:
         with self._lock:
             vs = self.versions.get(version)
             return vs.window(seconds, now, self.since if self.since is not None else now) if vs else None
+
+    def totals(self, now: float) -> dict[str, VersionTotals]:
+        """Each version's counts since the reader started (``releasegate.providers.metrics.totals``)."""
+        with self._lock:
+            return {name: sparse_totals(*vs.totals(now)) for name, vs in self.versions.items()}
 
     def windows(self, seconds: float, now: float) -> dict[str, WindowStats]:
         """Every version's statistics over the last ``seconds`` as of ``now`` (the versions seen since start)."""

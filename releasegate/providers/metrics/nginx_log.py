@@ -44,7 +44,8 @@ from typing import Protocol
 from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.reasons import ExplainedSource, cannot_measure, no_traffic
-from releasegate.router.stats import SLOTS, VersionStats, WindowStats
+from releasegate.providers.metrics.totals import Snapshot
+from releasegate.router.stats import SLOTS, VersionStats, VersionTotals, WindowStats, sparse_totals
 from releasegate.spec.capabilities import ROUTERS
 
 SUPPORTED = ROUTERS["nginx"]  # the capability table validate checks rules against
@@ -114,6 +115,11 @@ class LogTail:
         with self._lock:
             since = self.since if self.since is not None else now
             return {name: vs.window(seconds, now, since) for name, vs in self.versions.items()}
+
+    def totals(self, now: float) -> dict[str, VersionTotals]:
+        """Each version's counts since the tail started (``releasegate.providers.metrics.totals``)."""
+        with self._lock:
+            return {name: sparse_totals(*vs.totals(now)) for name, vs in self.versions.items()}
 
     def size(self) -> int | None:
         """Size of the file at the path, None when there is none."""
@@ -229,6 +235,7 @@ class NginxLogMetrics(ExplainedSource):
         self.tail = LogTail(path, service, clock=clock)
         self.rotator = rotator
         self.clock = clock
+        self.started = clock()
 
     async def _query(self, q: MetricQuery) -> tuple[float | None, str | None]:
         if q.metric not in SUPPORTED:
@@ -251,6 +258,14 @@ class NginxLogMetrics(ExplainedSource):
         value = {"error_rate": stats["error_rate"], "rps": stats["rps"], "latency_p50": stats["latency_p50"],
                  "latency_p95": stats["latency_p95"], "latency_p99": stats["latency_p99"]}[q.metric]
         return (None, no_traffic(q.version, q.window)) if value is None else (float(value), None)
+
+    async def totals(self) -> Snapshot:
+        """Each version's counts since the tail started following the log (totals.py); the epoch is the tail's,
+        so a new tail (a resumed controller) starts the counts again."""
+        await asyncio.to_thread(self.tail.pump)
+        if self.tail.error is not None:
+            raise ProviderError(self.tail.error)
+        return Snapshot(f"nginx-tail:{self.started}", self.tail.totals(self.clock()))
 
     async def counts(self, window: float, recent: float | None = None) -> dict[str, dict[str, float | None]]:
         """Requests and 5xx answers per version over the last ``window`` seconds, and with ``recent`` each

@@ -158,6 +158,14 @@ class BuiltinRouterClient:
             raise ProviderError(f"the built-in router at {self.admin} sent unexpected statistics")
         return data
 
+    async def totals(self) -> dict[str, Any]:
+        """``{"started_at": T, "versions": {version: {requests, errors, hist: {bucket: n}}}}``: counts since each
+        version's first request through this router process (``started_at`` changes when it restarts)."""
+        data = await self._call("GET", "/totals")
+        if not isinstance(data, dict) or not isinstance(data.get("versions"), dict):
+            raise ProviderError(f"the built-in router at {self.admin} sent unexpected totals")
+        return data
+
     async def health(self) -> dict[str, Any]:
         data = await self._call("GET", "/health")
         if not isinstance(data, dict):
