@@ -1,0 +1,193 @@
+"""A baseline beside the canary (``analysis: {baseline: true}``): the previous version's artifact under its own route
+entry with the canary's weight, removed when the rollout ends, whatever the outcome.
+
+End to end behind the built-in router (real app processes, real HTTP), one HAProxy case (its version slots), and the
+engine's split and the spec's refusals, which need no process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from releasegate import service
+from releasegate.engine.phase import split
+from releasegate.engine.state import RolloutState
+from releasegate.providers.base import MetricQuery, Routes, VersionRoute
+from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
+from releasegate.providers.platforms import make_platform
+from releasegate.providers.routers.haproxy import HaproxyRouter
+from releasegate.providers.routers.nginx_config import parse, render
+from releasegate.spec import SpecError, load_spec, load_spec_text
+from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
+from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
+from tests.support.haproxy import HAPROXY, DemoApp, Haproxy
+from tests.support.haproxy import free_port as haproxy_port
+from tests.support.rollouts import Load, RolloutEnv
+from tests.support.wait import eventually
+
+BASE = "1.0.0+baseline"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Any:
+    made = RolloutEnv(tmp_path)
+    yield made
+    made.close()
+
+
+def baseline_spec(env: RolloutEnv, weight: int) -> Path:
+    """A canary with one step that waits for `promote` (a held step), with a baseline beside it."""
+    path = env.spec(f"{{canary: {{steps: [{{weight: {weight}}}]}}}}", smoke_path="/health")
+    path.write_text(path.read_text().replace("analysis:\n", "analysis:\n  baseline: true\n"))
+    return path
+
+
+def rollout(env: RolloutEnv) -> dict[str, Any]:
+    return service.status(env.ctx, "shop")[0]["rollout"] or {}
+
+
+async def versions_running(env: RolloutEnv, spec: Path) -> dict[str, list[str]]:
+    """Each live instance's version name (as the platform records it) -> what the instances answer on /health."""
+    platform = make_platform(load_spec(spec).platform, env.state, spec.parent)
+    out: dict[str, list[str]] = {}
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+        for inst in await platform.instances("shop"):
+            said = (await client.get(f"http://{inst.address}/health")).json()["version"]
+            out.setdefault(inst.version, []).append(said)
+    return out
+
+
+def events(env: RolloutEnv) -> list[dict[str, Any]]:
+    return list(service.history(env.ctx, "shop")[0]["events"])
+
+
+async def test_the_baseline_runs_the_previous_version_at_the_canary_weight_and_goes_when_promoted(env) -> None:
+    spec = baseline_spec(env, 20)
+    await asyncio.wait_for(service.deploy(env.ctx, spec, "1.0.0"), 60)  # a first deploy: no baseline
+    assert await versions_running(env, spec) == {"1.0.0": ["1.0.0", "1.0.0"]}
+    async with Load(env.url) as load:
+        task = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
+        await eventually(lambda: rollout(env).get("waiting"), what="the held step")
+        assert await env.routes() == {"2.0.0": 20, BASE: 20, "1.0.0": 60}
+        # Two baseline instances (the canary's count) run the previous version's artifact, beside its own two.
+        assert await versions_running(env, spec) == {"1.0.0": ["1.0.0"] * 2, BASE: ["1.0.0"] * 2,
+                                                     "2.0.0": ["2.0.0"] * 2}
+        await load.wait_for(60)
+        assert (await service.send_command(env.ctx, "shop", "promote")).applied
+        st = await asyncio.wait_for(task, 60)
+    assert st.status == "promoted", st.reason
+    assert load.failures == []
+    assert await env.routes() == {"2.0.0": 100}
+    assert BASE not in await versions_running(env, spec)
+    said = events(env)
+    kinds = [e["kind"] for e in said]
+    assert kinds.index("baseline_started") < kinds.index("baseline_healthy") < kinds.index("step")
+    assert "baseline_stopped" in kinds
+    counted = [e["data"]["traffic"] for e in said if "traffic" in (e.get("data") or {})]
+    assert any(t.get(BASE, {}).get("requests", 0) > 0 for t in counted)  # counted apart, for the judge
+
+
+async def test_a_resumed_controller_rolls_back_and_still_removes_the_baseline(env) -> None:
+    spec = baseline_spec(env, 60)  # above 50 %: the baseline gets what is left of the previous version's share
+    await asyncio.wait_for(service.deploy(env.ctx, spec, "1.0.0"), 60)
+    cmd = [sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "deploy", str(spec),
+           "--version", "2.0.0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        await eventually(lambda: rollout(env).get("waiting"), what="the held step")
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert await env.routes() == {"2.0.0": 60, BASE: 40}
+    task = asyncio.create_task(service.resume(env.ctx, "shop"))
+    await eventually(lambda: rollout(env).get("controller_alive"), what="the resumed controller")
+    assert (await service.send_command(env.ctx, "shop", "rollback")).applied
+    st = await asyncio.wait_for(task, 60)
+    assert st.status == "rolled_back", st.reason
+    assert await env.routes() == {"1.0.0": 100}
+    assert await versions_running(env, spec) == {"1.0.0": ["1.0.0", "1.0.0"]}
+    assert "baseline_stopped" in [e["kind"] for e in events(env)]
+
+
+def test_the_split_gives_the_baseline_the_canary_weight_during_the_steps_only() -> None:
+    st = RolloutState(id="r", service="shop", version="2.0.0", previous="1.0.0", strategy="canary", phase="step",
+                      phase_started=0.0, created_at=0.0, baseline=BASE, baseline_up=True)
+
+    def weights(state: RolloutState, weight: int) -> dict[str, int]:
+        return {s.version: s.weight for s in split(state, weight).shares}
+
+    assert weights(st, 5) == {"2.0.0": 5, BASE: 5, "1.0.0": 90}
+    assert weights(st, 50) == {"2.0.0": 50, BASE: 50}
+    assert weights(st, 75) == {"2.0.0": 75, BASE: 25}
+    assert weights(st, 100) == {"2.0.0": 100}
+    # A rollback's first stair moves the baseline's share back to the previous version with the canary's.
+    assert weights(st.model_copy(update={"phase": "rollback"}), 10) == {"2.0.0": 10, "1.0.0": 90}
+    assert weights(st.model_copy(update={"baseline_up": False}), 20) == {"2.0.0": 20, "1.0.0": 80}
+
+
+PLATFORM = 'platform: {command: "python3 -m http.server {port}"}'
+
+
+@pytest.mark.parametrize(("extra", "says"), [
+    ("strategy: {bluegreen: {}}", "s.yaml:4:22: baseline: true needs strategy: canary"),
+    ("", None),
+])
+def test_the_spec_refuses_a_baseline_without_a_canary(extra: str, says: str | None) -> None:
+    text = "\n".join(["service: shop", PLATFORM, extra, "analysis: {baseline: true}"]) + "\n"
+    if says is None:
+        assert load_spec_text(text, "s.yaml").analysis.baseline is True
+        return
+    with pytest.raises(SpecError) as info:
+        load_spec_text(text, "s.yaml")
+    [line] = str(info.value).splitlines()
+    assert says in line, line
+
+
+def test_nginx_writes_and_reads_back_the_baseline_entry(tmp_path: Path) -> None:
+    spec = NginxRouterSpec(kind="nginx", listen="127.0.0.1:8080", config_file=str(tmp_path / "shop.conf"))
+    routes = Routes((VersionRoute("2.0.0", 20, ("127.0.0.1:9001",)), VersionRoute(BASE, 20, ("127.0.0.1:9002",)),
+                     VersionRoute("1.0.0", 60, ("127.0.0.1:9003",))))
+    assert parse(render("shop", routes, spec), "shop")[0] == routes
+
+
+@pytest.mark.skipif(shutil.which(HAPROXY) is None, reason="haproxy is not installed")
+async def test_haproxy_routes_and_counts_three_entries_then_frees_the_baseline_slot(tmp_path: Path) -> None:
+    spec = HaproxyRouterSpec(kind="haproxy", listen=f"127.0.0.1:{haproxy_port()}",
+                             config_file=str(tmp_path / "h.cfg"), stats_socket=str(tmp_path / "admin.sock"), slots=2)
+    router = HaproxyRouter(spec, "shop")
+    router.ensure_config()
+    apps = [DemoApp(v).start() for v in ("2.0.0", "1.0.0", "1.0.0")]
+    proc = Haproxy(Path(spec.config_file), Path(spec.stats_socket), tmp_path / "haproxy.pid").start()
+    try:
+        canary, base, previous = apps
+        three = Routes((VersionRoute("2.0.0", 20, (canary.backend,)), VersionRoute(BASE, 20, (base.backend,)),
+                        VersionRoute("1.0.0", 60, (previous.backend,))))
+        await router.set_routes("shop", three)
+        assert await router.get_routes("shop") == three  # the three fit HAProxy's version groups
+        now = [0.0]
+        metrics = HaproxyStatsMetrics(router, clock=lambda: now[0])
+        await metrics.query(MetricQuery("shop", BASE, "rps", 10.0))  # the first reading
+        async with httpx.AsyncClient(base_url=f"http://{spec.listen}", timeout=10, trust_env=False) as client:
+            for _ in range(100):
+                assert (await client.get("/")).status_code == 200
+                client.cookies.clear()
+        now[0] = 10.0
+        assert (await metrics.query(MetricQuery("shop", BASE, "rps", 10.0)) or 0) > 0  # counted under its own name
+        for routes in (Routes((VersionRoute("2.0.0", 100, (canary.backend,)),)),  # promoted: the baseline goes
+                       Routes((VersionRoute("1.0.0", 100, (previous.backend,)),)), three):  # and its slots come back
+            await router.set_routes("shop", routes)
+            assert await router.get_routes("shop") == routes
+    finally:
+        proc.stop()
+        for app in apps:
+            app.stop()
