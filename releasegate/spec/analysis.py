@@ -207,7 +207,7 @@ class Analysis(_Model):
         "the canary's instance count) routed as its own entry `<previous>+baseline` with the canary's weight at "
         "every step, taken from the previous version's share (capped at what is left of it above 50 %); "
         "health-checked before traffic, removed when the rollout ends, whatever the outcome. Not on ssh "
-        "platforms yet (docs/strategies.md).")
+        "platforms yet (docs/guide.md).")
 
     @field_validator("no_data_timeout")
     @classmethod
