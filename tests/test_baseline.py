@@ -1,8 +1,9 @@
 """A baseline beside the canary (``analysis: {baseline: true}``): the previous version's artifact under its own route
 entry with the canary's weight, removed when the rollout ends, whatever the outcome.
 
-End to end behind the built-in router (real app processes, real HTTP), one HAProxy case (its version slots), and the
-engine's split and the spec's refusals, which need no process.
+End to end behind the built-in router (real app processes, real HTTP; once with containers on a private Podman), one
+HAProxy case (its version groups), nginx's configuration, and the engine's split and the spec's refusal, which need
+no process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +32,10 @@ from releasegate.providers.routers.nginx_config import parse, render
 from releasegate.spec import SpecError, load_spec, load_spec_text
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
 from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
+from tests.support.container_specs import builtin, docker_spec, engine_with_images, labelled
 from tests.support.haproxy import HAPROXY, DemoApp, Haproxy
 from tests.support.haproxy import free_port as haproxy_port
+from tests.support.podman import PrivatePodman
 from tests.support.rollouts import Load, RolloutEnv
 from tests.support.wait import eventually
 
@@ -71,6 +75,7 @@ def events(env: RolloutEnv) -> list[dict[str, Any]]:
     return list(service.history(env.ctx, "shop")[0]["events"])
 
 
+@pytest.mark.slow
 async def test_the_baseline_runs_the_previous_version_at_the_canary_weight_and_goes_when_promoted(env) -> None:
     spec = baseline_spec(env, 20)
     await asyncio.wait_for(service.deploy(env.ctx, spec, "1.0.0"), 60)  # a first deploy: no baseline
@@ -97,6 +102,7 @@ async def test_the_baseline_runs_the_previous_version_at_the_canary_weight_and_g
     assert any(t.get(BASE, {}).get("requests", 0) > 0 for t in counted)  # counted apart, for the judge
 
 
+@pytest.mark.slow
 async def test_a_resumed_controller_rolls_back_and_still_removes_the_baseline(env) -> None:
     spec = baseline_spec(env, 60)  # above 50 %: the baseline gets what is left of the previous version's share
     await asyncio.wait_for(service.deploy(env.ctx, spec, "1.0.0"), 60)
@@ -160,6 +166,7 @@ def test_nginx_writes_and_reads_back_the_baseline_entry(tmp_path: Path) -> None:
     assert parse(render("shop", routes, spec), "shop")[0] == routes
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which(HAPROXY) is None, reason="haproxy is not installed")
 async def test_haproxy_routes_and_counts_three_entries_then_frees_the_baseline_slot(tmp_path: Path) -> None:
     spec = HaproxyRouterSpec(kind="haproxy", listen=f"127.0.0.1:{haproxy_port()}",
@@ -191,3 +198,37 @@ async def test_haproxy_routes_and_counts_three_entries_then_frees_the_baseline_s
         proc.stop()
         for app in apps:
             app.stop()
+
+
+@pytest.fixture
+def podman(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivatePodman]:
+    if shutil.which("podman") is None:
+        pytest.skip("podman is not installed")
+    with engine_with_images(tmp_path_factory.mktemp("podman"), ("1.0.0", "2.0.0")) as pm:
+        yield pm
+
+
+@pytest.fixture
+def cenv(tmp_path: Path, podman: PrivatePodman) -> Iterator[RolloutEnv]:
+    made = RolloutEnv(tmp_path)
+    yield made
+    made.close()
+    podman.remove_containers()
+
+
+@pytest.mark.slow
+async def test_a_baseline_container_runs_the_previous_image_under_its_own_label(cenv: RolloutEnv,
+                                                                                podman: PrivatePodman) -> None:
+    spec = docker_spec(cenv.tmp_path, podman, builtin(cenv), "{canary: {steps: [{weight: 20}]}}")
+    spec.write_text(spec.read_text().replace("analysis:\n", "analysis:\n  baseline: true\n"))
+    cenv.made.append(spec)
+    await asyncio.wait_for(service.deploy(cenv.ctx, spec, "1.0.0"), 90)
+    task = asyncio.create_task(service.deploy(cenv.ctx, spec, "2.0.0"))
+    await eventually(lambda: rollout(cenv).get("waiting"), what="the held step", within=60)
+    assert await cenv.routes() == {"2.0.0": 20, BASE: 20, "1.0.0": 60}
+    assert sorted(labelled(podman, cenv.state).values()) == ["1.0.0", "1.0.0", BASE, BASE, "2.0.0", "2.0.0"]
+    assert (await versions_running(cenv, spec))[BASE] == ["1.0.0", "1.0.0"]  # the previous image and version
+    assert (await service.send_command(cenv.ctx, "shop", "rollback")).applied
+    st = await asyncio.wait_for(task, 90)
+    assert st.status == "rolled_back", st.reason
+    assert sorted(labelled(podman, cenv.state).values()) == ["1.0.0", "1.0.0"]
