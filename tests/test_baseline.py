@@ -23,6 +23,7 @@ import pytest
 
 from releasegate import service
 from releasegate.engine.phase import split
+from releasegate.engine.simulate import simulate
 from releasegate.engine.state import RolloutState
 from releasegate.providers.base import MetricQuery, Routes, VersionRoute
 from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
@@ -139,6 +140,41 @@ def test_the_split_gives_the_baseline_the_canary_weight_during_the_steps_only() 
     # A rollback's first stair moves the baseline's share back to the previous version with the canary's.
     assert weights(st.model_copy(update={"phase": "rollback"}), 10) == {"2.0.0": 10, "1.0.0": 90}
     assert weights(st.model_copy(update={"baseline_up": False}), 20) == {"2.0.0": 20, "1.0.0": 80}
+
+
+def breaching(_t: float, metric: str, weight: int) -> float | None:
+    """The canary's error rate is 20 % once it has traffic: a breach, errors that persist on every stair."""
+    return 0.2 if metric == "error_rate" and weight > 0 else 0.0
+
+
+@pytest.mark.parametrize(("how", "outcome"), [
+    ({"auto_promote": True}, "promoted"),
+    ({"metric": breaching}, "rolled_back"),
+    ({"failing": frozenset({f"health:{BASE}"})}, "aborted"),
+    ({"commands": {30.0: "abort"}}, "aborted"),
+])
+def test_every_outcome_stops_the_baseline_even_resumed_at_every_action(how: dict[str, Any], outcome: str) -> None:
+    """The engine against a simulated world, its state saved and reloaded before every action (a controller
+    killed and resumed anywhere): the baseline never runs at the end and never has traffic outside the steps."""
+    spec = load_spec_text("\n".join([
+        "service: shop", PLATFORM, "strategy: {canary: {steps: [{weight: 20, pause: 1m}, {weight: 60}]}}",
+        "analysis: {baseline: true, interval: 10s, rules: [{metric: error_rate, max: 5%, for: 20s}]}",
+        "rollback: {staircase: [10, 0], step_wait: 30s}"]) + "\n", "s.yaml")
+    trace = simulate(spec, "2.0.0", "1.0.0", roundtrip=True, **how)
+    assert trace.state.status == outcome, trace.state.reason
+    assert trace.running.get(BASE) == 0 and trace.running["2.0.0"] == (1 if outcome == "promoted" else 0)
+    kinds = [d.kind for _, d in trace.decisions]
+    assert kinds.count("baseline_stopped") == 1
+    for _, weights in trace.weights:
+        canary = weights.get("2.0.0", 0)
+        assert weights.get(BASE, 0) in (0, min(canary, 100 - canary))
+    if "failing" in how:
+        assert trace.weights == []  # no user traffic moved
+        assert "the baseline 1.0.0+baseline (the previous version 1.0.0) did not pass its health check" in (
+            trace.state.reason or "")
+    if outcome == "rolled_back" and "metric" in how:
+        assert [w for _, w in trace.weights] == [{"2.0.0": 20, BASE: 20, "1.0.0": 60}, {"2.0.0": 10, "1.0.0": 90},
+                                                 {"1.0.0": 100}]
 
 
 PLATFORM = 'platform: {command: "python3 -m http.server {port}"}'
