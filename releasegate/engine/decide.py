@@ -7,6 +7,8 @@ recomputes the same action from the same state on restart, so resuming behaves l
 Phases (canary and blue-green; a first deploy skips prepare and steps):
   prepare -> prepare_health -> start -> [migrate] -> health -> smoke -> step[i]... -> promote -> watch -> finish
   a member of a `switch: together` release group: ... -> smoke -> held -> (the group's promote) -> promote -> ...
+  a canary with `analysis.baseline` (engine/baseline.py): ... -> smoke -> baseline -> baseline_health -> step[i]...,
+  and the baseline is stopped at the start of the watch or, in the finish phase, before Finish
   any failure before traffic -> abort -> stop_new -> finish(aborted)
   a breach, a dead instance or `rollback` -> rollback (staircase) -> stop_new -> finish(rolled_back)
   failed health checks during the rollout (engine/health.py) -> rollback straight to 0 %
