@@ -7,6 +7,8 @@ recomputes the same action from the same state on restart, so resuming behaves l
 Phases (canary and blue-green; a first deploy skips prepare and steps):
   prepare -> prepare_health -> start -> [migrate] -> health -> smoke -> step[i]... -> promote -> watch -> finish
   a member of a `switch: together` release group: ... -> smoke -> held -> (the group's promote) -> promote -> ...
+  a canary with `analysis.baseline` (engine/baseline.py): ... -> smoke -> baseline -> baseline_health -> step[i]...,
+  and the baseline is stopped at the start of the watch or, in the finish phase, before Finish
   any failure before traffic -> abort -> stop_new -> finish(aborted)
   a breach, a dead instance or `rollback` -> rollback (staircase) -> stop_new -> finish(rolled_back)
   failed health checks during the rollout (engine/health.py) -> rollback straight to 0 %
@@ -19,7 +21,7 @@ The staircase is engine/staircase.py; waiting for evidence and pausing for an op
 
 from __future__ import annotations
 
-from releasegate.engine import health, hosts, instances, rolling, staircase
+from releasegate.engine import baseline, health, hosts, instances, rolling, staircase
 from releasegate.engine.analysis import STEP_PROMISE, WATCH_PROMISE, Verdict, evaluate, gate, record_samples, tick
 from releasegate.engine.pause import no_data_now, track_no_data, wait
 from releasegate.engine.phase import Applied
@@ -56,6 +58,8 @@ def new_rollout(rollout_id: str, spec: Spec, version: str, previous: str | None,
 def next_action(st: RolloutState, spec: Spec, now: float) -> Action:
     """What to do next; deterministic in (state, spec, now)."""
     p = st.phase
+    if (own := baseline.next_action(st, spec)) is not None:
+        return own  # start, check or remove the baseline beside the canary (engine/baseline.py)
     if p == "finish":
         return Finish(st.outcome or "failed", st.reason or "")
     if p == "prepare":
@@ -114,6 +118,8 @@ def apply(st: RolloutState, spec: Spec, action: Action, result: Result, now: flo
 
 def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: float) -> Applied:
     p = st.phase
+    if baseline.is_removal(st, action):
+        return baseline.removed(st, r)
     if p in ("health", "smoke", "held", "step", "promote") and instances.deaths(r):
         return _died(st, spec, r, now)
     if instances.unreachable(r):
@@ -124,6 +130,9 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         if p in ("prepare", "prepare_health"):
             why = f"the running version {st.previous} is not healthy, nothing was changed: {r.reason}"
             return _ending(st, "aborted", why, now), [Decision("aborted", why, r.details)]
+        if p in baseline.PHASES:
+            why = baseline.failed(st, r)
+            return _to(st, "abort", now, reason=why, outcome="aborted"), [Decision("abort", why, r.details)]
         if p in ("start", "health", "smoke", "migrate", "held"):
             why = f"{p} failed for {st.version}, no user traffic reached it: {r.reason}"
             return _to(st, "abort", now, reason=why, outcome="aborted"), [Decision("abort", why, r.details)]
@@ -151,7 +160,13 @@ def _outcome(st: RolloutState, spec: Spec, action: Action, r: Outcome, now: floa
         if st.hold and not st.promote_requested:
             why = f"held: {st.version} is ready, no traffic until its release group switches every member at once"
             return _to(st, "held", now, waiting=why), [d, Decision("held", why)]
+        if baseline.wanted(st, spec):
+            return baseline.begin(st, now), [d]
         return _first_traffic(st, spec, now), [d]
+    if p == "baseline":
+        return _to(st, "baseline_health", now), [baseline.started(st, r)]
+    if p == "baseline_health":
+        return _first_traffic(st, spec, now), [baseline.started(st, r)]
     if p == "held":  # still ready; the group (or an operator's promote) ends the hold
         return st, []
     if p == "migrate":
@@ -369,7 +384,8 @@ def command(st: RolloutState, spec: Spec, kind: str, now: float) -> tuple[Rollou
             return st, None  # already going back
         outcome: Status = "aborted" if kind == "abort" else "rolled_back"
         label = "aborted by operator" if kind == "abort" else "rolled back by operator"
-        if st.phase in ("prepare", "prepare_health", "start", "health", "smoke", "migrate", "held"):
+        if st.phase in ("prepare", "prepare_health", "start", "health", "smoke", "migrate", "held",
+                        *baseline.PHASES):
             return _to(st, "abort", now, reason=label, outcome="aborted"), None
         if st.phase == "rollback" and st.reason:
             label = f"{st.reason}; {label} at {st.weight}%"

@@ -19,8 +19,20 @@ def enter(st: RolloutState, phase: str, now: float, **changes: object) -> Rollou
 
 def split(st: RolloutState, weight: int, instances: int | None = None) -> Route:
     """``weight`` % to the new version (to its first ``instances``; None: all of them), the rest to the previous
-    one."""
+    one; a baseline during the steps takes its share from the previous one's (``baseline_weight``)."""
     shares = [Share(st.version, weight, instances)]
+    base = baseline_weight(st, weight)
+    if st.baseline is not None and base > 0:
+        shares.append(Share(st.baseline, base))
     if st.previous is not None and weight < 100:
-        shares.append(Share(st.previous, 100 - weight))
+        shares.append(Share(st.previous, 100 - weight - base))
     return Route(tuple(s for s in shares if s.weight > 0))
+
+
+def baseline_weight(st: RolloutState, weight: int) -> int:
+    """The baseline's share when the new version has ``weight`` % (engine/baseline.py): the same during the steps,
+    capped at what is left of the previous version's share (75 % -> 25 %); nothing outside the steps (promotion,
+    rollback, abort), so a rollback's first stair gives the baseline's share back to the previous version."""
+    if st.baseline is None or not st.baseline_up or st.phase != "step":
+        return 0
+    return max(0, min(weight, 100 - weight))

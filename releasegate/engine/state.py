@@ -97,6 +97,10 @@ class RolloutState(BaseModel):
     # A member of a multi-service release with `switch: together` (engine/group.py): once health and smoke pass,
     # it holds in phase "held" with no traffic until the group releases it with `promote` (all switch at once).
     hold: bool = False
+    # A baseline beside the canary (analysis.baseline, engine/baseline.py): its version name once it is started,
+    # and whether its instances may run, so a resumed controller still removes them when the rollout ends.
+    baseline: str | None = None
+    baseline_up: bool = False
 
     @property
     def active(self) -> bool:

@@ -43,9 +43,10 @@ an hour and two seconds), and HAProxy's counter readings are kept an hour and a 
 async def with_traffic(counter: Counter | None, st: RolloutState, now: float,
                        decisions: list[Decision], recent: float | None = None) -> list[Decision]:
     """Each decision gets ``traffic``: ``{version: {"requests": n, "errors": n}}`` for the new and the previous
-    version, cumulative since the rollout started, and ``traffic_window``: the seconds those counts cover (capped
-    at the router's hour). A router that cannot count, or does not answer, leaves the decisions as they were:
-    "not recorded" in a report, never a made-up 0. With ``recent`` (the analysis interval), each version's
+    version (and the baseline, ``<previous>+baseline``, while it runs or the router still counts it: what the
+    judge compares), cumulative since the rollout started, and ``traffic_window``: the seconds those counts cover
+    (capped at the router's hour). A router that cannot count, or does not answer, leaves the decisions as they
+    were: "not recorded" in a report, never a made-up 0. With ``recent`` (the analysis interval), each version's
     ``p95`` latency over that interval too (seconds; None without requests): the dashboard's per-version chart."""
     if counter is None or not decisions:
         return decisions
@@ -56,5 +57,7 @@ async def with_traffic(counter: Counter | None, st: RolloutState, now: float,
         return decisions
     none: dict[str, float | None] = {"requests": 0, "errors": 0}
     wanted = {v: counts.get(v, none) for v in (st.version, st.previous) if v}
+    if st.baseline is not None and (st.baseline_up or st.baseline in counts):  # the judge compares the two
+        wanted[st.baseline] = counts.get(st.baseline, none)
     covered = min(window, ROUTER_HISTORY)
     return [Decision(d.kind, d.message, {**d.data, "traffic": wanted, "traffic_window": covered}) for d in decisions]

@@ -202,6 +202,12 @@ class Analysis(_Model):
         "first evaluation window without data, reset by one with data. Default: the step's pause (the watch: "
         "post_promotion; rolling: its pause), at least 3 analysis intervals; a step without a pause waits for "
         "promote anyway.")
+    baseline: bool = Field(
+        False, description="Canary only: start, with the canary, a baseline of the previous version (its artifact, "
+        "the canary's instance count) routed as its own entry `<previous>+baseline` with the canary's weight at "
+        "every step, taken from the previous version's share (capped at what is left of it above 50 %); "
+        "health-checked before traffic, removed when the rollout ends, whatever the outcome. Not on ssh "
+        "platforms yet (docs/guide.md).")
 
     @field_validator("no_data_timeout")
     @classmethod

@@ -51,6 +51,23 @@ memory_percent) or a size (memory_mb)."""
 SERVICE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
 
+BASELINE_SUFFIX = "+baseline"
+"""A baseline (``analysis.baseline``) runs the previous version's artifact under its own version name, so routers,
+platforms and statistics tell it apart from the previous version's own instances. Every router accepts the name:
+nginx writes versions in ``[A-Za-z0-9._+-]``, HAProxy keeps them in its state file (its servers are slots), the
+built-in router takes any string."""
+
+
+def baseline_name(previous: str) -> str:
+    """The version name the baseline of ``previous`` runs, routes and is counted under."""
+    return previous + BASELINE_SUFFIX
+
+
+def artifact_version(version: str) -> str:
+    """The version whose artifact (``{version}`` in commands, images, working directories) an instance runs: a
+    baseline runs its previous version's."""
+    return version.removesuffix(BASELINE_SUFFIX)
+
 ROUTER_METRICS = ("error_rate", "rps", "latency_p50", "latency_p95", "latency_p99")
 PROCESS_METRICS = ("cpu", "memory_mb", "memory_percent")
 METRICS = ROUTER_METRICS + PROCESS_METRICS

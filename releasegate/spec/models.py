@@ -261,6 +261,19 @@ class Spec(_Model):
         return self
 
     @model_validator(mode="after")
+    def _baseline_fits(self) -> Spec:
+        """A baseline is compared with a canary's steps, and started only where the platform can run it."""
+        if not self.analysis.baseline:
+            return self
+        if self.strategy.canary is None:
+            raise LocatedValueError("baseline: true needs strategy: canary (bluegreen and rolling have no canary "
+                                    "to compare it with); remove it or use a canary", ("analysis", "baseline"))
+        if isinstance(self.platform, SshPlatform):
+            raise LocatedValueError("baseline: true is not supported on ssh platforms yet; remove it or run on "
+                                    "kind: local or docker", ("analysis", "baseline"))
+        return self
+
+    @model_validator(mode="after")
     def _staircase_used(self) -> Spec:
         """A staircase that would never run is a mistake, not a preference: refuse it rather than ignore it."""
         if self.rollback_mode != "immediate":

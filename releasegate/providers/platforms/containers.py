@@ -36,6 +36,7 @@ from releasegate.providers.platforms.container_engine import HOST, Say
 from releasegate.providers.platforms.local_processes import free_port
 from releasegate.providers.platforms.starting import all_or_none, check_names
 from releasegate.spec import models, placeholders, secrets
+from releasegate.spec.common import artifact_version
 
 T = TypeVar("T")
 _PULLED: dict[tuple[str, str], float] = {}
@@ -76,7 +77,7 @@ class ContainerPlatform:
             missing = count - len(live)
             if missing <= 0:
                 return live[:count]
-            image = self.spec.image_for(service, version)
+            image = self.spec.image_for(service, artifact_version(version))  # a baseline: the previous one's
             await self._call(self._ensure_image, image, self.spec.pull == "always", doing=f"pulling {image}")
             started = await all_or_none((self._start_one(service, version, image) for _ in range(missing)),
                                         lambda inst: self.stop(inst, min(self.spec.stop_grace, 5.0)))
@@ -264,10 +265,11 @@ class ContainerPlatform:
         name = f"rg-{service}-{re.sub(r'[^A-Za-z0-9_.-]', '_', version)}-{id}-{_short(self.state_dir)}"
         host_network = self.spec.network == "host"
         port = free_port() if host_network else self.spec.port
-        values: dict[str, object] = {"service": service, "version": version, "port": port, "host": HOST}
+        run = artifact_version(version)  # labels keep the version name (a baseline's own), the app sees its artifact
+        values: dict[str, object] = {"service": service, "version": run, "port": port, "host": HOST}
         env = {key: secrets.resolve(placeholders.substitute_text(value, values), f"platform.env.{key}")
                for key, value in self.spec.env.items()}
-        env.update({"PORT": str(port), "RELEASEGATE_VERSION": version, "RELEASEGATE_SERVICE": service})
+        env.update({"PORT": str(port), "RELEASEGATE_VERSION": run, "RELEASEGATE_SERVICE": service})
         args = [placeholders.substitute_text(a, values) for a in self.spec.args] if self.spec.args else None
         options: dict[str, Any] = {
             "name": name, "environment": env, "volumes": self._volumes(), "detach": True,

@@ -17,6 +17,10 @@ controller) adopts it, or drops the intent when nothing runs. The first look at 
 process (``instances()``) also searches for processes of the service that have no record at all: one whose record
 is free is adopted, a duplicate of a recorded instance is stopped (``reconcile``). Both write a line into the
 instance's log.
+
+A baseline (``analysis.baseline``) is recorded under its own version name, ``<previous>+baseline``, so stopping it
+never touches the previous version's instances (and ``status``, ``down`` and ``gc`` see it as what it is), but runs
+the previous version's command, working directory and RELEASEGATE_VERSION (``artifact_version``).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from releasegate.providers.platforms.local_processes import (
 )
 from releasegate.providers.platforms.starting import all_or_none, check_names
 from releasegate.spec import models
+from releasegate.spec.common import artifact_version
 
 _PORT_ATTEMPTS = 3
 _ADDRESS_IN_USE = ("address already in use", "eaddrinuse", "errno 98")
@@ -197,7 +202,7 @@ class LocalPlatform:
         return self.service_dir(service) / f"{version}-{id}.json"
 
     def _cwd(self, service: str, version: str) -> Path:
-        cwd = (self.spec_dir / self.spec.cwd_for(service, version)).resolve()
+        cwd = (self.spec_dir / self.spec.cwd_for(service, artifact_version(version))).resolve()
         if not cwd.is_dir():
             raise ProviderError(f"instance {service} {version}: working directory {cwd} does not exist "
                                 f"(platform.cwd {self.spec.cwd!r}, relative to {self.spec_dir})")
@@ -273,7 +278,7 @@ class LocalPlatform:
     def _intent(self, service: str, version: str, id: str, cwd: Path, port: int, path: Path) -> ProcessRecord:
         """The record of an instance about to be spawned: everything but its process, and who spawns it. The log
         gets its header first, so the record knows where the process's own output starts."""
-        command = self.spec.command_for(service, version, port, HOST)
+        command = self.spec.command_for(service, artifact_version(version), port, HOST)
         log_path = self.service_dir(service) / f"{version}-{id}.log"
         with open(log_path, "ab") as log:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -287,7 +292,8 @@ class LocalPlatform:
 
     def _spawn(self, intent: ProcessRecord) -> ProcessRecord:
         """Start the intent's process in its own session; the returned record names it (not yet written)."""
-        service, version, port = intent.service, intent.version, intent.port
+        service, port = intent.service, intent.port
+        version = artifact_version(intent.version)  # a baseline runs the previous version's artifact
         env = {**os.environ, **self.spec.env_for(service, version, port, HOST), "PORT": str(port),
                "RELEASEGATE_VERSION": version, "RELEASEGATE_SERVICE": service, MARKER: intent.marker}
         with open(intent.log, "ab") as log:
