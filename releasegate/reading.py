@@ -84,6 +84,7 @@ def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
                     "phase": st.phase, "step": st.step, "weight": st.weight, "waiting": st.waiting,
                     "reason": st.reason, "paused": st.paused.model_dump() if st.paused else None,
                     "staircase": st.staircase if st.phase == "rollback" else None,
+                    "baseline": st.baseline if st.baseline_up else None,
                     "started_at": st.created_at, "updated_at": st.updated_at,
                     "controller_alive": owner_alive(active.owner),
                     "latest": {k.split(":", 1)[1]: (v[-1].value if v else None) for k, v in st.samples.items()}}

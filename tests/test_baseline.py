@@ -30,9 +30,11 @@ from releasegate.providers.metrics.haproxy import HaproxyStatsMetrics
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.haproxy import HaproxyRouter
 from releasegate.providers.routers.nginx_config import parse, render
+from releasegate.reports.build import build
 from releasegate.spec import SpecError, load_spec, load_spec_text
 from releasegate.spec.routers_haproxy import HaproxyRouter as HaproxyRouterSpec
 from releasegate.spec.routers_nginx import NginxRouter as NginxRouterSpec
+from releasegate.store.sqlite import Store
 from tests.support.container_specs import builtin, docker_spec, engine_with_images, labelled
 from tests.support.haproxy import HAPROXY, DemoApp, Haproxy
 from tests.support.haproxy import free_port as haproxy_port
@@ -85,6 +87,7 @@ async def test_the_baseline_runs_the_previous_version_at_the_canary_weight_and_g
         task = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
         await eventually(lambda: rollout(env).get("waiting"), what="the held step")
         assert await env.routes() == {"2.0.0": 20, BASE: 20, "1.0.0": 60}
+        assert rollout(env)["baseline"] == BASE  # status --json names it while it runs
         # Two baseline instances (the canary's count) run the previous version's artifact, beside its own two.
         assert await versions_running(env, spec) == {"1.0.0": ["1.0.0"] * 2, BASE: ["1.0.0"] * 2,
                                                      "2.0.0": ["2.0.0"] * 2}
@@ -101,6 +104,15 @@ async def test_the_baseline_runs_the_previous_version_at_the_canary_weight_and_g
     assert "baseline_stopped" in kinds
     counted = [e["data"]["traffic"] for e in said if "traffic" in (e.get("data") or {})]
     assert any(t.get(BASE, {}).get("requests", 0) > 0 for t in counted)  # counted apart, for the judge
+    store = Store(env.state)
+    try:
+        record = store.rollout(st.id)
+        assert record is not None
+        report = build(env.state, store, record)
+    finally:
+        store.close()
+    assert {e.kind: e.stage for e in report.timeline}["baseline_started"] == "deployment"
+    assert BASE in {t.version for t in report.traffic or []}  # the report's traffic table has its own row
 
 
 @pytest.mark.slow

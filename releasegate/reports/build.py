@@ -25,7 +25,8 @@ QUIET = {"intent", "analysis", "retry"}
 """Left out of the timeline: intents (the decision that follows says what happened), every analysis tick
 (counted in ``evaluations``; the decisions they led to are kept) and repeated retries."""
 
-DEPLOYMENT = {"started", "migrated", "healthy", "smoke_passed", "reconciled", "replaced", "restarted"}
+DEPLOYMENT = {"started", "migrated", "healthy", "smoke_passed", "reconciled", "replaced", "restarted",
+              "baseline_started", "baseline_healthy"}
 ROLLBACK = {"rollback", "rollback_step", "errors_persist", "incident", "abort"}
 FINISH = {"promoted", "rolled_back", "aborted", "failed"}
 FAILED = ("rolled_back", "aborted", "failed")
