@@ -85,7 +85,7 @@ async def test_the_baseline_runs_the_previous_version_at_the_canary_weight_and_g
     assert await versions_running(env, spec) == {"1.0.0": ["1.0.0", "1.0.0"]}
     async with Load(env.url) as load:
         task = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
-        await eventually(lambda: rollout(env).get("waiting"), what="the held step")
+        await eventually(lambda: rollout(env).get("waiting"), what="the held step", within=60)
         assert await env.routes() == {"2.0.0": 20, BASE: 20, "1.0.0": 60}
         assert rollout(env)["baseline"] == BASE  # status --json names it while it runs
         # Two baseline instances (the canary's count) run the previous version's artifact, beside its own two.
@@ -123,7 +123,7 @@ async def test_a_resumed_controller_rolls_back_and_still_removes_the_baseline(en
            "--version", "2.0.0"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        await eventually(lambda: rollout(env).get("waiting"), what="the held step")
+        await eventually(lambda: rollout(env).get("waiting"), what="the held step", within=60)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
