@@ -1,6 +1,6 @@
 """Per-version running totals (requests, 5xx errors, latency histogram) for judging a canary against a baseline.
 
-Why totals, not windows: a sequential test (issue 13, docs/judge.md) needs each look's data to be new, and a
+Why totals, not windows: a sequential test (the canary-versus-baseline judge, docs/judge.md) needs each look's data to be new, and a
 "last N seconds" window asked at slightly irregular ticks would count some requests twice and miss others. Totals
 since each version's first request are differenced between two looks instead: every request lands in exactly one
 increment. ``epoch`` names the counting process (a router's start, a log tail's or ring reader's start): when it
