@@ -1,10 +1,11 @@
 """Per-version running totals (requests, 5xx errors, latency histogram) for judging a canary against a baseline.
 
-Why totals, not windows: a sequential test (the canary-versus-baseline judge, docs/judge.md) needs each look's data to be new, and a
-"last N seconds" window asked at slightly irregular ticks would count some requests twice and miss others. Totals
-since each version's first request are differenced between two looks instead: every request lands in exactly one
-increment. ``epoch`` names the counting process (a router's start, a log tail's or ring reader's start): when it
-changes, or a total goes down, the counts started again and the new totals are the increment.
+Why totals, not windows: a sequential test (the canary-versus-baseline judge, docs/judge.md) needs each look's
+data to be new, and a "last N seconds" window asked at slightly irregular ticks would count some requests twice
+and miss others. Totals since each version's first request are differenced between two looks instead: every
+request lands in exactly one increment. ``epoch`` names the counting process (a router's start, a log tail's or
+ring reader's start): when it changes, or a total goes down, the counts started again and the new totals are the
+increment.
 
 Sources: the built-in router (``GET /totals`` on its admin API), nginx's access log (the tail's counters) and
 HAProxy's ring log (the reader's counters). The histogram's buckets are the router's (``releasegate.router.stats``:
