@@ -9,6 +9,7 @@ import json
 import math
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from releasegate.judge import Judge, JudgeState, MetricConfig, Traffic, slower_matrix, slower_share
@@ -17,6 +18,11 @@ from releasegate.spec import SpecError, load_spec_text
 
 METRICS = [MetricConfig("error_rate", 0.005), MetricConfig("latency", 0.10)]
 EDGES = np.log(np.array(BOUNDS))
+
+
+def f(counts: np.ndarray) -> npt.NDArray[np.float64]:
+    """Counts as the float arrays the judge takes."""
+    return np.asarray(counts, dtype=np.float64)
 
 
 def bucket_probs(median: float, sigma: float = 0.5) -> np.ndarray:
@@ -40,9 +46,9 @@ class Sim:
     def traffic(self) -> Traffic:
         n_c = self.rng.poisson(self.rate, self.rollouts)
         n_b = self.rng.poisson(self.rate, self.rollouts)
-        return Traffic(n_c * 1.0, n_b * 1.0, self.rng.binomial(n_c, self.canary_error) * 1.0,
-                       self.rng.binomial(n_b, 0.01) * 1.0, self.rng.multinomial(n_c, self.p_c) * 1.0,
-                       self.rng.multinomial(n_b, self.p_b) * 1.0)
+        return Traffic(f(n_c), f(n_b), f(self.rng.binomial(n_c, self.canary_error)),
+                       f(self.rng.binomial(n_b, 0.01)), f(self.rng.multinomial(n_c, self.p_c)),
+                       f(self.rng.multinomial(n_b, self.p_b)))
 
     def run(self, seconds: int) -> tuple[np.ndarray, np.ndarray]:
         """First second of regression and of pass per rollout (inf: never)."""
@@ -101,7 +107,7 @@ def test_the_latency_matrix_is_a_probability_with_the_symmetry_of_identical_vers
     assert ((same >= 0) & (same <= 1)).all()
     margin = slower_matrix(0.10)
     assert (margin <= same + 1e-12).all() and (margin < same).any()  # a margin only makes "slower" rarer
-    hist = np.random.default_rng(16).multinomial(1000, bucket_probs(0.05))[None, :] * 1.0
+    hist = f(np.random.default_rng(16).multinomial(1000, bucket_probs(0.05))[None, :])
     assert slower_share(hist, hist, 0.0)[0] == pytest.approx(0.5)
     assert math.isnan(slower_share(hist, np.zeros_like(hist), 0.0)[0])
 
@@ -113,8 +119,8 @@ def test_the_state_round_trips_through_json_and_the_judge_continues_identically(
 
     def interval() -> Traffic:
         n = rng.poisson(0.7, 2)  # low traffic: blocks stay open across intervals
-        return Traffic(n[:1] * 1.0, n[1:] * 1.0, rng.binomial(n[:1], 0.1) * 1.0, rng.binomial(n[1:], 0.1) * 1.0,
-                       rng.multinomial(n[0], p)[None, :] * 1.0, rng.multinomial(n[1], p)[None, :] * 1.0,
+        return Traffic(f(n[:1]), f(n[1:]), f(rng.binomial(n[:1], 0.1)), f(rng.binomial(n[1:], 0.1)),
+                       f(rng.multinomial(n[0], p)[None, :]), f(rng.multinomial(n[1], p)[None, :]),
                        [(rng.normal(100, 5, 1), rng.normal(100, 5, 1))])
 
     judge = Judge(metrics, alpha=0.01, min_block=3)

@@ -11,12 +11,13 @@ margin. ``Sequential`` turns them into an e-value and a confidence sequence. The
   probability that a step passes while some metric is worse than its margin is at most alpha as well;
 * ``continue`` otherwise, with an estimate of how many more canary requests a pass would need.
 
-Blocks: at low traffic an interval holds 0 or 1 canary request, and a difference of error rates over one request
-says almost nothing while costing the confidence sequence a look. Request counts (and error counts, latency
-histograms) are therefore summed into a block until both versions have ``min_block`` requests, and the block gives
-one observation. A block ends on request counts alone, never on outcomes, so the observations stay honest: which
-requests form a block does not depend on whether they failed. An interval with no requests on a side adds nothing
-to that side.
+Blocks: at low traffic an interval holds 0 or 1 canary request, and an observation needs both versions.
+Requests (and errors, latency histograms) are therefore summed into a block until both versions have
+``min_block`` requests, and the block then gives its observations: the latency share of one block, or for errors
+one observation per matched request pair (see ``_Metric._pairs``). A block ends on request counts alone, never on
+outcomes, so which requests form a block does not depend on whether they failed. An interval with no requests
+on a side adds nothing to that side. The default min_block is 1: the bench measured larger blocks to be slower
+at every traffic level (min_block 10 took 1.8x as long to catch a +30 % latency shift at 5 req/s).
 """
 
 from __future__ import annotations
@@ -83,12 +84,12 @@ class MetricVerdict(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     metric: str
-    evalue: float
+    evalue: float  # evidence of regression; the rollout rolls back when it reaches threshold (k/alpha)
     threshold: float
-    lo: float
+    lo: float  # the anytime-valid confidence interval for theta (the canary's excess, in observation units)
     hi: float
-    margin: float
-    estimate: float | None
+    theta0: float  # the margin in observation units: error_rate d, latency 1/2, prometheus m; pass needs hi < it
+    estimate: float | None  # mean of the observations so far
     observations: int
     canary_requests: int
     baseline_requests: int
@@ -224,7 +225,7 @@ class Verdicts:
             metrics.append(MetricVerdict(
                 metric=metric.config.label, evalue=math.exp(min(float(self.log_evalues[r, m]), 700.0)),
                 threshold=self.judge.threshold, lo=float(metric.test.sums["cs_lo"][r]),
-                hi=float(metric.test.sums["cs_hi"][r]), margin=metric.test.theta0,
+                hi=float(metric.test.sums["cs_hi"][r]), theta0=metric.test.theta0,
                 estimate=None if math.isnan(est) else est, observations=int(metric.test.sums["count"][r]),
                 canary_requests=int(metric.used[r, 0]), baseline_requests=int(metric.used[r, 1])))
         more = float(self.more_canary_requests[r])
