@@ -157,8 +157,11 @@ class _Metric:
             self.used += np.isfinite(x)[:, None]
             self.test.update(x)
             return
-        self.block += np.stack([traffic.canary_requests, traffic.baseline_requests, traffic.canary_errors,
-                                traffic.baseline_errors], axis=1)
+        counts = np.stack([traffic.canary_requests, traffic.baseline_requests, traffic.canary_errors,
+                           traffic.baseline_errors], axis=1)
+        counts = np.maximum(counts, 0.0)  # a counter reset must not remove requests from the block
+        counts[:, 2:] = np.minimum(counts[:, 2:], counts[:, :2])  # never more errors than requests
+        self.block += counts
         n_c, n_b = self.block[:, 0], self.block[:, 1]
         ready = (n_c >= min_block) & (n_b >= min_block)
         if self.hist is not None:
@@ -211,7 +214,8 @@ class _Metric:
 
 @dataclass
 class Verdicts:
-    """The verdicts of R rollouts at one interval, as arrays (the bench reads these; the engine takes ``one``)."""
+    """The verdicts of R rollouts at one interval, as arrays (the bench reads these; the engine takes ``one``,
+    before the next ``update``: the per-metric figures are read from the judge's current state)."""
 
     outcome: npt.NDArray[np.int64]  # (R,): 0 continue, 1 pass, 2 regression (an index into OUTCOMES)
     log_evalues: FloatArray  # (R, k)
@@ -284,9 +288,9 @@ class Judge:
 
     @classmethod
     def restore(cls, metrics: Sequence[MetricConfig], states: Sequence[JudgeState], alpha: float = 0.01,
-                min_block: int = 1) -> Judge:
+                min_block: int = 1, seed: int = 0) -> Judge:
         """A judge for ``len(states)`` rollouts continuing from saved states (same metrics, same order)."""
-        judge = cls(metrics, alpha, min_block, rollouts=len(states))
+        judge = cls(metrics, alpha, min_block, rollouts=len(states), seed=seed)
         for m, metric in enumerate(judge.metrics):
             metric.load([state.metrics[m] for state in states])
         return judge
