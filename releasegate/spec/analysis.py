@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_serializer, field_validator, model_validator
+from pydantic import Field, ValidationInfo, WithJsonSchema, field_serializer, field_validator, model_validator
 
 from releasegate.durations import duration_text
 from releasegate.spec.common import LATENCY_METRICS, Duration, Threshold, _duration
 from releasegate.spec.common import SpecModel as _Model
 from releasegate.spec.errors import LocatedValueError
+from releasegate.spec.rollback import PERCENT_JSON_SCHEMA
 
 PERCENT_METRICS = ("cpu", "memory_percent")
 """Metrics measured in percent: a bound is written 90 or 90%."""
@@ -188,6 +189,100 @@ def _seed_rules() -> list[Rule]:
             Rule.model_validate({"metric": "latency_p95", "max": "2.5s", "for": "5m"})]
 
 
+def _margin(metric: str, value: object) -> float:
+    """A judge margin: error_rate absolute (0.005 or '0.5%', a difference of error rates); latency and prometheus
+    relative (0.1 or '10%'). A plain number above 1 is refused for relative margins: 10 could mean 10 % or 1000 %."""
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"expected a margin such as {'0.5%' if metric == 'error_rate' else '10%'}, got {value!r}")
+    try:
+        number = _percent(metric, value)
+    except ValueError:
+        raise ValueError(f"expected a margin such as {'0.5%' if metric == 'error_rate' else '10%'}, "
+                         f"got {value!r}") from None
+    number = number / 100.0 if isinstance(value, str) else number
+    if number < 0:
+        raise ValueError(f"max_increase is how much worse the canary may be, 0 or more, got {value!r}")
+    if metric == "error_rate" and number >= 1:
+        raise ValueError(f"max_increase for error_rate is a difference of error rates below 1: write 0.005 or "
+                         f"0.5% (half a percentage point), got {value!r}")
+    if metric == "prometheus" and number >= 1:
+        raise ValueError(f"max_increase for prometheus is a relative change below 100%, e.g. 5%, got {value!r}")
+    if metric == "latency" and not isinstance(value, str) and number > 1:
+        raise ValueError(f"max_increase for latency is relative: write 10% (or 0.1), got {value!r}")
+    return number
+
+
+class JudgeMetric(_Model):
+    """One metric the judge compares between canary and baseline (docs/judge.md)."""
+
+    metric: Literal["error_rate", "latency", "prometheus"] = Field(
+        description="error_rate: 5xx share of requests; latency: the router's latency histograms; prometheus: "
+        "`query`, run once per version.")
+    max_increase: Annotated[float, WithJsonSchema(PERCENT_JSON_SCHEMA)] = Field(
+        description="The margin: how much worse the canary may be without being a regression. error_rate: "
+        "absolute, a difference of error rates (0.005 or 0.5% = half a percentage point); latency and "
+        "prometheus: relative (10% or 0.1).")
+    query: str | None = Field(None, description="PromQL for metric: prometheus; {{service}} and {{version}} "
+                              "are substituted for the canary and for the baseline.")
+    direction: Literal["increase", "decrease"] = Field(
+        "increase", description="prometheus only: whether a higher (increase) or lower (decrease) value is worse.")
+
+    @field_validator("max_increase", mode="before")
+    @classmethod
+    def _margin(cls, value: object, info: ValidationInfo) -> object:
+        return _margin(str(info.data.get("metric", "latency")), value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JudgeMetric:
+        if (self.metric == "prometheus") != (self.query is not None):
+            raise LocatedValueError("metric: prometheus needs a query (PromQL), and only it takes one"
+                                    if self.metric == "prometheus" else f"query is only for metric: prometheus, "
+                                    f"not {self.metric}; remove it", at=("query",) if self.query else ())
+        if self.direction != "increase" and self.metric != "prometheus":
+            raise LocatedValueError(f"direction is only for metric: prometheus ({self.metric} is worse when it "
+                                    "increases); remove it", at=("direction",))
+        return self
+
+
+def _judge_defaults() -> list[JudgeMetric]:
+    return [JudgeMetric.model_validate({"metric": "error_rate", "max_increase": 0.005}),
+            JudgeMetric.model_validate({"metric": "latency", "max_increase": "10%"})]
+
+
+class Judge(_Model):
+    """The sequential judge: canary against baseline with anytime-valid tests (docs/judge.md). Not yet used by
+    the engine: the spec is accepted and validated so rollouts can be written against it."""
+
+    alpha: float = Field(0.01, gt=0, le=0.2, description="Bound on the probability of a false rollback over the "
+                         "whole rollout (split across the metrics), and of a step passing with a regression larger "
+                         "than a margin.")
+    min_block: int = Field(1, ge=1, description="Requests both versions need before their counts make one "
+                           "observation (intervals are pooled until then).")
+    max_extension: Duration = Field(1800.0, description="How long a step may be extended past its pause while "
+                                    "the judge cannot yet rule out a regression larger than the margin.")
+    metrics: list[JudgeMetric] = Field(default_factory=_judge_defaults, min_length=1, description="What to "
+                                       "compare; default: error_rate 0.5 points and latency 10 %.")
+
+    @field_validator("max_extension")
+    @classmethod
+    def _extension(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("max_extension cannot be negative; 0 means no extension, e.g. 30m")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, metrics: list[JudgeMetric]) -> list[JudgeMetric]:
+        seen: set[tuple[str, str | None]] = set()
+        for i, m in enumerate(metrics):
+            key = (m.metric, m.query)
+            if key in seen:
+                raise LocatedValueError(f"{m.metric} is listed twice{' with the same query' if m.query else ''}: "
+                                        "keep one entry per metric (each costs a share of alpha)", at=(i,))
+            seen.add(key)
+        return metrics
+
+
 class Analysis(_Model):
     """Rules evaluated against the new version's metrics while it takes traffic; a breach rolls back."""
 
@@ -208,6 +303,8 @@ class Analysis(_Model):
         "every step, taken from the previous version's share (capped at what is left of it above 50 %); "
         "health-checked before traffic, removed when the rollout ends, whatever the outcome. Not on ssh "
         "platforms yet (docs/guide.md).")
+    judge: Judge | None = Field(None, description="Compare the canary with a baseline using the sequential "
+                                "judge (docs/judge.md); not yet wired into rollouts.")
 
     @field_validator("no_data_timeout")
     @classmethod
