@@ -36,6 +36,7 @@ from releasegate.engine.state import (
     describe_intent,
 )
 from releasegate.errors import HostUnreachable, ProviderError
+from releasegate.judge_feed import JudgeFeed
 from releasegate.providers.base import (
     AtLeast,
     DeadInstance,
@@ -48,6 +49,7 @@ from releasegate.providers.base import (
     VersionRoute,
 )
 from releasegate.providers.metrics.reasons import explain
+from releasegate.providers.metrics.totals import Snapshot
 from releasegate.reports.traffic import with_traffic
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.models import SmokeTest, Spec
@@ -86,6 +88,8 @@ class Providers:
     # Requests and errors per version over the last N seconds, as the router counted them (a TrafficCounter's
     # counts: built-in, nginx, HAProxy); None where the router cannot say. Recorded for reports, never decides.
     traffic: Callable[[float, float | None], Awaitable[dict[str, dict[str, float | None]]]] | None = None
+    # Per-version running totals (releasegate/providers/metrics/totals.py), for the judge (analysis.judge).
+    totals: Callable[[], Awaitable[Snapshot]] | None = None
 
 
 class Controller:
@@ -106,6 +110,7 @@ class Controller:
         self.owner = this_owner()
         self._failures = 0
         self._last_retry: str | None = None
+        self._feed = JudgeFeed(providers.totals, providers.metrics)
 
     async def run(self, st: RolloutState) -> RolloutState:
         with self.bells.listening(st.id) if self.bells else contextlib.nullcontext() as self._ear:
@@ -361,7 +366,8 @@ class Controller:
         held = self._held(at)
         return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held,
                            missing=missing, whole_missing=whole_missing,
-                           health=await self._probe(st, action.version))
+                           health=await self._probe(st, action.version),
+                           judge=await self._feed.look(st, self.spec, action.window))
 
     def _held(self, now: float) -> str | None:
         """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the

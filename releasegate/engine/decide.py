@@ -21,9 +21,11 @@ The staircase is engine/staircase.py; waiting for evidence and pausing for an op
 
 from __future__ import annotations
 
-from releasegate.engine import baseline, health, hosts, instances, rolling, staircase
+from typing import TYPE_CHECKING
+
+from releasegate.engine import baseline, health, hosts, instances, judging, rolling, staircase
 from releasegate.engine.analysis import STEP_PROMISE, WATCH_PROMISE, Verdict, evaluate, gate, record_samples, tick
-from releasegate.engine.pause import no_data_now, track_no_data, wait
+from releasegate.engine.pause import no_data_now, pause, track_no_data, wait
 from releasegate.engine.phase import Applied
 from releasegate.engine.phase import enter as _to
 from releasegate.engine.phase import split as _split
@@ -46,6 +48,9 @@ from releasegate.engine.state import (
     Stop,
 )
 from releasegate.spec.models import Spec
+
+if TYPE_CHECKING:
+    from releasegate.judge import Verdict as JudgeVerdict
 
 
 def new_rollout(rollout_id: str, spec: Spec, version: str, previous: str | None, now: float) -> RolloutState:
@@ -284,14 +289,23 @@ def _observe(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, no
         if verdict.breached:
             return staircase.breach(st, spec, verdict, obs.at, now)
     if p == "step":
-        return _observe_step(st, spec, action, obs, verdict, now)
+        st, judged = judging.judge(st, spec, obs.judge)
+        if judged is None:
+            return _observe_step(st, spec, action, obs, verdict, now)
+        said = judging.shown(judged)
+        if judged.outcome == "regression":
+            why = judging.regression_reason(st, judged)
+            return start_rollback(st, spec, why, now, immediate=True), [
+                Decision("rollback", why, {"values": values, "judge": said, "weight": st.weight})]
+        st, decisions = _observe_step(st, spec, action, obs, verdict, now, judged)
+        return st, [Decision(d.kind, d.message, {**d.data, "judge": said}) for d in decisions]
     if p == "watch":
         return _observe_watch(st, spec, action, obs, verdict, now)
     return st, []
 
 
 def _observe_step(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, verdict: Verdict,
-                  now: float) -> Applied:
+                  now: float, judged: JudgeVerdict | None = None) -> Applied:
     """A step passes on its own whole evidence, never without it; no data for too long pauses it."""
     values = dict(verdict.latest)
     step = spec.strategy.steps[st.step]
@@ -317,6 +331,12 @@ def _observe_step(st: RolloutState, spec: Spec, action: Analyze, obs: Observatio
         return _fail_step(st, spec, action, obs, now)
     if verdict_of_step == "wait":
         return wait(st, why, values)
+    judge = spec.analysis.judge
+    if judge is not None and not st.promote_requested and (judged is None or judged.outcome != "pass"):
+        until = st.phase_started + (step.pause or 0.0) + judge.max_extension  # the step extended, then paused
+        if obs.at < until:
+            return wait(st, judging.waiting_reason(st, spec, judged, until), values)
+        return pause(st, "judge", judging.paused_reason(st, spec, judged), obs.at, {"values": values})
     if obs.held:
         return st.model_copy(update={"waiting": obs.held}), [Decision("held", obs.held, {"values": values})]
     nxt = st.step + 1

@@ -43,7 +43,7 @@ def no_data_timeout(st: RolloutState, spec: Spec) -> float | None:
     return None if default is None else max(default, 3 * spec.analysis.interval)
 
 
-def pause(st: RolloutState, kind: Literal["no_data", "stair"], reason: str, at: float,
+def pause(st: RolloutState, kind: Literal["no_data", "stair", "judge"], reason: str, at: float,
           data: dict[str, object]) -> Applied:
     """Stop advancing until an operator decides; the reason is shown by `status` and recorded in `history`."""
     paused = st.model_copy(update={"paused": Pause(kind=kind, reason=reason, since=at), "waiting": reason})

@@ -8,7 +8,7 @@ stale copy.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -43,7 +43,7 @@ class Pause(BaseModel):
     dead instance still rolls back. ``no_data``: a step, batch or watch had no evidence for
     ``analysis.no_data_timeout``; ``stair``: the rollback staircase holds at a stair where errors stopped."""
 
-    kind: Literal["no_data", "stair"]
+    kind: Literal["no_data", "stair", "judge"]
     reason: str  # what happened, with the numbers, and what `promote` and `rollback` would do
     since: float
 
@@ -101,6 +101,9 @@ class RolloutState(BaseModel):
     # and whether its instances may run, so a resumed controller still removes them when the rollout ends.
     baseline: str | None = None
     baseline_up: bool = False
+    # The sequential judge's state (analysis.judge, engine/judging.py): kept across steps and restarts, so its
+    # guarantee holds over the whole rollout.
+    judge: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:
@@ -231,6 +234,10 @@ class Observation:
     # One health check of each live instance of the analysed version (address -> None if healthy, else why not,
     # with its answer); None when not probed.
     health: dict[str, str | None] | None = None
+    # What the canary and its reference served since the controller's last look, for the judge (engine/judging.py):
+    # {"canary": {requests, errors, hist}, "reference": {...}, "prometheus": [[canary, reference], ...]}; None:
+    # nothing new could be read this interval (no judge, or the counts could not be read).
+    judge: dict[str, Any] | None = None
 
 
 Result = Outcome | Observation

@@ -18,6 +18,7 @@ from releasegate.providers.base import Instance, MetricQuery, MetricSource, Rout
 from releasegate.providers.metrics.builtin import RouterMetrics
 from releasegate.providers.metrics.process import ProcessMetrics
 from releasegate.providers.metrics.reasons import cannot_measure, explain
+from releasegate.providers.metrics.totals import TotalsSource
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
 from releasegate.reports.traffic import TrafficCounter
@@ -205,5 +206,6 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
                      migrate=migrate, close=close_all,
                      traffic=traffic.counts if isinstance(traffic, TrafficCounter) else None,
+                     totals=traffic.totals if isinstance(traffic, TotalsSource) else None,
                      probe=checks.engine_probe(platform) if isinstance(platform, checks.EngineHealth)
                      else checks.probe_health)

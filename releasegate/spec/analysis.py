@@ -250,8 +250,8 @@ def _judge_defaults() -> list[JudgeMetric]:
 
 
 class Judge(_Model):
-    """The sequential judge: canary against baseline with anytime-valid tests (docs/judge.md). Not yet used by
-    the engine: the spec is accepted and validated so rollouts can be written against it."""
+    """The sequential judge: canary against baseline with anytime-valid tests (docs/judge.md): at every analysis
+    interval of a canary step; a regression rolls back, a step closes only when the judge passes it."""
 
     alpha: float = Field(0.01, gt=0, le=0.2, description="Bound on the probability of a false rollback over the "
                          "whole rollout (split across the metrics), and of a step passing with a regression larger "
@@ -303,8 +303,10 @@ class Analysis(_Model):
         "every step, taken from the previous version's share (capped at what is left of it above 50 %); "
         "health-checked before traffic, removed when the rollout ends, whatever the outcome. Not on ssh "
         "platforms yet (docs/guide.md).")
-    judge: Judge | None = Field(None, description="Compare the canary with a baseline using the sequential "
-                                "judge (docs/judge.md); not yet wired into rollouts.")
+    judge: Judge | None = Field(None, description="Compare the canary with its baseline (or, without one, the "
+                                "previous version) using the sequential judge (docs/judge.md): a regression beyond "
+                                "a margin rolls back straight to 0 %; a step closes only once the judge rules one "
+                                "out, extended up to max_extension, then paused for an operator.")
 
     @field_validator("no_data_timeout")
     @classmethod

@@ -1,0 +1,123 @@
+"""The sequential judge inside a rollout (``analysis.judge``, docs/judge.md): pure, like the rest of the engine.
+
+At every analysis interval of a canary step the controller hands over what each side served since its last look
+(``Observation.judge``: the canary's and the reference's requests, 5xx errors and latency histogram, and each
+PromQL metric per side); the reference is the baseline when one runs beside the canary (``analysis.baseline``),
+else the previous version. The judge's whole state is kept in ``RolloutState.judge`` (a few hundred bytes of JSON),
+so a resumed controller continues the same test: its guarantee holds over the whole rollout, whatever the number
+of looks, steps or restarts.
+
+What the verdict does (``decide``): ``regression`` rolls back at once, straight to 0 % (the evidence is already
+conclusive; the staircase's stairs are judged by the threshold rules, which a judge-only spec may not have);
+a step closes only on ``pass``; until then it is extended, up to ``max_extension`` past its pause, and then
+pauses for an operator: never promoted on missing evidence.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+from releasegate.durations import format_duration
+from releasegate.engine.state import RolloutState
+from releasegate.router.stats import NBUCKETS
+from releasegate.spec.analysis import Judge as JudgeSpec
+from releasegate.spec.models import Spec
+
+if TYPE_CHECKING:  # numpy and scipy cost 0.3 s to import: only a rollout with a judge pays it, not every command
+    from releasegate.judge import MetricConfig, Traffic, Verdict
+
+
+def configs(spec: JudgeSpec) -> list[MetricConfig]:
+    from releasegate.judge import MetricConfig
+
+    return [MetricConfig(m.metric, m.max_increase, m.direction, name=f"prometheus {i}" if m.query else "")
+            for i, m in enumerate(spec.metrics)]
+
+
+def reference(st: RolloutState) -> str | None:
+    """What the canary is compared with: its baseline while one runs, else the previous version."""
+    return st.baseline if st.baseline is not None and st.baseline_up else st.previous
+
+
+def judge(st: RolloutState, spec: Spec, data: dict[str, Any] | None) -> tuple[RolloutState, Verdict | None]:
+    """Fold one interval (``data``, None: nothing new this interval) into the rollout's judge; the verdict."""
+    j = spec.analysis.judge
+    if j is None or st.phase != "step":
+        return st, None
+    from releasegate.judge import Judge, JudgeState
+
+    seed = zlib.crc32(st.id.encode())  # the pairs drawn for errors: the same for the same rollout, resumed or not
+    made = (Judge.restore(configs(j), [JudgeState.model_validate(st.judge)], j.alpha, j.min_block, seed=seed)
+            if st.judge else Judge(configs(j), j.alpha, j.min_block, seed=seed))
+    verdict = made.update(_traffic(spec, data)).one()
+    return st.model_copy(update={"judge": made.state().model_dump(mode="json")}), verdict
+
+
+def _traffic(spec: Spec, data: dict[str, Any] | None) -> Traffic:
+    import numpy as np
+
+    from releasegate.judge import Traffic
+
+    def side(name: str) -> tuple[float, float, Any]:
+        got = (data or {}).get(name) or {}
+        hist = np.zeros((1, NBUCKETS))
+        for bucket, n in (got.get("hist") or {}).items():
+            if 0 <= int(bucket) < NBUCKETS:
+                hist[0, int(bucket)] += float(n)
+        return float(got.get("requests") or 0), float(got.get("errors") or 0), hist
+
+    (cr, ce, ch), (br, be, bh) = side("canary"), side("reference")
+    proms = [(np.array([_num(c)]), np.array([_num(b)])) for c, b in ((data or {}).get("prometheus") or [])]
+    wanted = sum(1 for m in (spec.analysis.judge.metrics if spec.analysis.judge else []) if m.query)
+    proms += [(np.array([np.nan]), np.array([np.nan]))] * max(0, wanted - len(proms))
+    return Traffic(np.array([cr]), np.array([br]), np.array([ce]), np.array([be]), ch, bh, proms)
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else float("nan")
+
+
+def shown(verdict: Verdict) -> dict[str, Any]:
+    """The verdict as recorded with a decision (``data.judge``): small, and every number a person would ask for."""
+    return {"outcome": verdict.outcome, "more_canary_requests": verdict.more_canary_requests,
+            "metrics": [{"metric": m.metric, "evalue": round(m.evalue, 4), "threshold": round(m.threshold, 2),
+                         "lo": round(m.lo, 6), "hi": round(m.hi, 6), "margin": m.theta0,
+                         "estimate": None if m.estimate is None else round(m.estimate, 6),
+                         "canary_requests": m.canary_requests, "baseline_requests": m.baseline_requests}
+                        for m in verdict.metrics]}
+
+
+def regression_reason(st: RolloutState, verdict: Verdict) -> str:
+    worst = max(verdict.metrics, key=lambda m: m.evalue)
+    return (f"judge: {st.version} is worse than {reference(st)} beyond the margin on {worst.metric} at "
+            f"{st.weight}% (evidence {worst.evalue:.3g} >= {worst.threshold:.3g}; {_interval(worst)}, margin "
+            f"{worst.theta0:g}; {worst.canary_requests} canary and {worst.baseline_requests} "
+            f"{'baseline' if st.baseline else 'previous-version'} requests); straight to 0%")
+
+
+def waiting_reason(st: RolloutState, spec: Spec, verdict: Verdict | None, until: float) -> str:
+    """Why a step whose pause is over does not close yet, and until when it may be extended."""
+    open_ = [m for m in verdict.metrics if m.hi >= m.theta0] if verdict is not None else []
+    what = "; ".join(f"{m.metric} {_interval(m)} not yet below its margin {m.theta0:g}" for m in open_) \
+        or "no comparison of canary and reference yet"
+    more = (f"; about {verdict.more_canary_requests} more requests to {st.version} needed (an estimate)"
+            if verdict is not None and verdict.more_canary_requests else "")
+    return (f"judge: cannot yet rule out a regression larger than the margins ({what}){more}; step "
+            f"{st.step + 1} extended until it can, at most {format_duration(round(until - st.phase_started))} "
+            "after it started")
+
+
+def paused_reason(st: RolloutState, spec: Spec, verdict: Verdict | None) -> str:
+    j = spec.analysis.judge
+    extension = format_duration(j.max_extension) if j is not None else "0s"
+    return (f"paused at {st.weight}%: the judge could not rule out a regression larger than the margins within "
+            f"the step's pause plus max_extension {extension}; `releasegate promote {st.service}` goes on without "
+            f"that evidence, `releasegate rollback {st.service}` takes {st.version} to 0%")
+
+
+def _interval(m: Any) -> str:
+    return f"interval [{m.lo:.4g}, {m.hi:.4g}]"
+
+
+__all__ = ["configs", "judge", "paused_reason", "reference", "regression_reason", "shown", "waiting_reason"]

@@ -1,0 +1,90 @@
+"""The sequential judge inside real rollouts (engine/judging.py, docs/judge.md): a canary beside its baseline
+behind the built-in router, under load, with the demo app's injected faults. No threshold rule is set, so what
+happens is the judge's doing: a healthy canary passes its step only once the judge rules out a regression larger
+than the margin, a faulty one is rolled back straight to 0 %, and a step the judge cannot clear within
+``max_extension`` pauses for an operator rather than advancing without evidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from releasegate import service
+from releasegate.engine.state import RolloutState
+from tests.support.rollouts import Load, RolloutEnv
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.slow
+BASE = "1.0.0+baseline"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[RolloutEnv]:
+    made = RolloutEnv(tmp_path)
+    yield made
+    made.close()
+
+
+def judged_spec(env: RolloutEnv, *, margin: str, extension: str = "60s", faults: str = "") -> Path:
+    path = env.spec("{canary: {steps: [{weight: 30, pause: 1s}]}}", rules="[]", faults=faults,
+                    post_promotion="0s", rollback="{staircase: [10, 0], step_wait: 1s}")
+    judge = (f"  baseline: true\n  judge: {{alpha: 0.01, max_extension: {extension}, "
+             f"metrics: [{{metric: error_rate, max_increase: {margin}}}]}}\n")
+    path.write_text(path.read_text().replace("analysis:\n", "analysis:\n" + judge))
+    return path
+
+
+def events(env: RolloutEnv, rollout_id: str) -> list[dict[str, Any]]:
+    return list(next(h for h in service.history(env.ctx, "shop") if h["id"] == rollout_id)["events"])
+
+
+async def deploy(env: RolloutEnv, spec: Path, version: str) -> RolloutState:
+    return await asyncio.wait_for(service.deploy(env.ctx, spec, version), 120)
+
+
+async def test_a_healthy_canary_passes_only_on_the_judges_evidence_and_a_faulty_one_goes_straight_back(env):
+    spec = judged_spec(env, margin="10%", faults="3.0.0:error_rate=0.5")
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    async with Load(env.url) as load:
+        good = await deploy(env, spec, "2.0.0")
+        assert good.status == "promoted", good.reason
+        said = events(env, good.id)
+        passed = next(e for e in said if e["kind"] == "analysis_passed")
+        verdict = passed["data"]["judge"]
+        assert verdict["outcome"] == "pass"
+        [errors] = verdict["metrics"]
+        assert errors["metric"] == "error_rate" and errors["hi"] < errors["margin"] == 0.1
+        assert errors["canary_requests"] > 0 and errors["baseline_requests"] > 0  # compared with the baseline
+
+        bad = await deploy(env, spec, "3.0.0")  # half of its answers fail; the baseline's do not
+        assert bad.status == "rolled_back", bad.reason
+        assert bad.reason is not None and bad.reason.startswith("judge: 3.0.0 is worse than 2.0.0+baseline")
+        assert bad.reason.endswith("straight to 0%")
+        [rollback] = [e for e in events(env, bad.id) if e["kind"] == "rollback"]
+        assert rollback["data"]["judge"]["outcome"] == "regression"
+        assert rollback["data"]["judge"]["metrics"][0]["lo"] > 0.1  # the interval lies above the margin
+    assert await env.routes() == {"2.0.0": 100}
+    assert load.by_version.get("3.0.0", 0) > 0  # it did take traffic before it was judged
+
+
+async def test_a_step_the_judge_cannot_clear_in_time_pauses_and_promote_goes_on(env):
+    spec = judged_spec(env, margin="0.0001", extension="2s")  # a margin no canary can be shown to keep in 3 s
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    async with Load(env.url):
+        task = asyncio.create_task(deploy(env, spec, "2.0.0"))
+
+        def paused() -> dict[str, Any] | None:
+            ro = service.status(env.ctx, "shop")[0]["rollout"] or {}
+            return ro.get("paused")
+
+        pause = await eventually(paused, 60, "the judge's pause")
+        assert pause["kind"] == "judge" and "could not rule out a regression" in pause["reason"]
+        assert await env.routes() == {"2.0.0": 30, BASE: 30, "1.0.0": 40}  # still at the step: nothing advanced
+        assert (await service.send_command(env.ctx, "shop", "promote")).applied
+        done = await asyncio.wait_for(task, 60)
+    assert done.status == "promoted", done.reason
