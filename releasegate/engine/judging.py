@@ -24,7 +24,7 @@ from releasegate.router.stats import NBUCKETS
 from releasegate.spec.analysis import Judge as JudgeSpec
 from releasegate.spec.models import Spec
 
-if TYPE_CHECKING:  # numpy and scipy cost 0.3 s to import: only a rollout with a judge pays it, not every command
+if TYPE_CHECKING:  # numpy costs 0.1 s to import: only a rollout with a judge pays it, not every command
     from releasegate.judge import MetricConfig, Traffic, Verdict
 
 
