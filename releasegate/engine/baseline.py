@@ -5,10 +5,12 @@ and time (instances that ran for days are not a fair comparison for ones started
 The life of a baseline, all in the engine (pure) and persisted in the state, so a resumed controller does the same:
 
 - after the canary passed its smoke tests and before its first traffic, the baseline is started (``baseline``
-  phase, ``Start``) with the canary's instance count, then health-checked (``baseline_health``). Either failing
-  aborts the rollout: no user traffic reached the canary or the baseline yet;
-- during the steps it is routed as its own entry (``<previous>+baseline``) with the canary's weight, taken from the
-  previous version's share: 5/5/90, 20/20/60, 50/50/0. Above 50 % there is not enough left of the previous version
+  phase, ``Start``) with the canary's instance count (on an SSH fleet, where the canary grows with its steps: its
+  count at the largest step, engine/hosts.py ``for_baseline``), then health-checked (``baseline_health``). Either
+  failing aborts the rollout: no user traffic reached the canary or the baseline yet;
+- during the steps it is routed as its own entry (``<previous>+baseline``) with the canary's weight (on a fleet, to
+  as many of its instances as the canary has at that step), taken from the previous version's share: 5/5/90,
+  20/20/60, 50/50/0. Above 50 % there is not enough left of the previous version
   to match the canary: the baseline gets what is left (75/25/0);
 - outside the steps it gets no traffic: at the promotion the canary takes 100 %, and on a rollback the staircase
   moves the baseline's share back to the previous version together with the canary's first stair;
@@ -21,6 +23,7 @@ steps or promoted before its first step) starts no baseline.
 
 from __future__ import annotations
 
+from releasegate.engine import hosts
 from releasegate.engine.phase import enter
 from releasegate.engine.state import Action, Decision, Health, Outcome, RolloutState, Start, Stop
 from releasegate.spec.common import baseline_name
@@ -47,9 +50,9 @@ def next_action(st: RolloutState, spec: Spec) -> Action | None:
     if st.baseline is None:
         return None
     if st.phase == "baseline":
-        return Start(st.baseline, spec.platform.instances)
+        return Start(st.baseline, hosts.for_baseline(st, spec))
     if st.phase == "baseline_health":
-        return Health(st.baseline, spec.platform.instances)
+        return Health(st.baseline, hosts.for_baseline(st, spec))
     if st.baseline_up and st.phase in ("watch", "finish"):
         return Stop(st.baseline, 0)
     return None

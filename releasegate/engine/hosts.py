@@ -32,6 +32,17 @@ def first(st: RolloutState, spec: Spec) -> int:
     return spec.platform.instances if need is None else need
 
 
+def for_baseline(st: RolloutState, spec: Spec) -> int:
+    """Instances of a baseline (engine/baseline.py): on a fleet, as many as the canary has at its largest step,
+    all started and health-checked before the first traffic; each step routes as many of them as the canary has
+    then (``phase.split``), so the two are compared instance for instance. Starting them all at once keeps the
+    baseline out of the growing above (no phase of its own per step) and a baseline is the version that already
+    runs, so its hosts are no blast radius. Elsewhere: the platform's instance count, like the canary's."""
+    steps = spec.strategy.steps
+    most = exposure(st, spec, max(s.weight for s in steps)) if steps else None
+    return spec.platform.instances if most is None else most
+
+
 def need(st: RolloutState, spec: Spec) -> int | None:
     """What the step being entered (or the promotion) needs; None: nothing to grow here."""
     if st.phase == "step":

@@ -19,11 +19,12 @@ def enter(st: RolloutState, phase: str, now: float, **changes: object) -> Rollou
 
 def split(st: RolloutState, weight: int, instances: int | None = None) -> Route:
     """``weight`` % to the new version (to its first ``instances``; None: all of them), the rest to the previous
-    one; a baseline during the steps takes its share from the previous one's (``baseline_weight``)."""
+    one; a baseline during the steps takes its share from the previous one's (``baseline_weight``), served by as
+    many of its instances as the canary's share (a fleet's baseline runs the canary's largest count)."""
     shares = [Share(st.version, weight, instances)]
     base = baseline_weight(st, weight)
     if st.baseline is not None and base > 0:
-        shares.append(Share(st.baseline, base))
+        shares.append(Share(st.baseline, base, instances))  # as many instances as the canary: compared alike
     if st.previous is not None and weight < 100:
         shares.append(Share(st.previous, 100 - weight - base))
     return Route(tuple(s for s in shares if s.weight > 0))

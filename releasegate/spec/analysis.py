@@ -301,8 +301,8 @@ class Analysis(_Model):
         False, description="Canary only: start, with the canary, a baseline of the previous version (its artifact, "
         "the canary's instance count) routed as its own entry `<previous>+baseline` with the canary's weight at "
         "every step, taken from the previous version's share (capped at what is left of it above 50 %); "
-        "health-checked before traffic, removed when the rollout ends, whatever the outcome. Not on ssh "
-        "platforms yet (docs/guide.md).")
+        "health-checked before traffic, removed when the rollout ends, whatever the outcome. On an ssh fleet: "
+        "the canary's count at its largest step, on hosts without the canary first (docs/ssh.md).")
     judge: Judge | None = Field(None, description="Compare the canary with its baseline (or, without one, the "
                                 "previous version) using the sequential judge (docs/judge.md): a regression beyond "
                                 "a margin rolls back straight to 0 %; a step closes only once the judge rules one "

@@ -262,15 +262,12 @@ class Spec(_Model):
 
     @model_validator(mode="after")
     def _baseline_fits(self) -> Spec:
-        """A baseline is compared with a canary's steps, and started only where the platform can run it."""
+        """A baseline is compared with a canary's steps: bluegreen and rolling have none."""
         if not self.analysis.baseline:
             return self
         if self.strategy.canary is None:
             raise LocatedValueError("baseline: true needs strategy: canary (bluegreen and rolling have no canary "
                                     "to compare it with); remove it or use a canary", ("analysis", "baseline"))
-        if isinstance(self.platform, SshPlatform):
-            raise LocatedValueError("baseline: true is not supported on ssh platforms yet; remove it or run on "
-                                    "kind: local or docker", ("analysis", "baseline"))
         return self
 
     @model_validator(mode="after")

@@ -19,6 +19,7 @@ from releasegate.providers.base import Instance
 from releasegate.providers.platforms.ssh_connect import HostPool
 from releasegate.providers.platforms.ssh_remote import STEP, Remote
 from releasegate.spec import placeholders
+from releasegate.spec.common import artifact_version
 from releasegate.spec.platforms import split_host
 
 if TYPE_CHECKING:
@@ -201,13 +202,14 @@ async def start_instance(p: SshPlatform, entry: str, service: str, version: str,
     host, _ = split_host(entry)
     spec = p.spec
     name = container_name(p.state_id, service, version, id)
+    artifact = artifact_version(version)  # labels and name keep a baseline's own version, the app runs its artifact
     for attempt, port in enumerate(ports, 1):
         labels = {"state": p.label(entry), "service": service, "version": version, "instance": id,
                   "host": host, "port": str(port), "started_at": repr(stamp)}
-        run = Run(spec.docker_cli, spec.image_for(service, version), port, spec.port or port, spec.network,
-                  spec.pull, spec.volumes, args_for(spec.args, service, version, port, host),
+        run = Run(spec.docker_cli, spec.image_for(service, artifact), port, spec.port or port, spec.network,
+                  spec.pull, spec.volumes, args_for(spec.args, service, artifact, port, host),
                   {PREFIX + k: v for k, v in labels.items()})
-        env = {**p.spec_env(service, version, port, host), "RELEASEGATE_VERSION": version,
+        env = {**p.spec_env(service, artifact, port, host), "RELEASEGATE_VERSION": artifact,
                "RELEASEGATE_SERVICE": service}
         outcome, detail = await start(p.pool, entry, run, name, env, p.startup_grace,
                                       p.startup_grace + spec.connect_timeout + 600)  # a pull takes time

@@ -37,6 +37,7 @@ from releasegate.providers.platforms.ssh_connect import HostPool
 from releasegate.providers.platforms.starting import check_names
 from releasegate.spec import models, placeholders
 from releasegate.spec import secrets as spec_secrets
+from releasegate.spec.common import artifact_version
 from releasegate.spec.platforms import split_host
 
 _PORT_ATTEMPTS = 3
@@ -262,19 +263,27 @@ class SshPlatform:
     # --- starting -------------------------------------------------------------------------------------------
 
     def _place(self, everything: list[Instance], version: str, missing: int) -> dict[str, int]:
-        """Host entry -> how many new instances go there."""
+        """Host entry -> how many new instances go there. A baseline (``<previous>+baseline``) avoids the hosts
+        that run another version than its own and its artifact's, the canary's: a canary that hurts its machine
+        (disk, memory, a config file there) would hurt a baseline beside it too and hide the difference the
+        comparison looks for (docs/ssh.md)."""
         per_host = self.spec.instances_per_host
         mine = {e: 0 for e in self.spec.hosts}
         total = dict(mine)
+        other = dict(mine)
+        ours = {version, artifact_version(version)}
         for inst in everything:
             entry = _entry_of(inst)
             if entry in total:
                 total[entry] += 1
                 mine[entry] += inst.version == version
+                other[entry] += inst.version not in ours
+        avoid = version != artifact_version(version)
         plan: dict[str, int] = {}
         order = {e: i for i, e in enumerate(self.spec.hosts)}
         for _ in range(missing):
-            entry = min(self.spec.hosts, key=lambda e: (mine[e] >= per_host, mine[e], total[e], order[e]))
+            entry = min(self.spec.hosts, key=lambda e: (mine[e] >= per_host, avoid and other[e] > 0, mine[e],
+                                                        total[e], order[e]))
             plan[entry] = plan.get(entry, 0) + 1
             mine[entry] += 1
             total[entry] += 1
@@ -305,12 +314,13 @@ class SshPlatform:
             return await dk.start_instance(self, entry, service, version, id, stamp, ports)
         host, _ = split_host(entry)
         directory = self._dir(entry, service)
-        cwd = self._cwd(service, version)
+        run = artifact_version(version)  # the record keeps the version's own name (a baseline's), the app its artifact
+        cwd = self._cwd(service, run)
         for attempt, port in enumerate(ports, 1):
-            command = self._command(service, version, port, host)
+            command = self._command(service, run, port, host)
             log = f"{directory if directory.startswith('/') else '~/' + directory}/{version}-{id}.log"
             inst = Instance(service, version, id, host, port, None, f"{entry}:{log}", stamp, None)
-            env = {**self.spec_env(service, version, port, host), "RELEASEGATE_VERSION": version,
+            env = {**self.spec_env(service, run, port, host), "RELEASEGATE_VERSION": run,
                    "RELEASEGATE_SERVICE": service}
             ran = await self.pool.run(entry, sh.START, [
                 directory, f"{version}-{id}", str(port), cwd, command, str(max(1, int(self.startup_grace / sh.STEP))),
