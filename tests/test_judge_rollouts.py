@@ -89,3 +89,19 @@ async def test_a_step_the_judge_cannot_clear_in_time_pauses_and_promote_goes_on(
         assert (await service.send_command(env.ctx, "shop", "promote")).applied
         done = await asyncio.wait_for(task, 60)
     assert done.status == "promoted", done.reason
+
+
+def test_validate_says_the_spec_has_a_baseline_and_a_judge(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    spec = tmp_path / "shop.yaml"
+    spec.write_text("service: shop\nplatform: {command: 'app --port {port}'}\n"
+                    "strategy: {canary: {steps: [{weight: 5, pause: 10m}]}}\n"
+                    "analysis: {baseline: true, judge: {alpha: 0.05, metrics: [{metric: error_rate, "
+                    "max_increase: 1%}]}}\n")
+    done = subprocess.run([sys.executable, "-m", "releasegate", "validate", str(spec)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (f"{spec}: ok: service shop (important), canary 5% beside a baseline, 2 rule(s), "
+                                   "judge (error_rate, alpha 0.05), rollback staircase")
