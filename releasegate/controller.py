@@ -364,10 +364,12 @@ class Controller:
         whole, whole_missing = await self._measure(st, action, action.whole) if action.whole is not None \
             else (None, {})
         held = self._held(at)
+        lost = await self._dead(st, st.baseline) if st.phase == "step" and st.baseline is not None \
+            and st.baseline_up and not st.baseline_lost else ()
         return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held,
                            missing=missing, whole_missing=whole_missing,
-                           health=await self._probe(st, action.version),
-                           judge=await self._feed.look(st, self.spec, action.window))
+                           health=await self._probe(st, action.version), dead_baseline=lost,
+                           judge=self._feed.skip() if lost else await self._feed.look(st, self.spec, action.window))
 
     def _held(self, now: float) -> str | None:
         """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the

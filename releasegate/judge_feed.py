@@ -53,6 +53,12 @@ class JudgeFeed:
             return None
         return {**(counts or {}), "prometheus": prometheus}
 
+    def skip(self) -> dict[str, Any] | None:
+        """This interval is not fed (a baseline instance died in it): the next look starts counting afresh, so
+        the failures of a dying baseline never reach the judge."""
+        self.last = None
+        return None
+
     async def _value(self, st: RolloutState, version: str | None, ref: str | None, query: str,
                      window: float) -> float | None:
         if version is None:

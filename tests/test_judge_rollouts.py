@@ -8,6 +8,8 @@ than the margin, a faulty one is rolled back straight to 0 %, and a step the jud
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,8 @@ import pytest
 
 from releasegate import service
 from releasegate.engine.state import RolloutState
+from releasegate.providers.platforms import make_platform
+from releasegate.spec import load_spec
 from tests.support.rollouts import Load, RolloutEnv
 from tests.support.wait import eventually
 
@@ -89,6 +93,46 @@ async def test_a_step_the_judge_cannot_clear_in_time_pauses_and_promote_goes_on(
         assert (await service.send_command(env.ctx, "shop", "promote")).applied
         done = await asyncio.wait_for(task, 60)
     assert done.status == "promoted", done.reason
+
+
+async def test_a_baseline_that_dies_gives_its_traffic_back_and_the_judged_step_waits_for_an_operator(env):
+    """A dying baseline's 502s would make any canary look better: its traffic goes back to the previous version,
+    its instances are stopped, nothing from that interval reaches the judge, and the step pauses."""
+    spec = judged_spec(env, margin="10%", extension="10m")
+    spec.write_text(spec.read_text().replace("pause: 1s", "pause: 10m"))
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    async with Load(env.url) as load:
+        task = asyncio.create_task(deploy(env, spec, "2.0.0"))
+        await eventually(env.routes, 60, "the first step")
+        await eventually(lambda: _has(env.routes(), BASE), 60, "the baseline's route")
+        platform = make_platform(load_spec(spec).platform, env.state, spec.parent)
+        victim = next(i for i in await platform.instances("shop") if i.version == BASE)
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+
+        def paused() -> dict[str, Any] | None:
+            return (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("paused")
+
+        pause = await eventually(paused, 60, "the judge's pause")
+        assert pause["kind"] == "judge" and f"baseline {BASE} lost instance(s)" in pause["reason"]
+        assert await env.routes() == {"2.0.0": 30, "1.0.0": 70}  # the baseline's share is back on 1.0.0
+        await eventually(lambda: _none_of(platform, BASE), 30, "the baseline stopped")
+        settled = len(load.failures)
+        await load.wait_for(40)
+        assert len(load.failures) == settled  # no more errors once its traffic moved back
+        assert (await service.send_command(env.ctx, "shop", "promote")).applied
+        done = await asyncio.wait_for(task, 60)
+    assert done.status == "promoted", done.reason
+    kinds = [e["kind"] for e in events(env, done.id)]
+    assert kinds.count("baseline_lost") == 1 and "baseline_stopped" in kinds
+
+
+async def _has(routes: Any, version: str) -> bool:
+    return version in await routes
+
+
+async def _none_of(platform: Any, version: str) -> bool:
+    return all(i.version != version for i in await platform.instances("shop"))
 
 
 def test_validate_says_the_spec_has_a_baseline_and_a_judge(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ steps or promoted before its first step) starts no baseline.
 from __future__ import annotations
 
 from releasegate.engine import hosts
+from releasegate.engine.pause import pause
 from releasegate.engine.phase import enter
 from releasegate.engine.state import Action, Decision, Health, Outcome, RolloutState, Start, Stop
 from releasegate.spec.common import baseline_name
@@ -53,9 +54,27 @@ def next_action(st: RolloutState, spec: Spec) -> Action | None:
         return Start(st.baseline, hosts.for_baseline(st, spec))
     if st.phase == "baseline_health":
         return Health(st.baseline, hosts.for_baseline(st, spec))
-    if st.baseline_up and st.phase in ("watch", "finish"):
-        return Stop(st.baseline, 0)
+    if st.baseline_up and (st.phase in ("watch", "finish") or (st.baseline_lost and st.routed)):
+        return Stop(st.baseline, 0)  # a lost one once its traffic is back on the previous version (``lost``)
     return None
+
+
+def lost(st: RolloutState, spec: Spec, dead: tuple[str, ...], at: float) -> tuple[RolloutState, list[Decision]]:
+    """An instance of the baseline died during the steps. Its users must not keep getting errors, and a judge must
+    not compare the canary with a baseline that fails for its own reasons (a dead baseline's 502s would make any
+    canary look better): the baseline's share goes back to the previous version (the step is routed again and
+    starts over), the baseline is stopped, and a judged rollout pauses for an operator."""
+    why = (f"baseline {st.baseline} lost instance(s) {', '.join(dead)}: its traffic goes back to {st.previous} and "
+           "it is stopped")
+    st = st.model_copy(update={"baseline_lost": True, "routed": False})
+    decisions = [Decision("baseline_lost", why, {"dead": list(dead)})]
+    if spec.analysis.judge is not None and st.paused is None and not st.promote_requested:
+        reason = (f"paused at {st.weight}%: {why}; the judge has no fair comparison left. "
+                  f"`releasegate promote {st.service}` goes on without the judge's evidence, `releasegate "
+                  f"rollback {st.service}` takes {st.version} to 0%")
+        st, paused = pause(st, "judge", reason, at, {"dead": list(dead)})
+        decisions += paused
+    return st, decisions
 
 
 def is_removal(st: RolloutState, action: Action) -> bool:

@@ -288,6 +288,8 @@ def _observe(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, no
             return start_rollback(st, spec, why, now, immediate=True), [Decision("rollback", why, {"values": values})]
         if verdict.breached:
             return staircase.breach(st, spec, verdict, obs.at, now)
+    if p == "step" and obs.dead_baseline and st.baseline_up and not st.baseline_lost:
+        return baseline.lost(st, spec, obs.dead_baseline, obs.at)
     if p == "step":
         st, judged = judging.judge(st, spec, obs.judge)
         if judged is None:

@@ -37,7 +37,7 @@ def configs(spec: JudgeSpec) -> list[MetricConfig]:
 
 def reference(st: RolloutState) -> str | None:
     """What the canary is compared with: its baseline while one runs, else the previous version."""
-    return st.baseline if st.baseline is not None and st.baseline_up else st.previous
+    return st.baseline if st.baseline is not None and st.baseline_up and not st.baseline_lost else st.previous
 
 
 def judge(st: RolloutState, spec: Spec, data: dict[str, Any] | None) -> tuple[RolloutState, Verdict | None]:

@@ -34,6 +34,6 @@ def baseline_weight(st: RolloutState, weight: int) -> int:
     """The baseline's share when the new version has ``weight`` % (engine/baseline.py): the same during the steps,
     capped at what is left of the previous version's share (75 % -> 25 %); nothing outside the steps (promotion,
     rollback, abort), so a rollback's first stair gives the baseline's share back to the previous version."""
-    if st.baseline is None or not st.baseline_up or st.phase != "step":
+    if st.baseline is None or not st.baseline_up or st.baseline_lost or st.phase != "step":
         return 0
     return max(0, min(weight, 100 - weight))
