@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from releasegate.errors import UserError
 from releasegate.server.auth import allowed
 from releasegate.server.dashboard import governance
-from releasegate.server.dashboard.routes import SECURITY, _checked_post, _page, _refused, _sessions, _to_signin
+from releasegate.server.dashboard.routes import SECURITY, _page, _refused, _sessions, _to_signin, signed_post
 from releasegate.server.dashboard.sessions import Session, seal, unsealed
 from releasegate.store.server import Grant
 
@@ -85,19 +85,29 @@ def _found(request: Request) -> tuple[Session, Grant] | None:
     return _sessions(request).find(request)
 
 
-@router.get("/governance", response_class=HTMLResponse)
-async def governance_page(request: Request) -> Response:
-    """The stored calendar for the chosen environment, and the audit log's check (viewer of every service) and entries
-    (admin)."""
+async def _env_page(request: Request, *, calendar_too: bool) -> tuple[Session, Grant, Path, list[str], str] | Response:
+    """A page with an environment choice: its session, grant, state dir, the environments and the one chosen; or
+    the sign-in redirect, or the one-line refusal of an unknown ``?env=``."""
     found = _found(request)
     if found is None:
         return _to_signin(request)
     session, grant = found
-    state_dir = request.app.state.state_dir
-    names = await run_in_threadpool(environments, state_dir, True)
+    state_dir: Path = request.app.state.state_dir
+    names = await run_in_threadpool(environments, state_dir, calendar_too)
     env, bad = chosen(request, names)
     if bad is not None:
         return _refused(400, bad, session)
+    return session, grant, state_dir, names, env
+
+
+@router.get("/governance", response_class=HTMLResponse)
+async def governance_page(request: Request) -> Response:
+    """The stored calendar for the chosen environment, and the audit log's check (viewer of every service) and entries
+    (admin)."""
+    page = await _env_page(request, calendar_too=True)
+    if isinstance(page, Response):
+        return page
+    session, grant, state_dir, names, env = page
     data = await run_in_threadpool(governance.page, state_dir, grant, env, dict(request.query_params))
     return _page("governance.html", data=data, grant=grant, session=session, envs=names, env=env)
 
@@ -105,15 +115,10 @@ async def governance_page(request: Request) -> Response:
 @router.get("/releases", response_class=HTMLResponse)
 async def release_list(request: Request) -> Response:
     """The registered releases the user may view, newest first, with their approval state for the chosen env."""
-    found = _found(request)
-    if found is None:
-        return _to_signin(request)
-    session, grant = found
-    state_dir = request.app.state.state_dir
-    names = await run_in_threadpool(environments, state_dir, False)
-    env, bad = chosen(request, names)
-    if bad is not None:
-        return _refused(400, bad, session)
+    page = await _env_page(request, calendar_too=False)
+    if isinstance(page, Response):
+        return page
+    session, grant, state_dir, names, env = page
     rows = await run_in_threadpool(listing, state_dir, grant, env)
     return _page("releases.html", rows=rows, grant=grant, session=session, envs=names, env=env, listed=LISTED)
 
@@ -177,13 +182,10 @@ async def _release(request: Request, session: Session, grant: Grant, service: st
 async def sign(service: str, version: str, sign: str, request: Request) -> Response:
     """Approve a stage, reject, or withdraw one's rejection, as the token's user: an approver (or admin) of the
     service; the stored policy decides the rest, as for the API."""
-    found = _found(request)
-    if found is None:
-        return _refused(403, "refused: not signed in (or the session ended); sign in at /signin")
-    session, grant = found
-    refused = await _checked_post(request, session)
-    if refused is not None:
-        return refused
+    signed = await signed_post(request)
+    if isinstance(signed, HTMLResponse):
+        return signed
+    session, grant = signed
     if sign not in SIGNS:
         return _refused(404, f"/releases/{service}/{version}/{sign}: no such action; use one of {', '.join(SIGNS)}",
                         session)

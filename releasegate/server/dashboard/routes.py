@@ -147,6 +147,16 @@ async def signout(request: Request) -> Response:
     return answer
 
 
+async def signed_post(request: Request) -> tuple[Session, Grant] | HTMLResponse:
+    """The session and grant behind a form's POST, or the refusal: not signed in, or not sent from this server's
+    page with the session's CSRF token. Every POST of the dashboard starts here."""
+    found = _sessions(request).find(request)
+    if found is None:
+        return _refused(403, "refused: not signed in (or the session ended); sign in at /signin")
+    refused = await _checked_post(request, found[0])
+    return found if refused is None else refused
+
+
 async def _checked_post(request: Request, session: Session) -> HTMLResponse | None:
     """None when the POST came from this server's page with the session's CSRF token; else the refusal."""
     if not same_origin(request):
@@ -213,13 +223,10 @@ async def act(rollout_id: str, action: str, request: Request) -> Response:
     """A button: the API's promote/abort/rollback of this rollout, for a deployer of its service."""
     from releasegate.server.routes_rollouts import _active, _command
 
-    found = _sessions(request).find(request)
-    if found is None:
-        return _refused(403, "refused: not signed in (or the session ended); sign in at /signin")
-    session, grant = found
-    refused = await _checked_post(request, session)
-    if refused is not None:
-        return refused
+    signed = await signed_post(request)
+    if isinstance(signed, HTMLResponse):
+        return signed
+    session, grant = signed
     if action not in ACTIONS:
         return _refused(404, f"/rollouts/{rollout_id}/{action}: no such action; use one of {', '.join(ACTIONS)}",
                         session)
