@@ -33,6 +33,7 @@ time from the step's first traffic to the rollback decision, and whether the hea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.cookiejar
 import math
 import os
@@ -51,10 +52,10 @@ from scipy.stats import norm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.support, as a test run from the checkout
 
-from releasegate import service  # noqa: E402
-from releasegate.judge import Judge, MetricConfig, Traffic  # noqa: E402
-from releasegate.router.stats import BOUNDS, NBUCKETS  # noqa: E402
-from tests.support.rollouts import RolloutEnv, cleanup  # noqa: E402
+from releasegate import service
+from releasegate.judge import Judge, MetricConfig, Traffic
+from releasegate.router.stats import BOUNDS, NBUCKETS
+from tests.support.rollouts import RolloutEnv, cleanup
 
 ALPHA = 0.01
 MEDIAN, SIGMA, ERROR_RATE = 0.05, 0.5, 0.01
@@ -157,10 +158,8 @@ REAL_RPS, REAL_WEIGHT, REAL_FAULT = 100, 20, "3.0.0:error_rate=0.02"  # +2 point
 
 
 async def _one(client: httpx.AsyncClient, url: str) -> None:
-    try:
+    with contextlib.suppress(httpx.HTTPError):  # the judge counts what the router saw; the load keeps its pace
         await client.get(url)
-    except httpx.HTTPError:
-        pass  # the judge counts what the router saw; the load only has to keep its pace
 
 
 async def paced_load(url: str, rps: float, stop: asyncio.Event) -> int:
@@ -177,10 +176,8 @@ async def paced_load(url: str, rps: float, stop: asyncio.Event) -> int:
             task.add_done_callback(pending.discard)
             delay = start + sent / rps - loop.time()
             if delay > 0:
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                except TimeoutError:
-                    pass
         await asyncio.gather(*pending)
     return sent
 
@@ -224,7 +221,6 @@ async def _rollouts(tmp: Path) -> dict[str, Any]:
         finally:
             stop.set()
             sent = await load
-        print(f"  [healthy: {good.status} {good.reason}]")
         return {"healthy": good.status, "healthy_times": _timeline(env, good.id), "faulty": bad.status,
                 "faulty_reason": bad.reason or "", "faulty_times": _timeline(env, bad.id),
                 "rps": sent / (time.monotonic() - started)}
@@ -240,10 +236,10 @@ def real_run() -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rg-judge-") as tmp:
         got = asyncio.run(_rollouts(Path(tmp)))
     passed, detect = got["healthy_times"]["analysis_passed"], got["faulty_times"]["rollback"]
-    print(f"  healthy canary (A/A): {got['healthy']}, judge passed "
-          f"{'after %.0f s' % passed if passed is not None else 'not within the step and its extension'}")
-    print(f"  faulty canary (+2 points of errors): {got['faulty']} "
-          f"{'%.0f s after its first traffic' % detect if detect is not None else '(no rollback)'}")
+    passing = f"after {passed:.0f} s" if passed is not None else "not within the step and its extension"
+    print(f"  healthy canary (A/A): {got['healthy']}, the judge passed it {passing}")
+    caught = f"{detect:.0f} s after its first traffic" if detect is not None else "(no rollback)"
+    print(f"  faulty canary (+2 points of errors): {got['faulty']} {caught}")
     print(f"  reason: {got['faulty_reason']}")
     print(f"  ({got['rps']:.0f} req/s sent, {time.perf_counter() - started:.0f} s)")
     return got
