@@ -20,7 +20,8 @@ from releasegate import service
 from releasegate.engine.state import RolloutState
 from releasegate.providers.platforms import make_platform
 from releasegate.spec import load_spec
-from tests.support.rollouts import Load, RolloutEnv
+from tests.support.prometheus import available, start_prometheus
+from tests.support.rollouts import Load, RolloutEnv, free_port
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.slow
@@ -71,8 +72,8 @@ async def test_a_healthy_canary_passes_only_on_the_judges_evidence_and_a_faulty_
         assert bad.reason.endswith("straight to 0%")
         [rollback] = [e for e in events(env, bad.id) if e["kind"] == "rollback"]
         assert rollback["data"]["judge"]["outcome"] == "regression"
-        evidence = rollback["data"]["judge"]["metrics"][0]
-        assert evidence["evalue"] >= evidence["threshold"] == 100  # 1/alpha: the rollback is the e-value's
+        [evidence] = rollback["data"]["judge"]["metrics"]  # the e-value crossed its threshold; the interval,
+        assert evidence["evalue"] >= evidence["threshold"] and evidence["hi"] > 0.1  # a separate test, need not yet
     assert await env.routes() == {"2.0.0": 100}
     assert load.by_version.get("3.0.0", 0) > 0  # it did take traffic before it was judged
 
@@ -149,3 +150,32 @@ def test_validate_says_the_spec_has_a_baseline_and_a_judge(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == (f"{spec}: ok: service shop (important), canary 5% beside a baseline, 2 rule(s), "
                                    "judge (error_rate, alpha 0.05), rollback staircase")
+
+
+ERRORS_5S = 'sum(rate(http_requests_total{status=~"5..",version="{{version}}"}[5s])) or vector(0)'
+
+
+async def test_a_prometheus_judge_metric_rolls_back_from_a_real_prometheus(env):
+    """The judge's ``metric: prometheus``: a real Prometheus scrapes the router's /metrics every second, and the
+    query is run for the canary and for the baseline at every interval; half of 3.0.0's answers fail."""
+    if not available():
+        pytest.skip("prometheus is not installed")
+    admin = f"127.0.0.1:{free_port()}"
+    prom = start_prometheus(env.tmp_path / "prometheus", [admin])  # the router comes up later: a down target
+    try:
+        spec = judged_spec(env, margin="10%", faults="3.0.0:error_rate=0.5")
+        text = spec.read_text().replace("drain_timeout: 5s}", f'drain_timeout: 5s, admin: "{admin}"}}')
+        text = text.replace("metrics: [{metric: error_rate, max_increase: 10%}]",
+                            f"metrics: [{{metric: prometheus, query: '{ERRORS_5S}', max_increase: 10%}}]")
+        spec.write_text(text + f"metrics: {{prometheus: {{url: '{prom.url}'}}}}\n")
+        assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+        async with Load(env.url):
+            bad = await deploy(env, spec, "3.0.0")
+        assert bad.status == "rolled_back", bad.reason
+        assert bad.reason is not None and bad.reason.startswith(
+            "judge: 3.0.0 is worse than 1.0.0+baseline beyond the margin on prometheus"), bad.reason
+        [rollback] = [e for e in events(env, bad.id) if e["kind"] == "rollback"]
+        [evidence] = rollback["data"]["judge"]["metrics"]
+        assert evidence["evalue"] >= evidence["threshold"] and evidence["margin"] == 0.1
+    finally:
+        prom.stop()
