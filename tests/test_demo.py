@@ -19,7 +19,7 @@ from tests.support.rollouts import free_port
 
 pytestmark = pytest.mark.slow
 
-RUNS = 3
+RUNS = 2
 
 
 def rg(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:

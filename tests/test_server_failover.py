@@ -134,7 +134,7 @@ async def _chaos(fleet: Fleet, stop: asyncio.Event, kills: list[float], every: f
     await asyncio.gather(*restarts)
 
 
-@pytest.mark.parametrize("count", [int(os.environ.get("FAILOVER_ROLLOUTS", "30"))])
+@pytest.mark.parametrize("count", [int(os.environ.get("FAILOVER_ROLLOUTS", "18"))])
 async def test_rollouts_reach_the_right_end_while_servers_are_killed_and_restarted(fleet: Fleet, count: int):
     began = asyncio.get_running_loop().time()
     names = [f"svc{n:02d}" for n in range(count)]
