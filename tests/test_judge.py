@@ -141,7 +141,7 @@ def test_the_judge_spec_is_validated_with_one_located_line_per_problem() -> None
     head = 'service: shop\nplatform: {command: "python3 e.py {port}"}\nanalysis:\n  judge:\n'
     spec = load_spec_text(head + "    metrics:\n      - {metric: error_rate, max_increase: 0.5%}\n"
                           "      - {metric: prometheus, query: 'sum(rate(x[1m]))', direction: decrease, "
-                          "max_increase: 5%}\n", "shop.yaml")
+                          "max_increase: 5%}\nmetrics: {prometheus: {url: 'http://127.0.0.1:9090'}}\n", "shop.yaml")
     assert spec.analysis.judge is not None
     assert [(m.metric, m.max_increase) for m in spec.analysis.judge.metrics] == [("error_rate", 0.005),
                                                                                  ("prometheus", 0.05)]
@@ -154,6 +154,8 @@ def test_the_judge_spec_is_validated_with_one_located_line_per_problem() -> None
          "shop.yaml:5:44: direction is only for metric: prometheus"),
         ("    metrics: [{metric: prometheus, max_increase: 5%}]\n",
          "shop.yaml:5:15: metric: prometheus needs a query (PromQL)"),
+        ("    metrics: [{metric: prometheus, query: up, max_increase: 5%}]\n",
+         "shop.yaml:5:24: a judge metric with metric: prometheus needs a source: add metrics: {prometheus:"),
     ]:
         with pytest.raises(SpecError) as info:
             load_spec_text(head + text, "shop.yaml")

@@ -258,6 +258,12 @@ class Spec(_Model):
                 raise LocatedValueError("a rule with metric: prometheus needs a source: add "
                                         "metrics: {prometheus: {url: http://127.0.0.1:9090}}",
                                         ("analysis", "rules", i, "metric"))
+        judged = self.analysis.judge.metrics if self.analysis.judge is not None else []
+        for i, m in enumerate(judged):
+            if m.metric == "prometheus" and self.metrics.prometheus is None:
+                raise LocatedValueError("a judge metric with metric: prometheus needs a source: add "
+                                        "metrics: {prometheus: {url: http://127.0.0.1:9090}}",
+                                        ("analysis", "judge", "metrics", i, "metric"))
         return self
 
     @model_validator(mode="after")
