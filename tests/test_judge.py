@@ -161,3 +161,14 @@ def test_the_judge_spec_is_validated_with_one_located_line_per_problem() -> None
             load_spec_text(head + text, "shop.yaml")
         lines = str(info.value).splitlines()
         assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_a_judge_behind_an_nginx_that_logs_nothing_is_refused_where_it_is_written() -> None:
+    text = ('service: shop\nplatform: {command: "python3 e.py {port}"}\n'
+            'router: {kind: nginx, listen: "127.0.0.1:8080", config_file: /tmp/shop.conf, access_log: "off"}\n'
+            "analysis:\n  rules: []\n  judge:\n    metrics: [{metric: error_rate, max_increase: 1%}]\n")
+    with pytest.raises(SpecError) as info:
+        load_spec_text(text, "shop.yaml")
+    assert str(info.value).splitlines() == [
+        "shop.yaml:7:16: analysis.judge.metrics[0]: error_rate cannot be counted by router kind nginx with "
+        "access_log: off; remove access_log: off, or judge a metric: prometheus instead"]
