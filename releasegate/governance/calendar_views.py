@@ -12,8 +12,7 @@ import calendar as month_grid
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
-
-import icalendar
+from typing import TYPE_CHECKING
 
 from releasegate.governance.calendar import (
     Calendar,
@@ -28,6 +27,9 @@ from releasegate.governance.calendar import (
 LEGEND = ("F full freeze all day    f full freeze part of the day    W deploy window\n"
           "H hotfix-only all day   h hotfix-only part of the day       . open")
 RULES = "full freezes allow only config changes; hotfix-only also allows patch and hotfix changes"
+
+if TYPE_CHECKING:  # imported by the iCalendar export only: ~30 ms every CLI command paid otherwise
+    import icalendar
 
 
 def _local_midnight(day: date, calendar: Calendar) -> datetime:
@@ -111,6 +113,8 @@ def _uid(kind: str, name: str, start: datetime) -> str:
 
 
 def _freeze_event(o: FreezeOccurrence, calendar: Calendar, stamp: datetime) -> icalendar.Event:
+    import icalendar
+
     event = icalendar.Event()
     event.add("uid", _uid("freeze", o.freeze.name, o.start))
     event.add("dtstamp", stamp)
@@ -127,6 +131,8 @@ def _freeze_event(o: FreezeOccurrence, calendar: Calendar, stamp: datetime) -> i
 
 
 def _window_event(o: WindowOccurrence, calendar: Calendar, stamp: datetime) -> icalendar.Event:
+    import icalendar
+
     event = icalendar.Event()
     event.add("uid", _uid("window", o.window.label, o.start))
     event.add("dtstamp", stamp)
@@ -146,6 +152,8 @@ def ics_feed(calendar: Calendar, start: datetime, end: datetime, env: str | None
     ``env`` None exports every freeze; ``windows`` adds each deploy-window opening as a free-time event;
     ``stamp`` (DTSTAMP, default now) is a parameter so that tests and re-exports can be byte-identical.
     """
+    import icalendar
+
     when = utc(stamp) if stamp is not None else datetime.now(UTC).replace(microsecond=0)
     feed = icalendar.Calendar()
     feed.add("prodid", "-//releasegate//release calendar//EN")

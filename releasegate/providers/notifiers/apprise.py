@@ -9,12 +9,14 @@ dead endpoint costs the rollout nothing.
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
-
-import apprise
 
 from releasegate.errors import ProviderError
 from releasegate.providers.base import Event
+
+if TYPE_CHECKING:  # imported where it is used: Apprise and its plugins cost ~30 ms, paid by every CLI command
+    import apprise
 
 _JSON_SCHEMES = ("json", "jsons")
 # Keys apprise's JSON payload already uses: an extra with one of these names would rename that field instead.
@@ -24,6 +26,8 @@ _RENAMED = {"version": "service_version"}
 
 def check_url(url: str) -> str | None:
     """Why ``url`` is not something Apprise can post to, or None when it is (offline: nothing is sent)."""
+    import apprise
+
     if apprise.Apprise.instantiate(url) is None:
         scheme = url.split("://", 1)[0] if "://" in url else url
         return f"not an Apprise URL Apprise can use (scheme {scheme!r} unknown or its tokens malformed)"
@@ -33,6 +37,8 @@ def check_url(url: str) -> str | None:
 def redact(url: str) -> str:
     """The URL with its secrets masked as Apprise prints them, without the query (which may hold a routing key);
     what the outbox and the logs show, since Slack and PagerDuty tokens are secrets."""
+    import apprise
+
     plugin = apprise.Apprise.instantiate(url)
     if plugin is None:
         return url.split("://", 1)[0] + "://..."
@@ -41,6 +47,8 @@ def redact(url: str) -> str:
 
 def notify_type(event: Event) -> apprise.NotifyType:
     """FAILURE only for incidents: PagerDuty maps it to severity critical, i.e. it pages someone."""
+    import apprise
+
     if event.data.get("incident"):
         return apprise.NotifyType.FAILURE
     if event.kind in ("rolled_back", "aborted", "refused", "paused"):
@@ -107,6 +115,8 @@ class AppriseNotifier:
             raise ProviderError(f"{redact(self.url)}: the notification was not accepted (see apprise's log)")
 
     def _send(self, event: Event) -> bool:
+        import apprise
+
         plugin = apprise.Apprise.instantiate(with_extras(self.url, event))
         if plugin is None:
             raise ProviderError(f"{redact(self.url)}: {check_url(self.url)}")
