@@ -182,13 +182,10 @@ async def _release(request: Request, session: Session, grant: Grant, service: st
 async def sign(service: str, version: str, sign: str, request: Request) -> Response:
     """Approve a stage, reject, or withdraw one's rejection, as the token's user: an approver (or admin) of the
     service; the stored policy decides the rest, as for the API."""
-    signed = await signed_post(request)
+    signed = await signed_post(request, sign, SIGNS)
     if isinstance(signed, HTMLResponse):
         return signed
     session, grant = signed
-    if sign not in SIGNS:
-        return _refused(404, f"/releases/{service}/{version}/{sign}: no such action; use one of {', '.join(SIGNS)}",
-                        session)
     if not allowed(grant, "approver", service):
         return _refused(403, f"refused: {grant.name} ({grant.role} of {grant.pattern}) may not sign releases of "
                              f"{service}; that needs an approver (or admin) token covering it", session)

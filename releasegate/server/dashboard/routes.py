@@ -147,14 +147,19 @@ async def signout(request: Request) -> Response:
     return answer
 
 
-async def signed_post(request: Request) -> tuple[Session, Grant] | HTMLResponse:
-    """The session and grant behind a form's POST, or the refusal: not signed in, or not sent from this server's
-    page with the session's CSRF token. Every POST of the dashboard starts here."""
+async def signed_post(request: Request, action: str, actions: tuple[str, ...]) -> tuple[Session, Grant] | HTMLResponse:
+    """The session and grant behind a form's POST of ``action`` (one of ``actions``), or the refusal: not signed in,
+    not sent from this server's page with the session's CSRF token, or no such action. Every POST of the dashboard
+    but sign-in and sign-out starts here."""
     found = _sessions(request).find(request)
     if found is None:
         return _refused(403, "refused: not signed in (or the session ended); sign in at /signin")
     refused = await _checked_post(request, found[0])
-    return found if refused is None else refused
+    if refused is not None:
+        return refused
+    if action not in actions:
+        return _refused(404, f"{request.url.path}: no such action; use one of {', '.join(actions)}", found[0])
+    return found
 
 
 async def _checked_post(request: Request, session: Session) -> HTMLResponse | None:
@@ -223,13 +228,10 @@ async def act(rollout_id: str, action: str, request: Request) -> Response:
     """A button: the API's promote/abort/rollback of this rollout, for a deployer of its service."""
     from releasegate.server.routes_rollouts import _active, _command
 
-    signed = await signed_post(request)
+    signed = await signed_post(request, action, ACTIONS)
     if isinstance(signed, HTMLResponse):
         return signed
     session, grant = signed
-    if action not in ACTIONS:
-        return _refused(404, f"/rollouts/{rollout_id}/{action}: no such action; use one of {', '.join(ACTIONS)}",
-                        session)
     try:
         answer = await _command(request, grant, _active(request, grant, rollout_id), action)
     except Problem as exc:
