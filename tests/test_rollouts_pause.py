@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,7 +75,8 @@ async def test_errors_that_stop_at_the_first_stair_hold_there_until_promote_prom
         held = await eventually(lambda: (r := env.rollout()).get("paused") and r, within=20, what="the stair hold")
         assert held["paused"]["kind"] == "stair" and held["weight"] == 50
         assert await env.routes() == {"2.0.0": 50, "1.0.0": 50}
-        assert held["waiting"].startswith("paused at 50%: errors stopped over the stair (8s")
+        # the stair's 8 s as measured: the analysis that ends it may come a tenth of a second late on a loaded machine
+        assert re.match(r"paused at 50%: errors stopped over the stair \(8(\.\d)?s", held["waiting"]), held["waiting"]
         assert "`releasegate promote shop` promotes 2.0.0 to 100% again" in held["waiting"]
         assert "rollback (paused)" in " ".join((await env.cli("status")).split())
         history = " ".join((await env.cli("history", "shop")).split())
