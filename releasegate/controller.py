@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from releasegate.engine import decide
-from releasegate.engine.analysis import rule_key
 from releasegate.engine.clock import Clock
 from releasegate.engine.state import (
     Action,
@@ -36,19 +35,16 @@ from releasegate.engine.state import (
     describe_intent,
 )
 from releasegate.errors import HostUnreachable, ProviderError
-from releasegate.judge_feed import JudgeFeed
+from releasegate.observing import Observer
 from releasegate.providers.base import (
-    AtLeast,
     DeadInstance,
     Instance,
-    MetricQuery,
     MetricSource,
     Platform,
     Router,
     Routes,
     VersionRoute,
 )
-from releasegate.providers.metrics.reasons import explain
 from releasegate.providers.metrics.totals import Snapshot
 from releasegate.reports.traffic import with_traffic
 from releasegate.spec.models import Health as HealthSpec
@@ -110,7 +106,7 @@ class Controller:
         self.owner = this_owner()
         self._failures = 0
         self._last_retry: str | None = None
-        self._feed = JudgeFeed(providers.totals, providers.metrics)
+        self._observer = Observer(providers, spec, before_increase)
 
     async def run(self, st: RolloutState) -> RolloutState:
         with self.bells.listening(st.id) if self.bells else contextlib.nullcontext() as self._ear:
@@ -262,8 +258,7 @@ class Controller:
         self.p.platform.notify = say
 
     async def _live(self, service: str, version: str) -> list[Instance]:
-        found = [i for i in await self.p.platform.instances(service) if i.version == version]
-        return sorted(found, key=lambda i: (i.started_at, i.id))
+        return await self._observer.live(service, version)
 
     # --- every instance the spec asks for, before traffic (engine/instances.py) ------------------------------------
 
@@ -321,7 +316,7 @@ class Controller:
             missing = await self._missing(st, st.version, count)
             if missing is not None:
                 return missing
-        held = self._held(self.clock.now()) if increase else None
+        held = self._observer.held(self.clock.now()) if increase else None
         if held:
             return Outcome(False, held)
         versions = []
@@ -359,62 +354,7 @@ class Controller:
     async def _analyze(self, st: RolloutState, action: Analyze) -> Observation:
         if await self._sleep_or_command(st, action.at):
             return Observation(at=self.clock.now(), interrupted=True)
-        at = self.clock.now()
-        values, missing = await self._measure(st, action, action.window)
-        whole, whole_missing = await self._measure(st, action, action.whole) if action.whole is not None \
-            else (None, {})
-        held = self._held(at)
-        lost = await self._dead(st, st.baseline) if st.phase == "step" and st.baseline is not None \
-            and st.baseline_up and not st.baseline_lost else ()
-        return Observation(at=at, values=values, dead=await self._dead(st, action.version), whole=whole, held=held,
-                           missing=missing, whole_missing=whole_missing,
-                           health=await self._probe(st, action.version), dead_baseline=lost,
-                           judge=self._feed.skip() if lost else await self._feed.look(st, self.spec, action.window))
-
-    def _held(self, now: float) -> str | None:
-        """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the
-        last look (an SSH fleet's: its instances are unknown, docs/ssh.md)."""
-        held = self.before_increase(now) if self.before_increase is not None else None
-        unreachable: dict[str, str] = getattr(self.p.platform, "unreachable", None) or {}
-        return held or (f"held until every host answers: {'; '.join(unreachable.values())}" if unreachable else None)
-
-    async def _probe(self, st: RolloutState, version: str) -> dict[str, str | None] | None:
-        """The new version's instances, each asked once for its health, directly (not through the router):
-        the engine counts failures in a row and rolls back (health during the rollout)."""
-        if self.p.probe is None:
-            return None
-        return await self.p.probe(await self._live(st.service, version), self.spec.health)
-
-    async def _measure(self, st: RolloutState, action: Analyze,
-                       window: float) -> tuple[dict[str, float | None], dict[str, str]]:
-        """Every rule's metric over the last ``window`` seconds, and why each rule without a value has none (an
-        unreachable source, no traffic, a metric the source cannot measure); an unreachable source is no data,
-        never 0."""
-        values: dict[str, float | None] = {}
-        missing: dict[str, str] = {}
-        for i, rule in enumerate(self.spec.analysis.rules):
-            key = rule_key(i, rule)
-            q = MetricQuery(st.service, action.version, rule.metric, window, action.baseline, rule.query)
-            why: str | None = None
-            try:
-                values[key] = await self.p.metrics.query(q)
-            except ProviderError as exc:
-                values[key], why = None, str(exc)
-            if values[key] is None or isinstance(values[key], AtLeast):  # a lower bound may count as no data
-                why = why or explain(self.p.metrics, q)
-                if why:
-                    missing[key] = why
-        return values, missing
-
-    async def _dead(self, st: RolloutState, version: str) -> tuple[str, ...]:
-        """Backends the router sends ``version`` traffic to whose process is gone."""
-        try:
-            routes = await self.p.router.get_routes(st.service)
-        except ProviderError:
-            return ()
-        live = {i.address for i in await self._live(st.service, version)}
-        return tuple(sorted(b for v in routes.versions if v.version == version and v.weight > 0
-                            for b in v.backends if b not in live))
+        return await self._observer.observe(st, action, self.clock.now())
 
     def _record_outcome(self, st: RolloutState, action: Finish) -> None:
         now = self.clock.now()

@@ -18,6 +18,7 @@ from releasegate.controller import CheckOutcome, Controller, Providers
 from releasegate.engine.clock import FakeClock
 from releasegate.engine.state import Analyze, RolloutState
 from releasegate.errors import ProviderError
+from releasegate.observing import Observer
 from releasegate.providers.base import Instance, MetricQuery, MetricSource
 from releasegate.providers.metrics.builtin import RouterMetrics
 from releasegate.providers.platforms import make_platform
@@ -93,8 +94,8 @@ async def test_an_unreachable_builtin_router(tmp_path: Path, store: Store) -> No
     admin = f"127.0.0.1:{free_port()}"
     metrics = MetricsByName(RouterMetrics(BuiltinRouterClient(admin, timeout=1.0)), NoProcess())
     clock = FakeClock(CLOCK_START)
-    controller = Controller(store, spec, providers_with(spec, tmp_path, metrics), clock)
-    values, missing = await controller._measure(rollout(clock), Analyze(clock.now(), 10.0, "2.0.0", None), 10.0)
+    observer = Observer(providers_with(spec, tmp_path, metrics), spec)
+    values, missing = await observer.measure(rollout(clock), Analyze(clock.now(), 10.0, "2.0.0", None), 10.0)
     assert values == {"0:error_rate": None}
     assert missing["0:error_rate"].startswith(f"the built-in router's admin API at {admin} is unreachable")
 
@@ -102,8 +103,8 @@ async def test_an_unreachable_builtin_router(tmp_path: Path, store: Store) -> No
 async def test_a_source_that_raises_gives_its_message(tmp_path: Path, store: Store) -> None:
     spec = make_spec(tmp_path, {"kind": "builtin"}, RULES[:1], free_port())
     clock = FakeClock(CLOCK_START)
-    controller = Controller(store, spec, providers_with(spec, tmp_path, Raising()), clock)
-    values, missing = await controller._measure(rollout(clock), Analyze(clock.now(), 10.0, "2.0.0", None), 10.0)
+    observer = Observer(providers_with(spec, tmp_path, Raising()), spec)
+    values, missing = await observer.measure(rollout(clock), Analyze(clock.now(), 10.0, "2.0.0", None), 10.0)
     assert values == {"0:error_rate": None}
     assert missing == {"0:error_rate": "the metrics backend at 127.0.0.1:1 is unreachable"}
 

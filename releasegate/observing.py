@@ -1,0 +1,96 @@
+"""What one analysis interval sees, for the controller (releasegate/controller.py): every rule's value and why it
+has none, the backends of a version whose process is gone, one health probe per instance, what holds traffic back
+(a freeze, an unreachable host), and the judge's data. Everything the engine decides on at an ``Analyze``.
+
+Why apart from the controller: the controller performs actions and records them; this reads the world, and the
+reading grew (the baseline's dead backends, the judge's feed) past what one module should hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from releasegate.engine.analysis import rule_key
+from releasegate.engine.state import Analyze, Observation, RolloutState
+from releasegate.errors import ProviderError
+from releasegate.judge_feed import JudgeFeed
+from releasegate.providers.base import AtLeast, Instance, MetricQuery
+from releasegate.providers.metrics.reasons import explain
+from releasegate.spec.models import Spec
+
+if TYPE_CHECKING:
+    from releasegate.controller import Providers
+
+
+class Observer:
+    def __init__(self, providers: Providers, spec: Spec,
+                 before_increase: Callable[[float], str | None] | None = None) -> None:
+        self.p = providers
+        self.spec = spec
+        self.before_increase = before_increase
+        self.feed = JudgeFeed(providers.totals, providers.metrics)
+
+    async def live(self, service: str, version: str) -> list[Instance]:
+        """The live instances of ``version``, oldest first."""
+        found = [i for i in await self.p.platform.instances(service) if i.version == version]
+        return sorted(found, key=lambda i: (i.started_at, i.id))
+
+    async def observe(self, st: RolloutState, action: Analyze, at: float) -> Observation:
+        values, missing = await self.measure(st, action, action.window)
+        whole, whole_missing = await self.measure(st, action, action.whole) if action.whole is not None \
+            else (None, {})
+        lost = await self.dead(st, st.baseline) if st.phase == "step" and st.baseline is not None \
+            and st.baseline_up and not st.baseline_lost else ()
+        return Observation(at=at, values=values, dead=await self.dead(st, action.version), whole=whole,
+                           held=self.held(at), missing=missing, whole_missing=whole_missing,
+                           health=await self.probe(st, action.version), dead_baseline=lost,
+                           judge=self.feed.skip() if lost else await self.feed.look(st, self.spec, action.window))
+
+    def held(self, now: float) -> str | None:
+        """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the
+        last look (an SSH fleet's: its instances are unknown, docs/ssh.md)."""
+        held = self.before_increase(now) if self.before_increase is not None else None
+        unreachable: dict[str, str] = getattr(self.p.platform, "unreachable", None) or {}
+        return held or (f"held until every host answers: {'; '.join(unreachable.values())}" if unreachable else None)
+
+    async def probe(self, st: RolloutState, version: str) -> dict[str, str | None] | None:
+        """The new version's instances, each asked once for its health, directly (not through the router):
+        the engine counts failures in a row and rolls back (health during the rollout)."""
+        if self.p.probe is None:
+            return None
+        return await self.p.probe(await self.live(st.service, version), self.spec.health)
+
+    async def measure(self, st: RolloutState, action: Analyze,
+                      window: float) -> tuple[dict[str, float | None], dict[str, str]]:
+        """Every rule's metric over the last ``window`` seconds, and why each rule without a value has none (an
+        unreachable source, no traffic, a metric the source cannot measure); an unreachable source is no data,
+        never 0."""
+        values: dict[str, float | None] = {}
+        missing: dict[str, str] = {}
+        for i, rule in enumerate(self.spec.analysis.rules):
+            key = rule_key(i, rule)
+            q = MetricQuery(st.service, action.version, rule.metric, window, action.baseline, rule.query)
+            why: str | None = None
+            try:
+                values[key] = await self.p.metrics.query(q)
+            except ProviderError as exc:
+                values[key], why = None, str(exc)
+            if values[key] is None or isinstance(values[key], AtLeast):  # a lower bound may count as no data
+                why = why or explain(self.p.metrics, q)
+                if why:
+                    missing[key] = why
+        return values, missing
+
+    async def dead(self, st: RolloutState, version: str) -> tuple[str, ...]:
+        """Backends the router sends ``version`` traffic to whose process is gone."""
+        try:
+            routes = await self.p.router.get_routes(st.service)
+        except ProviderError:
+            return ()
+        live = {i.address for i in await self.live(st.service, version)}
+        return tuple(sorted(b for v in routes.versions if v.version == version and v.weight > 0
+                            for b in v.backends if b not in live))
+
+
+__all__ = ["Observer"]
