@@ -40,9 +40,11 @@ class Observer:
         values, missing = await self.measure(st, action, action.window)
         whole, whole_missing = await self.measure(st, action, action.whole) if action.whole is not None \
             else (None, {})
-        lost = await self.dead(st, st.baseline) if st.phase == "step" and st.baseline is not None \
-            and st.baseline_up and not st.baseline_lost else ()
-        return Observation(at=at, values=values, dead=await self.dead(st, action.version), whole=whole,
+        baseline = st.baseline if st.phase == "step" and st.baseline is not None and st.baseline_up \
+            and not st.baseline_lost else None
+        dead = await self.dead(st, (action.version, baseline) if baseline else (action.version,))
+        lost = dead.get(baseline, ()) if baseline else ()
+        return Observation(at=at, values=values, dead=dead[action.version], whole=whole,
                            held=self.held(at), missing=missing, whole_missing=whole_missing,
                            health=await self.probe(st, action.version), dead_baseline=lost,
                            judge=self.feed.skip() if lost else await self.feed.look(st, self.spec, action.window))
@@ -82,15 +84,17 @@ class Observer:
                     missing[key] = why
         return values, missing
 
-    async def dead(self, st: RolloutState, version: str) -> tuple[str, ...]:
-        """Backends the router sends ``version`` traffic to whose process is gone."""
+    async def dead(self, st: RolloutState, versions: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """Per version, the backends the router sends its traffic to whose process is gone: one read of the routes
+        and one of the platform for all of them (the canary's and the baseline's, at every interval)."""
+        none: dict[str, tuple[str, ...]] = {v: () for v in versions}
         try:
             routes = await self.p.router.get_routes(st.service)
         except ProviderError:
-            return ()
-        live = {i.address for i in await self.live(st.service, version)}
-        return tuple(sorted(b for v in routes.versions if v.version == version and v.weight > 0
-                            for b in v.backends if b not in live))
+            return none
+        live = {(i.version, i.address) for i in await self.p.platform.instances(st.service)}
+        return {**none, **{v.version: tuple(sorted(b for b in v.backends if (v.version, b) not in live))
+                           for v in routes.versions if v.version in versions and v.weight > 0}}
 
 
 __all__ = ["Observer"]

@@ -4,8 +4,8 @@ rather than producing negative counts."""
 
 from __future__ import annotations
 
-from releasegate.providers.metrics.totals import Snapshot, dense, increments
-from releasegate.router.stats import NBUCKETS
+from releasegate.providers.metrics.totals import Snapshot, increments
+from releasegate.router.stats import NBUCKETS, dense
 
 
 def snap(epoch: str, **versions: tuple[int, int, dict[str, int]]) -> Snapshot:

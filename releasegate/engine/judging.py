@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from releasegate.durations import format_duration
 from releasegate.engine.state import RolloutState
-from releasegate.router.stats import NBUCKETS
+from releasegate.router.stats import dense
 from releasegate.spec.analysis import Judge as JudgeSpec
 from releasegate.spec.models import Spec
 
@@ -61,10 +61,7 @@ def _traffic(spec: Spec, data: dict[str, Any] | None) -> Traffic:
 
     def side(name: str) -> tuple[float, float, Any]:
         got = (data or {}).get(name) or {}
-        hist = np.zeros((1, NBUCKETS))
-        for bucket, n in (got.get("hist") or {}).items():
-            if 0 <= int(bucket) < NBUCKETS:
-                hist[0, int(bucket)] += float(n)
+        hist = np.array([dense(got.get("hist") or {})], dtype=float)
         return float(got.get("requests") or 0), float(got.get("errors") or 0), hist
 
     (cr, ce, ch), (br, be, bh) = side("canary"), side("reference")

@@ -274,6 +274,17 @@ def sparse_totals(requests: int, errors: int, hist: list[int]) -> VersionTotals:
     return {"requests": requests, "errors": errors, "hist": {str(i): n for i, n in enumerate(hist) if n}}
 
 
+def dense(hist: dict[str, int]) -> list[int]:
+    """A sparse histogram (``VersionTotals.hist``: bucket index as text -> count) as one count per bucket; indices
+    outside the buckets are ignored."""
+    out = [0] * NBUCKETS
+    for bucket, n in hist.items():
+        i = int(bucket)
+        if 0 <= i < NBUCKETS:
+            out[i] += n
+    return out
+
+
 def empty_window() -> WindowStats:
     return {"requests": 0, "errors": 0, "rps": 0.0, "error_rate": None,
             "latency_p50": None, "latency_p95": None, "latency_p99": None, "waiting": 0,

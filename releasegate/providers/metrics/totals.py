@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from releasegate.router.stats import NBUCKETS, VersionTotals
+from releasegate.router.stats import VersionTotals
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,4 @@ def increments(before: Snapshot | None, after: Snapshot) -> dict[str, VersionTot
     return out
 
 
-def dense(hist: dict[str, int]) -> list[int]:
-    """A sparse histogram (bucket index as text -> count) as one count per bucket."""
-    out = [0] * NBUCKETS
-    for bucket, n in hist.items():
-        i = int(bucket)
-        if 0 <= i < NBUCKETS:
-            out[i] += n
-    return out
-
-
-__all__ = ["Snapshot", "TotalsSource", "dense", "increments"]
+__all__ = ["Snapshot", "TotalsSource", "increments"]
