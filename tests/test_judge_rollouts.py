@@ -116,7 +116,9 @@ async def test_a_baseline_that_dies_gives_its_traffic_back_and_the_judged_step_w
 
         pause = await eventually(paused, 60, "the judge's pause")
         assert pause["kind"] == "judge" and f"baseline {BASE} lost instance(s)" in pause["reason"]
-        assert await env.routes() == {"2.0.0": 30, "1.0.0": 70}  # the baseline's share is back on 1.0.0
+        # the pause is written before the routes change (every step is persisted before it is acted on)
+        back = {"2.0.0": 30, "1.0.0": 70}  # the baseline's share is back on 1.0.0
+        await eventually(lambda: _routes_are(env.routes(), back), 30, f"the routes {back}")
         await eventually(lambda: _none_of(platform, BASE), 30, "the baseline stopped")
         settled = len(load.failures)
         await load.wait_for(40)
@@ -130,6 +132,10 @@ async def test_a_baseline_that_dies_gives_its_traffic_back_and_the_judged_step_w
 
 async def _has(routes: Any, version: str) -> bool:
     return version in await routes
+
+
+async def _routes_are(routes: Any, expected: dict[str, int]) -> bool:
+    return await routes == expected
 
 
 async def _none_of(platform: Any, version: str) -> bool:
