@@ -135,7 +135,7 @@ async def _has(routes: Any, version: str) -> bool:
 
 
 async def _routes_are(routes: Any, expected: dict[str, int]) -> bool:
-    return await routes == expected
+    return bool(await routes == expected)
 
 
 async def _none_of(platform: Any, version: str) -> bool:
