@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from releasegate.engine import decide
+from releasegate.engine import decide, exits
 from releasegate.engine.simulate import Trace, simulate
 from releasegate.engine.state import Analyze, Observation, Outcome, Route, Start, Stop
 from tests.support.simulated import errors_when, make_spec, new_weights
@@ -128,7 +128,7 @@ def test_abort_and_rollback_commands_mid_canary():
 def test_promote_is_refused_during_a_rollback():
     spec = make_spec()
     st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", 0.0)
-    st = decide.start_rollback(st.model_copy(update={"phase": "step", "weight": 25}), spec, "breach", 10.0)
+    st = exits.start_rollback(st.model_copy(update={"phase": "step", "weight": 25}), spec, "breach", 10.0)
     _, error = decide.command(st, spec, "promote", 11.0)
     assert error and "rolling back" in error
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from releasegate.engine import decide
+from releasegate.engine import decide, exits
 from releasegate.engine.simulate import Trace, simulate
 from releasegate.engine.state import Analyze, Observation, RolloutState
 from releasegate.spec.models import Spec
@@ -162,7 +162,7 @@ def _stair_running() -> tuple[RolloutState, Spec]:
     spec = make_spec()
     st = decide.new_rollout("r", spec, "2.0.0", "1.0.0", 0.0).model_copy(
         update={"phase": "watch", "weight": 100, "routed": True})
-    st = decide.start_rollback(st, spec, "error_rate > 5% for 5m held (now 30%) at 100%", 10.0)
+    st = exits.start_rollback(st, spec, "error_rate > 5% for 5m held (now 30%) at 100%", 10.0)
     return st.model_copy(update={"routed": True, "weight": 50}), spec
 
 
