@@ -30,6 +30,7 @@ class Observer:
         self.spec = spec
         self.before_increase = before_increase
         self.feed = JudgeFeed(providers.totals, providers.metrics)
+        self.baseline_failures: dict[str, int] = {}  # baseline address -> failed health checks in a row
 
     async def live(self, service: str, version: str) -> list[Instance]:
         """The live instances of ``version``, oldest first."""
@@ -44,10 +45,14 @@ class Observer:
             and not st.baseline_lost else None
         dead = await self.dead(st, (action.version, baseline) if baseline else (action.version,))
         lost = dead.get(baseline, ()) if baseline else ()
+        sick: dict[str, str] = {}
+        if baseline and not lost:
+            lost, sick = await self.baseline_health(st, baseline)
         return Observation(at=at, values=values, dead=dead[action.version], whole=whole,
                            held=self.held(at), missing=missing, whole_missing=whole_missing,
                            health=await self.probe(st, action.version), dead_baseline=lost,
-                           judge=self.feed.skip() if lost else await self.feed.look(st, self.spec, action.window))
+                           judge=self.feed.skip() if lost or sick
+                           else await self.feed.look(st, self.spec, action.window))
 
     def held(self, now: float) -> str | None:
         """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the
@@ -62,6 +67,26 @@ class Observer:
         if self.p.probe is None:
             return None
         return await self.p.probe(await self.live(st.service, version), self.spec.health)
+
+    async def baseline_health(self, st: RolloutState, baseline: str) -> tuple[tuple[str, ...], dict[str, str]]:
+        """The baseline's instances, each asked once for its health like the canary's: (those that failed
+        ``health.failure_threshold`` checks in a row, to be treated as lost like a dead one; those failing now).
+
+        Why: a baseline that answers but fails (a full disk, a dependency it alone lost) makes any canary look
+        better, which a judge must never see. An interval in which any baseline instance fails its check is
+        never fed to the judge; enough of them in a row and the baseline is lost (its traffic goes back to the
+        previous version, it is stopped, a judged step pauses). The count is kept here, not in the state: a
+        resumed controller counts afresh, which only delays the verdict, and the judge sees no failing interval
+        meanwhile."""
+        if self.p.probe is None:
+            return (), {}
+        found = await self.p.probe(await self.live(st.service, baseline), self.spec.health)
+        sick = {address: why for address, why in found.items() if why is not None}
+        self.baseline_failures = {a: self.baseline_failures.get(a, 0) + 1 for a in sick}
+        limit = self.spec.health.failure_threshold
+        lost = tuple(sorted(f"{a} (failed {n} health checks in a row: {sick[a]})"
+                            for a, n in self.baseline_failures.items() if n >= limit))
+        return lost, sick
 
     async def measure(self, st: RolloutState, action: Analyze,
                       window: float) -> tuple[dict[str, float | None], dict[str, str]]:

@@ -52,9 +52,9 @@ def env(tmp_path: Path) -> Any:
     made.close()
 
 
-def baseline_spec(env: RolloutEnv, weight: int) -> Path:
+def baseline_spec(env: RolloutEnv, weight: int, *, control: bool = False) -> Path:
     """A canary with one step that waits for `promote` (a held step), with a baseline beside it."""
-    path = env.spec(f"{{canary: {{steps: [{{weight: {weight}}}]}}}}", smoke_path="/health")
+    path = env.spec(f"{{canary: {{steps: [{{weight: {weight}}}]}}}}", smoke_path="/health", control=control)
     path.write_text(path.read_text().replace("analysis:\n", "analysis:\n  baseline: true\n"))
     return path
 
@@ -113,6 +113,37 @@ async def test_the_baseline_runs_the_previous_version_at_the_canary_weight_and_g
         store.close()
     assert {e.kind: e.stage for e in report.timeline}["baseline_started"] == "deployment"
     assert BASE in {t.version for t in report.traffic or []}  # the report's traffic table has its own row
+
+
+async def test_a_baseline_that_fails_its_health_checks_is_lost_like_a_dead_one(env) -> None:
+    """A baseline that answers but is sick would make any canary look better: after failure_threshold failed
+    checks in a row its share goes back to the previous version and it is stopped; the rollout goes on."""
+    spec = baseline_spec(env, 20, control=True)
+    await asyncio.wait_for(service.deploy(env.ctx, spec, "1.0.0"), 60)
+    async with Load(env.url):  # the watch after promote needs traffic as evidence
+        task = asyncio.create_task(service.deploy(env.ctx, spec, "2.0.0"))
+        await eventually(lambda: rollout(env).get("waiting"), what="the held step", within=60)
+        platform = make_platform(load_spec(spec).platform, env.state, spec.parent)
+        sick = [i for i in await platform.instances("shop") if i.version == BASE]
+        async with httpx.AsyncClient(timeout=5, trust_env=False) as client:
+            for inst in sick[:1]:  # one of its two instances starts failing /health, still alive
+                assert (await client.put(f"http://{inst.address}/_faults", content="health=fail")).status_code == 200
+        lost = await eventually(lambda: next((e for e in events(env) if e["kind"] == "baseline_lost"), None),
+                                what="the baseline lost", within=30)
+        assert f"{sick[0].address} (failed 3 health checks in a row" in lost["message"], lost["message"]
+        await eventually(lambda: _routes_are(env, {"2.0.0": 20, "1.0.0": 80}), what="its share back", within=30)
+        await eventually(lambda: _gone(platform, BASE), what="the baseline stopped", within=30)
+        assert rollout(env)["phase"] == "step" and not rollout(env).get("paused")  # no judge: the step goes on
+        assert (await service.send_command(env.ctx, "shop", "promote")).applied
+        assert (await asyncio.wait_for(task, 60)).status == "promoted"
+
+
+async def _routes_are(env: RolloutEnv, expected: dict[str, int]) -> bool:
+    return bool(await env.routes() == expected)
+
+
+async def _gone(platform: Any, version: str) -> bool:
+    return all(i.version != version for i in await platform.instances("shop"))
 
 
 @pytest.mark.slow

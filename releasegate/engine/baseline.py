@@ -60,7 +60,8 @@ def next_action(st: RolloutState, spec: Spec) -> Action | None:
 
 
 def lost(st: RolloutState, spec: Spec, dead: tuple[str, ...], at: float) -> tuple[RolloutState, list[Decision]]:
-    """An instance of the baseline died during the steps. Its users must not keep getting errors, and a judge must
+    """An instance of the baseline died during the steps, or failed ``health.failure_threshold`` checks in a row
+    (``dead`` says which and why; releasegate/observing.py). Its users must not keep getting errors, and a judge must
     not compare the canary with a baseline that fails for its own reasons (a dead baseline's 502s would make any
     canary look better): the baseline's share goes back to the previous version (the step is routed again and
     starts over), the baseline is stopped, and a judged rollout pauses for an operator."""

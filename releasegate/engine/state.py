@@ -101,7 +101,8 @@ class RolloutState(BaseModel):
     # and whether its instances may run, so a resumed controller still removes them when the rollout ends.
     baseline: str | None = None
     baseline_up: bool = False
-    baseline_lost: bool = False  # an instance of it died during the steps: its traffic went back to the previous
+    baseline_lost: bool = False  # an instance of it died or kept failing its health check during the steps: its
+    # traffic went back to the previous version
     # The sequential judge's state (analysis.judge, engine/judging.py): kept across steps and restarts, so its
     # guarantee holds over the whole rollout.
     judge: dict[str, Any] | None = None
@@ -239,7 +240,8 @@ class Observation:
     # {"canary": {requests, errors, hist}, "reference": {...}, "prometheus": [[canary, reference], ...]}; None:
     # nothing new could be read this interval (no judge, or the counts could not be read).
     judge: dict[str, Any] | None = None
-    # Backends the router sends the baseline's traffic to whose process is gone (analysis.baseline, during steps).
+    # The baseline's backends whose process is gone, or instances that failed health.failure_threshold checks in a
+    # row, each with why (analysis.baseline, during steps; releasegate/observing.py).
     dead_baseline: tuple[str, ...] = ()
 
 
