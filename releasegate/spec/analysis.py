@@ -306,7 +306,16 @@ class Analysis(_Model):
     judge: Judge | None = Field(None, description="Compare the canary with its baseline (or, without one, the "
                                 "previous version) using the sequential judge (docs/judge.md): a regression beyond "
                                 "a margin rolls back straight to 0 %; a step closes only once the judge rules one "
-                                "out, extended up to max_extension, then paused for an operator.")
+                                "out, extended up to max_extension, then paused for an operator. `judge: true` "
+                                "is the defaults (`judge: {}`).")
+
+    @field_validator("judge", mode="before")
+    @classmethod
+    def _judge_switch(cls, v: object) -> object:
+        # `judge: true` reads like `baseline: true`, so it means the defaults; `false` is no judge.
+        if isinstance(v, bool):
+            return {} if v else None
+        return v
 
     @field_validator("no_data_timeout")
     @classmethod
