@@ -53,8 +53,8 @@ class JudgeCounts(_Model):
                           "requests, e.g. `sum(http_requests_total{service=\"{{service}}\",version=\"{{version}}\"})`."
                           " A raw counter, not rate() or increase(): those extrapolate and overlap between the "
                           "judge's looks, and the judge differences two readings itself. {{service}} and "
-                          "{{version}} are substituted ({{version}} is required: the canary, then its reference; a baseline "
-                          "is `<previous>+baseline`, as the router labels it).")
+                          "{{version}} are substituted ({{version}} is required: the canary, then its reference; "
+                          "a baseline is `<previous>+baseline`, as the router labels it).")
     errors: str = Field(description="PromQL returning one number: the cumulative count of the version's failed "
                         "(5xx) requests, e.g. the same counter with `status=~\"5..\"`; a raw counter, like "
                         "requests.")
