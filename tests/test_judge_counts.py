@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -185,3 +187,9 @@ def test_counts_let_the_judge_work_behind_an_nginx_that_logs_nothing(tmp_path: P
                 await providers.close()
 
     assert isinstance(asyncio.run(made()), PrometheusCounts)
+    path = tmp_path / "shop.yaml"
+    path.write_text(HEAD + NGINX_OFF.replace("/tmp/shop.conf", str(tmp_path / "shop.conf")) + _judge(counts) + PROM)
+    done = subprocess.run([sys.executable, "-m", "releasegate", "validate", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "judge (error_rate, latency, alpha 0.01, counts from Prometheus)" in done.stdout
