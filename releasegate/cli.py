@@ -171,8 +171,9 @@ def validate(spec: SpecFile) -> None:
     group.for_release_file("validate", out, spec)
     s = load_spec(spec)
     steps = " -> ".join(f"{st.weight}%" for st in s.strategy.steps) or "direct"
-    judged = (f", judge ({', '.join(m.metric for m in s.analysis.judge.metrics)}, alpha {s.analysis.judge.alpha:g})"
-              if s.analysis.judge is not None else "")
+    j = s.analysis.judge
+    judged = (f", judge ({', '.join(m.metric for m in j.metrics)}, alpha {j.alpha:g}"
+              f"{', counts from Prometheus' if j.counts is not None else ''})" if j is not None else "")
     out.print(f"{spec}: ok: service {s.service} ({s.tier}), {s.strategy.kind} {steps}"
               f"{' beside a baseline' if s.analysis.baseline else ''}, {len(s.analysis.rules)} rule(s){judged}, "
               f"rollback {s.rollback_mode}")

@@ -45,7 +45,7 @@ from releasegate.providers.base import (
     Routes,
     VersionRoute,
 )
-from releasegate.providers.metrics.totals import Snapshot
+from releasegate.providers.metrics.totals import TotalsReader
 from releasegate.reports.traffic import with_traffic
 from releasegate.spec.models import Health as HealthSpec
 from releasegate.spec.models import SmokeTest, Spec
@@ -84,8 +84,9 @@ class Providers:
     # Requests and errors per version over the last N seconds, as the router counted them (a TrafficCounter's
     # counts: built-in, nginx, HAProxy); None where the router cannot say. Recorded for reports, never decides.
     traffic: Callable[[float, float | None], Awaitable[dict[str, dict[str, float | None]]]] | None = None
-    # Per-version running totals (releasegate/providers/metrics/totals.py), for the judge (analysis.judge).
-    totals: Callable[[], Awaitable[Snapshot]] | None = None
+    # Per-version running totals (releasegate/providers/metrics/totals.py), for the judge (analysis.judge): the
+    # router's, or Prometheus counters' (analysis.judge.counts).
+    totals: TotalsReader | None = None
 
 
 class Controller:

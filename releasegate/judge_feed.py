@@ -1,7 +1,8 @@
 """The controller's side of the sequential judge (engine/judging.py, docs/judge.md): at each analysis interval of
 a canary step, what the canary and its reference (the baseline, else the previous version) served since the last
-look, read from the router's running totals (releasegate/providers/metrics/totals.py) and, for PromQL metrics,
-one query per side.
+look, read from the router's running totals (releasegate/providers/metrics/totals.py; or, with
+``analysis.judge.counts``, from Prometheus counters: prometheus_counts.py) and, for PromQL metrics, one query per
+side.
 
 Why the last snapshot lives here, in memory, and not in the store: a resumed controller starts with a fresh look,
 so the interval across the restart is skipped, never counted twice; leaving data out (on request counts and time
@@ -11,21 +12,20 @@ then has no new evidence, and a step cannot pass on it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from releasegate.engine.judging import reference
 from releasegate.engine.state import RolloutState
 from releasegate.errors import ProviderError
 from releasegate.providers.base import AtLeast, MetricQuery, MetricSource
-from releasegate.providers.metrics.totals import Snapshot, increments
+from releasegate.providers.metrics.totals import Snapshot, TotalsReader, increments
 from releasegate.spec.models import Spec
 
 _NONE = {"requests": 0, "errors": 0, "hist": {}}
 
 
 class JudgeFeed:
-    def __init__(self, totals: Callable[[], Awaitable[Snapshot]] | None, metrics: MetricSource) -> None:
+    def __init__(self, totals: TotalsReader | None, metrics: MetricSource) -> None:
         self.totals = totals
         self.metrics = metrics
         self.last: Snapshot | None = None
@@ -38,8 +38,9 @@ class JudgeFeed:
         ref = reference(st)
         counts: dict[str, Any] | None = None
         if self.totals is not None and ref is not None:
+            snap: Snapshot | None
             try:
-                snap = await self.totals()
+                snap = await self.totals((st.version, ref))
             except ProviderError:
                 snap = None
             before, self.last = self.last, snap

@@ -171,4 +171,5 @@ def test_a_judge_behind_an_nginx_that_logs_nothing_is_refused_where_it_is_writte
         load_spec_text(text, "shop.yaml")
     assert str(info.value).splitlines() == [
         "shop.yaml:7:16: analysis.judge.metrics[0]: error_rate cannot be counted by router kind nginx with "
-        "access_log: off; remove access_log: off, or judge a metric: prometheus instead"]
+        "access_log: off; remove access_log: off, count from Prometheus counters (analysis.judge.counts), or judge "
+        "a metric: prometheus instead"]

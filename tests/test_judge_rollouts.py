@@ -185,3 +185,36 @@ async def test_a_prometheus_judge_metric_rolls_back_from_a_real_prometheus(env):
         assert evidence["evalue"] >= evidence["threshold"] and evidence["margin"] == 0.1
     finally:
         prom.stop()
+
+
+COUNTS = ("{requests: 'sum(http_requests_total{service=\"{{service}}\",version=\"{{version}}\"})', "
+          "errors: 'sum(http_requests_total{service=\"{{service}}\",version=\"{{version}}\",status=~\"5..\"})'}")
+
+
+async def test_the_judges_counts_from_prometheus_counters_roll_back_a_faulty_canary(env):
+    """``analysis.judge.counts``: the judge's requests and 5xx errors per version are the raw counters of the
+    router's GET /metrics as a real Prometheus scraped them (every second), differenced between looks, instead
+    of the router's own totals (tests/test_judge_counts.py checks the providers pick Prometheus)."""
+    if not available():
+        pytest.skip("prometheus is not installed")
+    admin = f"127.0.0.1:{free_port()}"
+    prom = start_prometheus(env.tmp_path / "prometheus", [admin])
+    try:
+        spec = judged_spec(env, margin="10%", faults="3.0.0:error_rate=0.5")
+        text = spec.read_text().replace("drain_timeout: 5s}", f'drain_timeout: 5s, admin: "{admin}"}}')
+        text = text.replace("max_increase: 10%}]}", f"max_increase: 10%}}], counts: {COUNTS}}}")
+        spec.write_text(text + f"metrics: {{prometheus: {{url: '{prom.url}'}}}}\n")
+        judge = load_spec(spec).analysis.judge
+        assert judge is not None and judge.counts is not None
+        assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+        async with Load(env.url):
+            bad = await deploy(env, spec, "3.0.0")
+        assert bad.status == "rolled_back", bad.reason
+        assert bad.reason is not None and bad.reason.startswith(
+            "judge: 3.0.0 is worse than 1.0.0+baseline beyond the margin on error_rate"), bad.reason
+        [rollback] = [e for e in events(env, bad.id) if e["kind"] == "rollback"]
+        [evidence] = rollback["data"]["judge"]["metrics"]
+        assert evidence["evalue"] >= evidence["threshold"] and evidence["margin"] == 0.1
+        assert evidence["canary_requests"] > 0 and evidence["baseline_requests"] > 0
+    finally:
+        prom.stop()

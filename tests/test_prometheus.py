@@ -18,10 +18,14 @@ import httpx
 import pytest
 
 from releasegate.alerts import prometheus_duration, render_alert_rules
+from releasegate.errors import ProviderError
 from releasegate.providers.base import MetricQuery
 from releasegate.providers.metrics.prometheus import PrometheusMetrics, render_query, value_of
+from releasegate.providers.metrics.prometheus_counts import PrometheusCounts, Reading
+from releasegate.providers.metrics.totals import Snapshot, increments
 from releasegate.router.exposition import LE_LABELS, render_metrics
-from releasegate.router.stats import SLOTS, Stats
+from releasegate.router.stats import SLOTS, Stats, dense
+from releasegate.spec.judge_counts import JudgeCounts
 from releasegate.spec.models import Spec
 from releasegate.spec.sources import Prometheus
 from tests.support.prometheus import PROMTOOL, PrometheusProc, available, free_port, start_prometheus
@@ -324,6 +328,42 @@ def test_exact_status_codes_through_prometheus(stack: Stack) -> None:
 
     wait_until(lambda: answers() == expected, timeout=20, what="Prometheus to scrape the ledger's counters")
     assert answers() == expected
+
+
+@pytest.mark.slow
+async def test_judge_counts_through_prometheus_are_the_routers_own_totals(stack: Stack) -> None:
+    """``analysis.judge.counts`` from a real Prometheus scraping the ledger router (after the test above: it counts
+    the ledger's requests exactly): once scraped, the readings equal the router's own GET /totals, latency bucket
+    for bucket (the router's le edges map one to one), and two looks give exactly the requests sent between them."""
+    ledger = 'service="{{service}}",version="{{version}}"'
+    counts = JudgeCounts(requests=f"sum(http_requests_total{{{ledger}}})",
+                         errors=f'sum(http_requests_total{{{ledger},status=~"5.."}})',
+                         latency=f"sum by (le) (http_request_duration_seconds_bucket{{{ledger}}})")
+    source = PrometheusMetrics(Prometheus.model_validate({"url": stack.prometheus.url, "timeout": "3s"}))
+    reader = PrometheusCounts("ledger", counts, source)
+
+    async def look() -> Snapshot | None:
+        """A look once Prometheus has scraped everything the router counted (None before)."""
+        own = stack.ledger.admin_get("/totals")["versions"]["0.1.0"]
+        try:
+            snap = await reader.totals(("0.1.0",))
+        except ProviderError:
+            return None
+        raw = reader.raw["0.1.0"]
+        return snap if raw == Reading(own["requests"], own["errors"], tuple(dense(own["hist"]))) else None
+
+    try:
+        async with httpx.AsyncClient(base_url=stack.ledger.url, timeout=5, trust_env=False) as client:
+            await client.get("/")  # the version has its series
+            first = await eventually(look, within=20, what="Prometheus to scrape the ledger", every=0.2)
+            for path in ("/", "/", "/status/503", "/status/502", "/status/404"):
+                await client.get(path)
+            second = await eventually(look, within=20, what="Prometheus to scrape 5 more requests", every=0.2)
+    finally:
+        await source.aclose()
+    served = increments(first, second)["0.1.0"]
+    assert (served["requests"], served["errors"], sum(served["hist"].values())) == (5, 2, 5)
+    assert reader.last_error is None
 
 
 def test_module_imports_are_cheap_for_the_router() -> None:

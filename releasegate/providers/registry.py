@@ -18,7 +18,7 @@ from releasegate.providers.base import Instance, MetricQuery, MetricSource, Rout
 from releasegate.providers.metrics.builtin import RouterMetrics
 from releasegate.providers.metrics.process import ProcessMetrics
 from releasegate.providers.metrics.reasons import cannot_measure, explain
-from releasegate.providers.metrics.totals import TotalsSource
+from releasegate.providers.metrics.totals import TotalsReader, TotalsSource, every_version
 from releasegate.providers.platforms import make_platform
 from releasegate.providers.routers.builtin import BuiltinRouterClient, ensure_router
 from releasegate.reports.traffic import TrafficCounter
@@ -171,10 +171,16 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
         return CheckOutcome(r.ok, r.reason, dict(r.details))
 
     prometheus = None
+    totals: TotalsReader | None = every_version(traffic) if isinstance(traffic, TotalsSource) else None
     if spec.metrics.prometheus is not None:
         from releasegate.providers.metrics.prometheus import PrometheusMetrics
 
         prometheus = PrometheusMetrics(spec.metrics.prometheus)
+        counts = spec.analysis.judge.counts if spec.analysis.judge is not None else None
+        if counts is not None:  # the judge counts from Prometheus counters instead of the router's totals
+            from releasegate.providers.metrics.prometheus_counts import PrometheusCounts
+
+            totals = PrometheusCounts(spec.service, counts, prometheus).totals
     own = getattr(platform, "metric_source", None)  # a platform that measures its instances its own way
     metrics = MetricsByName(traffic, own() if own is not None else ProcessMetrics(platform), prometheus)
     migrate = None
@@ -206,6 +212,6 @@ async def build_providers(spec: Spec, spec_dir: Path, state_dir: Path, clock: Cl
     return Providers(platform=platform, router=router, metrics=metrics, health=health, smoke=smoke,
                      migrate=migrate, close=close_all,
                      traffic=traffic.counts if isinstance(traffic, TrafficCounter) else None,
-                     totals=traffic.totals if isinstance(traffic, TotalsSource) else None,
+                     totals=totals,
                      probe=checks.engine_probe(platform) if isinstance(platform, checks.EngineHealth)
                      else checks.probe_health)

@@ -13,6 +13,7 @@ from releasegate.durations import duration_text
 from releasegate.spec.common import LATENCY_METRICS, Duration, Threshold, _duration
 from releasegate.spec.common import SpecModel as _Model
 from releasegate.spec.errors import LocatedValueError
+from releasegate.spec.judge_counts import JudgeCounts
 from releasegate.spec.rollback import PERCENT_JSON_SCHEMA
 
 PERCENT_METRICS = ("cpu", "memory_percent")
@@ -262,6 +263,9 @@ class Judge(_Model):
                                     "the judge cannot yet rule out a regression larger than the margin.")
     metrics: list[JudgeMetric] = Field(default_factory=_judge_defaults, min_length=1, description="What to "
                                        "compare; default: error_rate 0.5 points and latency 10 %.")
+    counts: JudgeCounts | None = Field(None, description="Where the judge's request, error and latency counts "
+                                       "come from: Prometheus counters (needs metrics.prometheus); default: the "
+                                       "router's running totals.")
 
     @field_validator("max_extension")
     @classmethod
@@ -281,6 +285,22 @@ class Judge(_Model):
                                         "keep one entry per metric (each costs a share of alpha)", at=(i,))
             seen.add(key)
         return metrics
+
+    @model_validator(mode="after")
+    def _latency_counted(self) -> Judge:
+        """Counts from Prometheus without a histogram query leave a judged latency without data: a step could never
+        pass, so it is refused here rather than found out during a rollout."""
+        if self.counts is None or self.counts.latency is not None:
+            return self
+        for i, m in enumerate(self.metrics):
+            if m.metric == "latency":
+                written = "metrics" in self.model_fields_set
+                raise LocatedValueError(
+                    f"{'' if written else 'the default '}judge metric latency needs counts.latency (the version's "
+                    "histogram buckets, e.g. sum by (le) (http_request_duration_seconds_bucket{version="
+                    "\"{{version}}\"})), or list analysis.judge.metrics without latency",
+                    at=("metrics", i, "metric") if written else ("counts",))
+        return self
 
 
 class Analysis(_Model):

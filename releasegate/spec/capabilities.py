@@ -79,12 +79,14 @@ def unmeasurable(spec: Spec) -> list[tuple[Loc, str]]:
             out.append((("router", "kind"),
                         f"the default analysis rule {rule.describe()} (analysis.rules[{i}]) cannot be measured by "
                         f"{what}; write analysis.rules without it, {fix}"))
-    judged = spec.analysis.judge.metrics if spec.analysis.judge is not None else []
-    for i, m in enumerate(judged):  # the judge's error_rate and latency come from the router's own counts
+    judge = spec.analysis.judge
+    judged = judge.metrics if judge is not None and judge.counts is None else []
+    for i, m in enumerate(judged):  # error_rate and latency: the router's own counts, unless judge.counts says
         if m.metric != "prometheus" and not router_measures(spec):
             out.append((("analysis", "judge", "metrics", i, "metric"),
                         f"analysis.judge.metrics[{i}]: {m.metric} cannot be counted by {_router_name(spec)}; "
-                        "remove access_log: off, or judge a metric: prometheus instead"))
+                        "remove access_log: off, count from Prometheus counters (analysis.judge.counts), or "
+                        "judge a metric: prometheus instead"))
     return out
 
 

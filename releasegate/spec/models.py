@@ -264,6 +264,11 @@ class Spec(_Model):
                 raise LocatedValueError("a judge metric with metric: prometheus needs a source: add "
                                         "metrics: {prometheus: {url: http://127.0.0.1:9090}}",
                                         ("analysis", "judge", "metrics", i, "metric"))
+        if self.analysis.judge is not None and self.analysis.judge.counts is not None \
+                and self.metrics.prometheus is None:
+            raise LocatedValueError("the judge's counts from Prometheus need a source: add "
+                                    "metrics: {prometheus: {url: http://127.0.0.1:9090}}",
+                                    ("analysis", "judge", "counts"))
         return self
 
     @model_validator(mode="after")

@@ -50,7 +50,8 @@ class NginxRouter(SpecModel):
         "version's requests, 5xx answers and latency (the error_rate, rps and latency_p50/p95/p99 rules); "
         "{service} is substituted. nginx's master opens it, so nginx must be able to create and write it, and "
         "releasegate must read it. Default: next to config_file, `<config_file without .conf>.access.log`. "
-        "`off` renders no log: nginx then measures nothing, and only metric: prometheus rules can be used.")
+        "`off` renders no log: nginx then measures nothing, and only metric: prometheus rules can be used (the "
+        "judge can count from Prometheus counters: analysis.judge.counts).")
     access_log_max_mb: int = Field(
         64, ge=1, le=65536, description="Past this size (MiB) the log is renamed to `.1` (replacing the previous "
         "one) and nginx reopens it (`nginx -s reopen`, or the reload of the next route change): checked while "

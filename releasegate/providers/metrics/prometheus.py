@@ -98,16 +98,22 @@ class PrometheusMetrics:
         if promql is None:
             self.last_error = "the query uses {{baseline_version}} but there is no baseline version"
             return None
-        try:
-            resp = await self._http().get(f"{self.url}/api/v1/query", params={"query": promql})
-        except httpx.HTTPError as exc:
-            detail = secrets.hide(str(exc) or "no detail", self.written)
-            self.last_error = f"Prometheus at {self.shown} is unreachable ({type(exc).__name__}: {detail})"
-            return None
-        try:
-            data = resp.json()
-        except ValueError:
-            self.last_error = f"Prometheus at {self.shown} answered {resp.status_code} without JSON"
+        data, self.last_error = await self.fetch(promql)
+        if self.last_error is not None:
             return None
         value, self.last_error = value_of(data)
         return value
+
+    async def fetch(self, promql: str, at: float | None = None) -> tuple[Any, str | None]:
+        """The JSON answer of one instant query (evaluated at ``at``, Unix seconds, else Prometheus' now), or
+        (None, why there is none)."""
+        params = {"query": promql} if at is None else {"query": promql, "time": f"{at:.3f}"}
+        try:
+            resp = await self._http().get(f"{self.url}/api/v1/query", params=params)
+        except httpx.HTTPError as exc:
+            detail = secrets.hide(str(exc) or "no detail", self.written)
+            return None, f"Prometheus at {self.shown} is unreachable ({type(exc).__name__}: {detail})"
+        try:
+            return resp.json(), None
+        except ValueError:
+            return None, f"Prometheus at {self.shown} answered {resp.status_code} without JSON"

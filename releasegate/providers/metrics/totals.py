@@ -7,13 +7,16 @@ request lands in exactly one increment. ``epoch`` names the counting process (a 
 ring reader's start): when it changes, or a total goes down, the counts started again and the new totals are the
 increment.
 
-Sources: the built-in router (``GET /totals`` on its admin API), nginx's access log (the tail's counters) and
-HAProxy's ring log (the reader's counters). The histogram's buckets are the router's (``releasegate.router.stats``:
-log-spaced x1.25 from 0.1 ms to 60 s), by index.
+Sources: the built-in router (``GET /totals`` on its admin API), nginx's access log (the tail's counters),
+HAProxy's ring log (the reader's counters), and Prometheus counters when the spec says so (``analysis.judge.counts``:
+releasegate/providers/metrics/prometheus_counts.py, which keeps its own totals, since a sum over instances drops
+without restarting at 0 when one instance restarts). The histogram's buckets are the router's
+(``releasegate.router.stats``: log-spaced x1.25 from 0.1 ms to 60 s), by index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -33,6 +36,19 @@ class TotalsSource(Protocol):
         ...
 
 
+TotalsReader = Callable[[tuple[str, ...]], Awaitable[Snapshot]]
+"""How the judge reads totals: given the versions it compares (the canary, its reference), a ``Snapshot`` holding
+at least those. The routers' sources read every version at once and ignore the argument (``every_version``);
+Prometheus counters (releasegate/providers/metrics/prometheus_counts.py) are queried per version."""
+
+
+def every_version(source: TotalsSource) -> TotalsReader:
+    """A router's totals as a ``TotalsReader``: one read gives every version it has counted."""
+    async def read(versions: tuple[str, ...]) -> Snapshot:
+        return await source.totals()
+    return read
+
+
 def increments(before: Snapshot | None, after: Snapshot) -> dict[str, VersionTotals]:
     """What each version served between two looks (``before`` None: everything so far)."""
     out: dict[str, VersionTotals] = {}
@@ -47,4 +63,4 @@ def increments(before: Snapshot | None, after: Snapshot) -> dict[str, VersionTot
     return out
 
 
-__all__ = ["Snapshot", "TotalsSource", "increments"]
+__all__ = ["Snapshot", "TotalsReader", "TotalsSource", "every_version", "increments"]
