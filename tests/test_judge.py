@@ -163,6 +163,13 @@ def test_the_judge_spec_is_validated_with_one_located_line_per_problem() -> None
         assert len(lines) == 1 and lines[0].startswith(expected), lines
 
 
+def test_judge_true_is_the_defaults_and_false_is_no_judge() -> None:
+    head = 'service: shop\nplatform: {command: "python3 e.py {port}"}\nanalysis:\n  judge: '
+    on = load_spec_text(head + "true\n", "shop.yaml").analysis.judge
+    assert on is not None and [m.metric for m in on.metrics] == ["error_rate", "latency"] and on.alpha == 0.01
+    assert load_spec_text(head + "false\n", "shop.yaml").analysis.judge is None
+
+
 def test_a_judge_behind_an_nginx_that_logs_nothing_is_refused_where_it_is_written() -> None:
     text = ('service: shop\nplatform: {command: "python3 e.py {port}"}\n'
             'router: {kind: nginx, listen: "127.0.0.1:8080", config_file: /tmp/shop.conf, access_log: "off"}\n'
