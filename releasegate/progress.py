@@ -238,9 +238,8 @@ def judge_lines(j: dict[str, Any], width: int) -> list[str]:
     """One row per judged metric, in its own units: the estimate and its anytime-valid interval, the margin, the
     evidence of regression against its threshold, the verdict. Aligned when that fits ``width``; else one wrapped
     line per metric (never wider than the terminal)."""
-    rows = [(_judged_name(m), _judged_interval(m), _judged_margin(m), f"{m['evalue']:.2g}/{m['threshold']:g}",
-             _judged_verdict(m)) for m in j["metrics"]]
-    head = ("metric", "estimate [interval]", "margin", "evidence", "verdict")
+    rows = judge_rows(j)
+    head = JUDGE_COLUMNS
     widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     lines = ["    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows]]
     if max(len(line) for line in lines) <= width:
@@ -251,6 +250,15 @@ def judge_lines(j: dict[str, Any], width: int) -> list[str]:
         out += textwrap.wrap(text, max(20, width - 4), initial_indent="    ", subsequent_indent="      ",
                              break_long_words=False, break_on_hyphens=False)
     return out
+
+
+JUDGE_COLUMNS = ("metric", "estimate [interval]", "margin", "evidence", "verdict")
+
+
+def judge_rows(j: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The judge's figures per metric as a person reads them (``JUDGE_COLUMNS``; the dashboard shows the same)."""
+    return [(_judged_name(m), _judged_interval(m), _judged_margin(m), f"{m['evalue']:.2g}/{m['threshold']:g}",
+             _judged_verdict(m)) for m in j["metrics"]]
 
 
 def _judged_name(m: dict[str, Any]) -> str:

@@ -108,3 +108,30 @@ def test_a_passing_step_says_so() -> None:
     render_status(console, [status_item(st)])
     assert "(alpha 0.01): passing, every interval below its margin" in " ".join(console.export_text().split())
     assert [m["verdict"] for m in (judging.figures(st, SPEC) or {})["metrics"]] == ["passing"] * 3
+
+
+def test_the_dashboards_rollout_page_shows_the_same_rows() -> None:
+    """The server's rollout page (views.rollout, templates/rollout.html) carries the rows `status` prints; its
+    live updates re-render them from the same view (static/dashboard.js renderJudge)."""
+    from types import SimpleNamespace
+
+    from releasegate.server.dashboard.routes import templates
+    from releasegate.server.dashboard.views import rollout
+    from releasegate.store.sqlite import RolloutRecord
+
+    st = held(5)
+    view = rollout(RolloutRecord(st, "/nowhere/shop.yaml", SPEC.model_dump_json(by_alias=True), None), [])
+    judge = view["judge"]
+    assert judge["said"].startswith("judge: 2.0.0 against 1.0.0+baseline (alpha 0.01): not yet passing")
+    assert judge["columns"][0] == "metric" and [r[0] for r in judge["rows"]] == [
+        "error_rate", "latency>1.1x", "prometheus 2"]
+    page = templates.get_template("rollout.html").render(
+        view=view, session=SimpleNamespace(csrf="x"), may_act=False, actions=[], said=None, version="test")
+    assert '<section id="judge"  aria-label="the judge">' in page and "<td>latency&gt;1.1x</td>" in page
+    assert judge["rows"][0][1] in page
+    finished = rollout(RolloutRecord(st.model_copy(update={"phase": "watch"}), "/nowhere/shop.yaml",
+                                     SPEC.model_dump_json(by_alias=True), None), [])
+    assert finished["judge"] is None
+    page = templates.get_template("rollout.html").render(
+        view=finished, session=SimpleNamespace(csrf="x"), may_act=False, actions=[], said=None, version="test")
+    assert '<section id="judge" hidden aria-label="the judge">' in page
