@@ -115,7 +115,7 @@ def paused_reason(st: RolloutState, spec: Spec, verdict: Verdict | None) -> str:
 
 
 UNITS = {"error_rate": "points", "latency": "share", "prometheus": "relative"}
-"""What a metric's estimate, interval and margin measure in ``status`` (docs/cli.md#status---json)."""
+"""What a metric's estimate, interval and margin measure in ``status`` (docs/cli.md#rolloutjudge)."""
 
 
 def figures(st: RolloutState, spec: Spec) -> dict[str, Any] | None:
