@@ -210,11 +210,95 @@ def render_status(console: Console, data: list[dict[str, Any]]) -> None:
         rows = [(cells[:4], ([f"previous {cells[4].plain} (kept for rollback)"] if cells[4].plain != "-" else [])
                  + below) for cells, below in rows]
     console.print(_line([Text(c, style="bold") for c in columns], widths), soft_wrap=True)
-    for cells, below in rows:
+    for item, (cells, below) in zip(data, rows, strict=True):
         console.print(_line(cells[: len(columns)], widths), soft_wrap=True)
+        r = item.get("rollout") or {}
+        table = judge_lines(r["judge"], console.width) if r.get("judge") else []
+        if table:
+            below.append(judge_header(r["judge"], str(r["version"])))
         for text in below:
             wrapped = textwrap.wrap(text, max(20, console.width - 2), break_long_words=False, break_on_hyphens=False)
             console.print(Text("\n".join(f"  {part}" for part in wrapped)), soft_wrap=True)
+        for line in table:
+            console.print(Text(line), soft_wrap=True)
+
+
+def judge_header(j: dict[str, Any], version: str) -> str:
+    """The judge's word so far on a judged step (``rollout.judge`` of status --json, docs/cli.md)."""
+    said = f"judge: {version} against {j['reference']} (alpha {j['alpha']:g}): "
+    if j["outcome"] == "pass":
+        return said + "passing, every interval below its margin"
+    if j["outcome"] == "regression":
+        return said + "a regression"
+    more = j.get("more_canary_requests")
+    return said + "not yet passing" + (f"; about {more:,} more canary requests needed (an estimate)" if more else "")
+
+
+def judge_lines(j: dict[str, Any], width: int) -> list[str]:
+    """One row per judged metric, in its own units: the estimate and its anytime-valid interval, the margin, the
+    evidence of regression against its threshold, the verdict. Aligned when that fits ``width``; else one wrapped
+    line per metric (never wider than the terminal)."""
+    rows = judge_rows(j)
+    head = JUDGE_COLUMNS
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
+    lines = ["    " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [head, *rows]]
+    if max(len(line) for line in lines) <= width:
+        return lines
+    out = []
+    for name, interval, margin, evidence, verdict in rows:
+        text = f"{name}: {interval}, margin {margin}, evidence {evidence}, {verdict}"
+        out += textwrap.wrap(text, max(20, width - 4), initial_indent="    ", subsequent_indent="      ",
+                             break_long_words=False, break_on_hyphens=False)
+    return out
+
+
+JUDGE_COLUMNS = ("metric", "estimate [interval]", "margin", "evidence", "verdict")
+
+
+def judge_rows(j: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """The judge's figures per metric as a person reads them (``JUDGE_COLUMNS``; the dashboard shows the same)."""
+    return [(_judged_name(m), _judged_interval(m), _judged_margin(m), f"{m['evalue']:.2g}/{m['threshold']:g}",
+             _judged_verdict(m)) for m in j["metrics"]]
+
+
+def _judged_name(m: dict[str, Any]) -> str:
+    return f"latency>{1 + m['max_increase']:g}x" if m["unit"] == "share" else str(m["metric"])
+
+
+def _judged_number(m: dict[str, Any], value: float) -> str:
+    """Percentage points or percent, signed (+ is worse), with fewer decimals as they grow: the table stays narrow."""
+    if m["unit"] == "share":
+        return f"{value:.2f}"
+    x = value * 100
+    said = f"{x:+.2f}" if abs(x) < 1 else f"{x:+.1f}" if abs(x) < 10 else f"{x:+.0f}"
+    return said + ("%" if m["unit"] == "relative" else "")
+
+
+def _count(n: int) -> str:
+    return f"{n:,}" if n < 10_000 else f"{n / 1000:.0f}k" if n < 1_000_000 else f"{n / 1e6:.1f}M"
+
+
+def _judged_interval(m: dict[str, Any]) -> str:
+    if m["estimate"] is None:
+        return "-"
+    at = _judged_number(m, m["estimate"])
+    return f"{at} [{_judged_number(m, m['lo'])}, {_judged_number(m, m['hi'])}]" + ("pp" if m["unit"] == "points"
+                                                                                   else "")
+
+
+def _judged_margin(m: dict[str, Any]) -> str:
+    return {"points": f"{m['margin'] * 100:g}pp", "relative": f"{m['margin'] * 100:g}%"}.get(m["unit"],
+                                                                                           f"{m['margin']:g}")
+
+
+def _judged_verdict(m: dict[str, Any]) -> str:
+    if m["verdict"] != "not_ruled_out":
+        return str(m["verdict"])
+    if m["estimate"] is None:
+        return "no data yet"
+    if m.get("more_intervals"):
+        return f"needs ~{_count(m['more_intervals'])} intervals"
+    return f"needs ~{_count(m['more_canary_requests'])} more" if m.get("more_canary_requests") else "not ruled out"
 
 
 def _line(cells: list[Text], widths: list[int]) -> Text:

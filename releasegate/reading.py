@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from releasegate.engine.judging import figures
 from releasegate.errors import UserError
 from releasegate.lookup import known, shown, spec_of, unknown_service
 from releasegate.store.sqlite import ServiceRecord, Store, owner_alive
@@ -87,7 +88,8 @@ def status(ctx: Context, service: str | None = None) -> list[dict[str, Any]]:
                     "baseline": st.baseline if st.baseline_up else None,
                     "started_at": st.created_at, "updated_at": st.updated_at,
                     "controller_alive": owner_alive(active.owner),
-                    "latest": {k.split(":", 1)[1]: (v[-1].value if v else None) for k, v in st.samples.items()}}
+                    "latest": {k.split(":", 1)[1]: (v[-1].value if v else None) for k, v in st.samples.items()},
+                    "judge": figures(st, spec_of(active)) if st.judged and st.phase == "step" else None}
             out.append(item)
         return out
     finally:

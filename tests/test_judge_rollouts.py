@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -91,9 +93,32 @@ async def test_a_step_the_judge_cannot_clear_in_time_pauses_and_promote_goes_on(
         pause = await eventually(paused, 60, "the judge's pause")
         assert pause["kind"] == "judge" and "could not rule out a regression" in pause["reason"]
         assert await env.routes() == {"2.0.0": 30, BASE: 30, "1.0.0": 40}  # still at the step: nothing advanced
+        await _status_shows_the_judges_figures(env)
         assert (await service.send_command(env.ctx, "shop", "promote")).applied
         done = await asyncio.wait_for(task, 60)
     assert done.status == "promoted", done.reason
+
+
+async def _status_shows_the_judges_figures(env: RolloutEnv) -> None:
+    """While the judge holds the step: `status --json` carries its figures, and `status` shows them within 80
+    columns, as a user runs it (another process, reading the state the controller writes)."""
+    judge = service.status(env.ctx, "shop")[0]["rollout"]["judge"]
+    assert (judge["outcome"], judge["reference"], judge["alpha"]) == ("continue", BASE, 0.01)
+    [errors] = judge["metrics"]
+    assert (errors["metric"], errors["unit"], errors["margin"], errors["verdict"]) == (
+        "error_rate", "points", 0.0001, "not_ruled_out")
+    assert errors["lo"] < errors["margin"] < errors["hi"] and errors["evalue"] < errors["threshold"] == 100
+    assert errors["canary_requests"] > 0 and errors["canary_requests"] == errors["baseline_requests"]
+    assert errors["estimate"] is not None and errors["estimate"] <= errors["hi"]
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "releasegate", "--state-dir", str(env.state), "status"],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"})
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80, lines
+    assert f"judge: 2.0.0 against {BASE} (alpha 0.01): not yet passing" in " ".join(done.stdout.split())
+    [row] = [line.split() for line in lines if line.lstrip().startswith("error_rate")]
+    assert row[3].endswith("]pp") and row[4] == "0.01pp" and row[5].endswith("/100"), lines
 
 
 async def test_a_baseline_that_dies_gives_its_traffic_back_and_the_judged_step_waits_for_an_operator(env):
@@ -143,9 +168,6 @@ async def _none_of(platform: Any, version: str) -> bool:
 
 
 def test_validate_says_the_spec_has_a_baseline_and_a_judge(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     spec = tmp_path / "shop.yaml"
     spec.write_text("service: shop\nplatform: {command: 'app --port {port}'}\n"
                     "strategy: {canary: {steps: [{weight: 5, pause: 10m}]}}\n"

@@ -15,6 +15,7 @@ pauses for an operator: never promoted on missing evidence.
 
 from __future__ import annotations
 
+import math
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +52,7 @@ def judge(st: RolloutState, spec: Spec, data: dict[str, Any] | None) -> tuple[Ro
     made = (Judge.restore(configs(j), [JudgeState.model_validate(st.judge)], j.alpha, j.min_block, seed=seed)
             if st.judge else Judge(configs(j), j.alpha, j.min_block, seed=seed))
     verdict = made.update(_traffic(spec, data)).one()
-    return st.model_copy(update={"judge": made.state().model_dump(mode="json")}), verdict
+    return st.model_copy(update={"judge": made.state().model_dump(mode="json"), "judged": shown(verdict)}), verdict
 
 
 def _traffic(spec: Spec, data: dict[str, Any] | None) -> Traffic:
@@ -113,8 +114,46 @@ def paused_reason(st: RolloutState, spec: Spec, verdict: Verdict | None) -> str:
             f"that evidence, `releasegate rollback {st.service}` takes {st.version} to 0%")
 
 
+UNITS = {"error_rate": "points", "latency": "share", "prometheus": "relative"}
+"""What a metric's estimate, interval and margin measure in ``status`` (docs/cli.md#rolloutjudge)."""
+
+
+def figures(st: RolloutState, spec: Spec) -> dict[str, Any] | None:
+    """The judge's figures for ``status`` (its documented ``rollout.judge``): the latest verdict per metric with
+    what it means for this step (passing, not yet ruled out and what a pass would still take, regression); None
+    when the rollout is not at a judged step or the judge has not spoken yet."""
+    j = spec.analysis.judge
+    if j is None or st.phase != "step" or not st.judged:
+        return None
+    metrics = [_figures(m, conf.metric, conf.max_increase, conf.direction)
+               for m, conf in zip(st.judged["metrics"], j.metrics, strict=False)]
+    return {"outcome": st.judged["outcome"], "reference": reference(st), "alpha": j.alpha,
+            "more_canary_requests": st.judged.get("more_canary_requests"), "metrics": metrics}
+
+
+def _figures(m: dict[str, Any], kind: str, max_increase: float, direction: str) -> dict[str, Any]:
+    """One metric's figures; for prometheus its counts are the intervals that gave a value, not requests."""
+    est, hi, margin, used = m.get("estimate"), float(m["hi"]), float(m["margin"]), int(m["canary_requests"])
+    more: int | None = None
+    if m["evalue"] >= m["threshold"]:
+        verdict = "regression"
+    elif hi < margin:
+        verdict = "passing"
+    else:
+        verdict = "not_ruled_out"
+        if est is not None and est < margin and used > 0:  # as Judge.update estimates it: the bound shrinking
+            more = math.ceil(used * max(((hi - est) / (margin - est)) ** 2 - 1.0, 0.0))  # like 1/sqrt(n)
+    return {"metric": m["metric"], "kind": kind, "unit": UNITS[kind], "max_increase": max_increase,
+            "direction": direction, "estimate": est, "lo": m["lo"], "hi": m["hi"], "margin": margin,
+            "evalue": m["evalue"], "threshold": m["threshold"], "verdict": verdict,
+            "more_canary_requests": None if kind == "prometheus" else more,
+            "more_intervals": more if kind == "prometheus" else None,
+            "canary_requests": used, "baseline_requests": m["baseline_requests"]}
+
+
 def _interval(m: Any) -> str:
     return f"interval [{m.lo:.4g}, {m.hi:.4g}]"
 
 
-__all__ = ["configs", "judge", "paused_reason", "reference", "regression_reason", "shown", "waiting_reason"]
+__all__ = ["UNITS", "configs", "figures", "judge", "paused_reason", "reference", "regression_reason", "shown",
+           "waiting_reason"]

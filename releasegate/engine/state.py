@@ -106,6 +106,9 @@ class RolloutState(BaseModel):
     # The sequential judge's state (analysis.judge, engine/judging.py): kept across steps and restarts, so its
     # guarantee holds over the whole rollout.
     judge: dict[str, Any] | None = None
+    # Its latest verdict as recorded with the decisions (judging.shown: per metric the estimate, the interval, the
+    # evidence), so `status` shows the judge's figures from the state alone (judging.figures), without the events.
+    judged: dict[str, Any] | None = None
 
     @property
     def active(self) -> bool:

@@ -258,7 +258,8 @@ class Judge:
 
         ``more_canary_requests`` estimates how many more canary requests would bring every confidence upper bound
         under its margin if the estimates stayed where they are and the bounds shrank like 1/sqrt(n): it is a
-        guide for the operator (and for how long to extend a step), not a promise."""
+        guide for the operator (and for how long to extend a step), not a promise. A prometheus metric counts
+        intervals, not requests, so it does not enter it (``status`` gives its own estimate in intervals)."""
         proms = iter(traffic.prometheus)
         # Drawn from the state, so a judge restored from its JSON continues exactly as the original would have.
         rng = np.random.default_rng([self.seed, *(int(m.used.sum()) for m in self.metrics)])
@@ -277,7 +278,8 @@ class Judge:
                 factor = ((hi - est) / (theta0 - est)) ** 2
                 need = np.where((est < theta0) & (metric.used[:, 0] > 0),
                                 metric.used[:, 0] * np.maximum(factor - 1.0, 0.0), np.nan)
-            more = np.where(below, more, np.maximum(more, need))
+            if metric.config.kind != "prometheus":  # its counts are intervals with a value, not requests
+                more = np.where(below, more, np.maximum(more, need))
         regression = (log_e >= math.log(self.threshold)).any(axis=1)
         outcome = np.where(regression, 2, np.where(passed, 1, 0))
         return Verdicts(outcome.astype(np.int64), log_e, np.where(passed, 0.0, more), self)

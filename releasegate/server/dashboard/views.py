@@ -18,7 +18,9 @@ from typing import Any
 
 from releasegate import reading, service
 from releasegate.engine.analysis import rule_key, span_text
+from releasegate.engine.judging import figures
 from releasegate.engine.state import RolloutState
+from releasegate.progress import JUDGE_COLUMNS, judge_header, judge_rows
 from releasegate.reports.traffic import ROUTER_HISTORY
 from releasegate.server.auth import allowed
 from releasegate.server.dashboard.data_plane import data_plane  # moved there; still importable here
@@ -207,10 +209,19 @@ def rollout(rec: RolloutRecord, events: list[dict[str, Any]]) -> dict[str, Any]:
                   "created_at": st.created_at, "finished_at": st.finished_at, "actor": st.actor, "env": st.env,
                   "controller_alive": owner_alive(rec.owner) if st.active else None},
         "timeline": timeline,
+        "judge": judge(st, spec),
         "decisions": decisions(events),
         "charts": charts(spec, events),
         "last_seq": events[-1]["seq"] if events else 0,
     }
+
+
+def judge(st: RolloutState, spec: Spec) -> dict[str, Any] | None:
+    """The judge's figures at a judged step, as `status` shows them (progress.judge_rows); None elsewhere."""
+    j = figures(st, spec) if st.active else None
+    if j is None:
+        return None
+    return {"said": judge_header(j, st.version), "columns": list(JUDGE_COLUMNS), "rows": judge_rows(j)}
 
 
 def _step_state(current: int, index: int, active: bool, status: str) -> str:

@@ -125,6 +125,7 @@ function renderRollout(view) {
     }));
   }
   document.getElementById("waiting").textContent = st.paused || st.waiting || st.reason || "—";
+  renderJudge(view.judge);
   const timeline = document.getElementById("timeline");
   timeline.replaceChildren(...view.timeline.map((s) => {
     const li = cell("li", `step ${s.n}: ${s.weight}% `, { class: s.state });
@@ -142,6 +143,23 @@ function renderRollout(view) {
   }));
   localTimes(body);
   renderCharts(view.charts);
+}
+
+// The judge's figures at a judged step (the same rows as `releasegate status`); hidden elsewhere.
+function renderJudge(judge) {
+  const section = document.getElementById("judge");
+  if (!section) return;
+  section.hidden = !judge;
+  if (!judge) return;
+  document.getElementById("judge-said").textContent = judge.said;
+  const head = cell("tr");
+  head.append(...judge.columns.map((c) => cell("th", c, { scope: "col" })));
+  document.querySelector("#judge-table thead").replaceChildren(head);
+  document.querySelector("#judge-table tbody").replaceChildren(...judge.rows.map((row) => {
+    const tr = cell("tr");
+    tr.append(...row.map((c) => cell("td", c)));
+    return tr;
+  }));
 }
 
 document.addEventListener("DOMContentLoaded", () => {
