@@ -135,3 +135,24 @@ def test_the_dashboards_rollout_page_shows_the_same_rows() -> None:
     page = templates.get_template("rollout.html").render(
         view=finished, session=SimpleNamespace(csrf="x"), may_act=False, actions=[], said=None, version="test")
     assert '<section id="judge" hidden aria-label="the judge">' in page
+
+
+def test_the_waiting_and_rollback_lines_say_what_latencys_interval_is_of() -> None:
+    """Latency's interval is a share of request pairs bounded by 1/2, not a relative difference: a line that
+    called 0.5 its margin would read as a 50 % margin."""
+    st = decide.new_rollout("shop-2.0.0-abc123", SPEC, "2.0.0", "1.0.0", 1000.0).model_copy(update={
+        "phase": "step", "weight": 30, "baseline": "1.0.0+baseline", "baseline_up": True})
+    st, verdict = judging.judge(st, SPEC, {"canary": side(200, 0), "reference": side(200, 0),
+                                           "prometheus": [[100.0, 100.0]]})
+    assert verdict is not None
+    said = judging.waiting_reason(st, SPEC, verdict, st.phase_started + 120)
+    assert "latency (share of request pairs with the canary slower than 1.1x the baseline) interval" in said
+    assert "not yet below 1/2" in said and "error_rate interval" in said and "not yet below its margin 0.005" in said
+    worse = verdict.model_copy(update={"metrics": [verdict.metrics[1].model_copy(update={"evalue": 1e6})]})
+    judge = SPEC.analysis.judge
+    assert judge is not None
+    only_latency = judge.model_copy(update={"metrics": judge.metrics[1:2]})
+    said = judging.regression_reason(st, SPEC.model_copy(update={"analysis": SPEC.analysis.model_copy(update={
+        "judge": only_latency})}), worse)
+    assert "beyond the margin on latency" in said and "slower than 1.1x the baseline interval [" in said, said
+    assert said.count("bound 1/2") == 1, said

@@ -86,20 +86,23 @@ def shown(verdict: Verdict) -> dict[str, Any]:
                         for m in verdict.metrics]}
 
 
-def regression_reason(st: RolloutState, verdict: Verdict) -> str:
-    worst = max(verdict.metrics, key=lambda m: m.evalue)
+def regression_reason(st: RolloutState, spec: Spec, verdict: Verdict) -> str:
+    j = spec.analysis.judge
+    i, worst = max(enumerate(verdict.metrics), key=lambda im: im[1].evalue)
+    margin = j.metrics[i].max_increase if j is not None and i < len(j.metrics) else worst.theta0
     return (f"judge: {st.version} is worse than {reference(st)} beyond the margin on {worst.metric} at "
-            f"{st.weight}% (evidence {worst.evalue:.3g} >= {worst.threshold:.3g}; {_interval(worst)}, margin "
-            f"{worst.theta0:g}; {worst.canary_requests} canary and {worst.baseline_requests} "
+            f"{st.weight}% (evidence {worst.evalue:.3g} >= {worst.threshold:.3g}; {_between(worst, margin)}; "
+            f"{worst.canary_requests} canary and {worst.baseline_requests} "
             f"{'baseline' if st.baseline else 'previous-version'} requests); straight to 0%")
 
 
 def waiting_reason(st: RolloutState, spec: Spec, verdict: Verdict | None, until: float) -> str:
     """Why a step whose pause is over does not close yet, and until when it may be extended."""
-    open_ = [m for m in verdict.metrics if m.hi >= m.theta0] if verdict is not None else []
-    what = "; ".join(f"{m.metric} {_interval(m)} not yet below its margin {m.theta0:g}" for m in open_) \
-        or "no comparison of canary and reference yet"
-    more = (f"; about {verdict.more_canary_requests} more requests to {st.version} needed (an estimate)"
+    j = spec.analysis.judge
+    pairs = list(zip(verdict.metrics, j.metrics, strict=False)) if verdict is not None and j is not None else []
+    what = "; ".join(f"{_named(m, conf.max_increase)} {_interval(m)} not yet below {_bound(m)}"
+                     for m, conf in pairs if m.hi >= m.theta0) or "no comparison of canary and reference yet"
+    more = (f"; about {verdict.more_canary_requests:,} more requests to {st.version} needed (an estimate)"
             if verdict is not None and verdict.more_canary_requests else "")
     return (f"judge: cannot yet rule out a regression larger than the margins ({what}){more}; step "
             f"{st.step + 1} extended until it can, at most {format_duration(round(until - st.phase_started))} "
@@ -153,6 +156,26 @@ def _figures(m: dict[str, Any], kind: str, max_increase: float, direction: str) 
 
 def _interval(m: Any) -> str:
     return f"interval [{m.lo:.4g}, {m.hi:.4g}]"
+
+
+def _named(m: Any, max_increase: float) -> str:
+    """What the interval is an interval of. Latency's is not a relative difference but the share of request pairs
+    in which the canary is slower than (1 + margin) x the baseline, bounded by 1/2 (docs/judge.md): said so, or a
+    reader takes its 0.5 for a 50 % margin."""
+    if m.metric == "latency":
+        return f"latency (share of request pairs with the canary slower than {1 + max_increase:g}x the baseline)"
+    return str(m.metric)
+
+
+def _between(m: Any, max_increase: float) -> str:
+    if m.metric == "latency":
+        return (f"share of request pairs with the canary slower than {1 + max_increase:g}x the baseline "
+                f"{_interval(m)}, bound 1/2")
+    return f"{_interval(m)}, margin {m.theta0:g}"
+
+
+def _bound(m: Any) -> str:
+    return "1/2" if m.metric == "latency" else f"its margin {m.theta0:g}"
 
 
 __all__ = ["UNITS", "configs", "figures", "judge", "paused_reason", "reference", "regression_reason", "shown",

@@ -61,7 +61,7 @@ def _observe(st: RolloutState, spec: Spec, action: Analyze, obs: Observation, no
             return _observe_step(st, spec, action, obs, verdict, now)
         said = judging.shown(judged)
         if judged.outcome == "regression":
-            why = judging.regression_reason(st, judged)
+            why = judging.regression_reason(st, spec, judged)
             return start_rollback(st, spec, why, now, immediate=True), [
                 Decision("rollback", why, {"values": values, "judge": said, "weight": st.weight})]
         st, decisions = _observe_step(st, spec, action, obs, verdict, now, judged)
