@@ -18,6 +18,7 @@ from releasegate.engine.judging import reference
 from releasegate.engine.state import RolloutState
 from releasegate.errors import ProviderError
 from releasegate.providers.base import AtLeast, MetricQuery, MetricSource
+from releasegate.providers.metrics.reasons import explain
 from releasegate.providers.metrics.totals import Snapshot, TotalsReader, increments
 from releasegate.spec.models import Spec
 
@@ -29,6 +30,7 @@ class JudgeFeed:
         self.totals = totals
         self.metrics = metrics
         self.last: Snapshot | None = None
+        self.why: str | None = None  # why the latest look gave the judge no requests of a side, for status
 
     async def look(self, st: RolloutState, spec: Spec, window: float) -> dict[str, Any] | None:
         """This interval's data for the judge, or None (no judge, not a step, nothing readable, the first look)."""
@@ -37,16 +39,18 @@ class JudgeFeed:
             return None
         ref = reference(st)
         counts: dict[str, Any] | None = None
+        self.why = None
         if self.totals is not None and ref is not None:
             snap: Snapshot | None
             try:
                 snap = await self.totals((st.version, ref))
-            except ProviderError:
-                snap = None
+            except ProviderError as exc:
+                snap, self.why = None, str(exc)
             before, self.last = self.last, snap
             if before is not None and snap is not None:
                 served = increments(before, snap)
                 counts = {"canary": served.get(st.version, _NONE), "reference": served.get(ref, _NONE)}
+                self.why = await self._why_none(st, counts, ref, window)
         prometheus = [[await self._value(st, st.version, ref, m.query, window),
                        await self._value(st, ref, ref, m.query, window)]
                       for m in judge.metrics if m.query is not None and ref is not None]
@@ -58,6 +62,19 @@ class JudgeFeed:
         """This interval is not fed (a baseline instance died in it): the next look starts counting afresh, so
         the failures of a dying baseline never reach the judge."""
         self.last = None
+        return None
+
+    async def _why_none(self, st: RolloutState, counts: dict[str, Any], ref: str, window: float) -> str | None:
+        """Why a side served no request the router counted in this interval (an HAProxy without the ring, an
+        nginx log not written, no traffic): asked of the metric source, as a rule's missing value is."""
+        for side, version in (("canary", st.version), ("reference", ref)):
+            if not counts[side]["requests"]:
+                q = MetricQuery(st.service, version, "error_rate", window)
+                try:
+                    await self.metrics.query(q)
+                except ProviderError as exc:
+                    return str(exc)
+                return explain(self.metrics, q) or f"no request to {version} was counted in this interval"
         return None
 
     async def _value(self, st: RolloutState, version: str | None, ref: str | None, query: str,

@@ -52,7 +52,8 @@ class Observer:
                            held=self.held(at), missing=missing, whole_missing=whole_missing,
                            health=await self.probe(st, action.version), dead_baseline=lost,
                            judge=self.feed.skip() if lost or sick
-                           else await self.feed.look(st, self.spec, action.window))
+                           else await self.feed.look(st, self.spec, action.window),
+                           judge_missing=None if lost or sick else self.feed.why)
 
     def held(self, now: float) -> str | None:
         """Why traffic may not increase now: the governance gate (a freeze), or a host that did not answer at the

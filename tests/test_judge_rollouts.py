@@ -240,3 +240,31 @@ async def test_the_judges_counts_from_prometheus_counters_roll_back_a_faulty_can
         assert evidence["canary_requests"] > 0 and evidence["baseline_requests"] > 0
     finally:
         prom.stop()
+
+
+async def test_a_judge_without_counts_says_why_while_the_step_waits_and_in_its_pause(env):
+    """Counts that cannot be read (here a Prometheus that is not there) give the judge nothing: the step never
+    passes on it, and the waiting line and the pause say why, so an operator fixes the source, not the canary."""
+    gone = f"http://127.0.0.1:{free_port()}"
+    spec = judged_spec(env, margin="10%", extension="3s")
+    text = spec.read_text().replace("max_increase: 10%}]}", f"max_increase: 10%}}], counts: {COUNTS}}}")
+    spec.write_text(text + f"metrics: {{prometheus: {{url: '{gone}'}}}}\n")
+    assert (await deploy(env, spec, "1.0.0")).status == "promoted"
+    async with Load(env.url):
+        task = asyncio.create_task(deploy(env, spec, "2.0.0"))
+        said = f"no counts for the judge in this interval: counts.requests for 2.0.0: Prometheus at {gone} is " \
+               "unreachable"
+
+        def waiting() -> str:
+            return str((service.status(env.ctx, "shop")[0]["rollout"] or {}).get("waiting") or "")
+
+        await eventually(lambda: said in waiting(), 60, "the reason in the waiting line")
+
+        def paused() -> dict[str, Any] | None:
+            return (service.status(env.ctx, "shop")[0]["rollout"] or {}).get("paused")
+
+        pause = await eventually(paused, 60, "the judge's pause")
+        assert pause["kind"] == "judge" and f"no counts for the judge in the last interval: counts.requests for " \
+            f"2.0.0: Prometheus at {gone} is unreachable" in pause["reason"], pause["reason"]
+        assert (await service.send_command(env.ctx, "shop", "rollback")).applied
+        assert (await asyncio.wait_for(task, 60)).status == "rolled_back"

@@ -96,24 +96,28 @@ def regression_reason(st: RolloutState, spec: Spec, verdict: Verdict) -> str:
             f"{'baseline' if st.baseline else 'previous-version'} requests); straight to 0%")
 
 
-def waiting_reason(st: RolloutState, spec: Spec, verdict: Verdict | None, until: float) -> str:
-    """Why a step whose pause is over does not close yet, and until when it may be extended."""
+def waiting_reason(st: RolloutState, spec: Spec, verdict: Verdict | None, until: float,
+                   missing: str | None = None) -> str:
+    """Why a step whose pause is over does not close yet, and until when it may be extended; ``missing``: why
+    this interval's counts did not reach the judge."""
     j = spec.analysis.judge
     pairs = list(zip(verdict.metrics, j.metrics, strict=False)) if verdict is not None and j is not None else []
     what = "; ".join(f"{_named(m, conf.max_increase)} {_interval(m)} not yet below {_bound(m)}"
                      for m, conf in pairs if m.hi >= m.theta0) or "no comparison of canary and reference yet"
     more = (f"; about {verdict.more_canary_requests:,} more requests to {st.version} needed (an estimate)"
             if verdict is not None and verdict.more_canary_requests else "")
+    more += f"; no counts for the judge in this interval: {missing}" if missing else ""
     return (f"judge: cannot yet rule out a regression larger than the margins ({what}){more}; step "
             f"{st.step + 1} extended until it can, at most {format_duration(round(until - st.phase_started))} "
             "after it started")
 
 
-def paused_reason(st: RolloutState, spec: Spec, verdict: Verdict | None) -> str:
+def paused_reason(st: RolloutState, spec: Spec, verdict: Verdict | None, missing: str | None = None) -> str:
     j = spec.analysis.judge
     extension = format_duration(j.max_extension) if j is not None else "0s"
+    why = f" (no counts for the judge in the last interval: {missing})" if missing else ""
     return (f"paused at {st.weight}%: the judge could not rule out a regression larger than the margins within "
-            f"the step's pause plus max_extension {extension}; `releasegate promote {st.service}` goes on without "
+            f"the step's pause plus max_extension {extension}{why}; `releasegate promote {st.service}` goes on without "
             f"that evidence, `releasegate rollback {st.service}` takes {st.version} to 0%")
 
 

@@ -102,8 +102,9 @@ def _observe_step(st: RolloutState, spec: Spec, action: Analyze, obs: Observatio
     if judge is not None and not st.promote_requested and (judged is None or judged.outcome != "pass"):
         until = st.phase_started + (step.pause or 0.0) + judge.max_extension  # the step extended, then paused
         if obs.at < until:
-            return wait(st, judging.waiting_reason(st, spec, judged, until), values)
-        return pause(st, "judge", judging.paused_reason(st, spec, judged), obs.at, {"values": values})
+            return wait(st, judging.waiting_reason(st, spec, judged, until, obs.judge_missing), values)
+        why = judging.paused_reason(st, spec, judged, obs.judge_missing)
+        return pause(st, "judge", why, obs.at, {"values": values})
     if obs.held:
         return st.model_copy(update={"waiting": obs.held}), [Decision("held", obs.held, {"values": values})]
     nxt = st.step + 1

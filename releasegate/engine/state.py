@@ -243,6 +243,9 @@ class Observation:
     # {"canary": {requests, errors, hist}, "reference": {...}, "prometheus": [[canary, reference], ...]}; None:
     # nothing new could be read this interval (no judge, or the counts could not be read).
     judge: dict[str, Any] | None = None
+    # Why the judge got no requests of the canary or its reference this interval (a count that could not be read,
+    # a router that counts nothing), shown while a judged step waits; None when both sides were counted.
+    judge_missing: str | None = None
     # The baseline's backends whose process is gone, or instances that failed health.failure_threshold checks in a
     # row, each with why (analysis.baseline, during steps; releasegate/observing.py).
     dead_baseline: tuple[str, ...] = ()
