@@ -25,6 +25,7 @@ from releasegate.clihelp import (
     run_app,
 )
 from releasegate.commands import release_group as group
+from releasegate.commands.mount import mount
 from releasegate.commands.router import router_app
 from releasegate.errors import EXIT_INTERNAL, EXIT_OK, EXIT_ROLLED_BACK, UserError
 from releasegate.lookup import POINT_ELSEWHERE, shown
@@ -39,43 +40,6 @@ app = typer.Typer(
          "With RELEASEGATE_SERVER=URL (or --server URL) the rollout commands, validate, report, dora, approvals, "
          "policy, calendar, audit and token new go to a releasegate server (docs/server.md).")
 app.add_typer(router_app, name="router", rich_help_panel=INTEGRATIONS)
-
-
-def _mount_governance() -> None:
-    """Governance commands live in releasegate/commands/, one module per area."""
-    from releasegate.commands.alerts_receiver import receive_alerts
-    from releasegate.commands.approvals import approvals, approve, reject, release_new, token_app, withdraw
-    from releasegate.commands.audit import audit_app
-    from releasegate.commands.calendar import calendar_app
-    from releasegate.commands.dora import dora
-    from releasegate.commands.integrations import alerts, grafana, schema
-    from releasegate.commands.metrics import metrics
-    from releasegate.commands.migrations import migrations_app
-    from releasegate.commands.policy import policy_app
-    from releasegate.commands.release import notes_command, release_app, version_app
-    from releasegate.commands.report import report
-    from releasegate.commands.server import server
-
-    release_app.command("new")(release_new)
-    app.add_typer(release_app, name="release", help="Cut releases and register them for approval.")
-    app.add_typer(version_app, name="version", help="Compute the next version from git history.")
-    app.command("notes")(notes_command)
-    app.add_typer(policy_app, name="policy", help="The approval policy in force: apply (admins), show, history.")
-    app.add_typer(calendar_app, name="calendar", help="Change freezes and deploy windows: apply (admins), check, "
-                                                      "show, upcoming, history.")
-    for command in (approve, reject, withdraw, approvals):
-        app.command()(command)
-    app.add_typer(token_app, name="token", help="Issue a token for --as or the server (printed once, kept hashed).")
-    app.add_typer(audit_app, name="audit", help="Verify or export the hash-chained audit log.")
-    app.add_typer(migrations_app, name="migrations", help="Check migrations survive an application rollback.")
-    app.command("receive-alerts")(receive_alerts)
-    app.command("metrics")(metrics)
-    app.command("dora")(dora)
-    app.command(rich_help_panel=INTEGRATIONS)(schema)
-    app.command(rich_help_panel=INTEGRATIONS)(alerts)
-    app.command(rich_help_panel=INTEGRATIONS)(grafana)
-    app.command("server", rich_help_panel=INTEGRATIONS)(server)
-    app.command("report", rich_help_panel=ROLLOUTS)(report)
 
 
 out = Console(highlight=False, soft_wrap=True)
@@ -411,7 +375,7 @@ def demo(state_dir: Annotated[Path, typer.Option(
     raise typer.Exit(run_demo(out, state_dir, port, fast))
 
 
-_mount_governance()
+mount(app)
 assign_panels(app)
 mark_read_only(app)
 readable_help()
