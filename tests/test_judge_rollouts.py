@@ -183,9 +183,9 @@ def test_validate_says_the_spec_has_a_baseline_and_a_judge(tmp_path: Path) -> No
 ERRORS_5S = 'sum(rate(http_requests_total{status=~"5..",version="{{version}}"}[5s])) or vector(0)'
 
 
-async def test_a_prometheus_judge_metric_rolls_back_from_a_real_prometheus(env):
-    """The judge's ``metric: prometheus``: a real Prometheus scrapes the router's /metrics every second, and the
-    query is run for the canary and for the baseline at every interval; half of 3.0.0's answers fail."""
+async def _rolled_back_through_prometheus(env: RolloutEnv, edit: Any, metric: str) -> dict[str, Any]:
+    """Deploy 1.0.0, then 3.0.0 (half of its answers fail) under load, judged from a real Prometheus that scrapes
+    the router's /metrics every second (``edit`` makes the spec use it); the rollback's evidence."""
     if not available():
         pytest.skip("prometheus is not installed")
     admin = f"127.0.0.1:{free_port()}"
@@ -193,20 +193,28 @@ async def test_a_prometheus_judge_metric_rolls_back_from_a_real_prometheus(env):
     try:
         spec = judged_spec(env, margin="10%", faults="3.0.0:error_rate=0.5")
         text = spec.read_text().replace("drain_timeout: 5s}", f'drain_timeout: 5s, admin: "{admin}"}}')
-        text = text.replace("metrics: [{metric: error_rate, max_increase: 10%}]",
-                            f"metrics: [{{metric: prometheus, query: '{ERRORS_5S}', max_increase: 10%}}]")
-        spec.write_text(text + f"metrics: {{prometheus: {{url: '{prom.url}'}}}}\n")
+        assert edit(text) != text, "the spec edit found nothing to change"
+        spec.write_text(edit(text) + f"metrics: {{prometheus: {{url: '{prom.url}'}}}}\n")
         assert (await deploy(env, spec, "1.0.0")).status == "promoted"
         async with Load(env.url):
             bad = await deploy(env, spec, "3.0.0")
         assert bad.status == "rolled_back", bad.reason
         assert bad.reason is not None and bad.reason.startswith(
-            "judge: 3.0.0 is worse than 1.0.0+baseline beyond the margin on prometheus"), bad.reason
+            f"judge: 3.0.0 is worse than 1.0.0+baseline beyond the margin on {metric}"), bad.reason
         [rollback] = [e for e in events(env, bad.id) if e["kind"] == "rollback"]
         [evidence] = rollback["data"]["judge"]["metrics"]
         assert evidence["evalue"] >= evidence["threshold"] and evidence["margin"] == 0.1
+        return dict(evidence)
     finally:
         prom.stop()
+
+
+async def test_a_prometheus_judge_metric_rolls_back_from_a_real_prometheus(env):
+    """The judge's ``metric: prometheus``: the query is run for the canary and for the baseline at every
+    interval."""
+    await _rolled_back_through_prometheus(env, lambda text: text.replace(
+        "metrics: [{metric: error_rate, max_increase: 10%}]",
+        f"metrics: [{{metric: prometheus, query: '{ERRORS_5S}', max_increase: 10%}}]"), "prometheus")
 
 
 COUNTS = ("{requests: 'sum(http_requests_total{service=\"{{service}}\",version=\"{{version}}\"})', "
@@ -215,31 +223,11 @@ COUNTS = ("{requests: 'sum(http_requests_total{service=\"{{service}}\",version=\
 
 async def test_the_judges_counts_from_prometheus_counters_roll_back_a_faulty_canary(env):
     """``analysis.judge.counts``: the judge's requests and 5xx errors per version are the raw counters of the
-    router's GET /metrics as a real Prometheus scraped them (every second), differenced between looks, instead
-    of the router's own totals (tests/test_judge_counts.py checks the providers pick Prometheus)."""
-    if not available():
-        pytest.skip("prometheus is not installed")
-    admin = f"127.0.0.1:{free_port()}"
-    prom = start_prometheus(env.tmp_path / "prometheus", [admin])
-    try:
-        spec = judged_spec(env, margin="10%", faults="3.0.0:error_rate=0.5")
-        text = spec.read_text().replace("drain_timeout: 5s}", f'drain_timeout: 5s, admin: "{admin}"}}')
-        text = text.replace("max_increase: 10%}]}", f"max_increase: 10%}}], counts: {COUNTS}}}")
-        spec.write_text(text + f"metrics: {{prometheus: {{url: '{prom.url}'}}}}\n")
-        judge = load_spec(spec).analysis.judge
-        assert judge is not None and judge.counts is not None
-        assert (await deploy(env, spec, "1.0.0")).status == "promoted"
-        async with Load(env.url):
-            bad = await deploy(env, spec, "3.0.0")
-        assert bad.status == "rolled_back", bad.reason
-        assert bad.reason is not None and bad.reason.startswith(
-            "judge: 3.0.0 is worse than 1.0.0+baseline beyond the margin on error_rate"), bad.reason
-        [rollback] = [e for e in events(env, bad.id) if e["kind"] == "rollback"]
-        [evidence] = rollback["data"]["judge"]["metrics"]
-        assert evidence["evalue"] >= evidence["threshold"] and evidence["margin"] == 0.1
-        assert evidence["canary_requests"] > 0 and evidence["baseline_requests"] > 0
-    finally:
-        prom.stop()
+    router's GET /metrics as Prometheus scraped them, differenced between looks, instead of the router's own
+    totals (tests/test_judge_counts.py checks the providers pick Prometheus)."""
+    evidence = await _rolled_back_through_prometheus(env, lambda text: text.replace(
+        "max_increase: 10%}]}", f"max_increase: 10%}}], counts: {COUNTS}}}"), "error_rate")
+    assert evidence["canary_requests"] > 0 and evidence["baseline_requests"] > 0
 
 
 async def test_a_judge_without_counts_says_why_while_the_step_waits_and_in_its_pause(env):
