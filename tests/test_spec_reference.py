@@ -153,7 +153,7 @@ def _matches(instance: Any, schema: dict[str, Any], defs: dict[str, Any]) -> boo
     return True
 
 
-@pytest.mark.parametrize("name", ["shop-canary.yaml", "bluegreen.yaml", "rolling.yaml"])
+@pytest.mark.parametrize("name", ["shop-canary.yaml", "bluegreen.yaml", "rolling.yaml", "judged-canary.yaml"])
 def test_schema_accepts_the_example_specs(name: str) -> None:
     path = ROOT / "examples" / "specs" / name
     load_spec(path)
