@@ -52,7 +52,10 @@ def _troubled(store: Store, name: str, start: float, **trouble: Any) -> None:
     st = st.model_copy(update={"id": f"{name}-3.1.0", "status": "running", "phase": "canary", "step": 1,
                                "weight": 25, "finished_at": None, "outcome": None, "env": "prod", **trouble})
     store.set_service(name, "3.0.0", None, None, "spec.yaml", spec.model_dump_json(), start)
-    store.create_rollout(st, "spec.yaml", spec.model_dump_json(), this_owner())  # this process drives it
+    # Driven, as far as the server can tell, by a controller on another host whose lease runs for a day: not this
+    # test's process (the server must never adopt it and start its router, whatever happens to the test worker).
+    far = {**this_owner(), "host": "another-host", "lease_until": time.time() + DAY}
+    store.create_rollout(st, "spec.yaml", spec.model_dump_json(), far, holder="another-host-controller", ttl=DAY)
 
 
 @pytest.fixture(scope="module")
