@@ -64,7 +64,7 @@ health:
   attempts: 50
   expect: {{status: healthy, version: "{{version}}"}}
 smoke:
-  - {{path: /api/items, expect_json: {{version: "{{version}}"}}}}
+  - {{path: /api/items, expect_json: {{version: "{{version}}"}}, max_latency: 5s}}  # not a latency test
   - {{command: "{PY} smoke.py --base-url {{url}} --version {{version}}", timeout: 30s}}
 strategy: {{canary: {{steps: {steps}}}}}
 analysis:
