@@ -13,10 +13,9 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from releasegate import service
-from releasegate.controller import ProgressHook
 from releasegate.engine import group
 from releasegate.engine.group import GroupAction, GroupState, Member, Report
 from releasegate.engine.state import Decision, RolloutState
@@ -30,6 +29,9 @@ from releasegate.store.db import has_store
 from releasegate.store.groups import GroupStore
 from releasegate.store.sqlite import Store, owner_alive, this_owner
 from releasegate.switch_back import rollback_finished
+
+if TYPE_CHECKING:
+    from releasegate.controller import ProgressHook
 
 Say = Callable[[str], None]
 """Where the group's and its members' progress lines go (the terminal, or nowhere)."""

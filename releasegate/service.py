@@ -11,9 +11,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from releasegate.controller import Controller, ProgressHook, Providers
 from releasegate.engine import decide
 from releasegate.engine.clock import Clock, SystemClock
 from releasegate.engine.state import Decision, RolloutState
@@ -32,6 +31,9 @@ from releasegate.store.audit import AuditLog
 from releasegate.store.shared import SharedHandles
 from releasegate.store.sqlite import Store, owner_alive, this_owner
 from releasegate.wakeups import Bells
+
+if TYPE_CHECKING:  # the controller (and the providers behind it) load when a rollout is driven, not for status
+    from releasegate.controller import ProgressHook, Providers
 
 ProviderFactory = Any  # async (spec, spec_dir, state_dir, clock) -> Providers
 
@@ -143,6 +145,8 @@ async def _drive(ctx: Context, store: Store, spec: Spec, providers: Providers, s
     use_spec = getattr(on_progress, "use_spec", None)  # e.g. the terminal printer judges values by the rules
     if use_spec is not None:
         use_spec(spec)
+    from releasegate.controller import Controller
+
     controller = Controller(store, spec, providers, ctx.clock, _chain(on_progress, notes),
                             **_hooks(ctx, spec, st, admission), bells=ctx.bells)
     try:

@@ -4,8 +4,8 @@ the rollout has ended, and a release group taking back a member it promoted)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from releasegate.controller import Providers
 from releasegate.errors import UserError
 from releasegate.lookup import known, unknown_service
 from releasegate.lookup import spec_of as _spec_of
@@ -14,6 +14,9 @@ from releasegate.service import CommandResult, Context, close_providers
 from releasegate.spec.models import Spec
 from releasegate.store.audit import AuditLog
 from releasegate.store.sqlite import RolloutRecord, ServiceRecord, Store
+
+if TYPE_CHECKING:
+    from releasegate.controller import Providers
 
 
 async def rollback_finished(ctx: Context, store: Store, service: str) -> CommandResult:

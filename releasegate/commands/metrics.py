@@ -12,12 +12,7 @@ without a secret (``--secret-env``/``--secret-file``), which scrapes then send a
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Callable, Iterable
-from pathlib import Path
-from socketserver import ThreadingMixIn
-from typing import Annotated, Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -25,73 +20,11 @@ from rich.console import Console
 from releasegate.commands import listen_address, reported
 from releasegate.commands.alerts_receiver import SecretEnv, SecretFile, read_secret, require_secret_off_loopback
 from releasegate.commands.approvals import StateDir, state_dir_of
-from releasegate.errors import UserError
 from releasegate.router.config import join_host_port
 from releasegate.store.db import has_store
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-StartResponse = Callable[..., Any]
-WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    """One thread per scrape (a slow scrape does not hold up a probe); threads die with the process."""
-
-    daemon_threads = True
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # a line per scrape would drown the terminal
-        pass
-
-
-def exporter_app(state_dir: Path, secret: str | None = None) -> WSGIApp:
-    """``/metrics`` from the store collector and the 30-day DORA gauges (with ``secret``, only for
-    ``Authorization: Bearer <secret>``), ``/healthz`` for probes, 404 elsewhere."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    from releasegate.alert_receiver import authorized
-    from releasegate.dora_metrics import DoraCollector
-    from releasegate.metrics_exporter import registry_for
-
-    registry, dora = registry_for(state_dir), DoraCollector(state_dir)
-
-    def metrics(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        body = generate_latest(registry) + dora.render()
-        start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST), ("Content-Length", str(len(body)))])
-        return [body]
-
-    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO") or "/"
-        if path == "/metrics":
-            if not authorized(environ.get("HTTP_AUTHORIZATION"), secret):
-                start_response("401 Unauthorized", [("Content-Type", "text/plain; charset=utf-8"),
-                                                    ("WWW-Authenticate", "Bearer")])
-                return [b"unauthorized: scrape with Authorization: Bearer <secret>\n"]
-            return metrics(environ, start_response)
-        ok = path == "/healthz"
-        start_response("200 OK" if ok else "404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-        return [b"ok\n" if ok else b"not found; try /metrics\n"]
-    return app
-
-
-def bind(state_dir: Path, host: str, port: int, secret: str | None = None) -> WSGIServer:
-    """The exporter's server, bound and listening; a ``UserError`` when it cannot listen there."""
-    server_class = _Server6 if ":" in host else _Server
-    try:
-        return make_server(host, port, exporter_app(state_dir, secret), server_class=server_class,
-                           handler_class=_QuietHandler)
-    except (OSError, OverflowError) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise UserError(f"--listen {join_host_port(host, port)}: cannot listen there ({why}); "
-                        "choose a free port") from None
-
 
 def metrics(
         listen: Annotated[str, typer.Option("--listen", metavar="HOST:PORT",
@@ -110,6 +43,8 @@ def metrics(
         host, port = listen_address(listen)
         secret = read_secret(secret_env, secret_file, "metrics")
         require_secret_off_loopback("metrics (read every rollout)", listen, host, secret)
+        from releasegate.metrics_http import bind
+
         server = bind(where, host, port, secret)
         bound = join_host_port(host, int(server.server_address[1]))
         if not has_store(where):
