@@ -15,7 +15,6 @@ pauses for an operator: never promoted on missing evidence.
 
 from __future__ import annotations
 
-import math
 import zlib
 from typing import TYPE_CHECKING, Any
 
@@ -82,7 +81,8 @@ def shown(verdict: Verdict) -> dict[str, Any]:
             "metrics": [{"metric": m.metric, "evalue": round(m.evalue, 4), "threshold": round(m.threshold, 2),
                          "lo": round(m.lo, 6), "hi": round(m.hi, 6), "margin": m.theta0,
                          "estimate": None if m.estimate is None else round(m.estimate, 6),
-                         "canary_requests": m.canary_requests, "baseline_requests": m.baseline_requests}
+                         "canary_requests": m.canary_requests, "baseline_requests": m.baseline_requests,
+                         "more": m.more}
                         for m in verdict.metrics]}
 
 
@@ -147,9 +147,7 @@ def _figures(m: dict[str, Any], kind: str, max_increase: float, direction: str) 
     elif hi < margin:
         verdict = "passing"
     else:
-        verdict = "not_ruled_out"
-        if est is not None and est < margin and used > 0:  # as Judge.update estimates it: the bound shrinking
-            more = math.ceil(used * max(((hi - est) / (margin - est)) ** 2 - 1.0, 0.0))  # like 1/sqrt(n)
+        verdict, more = "not_ruled_out", m.get("more")  # the judge's own estimate (Judge.update)
     return {"metric": m["metric"], "kind": kind, "unit": UNITS[kind], "max_increase": max_increase,
             "direction": direction, "estimate": est, "lo": m["lo"], "hi": m["hi"], "margin": margin,
             "evalue": m["evalue"], "threshold": m["threshold"], "verdict": verdict,
@@ -162,19 +160,20 @@ def _interval(m: Any) -> str:
     return f"interval [{m.lo:.4g}, {m.hi:.4g}]"
 
 
+def _slower(max_increase: float) -> str:
+    """What latency's interval is of: not a relative difference but the share of request pairs in which the
+    canary is slower than (1 + margin) x the baseline, bounded by 1/2 (docs/judge.md). Said so, or a reader
+    takes its 0.5 for a 50 % margin."""
+    return f"share of request pairs with the canary slower than {1 + max_increase:g}x the baseline"
+
+
 def _named(m: Any, max_increase: float) -> str:
-    """What the interval is an interval of. Latency's is not a relative difference but the share of request pairs
-    in which the canary is slower than (1 + margin) x the baseline, bounded by 1/2 (docs/judge.md): said so, or a
-    reader takes its 0.5 for a 50 % margin."""
-    if m.metric == "latency":
-        return f"latency (share of request pairs with the canary slower than {1 + max_increase:g}x the baseline)"
-    return str(m.metric)
+    return f"latency ({_slower(max_increase)})" if m.metric == "latency" else str(m.metric)
 
 
 def _between(m: Any, max_increase: float) -> str:
     if m.metric == "latency":
-        return (f"share of request pairs with the canary slower than {1 + max_increase:g}x the baseline "
-                f"{_interval(m)}, bound 1/2")
+        return f"{_slower(max_increase)} {_interval(m)}, bound 1/2"
     return f"{_interval(m)}, margin {m.theta0:g}"
 
 

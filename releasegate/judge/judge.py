@@ -93,6 +93,9 @@ class MetricVerdict(BaseModel):
     observations: int
     canary_requests: int
     baseline_requests: int
+    # About how many more of its units (canary requests; intervals with a value for prometheus) would bring ``hi``
+    # under ``theta0`` at this estimate (see ``Judge.update``); None when it is already under, or none is in sight.
+    more: int | None = None
 
 
 class Verdict(BaseModel):
@@ -221,6 +224,7 @@ class Verdicts:
     log_evalues: FloatArray  # (R, k)
     more_canary_requests: FloatArray  # (R,), NaN: cannot be estimated yet (or no pass in sight at this estimate)
     judge: Judge
+    needs: FloatArray | None = None  # (R, k): each metric's own estimate, 0 once under its margin, NaN: none
 
     def one(self, r: int = 0) -> Verdict:
         metrics = []
@@ -231,10 +235,15 @@ class Verdicts:
                 threshold=self.judge.threshold, lo=float(metric.test.sums["cs_lo"][r]),
                 hi=float(metric.test.sums["cs_hi"][r]), theta0=metric.test.theta0,
                 estimate=None if math.isnan(est) else est, observations=int(metric.test.sums["count"][r]),
-                canary_requests=int(metric.used[r, 0]), baseline_requests=int(metric.used[r, 1])))
+                canary_requests=int(metric.used[r, 0]), baseline_requests=int(metric.used[r, 1]),
+                more=_count(self.needs[r, m]) if self.needs is not None else None))
         more = float(self.more_canary_requests[r])
         return Verdict(outcome=OUTCOMES[int(self.outcome[r])], metrics=metrics,
                        more_canary_requests=None if math.isnan(more) else math.ceil(more))
+
+
+def _count(need: float) -> int | None:
+    return None if math.isnan(need) or need <= 0 else math.ceil(need)
 
 
 class Judge:
@@ -265,6 +274,7 @@ class Judge:
         rng = np.random.default_rng([self.seed, *(int(m.used.sum()) for m in self.metrics)])
         log_e = np.zeros((self.rollouts, len(self.metrics)))
         more = np.zeros(self.rollouts)
+        needs = np.zeros((self.rollouts, len(self.metrics)))
         passed = np.ones(self.rollouts, dtype=bool)
         for m, metric in enumerate(self.metrics):
             prom = next(proms, None) if metric.config.kind == "prometheus" else None
@@ -278,11 +288,12 @@ class Judge:
                 factor = ((hi - est) / (theta0 - est)) ** 2
                 need = np.where((est < theta0) & (metric.used[:, 0] > 0),
                                 metric.used[:, 0] * np.maximum(factor - 1.0, 0.0), np.nan)
+            needs[:, m] = np.where(below, 0.0, need)
             if metric.config.kind != "prometheus":  # its counts are intervals with a value, not requests
                 more = np.where(below, more, np.maximum(more, need))
         regression = (log_e >= math.log(self.threshold)).any(axis=1)
         outcome = np.where(regression, 2, np.where(passed, 1, 0))
-        return Verdicts(outcome.astype(np.int64), log_e, np.where(passed, 0.0, more), self)
+        return Verdicts(outcome.astype(np.int64), log_e, np.where(passed, 0.0, more), self, needs)
 
     def state(self, r: int = 0) -> JudgeState:
         """Rollout ``r``'s state, to persist (``Judge.restore`` takes it back)."""
