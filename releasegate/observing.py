@@ -15,7 +15,7 @@ from releasegate.engine.analysis import rule_key
 from releasegate.engine.state import Analyze, Observation, RolloutState
 from releasegate.errors import ProviderError
 from releasegate.judge_feed import JudgeFeed
-from releasegate.providers.base import AtLeast, Instance, MetricQuery
+from releasegate.providers.base import AtLeast, Instance, MetricQuery, Routes
 from releasegate.providers.metrics.reasons import explain
 from releasegate.spec.models import Spec
 
@@ -34,8 +34,7 @@ class Observer:
 
     async def live(self, service: str, version: str) -> list[Instance]:
         """The live instances of ``version``, oldest first."""
-        found = [i for i in await self.p.platform.instances(service) if i.version == version]
-        return sorted(found, key=lambda i: (i.started_at, i.id))
+        return _of(await self.p.platform.instances(service), version)
 
     async def observe(self, st: RolloutState, action: Analyze, at: float) -> Observation:
         values, missing = await self.measure(st, action, action.window)
@@ -43,14 +42,18 @@ class Observer:
             else (None, {})
         baseline = st.baseline if st.phase == "step" and st.baseline is not None and st.baseline_up \
             and not st.baseline_lost else None
-        dead = await self.dead(st, (action.version, baseline) if baseline else (action.version,))
+        # One read of the routes, then one of the platform, for the canary's and the baseline's dead backends
+        # and health probes alike (on a fleet, reading the instances asks every host).
+        routes = await self.routes(st)
+        instances = await self.p.platform.instances(st.service)
+        dead = self.dead(routes, instances, (action.version, baseline) if baseline else (action.version,))
         lost = dead.get(baseline, ()) if baseline else ()
         sick: dict[str, str] = {}
         if baseline and not lost:
-            lost, sick = await self.baseline_health(st, baseline)
+            lost, sick = await self.baseline_health(_of(instances, baseline))
         return Observation(at=at, values=values, dead=dead[action.version], whole=whole,
                            held=self.held(at), missing=missing, whole_missing=whole_missing,
-                           health=await self.probe(st, action.version), dead_baseline=lost,
+                           health=await self.probe(_of(instances, action.version)), dead_baseline=lost,
                            judge=self.feed.skip() if lost or sick
                            else await self.feed.look(st, self.spec, action.window),
                            judge_missing=None if lost or sick else self.feed.why)
@@ -62,14 +65,14 @@ class Observer:
         unreachable: dict[str, str] = getattr(self.p.platform, "unreachable", None) or {}
         return held or (f"held until every host answers: {'; '.join(unreachable.values())}" if unreachable else None)
 
-    async def probe(self, st: RolloutState, version: str) -> dict[str, str | None] | None:
+    async def probe(self, instances: list[Instance]) -> dict[str, str | None] | None:
         """The new version's instances, each asked once for its health, directly (not through the router):
         the engine counts failures in a row and rolls back (health during the rollout)."""
         if self.p.probe is None:
             return None
-        return await self.p.probe(await self.live(st.service, version), self.spec.health)
+        return await self.p.probe(instances, self.spec.health)
 
-    async def baseline_health(self, st: RolloutState, baseline: str) -> tuple[tuple[str, ...], dict[str, str]]:
+    async def baseline_health(self, instances: list[Instance]) -> tuple[tuple[str, ...], dict[str, str]]:
         """The baseline's instances, each asked once for its health like the canary's: (those that failed
         ``health.failure_threshold`` checks in a row, to be treated as lost like a dead one; those failing now).
 
@@ -81,7 +84,7 @@ class Observer:
         meanwhile."""
         if self.p.probe is None:
             return (), {}
-        found = await self.p.probe(await self.live(st.service, baseline), self.spec.health)
+        found = await self.p.probe(instances, self.spec.health)
         sick = {address: why for address, why in found.items() if why is not None}
         self.baseline_failures = {a: self.baseline_failures.get(a, 0) + 1 for a in sick}
         limit = self.spec.health.failure_threshold
@@ -110,17 +113,28 @@ class Observer:
                     missing[key] = why
         return values, missing
 
-    async def dead(self, st: RolloutState, versions: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
-        """Per version, the backends the router sends its traffic to whose process is gone: one read of the routes
-        and one of the platform for all of them (the canary's and the baseline's, at every interval)."""
-        none: dict[str, tuple[str, ...]] = {v: () for v in versions}
+    async def routes(self, st: RolloutState) -> Routes | None:
+        """The routes the router serves; None when it cannot be read (then no backend is judged dead)."""
         try:
-            routes = await self.p.router.get_routes(st.service)
+            return await self.p.router.get_routes(st.service)
         except ProviderError:
+            return None
+
+    @staticmethod
+    def dead(routes: Routes | None, instances: list[Instance],
+             versions: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
+        """Per version, the backends the router sends its traffic to whose process is gone."""
+        none: dict[str, tuple[str, ...]] = {v: () for v in versions}
+        if routes is None:
             return none
-        live = {(i.version, i.address) for i in await self.p.platform.instances(st.service)}
+        live = {(i.version, i.address) for i in instances}
         return {**none, **{v.version: tuple(sorted(b for b in v.backends if (v.version, b) not in live))
                            for v in routes.versions if v.version in versions and v.weight > 0}}
+
+
+def _of(instances: list[Instance], version: str) -> list[Instance]:
+    """The instances of ``version``, oldest first."""
+    return sorted((i for i in instances if i.version == version), key=lambda i: (i.started_at, i.id))
 
 
 __all__ = ["Observer"]
